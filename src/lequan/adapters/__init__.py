@@ -1,0 +1,1 @@
+"""Adapters: the real and in-process implementations of lequan's ports."""

@@ -1,0 +1,104 @@
+"""Nonce stores: remember each signed request's nonce for its window, so a replay is refused.
+
+Two implementations of ``lequan.ports.NonceStore``:
+
+* ``MemoryNonceStore`` for the embedded mode, the demo and unit tests: one
+  process, bounded, and it refuses new requests (``throttled``) rather than
+  forget a live nonce, since forgetting one would let a captured request be
+  replayed.
+* ``RedisNonceStore`` for a fleet of API processes: one ``SET NX EX`` per
+  request, atomic on the server, forgotten by Redis when the window ends.
+
+The caller passes nonces that ``lequan.http.signing.parse_headers`` accepted
+(8-64 characters of ``[A-Za-z0-9_-]``) and a ttl at least as long as the
+accepted clock skew on both sides (2 x ``max_skew_s``), since a timestamp
+may be that far ahead of the server and still be accepted later.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+
+import redis
+
+from lequan.domain.errors import Unavailable
+from lequan.ports import Clock
+
+__all__ = ["MemoryNonceStore", "RedisNonceStore"]
+
+
+class MemoryNonceStore:
+    """An in-process NonceStore holding at most ``max_entries`` live nonces."""
+
+    def __init__(self, max_entries: int, *, clock: Clock) -> None:
+        assert max_entries >= 1
+        self._max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (app_id, nonce) -> expiry in unix seconds; the heap orders the same
+        # entries by expiry so the expired ones are dropped in O(log n) each.
+        self._expiry_s: dict[tuple[str, str], float] = {}
+        self._by_expiry: list[tuple[float, tuple[str, str]]] = []
+
+    def remember(self, app_id: str, nonce: str, ttl_s: int) -> bool:
+        """Record the nonce; True if new, False if seen within its ttl.
+
+        Raises ``Unavailable("throttled")`` when the store is full of live
+        nonces: refusing the request is safe, forgetting a nonce is not.
+        """
+        assert ttl_s >= 1
+        key = (app_id, nonce)
+        now_s = self._clock.now().timestamp()
+        with self._lock:
+            self._drop_expired(now_s)
+            if key in self._expiry_s:
+                return False
+            if len(self._expiry_s) >= self._max_entries:
+                next_expiry_s = self._by_expiry[0][0]
+                raise Unavailable(
+                    "throttled",
+                    "too many signed requests in the signature window; retry shortly",
+                    retry_after_s=max(1, math.ceil(next_expiry_s - now_s)),
+                )
+            expiry_s = now_s + ttl_s
+            self._expiry_s[key] = expiry_s
+            heapq.heappush(self._by_expiry, (expiry_s, key))
+            return True
+
+    def __len__(self) -> int:
+        """The nonces held, live or expired but not yet dropped."""
+        with self._lock:
+            return len(self._expiry_s)
+
+    def _drop_expired(self, now_s: float) -> None:
+        # Expired entries are dropped before anything is looked up, so a key
+        # is never in the heap twice and the dict and the heap stay one to one.
+        while self._by_expiry and self._by_expiry[0][0] <= now_s:
+            _, key = heapq.heappop(self._by_expiry)
+            del self._expiry_s[key]
+
+
+class RedisNonceStore:
+    """A NonceStore in Redis: one key per nonce, set only if absent, expiring with the window."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str = "lq:") -> None:
+        self._client = client
+        self._key_prefix = key_prefix
+
+    def key(self, app_id: str, nonce: str) -> str:
+        """The Redis key of one nonce; the nonce has no ':', so the last ':' splits it off."""
+        assert ":" not in nonce, "nonces are checked by parse_headers before they are stored"
+        return f"{self._key_prefix}nonce:{app_id}:{nonce}"
+
+    def remember(self, app_id: str, nonce: str, ttl_s: int) -> bool:
+        """Record the nonce with ``SET key 1 NX EX ttl``; True if it was set (new)."""
+        assert ttl_s >= 1
+        try:
+            was_set = self._client.set(self.key(app_id, nonce), 1, nx=True, ex=ttl_s)
+        except redis.RedisError as error:
+            raise Unavailable(
+                "store_unavailable", "the nonce store does not answer; retry shortly"
+            ) from error
+        return bool(was_set)

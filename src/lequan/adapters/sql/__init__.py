@@ -1,0 +1,1 @@
+"""The SQL store: tables, migrations and the unit of work (SQLite or PostgreSQL)."""

@@ -1,0 +1,784 @@
+"""The unit of work over the SQL store, and every query the services need.
+
+A ``SqlStore`` hands out units of work; a unit of work is one transaction
+that rolls back unless ``commit()`` is called. Queries live here, named for
+what they mean, so services never write SQL and routes never touch the
+store. Row locks are taken only through ``lock_*`` methods, always in
+primary-key order, so two transactions never wait on each other in a circle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from lequan.adapters.sql import tables as t
+from lequan.domain.campaigns import CampaignConfig, CampaignStatus
+from lequan.domain.ledger import Entry
+from lequan.domain.vouchers import VoucherState
+
+__all__ = [
+    "AppRow",
+    "CampaignRow",
+    "IntegrityError",
+    "MerchantRow",
+    "PersonRow",
+    "RedemptionRow",
+    "SqlStore",
+    "UnitOfWork",
+    "VoucherRow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    id: str
+    status: CampaignStatus
+    config: CampaignConfig
+    budget_fen: int
+    committed_fen: int
+    drafted_by: str
+    approved_by: str | None
+    rounds: Mapping[str, tuple[datetime, datetime]]  # round_id -> (release_at, ends_at)
+
+
+@dataclass(frozen=True, slots=True)
+class AppRow:
+    id: str
+    kind: str
+    name: str
+    secret_key_id: str
+    secret_enc: bytes
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRow:
+    id: str
+    id_number_bidx: str
+    id_number_enc: bytes
+    name_enc: bytes
+    phone_enc: bytes
+    key_id: str
+    residence_region: str
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantRow:
+    id: str
+    name: str
+    mcc: str
+    region_code: str
+    modes: frozenset[str]
+    acquirer_id: str
+    active: bool
+    enrolled_campaigns: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherRow:
+    id: str
+    campaign_id: str
+    round_id: str
+    channel_id: str
+    template_id: str
+    person_id: str
+    claim_seq: int
+    face_fen: int
+    state: VoucherState
+    valid_from: datetime
+    valid_until: datetime
+    issued_at: datetime
+    version: int
+    redemption_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionRow:
+    id: str
+    voucher_id: str
+    campaign_id: str
+    acquirer_id: str
+    merchant_id: str
+    order_id: str
+    mode: str
+    order_amount_fen: int
+    discount_fen: int
+    pay_fen: int
+    status: str
+    lock_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+def _voucher(row: sa.Row[Any]) -> VoucherRow:
+    m = row._mapping
+    return VoucherRow(
+        id=m["id"],
+        campaign_id=m["campaign_id"],
+        round_id=m["round_id"],
+        channel_id=m["channel_id"],
+        template_id=m["template_id"],
+        person_id=m["person_id"],
+        claim_seq=m["claim_seq"],
+        face_fen=m["face_fen"],
+        state=VoucherState(m["state"]),
+        valid_from=m["valid_from"],
+        valid_until=m["valid_until"],
+        issued_at=m["issued_at"],
+        version=m["version"],
+        redemption_id=m["redemption_id"],
+    )
+
+
+def _redemption(row: sa.Row[Any]) -> RedemptionRow:
+    m = row._mapping
+    return RedemptionRow(**{f: m[f] for f in RedemptionRow.__dataclass_fields__})
+
+
+class SqlStore:
+    """The source of truth: hands out units of work over one engine."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        """One transaction; rolled back unless ``commit()`` was called."""
+        with self.engine.connect() as connection:
+            uow = UnitOfWork(connection)
+            try:
+                yield uow
+            finally:
+                if connection.in_transaction():
+                    connection.rollback()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class UnitOfWork:
+    """The queries of one transaction."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.connection = connection
+        self._postgres = connection.dialect.name == "postgresql"
+
+    def commit(self) -> None:
+        self.connection.commit()
+
+    def rollback(self) -> None:
+        self.connection.rollback()
+
+    def _exec(self, statement: sa.Executable, params: Any = None) -> sa.CursorResult[Any]:
+        return self.connection.execute(statement, params)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction, for an insert that may collide on a unique key."""
+        with self.connection.begin_nested():
+            yield
+
+    # -- operators and apps -------------------------------------------------------
+
+    def add_operator(self, *, operator_id: str, role: str, token_hash: str, now: datetime) -> None:
+        self._exec(
+            sa.insert(t.operators).values(
+                id=operator_id, role=role, token_hash=token_hash, active=True, created_at=now
+            )
+        )
+
+    def operator_by_token_hash(self, token_hash: str) -> tuple[str, str] | None:
+        row = self._exec(
+            sa.select(t.operators.c.id, t.operators.c.role).where(
+                t.operators.c.token_hash == token_hash, t.operators.c.active.is_(True)
+            )
+        ).first()
+        return (row.id, row.role) if row else None
+
+    def operator_role(self, operator_id: str) -> str | None:
+        row = self._exec(
+            sa.select(t.operators.c.role).where(
+                t.operators.c.id == operator_id, t.operators.c.active.is_(True)
+            )
+        ).first()
+        return row.role if row else None
+
+    def add_app(
+        self, *, app_id: str, kind: str, name: str, key_id: str, secret_enc: bytes, now: datetime
+    ) -> None:
+        self._exec(
+            sa.insert(t.apps).values(
+                id=app_id,
+                kind=kind,
+                name=name,
+                secret_key_id=key_id,
+                secret_enc=secret_enc,
+                active=True,
+                created_at=now,
+            )
+        )
+
+    def get_app(self, app_id: str) -> AppRow | None:
+        row = self._exec(sa.select(t.apps).where(t.apps.c.id == app_id)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return AppRow(**{f: m[f] for f in AppRow.__dataclass_fields__})
+
+    def list_apps(self) -> list[tuple[str, str, str]]:
+        rows = self._exec(sa.select(t.apps.c.id, t.apps.c.kind, t.apps.c.name).order_by(t.apps.c.id))
+        return [(r.id, r.kind, r.name) for r in rows]
+
+    # -- campaigns ----------------------------------------------------------------
+
+    def insert_campaign(self, config: CampaignConfig, *, drafted_by: str, now: datetime) -> None:
+        self._exec(
+            sa.insert(t.campaigns).values(
+                id=config.id,
+                name=config.name,
+                status=CampaignStatus.DRAFT.value,
+                config_json=config.model_dump_json(),
+                budget_fen=config.budget_fen,
+                committed_fen=0,
+                drafted_by=drafted_by,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self._exec(
+            sa.insert(t.rounds),
+            [
+                {
+                    "campaign_id": config.id,
+                    "round_id": r.id,
+                    "release_at": r.release_at,
+                    "ends_at": r.ends_at,
+                }
+                for r in config.rounds
+            ],
+        )
+        stock_rows = [
+            {
+                "campaign_id": config.id,
+                "round_id": r.id,
+                "channel_id": channel,
+                "template_id": template_id,
+                "initial": count,
+            }
+            for r in config.rounds
+            for channel, per_template in r.stock.items()
+            for template_id, count in per_template.items()
+        ]
+        if stock_rows:
+            self._exec(sa.insert(t.stocks), stock_rows)
+
+    def campaign_exists(self, campaign_id: str) -> bool:
+        return (
+            self._exec(sa.select(t.campaigns.c.id).where(t.campaigns.c.id == campaign_id)).first()
+            is not None
+        )
+
+    def get_campaign(self, campaign_id: str) -> CampaignRow | None:
+        row = self._exec(sa.select(t.campaigns).where(t.campaigns.c.id == campaign_id)).first()
+        if row is None:
+            return None
+        return self._campaign(row)
+
+    def _campaign(self, row: sa.Row[Any]) -> CampaignRow:
+        m = row._mapping
+        round_rows = self._exec(
+            sa.select(t.rounds).where(t.rounds.c.campaign_id == m["id"])
+        ).fetchall()
+        return CampaignRow(
+            id=m["id"],
+            status=CampaignStatus(m["status"]),
+            config=CampaignConfig.model_validate_json(m["config_json"]),
+            budget_fen=m["budget_fen"],
+            committed_fen=m["committed_fen"],
+            drafted_by=m["drafted_by"],
+            approved_by=m["approved_by"],
+            rounds={r.round_id: (r.release_at, r.ends_at) for r in round_rows},
+        )
+
+    def list_campaigns(self, *, statuses: Iterable[CampaignStatus] | None = None) -> list[CampaignRow]:
+        query = sa.select(t.campaigns).order_by(t.campaigns.c.id)
+        if statuses is not None:
+            query = query.where(t.campaigns.c.status.in_([s.value for s in statuses]))
+        return [self._campaign(row) for row in self._exec(query).fetchall()]
+
+    def set_campaign_status(
+        self,
+        campaign_id: str,
+        *,
+        expected: CampaignStatus,
+        status: CampaignStatus,
+        now: datetime,
+        approved_by: str | None = None,
+    ) -> bool:
+        """Move the status only if nobody else moved it first."""
+        values: dict[str, Any] = {"status": status.value, "updated_at": now}
+        if approved_by is not None:
+            values["approved_by"] = approved_by
+        result = self._exec(
+            sa.update(t.campaigns)
+            .where(t.campaigns.c.id == campaign_id, t.campaigns.c.status == expected.value)
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    def set_round_times(
+        self, campaign_id: str, round_id: str, *, release_at: datetime, ends_at: datetime
+    ) -> None:
+        self._exec(
+            sa.update(t.rounds)
+            .where(t.rounds.c.campaign_id == campaign_id, t.rounds.c.round_id == round_id)
+            .values(release_at=release_at, ends_at=ends_at)
+        )
+
+    def commit_budget(self, campaign_id: str, amount_fen: int) -> bool:
+        """Take ``amount_fen`` from the campaign's budget, atomically, if it is there."""
+        assert amount_fen > 0
+        c = t.campaigns.c
+        result = self._exec(
+            sa.update(t.campaigns)
+            .where(c.id == campaign_id, c.committed_fen + amount_fen <= c.budget_fen)
+            .values(committed_fen=c.committed_fen + amount_fen)
+        )
+        return result.rowcount == 1
+
+    def release_budget(self, campaign_id: str, amount_fen: int) -> None:
+        assert amount_fen > 0
+        c = t.campaigns.c
+        result = self._exec(
+            sa.update(t.campaigns)
+            .where(c.id == campaign_id, c.committed_fen >= amount_fen)
+            .values(committed_fen=c.committed_fen - amount_fen)
+        )
+        assert result.rowcount == 1, "released more budget than was committed"
+
+    def lock_campaign_budget(self, campaign_id: str) -> tuple[int, int]:
+        """(budget_fen, committed_fen), the campaign row locked until commit."""
+        query = sa.select(t.campaigns.c.budget_fen, t.campaigns.c.committed_fen).where(
+            t.campaigns.c.id == campaign_id
+        )
+        if self._postgres:
+            query = query.with_for_update()
+        row = self._exec(query).one()
+        return row.budget_fen, row.committed_fen
+
+    def stock_initial(self, campaign_id: str) -> list[tuple[str, str, str, int]]:
+        """(round_id, channel_id, template_id, initial) of every pool of the campaign."""
+        s = t.stocks.c
+        rows = self._exec(
+            sa.select(s.round_id, s.channel_id, s.template_id, s.initial).where(
+                s.campaign_id == campaign_id
+            )
+        )
+        return [(r.round_id, r.channel_id, r.template_id, r.initial) for r in rows]
+
+    def issued_counts(self, campaign_id: str) -> dict[tuple[str, str, str], int]:
+        """Vouchers ever issued per (round, channel, template): what the stock gave out."""
+        v = t.vouchers.c
+        rows = self._exec(
+            sa.select(v.round_id, v.channel_id, v.template_id, sa.func.count())
+            .where(v.campaign_id == campaign_id)
+            .group_by(v.round_id, v.channel_id, v.template_id)
+        )
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+    def claim_counts(self, campaign_id: str) -> Iterator[tuple[str, str, str, int]]:
+        """(round_id, channel_id, person_id, claims) for every person who claimed."""
+        v = t.vouchers.c
+        rows = self._exec(
+            sa.select(v.round_id, v.channel_id, v.person_id, sa.func.count())
+            .where(v.campaign_id == campaign_id)
+            .group_by(v.round_id, v.channel_id, v.person_id)
+        )
+        for r in rows:
+            yield r[0], r[1], r[2], r[3]
+
+    def voucher_state_counts(self, campaign_id: str) -> dict[str, tuple[int, int]]:
+        """state -> (vouchers, Σ face_fen) for one campaign."""
+        v = t.vouchers.c
+        rows = self._exec(
+            sa.select(v.state, sa.func.count(), sa.func.coalesce(sa.func.sum(v.face_fen), 0))
+            .where(v.campaign_id == campaign_id)
+            .group_by(v.state)
+        )
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    # -- merchants ----------------------------------------------------------------
+
+    def upsert_merchant(
+        self,
+        *,
+        merchant_id: str,
+        name: str,
+        mcc: str,
+        region_code: str,
+        modes: Sequence[str],
+        acquirer_id: str,
+        campaign_ids: Sequence[str],
+        now: datetime,
+    ) -> None:
+        values = {
+            "name": name,
+            "mcc": mcc,
+            "region_code": region_code,
+            "modes": ",".join(sorted(modes)),
+            "acquirer_id": acquirer_id,
+            "active": True,
+        }
+        updated = self._exec(
+            sa.update(t.merchants).where(t.merchants.c.id == merchant_id).values(**values)
+        )
+        if updated.rowcount == 0:
+            self._exec(sa.insert(t.merchants).values(id=merchant_id, created_at=now, **values))
+        self._exec(sa.delete(t.merchant_campaigns).where(t.merchant_campaigns.c.merchant_id == merchant_id))
+        if campaign_ids:
+            self._exec(
+                sa.insert(t.merchant_campaigns),
+                [{"merchant_id": merchant_id, "campaign_id": c} for c in sorted(set(campaign_ids))],
+            )
+
+    def get_merchant(self, merchant_id: str) -> MerchantRow | None:
+        row = self._exec(sa.select(t.merchants).where(t.merchants.c.id == merchant_id)).first()
+        if row is None:
+            return None
+        enrolled = self._exec(
+            sa.select(t.merchant_campaigns.c.campaign_id).where(
+                t.merchant_campaigns.c.merchant_id == merchant_id
+            )
+        ).scalars()
+        m = row._mapping
+        return MerchantRow(
+            id=m["id"],
+            name=m["name"],
+            mcc=m["mcc"],
+            region_code=m["region_code"],
+            modes=frozenset(m["modes"].split(",")),
+            acquirer_id=m["acquirer_id"],
+            active=m["active"],
+            enrolled_campaigns=frozenset(enrolled),
+        )
+
+    def count_merchants(self) -> int:
+        return int(self._exec(sa.select(sa.func.count()).select_from(t.merchants)).scalar_one())
+
+    # -- persons ------------------------------------------------------------------
+
+    def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None:
+        row = self._exec(sa.select(t.persons).where(t.persons.c.id_number_bidx == bidx)).first()
+        return self._person(row) if row else None
+
+    def get_person(self, person_id: str) -> PersonRow | None:
+        row = self._exec(sa.select(t.persons).where(t.persons.c.id == person_id)).first()
+        return self._person(row) if row else None
+
+    @staticmethod
+    def _person(row: sa.Row[Any]) -> PersonRow:
+        m = row._mapping
+        return PersonRow(**{f: m[f] for f in PersonRow.__dataclass_fields__})
+
+    def insert_person(self, values: Mapping[str, Any]) -> None:
+        self._exec(sa.insert(t.persons).values(**values))
+
+    def update_person_contact(self, person_id: str, values: Mapping[str, Any]) -> None:
+        self._exec(sa.update(t.persons).where(t.persons.c.id == person_id).values(**values))
+
+    def account_person(self, channel_id: str, channel_user_id: str) -> str | None:
+        a = t.person_accounts.c
+        return self._exec(
+            sa.select(a.person_id).where(a.channel_id == channel_id, a.channel_user_id == channel_user_id)
+        ).scalar_one_or_none()
+
+    def accounts_persons(self, channel_id: str, channel_user_ids: Sequence[str]) -> dict[str, str]:
+        a = t.person_accounts.c
+        rows = self._exec(
+            sa.select(a.channel_user_id, a.person_id).where(
+                a.channel_id == channel_id, a.channel_user_id.in_(sorted(set(channel_user_ids)))
+            )
+        )
+        return {r.channel_user_id: r.person_id for r in rows}
+
+    def person_account_in_channel(self, channel_id: str, person_id: str) -> str | None:
+        a = t.person_accounts.c
+        return self._exec(
+            sa.select(a.channel_user_id).where(a.channel_id == channel_id, a.person_id == person_id)
+        ).scalar_one_or_none()
+
+    def insert_account(
+        self, *, channel_id: str, channel_user_id: str, person_id: str, now: datetime
+    ) -> None:
+        self._exec(
+            sa.insert(t.person_accounts).values(
+                channel_id=channel_id,
+                channel_user_id=channel_user_id,
+                person_id=person_id,
+                created_at=now,
+            )
+        )
+
+    def persons_regions(self, person_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """person_id -> (residence_region, id_number_bidx)."""
+        p = t.persons.c
+        rows = self._exec(
+            sa.select(p.id, p.residence_region, p.id_number_bidx).where(p.id.in_(sorted(set(person_ids))))
+        )
+        return {r.id: (r.residence_region, r.id_number_bidx) for r in rows}
+
+    # -- blacklist ----------------------------------------------------------------
+
+    def blacklisted(self, bidxs: Sequence[str]) -> set[str]:
+        if not bidxs:
+            return set()
+        b = t.blacklist.c
+        rows = self._exec(sa.select(b.id_number_bidx).where(b.id_number_bidx.in_(sorted(set(bidxs)))))
+        return {r[0] for r in rows}
+
+    def add_blacklist(self, *, bidx: str, reason: str, created_by: str, now: datetime) -> bool:
+        if self.blacklisted([bidx]):
+            return False
+        self._exec(
+            sa.insert(t.blacklist).values(
+                id_number_bidx=bidx, reason=reason, created_by=created_by, created_at=now
+            )
+        )
+        return True
+
+    def remove_blacklist(self, bidx: str) -> bool:
+        result = self._exec(sa.delete(t.blacklist).where(t.blacklist.c.id_number_bidx == bidx))
+        return result.rowcount == 1
+
+    # -- vouchers -----------------------------------------------------------------
+
+    def insert_vouchers(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self._exec(sa.insert(t.vouchers), list(rows))
+
+    def get_voucher(self, voucher_id: str) -> VoucherRow | None:
+        row = self._exec(sa.select(t.vouchers).where(t.vouchers.c.id == voucher_id)).first()
+        return _voucher(row) if row else None
+
+    def lock_voucher(self, voucher_id: str) -> VoucherRow | None:
+        """The voucher, its row locked until commit (PostgreSQL; SQLite serialises writers)."""
+        query = sa.select(t.vouchers).where(t.vouchers.c.id == voucher_id)
+        if self._postgres:
+            query = query.with_for_update()
+        row = self._exec(query).first()
+        return _voucher(row) if row else None
+
+    def move_voucher(
+        self,
+        voucher: VoucherRow,
+        *,
+        state: VoucherState,
+        now: datetime,
+        redemption_id: str | None = None,
+    ) -> bool:
+        """Change state only if nobody changed the voucher since it was read."""
+        v = t.vouchers.c
+        result = self._exec(
+            sa.update(t.vouchers)
+            .where(v.id == voucher.id, v.version == voucher.version, v.state == voucher.state.value)
+            .values(
+                state=state.value,
+                updated_at=now,
+                version=voucher.version + 1,
+                redemption_id=redemption_id,
+            )
+        )
+        return result.rowcount == 1
+
+    def person_vouchers(
+        self,
+        person_id: str,
+        *,
+        channel_id: str | None,
+        after_id: str | None,
+        limit: int,
+        states: Sequence[str] | None = None,
+    ) -> list[VoucherRow]:
+        v = t.vouchers.c
+        query = sa.select(t.vouchers).where(v.person_id == person_id).order_by(v.id).limit(limit)
+        if channel_id is not None:
+            query = query.where(v.channel_id == channel_id)
+        if after_id is not None:
+            query = query.where(v.id > after_id)
+        if states is not None:
+            query = query.where(v.state.in_(list(states)))
+        return [_voucher(r) for r in self._exec(query)]
+
+    def vouchers_past_validity(self, now: datetime, limit: int) -> list[VoucherRow]:
+        v = t.vouchers.c
+        rows = self._exec(
+            sa.select(t.vouchers)
+            .where(v.state == VoucherState.ISSUED.value, v.valid_until <= now)
+            .order_by(v.valid_until, v.id)
+            .limit(limit)
+        )
+        return [_voucher(r) for r in rows]
+
+    # -- redemptions --------------------------------------------------------------
+
+    def insert_redemption(self, values: Mapping[str, Any]) -> None:
+        self._exec(sa.insert(t.redemptions).values(**values))
+
+    def get_redemption(self, redemption_id: str) -> RedemptionRow | None:
+        row = self._exec(sa.select(t.redemptions).where(t.redemptions.c.id == redemption_id)).first()
+        return _redemption(row) if row else None
+
+    def move_redemption(
+        self, redemption: RedemptionRow, *, status: str, now: datetime
+    ) -> bool:
+        r = t.redemptions.c
+        result = self._exec(
+            sa.update(t.redemptions)
+            .where(
+                r.id == redemption.id,
+                r.version == redemption.version,
+                r.status == redemption.status,
+            )
+            .values(status=status, updated_at=now, version=redemption.version + 1)
+        )
+        return result.rowcount == 1
+
+    def locks_past_timeout(self, now: datetime, limit: int) -> list[RedemptionRow]:
+        r = t.redemptions.c
+        rows = self._exec(
+            sa.select(t.redemptions)
+            .where(r.status == "locked", r.lock_expires_at <= now)
+            .order_by(r.lock_expires_at, r.id)
+            .limit(limit)
+        )
+        return [_redemption(row) for row in rows]
+
+    # -- ledger, outbox, audit ----------------------------------------------------
+
+    def post(
+        self,
+        entry: Entry,
+        *,
+        campaign_id: str,
+        now: datetime,
+        voucher_count: int = 1,
+        voucher_id: str | None = None,
+        redemption_id: str | None = None,
+    ) -> None:
+        result = self._exec(
+            sa.insert(t.ledger_entries).values(
+                campaign_id=campaign_id,
+                kind=entry.kind.value,
+                voucher_count=voucher_count,
+                voucher_id=voucher_id,
+                redemption_id=redemption_id,
+                created_at=now,
+            )
+        )
+        entry_id = result.inserted_primary_key[0]  # type: ignore[index]  # one-row insert
+        self._exec(
+            sa.insert(t.ledger_postings),
+            [
+                {
+                    "entry_id": entry_id,
+                    "account": p.account,
+                    "campaign_id": campaign_id,
+                    "amount_fen": p.amount_fen,
+                }
+                for p in entry.postings
+            ],
+        )
+
+    def balances(self, campaign_id: str) -> dict[str, int]:
+        p = t.ledger_postings.c
+        rows = self._exec(
+            sa.select(p.account, sa.func.sum(p.amount_fen))
+            .where(p.campaign_id == campaign_id)
+            .group_by(p.account)
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def add_outbox(self, *, event_id: str, topic: str, payload: Mapping[str, Any], now: datetime) -> None:
+        self._exec(
+            sa.insert(t.outbox).values(
+                id=event_id,
+                topic=topic,
+                payload_json=json.dumps(payload, sort_keys=True, separators=(",", ":")),
+                status="pending",
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+            )
+        )
+
+    def outbox_topics(self) -> dict[str, int]:
+        o = t.outbox.c
+        rows = self._exec(sa.select(o.topic, sa.func.count()).group_by(o.topic))
+        return {r[0]: int(r[1]) for r in rows}
+
+    def append_audit(
+        self, *, actor: str, action: str, target: str, details: Mapping[str, Any], now: datetime
+    ) -> None:
+        """Append to the hash-chained audit log; a concurrent append collides on ``seq``."""
+        a = t.audit_log.c
+        last = self._exec(sa.select(a.seq, a.hash).order_by(a.seq.desc()).limit(1)).first()
+        seq, prev_hash = (last.seq + 1, last.hash) if last else (1, "0" * 64)
+        details_json = json.dumps(details, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.sha256(
+            "\n".join([str(seq), now.isoformat(), actor, action, target, details_json, prev_hash]).encode()
+        ).hexdigest()
+        self._exec(
+            sa.insert(t.audit_log).values(
+                seq=seq,
+                at=now,
+                actor=actor,
+                action=action,
+                target=target,
+                details_json=details_json,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+
+    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
+        rows = self._exec(sa.select(t.audit_log).order_by(t.audit_log.c.seq.desc()).limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+    # -- idempotency --------------------------------------------------------------
+
+    def idempotent_answer(self, app_id: str, key: str) -> tuple[str, int, str] | None:
+        """(request_hash, status_code, response_json) stored for a key, if any."""
+        k = t.idempotency_keys.c
+        row = self._exec(
+            sa.select(k.request_hash, k.status_code, k.response_json).where(
+                k.app_id == app_id, k.key == key
+            )
+        ).first()
+        return (row[0], row[1], row[2]) if row else None
+
+    def idempotent_answers(self, app_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
+        k = t.idempotency_keys.c
+        rows = self._exec(
+            sa.select(k.key, k.request_hash, k.status_code, k.response_json).where(
+                k.app_id == app_id, k.key.in_(sorted(set(keys)))
+            )
+        )
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self._exec(sa.insert(t.idempotency_keys), list(rows))

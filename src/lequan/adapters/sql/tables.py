@@ -1,0 +1,292 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations are the only source
+of the live schema; these definitions are what the migrations are checked
+against and what queries are written with.
+
+Uniqueness that the business relies on is a constraint here, never a
+check in Python: one account per person per channel, one voucher per claim
+slot (``uq_vouchers_claim_slot``), one effect per idempotency key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = ["metadata"]
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every dialect (SQLite keeps no zone of its own)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert value.tzinfo is not None, "naive datetimes never reach the store"
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Money = sa.BigInteger
+Id = sa.String(64)
+
+operators = sa.Table(
+    "operators",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("role IN ('maker', 'checker', 'viewer')", name="role"),
+)
+
+apps = sa.Table(
+    "apps",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("secret_key_id", sa.String(32), nullable=False),
+    sa.Column("secret_enc", sa.LargeBinary, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("kind IN ('channel', 'acquirer')", name="kind"),
+)
+
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("config_json", sa.Text, nullable=False),
+    sa.Column("budget_fen", Money, nullable=False),
+    sa.Column("committed_fen", Money, nullable=False, default=0),
+    sa.Column("drafted_by", Id, nullable=False),
+    sa.Column("approved_by", Id),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("committed_fen >= 0 AND committed_fen <= budget_fen", name="within_budget"),
+)
+
+rounds = sa.Table(
+    "rounds",
+    metadata,
+    sa.Column("campaign_id", Id, sa.ForeignKey("campaigns.id"), primary_key=True),
+    sa.Column("round_id", sa.String(20), primary_key=True),
+    sa.Column("release_at", UtcDateTime, nullable=False),
+    sa.Column("ends_at", UtcDateTime, nullable=False),
+)
+
+stocks = sa.Table(
+    "stocks",
+    metadata,
+    sa.Column("campaign_id", Id, primary_key=True),
+    sa.Column("round_id", sa.String(20), primary_key=True),
+    sa.Column("channel_id", sa.String(32), primary_key=True),
+    sa.Column("template_id", sa.String(40), primary_key=True),
+    sa.Column("initial", sa.Integer, nullable=False),
+    sa.ForeignKeyConstraint(["campaign_id", "round_id"], ["rounds.campaign_id", "rounds.round_id"]),
+)
+
+merchants = sa.Table(
+    "merchants",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("mcc", sa.String(4), nullable=False),
+    sa.Column("region_code", sa.String(6), nullable=False),
+    sa.Column("modes", sa.String(32), nullable=False),
+    sa.Column("acquirer_id", Id, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+merchant_campaigns = sa.Table(
+    "merchant_campaigns",
+    metadata,
+    sa.Column("merchant_id", Id, sa.ForeignKey("merchants.id"), primary_key=True),
+    sa.Column("campaign_id", Id, sa.ForeignKey("campaigns.id"), primary_key=True),
+)
+
+persons = sa.Table(
+    "persons",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("id_number_bidx", sa.String(64), nullable=False, unique=True),
+    sa.Column("id_number_enc", sa.LargeBinary, nullable=False),
+    sa.Column("name_enc", sa.LargeBinary, nullable=False),
+    sa.Column("phone_enc", sa.LargeBinary, nullable=False),
+    sa.Column("phone_bidx", sa.String(64), nullable=False, index=True),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("residence_region", sa.String(6), nullable=False),
+    sa.Column("consent_version", sa.String(32), nullable=False),
+    sa.Column("consent_at", UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+person_accounts = sa.Table(
+    "person_accounts",
+    metadata,
+    sa.Column("channel_id", sa.String(32), primary_key=True),
+    sa.Column("channel_user_id", sa.String(64), primary_key=True),
+    sa.Column("person_id", Id, sa.ForeignKey("persons.id"), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("channel_id", "person_id"),
+)
+
+blacklist = sa.Table(
+    "blacklist",
+    metadata,
+    sa.Column("id_number_bidx", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("created_by", Id, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+vouchers = sa.Table(
+    "vouchers",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("campaign_id", Id, nullable=False),
+    sa.Column("round_id", sa.String(20), nullable=False),
+    sa.Column("channel_id", sa.String(32), nullable=False),
+    sa.Column("template_id", sa.String(40), nullable=False),
+    sa.Column("person_id", Id, nullable=False),
+    sa.Column("claim_seq", sa.Integer, nullable=False),
+    sa.Column("face_fen", Money, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("valid_from", UtcDateTime, nullable=False),
+    sa.Column("valid_until", UtcDateTime, nullable=False),
+    sa.Column("issued_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False, default=1),
+    # Set while locked by a two-phase redemption; trade-in qualifications later.
+    sa.Column("redemption_id", Id),
+    sa.Column("qualification_id", Id),
+    sa.UniqueConstraint("campaign_id", "round_id", "channel_id", "person_id", "claim_seq",
+                        name="uq_vouchers_claim_slot"),
+    sa.CheckConstraint("face_fen > 0", name="face_positive"),
+    sa.CheckConstraint(
+        "state IN ('issued','locked','redeemed','refunded','expired','revoked','void')",
+        name="state",
+    ),
+    sa.Index("ix_vouchers_person", "person_id", "campaign_id"),
+    sa.Index("ix_vouchers_state_valid_until", "state", "valid_until"),
+    sa.Index("ix_vouchers_pool", "campaign_id", "round_id", "channel_id", "template_id"),
+)
+
+redemptions = sa.Table(
+    "redemptions",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("voucher_id", Id, sa.ForeignKey("vouchers.id"), nullable=False, index=True),
+    sa.Column("campaign_id", Id, nullable=False),
+    sa.Column("acquirer_id", Id, nullable=False),
+    sa.Column("merchant_id", Id, nullable=False),
+    sa.Column("order_id", sa.String(64), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("order_amount_fen", Money, nullable=False),
+    sa.Column("discount_fen", Money, nullable=False),
+    sa.Column("pay_fen", Money, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("lock_expires_at", UtcDateTime),
+    sa.Column("product_json", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False, default=1),
+    sa.CheckConstraint(
+        "discount_fen > 0 AND discount_fen <= order_amount_fen "
+        "AND pay_fen = order_amount_fen - discount_fen",
+        name="amounts",
+    ),
+    sa.CheckConstraint(
+        "status IN ('locked','redeemed','voided','lock_expired','reversed','refunded')",
+        name="status",
+    ),
+    sa.Index("ix_redemptions_status_lock", "status", "lock_expires_at"),
+)
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("campaign_id", Id, nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("voucher_count", sa.Integer, nullable=False),
+    sa.Column("voucher_id", Id),
+    sa.Column("redemption_id", Id),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+ledger_postings = sa.Table(
+    "ledger_postings",
+    metadata,
+    sa.Column("entry_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+              sa.ForeignKey("ledger_entries.id"), primary_key=True),
+    sa.Column("account", sa.String(80), primary_key=True),
+    sa.Column("campaign_id", Id, nullable=False, index=True),
+    sa.Column("amount_fen", Money, nullable=False),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("app_id", Id, primary_key=True),
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response_json", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False, index=True),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("topic", sa.String(40), nullable=False),
+    sa.Column("payload_json", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=False),
+    sa.Column("delivered_at", UtcDateTime),
+    sa.Index("ix_outbox_status_next", "status", "next_attempt_at"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", Id, nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("target", sa.String(100), nullable=False),
+    sa.Column("details_json", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)

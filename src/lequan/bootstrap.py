@@ -1,0 +1,127 @@
+"""The one place that picks adapters from settings and wires the platform.
+
+Embedded default: SQLite file + in-process gate and nonce store, keys in a
+generated local file. With ``LEQUAN_DATABASE_URL`` (PostgreSQL) and
+``LEQUAN_REDIS_URL`` the same services run on the production adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lequan.adapters.crypto import (
+    AesGcmKeyRing,
+    generate_key_file,
+    is_example_keyring,
+    load_key_file,
+)
+from lequan.adapters.memory_gate import MemoryGate
+from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
+from lequan.adapters.sql import migrate
+from lequan.adapters.sql.engine import create_engine
+from lequan.adapters.sql.store import SqlStore
+from lequan.config import Settings
+from lequan.domain.errors import LequanError
+from lequan.ports import ClaimGate, Clock, NonceStore
+from lequan.services.admin import AppSecrets
+from lequan.services.campaigns import CampaignCache, rebuild_gate_all
+from lequan.services.claiming import ClaimService
+from lequan.services.runtime import Runtime, SystemClock
+from lequan.services.sweeper import Sweeper
+
+__all__ = ["Platform", "SetupError", "build_runtime", "load_keyring", "start_platform"]
+
+
+class SetupError(LequanError):
+    """The platform cannot start as configured; the message says what to fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("setup_error", message)
+
+
+def load_keyring(settings: Settings, *, create: bool) -> AesGcmKeyRing:
+    """The key ring from the key file; generated on first run only in the embedded mode."""
+    path = settings.effective_key_file
+    if not path.exists():
+        if not (create and settings.embedded and settings.key_file is None):
+            raise SetupError(
+                f"no key file at {path}: outside the embedded default, provide one with "
+                "LEQUAN_KEY_FILE (see docs/operations.md)"
+            )
+        return generate_key_file(path)
+    keyring = load_key_file(path)
+    if is_example_keyring(keyring) and not settings.embedded:
+        raise SetupError(
+            f"{path} holds the example key from the docs; generate a real one "
+            "(lequan keys generate PATH)"
+        )
+    return keyring
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    keyring: AesGcmKeyRing | None = None,
+    gate: ClaimGate | None = None,
+    create_keys: bool = True,
+) -> Runtime:
+    """Adapters from settings; tests pass fakes for the clock, keys or gate."""
+    clock = clock or SystemClock()
+    store = SqlStore(create_engine(settings.effective_database_url))
+    nonces: NonceStore
+    if settings.redis_url:
+        import redis
+
+        from lequan.adapters.redis_gate import RedisGate
+
+        client = redis.Redis.from_url(settings.redis_url)
+        gate = gate or RedisGate(client, key_prefix=settings.redis_key_prefix)
+        nonces = RedisNonceStore(client, key_prefix=settings.redis_key_prefix)
+    else:
+        gate = gate or MemoryGate()
+        nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
+    return Runtime(
+        settings=settings,
+        store=store,
+        gate=gate,
+        keyring=keyring or load_keyring(settings, create=create_keys),
+        clock=clock,
+        nonces=nonces,
+    )
+
+
+@dataclass
+class Platform:
+    """A running platform: the runtime plus its long-lived parts."""
+
+    rt: Runtime
+    campaigns: CampaignCache
+    claims: ClaimService
+    apps: AppSecrets
+    sweeper: Sweeper | None
+
+    def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+        self.claims.close()
+        self.rt.gate.close()
+        self.rt.store.dispose()
+
+
+def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
+    """Check the schema is current, rebuild the gate from the store, start the workers."""
+    if check_schema:
+        current = migrate.current_revision(rt.store.engine)
+        head = migrate.head_revision()
+        if current != head:
+            raise SetupError(
+                f"the store is at schema {current or 'none'}, this version needs {head}: "
+                "run `lequan migrate`"
+            )
+    cache = CampaignCache(rt, ttl_s=rt.settings.campaign_cache_ttl_s)
+    rebuild_gate_all(rt)
+    sweeper = Sweeper(rt) if sweep else None
+    if sweeper is not None:
+        sweeper.start()
+    return Platform(rt=rt, campaigns=cache, claims=ClaimService(rt, cache), apps=AppSecrets(rt), sweeper=sweeper)

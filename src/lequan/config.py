@@ -1,0 +1,72 @@
+"""Settings: every knob and every limit as a typed field (prefix ``LEQUAN_``).
+
+Nothing here is read at import time; ``Settings()`` is built once by the
+entry point and handed to ``bootstrap``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEQUAN_", extra="ignore", frozen=True)
+
+    # Where the embedded default keeps its SQLite file and generated key file.
+    data_dir: Path = Path("lequan-data")
+    # Empty: SQLite in data_dir (the embedded default). PostgreSQL:
+    # postgresql+psycopg://user@host:5432/db
+    database_url: str = ""
+    # Empty: the in-process claim gate and nonce store (one process only).
+    redis_url: str = ""
+    redis_key_prefix: Annotated[str, Field(max_length=40)] = "lq:"
+    # Key file (JSON) with the field-encryption and blind-index keys. Empty: the
+    # embedded default generates data_dir/keys.json on first run.
+    key_file: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+
+    signature_max_skew_s: Annotated[int, Field(ge=1, le=3600)] = 300
+    nonce_cache_entries_max: Annotated[int, Field(ge=1000)] = 2_000_000
+    request_body_bytes_max: Annotated[int, Field(ge=1024)] = 2_000_000
+
+    claim_batch_items_max: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    claim_batch_size_max: Annotated[int, Field(ge=1, le=20_000)] = 2000
+    claim_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    claim_queue_max: Annotated[int, Field(ge=1)] = 20_000
+    claim_commit_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    campaign_cache_ttl_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+
+    lock_timeout_s: Annotated[int, Field(ge=10, le=86_400)] = 900
+    reversal_window_s: Annotated[int, Field(ge=60, le=7 * 86_400)] = 86_400
+    sweep_interval_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    sweep_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+    page_size_max: Annotated[int, Field(ge=1, le=1000)] = 200
+    idempotency_key_chars_max: Annotated[int, Field(ge=8, le=128)] = 128
+
+    log_json: bool | None = None  # None: JSON off a terminal, pretty on one
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lequan.db').as_posix()}"
+
+    @property
+    def embedded(self) -> bool:
+        """The zero-setup mode: SQLite store and in-process gate, one process."""
+        return self.effective_database_url.startswith("sqlite") and not self.redis_url
+
+    @property
+    def effective_key_file(self) -> Path:
+        return self.key_file if self.key_file is not None else self.data_dir / "keys.json"

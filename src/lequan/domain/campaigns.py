@@ -1,0 +1,306 @@
+"""Campaigns: their configuration, rounds, eligibility and lifecycle.
+
+A campaign is configured as a file (YAML), validated here field by field
+so that an operator learns which field breaks which rule before anything is
+stored. The same models are the domain's view of a campaign afterwards.
+
+Lifecycle, with maker-checker approval (whoever drafts cannot approve)::
+
+    draft ──approve──▶ approved ──activate──▶ live ◀──resume── paused
+                          │                    │ ──pause──────▶ │
+                          └───────end──────────┴──────end───────┴──▶ ended
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from lequan.domain.errors import Conflict
+from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId
+
+__all__ = [
+    "CampaignConfig",
+    "CampaignStatus",
+    "Eligibility",
+    "Limits",
+    "Reason",
+    "RoundConfig",
+    "RoundPhase",
+    "Scope",
+    "Validity",
+    "eligibility_reasons",
+    "lifecycle_transition",
+    "region_covers",
+    "round_phase",
+]
+
+CampaignId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{2,39}$")]
+RoundId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,19}$")]
+ChannelId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,31}$")]
+RegionCode = Annotated[str, Field(pattern=r"^[1-9][0-9]{5}$")]
+Mcc = Annotated[str, Field(pattern=r"^[0-9]{4}$")]
+Mode = Literal["online", "in_store"]
+
+STOCK_PER_POOL_MAX = 50_000_000
+ROUNDS_MAX = 100
+TEMPLATES_MAX = 20
+CHANNELS_MAX = 16
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Validity(_Model):
+    """How long a voucher may be used: N days from issue, or a fixed window."""
+
+    days_from_issue: Annotated[int, Field(gt=0, le=366)] | None = None
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        fixed = self.valid_from is not None or self.valid_until is not None
+        if self.days_from_issue is not None and fixed:
+            raise ValueError("give either days_from_issue or valid_from/valid_until, not both")
+        if self.days_from_issue is None:
+            if self.valid_from is None or self.valid_until is None:
+                raise ValueError("give days_from_issue, or both valid_from and valid_until")
+            if self.valid_from >= self.valid_until:
+                raise ValueError("valid_from must be before valid_until")
+        return self
+
+    def window(self, issued_at: datetime) -> tuple[datetime, datetime]:
+        """The validity window of a voucher issued at ``issued_at``."""
+        if self.days_from_issue is not None:
+            return issued_at, issued_at + timedelta(days=self.days_from_issue)
+        assert self.valid_from is not None and self.valid_until is not None
+        return self.valid_from, self.valid_until
+
+
+class Scope(_Model):
+    """Where a voucher may be spent."""
+
+    mcc: tuple[Mcc, ...] = ()  # empty: any category
+    enrolled_only: bool = True  # only merchants enrolled in this campaign
+    modes: tuple[Mode, ...] = ("online", "in_store")
+    channel_bound: bool = True  # a voucher claimed in Alipay is used when paying with Alipay
+    excluded_order_types: tuple[Annotated[str, Field(max_length=40)], ...] = (
+        "gift_card",
+        "prepaid_card",
+        "group_buy",
+    )
+
+    @model_validator(mode="after")
+    def _some_mode(self) -> Self:
+        if not self.modes:
+            raise ValueError("modes must name at least one of online, in_store")
+        return self
+
+
+class Limits(_Model):
+    per_person_per_round_per_channel: Annotated[int, Field(ge=1, le=100)] = 1
+    per_person_per_campaign: Annotated[int, Field(ge=0, le=1000)] = 0  # 0: no campaign-wide cap
+
+
+class Eligibility(_Model):
+    """Who may claim: by region (empty: nationwide), checked on residence or location."""
+
+    regions: tuple[RegionCode, ...] = ()
+    check: Literal["location", "residence", "either"] = "location"
+
+
+class RoundConfig(_Model):
+    id: RoundId
+    release_at: AwareDatetime
+    ends_at: AwareDatetime
+    # stock[channel][template] = vouchers in that pool for that template
+    stock: dict[ChannelId, dict[TemplateId, Annotated[int, Field(ge=0, le=STOCK_PER_POOL_MAX)]]]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.release_at >= self.ends_at:
+            raise ValueError("release_at must be before ends_at")
+        return self
+
+
+class CampaignConfig(_Model):
+    id: CampaignId
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    issuer: Annotated[str, Field(min_length=1, max_length=100)]
+    category: Annotated[str, Field(pattern=r"^[a-z_]{2,30}$")]
+    budget_fen: Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX * 100)]
+    channels: Annotated[tuple[ChannelId, ...], Field(min_length=1, max_length=CHANNELS_MAX)]
+    templates: Annotated[tuple[Template, ...], Field(min_length=1, max_length=TEMPLATES_MAX)]
+    validity: Validity
+    scope: Scope = Scope()
+    limits: Limits = Limits()
+    eligibility: Eligibility = Eligibility()
+    rounds: Annotated[tuple[RoundConfig, ...], Field(min_length=1, max_length=ROUNDS_MAX)]
+    refund_policy: Literal["restore_if_valid", "always_void"] = "restore_if_valid"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        _unique("channels", self.channels)
+        _unique("templates ids", [t.id for t in self.templates])
+        _unique("rounds ids", [r.id for r in self.rounds])
+        template_ids = {t.id for t in self.templates}
+        for t in self.templates:
+            if t.modes is not None and not set(t.modes) <= set(self.scope.modes):
+                raise ValueError(f"template {t.id}: modes must be within scope.modes")
+        for r in self.rounds:
+            for channel, per_template in r.stock.items():
+                if channel not in self.channels:
+                    raise ValueError(f"round {r.id}: stock names channel {channel!r} not in channels")
+                for template_id in per_template:
+                    if template_id not in template_ids:
+                        raise ValueError(
+                            f"round {r.id}: stock names template {template_id!r} not in templates"
+                        )
+        for earlier, later in zip(self.rounds, self.rounds[1:], strict=False):
+            if later.release_at < earlier.ends_at:
+                raise ValueError(f"round {later.id} must not start before round {earlier.id} ends")
+        return self
+
+    def template(self, template_id: str) -> Template | None:
+        for t in self.templates:
+            if t.id == template_id:
+                return t
+        return None
+
+    def round(self, round_id: str) -> RoundConfig | None:
+        for r in self.rounds:
+            if r.id == round_id:
+                return r
+        return None
+
+    def stock_face_fen(self) -> int:
+        """The face value of all stock of all rounds: what the budget must cover to sell out."""
+        faces = {t.id: t.face_fen for t in self.templates}
+        return sum(
+            faces[template_id] * count
+            for r in self.rounds
+            for per_template in r.stock.values()
+            for template_id, count in per_template.items()
+        )
+
+
+def _unique(what: str, values: Sequence[str]) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must be unique")
+
+
+class CampaignStatus(enum.StrEnum):
+    DRAFT = "draft"
+    APPROVED = "approved"
+    LIVE = "live"
+    PAUSED = "paused"
+    ENDED = "ended"
+
+
+_LIFECYCLE: dict[tuple[CampaignStatus, str], CampaignStatus] = {
+    (CampaignStatus.DRAFT, "approve"): CampaignStatus.APPROVED,
+    (CampaignStatus.APPROVED, "activate"): CampaignStatus.LIVE,
+    (CampaignStatus.LIVE, "pause"): CampaignStatus.PAUSED,
+    (CampaignStatus.PAUSED, "resume"): CampaignStatus.LIVE,
+    (CampaignStatus.APPROVED, "end"): CampaignStatus.ENDED,
+    (CampaignStatus.LIVE, "end"): CampaignStatus.ENDED,
+    (CampaignStatus.PAUSED, "end"): CampaignStatus.ENDED,
+}
+
+LIFECYCLE_ACTIONS = frozenset(action for _, action in _LIFECYCLE)
+
+
+def lifecycle_transition(
+    status: CampaignStatus, action: str, *, drafted_by: str, actor: str
+) -> CampaignStatus:
+    """The campaign's status after ``action`` by ``actor``; maker-checker on approval."""
+    assert action in LIFECYCLE_ACTIONS, action
+    if action == "approve" and actor == drafted_by and status is CampaignStatus.DRAFT:
+        raise Conflict("maker_cannot_approve", "the operator who drafted a campaign cannot approve it")
+    try:
+        return _LIFECYCLE[(status, action)]
+    except KeyError:
+        raise Conflict(
+            "campaign_state", f"a campaign that is {status.value} cannot be asked to {action}"
+        ) from None
+
+
+class RoundPhase(enum.StrEnum):
+    NOT_STARTED = "not_started"
+    OPEN = "open"
+    ENDED = "ended"
+
+
+def round_phase(*, release_at: datetime, ends_at: datetime, now: datetime) -> RoundPhase:
+    if now < release_at:
+        return RoundPhase.NOT_STARTED
+    if now >= ends_at:
+        return RoundPhase.ENDED
+    return RoundPhase.OPEN
+
+
+def region_covers(area: str, region: str) -> bool:
+    """Whether the GB/T 2260 code ``area`` (province, city or district) contains ``region``."""
+    if area.endswith("0000"):
+        return region[:2] == area[:2]
+    if area.endswith("00"):
+        return region[:4] == area[:4]
+    return region == area
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a person is not eligible, for the channel to show."""
+
+    code: str
+    message: str
+
+
+def eligibility_reasons(
+    eligibility: Eligibility,
+    *,
+    residence_region: str,
+    location_region: str | None,
+    blacklisted: bool,
+    ended: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> list[Reason]:
+    """Every reason a person may not claim in a campaign; empty when eligible."""
+    reasons: list[Reason] = []
+    if blacklisted:
+        reasons.append(Reason("blacklisted", "the person is on the platform's blacklist"))
+    if ended:
+        reasons.append(Reason("campaign_ended", "the campaign has ended"))
+    if eligibility.regions:
+
+        def inside(region: str | None) -> bool:
+            return region is not None and any(
+                region_covers(area, region) for area in eligibility.regions
+            )
+
+        areas = ", ".join(eligibility.regions)
+        if eligibility.check == "location" and not inside(location_region):
+            if location_region is None:
+                reasons.append(
+                    Reason("location_required", f"the person's location must be inside {areas}")
+                )
+            else:
+                reasons.append(Reason("outside_region", f"the location is not inside {areas}"))
+        elif eligibility.check == "residence" and not inside(residence_region):
+            reasons.append(Reason("outside_region", f"the residence is not inside {areas}"))
+        elif eligibility.check == "either" and not (
+            inside(residence_region) or inside(location_region)
+        ):
+            reasons.append(
+                Reason("outside_region", f"neither residence nor location is inside {areas}")
+            )
+    for code, message in (extra or {}).items():
+        reasons.append(Reason(code, message))
+    return reasons

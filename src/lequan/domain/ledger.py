@@ -1,0 +1,140 @@
+"""Double-entry postings for a campaign's money, in integer fen.
+
+Accounts of one campaign:
+
+- ``funding``        the issuer's money before it is given to the campaign (goes negative);
+- ``budget``         money still free to commit to new vouchers (never below zero);
+- ``outstanding``    the face value of vouchers issued and not yet used, expired or revoked;
+- ``payable:<acq>``  the discounts redeemed through an acquirer, owed until settlement.
+
+Every entry sums to zero. With these postings, at every commit and per
+campaign: budget + outstanding + Σ payable = the funded amount, and
+outstanding = Σ face of vouchers issued or locked.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "Account",
+    "Entry",
+    "EntryKind",
+    "Posting",
+    "balances",
+    "expire_entry",
+    "fund_entry",
+    "issue_entry",
+    "payable_account",
+    "redeem_entry",
+    "refund_void_entry",
+    "reverse_entry",
+    "revoke_entry",
+]
+
+
+class Account(enum.StrEnum):
+    FUNDING = "funding"
+    BUDGET = "budget"
+    OUTSTANDING = "outstanding"
+
+
+def payable_account(acquirer_id: str) -> str:
+    return f"payable:{acquirer_id}"
+
+
+class EntryKind(enum.StrEnum):
+    FUND = "fund"
+    ISSUE = "issue"
+    REDEEM = "redeem"
+    REVERSE = "reverse"
+    REFUND_RESTORE = "refund_restore"
+    REFUND_VOID = "refund_void"
+    EXPIRE = "expire"
+    REVOKE = "revoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    account: str
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One balanced journal entry; zero-amount lines are dropped."""
+
+    kind: EntryKind
+    postings: tuple[Posting, ...]
+
+    def __post_init__(self) -> None:
+        assert sum(p.amount_fen for p in self.postings) == 0, self
+        assert all(p.amount_fen != 0 for p in self.postings), self
+
+
+def _entry(kind: EntryKind, *lines: tuple[str, int]) -> Entry:
+    return Entry(kind, tuple(Posting(a, n) for a, n in lines if n != 0))
+
+
+def fund_entry(budget_fen: int) -> Entry:
+    assert budget_fen >= 0
+    return _entry(EntryKind.FUND, (Account.FUNDING, -budget_fen), (Account.BUDGET, budget_fen))
+
+
+def issue_entry(face_total_fen: int) -> Entry:
+    """Commit the face value of newly issued vouchers (one entry per claim batch)."""
+    assert face_total_fen > 0
+    return _entry(
+        EntryKind.ISSUE, (Account.BUDGET, -face_total_fen), (Account.OUTSTANDING, face_total_fen)
+    )
+
+
+def redeem_entry(*, face_fen: int, discount_fen: int, acquirer_id: str) -> Entry:
+    """The discount becomes payable; what the voucher did not use returns to the budget."""
+    assert 0 < discount_fen <= face_fen
+    return _entry(
+        EntryKind.REDEEM,
+        (Account.OUTSTANDING, -face_fen),
+        (payable_account(acquirer_id), discount_fen),
+        (Account.BUDGET, face_fen - discount_fen),
+    )
+
+
+def reverse_entry(
+    *, face_fen: int, discount_fen: int, acquirer_id: str, kind: EntryKind = EntryKind.REVERSE
+) -> Entry:
+    """Undo a redemption exactly (reversal, or a refund that gives the voucher back)."""
+    assert kind in (EntryKind.REVERSE, EntryKind.REFUND_RESTORE)
+    redeem = redeem_entry(face_fen=face_fen, discount_fen=discount_fen, acquirer_id=acquirer_id)
+    return Entry(kind, tuple(Posting(p.account, -p.amount_fen) for p in redeem.postings))
+
+
+def refund_void_entry(*, discount_fen: int, acquirer_id: str) -> Entry:
+    """A refunded voucher that is not given back: the discount returns to the budget."""
+    assert discount_fen > 0
+    return _entry(
+        EntryKind.REFUND_VOID,
+        (payable_account(acquirer_id), -discount_fen),
+        (Account.BUDGET, discount_fen),
+    )
+
+
+def expire_entry(face_fen: int) -> Entry:
+    assert face_fen > 0
+    return _entry(EntryKind.EXPIRE, (Account.OUTSTANDING, -face_fen), (Account.BUDGET, face_fen))
+
+
+def revoke_entry(face_fen: int) -> Entry:
+    assert face_fen > 0
+    return _entry(EntryKind.REVOKE, (Account.OUTSTANDING, -face_fen), (Account.BUDGET, face_fen))
+
+
+def balances(entries: Iterable[Entry]) -> dict[str, int]:
+    """The balance of every account after ``entries``."""
+    result: dict[str, int] = {}
+    for entry in entries:
+        for posting in entry.postings:
+            result[posting.account] = result.get(posting.account, 0) + posting.amount_fen
+    return result

@@ -1,0 +1,125 @@
+"""The seams between lequan's services and the world, as Protocols.
+
+Each port has a real adapter and an in-process one that ships in ``src``
+(serving the embedded mode, the demo and the unit tests alike); one contract
+suite in ``tests/integration`` runs against every implementation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+__all__ = [
+    "ClaimGate",
+    "Clock",
+    "KeyRing",
+    "NonceStore",
+    "ReserveOutcome",
+    "ReserveRequest",
+    "ReserveResult",
+]
+
+
+class Clock(Protocol):
+    """Where services read the time; the domain never does."""
+
+    def now(self) -> datetime:
+        """The current instant, timezone-aware UTC."""
+        ...
+
+
+class KeyRing(Protocol):
+    """Field encryption and blind indexes for personal information."""
+
+    @property
+    def active_key_id(self) -> str: ...
+
+    def encrypt(self, field: str, plaintext: str) -> tuple[str, bytes]:
+        """Encrypt one field value; returns (key_id, ciphertext). ``field`` is bound as AAD."""
+        ...
+
+    def decrypt(self, field: str, key_id: str, ciphertext: bytes) -> str: ...
+
+    def blind_index(self, field: str, value: str) -> str:
+        """A keyed, deterministic digest for equality lookups without the clear value."""
+        ...
+
+
+class NonceStore(Protocol):
+    """Remembers request nonces for the signature window so a replay is refused."""
+
+    def remember(self, app_id: str, nonce: str, ttl_s: int) -> bool:
+        """Record the nonce; True if it was new, False if it was already seen."""
+        ...
+
+
+class ReserveOutcome(enum.Enum):
+    """What the gate answered for one reservation."""
+
+    OK = "ok"
+    SOLD_OUT = "sold_out"
+    ALREADY_CLAIMED = "already_claimed"  # the person reached the pool's limit
+    CAMPAIGN_LIMIT = "claim_limit_reached"  # the person reached the campaign's limit
+    UNKNOWN_STOCK = "unknown_stock"  # the gate holds no stock for this pool/template
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """One person asking for one voucher of one template from one pool.
+
+    A *pool* is the unit the gate makes atomic: one round of one campaign in
+    one channel. It holds a stock counter per template and the per-person
+    claim counts that the pool's limit applies to (one claim per person per
+    channel per round, in the real Shanghai rule, whatever the template).
+    """
+
+    pool: str
+    template_id: str
+    person_id: str
+    limit: int
+    campaign_id: str
+    campaign_limit: int  # 0 means no campaign-wide limit
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    outcome: ReserveOutcome
+    claim_seq: int  # the person's n-th claim in the pool (1..limit) when OK, else 0
+    remaining: int  # the template's stock left in the pool after this answer
+
+
+class ClaimGate(Protocol):
+    """Answers "may this person take one of this stock?" atomically and fast.
+
+    The gate is a cache of the store's truth: ``reset_*`` rebuilds it from
+    the store, and a reservation whose commit fails is handed back with
+    ``release``. De-duplication per person is atomic with the decrement.
+    """
+
+    def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveResult]:
+        """Reserve each request in order; each one atomic on its own."""
+        ...
+
+    def release(self, requests: Sequence[tuple[ReserveRequest, int]]) -> None:
+        """Undo reservations (request, claim_seq) whose commit failed."""
+        ...
+
+    def remaining(self, pool: str, template_id: str) -> int | None:
+        """Stock left, or None when the gate holds nothing for it."""
+        ...
+
+    def reset_pool(
+        self, pool: str, *, stock: Mapping[str, int], claimed: Mapping[str, int]
+    ) -> None:
+        """Replace a pool's state: stock left per template, claims per person."""
+        ...
+
+    def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
+        """Replace the per-person claim counts of a campaign-wide limit."""
+        ...
+
+    def close(self) -> None: ...

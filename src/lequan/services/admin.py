@@ -1,0 +1,219 @@
+"""Operators, channel and acquirer credentials, merchants and the blacklist.
+
+Secrets are shown once, when created: operator tokens are stored only as a
+SHA-256 digest, app secrets encrypted under the key ring (the signature
+check needs them back).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+
+from lequan.adapters.sql.store import IntegrityError
+from lequan.domain.errors import AuthError, Conflict, InvalidInput
+from lequan.domain.identity import normalize_id_number
+from lequan.services.persons import validate_region
+from lequan.services.runtime import Runtime
+
+__all__ = [
+    "AppCredentials",
+    "AppSecrets",
+    "add_app",
+    "add_operator",
+    "authenticate_operator",
+    "blacklist_add",
+    "blacklist_remove",
+    "import_merchants",
+]
+
+APP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
+OPERATOR_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
+ROLES = ("maker", "checker", "viewer")
+MERCHANT_ROWS_MAX = 100_000
+MERCHANT_COLUMNS = ("merchant_id", "name", "mcc", "region_code", "modes", "acquirer_id", "campaigns")
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli") -> str:
+    """Create an operator account; returns its bearer token (shown once)."""
+    if not OPERATOR_ID.match(operator_id):
+        raise InvalidInput("invalid_operator_id", "an operator id is 2-32 of a-z 0-9 . _ -")
+    if role not in ROLES:
+        raise InvalidInput("invalid_role", f"role must be one of {', '.join(ROLES)}")
+    token = "lqo_" + secrets.token_urlsafe(32)
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        if uow.operator_role(operator_id) is not None:
+            raise Conflict("operator_exists", f"operator {operator_id} already exists")
+        try:
+            uow.add_operator(operator_id=operator_id, role=role, token_hash=token_digest(token), now=now)
+        except IntegrityError:
+            raise Conflict("operator_exists", f"operator {operator_id} already exists") from None
+        uow.append_audit(actor=actor, action="operator.add", target=operator_id, details={"role": role}, now=now)
+        uow.commit()
+    return token
+
+
+def authenticate_operator(rt: Runtime, token: str) -> tuple[str, str]:
+    """(operator_id, role) for a bearer token, or AuthError."""
+    with rt.store.unit_of_work() as uow:
+        found = uow.operator_by_token_hash(token_digest(token))
+    if found is None:
+        raise AuthError("unauthenticated", "a valid operator token is required")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class AppCredentials:
+    app_id: str
+    kind: str
+    name: str
+    secret: str
+
+
+def add_app(rt: Runtime, *, app_id: str, kind: str, name: str, actor: str) -> AppCredentials:
+    """Register a channel or an acquirer; returns its signing secret (shown once)."""
+    if kind not in ("channel", "acquirer"):
+        raise InvalidInput("invalid_app_kind", "kind must be channel or acquirer")
+    if not APP_ID.match(app_id):
+        raise InvalidInput("invalid_app_id", "an app id is 2-32 of a-z 0-9 _ -")
+    if not 1 <= len(name) <= 100:
+        raise InvalidInput("invalid_name", "a name is 1-100 characters")
+    secret = "lqs_" + secrets.token_urlsafe(32)
+    key_id, secret_enc = rt.keyring.encrypt("app_secret", secret)
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        if uow.get_app(app_id) is not None:
+            raise Conflict("app_exists", f"app {app_id} already exists")
+        uow.add_app(app_id=app_id, kind=kind, name=name, key_id=key_id, secret_enc=secret_enc, now=now)
+        uow.append_audit(actor=actor, action=f"{kind}.add", target=app_id, details={"name": name}, now=now)
+        uow.commit()
+    return AppCredentials(app_id, kind, name, secret)
+
+
+class AppSecrets:
+    """App id -> (kind, secret), decrypted once and kept in memory (bounded)."""
+
+    def __init__(self, rt: Runtime, entries_max: int = 10_000) -> None:
+        self._rt = rt
+        self._lock = threading.Lock()
+        self._secrets: dict[str, tuple[str, str]] = {}
+        self._entries_max = entries_max
+
+    def get(self, app_id: str) -> tuple[str, str] | None:
+        with self._lock:
+            found = self._secrets.get(app_id)
+        if found is not None:
+            return found
+        with self._rt.store.unit_of_work() as uow:
+            row = uow.get_app(app_id)
+        if row is None or not row.active:
+            return None
+        secret = self._rt.keyring.decrypt("app_secret", row.secret_key_id, row.secret_enc)
+        with self._lock:
+            if len(self._secrets) >= self._entries_max:
+                self._secrets.clear()
+            self._secrets[app_id] = (row.kind, secret)
+        return row.kind, secret
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantImport:
+    imported: int
+
+
+def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
+    """Import or update merchants from CSV; all rows or none, errors name the line."""
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or tuple(reader.fieldnames) != MERCHANT_COLUMNS:
+        raise InvalidInput(
+            "invalid_merchant_file", f"the header must be: {','.join(MERCHANT_COLUMNS)}"
+        )
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if len(rows) >= MERCHANT_ROWS_MAX:
+            raise InvalidInput("invalid_merchant_file", f"at most {MERCHANT_ROWS_MAX} rows per file")
+        try:
+            rows.append(_merchant_row(row))
+        except InvalidInput as error:
+            raise InvalidInput(
+                "invalid_merchant_file", f"line {line}: {error.message}", details={"line": line}
+            ) from None
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        for row in rows:
+            for campaign_id in row["campaign_ids"]:
+                if not uow.campaign_exists(campaign_id):
+                    raise InvalidInput(
+                        "invalid_merchant_file",
+                        f"merchant {row['merchant_id']}: no campaign {campaign_id}",
+                    )
+            uow.upsert_merchant(now=now, **row)
+        uow.append_audit(
+            actor=actor, action="merchant.import", target="merchants", details={"rows": len(rows)}, now=now
+        )
+        uow.commit()
+    return MerchantImport(len(rows))
+
+
+def _merchant_row(row: dict[str, str]) -> dict[str, object]:
+    merchant_id = (row.get("merchant_id") or "").strip()
+    if not re.match(r"^[A-Za-z0-9_-]{1,64}$", merchant_id):
+        raise InvalidInput("invalid_merchant", "merchant_id is 1-64 of letters, digits, _ -")
+    name = (row.get("name") or "").strip()
+    if not 1 <= len(name) <= 100:
+        raise InvalidInput("invalid_merchant", "name is 1-100 characters")
+    mcc = (row.get("mcc") or "").strip()
+    if not re.match(r"^[0-9]{4}$", mcc):
+        raise InvalidInput("invalid_merchant", "mcc is 4 digits")
+    region = validate_region((row.get("region_code") or "").strip(), field="region_code")
+    modes = [m.strip() for m in (row.get("modes") or "").split(";") if m.strip()]
+    if not modes or not set(modes) <= {"online", "in_store"}:
+        raise InvalidInput("invalid_merchant", "modes is online, in_store or both separated by ;")
+    acquirer_id = (row.get("acquirer_id") or "").strip()
+    if not APP_ID.match(acquirer_id):
+        raise InvalidInput("invalid_merchant", "acquirer_id is an app id")
+    campaigns = [c.strip() for c in (row.get("campaigns") or "").split(";") if c.strip()]
+    return {
+        "merchant_id": merchant_id,
+        "name": name,
+        "mcc": mcc,
+        "region_code": region,
+        "modes": modes,
+        "acquirer_id": acquirer_id,
+        "campaign_ids": campaigns,
+    }
+
+
+def blacklist_add(rt: Runtime, *, id_number: str, reason: str, actor: str) -> bool:
+    id_number = normalize_id_number(id_number)
+    if not 1 <= len(reason) <= 200:
+        raise InvalidInput("invalid_reason", "a reason is 1-200 characters")
+    bidx = rt.keyring.blind_index("id_number", id_number)
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        added = uow.add_blacklist(bidx=bidx, reason=reason, created_by=actor, now=now)
+        uow.append_audit(
+            actor=actor, action="blacklist.add", target=bidx[:16], details={"reason": reason}, now=now
+        )
+        uow.commit()
+    return added
+
+
+def blacklist_remove(rt: Runtime, *, id_number: str, actor: str) -> bool:
+    bidx = rt.keyring.blind_index("id_number", normalize_id_number(id_number))
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        removed = uow.remove_blacklist(bidx)
+        uow.append_audit(actor=actor, action="blacklist.remove", target=bidx[:16], details={}, now=now)
+        uow.commit()
+    return removed

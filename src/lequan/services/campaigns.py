@@ -1,0 +1,288 @@
+"""Campaign administration: import, maker-checker approval, lifecycle, rounds,
+and keeping the claim gate in step with the store.
+
+Every change is one transaction with its audit entry; the in-process
+campaign cache is told, so the claim path sees the change at once here and
+within ``campaign_cache_ttl_s`` in other processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+import yaml
+from pydantic import ValidationError
+
+from lequan.adapters.sql.store import CampaignRow, IntegrityError, UnitOfWork
+from lequan.domain.campaigns import CampaignConfig, CampaignStatus, lifecycle_transition
+from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
+from lequan.domain.ledger import fund_entry
+from lequan.services.runtime import Runtime
+
+__all__ = [
+    "CampaignCache",
+    "change_status",
+    "import_campaign",
+    "parse_campaign",
+    "pool_key",
+    "rebuild_gate",
+    "rebuild_gate_all",
+    "start_round",
+]
+
+CAMPAIGN_FILE_BYTES_MAX = 1_000_000
+ROLES_THAT_DRAFT = frozenset({"maker"})
+ROLES_THAT_APPROVE = frozenset({"checker"})
+ROLES_THAT_OPERATE = frozenset({"maker", "checker"})
+
+
+def pool_key(campaign_id: str, round_id: str, channel_id: str) -> str:
+    """The gate's unit of atomicity: one round of one campaign in one channel."""
+    return f"{campaign_id}:{round_id}:{channel_id}"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(file)"
+
+
+def parse_campaign(text: str | bytes) -> CampaignConfig:
+    """A campaign from its YAML file, or InvalidInput naming every broken field and rule."""
+    if len(text) > CAMPAIGN_FILE_BYTES_MAX:
+        raise InvalidInput("invalid_campaign_config", "the campaign file is larger than 1 MB")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidInput("invalid_campaign_config", f"not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("invalid_campaign_config", "the campaign file must be a mapping")
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as error:
+        problems = [
+            {"field": _loc(e["loc"]), "rule": e["msg"].removeprefix("Value error, ")}
+            for e in error.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{p['field']}: {p['rule']}" for p in problems[:10])
+        raise InvalidInput(
+            "invalid_campaign_config", summary, details={"errors": problems}
+        ) from None
+
+
+def _require_role(uow: UnitOfWork, actor: str, roles: frozenset[str]) -> str:
+    role = uow.operator_role(actor)
+    if role is None:
+        raise AuthError("unknown_operator", f"no active operator named {actor!r}")
+    if role not in roles:
+        raise AuthError("forbidden", f"a {role} cannot do this; it needs {' or '.join(sorted(roles))}")
+    return role
+
+
+def import_campaign(rt: Runtime, config: CampaignConfig, *, actor: str) -> CampaignRow:
+    """Store a new campaign as a draft drafted by ``actor`` (a maker)."""
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        _require_role(uow, actor, ROLES_THAT_DRAFT)
+        if uow.campaign_exists(config.id):
+            raise Conflict("campaign_exists", f"campaign {config.id} already exists")
+        try:
+            uow.insert_campaign(config, drafted_by=actor, now=now)
+        except IntegrityError:
+            raise Conflict("campaign_exists", f"campaign {config.id} already exists") from None
+        uow.append_audit(
+            actor=actor,
+            action="campaign.import",
+            target=config.id,
+            details={"budget_fen": config.budget_fen, "rounds": len(config.rounds)},
+            now=now,
+        )
+        row = uow.get_campaign(config.id)
+        assert row is not None
+        uow.commit()
+    return row
+
+
+def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> CampaignRow:
+    """approve | activate | pause | resume | end, with maker-checker on approve."""
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        roles = ROLES_THAT_APPROVE if action == "approve" else ROLES_THAT_OPERATE
+        _require_role(uow, actor, roles)
+        row = uow.get_campaign(campaign_id)
+        if row is None:
+            raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
+        status = lifecycle_transition(row.status, action, drafted_by=row.drafted_by, actor=actor)
+        moved = uow.set_campaign_status(
+            campaign_id,
+            expected=row.status,
+            status=status,
+            now=now,
+            approved_by=actor if action == "approve" else None,
+        )
+        if not moved:
+            raise Conflict("campaign_state", "the campaign changed meanwhile; look again")
+        if action == "approve":
+            uow.post(fund_entry(row.budget_fen), campaign_id=campaign_id, now=now, voucher_count=0)
+        uow.append_audit(
+            actor=actor,
+            action=f"campaign.{action}",
+            target=campaign_id,
+            details={"from": row.status.value, "to": status.value},
+            now=now,
+        )
+        uow.commit()
+    if status in (CampaignStatus.APPROVED, CampaignStatus.LIVE) and action in ("approve", "activate"):
+        rebuild_gate(rt, campaign_id)
+    rt.campaign_changed(campaign_id)
+    updated = get_campaign(rt, campaign_id)
+    return updated
+
+
+def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> CampaignRow:
+    """Open a round now (release time = now), making the campaign live if approved."""
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        _require_role(uow, actor, ROLES_THAT_OPERATE)
+        row = uow.get_campaign(campaign_id)
+        if row is None:
+            raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
+        if round_id not in row.rounds:
+            raise NotFound("round_not_found", f"campaign {campaign_id} has no round {round_id}")
+        if row.status not in (CampaignStatus.APPROVED, CampaignStatus.LIVE):
+            raise Conflict(
+                "campaign_state", f"a campaign that is {row.status.value} cannot start a round"
+            )
+        release_at, ends_at = row.rounds[round_id]
+        if now >= ends_at:
+            raise Conflict("round_ended", f"round {round_id} has already ended")
+        uow.set_round_times(campaign_id, round_id, release_at=min(now, release_at), ends_at=ends_at)
+        if row.status is CampaignStatus.APPROVED:
+            assert uow.set_campaign_status(
+                campaign_id, expected=row.status, status=CampaignStatus.LIVE, now=now
+            )
+        uow.append_audit(
+            actor=actor,
+            action="campaign.start_round",
+            target=f"{campaign_id}/{round_id}",
+            details={"release_at": min(now, release_at).isoformat()},
+            now=now,
+        )
+        uow.commit()
+    rebuild_gate(rt, campaign_id)
+    rt.campaign_changed(campaign_id)
+    return get_campaign(rt, campaign_id)
+
+
+def get_campaign(rt: Runtime, campaign_id: str) -> CampaignRow:
+    with rt.store.unit_of_work() as uow:
+        row = uow.get_campaign(campaign_id)
+    if row is None:
+        raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
+    return row
+
+
+def list_campaigns(rt: Runtime) -> list[CampaignRow]:
+    with rt.store.unit_of_work() as uow:
+        return uow.list_campaigns()
+
+
+def rebuild_gate(rt: Runtime, campaign_id: str) -> None:
+    """Load the gate from the store's truth: stock left and claims per person.
+
+    The gate is a cache: whatever it held for this campaign is replaced, so a
+    gate flushed or restarted mid-sale comes back without overselling.
+    """
+    with rt.store.unit_of_work() as uow:
+        row = uow.get_campaign(campaign_id)
+        assert row is not None
+        initial = uow.stock_initial(campaign_id)
+        issued = uow.issued_counts(campaign_id)
+        per_pool: dict[str, dict[str, int]] = defaultdict(dict)
+        per_campaign: dict[str, int] = defaultdict(int)
+        for round_id, channel_id, person_id, count in uow.claim_counts(campaign_id):
+            per_pool[pool_key(campaign_id, round_id, channel_id)][person_id] = count
+            per_campaign[person_id] += count
+    stock_by_pool: dict[str, dict[str, int]] = defaultdict(dict)
+    for round_id, channel_id, template_id, count in initial:
+        left = count - issued.get((round_id, channel_id, template_id), 0)
+        assert left >= 0, "more vouchers issued than the stock held"
+        stock_by_pool[pool_key(campaign_id, round_id, channel_id)][template_id] = left
+    for pool, stock in stock_by_pool.items():
+        rt.gate.reset_pool(pool, stock=stock, claimed=per_pool.get(pool, {}))
+    rt.gate.reset_campaign(campaign_id, claimed=per_campaign)
+
+
+def rebuild_gate_all(rt: Runtime) -> int:
+    """Rebuild the gate for every campaign that can still issue; the count rebuilt."""
+    with rt.store.unit_of_work() as uow:
+        rows = uow.list_campaigns(
+            statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
+        )
+    for row in rows:
+        rebuild_gate(rt, row.id)
+    return len(rows)
+
+
+@dataclass
+class _Cached:
+    row: CampaignRow
+    loaded_at: float
+
+
+class CampaignCache:
+    """Campaigns as the claim path sees them: read from the store at most every ttl_s.
+
+    Also keeps the local sold-out and budget-exhausted flags, so the flood
+    after a sell-out costs no round trip to the gate or the store.
+    """
+
+    def __init__(self, rt: Runtime, *, ttl_s: float, entries_max: int = 1000) -> None:
+        self._rt = rt
+        self._ttl_s = ttl_s
+        self._entries_max = entries_max
+        self._lock = threading.Lock()
+        self._rows: dict[str, _Cached] = {}
+        self.sold_out: set[tuple[str, str]] = set()  # (pool, template_id)
+        self.budget_exhausted: set[str] = set()
+        rt.campaign_listeners.append(self.invalidate)
+
+    def get(self, campaign_id: str) -> CampaignRow | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._rows.get(campaign_id)
+            if cached is not None and now - cached.loaded_at < self._ttl_s:
+                return cached.row
+        with self._rt.store.unit_of_work() as uow:
+            row = uow.get_campaign(campaign_id)
+        with self._lock:
+            if row is None:
+                self._rows.pop(campaign_id, None)
+                return None
+            if len(self._rows) >= self._entries_max:
+                self._rows.clear()
+            self._rows[campaign_id] = _Cached(row, now)
+            # A fresh look at the store also forgives the local flags: stock may
+            # have been released and budget returned by expiries since.
+            self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
+            self.budget_exhausted.discard(campaign_id)
+        return row
+
+    def invalidate(self, campaign_id: str) -> None:
+        """Forget a campaign an operator changed, and its local flags."""
+        with self._lock:
+            self._rows.pop(campaign_id, None)
+            self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
+            self.budget_exhausted.discard(campaign_id)
+
+
+def round_times(row: CampaignRow, round_id: str) -> tuple[datetime, datetime] | None:
+    return row.rounds.get(round_id)

@@ -1,0 +1,143 @@
+"""Idempotency keys: a channel's retry replays the first answer instead of acting twice.
+
+A key binds to an *effect*: the answer is stored in the same transaction as
+what it did, so a stored answer always means the effect happened. Refusals
+(4xx) change nothing and are not stored; retrying one simply asks again.
+A key reused while its first request is still running gets 409, and the
+same key with another body gets 422.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from lequan.adapters.sql.store import UnitOfWork
+from lequan.domain.errors import IdempotencyError, InvalidInput
+
+__all__ = [
+    "Answer",
+    "Idempotency",
+    "InFlight",
+    "RecordAnswer",
+    "replay_or_refuse",
+    "request_hash",
+    "run_once",
+    "validate_key",
+]
+
+# Stores the answer for a service's result in the service's own transaction.
+RecordAnswer = Callable[[UnitOfWork, Any], None]
+
+KEY_PATTERN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status_code: int
+    body: Mapping[str, Any]
+
+    def json(self) -> str:
+        return json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """One key of one app, with the digest of the request that first used it."""
+
+    app_id: str
+    key: str
+    request_hash: str
+
+    def row(self, answer: Answer, now: datetime) -> dict[str, Any]:
+        return {
+            "app_id": self.app_id,
+            "key": self.key,
+            "request_hash": self.request_hash,
+            "status_code": answer.status_code,
+            "response_json": answer.json(),
+            "created_at": now,
+        }
+
+    def record(self, uow: UnitOfWork, answer: Answer, now: datetime) -> None:
+        """Store the answer in the caller's transaction, beside its effect."""
+        uow.store_answers([self.row(answer, now)])
+
+
+def validate_key(key: str | None, *, chars_max: int) -> str:
+    if not key:
+        raise InvalidInput("idempotency_key_required", "an Idempotency-Key is required")
+    if len(key) > chars_max or not set(key) <= KEY_PATTERN_CHARS:
+        raise InvalidInput(
+            "invalid_idempotency_key",
+            f"an Idempotency-Key is 1 to {chars_max} characters of letters, digits and -_.:",
+        )
+    return key
+
+
+def request_hash(*parts: str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def replay_or_refuse(stored: tuple[str, int, str] | None, key: Idempotency) -> Answer | None:
+    """The stored answer for a retry, None for a new key; 422 for a changed body."""
+    if stored is None:
+        return None
+    stored_hash, status_code, response_json = stored
+    if stored_hash != key.request_hash:
+        raise IdempotencyError(
+            "idempotency_mismatch", "this Idempotency-Key was used with a different request"
+        )
+    return Answer(status_code, json.loads(response_json))
+
+
+class InFlight:
+    """Keys whose first request is still running in this process (bounded)."""
+
+    def __init__(self, entries_max: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._keys: set[tuple[str, str]] = set()
+        self._entries_max = entries_max
+
+    def acquire(self, app_id: str, key: str) -> None:
+        with self._lock:
+            if (app_id, key) in self._keys:
+                raise IdempotencyError(
+                    "idempotency_in_flight", "a request with this Idempotency-Key is in progress"
+                )
+            assert len(self._keys) < self._entries_max, "in-flight keys exceed the request limits"
+            self._keys.add((app_id, key))
+
+    def release(self, app_id: str, key: str) -> None:
+        with self._lock:
+            self._keys.discard((app_id, key))
+
+
+def run_once(
+    *,
+    inflight: InFlight,
+    key: Idempotency,
+    lookup: Callable[[], tuple[str, int, str] | None],
+    act: Callable[[], Answer],
+) -> Answer:
+    """Replay a stored answer, or act once while holding the key in flight."""
+    replay = replay_or_refuse(lookup(), key)
+    if replay is not None:
+        return replay
+    inflight.acquire(key.app_id, key.key)
+    try:
+        replay = replay_or_refuse(lookup(), key)
+        if replay is not None:
+            return replay
+        return act()
+    finally:
+        inflight.release(key.app_id, key.key)

@@ -1,0 +1,75 @@
+"""The invariants that must hold for every campaign at every commit, checked
+against the store: what the demo prints, what tests assert after races,
+what an auditor can run at any time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lequan.domain.ledger import Account
+from lequan.services.runtime import Runtime
+
+__all__ = ["CampaignCheck", "check_campaign"]
+
+LIVE_STATES = ("issued", "locked")
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignCheck:
+    campaign_id: str
+    vouchers_by_state: dict[str, int]
+    issued: int
+    stock_initial: int
+    budget_fen: int
+    committed_fen: int
+    balances: dict[str, int]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
+    with rt.store.unit_of_work() as uow:
+        row = uow.get_campaign(campaign_id)
+        assert row is not None
+        states = uow.voucher_state_counts(campaign_id)
+        balances = uow.balances(campaign_id)
+        initial = uow.stock_initial(campaign_id)
+        issued_by_pool = uow.issued_counts(campaign_id)
+    problems: list[str] = []
+    issued = sum(n for n, _ in states.values())
+    stock_initial = sum(n for *_, n in initial)
+    initial_by_pool = {(r, c, t): n for r, c, t, n in initial}
+    for pool, count in issued_by_pool.items():
+        if count > initial_by_pool.get(pool, 0):
+            problems.append(f"oversold {pool}: {count} issued of {initial_by_pool.get(pool, 0)}")
+    if sum(balances.values()) != 0:
+        problems.append(f"ledger does not balance: {sum(balances.values())}")
+    funded = -balances.get(Account.FUNDING, 0)
+    budget_left = balances.get(Account.BUDGET, 0)
+    if funded and budget_left != row.budget_fen - row.committed_fen:
+        problems.append(
+            f"budget account {budget_left} != budget {row.budget_fen} - committed {row.committed_fen}"
+        )
+    if budget_left < 0:
+        problems.append(f"budget overdrawn: {budget_left}")
+    live_face = sum(face for state, (_, face) in states.items() if state in LIVE_STATES)
+    if balances.get(Account.OUTSTANDING, 0) != live_face:
+        problems.append(
+            f"outstanding {balances.get(Account.OUTSTANDING, 0)} != face of live vouchers {live_face}"
+        )
+    if row.committed_fen > row.budget_fen:
+        problems.append("committed beyond budget")
+    return CampaignCheck(
+        campaign_id=campaign_id,
+        vouchers_by_state={state: n for state, (n, _) in states.items()},
+        issued=issued,
+        stock_initial=stock_initial,
+        budget_fen=row.budget_fen,
+        committed_fen=row.committed_fen,
+        balances=balances,
+        problems=problems,
+    )

@@ -1,0 +1,236 @@
+"""Sign-up through a channel: real-name registration with consent, an
+eligibility verdict with reasons, and a person's wallet.
+
+A person is one human, found by the blind index of their ID number, however
+many channel accounts they use; each channel binds one account to a person,
+so limits per person cannot be dodged with a second account.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lequan.adapters.sql.store import IntegrityError, UnitOfWork, VoucherRow
+from lequan.data import province_codes
+from lequan.domain.campaigns import CampaignStatus, Reason, eligibility_reasons
+from lequan.domain.errors import Conflict, InvalidInput, NotFound
+from lequan.domain.identity import (
+    mask_id_number,
+    mask_name,
+    mask_phone,
+    normalize_id_number,
+    normalize_name,
+    normalize_phone,
+)
+from lequan.services.idempotency import RecordAnswer
+from lequan.services.runtime import Runtime
+
+__all__ = [
+    "Registration",
+    "Verdict",
+    "person_id_for",
+    "register",
+    "validate_region",
+    "wallet",
+]
+
+CONSENT_VERSIONS = frozenset({"2024-01"})
+PERSON_ID_PREFIX = "p_"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    campaign_id: str
+    eligible: bool
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    person_id: str
+    created: bool
+    id_number_masked: str
+    name_masked: str
+    phone_masked: str
+    region_code: str
+    verdicts: tuple[Verdict, ...]
+
+
+def validate_region(code: str | None, *, field: str) -> str | None:
+    if code is None:
+        return None
+    if len(code) != 6 or not code.isascii() or not code.isdigit() or code[:2] not in province_codes():
+        raise InvalidInput("invalid_region", f"{field} must be a 6-digit GB/T 2260 region code")
+    return code
+
+
+def person_id_for(bidx: str) -> str:
+    """A stable, non-identifying person id derived from the blind index."""
+    return PERSON_ID_PREFIX + bidx[:24]
+
+
+def register(
+    rt: Runtime,
+    *,
+    channel_id: str,
+    channel_user_id: str,
+    id_number: str,
+    name: str,
+    phone: str,
+    region_code: str,
+    location_region: str | None,
+    consent: bool,
+    consent_version: str,
+    record: RecordAnswer | None = None,
+) -> Registration:
+    """Register (or find) the person behind a channel account and say where they may claim."""
+    id_number = normalize_id_number(id_number)
+    name = normalize_name(name)
+    phone = normalize_phone(phone)
+    region = validate_region(region_code, field="region_code")
+    assert region is not None
+    location = validate_region(location_region, field="location_region")
+    if not consent:
+        raise InvalidInput("consent_required", "the person must consent to the use of their data")
+    if consent_version not in CONSENT_VERSIONS:
+        raise InvalidInput("invalid_consent_version", "unknown consent text version")
+    keyring = rt.keyring
+    bidx = keyring.blind_index("id_number", id_number)
+    now = rt.clock.now()
+    person_id = person_id_for(bidx)
+    for attempt in range(2):
+        with rt.store.unit_of_work() as uow:
+            try:
+                created = _bind(
+                    uow,
+                    rt,
+                    channel_id=channel_id,
+                    channel_user_id=channel_user_id,
+                    person_id=person_id,
+                    bidx=bidx,
+                    id_number=id_number,
+                    name=name,
+                    phone=phone,
+                    region=region,
+                    consent_version=consent_version,
+                )
+                verdicts = _verdicts(uow, rt, bidx=bidx, region=region, location=location)
+                registration = Registration(
+                    person_id=person_id,
+                    created=created,
+                    id_number_masked=mask_id_number(id_number),
+                    name_masked=mask_name(name),
+                    phone_masked=mask_phone(phone),
+                    region_code=region,
+                    verdicts=verdicts,
+                )
+                if record is not None:
+                    record(uow, registration)
+                uow.commit()
+                return registration
+            except IntegrityError:
+                # Two registrations of the same person raced; the second look sees the first.
+                if attempt == 1:
+                    raise Conflict(
+                        "registration_conflict", "the person was registered concurrently; retry"
+                    ) from None
+    raise AssertionError("unreachable")
+
+
+def _bind(
+    uow: UnitOfWork,
+    rt: Runtime,
+    *,
+    channel_id: str,
+    channel_user_id: str,
+    person_id: str,
+    bidx: str,
+    id_number: str,
+    name: str,
+    phone: str,
+    region: str,
+    consent_version: str,
+) -> bool:
+    now = rt.clock.now()
+    bound = uow.account_person(channel_id, channel_user_id)
+    if bound is not None and bound != person_id:
+        raise Conflict(
+            "account_already_bound", "this channel account is bound to another person"
+        )
+    person = uow.person_by_id_number_bidx(bidx)
+    created = person is None
+    key_id, name_enc = rt.keyring.encrypt("name", name)
+    _, phone_enc = rt.keyring.encrypt("phone", phone)
+    contact = {
+        "name_enc": name_enc,
+        "phone_enc": phone_enc,
+        "phone_bidx": rt.keyring.blind_index("phone", phone),
+        "key_id": key_id,
+        "residence_region": region,
+    }
+    if person is None:
+        _, id_enc = rt.keyring.encrypt("id_number", id_number)
+        uow.insert_person(
+            {
+                "id": person_id,
+                "id_number_bidx": bidx,
+                "id_number_enc": id_enc,
+                "consent_version": consent_version,
+                "consent_at": now,
+                "created_at": now,
+                **contact,
+            }
+        )
+    else:
+        # Re-registering refreshes contact details; all fields share one key id.
+        _, id_enc = rt.keyring.encrypt("id_number", id_number)
+        uow.update_person_contact(person_id, {**contact, "id_number_enc": id_enc})
+    if bound is None:
+        other = uow.person_account_in_channel(channel_id, person_id)
+        if other is not None:
+            raise Conflict(
+                "person_already_bound",
+                "this person is already registered in this channel with another account",
+            )
+        uow.insert_account(
+            channel_id=channel_id, channel_user_id=channel_user_id, person_id=person_id, now=now
+        )
+    return created
+
+
+def _verdicts(
+    uow: UnitOfWork, rt: Runtime, *, bidx: str, region: str, location: str | None
+) -> tuple[Verdict, ...]:
+    blacklisted = bool(uow.blacklisted([bidx]))
+    verdicts = []
+    for row in uow.list_campaigns(
+        statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
+    ):
+        reasons = eligibility_reasons(
+            row.config.eligibility,
+            residence_region=region,
+            location_region=location,
+            blacklisted=blacklisted,
+        )
+        verdicts.append(Verdict(row.id, not reasons, tuple(reasons)))
+    return tuple(verdicts)
+
+
+def wallet(
+    rt: Runtime,
+    *,
+    channel_id: str,
+    channel_user_id: str,
+    after_id: str | None,
+    limit: int,
+) -> tuple[list[VoucherRow], str | None]:
+    """The person's vouchers claimed in this channel, one page and the next cursor."""
+    limit = max(1, min(limit, rt.settings.page_size_max))
+    with rt.store.unit_of_work() as uow:
+        person_id = uow.account_person(channel_id, channel_user_id)
+        if person_id is None:
+            raise NotFound("not_registered", "this channel account is not registered")
+        rows = uow.person_vouchers(person_id, channel_id=channel_id, after_id=after_id, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)

@@ -1,0 +1,450 @@
+"""Redemption for acquirers: quote, redeem in one step, lock then confirm or
+void, reverse, refund. Every change is one transaction that moves the
+voucher and the redemption conditionally (the store refuses a second
+writer), posts the ledger and writes the outbox event the central platform
+will receive.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from lequan.adapters.sql.store import (
+    CampaignRow,
+    MerchantRow,
+    RedemptionRow,
+    UnitOfWork,
+    VoucherRow,
+)
+from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
+from lequan.domain.ledger import (
+    EntryKind,
+    redeem_entry,
+    refund_void_entry,
+    reverse_entry,
+)
+from lequan.domain.redemption import MerchantView, OrderView, VoucherView, discount_for_order
+from lequan.domain.templates import AMOUNT_FEN_MAX
+from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.services.idempotency import RecordAnswer
+from lequan.services.runtime import Runtime
+from lequan.services.views import new_id, redemption_body
+
+__all__ = [
+    "Quote",
+    "RedeemOrder",
+    "confirm",
+    "quote",
+    "redeem",
+    "refund",
+    "reverse",
+    "void",
+]
+
+QUOTE_VOUCHERS_MAX = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemOrder:
+    acquirer_id: str
+    merchant_id: str
+    channel_id: str
+    channel_user_id: str
+    order_id: str
+    order_amount_fen: int
+    mode: Literal["online", "in_store"]
+    order_type: str = "goods"
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    voucher: VoucherRow
+    discount_fen: int
+    pay_fen: int
+
+
+def _check_amount(amount_fen: int) -> None:
+    if not 0 < amount_fen <= AMOUNT_FEN_MAX:
+        raise InvalidInput("invalid_amount", f"order_amount_fen must be 1 to {AMOUNT_FEN_MAX}")
+
+
+def _merchant(uow: UnitOfWork, order: RedeemOrder) -> MerchantRow:
+    merchant = uow.get_merchant(order.merchant_id)
+    if merchant is None:
+        raise NotFound("merchant_not_found", f"no merchant {order.merchant_id}")
+    if merchant.acquirer_id != order.acquirer_id:
+        raise AuthError("forbidden", "the merchant is not served by this acquirer")
+    return merchant
+
+
+def _discount(
+    *,
+    voucher: VoucherRow,
+    campaign: CampaignRow,
+    merchant: MerchantRow,
+    order: RedeemOrder,
+    action: Action,
+    now: datetime,
+) -> int:
+    template = campaign.config.template(voucher.template_id)
+    assert template is not None, "a voucher's template is part of its campaign"
+    return discount_for_order(
+        voucher=VoucherView(
+            state=voucher.state,
+            channel_id=voucher.channel_id,
+            campaign_id=voucher.campaign_id,
+            valid_from=voucher.valid_from,
+            valid_until=voucher.valid_until,
+        ),
+        template_modes=template.modes,
+        template_discount_fen=template.discount_for(order.order_amount_fen),
+        template_minimum_order_fen=template.minimum_order_fen,
+        scope=campaign.config.scope,
+        merchant=MerchantView(
+            merchant_id=merchant.id,
+            mcc=merchant.mcc,
+            modes=merchant.modes,
+            enrolled_campaigns=merchant.enrolled_campaigns,
+            active=merchant.active,
+        ),
+        order=OrderView(
+            amount_fen=order.order_amount_fen,
+            mode=order.mode,
+            channel_id=order.channel_id,
+            order_type=order.order_type,
+        ),
+        action=action,
+        now=now,
+    )
+
+
+def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
+    """The person's vouchers usable for this order, the biggest discount first."""
+    _check_amount(order.order_amount_fen)
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        merchant = _merchant(uow, order)
+        person_id = uow.account_person(order.channel_id, order.channel_user_id)
+        if person_id is None:
+            raise NotFound("not_registered", "this channel account is not registered")
+        vouchers = uow.person_vouchers(
+            person_id,
+            channel_id=None,
+            after_id=None,
+            limit=QUOTE_VOUCHERS_MAX,
+            states=[VoucherState.ISSUED.value],
+        )
+        campaigns: dict[str, CampaignRow | None] = {}
+        quotes = []
+        for v in vouchers:
+            if v.campaign_id not in campaigns:
+                campaigns[v.campaign_id] = uow.get_campaign(v.campaign_id)
+            campaign = campaigns[v.campaign_id]
+            assert campaign is not None
+            try:
+                discount = _discount(
+                    voucher=v,
+                    campaign=campaign,
+                    merchant=merchant,
+                    order=order,
+                    action=Action.REDEEM,
+                    now=now,
+                )
+            except Conflict:
+                continue
+            quotes.append(Quote(v, discount, order.order_amount_fen - discount))
+    quotes.sort(key=lambda q: (-q.discount_fen, q.voucher.valid_until, q.voucher.id))
+    return quotes
+
+
+def _event(
+    uow: UnitOfWork, topic: str, redemption: RedemptionRow, now: datetime, **extra: Any
+) -> None:
+    payload = {
+        "event": topic,
+        "redemption_id": redemption.id,
+        "voucher_id": redemption.voucher_id,
+        "campaign_id": redemption.campaign_id,
+        "acquirer_id": redemption.acquirer_id,
+        "merchant_id": redemption.merchant_id,
+        "order_id": redemption.order_id,
+        "order_amount_fen": redemption.order_amount_fen,
+        "discount_fen": redemption.discount_fen,
+        "at": now.isoformat(),
+        **extra,
+    }
+    uow.add_outbox(event_id=new_id("e"), topic=topic, payload=payload, now=now)
+
+
+def redeem(
+    rt: Runtime,
+    *,
+    voucher_id: str,
+    order: RedeemOrder,
+    lock: bool,
+    product: dict[str, str] | None = None,
+    record: RecordAnswer | None = None,
+) -> tuple[RedemptionRow, VoucherState]:
+    """Redeem in one step, or lock at authorization (confirm or void later)."""
+    _check_amount(order.order_amount_fen)
+    now = rt.clock.now()
+    action = Action.LOCK if lock else Action.REDEEM
+    with rt.store.unit_of_work() as uow:
+        merchant = _merchant(uow, order)
+        voucher = uow.lock_voucher(voucher_id)
+        if voucher is None:
+            raise NotFound("voucher_not_found", f"no voucher {voucher_id}")
+        person_id = uow.account_person(order.channel_id, order.channel_user_id)
+        if person_id != voucher.person_id:
+            # Bound to the person: someone else's voucher is as good as none.
+            raise NotFound("voucher_not_found", f"no voucher {voucher_id} for this person")
+        campaign = uow.get_campaign(voucher.campaign_id)
+        assert campaign is not None
+        discount = _discount(
+            voucher=voucher, campaign=campaign, merchant=merchant, order=order, action=action, now=now
+        )
+        state = next_state(voucher.state, action)
+        redemption_id = new_id("r")
+        values = {
+            "id": redemption_id,
+            "voucher_id": voucher.id,
+            "campaign_id": voucher.campaign_id,
+            "acquirer_id": order.acquirer_id,
+            "merchant_id": order.merchant_id,
+            "order_id": order.order_id,
+            "mode": order.mode,
+            "order_amount_fen": order.order_amount_fen,
+            "discount_fen": discount,
+            "pay_fen": order.order_amount_fen - discount,
+            "status": "locked" if lock else "redeemed",
+            "lock_expires_at": now + timedelta(seconds=rt.settings.lock_timeout_s) if lock else None,
+            "product_json": json.dumps(product, ensure_ascii=False) if product else None,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+        }
+        if not uow.move_voucher(voucher, state=state, now=now, redemption_id=redemption_id):
+            raise _lost_race(uow, voucher_id)
+        uow.insert_redemption(values)
+        redemption = uow.get_redemption(redemption_id)
+        assert redemption is not None
+        if not lock:
+            _post_redeem(uow, redemption, voucher, now)
+        if record is not None:
+            record(uow, (redemption, state))
+        uow.commit()
+    return redemption, state
+
+
+def _lost_race(uow: UnitOfWork, voucher_id: str) -> Conflict:
+    """Another transaction moved the voucher first; say what it is now."""
+    uow.rollback()
+    current = uow.get_voucher(voucher_id)
+    assert current is not None
+    try:
+        next_state(current.state, Action.REDEEM)
+    except Conflict as error:
+        return error
+    return Conflict("voucher_busy", "the voucher changed meanwhile; retry")
+
+
+def _post_redeem(
+    uow: UnitOfWork, redemption: RedemptionRow, voucher: VoucherRow, now: datetime
+) -> None:
+    uow.post(
+        redeem_entry(
+            face_fen=voucher.face_fen,
+            discount_fen=redemption.discount_fen,
+            acquirer_id=redemption.acquirer_id,
+        ),
+        campaign_id=voucher.campaign_id,
+        now=now,
+        voucher_id=voucher.id,
+        redemption_id=redemption.id,
+    )
+    if voucher.face_fen > redemption.discount_fen:
+        uow.release_budget(voucher.campaign_id, voucher.face_fen - redemption.discount_fen)
+    _event(uow, "redemption.completed", redemption, now)
+
+
+def _load(
+    uow: UnitOfWork, redemption_id: str, acquirer_id: str
+) -> tuple[RedemptionRow, VoucherRow]:
+    redemption = uow.get_redemption(redemption_id)
+    if redemption is None or redemption.acquirer_id != acquirer_id:
+        raise NotFound("redemption_not_found", f"no redemption {redemption_id}")
+    voucher = uow.lock_voucher(redemption.voucher_id)
+    assert voucher is not None
+    return redemption, voucher
+
+
+def _expect(redemption: RedemptionRow, *statuses: str) -> None:
+    if redemption.status not in statuses:
+        code = "lock_expired" if redemption.status == "lock_expired" else "redemption_state"
+        raise Conflict(code, f"the redemption is {redemption.status}")
+
+
+def _move_both(
+    uow: UnitOfWork,
+    redemption: RedemptionRow,
+    voucher: VoucherRow,
+    *,
+    status: str,
+    state: VoucherState,
+    now: datetime,
+    keep_lock: bool = False,
+) -> RedemptionRow:
+    if not uow.move_redemption(redemption, status=status, now=now):
+        raise Conflict("redemption_state", "the redemption changed meanwhile; look again")
+    if not uow.move_voucher(
+        voucher, state=state, now=now, redemption_id=redemption.id if keep_lock else None
+    ):
+        raise Conflict("voucher_busy", "the voucher changed meanwhile; retry")
+    moved = uow.get_redemption(redemption.id)
+    assert moved is not None
+    return moved
+
+
+def confirm(
+    rt: Runtime, redemption_id: str, *, acquirer_id: str, record: RecordAnswer | None = None
+) -> tuple[RedemptionRow, VoucherState]:
+    """Complete a locked redemption (capture); refused once the lock has timed out."""
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        redemption, voucher = _load(uow, redemption_id, acquirer_id)
+        _expect(redemption, "locked")
+        assert redemption.lock_expires_at is not None
+        if now >= redemption.lock_expires_at or voucher.redemption_id != redemption.id:
+            raise Conflict("lock_expired", "the lock has timed out; redeem again")
+        state = next_state(voucher.state, Action.CONFIRM)
+        moved = _move_both(
+            uow, redemption, voucher, status="redeemed", state=state, now=now, keep_lock=True
+        )
+        _post_redeem(uow, moved, voucher, now)
+        if record is not None:
+            record(uow, (moved, state))
+        uow.commit()
+    return moved, state
+
+
+def void(
+    rt: Runtime, redemption_id: str, *, acquirer_id: str, record: RecordAnswer | None = None
+) -> tuple[RedemptionRow, VoucherState]:
+    """Release a lock: the payment was not completed; the voucher is usable again."""
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        redemption, voucher = _load(uow, redemption_id, acquirer_id)
+        _expect(redemption, "locked")
+        state = next_state(voucher.state, Action.RELEASE)
+        moved = _move_both(uow, redemption, voucher, status="voided", state=state, now=now)
+        if record is not None:
+            record(uow, (moved, state))
+        uow.commit()
+    return moved, state
+
+
+def reverse(
+    rt: Runtime, redemption_id: str, *, acquirer_id: str, record: RecordAnswer | None = None
+) -> tuple[RedemptionRow, VoucherState]:
+    """Undo a completed redemption within the reversal window (冲正): as if it never happened."""
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        redemption, voucher = _load(uow, redemption_id, acquirer_id)
+        _expect(redemption, "redeemed")
+        if now - redemption.updated_at > timedelta(seconds=rt.settings.reversal_window_s):
+            raise Conflict(
+                "reversal_window_passed", "too late to reverse this redemption; refund it instead"
+            )
+        state = next_state(voucher.state, Action.REVERSE)
+        moved = _move_both(uow, redemption, voucher, status="reversed", state=state, now=now)
+        _undo_redeem(uow, moved, voucher, now, EntryKind.REVERSE)
+        _event(uow, "redemption.reversed", moved, now)
+        if record is not None:
+            record(uow, (moved, state))
+        uow.commit()
+    return moved, state
+
+
+def _undo_redeem(
+    uow: UnitOfWork, redemption: RedemptionRow, voucher: VoucherRow, now: datetime, kind: EntryKind
+) -> None:
+    unused = voucher.face_fen - redemption.discount_fen
+    if unused and not uow.commit_budget(voucher.campaign_id, unused):
+        raise Conflict("budget_exhausted", "the budget cannot take the voucher back")
+    uow.post(
+        reverse_entry(
+            face_fen=voucher.face_fen,
+            discount_fen=redemption.discount_fen,
+            acquirer_id=redemption.acquirer_id,
+            kind=kind,
+        ),
+        campaign_id=voucher.campaign_id,
+        now=now,
+        voucher_id=voucher.id,
+        redemption_id=redemption.id,
+    )
+
+
+def refund(
+    rt: Runtime,
+    redemption_id: str,
+    *,
+    acquirer_id: str,
+    refund_amount_fen: int,
+    record: RecordAnswer | None = None,
+) -> tuple[RedemptionRow, VoucherState]:
+    """The goods came back: the voucher returns while still valid (campaign policy), else void.
+
+    Only a refund of the whole order is taken: a voucher is used whole, so a
+    partial refund would leave the subsidy on an order that may no longer
+    qualify.
+    """
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        redemption, voucher = _load(uow, redemption_id, acquirer_id)
+        _expect(redemption, "redeemed")
+        if refund_amount_fen != redemption.order_amount_fen:
+            raise InvalidInput(
+                "partial_refund_unsupported",
+                "only a refund of the whole order is accepted "
+                f"({redemption.order_amount_fen} fen)",
+            )
+        campaign = uow.get_campaign(voucher.campaign_id)
+        assert campaign is not None
+        refunded = next_state(voucher.state, Action.REFUND)
+        restore = campaign.config.refund_policy == "restore_if_valid" and now < voucher.valid_until
+        moved = _move_both(uow, redemption, voucher, status="refunded", state=refunded, now=now)
+        after_refund = uow.get_voucher(voucher.id)
+        assert after_refund is not None
+        if restore:
+            state = next_state(refunded, Action.RESTORE)
+            _undo_redeem(uow, moved, voucher, now, EntryKind.REFUND_RESTORE)
+        else:
+            state = next_state(refunded, Action.VOID)
+            uow.post(
+                refund_void_entry(discount_fen=moved.discount_fen, acquirer_id=moved.acquirer_id),
+                campaign_id=voucher.campaign_id,
+                now=now,
+                voucher_id=voucher.id,
+                redemption_id=moved.id,
+            )
+            uow.release_budget(voucher.campaign_id, moved.discount_fen)
+        assert uow.move_voucher(after_refund, state=state, now=now)
+        _event(uow, "redemption.refunded", moved, now, voucher_state=state.value)
+        if record is not None:
+            record(uow, (moved, state))
+        uow.commit()
+    return moved, state
+
+
+def get(rt: Runtime, redemption_id: str, *, acquirer_id: str) -> dict[str, Any]:
+    with rt.store.unit_of_work() as uow:
+        redemption = uow.get_redemption(redemption_id)
+        if redemption is None or redemption.acquirer_id != acquirer_id:
+            raise NotFound("redemption_not_found", f"no redemption {redemption_id}")
+        voucher = uow.get_voucher(redemption.voucher_id)
+        assert voucher is not None
+    return redemption_body(redemption, voucher_state=voucher.state.value)

@@ -1,0 +1,36 @@
+"""What every service needs, built once by ``bootstrap`` and passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from lequan.adapters.sql.store import SqlStore
+from lequan.config import Settings
+from lequan.ports import ClaimGate, Clock, KeyRing, NonceStore
+from lequan.services.idempotency import InFlight
+
+__all__ = ["Runtime", "SystemClock"]
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: SqlStore
+    gate: ClaimGate
+    keyring: KeyRing
+    clock: Clock
+    nonces: NonceStore
+    inflight: InFlight = field(default_factory=InFlight)
+    # Told the id of every campaign an operator changed (caches drop it).
+    campaign_listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    def campaign_changed(self, campaign_id: str) -> None:
+        for listener in self.campaign_listeners:
+            listener(campaign_id)

@@ -1,0 +1,100 @@
+"""Scheduled housekeeping: expire vouchers past validity (their face value
+returns to the budget) and time out locks nobody confirmed or voided.
+
+Each pass does at most ``sweep_batch_max`` of each, one small transaction
+per voucher so a long pass never holds locks the claim path needs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import structlog
+
+from lequan.domain.errors import Conflict
+from lequan.domain.ledger import expire_entry
+from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.services.runtime import Runtime
+
+__all__ = ["SweepReport", "Sweeper", "sweep"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    expired: int
+    locks_timed_out: int
+
+
+def sweep(rt: Runtime) -> SweepReport:
+    now = rt.clock.now()
+    limit = rt.settings.sweep_batch_max
+    timed_out = 0
+    with rt.store.unit_of_work() as uow:
+        locks = uow.locks_past_timeout(now, limit)
+    for redemption in locks:
+        with rt.store.unit_of_work() as uow:
+            voucher = uow.lock_voucher(redemption.voucher_id)
+            current = uow.get_redemption(redemption.id)
+            if voucher is None or current is None or current.status != "locked":
+                continue
+            if not uow.move_redemption(current, status="lock_expired", now=now):
+                continue
+            if voucher.state is VoucherState.LOCKED and voucher.redemption_id == redemption.id:
+                state = next_state(voucher.state, Action.LOCK_TIMEOUT)
+                if not uow.move_voucher(voucher, state=state, now=now):
+                    continue
+            uow.commit()
+            timed_out += 1
+    expired = 0
+    with rt.store.unit_of_work() as uow:
+        due = uow.vouchers_past_validity(now, limit)
+    for voucher in due:
+        with rt.store.unit_of_work() as uow:
+            current = uow.lock_voucher(voucher.id)
+            if current is None or current.valid_until > now:
+                continue
+            try:
+                state = next_state(current.state, Action.EXPIRE)
+            except Conflict:
+                continue
+            if not uow.move_voucher(current, state=state, now=now):
+                continue
+            uow.post(
+                expire_entry(current.face_fen),
+                campaign_id=current.campaign_id,
+                now=now,
+                voucher_id=current.id,
+            )
+            uow.release_budget(current.campaign_id, current.face_fen)
+            uow.commit()
+            expired += 1
+    if expired or timed_out:
+        log.info("sweep", expired=expired, locks_timed_out=timed_out)
+    return SweepReport(expired=expired, locks_timed_out=timed_out)
+
+
+class Sweeper:
+    """Runs ``sweep`` every ``sweep_interval_s`` in a background thread."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lequan-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._rt.settings.sweep_interval_s):
+            try:
+                sweep(self._rt)
+            except Exception as error:  # keep sweeping; the next pass retries
+                log.error("sweep_failed", error_type=type(error).__name__)

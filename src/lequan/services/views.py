@@ -1,0 +1,62 @@
+"""Plain views of lequan's records, as channels and acquirers see them.
+
+They never carry personal data in the clear; ids are opaque.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from lequan.adapters.sql.store import RedemptionRow, VoucherRow
+from lequan.domain.errors import LequanError
+
+__all__ = ["error_body", "new_id", "redemption_body", "voucher_body"]
+
+
+def new_id(prefix: str) -> str:
+    """A unique id that sorts by creation time (for cursor pagination)."""
+    return f"{prefix}{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+
+
+def voucher_body(v: VoucherRow) -> dict[str, Any]:
+    return {
+        "voucher_id": v.id,
+        "campaign_id": v.campaign_id,
+        "round_id": v.round_id,
+        "template_id": v.template_id,
+        "channel_id": v.channel_id,
+        "face_fen": v.face_fen,
+        "state": v.state.value,
+        "valid_from": v.valid_from.isoformat(),
+        "valid_until": v.valid_until.isoformat(),
+        "issued_at": v.issued_at.isoformat(),
+    }
+
+
+def redemption_body(r: RedemptionRow, *, voucher_state: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "redemption_id": r.id,
+        "voucher_id": r.voucher_id,
+        "campaign_id": r.campaign_id,
+        "merchant_id": r.merchant_id,
+        "order_id": r.order_id,
+        "mode": r.mode,
+        "order_amount_fen": r.order_amount_fen,
+        "discount_fen": r.discount_fen,
+        "pay_fen": r.pay_fen,
+        "status": r.status,
+        "lock_expires_at": r.lock_expires_at.isoformat() if r.lock_expires_at else None,
+        "created_at": r.created_at.isoformat(),
+    }
+    if voucher_state is not None:
+        body["voucher_state"] = voucher_state
+    return body
+
+
+def error_body(error: LequanError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.details:
+        body["details"] = error.details
+    return body

@@ -1,0 +1,227 @@
+"""One contract for every NonceStore: a nonce is new once per app within its ttl, even under races.
+
+The suite runs against ``MemoryNonceStore`` and ``RedisNonceStore`` (on the
+real server from ``LEQUAN_TEST_REDIS_URL``, under a key prefix of the test's
+own). Behaviour that only one of them has, the memory store's bound and the
+Redis store's errors, is tested after the contract.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
+from lequan.domain.errors import Unavailable
+from lequan.ports import NonceStore
+
+TTL_S = 600
+NONCE = "3f9c2a7b1d4e8f60"
+
+
+class FakeClock:
+    """A Clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self._now = datetime(2024, 11, 30, 2, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Subject:
+    store: NonceStore
+    redis_client: redis.Redis | None = None
+    redis_prefix: str = ""
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
+    if request.param == "memory":
+        yield Subject(MemoryNonceStore(10_000, clock=FakeClock()))
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield Subject(RedisNonceStore(client, key_prefix=prefix), client, prefix)
+    finally:
+        client.close()
+
+
+# -- the contract -----------------------------------------------------------------
+
+
+def test_a_nonce_is_new_once(subject: Subject) -> None:
+    assert subject.store.remember("wechat", NONCE, TTL_S) is True
+    assert subject.store.remember("wechat", NONCE, TTL_S) is False
+    assert subject.store.remember("wechat", NONCE, TTL_S) is False
+
+
+def test_nonces_are_per_app(subject: Subject) -> None:
+    assert subject.store.remember("wechat", NONCE, TTL_S) is True
+    assert subject.store.remember("alipay", NONCE, TTL_S) is True
+    assert subject.store.remember("alipay", NONCE, TTL_S) is False
+
+
+def test_nonces_are_compared_exactly(subject: Subject) -> None:
+    assert subject.store.remember("wechat", NONCE, TTL_S) is True
+    assert subject.store.remember("wechat", NONCE.upper(), TTL_S) is True
+    assert subject.store.remember("wechat", NONCE + "0", TTL_S) is True
+    assert subject.store.remember("WeChat", NONCE, TTL_S) is True
+
+
+def test_app_and_nonce_do_not_run_together(subject: Subject) -> None:
+    # ("a-b", "c...") and ("a", "b-c...") must stay two different nonces.
+    assert subject.store.remember("app-x", "y_12345678", TTL_S) is True
+    assert subject.store.remember("app", "x-y_12345678", TTL_S) is True
+
+
+def test_exactly_one_of_many_racing_threads_wins(subject: Subject) -> None:
+    threads = 16
+    rounds = 20
+    barrier = threading.Barrier(threads)
+
+    def race(round_no: int) -> bool:
+        barrier.wait(timeout=10)
+        return subject.store.remember("wechat", f"race-nonce-{round_no:04d}", TTL_S)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for round_no in range(rounds):
+            answers = list(pool.map(race, [round_no] * threads))
+            assert answers.count(True) == 1, (round_no, answers)
+
+
+# -- the memory store ---------------------------------------------------------------
+
+
+def test_memory_forgets_a_nonce_when_its_ttl_ends() -> None:
+    clock = FakeClock()
+    store = MemoryNonceStore(100, clock=clock)
+    assert store.remember("wechat", NONCE, TTL_S) is True
+    clock.advance(TTL_S - 0.001)
+    assert store.remember("wechat", NONCE, TTL_S) is False
+    clock.advance(0.001)
+    assert store.remember("wechat", NONCE, TTL_S) is True
+    clock.advance(TTL_S - 1)
+    assert store.remember("wechat", NONCE, TTL_S) is False, "the second life has its own ttl"
+
+
+def test_memory_honours_each_nonces_own_ttl() -> None:
+    clock = FakeClock()
+    store = MemoryNonceStore(100, clock=clock)
+    assert store.remember("wechat", "long-lived-0001", 100) is True
+    assert store.remember("wechat", "short-lived-001", 10) is True
+    clock.advance(10)
+    assert store.remember("wechat", "short-lived-001", 10) is True
+    assert store.remember("wechat", "long-lived-0001", 100) is False
+    clock.advance(90)
+    assert store.remember("wechat", "long-lived-0001", 100) is True
+
+
+def test_memory_drops_expired_entries() -> None:
+    clock = FakeClock()
+    store = MemoryNonceStore(1000, clock=clock)
+    for n in range(500):
+        store.remember("wechat", f"nonce-{n:06d}", TTL_S)
+    assert len(store) == 500
+    clock.advance(TTL_S)
+    store.remember("wechat", "after-the-window", TTL_S)
+    assert len(store) == 1
+
+
+def test_memory_when_full_refuses_new_nonces_and_still_refuses_replays() -> None:
+    clock = FakeClock()
+    store = MemoryNonceStore(3, clock=clock)
+    for n in range(3):
+        assert store.remember("wechat", f"nonce-{n:06d}", TTL_S) is True
+        clock.advance(10)
+
+    with pytest.raises(Unavailable) as caught:
+        store.remember("wechat", "one-too-many", TTL_S)
+    assert caught.value.code == "throttled"
+    # The oldest nonce frees its place TTL_S after it was taken, 30 s ago.
+    assert caught.value.retry_after_s == TTL_S - 30
+
+    # Full or not, a live nonce is never forgotten: every replay is still refused.
+    for n in range(3):
+        assert store.remember("wechat", f"nonce-{n:06d}", TTL_S) is False
+    with pytest.raises(Unavailable):
+        store.remember("alipay", "nonce-000000", TTL_S)
+
+    # Once the oldest expires, its place is free again, and only its place.
+    clock.advance(TTL_S - 30)
+    assert store.remember("wechat", "one-too-many", TTL_S) is True
+    with pytest.raises(Unavailable):
+        store.remember("wechat", "two-too-many", TTL_S)
+    assert store.remember("wechat", "nonce-000001", TTL_S) is False
+
+
+def test_memory_bound_holds_under_racing_threads() -> None:
+    store = MemoryNonceStore(50, clock=FakeClock())
+
+    def remember(n: int) -> str:
+        try:
+            return "new" if store.remember("wechat", f"nonce-{n:06d}", TTL_S) else "seen"
+        except Unavailable:
+            return "throttled"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(remember, range(200)))
+    assert answers.count("new") == 50
+    assert answers.count("throttled") == 150
+    assert len(store) == 50
+
+
+# -- the Redis store ------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_redis_keys_expire_with_the_ttl(redis_url: str, redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        store = RedisNonceStore(client, key_prefix=redis_prefix)
+        assert store.remember("wechat", NONCE, TTL_S) is True
+        keys = list(client.scan_iter(match=redis_prefix + "*"))
+        assert keys == [store.key("wechat", NONCE).encode()]
+        assert 0 < client.ttl(keys[0]) <= TTL_S
+
+        # A replay neither succeeds nor extends the window.
+        client.expire(keys[0], 5)
+        assert store.remember("wechat", NONCE, TTL_S) is False
+        assert 0 < client.ttl(keys[0]) <= 5
+
+        # When Redis lets the key go, the nonce is new again.
+        client.pexpire(keys[0], 1)
+        deadline_s = time.monotonic() + 2
+        while client.exists(keys[0]) and time.monotonic() < deadline_s:
+            time.sleep(0.005)
+        assert store.remember("wechat", NONCE, TTL_S) is True
+    finally:
+        client.close()
+
+
+def test_redis_down_is_unavailable_not_a_crash() -> None:
+    # Nothing listens on port 1; the store must answer with an operating error.
+    client = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        with pytest.raises(Unavailable) as caught:
+            RedisNonceStore(client).remember("wechat", NONCE, TTL_S)
+        assert caught.value.code == "store_unavailable"
+    finally:
+        client.close()
