@@ -75,9 +75,12 @@ def build_runtime(
 
         from lequan.adapters.redis_gate import RedisGate
 
-        client = redis.Redis.from_url(settings.redis_url)
-        gate = gate or RedisGate(client, key_prefix=settings.redis_key_prefix)
-        nonces = RedisNonceStore(client, key_prefix=settings.redis_key_prefix)
+        gate = gate or RedisGate.from_url(settings.redis_url, key_prefix=settings.redis_key_prefix)
+        # A blocking pool: a burst waits for a connection instead of failing.
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=32, timeout=5, socket_timeout=5
+        )
+        nonces = RedisNonceStore(redis.Redis.from_pool(pool), key_prefix=settings.redis_key_prefix)
     else:
         gate = gate or MemoryGate()
         nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
@@ -124,4 +127,6 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
     sweeper = Sweeper(rt) if sweep else None
     if sweeper is not None:
         sweeper.start()
-    return Platform(rt=rt, campaigns=cache, claims=ClaimService(rt, cache), apps=AppSecrets(rt), sweeper=sweeper)
+    return Platform(
+        rt=rt, campaigns=cache, claims=ClaimService(rt, cache), apps=AppSecrets(rt), sweeper=sweeper
+    )

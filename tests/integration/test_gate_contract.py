@@ -713,24 +713,23 @@ def test_redis_gate_reloads_scripts_the_server_forgot(counted_gate: RedisGate) -
 def test_redis_keys_of_a_pool_share_a_slot_and_a_reset_leaves_nothing_behind(
     redis_url: str, redis_prefix: str
 ) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    gate = RedisGate(client, key_prefix=redis_prefix, reset_chunk_size=7)
-    gate.reset_pool("pool-a", stock={"t1": 5}, claimed={f"p{n}": 1 for n in range(20)})
-    gate.reset_campaign("camp-1", claimed={"ann": 1})
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        gate = RedisGate(client, key_prefix=redis_prefix, reset_chunk_size=7)
+        gate.reset_pool("pool-a", stock={"t1": 5}, claimed={f"p{n}": 1 for n in range(20)})
+        gate.reset_campaign("camp-1", claimed={"ann": 1})
 
-    keys = set(client.scan_iter(match=redis_prefix + "*"))
+        keys = set(client.scan_iter(match=redis_prefix + "*"))
 
-    assert keys == {
-        f"{redis_prefix}{{p:pool-a}}:stock",
-        f"{redis_prefix}{{p:pool-a}}:claimed",
-        f"{redis_prefix}{{c:camp-1}}:claimed",
-    }
-    assert all(client.ttl(key) == -1 for key in keys)  # the staged keys' expiry is gone
-    assert client.hlen(f"{redis_prefix}{{p:pool-a}}:claimed") == 20
-    assert len({redis.crc.key_slot(key.encode()) for key in keys if "pool-a" in key}) == 1
-    client.close()
+        assert keys == {
+            f"{redis_prefix}{{p:pool-a}}:stock",
+            f"{redis_prefix}{{p:pool-a}}:claimed",
+            f"{redis_prefix}{{c:camp-1}}:claimed",
+        }
+        assert all(client.ttl(key) == -1 for key in keys)  # the staged keys' expiry is gone
+        assert client.hlen(f"{redis_prefix}{{p:pool-a}}:claimed") == 20
+        assert len({redis.crc.key_slot(key.encode()) for key in keys if "pool-a" in key}) == 1
 
 
 def test_redis_gate_refuses_a_prefix_that_would_break_hash_tags() -> None:
-    with pytest.raises(ValueError, match="braces"):
-        RedisGate(redis.Redis(), key_prefix="lq:{x}:")
+    with redis.Redis() as client, pytest.raises(ValueError, match="braces"):
+        RedisGate(client, key_prefix="lq:{x}:")

@@ -6,7 +6,9 @@ a Redis Cluster. The key layout (``<prefix>`` defaults to ``lq:``)::
     <prefix>{p:<pool>}:stock             HASH template_id → stock left
     <prefix>{p:<pool>}:claimed           HASH person_id → claims in the pool
     <prefix>{c:<campaign_id>}:claimed    HASH person_id → claims in the campaign
-    <prefix>{p:<pool>}:reset:<hex>:...   a reset being written; renamed over the
+    <prefix>{p:<pool>}:reset:<hex>:stock|claimed
+    <prefix>{c:<campaign_id>}:reset:<hex>:claimed
+                                         a reset being written; renamed over the
                                          live keys when complete, expires if not
 
 The ``p:``/``c:`` tags keep pool and campaign keys apart whatever the ids
@@ -35,9 +37,11 @@ repeats (the common case) costs one round trip per phase: two, or three when
 some request carrying a campaign limit was refused, or one when none
 carries a campaign limit.
 
-The gate is a cache of the store's truth: if a reply is lost after Redis
-ran a script (a dropped connection), the reservation it made leaks until the
-next ``reset_pool``/``reset_campaign`` rebuilds the pool from the store.
+The gate is a cache of the store's truth. If a phase fails half-way (a
+dropped connection, or a reply lost after Redis ran the script, which
+redis-py's retry may then run again), the counts it took stay taken: the
+claim is refused or errors, never oversold, and the next ``reset_pool`` /
+``reset_campaign`` rebuilds the counts from the store.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ class Validity(_Model):
         """The validity window of a voucher issued at ``issued_at``."""
         if self.days_from_issue is not None:
             return issued_at, issued_at + timedelta(days=self.days_from_issue)
-        assert self.valid_from is not None and self.valid_until is not None
+        assert self.valid_from is not None
+        assert self.valid_until is not None
         return self.valid_from, self.valid_until
 
 
@@ -157,7 +158,9 @@ class CampaignConfig(_Model):
         for r in self.rounds:
             for channel, per_template in r.stock.items():
                 if channel not in self.channels:
-                    raise ValueError(f"round {r.id}: stock names channel {channel!r} not in channels")
+                    raise ValueError(
+                        f"round {r.id}: stock names channel {channel!r} not in channels"
+                    )
                 for template_id in per_template:
                     if template_id not in template_ids:
                         raise ValueError(
@@ -223,7 +226,9 @@ def lifecycle_transition(
     """The campaign's status after ``action`` by ``actor``; maker-checker on approval."""
     assert action in LIFECYCLE_ACTIONS, action
     if action == "approve" and actor == drafted_by and status is CampaignStatus.DRAFT:
-        raise Conflict("maker_cannot_approve", "the operator who drafted a campaign cannot approve it")
+        raise Conflict(
+            "maker_cannot_approve", "the operator who drafted a campaign cannot approve it"
+        )
     try:
         return _LIFECYCLE[(status, action)]
     except KeyError:

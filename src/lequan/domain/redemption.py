@@ -18,7 +18,6 @@ from lequan.domain.vouchers import Action, VoucherState, check_usable, next_stat
 __all__ = ["MerchantView", "OrderView", "VoucherView", "discount_for_order"]
 
 
-
 @dataclass(frozen=True, slots=True)
 class VoucherView:
     state: VoucherState

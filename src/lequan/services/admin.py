@@ -36,7 +36,15 @@ APP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
 OPERATOR_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
 ROLES = ("maker", "checker", "viewer")
 MERCHANT_ROWS_MAX = 100_000
-MERCHANT_COLUMNS = ("merchant_id", "name", "mcc", "region_code", "modes", "acquirer_id", "campaigns")
+MERCHANT_COLUMNS = (
+    "merchant_id",
+    "name",
+    "mcc",
+    "region_code",
+    "modes",
+    "acquirer_id",
+    "campaigns",
+)
 
 
 def token_digest(token: str) -> str:
@@ -55,10 +63,14 @@ def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli"
         if uow.operator_role(operator_id) is not None:
             raise Conflict("operator_exists", f"operator {operator_id} already exists")
         try:
-            uow.add_operator(operator_id=operator_id, role=role, token_hash=token_digest(token), now=now)
+            uow.add_operator(
+                operator_id=operator_id, role=role, token_hash=token_digest(token), now=now
+            )
         except IntegrityError:
             raise Conflict("operator_exists", f"operator {operator_id} already exists") from None
-        uow.append_audit(actor=actor, action="operator.add", target=operator_id, details={"role": role}, now=now)
+        uow.append_audit(
+            actor=actor, action="operator.add", target=operator_id, details={"role": role}, now=now
+        )
         uow.commit()
     return token
 
@@ -94,8 +106,12 @@ def add_app(rt: Runtime, *, app_id: str, kind: str, name: str, actor: str) -> Ap
     with rt.store.unit_of_work() as uow:
         if uow.get_app(app_id) is not None:
             raise Conflict("app_exists", f"app {app_id} already exists")
-        uow.add_app(app_id=app_id, kind=kind, name=name, key_id=key_id, secret_enc=secret_enc, now=now)
-        uow.append_audit(actor=actor, action=f"{kind}.add", target=app_id, details={"name": name}, now=now)
+        uow.add_app(
+            app_id=app_id, kind=kind, name=name, key_id=key_id, secret_enc=secret_enc, now=now
+        )
+        uow.append_audit(
+            actor=actor, action=f"{kind}.add", target=app_id, details={"name": name}, now=now
+        )
         uow.commit()
     return AppCredentials(app_id, kind, name, secret)
 
@@ -138,10 +154,12 @@ def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
         raise InvalidInput(
             "invalid_merchant_file", f"the header must be: {','.join(MERCHANT_COLUMNS)}"
         )
-    rows = []
+    rows: list[_MerchantRecord] = []
     for line, row in enumerate(reader, start=2):
         if len(rows) >= MERCHANT_ROWS_MAX:
-            raise InvalidInput("invalid_merchant_file", f"at most {MERCHANT_ROWS_MAX} rows per file")
+            raise InvalidInput(
+                "invalid_merchant_file", f"at most {MERCHANT_ROWS_MAX} rows per file"
+            )
         try:
             rows.append(_merchant_row(row))
         except InvalidInput as error:
@@ -150,22 +168,46 @@ def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
             ) from None
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        for row in rows:
-            for campaign_id in row["campaign_ids"]:
+        for record in rows:
+            for campaign_id in record.campaign_ids:
                 if not uow.campaign_exists(campaign_id):
                     raise InvalidInput(
                         "invalid_merchant_file",
-                        f"merchant {row['merchant_id']}: no campaign {campaign_id}",
+                        f"merchant {record.merchant_id}: no campaign {campaign_id}",
                     )
-            uow.upsert_merchant(now=now, **row)
+            uow.upsert_merchant(
+                merchant_id=record.merchant_id,
+                name=record.name,
+                mcc=record.mcc,
+                region_code=record.region_code,
+                modes=record.modes,
+                acquirer_id=record.acquirer_id,
+                campaign_ids=record.campaign_ids,
+                now=now,
+            )
         uow.append_audit(
-            actor=actor, action="merchant.import", target="merchants", details={"rows": len(rows)}, now=now
+            actor=actor,
+            action="merchant.import",
+            target="merchants",
+            details={"rows": len(rows)},
+            now=now,
         )
         uow.commit()
     return MerchantImport(len(rows))
 
 
-def _merchant_row(row: dict[str, str]) -> dict[str, object]:
+@dataclass(frozen=True, slots=True)
+class _MerchantRecord:
+    merchant_id: str
+    name: str
+    mcc: str
+    region_code: str
+    modes: list[str]
+    acquirer_id: str
+    campaign_ids: list[str]
+
+
+def _merchant_row(row: dict[str, str]) -> _MerchantRecord:
     merchant_id = (row.get("merchant_id") or "").strip()
     if not re.match(r"^[A-Za-z0-9_-]{1,64}$", merchant_id):
         raise InvalidInput("invalid_merchant", "merchant_id is 1-64 of letters, digits, _ -")
@@ -183,15 +225,8 @@ def _merchant_row(row: dict[str, str]) -> dict[str, object]:
     if not APP_ID.match(acquirer_id):
         raise InvalidInput("invalid_merchant", "acquirer_id is an app id")
     campaigns = [c.strip() for c in (row.get("campaigns") or "").split(";") if c.strip()]
-    return {
-        "merchant_id": merchant_id,
-        "name": name,
-        "mcc": mcc,
-        "region_code": region,
-        "modes": modes,
-        "acquirer_id": acquirer_id,
-        "campaign_ids": campaigns,
-    }
+    assert region is not None
+    return _MerchantRecord(merchant_id, name, mcc, region, modes, acquirer_id, campaigns)
 
 
 def blacklist_add(rt: Runtime, *, id_number: str, reason: str, actor: str) -> bool:
@@ -203,7 +238,11 @@ def blacklist_add(rt: Runtime, *, id_number: str, reason: str, actor: str) -> bo
     with rt.store.unit_of_work() as uow:
         added = uow.add_blacklist(bidx=bidx, reason=reason, created_by=actor, now=now)
         uow.append_audit(
-            actor=actor, action="blacklist.add", target=bidx[:16], details={"reason": reason}, now=now
+            actor=actor,
+            action="blacklist.add",
+            target=bidx[:16],
+            details={"reason": reason},
+            now=now,
         )
         uow.commit()
     return added
@@ -214,6 +253,8 @@ def blacklist_remove(rt: Runtime, *, id_number: str, actor: str) -> bool:
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         removed = uow.remove_blacklist(bidx)
-        uow.append_audit(actor=actor, action="blacklist.remove", target=bidx[:16], details={}, now=now)
+        uow.append_audit(
+            actor=actor, action="blacklist.remove", target=bidx[:16], details={}, now=now
+        )
         uow.commit()
     return removed

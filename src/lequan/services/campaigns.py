@@ -83,7 +83,9 @@ def _require_role(uow: UnitOfWork, actor: str, roles: frozenset[str]) -> str:
     if role is None:
         raise AuthError("unknown_operator", f"no active operator named {actor!r}")
     if role not in roles:
-        raise AuthError("forbidden", f"a {role} cannot do this; it needs {' or '.join(sorted(roles))}")
+        raise AuthError(
+            "forbidden", f"a {role} cannot do this; it needs {' or '.join(sorted(roles))}"
+        )
     return role
 
 
@@ -140,11 +142,13 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
             now=now,
         )
         uow.commit()
-    if status in (CampaignStatus.APPROVED, CampaignStatus.LIVE) and action in ("approve", "activate"):
+    if status in (CampaignStatus.APPROVED, CampaignStatus.LIVE) and action in (
+        "approve",
+        "activate",
+    ):
         rebuild_gate(rt, campaign_id)
     rt.campaign_changed(campaign_id)
-    updated = get_campaign(rt, campaign_id)
-    return updated
+    return get_campaign(rt, campaign_id)
 
 
 def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> CampaignRow:

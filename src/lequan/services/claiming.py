@@ -36,7 +36,7 @@ from lequan.ports import ReserveOutcome, ReserveRequest
 from lequan.services.campaigns import CampaignCache, pool_key
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.runtime import Runtime
-from lequan.services.views import error_body, new_id, voucher_body
+from lequan.services.views import error_body, http_status, new_id, voucher_body
 
 __all__ = ["ClaimRequest", "ClaimResult", "ClaimService", "GroupCommitter"]
 
@@ -91,6 +91,7 @@ class _Job:
 
 
 def _refusal(error: LequanError, status_code: int) -> ClaimResult:
+    assert status_code == http_status(error)
     return ClaimResult(error.code, Answer(status_code, error_body(error)))
 
 
@@ -153,7 +154,11 @@ class GroupCommitter:
             while size < self._batch_size_max:
                 remaining_s = deadline - time.monotonic()
                 try:
-                    job = self._queue.get(timeout=remaining_s) if remaining_s > 0 else self._queue.get_nowait()
+                    job = (
+                        self._queue.get(timeout=remaining_s)
+                        if remaining_s > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if job is None:
@@ -335,7 +340,7 @@ class ClaimService:
                 self._rt.inflight.acquire(request.key.app_id, request.key.key)
                 held.append(request)
             except LequanError as error:
-                results[i] = _refusal(error, 409 if error.code == "idempotency_in_flight" else 422)
+                results[i] = _refusal(error, http_status(error))
 
     def _claim_held(
         self,
@@ -370,26 +375,27 @@ class ClaimService:
                 )
                 reserve.append((i, reserve_request, voucher))
             except LequanError as error:
-                results[i] = _refusal(error, _status(error))
+                results[i] = _refusal(error, http_status(error))
         if not reserve:
             return
         gate_results = rt.gate.reserve([r for _, r, _ in reserve])
         pending: list[tuple[int, _Pending]] = []
-        for (i, request, voucher), got in zip(reserve, gate_results, strict=True):
+        for (i, reserved, voucher), got in zip(reserve, gate_results, strict=True):
             if got.outcome is not ReserveOutcome.OK:
                 if got.outcome in (ReserveOutcome.SOLD_OUT, ReserveOutcome.UNKNOWN_STOCK):
-                    self._cache.sold_out.add((request.pool, request.template_id))
+                    self._cache.sold_out.add((reserved.pool, reserved.template_id))
                 code, message = _GATE_REFUSALS[got.outcome]
-                results[i] = _refusal(Conflict(code, message), 409)
+                refusal = Conflict(code, message)
+                results[i] = _refusal(refusal, http_status(refusal))
                 continue
             if got.remaining == 0:
-                self._cache.sold_out.add((request.pool, request.template_id))
+                self._cache.sold_out.add((reserved.pool, reserved.template_id))
             issued = _with_seq(voucher, got.claim_seq)
             pending.append(
                 (
                     i,
                     _Pending(
-                        request=request,
+                        request=reserved,
                         claim_seq=got.claim_seq,
                         voucher=issued,
                         key=requests[i].key,
@@ -421,7 +427,7 @@ class ClaimService:
                     "the claim is still being committed; retry with the same Idempotency-Key",
                 )
             for i, _ in pending:
-                results[i] = _refusal(refusal, 503 if refusal.code != "overloaded" else 429)
+                results[i] = _refusal(refusal, http_status(refusal))
             return
         release: list[tuple[ReserveRequest, int]] = []
         for (i, claim), outcome in zip(pending, outcomes, strict=True):
@@ -435,7 +441,7 @@ class ClaimService:
             else:
                 assert outcome is not None
                 release.append((claim.request, claim.claim_seq))
-                results[i] = _refusal(outcome, _status(outcome))
+                results[i] = _refusal(outcome, http_status(outcome))
         if release:
             rt.gate.release(release)
 
@@ -524,19 +530,3 @@ def _with_seq(voucher: VoucherRow, claim_seq: int) -> VoucherRow:
     from dataclasses import replace
 
     return replace(voucher, claim_seq=claim_seq)
-
-
-def _status(error: LequanError) -> int:
-    from lequan.domain.errors import AuthError, IdempotencyError, InvalidInput
-
-    if isinstance(error, NotFound):
-        return 404
-    if isinstance(error, InvalidInput):
-        return 422
-    if isinstance(error, AuthError):
-        return 403
-    if isinstance(error, IdempotencyError):
-        return 409 if error.code == "idempotency_in_flight" else 422
-    if isinstance(error, Unavailable):
-        return 429 if error.code in ("throttled", "overloaded") else 503
-    return 409

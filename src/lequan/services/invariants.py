@@ -52,14 +52,16 @@ def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
     budget_left = balances.get(Account.BUDGET, 0)
     if funded and budget_left != row.budget_fen - row.committed_fen:
         problems.append(
-            f"budget account {budget_left} != budget {row.budget_fen} - committed {row.committed_fen}"
+            f"budget account {budget_left} != "
+            f"budget {row.budget_fen} - committed {row.committed_fen}"
         )
     if budget_left < 0:
         problems.append(f"budget overdrawn: {budget_left}")
     live_face = sum(face for state, (_, face) in states.items() if state in LIVE_STATES)
     if balances.get(Account.OUTSTANDING, 0) != live_face:
         problems.append(
-            f"outstanding {balances.get(Account.OUTSTANDING, 0)} != face of live vouchers {live_face}"
+            f"outstanding {balances.get(Account.OUTSTANDING, 0)} "
+            f"!= face of live vouchers {live_face}"
         )
     if row.committed_fen > row.budget_fen:
         problems.append("committed beyond budget")

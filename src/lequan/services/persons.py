@@ -59,7 +59,12 @@ class Registration:
 def validate_region(code: str | None, *, field: str) -> str | None:
     if code is None:
         return None
-    if len(code) != 6 or not code.isascii() or not code.isdigit() or code[:2] not in province_codes():
+    if (
+        len(code) != 6
+        or not code.isascii()
+        or not code.isdigit()
+        or code[:2] not in province_codes()
+    ):
         raise InvalidInput("invalid_region", f"{field} must be a 6-digit GB/T 2260 region code")
     return code
 
@@ -96,7 +101,6 @@ def register(
         raise InvalidInput("invalid_consent_version", "unknown consent text version")
     keyring = rt.keyring
     bidx = keyring.blind_index("id_number", id_number)
-    now = rt.clock.now()
     person_id = person_id_for(bidx)
     for attempt in range(2):
         with rt.store.unit_of_work() as uow:
@@ -154,9 +158,7 @@ def _bind(
     now = rt.clock.now()
     bound = uow.account_person(channel_id, channel_user_id)
     if bound is not None and bound != person_id:
-        raise Conflict(
-            "account_already_bound", "this channel account is bound to another person"
-        )
+        raise Conflict("account_already_bound", "this channel account is bound to another person")
     person = uow.person_by_id_number_bidx(bidx)
     created = person is None
     key_id, name_enc = rt.keyring.encrypt("name", name)
@@ -230,7 +232,9 @@ def wallet(
         person_id = uow.account_person(channel_id, channel_user_id)
         if person_id is None:
             raise NotFound("not_registered", "this channel account is not registered")
-        rows = uow.person_vouchers(person_id, channel_id=channel_id, after_id=after_id, limit=limit + 1)
+        rows = uow.person_vouchers(
+            person_id, channel_id=channel_id, after_id=after_id, limit=limit + 1
+        )
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (rows[-1].id if more else None)

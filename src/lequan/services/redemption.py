@@ -204,7 +204,12 @@ def redeem(
         campaign = uow.get_campaign(voucher.campaign_id)
         assert campaign is not None
         discount = _discount(
-            voucher=voucher, campaign=campaign, merchant=merchant, order=order, action=action, now=now
+            voucher=voucher,
+            campaign=campaign,
+            merchant=merchant,
+            order=order,
+            action=action,
+            now=now,
         )
         state = next_state(voucher.state, action)
         redemption_id = new_id("r")
@@ -220,7 +225,9 @@ def redeem(
             "discount_fen": discount,
             "pay_fen": order.order_amount_fen - discount,
             "status": "locked" if lock else "redeemed",
-            "lock_expires_at": now + timedelta(seconds=rt.settings.lock_timeout_s) if lock else None,
+            "lock_expires_at": now + timedelta(seconds=rt.settings.lock_timeout_s)
+            if lock
+            else None,
             "product_json": json.dumps(product, ensure_ascii=False) if product else None,
             "created_at": now,
             "updated_at": now,
@@ -409,8 +416,7 @@ def refund(
         if refund_amount_fen != redemption.order_amount_fen:
             raise InvalidInput(
                 "partial_refund_unsupported",
-                "only a refund of the whole order is accepted "
-                f"({redemption.order_amount_fen} fen)",
+                f"only a refund of the whole order is accepted ({redemption.order_amount_fen} fen)",
             )
         campaign = uow.get_campaign(voucher.campaign_id)
         assert campaign is not None

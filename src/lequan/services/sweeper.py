@@ -51,24 +51,24 @@ def sweep(rt: Runtime) -> SweepReport:
     expired = 0
     with rt.store.unit_of_work() as uow:
         due = uow.vouchers_past_validity(now, limit)
-    for voucher in due:
+    for candidate in due:
         with rt.store.unit_of_work() as uow:
-            current = uow.lock_voucher(voucher.id)
-            if current is None or current.valid_until > now:
+            voucher_now = uow.lock_voucher(candidate.id)
+            if voucher_now is None or voucher_now.valid_until > now:
                 continue
             try:
-                state = next_state(current.state, Action.EXPIRE)
+                state = next_state(voucher_now.state, Action.EXPIRE)
             except Conflict:
                 continue
-            if not uow.move_voucher(current, state=state, now=now):
+            if not uow.move_voucher(voucher_now, state=state, now=now):
                 continue
             uow.post(
-                expire_entry(current.face_fen),
-                campaign_id=current.campaign_id,
+                expire_entry(voucher_now.face_fen),
+                campaign_id=voucher_now.campaign_id,
                 now=now,
-                voucher_id=current.id,
+                voucher_id=voucher_now.id,
             )
-            uow.release_budget(current.campaign_id, current.face_fen)
+            uow.release_budget(voucher_now.campaign_id, voucher_now.face_fen)
             uow.commit()
             expired += 1
     if expired or timed_out:

@@ -10,9 +10,17 @@ import time
 from typing import Any
 
 from lequan.adapters.sql.store import RedemptionRow, VoucherRow
-from lequan.domain.errors import LequanError
+from lequan.domain.errors import (
+    AuthError,
+    Conflict,
+    IdempotencyError,
+    InvalidInput,
+    LequanError,
+    NotFound,
+    Unavailable,
+)
 
-__all__ = ["error_body", "new_id", "redemption_body", "voucher_body"]
+__all__ = ["error_body", "http_status", "new_id", "redemption_body", "voucher_body"]
 
 
 def new_id(prefix: str) -> str:
@@ -60,3 +68,35 @@ def error_body(error: LequanError) -> dict[str, Any]:
     if error.details:
         body["details"] = error.details
     return body
+
+
+# The one place where error codes meet HTTP statuses. Codes not listed take
+# the status of their kind.
+_STATUS_BY_CODE = {
+    "forbidden": 403,
+    "wrong_app_kind": 403,
+    "idempotency_in_flight": 409,
+    "idempotency_mismatch": 422,
+    "throttled": 429,
+    "overloaded": 429,
+    "body_too_large": 413,
+}
+_STATUS_BY_KIND: tuple[tuple[type[LequanError], int], ...] = (
+    (InvalidInput, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (AuthError, 401),
+    (IdempotencyError, 409),
+    (Unavailable, 503),
+)
+
+
+def http_status(error: LequanError) -> int:
+    """The HTTP status for an error code; every response and stored answer uses this."""
+    status = _STATUS_BY_CODE.get(error.code)
+    if status is not None:
+        return status
+    for kind, kind_status in _STATUS_BY_KIND:
+        if isinstance(error, kind):
+            return kind_status
+    return 400

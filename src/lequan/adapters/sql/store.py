@@ -183,7 +183,9 @@ class UnitOfWork:
     def rollback(self) -> None:
         self.connection.rollback()
 
-    def _exec(self, statement: sa.Executable, params: Any = None) -> sa.CursorResult[Any]:
+    def _exec(
+        self, statement: sa.Executable, params: Any = None
+    ) -> sa.CursorResult[*tuple[Any, ...]]:
         return self.connection.execute(statement, params)
 
     @contextmanager
@@ -240,7 +242,9 @@ class UnitOfWork:
         return AppRow(**{f: m[f] for f in AppRow.__dataclass_fields__})
 
     def list_apps(self) -> list[tuple[str, str, str]]:
-        rows = self._exec(sa.select(t.apps.c.id, t.apps.c.kind, t.apps.c.name).order_by(t.apps.c.id))
+        rows = self._exec(
+            sa.select(t.apps.c.id, t.apps.c.kind, t.apps.c.name).order_by(t.apps.c.id)
+        )
         return [(r.id, r.kind, r.name) for r in rows]
 
     # -- campaigns ----------------------------------------------------------------
@@ -314,7 +318,9 @@ class UnitOfWork:
             rounds={r.round_id: (r.release_at, r.ends_at) for r in round_rows},
         )
 
-    def list_campaigns(self, *, statuses: Iterable[CampaignStatus] | None = None) -> list[CampaignRow]:
+    def list_campaigns(
+        self, *, statuses: Iterable[CampaignStatus] | None = None
+    ) -> list[CampaignRow]:
         query = sa.select(t.campaigns).order_by(t.campaigns.c.id)
         if statuses is not None:
             query = query.where(t.campaigns.c.status.in_([s.value for s in statuses]))
@@ -398,7 +404,7 @@ class UnitOfWork:
             .where(v.campaign_id == campaign_id)
             .group_by(v.round_id, v.channel_id, v.template_id)
         )
-        return {(r[0], r[1], r[2]): r[3] for r in rows}
+        return {(a, b, c): n for a, b, c, n in rows}
 
     def claim_counts(self, campaign_id: str) -> Iterator[tuple[str, str, str, int]]:
         """(round_id, channel_id, person_id, claims) for every person who claimed."""
@@ -408,8 +414,7 @@ class UnitOfWork:
             .where(v.campaign_id == campaign_id)
             .group_by(v.round_id, v.channel_id, v.person_id)
         )
-        for r in rows:
-            yield r[0], r[1], r[2], r[3]
+        yield from rows
 
     def voucher_state_counts(self, campaign_id: str) -> dict[str, tuple[int, int]]:
         """state -> (vouchers, Σ face_fen) for one campaign."""
@@ -419,7 +424,7 @@ class UnitOfWork:
             .where(v.campaign_id == campaign_id)
             .group_by(v.state)
         )
-        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+        return {state: (int(n), int(face)) for state, n, face in rows}
 
     # -- merchants ----------------------------------------------------------------
 
@@ -448,7 +453,9 @@ class UnitOfWork:
         )
         if updated.rowcount == 0:
             self._exec(sa.insert(t.merchants).values(id=merchant_id, created_at=now, **values))
-        self._exec(sa.delete(t.merchant_campaigns).where(t.merchant_campaigns.c.merchant_id == merchant_id))
+        self._exec(
+            sa.delete(t.merchant_campaigns).where(t.merchant_campaigns.c.merchant_id == merchant_id)
+        )
         if campaign_ids:
             self._exec(
                 sa.insert(t.merchant_campaigns),
@@ -503,7 +510,9 @@ class UnitOfWork:
     def account_person(self, channel_id: str, channel_user_id: str) -> str | None:
         a = t.person_accounts.c
         return self._exec(
-            sa.select(a.person_id).where(a.channel_id == channel_id, a.channel_user_id == channel_user_id)
+            sa.select(a.person_id).where(
+                a.channel_id == channel_id, a.channel_user_id == channel_user_id
+            )
         ).scalar_one_or_none()
 
     def accounts_persons(self, channel_id: str, channel_user_ids: Sequence[str]) -> dict[str, str]:
@@ -537,7 +546,9 @@ class UnitOfWork:
         """person_id -> (residence_region, id_number_bidx)."""
         p = t.persons.c
         rows = self._exec(
-            sa.select(p.id, p.residence_region, p.id_number_bidx).where(p.id.in_(sorted(set(person_ids))))
+            sa.select(p.id, p.residence_region, p.id_number_bidx).where(
+                p.id.in_(sorted(set(person_ids)))
+            )
         )
         return {r.id: (r.residence_region, r.id_number_bidx) for r in rows}
 
@@ -547,7 +558,9 @@ class UnitOfWork:
         if not bidxs:
             return set()
         b = t.blacklist.c
-        rows = self._exec(sa.select(b.id_number_bidx).where(b.id_number_bidx.in_(sorted(set(bidxs)))))
+        rows = self._exec(
+            sa.select(b.id_number_bidx).where(b.id_number_bidx.in_(sorted(set(bidxs))))
+        )
         return {r[0] for r in rows}
 
     def add_blacklist(self, *, bidx: str, reason: str, created_by: str, now: datetime) -> bool:
@@ -639,12 +652,12 @@ class UnitOfWork:
         self._exec(sa.insert(t.redemptions).values(**values))
 
     def get_redemption(self, redemption_id: str) -> RedemptionRow | None:
-        row = self._exec(sa.select(t.redemptions).where(t.redemptions.c.id == redemption_id)).first()
+        row = self._exec(
+            sa.select(t.redemptions).where(t.redemptions.c.id == redemption_id)
+        ).first()
         return _redemption(row) if row else None
 
-    def move_redemption(
-        self, redemption: RedemptionRow, *, status: str, now: datetime
-    ) -> bool:
+    def move_redemption(self, redemption: RedemptionRow, *, status: str, now: datetime) -> bool:
         r = t.redemptions.c
         result = self._exec(
             sa.update(t.redemptions)
@@ -710,9 +723,11 @@ class UnitOfWork:
             .where(p.campaign_id == campaign_id)
             .group_by(p.account)
         )
-        return {r[0]: int(r[1]) for r in rows}
+        return {account: int(total) for account, total in rows}
 
-    def add_outbox(self, *, event_id: str, topic: str, payload: Mapping[str, Any], now: datetime) -> None:
+    def add_outbox(
+        self, *, event_id: str, topic: str, payload: Mapping[str, Any], now: datetime
+    ) -> None:
         self._exec(
             sa.insert(t.outbox).values(
                 id=event_id,
@@ -728,7 +743,7 @@ class UnitOfWork:
     def outbox_topics(self) -> dict[str, int]:
         o = t.outbox.c
         rows = self._exec(sa.select(o.topic, sa.func.count()).group_by(o.topic))
-        return {r[0]: int(r[1]) for r in rows}
+        return {topic: int(n) for topic, n in rows}
 
     def append_audit(
         self, *, actor: str, action: str, target: str, details: Mapping[str, Any], now: datetime
@@ -737,9 +752,13 @@ class UnitOfWork:
         a = t.audit_log.c
         last = self._exec(sa.select(a.seq, a.hash).order_by(a.seq.desc()).limit(1)).first()
         seq, prev_hash = (last.seq + 1, last.hash) if last else (1, "0" * 64)
-        details_json = json.dumps(details, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        details_json = json.dumps(
+            details, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        )
         digest = hashlib.sha256(
-            "\n".join([str(seq), now.isoformat(), actor, action, target, details_json, prev_hash]).encode()
+            "\n".join(
+                [str(seq), now.isoformat(), actor, action, target, details_json, prev_hash]
+            ).encode()
         ).hexdigest()
         self._exec(
             sa.insert(t.audit_log).values(
@@ -768,16 +787,18 @@ class UnitOfWork:
                 k.app_id == app_id, k.key == key
             )
         ).first()
-        return (row[0], row[1], row[2]) if row else None
+        return (row.request_hash, row.status_code, row.response_json) if row else None
 
-    def idempotent_answers(self, app_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
+    def idempotent_answers(
+        self, app_id: str, keys: Sequence[str]
+    ) -> dict[str, tuple[str, int, str]]:
         k = t.idempotency_keys.c
         rows = self._exec(
             sa.select(k.key, k.request_hash, k.status_code, k.response_json).where(
                 k.app_id == app_id, k.key.in_(sorted(set(keys)))
             )
         )
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+        return {key: (h, status, body) for key, h, status, body in rows}
 
     def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:

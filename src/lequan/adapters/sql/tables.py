@@ -186,8 +186,14 @@ vouchers = sa.Table(
     # Set while locked by a two-phase redemption; trade-in qualifications later.
     sa.Column("redemption_id", Id),
     sa.Column("qualification_id", Id),
-    sa.UniqueConstraint("campaign_id", "round_id", "channel_id", "person_id", "claim_seq",
-                        name="uq_vouchers_claim_slot"),
+    sa.UniqueConstraint(
+        "campaign_id",
+        "round_id",
+        "channel_id",
+        "person_id",
+        "claim_seq",
+        name="uq_vouchers_claim_slot",
+    ),
     sa.CheckConstraint("face_fen > 0", name="face_positive"),
     sa.CheckConstraint(
         "state IN ('issued','locked','redeemed','refunded','expired','revoked','void')",
@@ -232,8 +238,12 @@ redemptions = sa.Table(
 ledger_entries = sa.Table(
     "ledger_entries",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-              autoincrement=True),
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
     sa.Column("campaign_id", Id, nullable=False, index=True),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("voucher_count", sa.Integer, nullable=False),
@@ -245,8 +255,12 @@ ledger_entries = sa.Table(
 ledger_postings = sa.Table(
     "ledger_postings",
     metadata,
-    sa.Column("entry_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-              sa.ForeignKey("ledger_entries.id"), primary_key=True),
+    sa.Column(
+        "entry_id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        sa.ForeignKey("ledger_entries.id"),
+        primary_key=True,
+    ),
     sa.Column("account", sa.String(80), primary_key=True),
     sa.Column("campaign_id", Id, nullable=False, index=True),
     sa.Column("amount_fen", Money, nullable=False),
@@ -280,8 +294,12 @@ outbox = sa.Table(
 audit_log = sa.Table(
     "audit_log",
     metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-              autoincrement=False),
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("actor", Id, nullable=False),
     sa.Column("action", sa.String(40), nullable=False),

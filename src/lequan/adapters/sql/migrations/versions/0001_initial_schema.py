@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -286,7 +285,8 @@ def upgrade() -> None:
             name=op.f("ck_redemptions_status"),
         ),
         sa.CheckConstraint(
-            "discount_fen > 0 AND discount_fen <= order_amount_fen AND pay_fen = order_amount_fen - discount_fen",
+            "discount_fen > 0 AND discount_fen <= order_amount_fen "
+            "AND pay_fen = order_amount_fen - discount_fen",
             name=op.f("ck_redemptions_amounts"),
         ),
         sa.ForeignKeyConstraint(

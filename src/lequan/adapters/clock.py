@@ -1,0 +1,31 @@
+"""A clock the caller sets: for tests, simulations and replays."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+__all__ = ["ManualClock"]
+
+
+class ManualClock:
+    """Stands still until told to move; thread-safe."""
+
+    def __init__(self, now: datetime) -> None:
+        assert now.tzinfo is not None
+        self._now = now
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, delta: timedelta) -> datetime:
+        with self._lock:
+            self._now += delta
+            return self._now
+
+    def set(self, now: datetime) -> None:
+        assert now.tzinfo is not None
+        with self._lock:
+            self._now = now

@@ -1,0 +1,346 @@
+"""The ``lequan`` command: serve, migrate, demo, and the operator's tools.
+
+Commands act on the store named by the settings (``LEQUAN_*``); creating
+commands print what they created and take ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lequan.config import Settings
+from lequan.domain.errors import LequanError
+
+app = typer.Typer(
+    name="lequan",
+    help="lequan: government consumption vouchers — campaigns, flash claiming, redemption.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+campaign_app = typer.Typer(
+    help="Campaigns: import, approve, open rounds, pause, end.", no_args_is_help=True
+)
+merchant_app = typer.Typer(help="Merchants.", no_args_is_help=True)
+channel_app = typer.Typer(help="Channels (payment apps that issue vouchers).", no_args_is_help=True)
+acquirer_app = typer.Typer(
+    help="Acquirers (who redeem vouchers for merchants).", no_args_is_help=True
+)
+operator_app = typer.Typer(help="Operator accounts for the admin API.", no_args_is_help=True)
+keys_app = typer.Typer(help="Field-encryption key files.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(merchant_app, name="merchant")
+app.add_typer(channel_app, name="channel")
+app.add_typer(acquirer_app, name="acquirer")
+app.add_typer(operator_app, name="operator")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err = Console(stderr=True)
+
+As = Annotated[str, typer.Option("--as", help="The operator acting (audited).")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def main() -> None:
+    try:
+        app()
+    except LequanError as error:
+        err.print(f"[bold red]error[/] [red]{error.code}[/]: {error.message}")
+        problems = error.details.get("errors") if error.details else None
+        if isinstance(problems, list):
+            for problem in problems[:20]:
+                err.print(f"  • {problem.get('field')}: {problem.get('rule')}")
+        sys.exit(2)
+
+
+def _runtime(*, create_keys: bool = True) -> Any:
+    from lequan.bootstrap import build_runtime
+
+    return build_runtime(Settings(), create_keys=create_keys)
+
+
+def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    else:
+        console.print(human)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    downgrade: Annotated[bool, typer.Option(help="Downgrade to the revision instead.")] = False,
+) -> None:
+    """Bring the store's schema to the current version (Alembic)."""
+    from lequan.adapters.sql import migrate as migrations
+    from lequan.adapters.sql.engine import create_engine
+
+    settings = Settings()
+    engine = create_engine(settings.effective_database_url)
+    if downgrade:
+        migrations.downgrade(engine, revision)
+    else:
+        migrations.upgrade(engine, revision)
+    console.print(f"store at revision [bold]{migrations.current_revision(engine)}[/]")
+    engine.dispose()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (Redis gate only).")] = None,
+) -> None:
+    """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
+    import uvicorn
+
+    from lequan.bootstrap import SetupError, load_keyring
+
+    settings = Settings()
+    workers = workers or settings.workers
+    if workers > 1 and not settings.redis_url:
+        raise SetupError(
+            "more than one worker needs a shared claim gate: set LEQUAN_REDIS_URL "
+            "(the in-process gate would sell the same stock once per worker)"
+        )
+    load_keyring(settings, create=True)  # refuses a missing or example key outside embedded
+    if settings.embedded:
+        from lequan.adapters.sql import migrate as migrations
+        from lequan.adapters.sql.engine import create_engine
+
+        engine = create_engine(settings.effective_database_url)
+        migrations.upgrade(engine)
+        engine.dispose()
+    uvicorn.run(
+        "lequan.http.asgi:create",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def demo(
+    people: Annotated[
+        int, typer.Option(help="Simulated people in the crowd.", min=10, max=100_000)
+    ] = 3000,
+    port: Annotated[int, typer.Option(help="Port to serve on (0: any free port).")] = 8000,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep serving after the crowd.")
+    ] = True,
+    as_json: JsonFlag = False,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo's store lives (wiped).")] = Path(
+        "lequan-data/demo"
+    ),
+) -> None:
+    """Run a real-shaped campaign end to end on the embedded default, then keep serving."""
+    from lequan.demo import run_demo
+
+    ok = run_demo(
+        people=people, port=port, serve_after=serve_after, as_json=as_json, data_dir=data_dir
+    )
+    if not ok:
+        raise typer.Exit(1)
+
+
+# -- campaigns ------------------------------------------------------------------------
+
+
+def _campaign_summary(row: Any) -> dict[str, Any]:
+    from lequan.http.routes.admin import campaign_view
+
+    return campaign_view(row)
+
+
+def _print_campaign(row: Any) -> None:
+    table = Table(title=f"{row.id} — {row.config.name}", show_header=False)
+    table.add_row("status", row.status.value)
+    table.add_row(
+        "budget", f"{row.budget_fen / 100:,.2f} yuan ({row.committed_fen / 100:,.2f} committed)"
+    )
+    table.add_row("drafted by / approved by", f"{row.drafted_by} / {row.approved_by or '-'}")
+    table.add_row("channels", ", ".join(row.config.channels))
+    table.add_row("templates", ", ".join(t.id for t in row.config.templates))
+    for round_id, (release_at, ends_at) in sorted(row.rounds.items()):
+        table.add_row(f"round {round_id}", f"{release_at.isoformat()} → {ends_at.isoformat()}")
+    console.print(table)
+
+
+@campaign_app.command("import")
+def campaign_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    actor: As,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a campaign file as a draft (the maker)."""
+    from lequan.services import campaigns
+
+    config = campaigns.parse_campaign(file.read_bytes())
+    row = campaigns.import_campaign(_runtime(), config, actor=actor)
+    _emit(_campaign_summary(row), as_json, f"imported [bold]{row.id}[/] as draft")
+
+
+def _lifecycle(action: str) -> Any:
+    def command(campaign_id: str, actor: As, as_json: JsonFlag = False) -> None:
+        from lequan.services import campaigns
+
+        row = campaigns.change_status(_runtime(), campaign_id, action, actor=actor)
+        _emit(_campaign_summary(row), as_json, f"{row.id} is now [bold]{row.status.value}[/]")
+
+    command.__doc__ = f"{action.capitalize()} a campaign."
+    return command
+
+
+for _action in ("approve", "activate", "pause", "resume", "end"):
+    campaign_app.command(_action)(_lifecycle(_action))
+
+
+@campaign_app.command("start-round")
+def campaign_start_round(
+    campaign_id: str, round_id: str, actor: As, as_json: JsonFlag = False
+) -> None:
+    """Open a round now (the campaign goes live if it was approved)."""
+    from lequan.services import campaigns
+
+    row = campaigns.start_round(_runtime(), campaign_id, round_id, actor=actor)
+    _emit(_campaign_summary(row), as_json, f"round [bold]{round_id}[/] of {row.id} is open")
+
+
+@campaign_app.command("show")
+def campaign_show(campaign_id: str, as_json: JsonFlag = False) -> None:
+    """Show one campaign."""
+    from lequan.services import campaigns
+
+    row = campaigns.get_campaign(_runtime(), campaign_id)
+    if as_json:
+        typer.echo(json.dumps(_campaign_summary(row), ensure_ascii=False, indent=2))
+    else:
+        _print_campaign(row)
+
+
+@campaign_app.command("list")
+def campaign_list() -> None:
+    """List campaigns."""
+    from lequan.services import campaigns
+
+    table = Table("id", "name", "status", "budget (yuan)")
+    for row in campaigns.list_campaigns(_runtime()):
+        table.add_row(row.id, row.config.name, row.status.value, f"{row.budget_fen / 100:,.2f}")
+    console.print(table)
+
+
+@campaign_app.command("check")
+def campaign_check(campaign_id: str, as_json: JsonFlag = False) -> None:
+    """Check a campaign's invariants against the store (exit 1 if any fails)."""
+    from lequan.services.invariants import check_campaign
+
+    result = check_campaign(_runtime(), campaign_id)
+    data = {
+        "campaign_id": campaign_id,
+        "ok": result.ok,
+        "problems": result.problems,
+        "vouchers_by_state": result.vouchers_by_state,
+        "balances": result.balances,
+    }
+    verdict = "[green]ok[/]" if result.ok else "[red]" + "; ".join(result.problems) + "[/]"
+    _emit(data, as_json, f"{campaign_id}: {verdict}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+# -- merchants, apps, operators, keys ------------------------------------------------
+
+
+@merchant_app.command("import")
+def merchant_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    actor: As,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import or update merchants from CSV."""
+    from lequan.services import admin
+
+    result = admin.import_merchants(_runtime(), file.read_text(encoding="utf-8"), actor=actor)
+    _emit({"imported": result.imported}, as_json, f"imported {result.imported} merchants")
+
+
+def _add_app(kind: str) -> Any:
+    def command(
+        app_id: str,
+        actor: As,
+        name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        from lequan.services import admin
+
+        created = admin.add_app(
+            _runtime(), app_id=app_id, kind=kind, name=name or app_id, actor=actor
+        )
+        data = {
+            "app_id": created.app_id,
+            "kind": kind,
+            "name": created.name,
+            "secret": created.secret,
+        }
+        _emit(
+            data,
+            as_json,
+            f"{kind} [bold]{created.app_id}[/] added\n  secret: [bold]{created.secret}[/]\n"
+            "  (shown once: sign every request with it, see docs/api.md)",
+        )
+
+    command.__doc__ = f"Register a {kind} and print its signing secret (shown once)."
+    return command
+
+
+channel_app.command("add")(_add_app("channel"))
+acquirer_app.command("add")(_add_app("acquirer"))
+
+
+@operator_app.command("add")
+def operator_add(
+    operator_id: str,
+    role: Annotated[str, typer.Option(help="maker, checker or viewer.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an operator account and print its API token (shown once)."""
+    from lequan.services import admin
+
+    token = admin.add_operator(_runtime(), operator_id, role=role)
+    _emit(
+        {"operator_id": operator_id, "role": role, "token": token},
+        as_json,
+        f"operator [bold]{operator_id}[/] ({role})\n  token: [bold]{token}[/]",
+    )
+
+
+@keys_app.command("generate")
+def keys_generate(path: Path) -> None:
+    """Write a new key file (mode 0600); refuses to overwrite one."""
+    from lequan.adapters.crypto import generate_key_file
+
+    keyring = generate_key_file(path)
+    console.print(f"wrote {path} (active key {keyring.active_key_id})")
+
+
+@app.command()
+def sweep() -> None:
+    """Expire vouchers past validity and time out stale locks, once."""
+    from lequan.services.sweeper import sweep as run_sweep
+
+    report = run_sweep(_runtime())
+    console.print(f"expired {report.expired}, locks timed out {report.locks_timed_out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The FastAPI application factory: routes, errors, request ids, canonical
+log lines, Prometheus metrics, health, and the OpenAPI docs with assets
+served by the app itself (no CDN at run time).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+import lequan
+from lequan.bootstrap import Platform
+from lequan.http.errors import error_response, install_error_handlers
+from lequan.http.routes import acquirer, admin, channel
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("lequan.http")
+
+
+class Metrics:
+    """The app's own registry, so two apps in one process never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lequan_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "lequan_http_request_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
+        self.claims = Counter(
+            "lequan_claims", "Claim answers by outcome", ["outcome"], registry=self.registry
+        )
+
+
+def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_on_shutdown:
+            platform.close()
+
+    app = FastAPI(
+        title="lequan",
+        version=lequan.__version__,
+        summary="Government consumption vouchers: channel, acquirer and admin APIs.",
+        description=(
+            "Channel and acquirer calls are signed (see docs/api.md): headers X-Lequan-App, "
+            "X-Lequan-Timestamp, X-Lequan-Nonce, X-Lequan-Signature. Mutating calls take an "
+            "Idempotency-Key. Errors are JSON {code, message, request_id}."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+    metrics = Metrics()
+    app.state.metrics = metrics
+    body_max = platform.rt.settings.request_body_bytes_max
+
+    @app.middleware("http")
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        request.state.request_id = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > body_max):
+            response: Response = error_response(
+                request,
+                413,
+                {
+                    "code": "body_too_large",
+                    "message": f"a request body is at most {body_max} bytes",
+                },
+            )
+        else:
+            response = await call_next(request)
+        elapsed_s = time.perf_counter() - started
+        route = request.scope.get("route")
+        route_path = getattr(route, "path", "unmatched")
+        response.headers["X-Request-Id"] = request_id
+        metrics.requests.labels(route_path, request.method, str(response.status_code)).inc()
+        metrics.seconds.labels(route_path).observe(elapsed_s)
+        outcome = getattr(request.state, "outcome", None)
+        if outcome is not None and not str(outcome).startswith("batch:"):
+            metrics.claims.labels(str(outcome)).inc()
+        if route_path not in ("/metrics", "/healthz", "/readyz"):
+            log.info(
+                "request",
+                method=request.method,
+                route=route_path,
+                status=response.status_code,
+                duration_ms=round(elapsed_s * 1000, 2),
+                app_id=getattr(request.state, "app_id", None),
+                operator_id=getattr(request.state, "operator_id", None),
+                outcome=outcome,
+            )
+        structlog.contextvars.clear_contextvars()
+        return response
+
+    install_error_handlers(app)
+    app.include_router(channel.router)
+    app.include_router(acquirer.router)
+    app.include_router(admin.router)
+
+    static = resources.files("lequan.web").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="lequan API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/vendor/swagger-ui/favicon-32x32.png",
+        )
+
+    @app.get("/healthz", tags=["ops"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="The store and the gate answer")
+    async def readyz(request: Request) -> JSONResponse:
+        problems: dict[str, Any] = {}
+        try:
+            with platform.rt.store.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as error:
+            problems["store"] = type(error).__name__
+        try:
+            platform.rt.gate.remaining("readyz:probe", "probe")
+        except Exception as error:
+            problems["gate"] = type(error).__name__
+        if problems:
+            return error_response(
+                request,
+                503,
+                {"code": "not_ready", "message": "a dependency is down", "details": problems},
+            )
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

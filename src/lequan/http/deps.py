@@ -1,0 +1,148 @@
+"""Request dependencies: the platform, signed channel/acquirer callers, operators.
+
+Signature checks read the raw body and the raw path exactly as sent; a
+nonce is remembered for twice the allowed clock skew, the whole span in
+which its timestamp could still pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from lequan.bootstrap import Platform
+from lequan.domain.errors import AuthError
+from lequan.http.signing import parse_headers, verify_signed
+from lequan.services.admin import authenticate_operator
+from lequan.services.idempotency import Idempotency, request_hash, validate_key
+
+__all__ = [
+    "AcquirerApp",
+    "Caller",
+    "ChannelApp",
+    "IdempotencyKey",
+    "Operator",
+    "PlatformDep",
+    "get_platform",
+]
+
+
+def get_platform(request: Request) -> Platform:
+    platform = request.app.state.platform
+    assert isinstance(platform, Platform)
+    return platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified channel or acquirer, with the raw request it signed."""
+
+    app_id: str
+    kind: str
+    body: bytes
+    method: str
+    path_with_query: str
+
+    def idempotency(self, key: str) -> Idempotency:
+        return Idempotency(
+            app_id=self.app_id,
+            key=key,
+            request_hash=request_hash(self.method, self.path_with_query, self.body),
+        )
+
+
+def _raw_target(request: Request) -> str:
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    target = bytes(raw_path) + (b"?" + bytes(query) if query else b"")
+    return target.decode("ascii", errors="replace")
+
+
+async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
+    body = await request.body()
+    signed = parse_headers(request.headers)
+    found = platform.apps.get(signed.app_id)
+    if found is None:
+        raise AuthError("unknown_app", "X-Lequan-App names no active app")
+    app_kind, secret = found
+    settings = platform.rt.settings
+    verified = verify_signed(
+        signed,
+        secret=secret,
+        method=request.method,
+        path_with_query=_raw_target(request),
+        body=body,
+        now_s=int(time.time()),
+        max_skew_s=settings.signature_max_skew_s,
+    )
+    if not platform.rt.nonces.remember(
+        verified.app_id, verified.nonce, 2 * settings.signature_max_skew_s
+    ):
+        raise AuthError("nonce_reused", "this nonce was already used; sign each request anew")
+    if app_kind != kind:
+        raise AuthError("wrong_app_kind", f"this API is for {kind}s; the app is a {app_kind}")
+    request.state.app_id = verified.app_id
+    return Caller(
+        app_id=verified.app_id,
+        kind=app_kind,
+        body=body,
+        method=request.method,
+        path_with_query=_raw_target(request),
+    )
+
+
+async def _channel(request: Request, platform: PlatformDep) -> Caller:
+    return await _signed(request, platform, "channel")
+
+
+async def _acquirer(request: Request, platform: PlatformDep) -> Caller:
+    return await _signed(request, platform, "acquirer")
+
+
+ChannelApp = Annotated[Caller, Depends(_channel)]
+AcquirerApp = Annotated[Caller, Depends(_acquirer)]
+
+
+def _idempotency_key(
+    platform: PlatformDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="One key per effect; a retry with the same key replays the first answer.",
+        ),
+    ] = None,
+) -> str:
+    return validate_key(idempotency_key, chars_max=platform.rt.settings.idempotency_key_chars_max)
+
+
+IdempotencyKey = Annotated[str, Depends(_idempotency_key)]
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorIdentity:
+    operator_id: str
+    role: str
+
+
+def _operator(
+    request: Request,
+    platform: PlatformDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> OperatorIdentity:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise AuthError(
+            "unauthenticated", "an operator token is required: Authorization: Bearer ..."
+        )
+    operator_id, role = authenticate_operator(platform.rt, authorization.removeprefix("Bearer "))
+    request.state.operator_id = operator_id
+    return OperatorIdentity(operator_id, role)
+
+
+Operator = Annotated[OperatorIdentity, Depends(_operator)]

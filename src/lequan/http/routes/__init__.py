@@ -1,0 +1,1 @@
+"""One routes module per audience: channel, acquirer, admin, ops."""

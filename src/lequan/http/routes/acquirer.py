@@ -1,0 +1,184 @@
+"""The acquirer API: quote the vouchers a paying person can use, redeem in
+one step or lock-then-confirm/void, reverse, refund. Signed and idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from lequan.adapters.sql.store import RedemptionRow, UnitOfWork
+from lequan.domain.vouchers import VoucherState
+from lequan.http.deps import AcquirerApp, IdempotencyKey, PlatformDep
+from lequan.http.idempotent import answer_response, run_idempotent
+from lequan.http.routes.channel import ERRORS
+from lequan.http.schemas import EmptyIn, QuoteIn, QuoteOut, RedeemIn, RedemptionOut, RefundIn
+from lequan.services import redemption
+from lequan.services.idempotency import Answer
+from lequan.services.views import redemption_body, voucher_body
+
+router = APIRouter(prefix="/v1/redemptions", tags=["acquirer"])
+
+
+def _order(caller_app: str, body: QuoteIn | RedeemIn) -> redemption.RedeemOrder:
+    return redemption.RedeemOrder(
+        acquirer_id=caller_app,
+        merchant_id=body.merchant_id,
+        channel_id=body.channel_id,
+        channel_user_id=body.channel_user_id,
+        order_id=body.order_id if isinstance(body, RedeemIn) else "",
+        order_amount_fen=body.order_amount_fen,
+        mode=body.mode,
+        order_type=body.order_type,
+    )
+
+
+def _render(status_code: int) -> Callable[[Any], Answer]:
+    def render(result: tuple[RedemptionRow, VoucherState]) -> Answer:
+        row, state = result
+        return Answer(status_code, redemption_body(row, voucher_state=state.value))
+
+    return render
+
+
+@router.post(
+    "/quote", response_model=QuoteOut, responses=ERRORS, summary="Vouchers usable for an order"
+)
+async def quote(body: QuoteIn, caller: AcquirerApp, platform: PlatformDep) -> JSONResponse:
+    quotes = await run_in_threadpool(redemption.quote, platform.rt, _order(caller.app_id, body))
+    return JSONResponse(
+        {
+            "quotes": [
+                {
+                    "voucher": voucher_body(q.voucher),
+                    "discount_fen": q.discount_fen,
+                    "pay_fen": q.pay_fen,
+                }
+                for q in quotes
+            ]
+        }
+    )
+
+
+@router.post(
+    "",
+    response_model=RedemptionOut,
+    status_code=201,
+    responses=ERRORS,
+    summary="Redeem a voucher in one step, or lock it at authorization",
+)
+async def redeem(
+    body: RedeemIn, caller: AcquirerApp, key: IdempotencyKey, platform: PlatformDep
+) -> JSONResponse:
+    order = _order(caller.app_id, body)
+    product = body.product.model_dump(exclude_none=True) if body.product else None
+
+    def act(record: Callable[[UnitOfWork, Any], None]) -> None:
+        redemption.redeem(
+            platform.rt,
+            voucher_id=body.voucher_id,
+            order=order,
+            lock=body.capture == "lock",
+            product=product,
+            record=record,
+        )
+
+    answer, replayed = await run_in_threadpool(
+        run_idempotent, platform, caller.idempotency(key), act, _render(201)
+    )
+    return answer_response(answer, replayed=replayed)
+
+
+def _follow_up(
+    action: Callable[..., tuple[RedemptionRow, VoucherState]], status_code: int = 200
+) -> Callable[..., Any]:
+    async def handler(
+        redemption_id: str,
+        caller: AcquirerApp,
+        key: IdempotencyKey,
+        platform: PlatformDep,
+        body: EmptyIn | None = None,
+    ) -> JSONResponse:
+        def act(record: Callable[[UnitOfWork, Any], None]) -> None:
+            action(platform.rt, redemption_id[:64], acquirer_id=caller.app_id, record=record)
+
+        answer, replayed = await run_in_threadpool(
+            run_idempotent, platform, caller.idempotency(key), act, _render(status_code)
+        )
+        return answer_response(answer, replayed=replayed)
+
+    return handler
+
+
+router.add_api_route(
+    "/{redemption_id}/confirm",
+    _follow_up(redemption.confirm),
+    methods=["POST"],
+    response_model=RedemptionOut,
+    responses=ERRORS,
+    summary="Confirm a locked redemption (before the lock times out)",
+    name="confirm",
+)
+router.add_api_route(
+    "/{redemption_id}/void",
+    _follow_up(redemption.void),
+    methods=["POST"],
+    response_model=RedemptionOut,
+    responses=ERRORS,
+    summary="Void a lock: the voucher is usable again",
+    name="void",
+)
+router.add_api_route(
+    "/{redemption_id}/reverse",
+    _follow_up(redemption.reverse),
+    methods=["POST"],
+    response_model=RedemptionOut,
+    responses=ERRORS,
+    summary="Reverse a completed redemption within the reversal window",
+    name="reverse",
+)
+
+
+@router.post(
+    "/{redemption_id}/refunds",
+    response_model=RedemptionOut,
+    status_code=201,
+    responses=ERRORS,
+    summary="Refund the order: the voucher returns while valid (campaign policy), else void",
+)
+async def refund(
+    redemption_id: str,
+    body: RefundIn,
+    caller: AcquirerApp,
+    key: IdempotencyKey,
+    platform: PlatformDep,
+) -> JSONResponse:
+    def act(record: Callable[[UnitOfWork, Any], None]) -> None:
+        redemption.refund(
+            platform.rt,
+            redemption_id[:64],
+            acquirer_id=caller.app_id,
+            refund_amount_fen=body.refund_amount_fen,
+            record=record,
+        )
+
+    answer, replayed = await run_in_threadpool(
+        run_idempotent, platform, caller.idempotency(key), act, _render(201)
+    )
+    return answer_response(answer, replayed=replayed)
+
+
+@router.get(
+    "/{redemption_id}", response_model=RedemptionOut, responses=ERRORS, summary="One redemption"
+)
+async def get_redemption(
+    redemption_id: str, caller: AcquirerApp, platform: PlatformDep
+) -> JSONResponse:
+    body = await run_in_threadpool(
+        lambda: redemption.get(platform.rt, redemption_id[:64], acquirer_id=caller.app_id)
+    )
+    return JSONResponse(body)

@@ -1,0 +1,253 @@
+"""The admin API for operators (Bearer tokens issued by ``lequan operator add``).
+
+Roles: a *maker* drafts (imports campaigns, merchants, credentials), a
+*checker* approves what a maker drafted (never their own), both operate
+(pause, resume, end, start a round); a *viewer* only reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from lequan.adapters.sql.store import CampaignRow
+from lequan.domain.errors import AuthError, InvalidInput
+from lequan.http.deps import Operator, PlatformDep
+from lequan.http.routes.channel import ERRORS
+from lequan.http.schemas import AppIn, AppOut, BlacklistIn, BlacklistRemoveIn, CampaignOut
+from lequan.services import admin, campaigns
+from lequan.services.invariants import check_campaign
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+YAML_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/yaml": {"schema": {"type": "string"}}},
+        "description": "The campaign file (see examples/).",
+    }
+}
+CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+        "description": "merchant_id,name,mcc,region_code,modes,acquirer_id,campaigns",
+    }
+}
+
+
+def campaign_view(row: CampaignRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.config.name,
+        "status": row.status.value,
+        "budget_fen": row.budget_fen,
+        "committed_fen": row.committed_fen,
+        "drafted_by": row.drafted_by,
+        "approved_by": row.approved_by,
+        "channels": list(row.config.channels),
+        "templates": [t.model_dump(mode="json") for t in row.config.templates],
+        "rounds": [
+            {
+                "round_id": round_id,
+                "release_at": release_at.isoformat(),
+                "ends_at": ends_at.isoformat(),
+            }
+            for round_id, (release_at, ends_at) in sorted(row.rounds.items())
+        ],
+    }
+
+
+async def _text_body(request: Request, limit: int) -> str:
+    raw = await request.body()
+    if len(raw) > limit:
+        raise InvalidInput("body_too_large", f"at most {limit} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("invalid_encoding", "the body must be UTF-8") from None
+
+
+@router.post(
+    "/campaigns",
+    response_model=CampaignOut,
+    status_code=201,
+    responses=ERRORS,
+    openapi_extra=YAML_BODY,
+    summary="Import a campaign file as a draft (maker)",
+)
+async def import_campaign(
+    request: Request, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    text = await _text_body(request, campaigns.CAMPAIGN_FILE_BYTES_MAX)
+    config = campaigns.parse_campaign(text)
+    row = await run_in_threadpool(
+        campaigns.import_campaign, platform.rt, config, actor=operator.operator_id
+    )
+    return JSONResponse(campaign_view(row), status_code=201)
+
+
+@router.get("/campaigns", responses=ERRORS, summary="All campaigns")
+async def list_campaigns(operator: Operator, platform: PlatformDep) -> JSONResponse:
+    rows = await run_in_threadpool(campaigns.list_campaigns, platform.rt)
+    return JSONResponse({"items": [campaign_view(r) for r in rows]})
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut, responses=ERRORS)
+async def get_campaign(campaign_id: str, operator: Operator, platform: PlatformDep) -> JSONResponse:
+    row = await run_in_threadpool(campaigns.get_campaign, platform.rt, campaign_id[:40])
+    return JSONResponse(campaign_view(row))
+
+
+@router.get(
+    "/campaigns/{campaign_id}/check",
+    responses=ERRORS,
+    summary="Check the campaign's invariants against the store",
+)
+async def check(campaign_id: str, operator: Operator, platform: PlatformDep) -> JSONResponse:
+    await run_in_threadpool(campaigns.get_campaign, platform.rt, campaign_id[:40])
+    result = await run_in_threadpool(check_campaign, platform.rt, campaign_id[:40])
+    return JSONResponse(
+        {
+            "campaign_id": result.campaign_id,
+            "ok": result.ok,
+            "problems": result.problems,
+            "vouchers_by_state": result.vouchers_by_state,
+            "issued": result.issued,
+            "stock_initial": result.stock_initial,
+            "budget_fen": result.budget_fen,
+            "committed_fen": result.committed_fen,
+            "balances": result.balances,
+        }
+    )
+
+
+def _lifecycle(action: str) -> Any:
+    async def handler(campaign_id: str, operator: Operator, platform: PlatformDep) -> JSONResponse:
+        row = await run_in_threadpool(
+            campaigns.change_status,
+            platform.rt,
+            campaign_id[:40],
+            action,
+            actor=operator.operator_id,
+        )
+        return JSONResponse(campaign_view(row))
+
+    return handler
+
+
+for _action, _summary in (
+    ("approve", "Approve a draft (checker; not the maker)"),
+    ("activate", "Make an approved campaign live"),
+    ("pause", "Pause a live campaign (emergency stop of claims)"),
+    ("resume", "Resume a paused campaign"),
+    ("end", "End a campaign"),
+):
+    router.add_api_route(
+        f"/campaigns/{{campaign_id}}/{_action}",
+        _lifecycle(_action),
+        methods=["POST"],
+        response_model=CampaignOut,
+        responses=ERRORS,
+        summary=_summary,
+        name=f"campaign_{_action}",
+    )
+
+
+@router.post(
+    "/campaigns/{campaign_id}/rounds/{round_id}/start",
+    response_model=CampaignOut,
+    responses=ERRORS,
+    summary="Open a round now",
+)
+async def start_round(
+    campaign_id: str, round_id: str, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    row = await run_in_threadpool(
+        campaigns.start_round,
+        platform.rt,
+        campaign_id[:40],
+        round_id[:20],
+        actor=operator.operator_id,
+    )
+    return JSONResponse(campaign_view(row))
+
+
+def _require(operator: Any, *roles: str) -> None:
+    if operator.role not in roles:
+        raise AuthError("forbidden", f"a {operator.role} cannot do this")
+
+
+@router.post(
+    "/merchants",
+    responses=ERRORS,
+    openapi_extra=CSV_BODY,
+    summary="Import or update merchants from CSV (maker)",
+)
+async def import_merchants(
+    request: Request, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    _require(operator, "maker")
+    text = await _text_body(request, 20_000_000)
+    result = await run_in_threadpool(
+        admin.import_merchants, platform.rt, text, actor=operator.operator_id
+    )
+    return JSONResponse({"imported": result.imported})
+
+
+@router.post(
+    "/apps",
+    response_model=AppOut,
+    status_code=201,
+    responses=ERRORS,
+    summary="Register a channel or acquirer; returns its signing secret once (maker)",
+)
+async def add_app(body: AppIn, operator: Operator, platform: PlatformDep) -> JSONResponse:
+    _require(operator, "maker")
+    created = await run_in_threadpool(
+        lambda: admin.add_app(
+            platform.rt,
+            app_id=body.app_id,
+            kind=body.kind,
+            name=body.name,
+            actor=operator.operator_id,
+        )
+    )
+    return JSONResponse(
+        {
+            "app_id": created.app_id,
+            "kind": created.kind,
+            "name": created.name,
+            "secret": created.secret,
+        },
+        status_code=201,
+    )
+
+
+@router.post("/blacklist", responses=ERRORS, summary="Blacklist a person by ID number")
+async def blacklist_add(
+    body: BlacklistIn, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    _require(operator, "maker", "checker")
+    added = await run_in_threadpool(
+        lambda: admin.blacklist_add(
+            platform.rt, id_number=body.id_number, reason=body.reason, actor=operator.operator_id
+        )
+    )
+    return JSONResponse({"added": added})
+
+
+@router.post("/blacklist/remove", responses=ERRORS, summary="Take a person off the blacklist")
+async def blacklist_remove(
+    body: BlacklistRemoveIn, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    _require(operator, "maker", "checker")
+    removed = await run_in_threadpool(
+        lambda: admin.blacklist_remove(
+            platform.rt, id_number=body.id_number, actor=operator.operator_id
+        )
+    )
+    return JSONResponse({"removed": removed})

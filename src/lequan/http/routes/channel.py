@@ -1,0 +1,211 @@
+"""The channel API: payment apps register their users, claim vouchers for
+them (one at a time or in batches of up to ``claim_batch_items_max``) and
+show their wallets. Every call is signed; every mutating call is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from lequan.adapters.sql.store import UnitOfWork
+from lequan.domain.errors import InvalidInput
+from lequan.http.deps import ChannelApp, IdempotencyKey, PlatformDep
+from lequan.http.idempotent import answer_response, run_idempotent
+from lequan.http.schemas import (
+    BatchClaimIn,
+    BatchClaimOut,
+    ClaimIn,
+    ClaimOut,
+    ErrorOut,
+    PersonIn,
+    PersonOut,
+    WalletOut,
+)
+from lequan.services import persons
+from lequan.services.claiming import ClaimRequest
+from lequan.services.idempotency import Answer, Idempotency, request_hash, validate_key
+from lequan.services.views import voucher_body
+
+router = APIRouter(prefix="/v1", tags=["channel"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorOut} for s in (401, 404, 409, 422, 429, 503)
+}
+
+
+def _registration_answer(registration: persons.Registration) -> Answer:
+    return Answer(
+        201 if registration.created else 200,
+        {
+            "person_id": registration.person_id,
+            "created": registration.created,
+            "id_number_masked": registration.id_number_masked,
+            "name_masked": registration.name_masked,
+            "phone_masked": registration.phone_masked,
+            "region_code": registration.region_code,
+            "eligibility": [
+                {
+                    "campaign_id": v.campaign_id,
+                    "eligible": v.eligible,
+                    "reasons": [{"code": r.code, "message": r.message} for r in v.reasons],
+                }
+                for v in registration.verdicts
+            ],
+        },
+    )
+
+
+@router.post(
+    "/persons",
+    response_model=PersonOut,
+    status_code=201,
+    responses=ERRORS,
+    summary="Register a person (real name, consent) and get their eligibility",
+)
+async def register_person(
+    body: PersonIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
+) -> JSONResponse:
+    rt = platform.rt
+
+    def act(record: Callable[[UnitOfWork, Any], None]) -> None:
+        persons.register(
+            rt,
+            channel_id=caller.app_id,
+            channel_user_id=body.channel_user_id,
+            id_number=body.id_number,
+            name=body.name,
+            phone=body.phone,
+            region_code=body.region_code,
+            location_region=body.location_region,
+            consent=body.consent,
+            consent_version=body.consent_version,
+            record=record,
+        )
+
+    answer, replayed = await run_in_threadpool(
+        run_idempotent, platform, caller.idempotency(key), act, _registration_answer
+    )
+    return answer_response(answer, replayed=replayed)
+
+
+def _claim_hash(body: ClaimIn) -> str:
+    """A claim is the same claim whether it came alone or in a batch: a retry may switch."""
+    fields = body.model_dump(mode="json", exclude={"idempotency_key"})
+    return request_hash("claim", json.dumps(fields, sort_keys=True, separators=(",", ":")))
+
+
+@router.post(
+    "/claims",
+    response_model=ClaimOut,
+    status_code=201,
+    responses=ERRORS,
+    summary="Claim one voucher for a registered person",
+)
+async def claim(
+    body: ClaimIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep, request: Request
+) -> JSONResponse:
+    claim_request = ClaimRequest(
+        channel_user_id=body.channel_user_id,
+        campaign_id=body.campaign_id,
+        round_id=body.round_id,
+        template_id=body.template_id,
+        location_region=body.location_region,
+        key=Idempotency(app_id=caller.app_id, key=key, request_hash=_claim_hash(body)),
+    )
+    [result] = await run_in_threadpool(platform.claims.claim, caller.app_id, [claim_request])
+    request.state.outcome = result.outcome
+    body_out = dict(result.answer.body)
+    if result.answer.status_code >= 400:
+        body_out["request_id"] = request.state.request_id
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    if result.answer.status_code in (429, 503):
+        headers["Retry-After"] = "1"
+    return JSONResponse(body_out, status_code=result.answer.status_code, headers=headers or None)
+
+
+@router.post(
+    "/claims/batch",
+    response_model=BatchClaimOut,
+    responses=ERRORS,
+    summary="Claim for many people at once; one result per item, in order",
+)
+async def claim_batch(
+    body: BatchClaimIn, caller: ChannelApp, platform: PlatformDep, request: Request
+) -> JSONResponse:
+    settings = platform.rt.settings
+    if len(body.items) > settings.claim_batch_items_max:
+        raise InvalidInput(
+            "batch_too_large", f"a batch holds at most {settings.claim_batch_items_max} items"
+        )
+    keys = [item.idempotency_key for item in body.items]
+    requests = []
+    for item in body.items:
+        key = validate_key(item.idempotency_key, chars_max=settings.idempotency_key_chars_max)
+        requests.append(
+            ClaimRequest(
+                channel_user_id=item.channel_user_id,
+                campaign_id=item.campaign_id,
+                round_id=item.round_id,
+                template_id=item.template_id,
+                location_region=item.location_region,
+                key=Idempotency(
+                    app_id=caller.app_id,
+                    key=key,
+                    request_hash=_claim_hash(item),
+                ),
+            )
+        )
+    results = await run_in_threadpool(platform.claims.claim, caller.app_id, requests)
+    out = []
+    outcomes: dict[str, int] = {}
+    for index, (key, result) in enumerate(zip(keys, results, strict=True)):
+        answer_body = dict(result.answer.body)
+        ok = result.answer.status_code < 400
+        outcome = "issued" if ok else str(answer_body.get("code", result.outcome))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        out.append(
+            {
+                "index": index,
+                "idempotency_key": key,
+                "status_code": result.answer.status_code,
+                "outcome": outcome,
+                "replayed": result.replayed,
+                "voucher": answer_body.get("voucher") if ok else None,
+                "error": None if ok else answer_body,
+            }
+        )
+    request.state.outcome = f"batch:{len(out)}"
+    return JSONResponse({"results": out, "outcomes": outcomes})
+
+
+@router.get(
+    "/persons/{channel_user_id}/vouchers",
+    response_model=WalletOut,
+    responses=ERRORS,
+    summary="A person's wallet in this channel (cursor pagination)",
+)
+async def wallet(
+    channel_user_id: str,
+    caller: ChannelApp,
+    platform: PlatformDep,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> JSONResponse:
+    if len(channel_user_id) > 64:
+        raise InvalidInput("invalid_channel_user_id", "channel_user_id is at most 64 characters")
+    rows, next_cursor = await run_in_threadpool(
+        lambda: persons.wallet(
+            platform.rt,
+            channel_id=caller.app_id,
+            channel_user_id=channel_user_id,
+            after_id=cursor,
+            limit=limit,
+        )
+    )
+    return JSONResponse({"items": [voucher_body(v) for v in rows], "next_cursor": next_cursor})

@@ -1,0 +1,227 @@
+"""Request and response bodies of the public API, every field bounded.
+
+Inputs forbid unknown fields so a typo in an integration fails loudly
+instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lequan.domain.templates import AMOUNT_FEN_MAX
+
+__all__ = [
+    "BatchClaimIn",
+    "ClaimIn",
+    "ErrorOut",
+    "PersonIn",
+    "QuoteIn",
+    "RedeemIn",
+    "RefundIn",
+]
+
+ChannelUserId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+Slug = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+RegionCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+Fen = Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorOut(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. sold_out.")
+    message: str
+    request_id: str
+    details: dict[str, Any] | None = None
+
+
+class PersonIn(_In):
+    channel_user_id: ChannelUserId
+    id_number: Annotated[str, Field(min_length=1, max_length=32)]
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    phone: Annotated[str, Field(min_length=1, max_length=32)]
+    region_code: RegionCode = Field(description="Residence, GB/T 2260 (e.g. 310104).")
+    location_region: RegionCode | None = Field(
+        default=None, description="Where the person is now, as the channel located them."
+    )
+    consent: bool = Field(description="The person agreed to the use of their data.")
+    consent_version: Annotated[str, Field(max_length=32)] = "2024-01"
+
+
+class ReasonOut(BaseModel):
+    code: str
+    message: str
+
+
+class VerdictOut(BaseModel):
+    campaign_id: str
+    eligible: bool
+    reasons: list[ReasonOut]
+
+
+class PersonOut(BaseModel):
+    person_id: str
+    created: bool
+    id_number_masked: str
+    name_masked: str
+    phone_masked: str
+    region_code: str
+    eligibility: list[VerdictOut]
+
+
+class ClaimIn(_In):
+    channel_user_id: ChannelUserId
+    campaign_id: Slug
+    round_id: Slug
+    template_id: Slug
+    location_region: RegionCode | None = None
+
+
+class BatchClaimItemIn(ClaimIn):
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class BatchClaimIn(_In):
+    items: Annotated[list[BatchClaimItemIn], Field(min_length=1, max_length=10_000)]
+
+
+class VoucherOut(BaseModel):
+    voucher_id: str
+    campaign_id: str
+    round_id: str
+    template_id: str
+    channel_id: str
+    face_fen: int
+    state: str
+    valid_from: str
+    valid_until: str
+    issued_at: str
+
+
+class ClaimOut(BaseModel):
+    status: Literal["issued"]
+    voucher: VoucherOut
+
+
+class BatchItemOut(BaseModel):
+    index: int
+    idempotency_key: str
+    status_code: int
+    outcome: str = Field(description="issued, or the error code (sold_out, already_claimed, ...)")
+    replayed: bool
+    voucher: VoucherOut | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchClaimOut(BaseModel):
+    results: list[BatchItemOut]
+    outcomes: dict[str, int]
+
+
+class WalletOut(BaseModel):
+    items: list[VoucherOut]
+    next_cursor: str | None
+
+
+class OrderIn(_In):
+    channel_id: Slug
+    channel_user_id: ChannelUserId
+    merchant_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    order_amount_fen: Fen
+    mode: Literal["online", "in_store"]
+    order_type: Slug = "goods"
+
+
+class QuoteIn(OrderIn):
+    pass
+
+
+class QuoteItemOut(BaseModel):
+    voucher: VoucherOut
+    discount_fen: int
+    pay_fen: int
+
+
+class QuoteOut(BaseModel):
+    quotes: list[QuoteItemOut]
+
+
+class ProductIn(_In):
+    category: Slug
+    serial_number: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    energy_grade: Annotated[int, Field(ge=1, le=5)] | None = None
+    invoice_number: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class RedeemIn(OrderIn):
+    voucher_id: Annotated[str, Field(min_length=1, max_length=64)]
+    order_id: Annotated[str, Field(min_length=1, max_length=64)]
+    capture: Literal["one_step", "lock"] = Field(
+        default="one_step",
+        description="one_step redeems now; lock holds the voucher until confirm or void.",
+    )
+    product: ProductIn | None = None
+
+
+class RedemptionOut(BaseModel):
+    redemption_id: str
+    voucher_id: str
+    campaign_id: str
+    merchant_id: str
+    order_id: str
+    mode: str
+    order_amount_fen: int
+    discount_fen: int
+    pay_fen: int
+    status: str
+    lock_expires_at: str | None
+    created_at: str
+    voucher_state: str | None = None
+
+
+class EmptyIn(_In):
+    pass
+
+
+class RefundIn(_In):
+    refund_amount_fen: Fen
+    reason: Annotated[str, Field(max_length=200)] | None = None
+
+
+class AppIn(_In):
+    app_id: Slug
+    kind: Literal["channel", "acquirer"]
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class AppOut(BaseModel):
+    app_id: str
+    kind: str
+    name: str
+    secret: str = Field(description="Shown once; sign every request with it.")
+
+
+class BlacklistIn(_In):
+    id_number: Annotated[str, Field(min_length=1, max_length=32)]
+    reason: Annotated[str, Field(min_length=1, max_length=200)] = "scalper"
+
+
+class BlacklistRemoveIn(_In):
+    id_number: Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class CampaignOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    budget_fen: int
+    committed_fen: int
+    drafted_by: str
+    approved_by: str | None
+    rounds: list[dict[str, Any]]
+    channels: list[str]
+    templates: list[dict[str, Any]]

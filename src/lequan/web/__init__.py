@@ -1,0 +1,1 @@
+"""Web assets served by lequan itself (vendored from the npm registry, pinned)."""

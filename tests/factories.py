@@ -1,0 +1,161 @@
+"""Building blocks for tests: a platform on any store and gate, seeded with
+operators, apps, merchants and the real-shaped example campaigns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from lequan.adapters.clock import ManualClock
+from lequan.adapters.crypto import generate_keyring
+from lequan.adapters.memory_gate import MemoryGate
+from lequan.adapters.sql import migrate
+from lequan.adapters.sql.engine import create_engine
+from lequan.bootstrap import Platform, build_runtime, start_platform
+from lequan.config import Settings
+from lequan.domain.campaigns import CampaignConfig
+from lequan.domain.identity import synthetic_id_number
+from lequan.ports import ClaimGate
+from lequan.services import admin, campaigns, persons
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)  # Saturday 10:00 in Shanghai
+CHANNELS = ("wechat", "alipay", "unionpay")
+ACQUIRER = "acq-unionpay"
+
+
+def dining_config(
+    *,
+    release_at: datetime = T0,
+    stock: dict[str, dict[str, int]] | None = None,
+    budget_fen: int | None = None,
+    **updates: Any,
+) -> CampaignConfig:
+    """The Shanghai 2024 dining campaign, round one opening at ``release_at``."""
+    data = campaigns.parse_campaign(
+        (EXAMPLES / "shanghai-dining-2024.yaml").read_bytes()
+    ).model_dump()
+    for n, r in enumerate(data["rounds"]):
+        r["release_at"] = release_at + timedelta(days=7 * n)
+        r["ends_at"] = release_at + timedelta(days=7 * n + 7) - timedelta(seconds=1)
+        if stock is not None:
+            r["stock"] = stock
+    if budget_fen is not None:
+        data["budget_fen"] = budget_fen
+    data.update(updates)
+    return CampaignConfig.model_validate(data)
+
+
+def id_number(n: int, region: str = "310104") -> str:
+    return synthetic_id_number(region, date(1980, 1, 1) + timedelta(days=n % 9000), n % 1000)
+
+
+@dataclass
+class World:
+    """A started platform with its clock and the secrets it handed out."""
+
+    platform: Platform
+    clock: ManualClock
+    secrets: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rt(self) -> Any:
+        return self.platform.rt
+
+    def register(self, n: int, *, channel: str = "wechat", located: str | None = "310104") -> str:
+        """Register person ``n`` in ``channel`` as user ``u<n>``; returns the channel user id."""
+        user = f"u{n}"
+        persons.register(
+            self.rt,
+            channel_id=channel,
+            channel_user_id=user,
+            id_number=id_number(n),
+            name="张三",
+            phone=f"139{n:08d}",
+            region_code="310104",
+            location_region=located,
+            consent=True,
+            consent_version="2024-01",
+        )
+        return user
+
+    def open_campaign(self, config: CampaignConfig, *, merchants: bool = True) -> None:
+        """Import (alice), approve and activate (bob), enroll the example merchants,
+        and move the clock to round one's release."""
+        campaigns.import_campaign(self.rt, config, actor="alice")
+        if merchants:
+            import_merchants(self)
+        campaigns.change_status(self.rt, config.id, "approve", actor="bob")
+        campaigns.change_status(self.rt, config.id, "activate", actor="bob")
+        self.clock.set(max(self.clock.now(), config.rounds[0].release_at))
+
+
+def postgres_database(base_url: str) -> tuple[str, Any]:
+    """A fresh, migrated PostgreSQL database; returns (url, drop)."""
+    name = f"lq_test_{uuid.uuid4().hex[:12]}"
+    admin_engine = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin_engine.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_engine.dispose()
+
+    return url, drop
+
+
+@contextmanager
+def make_world(
+    *,
+    database_url: str,
+    gate: ClaimGate | None = None,
+    tmp_path: Path,
+    clock_at: datetime = T0 - timedelta(hours=1),
+    **settings: Any,
+) -> Iterator[World]:
+    """A migrated store, a started platform, operators alice (maker) / bob (checker),
+    three channels, one acquirer and the example merchants."""
+    clock = ManualClock(clock_at)
+    engine = create_engine(database_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    config = Settings(
+        data_dir=tmp_path, database_url=database_url, sweep_interval_s=3600, **settings
+    )
+    rt = build_runtime(config, clock=clock, keyring=generate_keyring(), gate=gate or MemoryGate())
+    platform = start_platform(rt, sweep=False)
+    world = World(platform=platform, clock=clock)
+    try:
+        world.tokens["alice"] = admin.add_operator(rt, "alice", role="maker")
+        world.tokens["bob"] = admin.add_operator(rt, "bob", role="checker")
+        world.tokens["vera"] = admin.add_operator(rt, "vera", role="viewer")
+        for channel in CHANNELS:
+            world.secrets[channel] = admin.add_app(
+                rt, app_id=channel, kind="channel", name=channel, actor="alice"
+            ).secret
+        world.secrets[ACQUIRER] = admin.add_app(
+            rt, app_id=ACQUIRER, kind="acquirer", name="acquirer", actor="alice"
+        ).secret
+        yield world
+    finally:
+        platform.close()
+
+
+def import_merchants(world: World) -> None:
+    admin.import_merchants(
+        world.rt,
+        (EXAMPLES / "merchants.csv").read_text(encoding="utf-8").replace("sh-lodging-2024", ""),
+        actor="alice",
+    )
