@@ -1,4 +1,4 @@
-"""The request-signing rule, pinned by the test vectors that docs/api-signing.md shows.
+"""The request-signing rule, pinned by the test vectors that docs/api.md shows.
 
 The worked example (also in the docs):
 
