@@ -21,7 +21,7 @@ venv: $(STAMP)
 
 ## Run the platform on its embedded default with a simulated crowd; serves until Ctrl-C.
 demo: $(STAMP)
-	$(BIN)/lequan demo
+	$(BIN)/lequan demo $(DEMO_ARGS)
 
 ## Run the whole test suite (PostgreSQL and Redis tests run when their servers answer;
 ## LEQUAN_TEST_REQUIRE_SERVICES=1 makes them mandatory, as CI does).

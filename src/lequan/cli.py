@@ -7,18 +7,39 @@ commands print what they created and take ``--json`` for scripts.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
 
+console = Console()
+err = Console(stderr=True)
+
+
+class _Commands(TyperGroup):
+    """Turns lequan's expected errors into a clear line and exit status 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LequanError as error:
+            err.print(f"[bold red]error[/] [red]{error.code}[/]: {error.message}")
+            problems = error.details.get("errors") if error.details else None
+            if isinstance(problems, list):
+                for problem in problems[:20]:
+                    err.print(f"  • {problem.get('field')}: {problem.get('rule')}")
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="lequan",
     help="lequan: government consumption vouchers — campaigns, flash claiming, redemption.",
     no_args_is_help=True,
@@ -41,23 +62,13 @@ app.add_typer(acquirer_app, name="acquirer")
 app.add_typer(operator_app, name="operator")
 app.add_typer(keys_app, name="keys")
 
-console = Console()
-err = Console(stderr=True)
 
 As = Annotated[str, typer.Option("--as", help="The operator acting (audited).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 def main() -> None:
-    try:
-        app()
-    except LequanError as error:
-        err.print(f"[bold red]error[/] [red]{error.code}[/]: {error.message}")
-        problems = error.details.get("errors") if error.details else None
-        if isinstance(problems, list):
-            for problem in problems[:20]:
-                err.print(f"  • {problem.get('field')}: {problem.get('rule')}")
-        sys.exit(2)
+    app()
 
 
 def _runtime(*, create_keys: bool = True) -> Any:

@@ -45,9 +45,14 @@ def pool_key(campaign_id: str, round_id: str, channel_id: str) -> str:
     return f"{campaign_id}:{round_id}:{channel_id}"
 
 
+_TEMPLATE_KINDS = frozenset({"threshold", "percentage", "fixed"})
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
     text = ""
-    for part in loc:
+    for n, part in enumerate(loc):
+        if part in _TEMPLATE_KINDS and n > 0 and isinstance(loc[n - 1], int):
+            continue  # the union's tag, not a field the operator wrote
         if isinstance(part, int):
             text += f"[{part}]"
         else:

@@ -1,0 +1,128 @@
+"""The operator's CLI: creating commands print what they made (and --json),
+the maker-checker rule holds, and mistakes come back as clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lequan.adapters.crypto import EXAMPLE_KEY_FILE_JSON
+from lequan.bootstrap import SetupError, load_keyring
+from lequan.cli import app
+from lequan.config import Settings
+from tests.factories import EXAMPLES
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("LEQUAN_DATABASE_URL", "LEQUAN_REDIS_URL", "LEQUAN_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LEQUAN_DATA_DIR", str(tmp_path))
+    result = runner.invoke(app, ["migrate"])
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def run(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_operator_day_from_import_to_open_round(data_dir: Path) -> None:
+    alice = json.loads(run("operator", "add", "alice", "--role", "maker", "--json"))
+    assert alice["token"].startswith("lqo_")
+    run("operator", "add", "bob", "--role", "checker")
+    imported = json.loads(
+        run(
+            "campaign",
+            "import",
+            str(EXAMPLES / "shanghai-dining-2024.yaml"),
+            "--as",
+            "alice",
+            "--json",
+        )
+    )
+    assert imported["status"] == "draft"
+    assert imported["drafted_by"] == "alice"
+
+    refused = runner.invoke(app, ["campaign", "approve", "sh-dining-2024", "--as", "alice"])
+    assert refused.exit_code == 2
+    assert "forbidden" in refused.stderr  # a maker is not a checker
+
+    approved = json.loads(run("campaign", "approve", "sh-dining-2024", "--as", "bob", "--json"))
+    assert approved["status"] == "approved"
+    assert approved["approved_by"] == "bob"
+
+    run("campaign", "import", str(EXAMPLES / "shanghai-lodging-2024.yaml"), "--as", "alice")
+    assert "imported 6 merchants" in run(
+        "merchant", "import", str(EXAMPLES / "merchants.csv"), "--as", "alice"
+    )
+    channel = json.loads(run("channel", "add", "wechat", "--as", "alice", "--json"))
+    assert channel["kind"] == "channel"
+    assert channel["secret"].startswith("lqs_")
+    acquirer = json.loads(run("acquirer", "add", "acq-unionpay", "--as", "alice", "--json"))
+    assert acquirer["kind"] == "acquirer"
+    shown = json.loads(run("campaign", "show", "sh-dining-2024", "--json"))
+    assert [r["round_id"] for r in shown["rounds"]] == ["r1", "r2", "r3"]
+    # The example's rounds are in 2024, so opening one now is refused clearly.
+    late = runner.invoke(app, ["campaign", "start-round", "sh-dining-2024", "r1", "--as", "alice"])
+    assert late.exit_code == 2
+    assert "round_ended" in late.stderr
+    paused = runner.invoke(app, ["campaign", "pause", "sh-dining-2024", "--as", "bob"])
+    assert paused.exit_code == 2
+    assert "campaign_state" in paused.stderr  # approved, not live: nothing to pause
+    assert "ok" in run("campaign", "check", "sh-dining-2024")
+
+
+def test_a_broken_campaign_file_names_the_field_and_the_rule(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    run("operator", "add", "alice", "--role", "maker")
+    text = (EXAMPLES / "shanghai-dining-2024.yaml").read_text(encoding="utf-8")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("discount_fen: 9000}", "discount_fen: 39000}"), encoding="utf-8")
+    result = runner.invoke(app, ["campaign", "import", str(broken), "--as", "alice"])
+    assert result.exit_code == 2
+    assert "invalid_campaign_config" in result.stderr
+    assert "templates[0]" in result.stderr
+    assert "discount_fen must not exceed threshold_fen" in result.stderr
+    listed = run("campaign", "list")
+    assert "sh-dining-2024" not in listed  # nothing was stored
+
+
+def test_serve_refuses_several_workers_on_the_in_process_gate(data_dir: Path) -> None:
+    result = runner.invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2
+    assert "LEQUAN_REDIS_URL" in result.stderr
+
+
+def test_keys_are_generated_only_for_the_embedded_default(tmp_path: Path) -> None:
+    embedded = Settings(data_dir=tmp_path / "embedded", database_url="", redis_url="")
+    keyring = load_keyring(embedded, create=True)
+    assert (tmp_path / "embedded" / "keys.json").stat().st_mode & 0o777 == 0o600
+    assert load_keyring(embedded, create=False).active_key_id == keyring.active_key_id
+
+    production = Settings(
+        data_dir=tmp_path / "prod",
+        database_url="postgresql+psycopg://lequan@db/lequan",
+    )
+    with pytest.raises(SetupError, match="no key file"):
+        load_keyring(production, create=True)
+
+    example = tmp_path / "example-keys.json"
+    example.write_text(EXAMPLE_KEY_FILE_JSON, encoding="utf-8")
+    with pytest.raises(SetupError, match="example key"):
+        load_keyring(
+            Settings(
+                data_dir=tmp_path / "prod",
+                database_url="postgresql+psycopg://lequan@db/lequan",
+                key_file=example,
+            ),
+            create=False,
+        )

@@ -1,0 +1,49 @@
+"""The README's `make demo`, end to end: the same code path with a smaller crowd."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lequan.cli import app
+
+
+@pytest.mark.slow
+def test_demo_replays_a_crowd_and_every_invariant_holds(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "demo",
+            "--people",
+            "400",
+            "--port",
+            "0",
+            "--no-serve",
+            "--json",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["invariants_ok"] is True
+    assert summary["oversold"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["acknowledged_missing"] == 0
+    assert summary["registered"] == 400
+    claims = summary["claims"]
+    # The crowd wants more than the stock: it sells out, and the rest hear why.
+    assert claims["issued"] == summary["vouchers_issued"] <= summary["stock"]
+    assert claims["sold_out"] > 0
+    assert claims["ineligible"] > 0  # people outside Shanghai
+    assert claims["replayed"] > 0  # retries with the same key
+    redemptions = summary["redemptions"]
+    assert redemptions["redeemed_one_step"] > 0
+    assert redemptions["locked_then_confirmed"] > 0
+    assert redemptions["second_spend_refused"] > 0
+    assert redemptions.get("refunded_voucher_issued", 0) == 1
+    assert 0 < summary["discount_paid_fen"] < summary["orders_fen"]
+    assert summary["committed_fen"] <= summary["budget_fen"]
