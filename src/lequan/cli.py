@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -26,7 +25,7 @@ err = Console(stderr=True)
 class _Commands(TyperGroup):
     """Turns lequan's expected errors into a clear line and exit status 2, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # Typer's vendored click Context; not public API
         try:
             return super().invoke(ctx)
         except LequanError as error:
