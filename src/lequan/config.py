@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     signature_max_skew_s: Annotated[int, Field(ge=1, le=3600)] = 300
     nonce_cache_entries_max: Annotated[int, Field(ge=1000)] = 2_000_000
     request_body_bytes_max: Annotated[int, Field(ge=1024)] = 2_000_000
+    # Per calling app (channel or acquirer): sustained requests (batch items) a
+    # second, and the burst it may save up; beyond them, 429 throttled.
+    app_rate_per_s: Annotated[float, Field(gt=0)] = 50_000.0
+    app_burst: Annotated[int, Field(ge=1)] = 100_000
 
     claim_batch_items_max: Annotated[int, Field(ge=1, le=10_000)] = 1000
     claim_batch_size_max: Annotated[int, Field(ge=1, le=20_000)] = 2000

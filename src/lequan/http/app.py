@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 import lequan
 from lequan.bootstrap import Platform
+from lequan.http.admission import TokenBuckets
 from lequan.http.errors import error_response, install_error_handlers
 from lequan.http.routes import acquirer, admin, channel
 
@@ -77,6 +78,8 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     app.state.platform = platform
     metrics = Metrics()
     app.state.metrics = metrics
+    settings = platform.rt.settings
+    app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
     body_max = platform.rt.settings.request_body_bytes_max
 
     @app.middleware("http")
@@ -106,8 +109,8 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         metrics.requests.labels(route_path, request.method, str(response.status_code)).inc()
         metrics.seconds.labels(route_path).observe(elapsed_s)
         outcome = getattr(request.state, "outcome", None)
-        if outcome is not None and not str(outcome).startswith("batch:"):
-            metrics.claims.labels(str(outcome)).inc()
+        for claim_outcome, count in getattr(request.state, "claim_outcomes", {}).items():
+            metrics.claims.labels(claim_outcome).inc(count)
         if route_path not in ("/metrics", "/healthz", "/readyz"):
             log.info(
                 "request",
@@ -145,7 +148,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], summary="The store and the gate answer")
-    async def readyz(request: Request) -> JSONResponse:
+    def readyz(request: Request) -> JSONResponse:
         problems: dict[str, Any] = {}
         try:
             with platform.rt.store.engine.connect() as connection:

@@ -15,6 +15,7 @@ from fastapi import Depends, Header, Request
 
 from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
+from lequan.http.admission import TokenBuckets
 from lequan.http.signing import parse_headers, verify_signed
 from lequan.services.admin import authenticate_operator
 from lequan.services.idempotency import Idempotency, request_hash, validate_key
@@ -87,6 +88,8 @@ async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
         raise AuthError("nonce_reused", "this nonce was already used; sign each request anew")
     if app_kind != kind:
         raise AuthError("wrong_app_kind", f"this API is for {kind}s; the app is a {app_kind}")
+    throttle: TokenBuckets = request.app.state.throttle
+    throttle.take(verified.app_id)
     request.state.app_id = verified.app_id
     return Caller(
         app_id=verified.app_id,

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from lequan.adapters.sql.store import UnitOfWork
 from lequan.domain.errors import InvalidInput
+from lequan.http.admission import TokenBuckets
 from lequan.http.deps import ChannelApp, IdempotencyKey, PlatformDep
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.schemas import (
@@ -120,6 +121,7 @@ async def claim(
     )
     [result] = await run_in_threadpool(platform.claims.claim, caller.app_id, [claim_request])
     request.state.outcome = result.outcome
+    request.state.claim_outcomes = {result.outcome: 1}
     body_out = dict(result.answer.body)
     if result.answer.status_code >= 400:
         body_out["request_id"] = request.state.request_id
@@ -143,6 +145,8 @@ async def claim_batch(
         raise InvalidInput(
             "batch_too_large", f"a batch holds at most {settings.claim_batch_items_max} items"
         )
+    throttle: TokenBuckets = request.app.state.throttle
+    throttle.take(caller.app_id, cost=len(body.items) - 1)  # the call itself paid one
     keys = [item.idempotency_key for item in body.items]
     requests = []
     for item in body.items:
@@ -181,6 +185,7 @@ async def claim_batch(
             }
         )
     request.state.outcome = f"batch:{len(out)}"
+    request.state.claim_outcomes = outcomes
     return JSONResponse({"results": out, "outcomes": outcomes})
 
 
