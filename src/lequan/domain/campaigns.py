@@ -14,12 +14,21 @@ Lifecycle, with maker-checker approval (whoever drafts cannot approve)::
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lequan.domain.errors import Conflict
 from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId
@@ -106,8 +115,10 @@ class Scope(_Model):
 
 
 class Limits(_Model):
-    per_person_per_round_per_channel: Annotated[int, Field(ge=1, le=100)] = 1
-    per_person_per_campaign: Annotated[int, Field(ge=0, le=1000)] = 0  # 0: no campaign-wide cap
+    per_person_per_round_per_channel: Annotated[int, Field(ge=1, le=100, strict=True)] = 1
+    per_person_per_campaign: Annotated[int, Field(ge=0, le=1000, strict=True)] = (
+        0  # 0: no campaign-wide cap
+    )
 
 
 class Eligibility(_Model):
@@ -122,7 +133,9 @@ class RoundConfig(_Model):
     release_at: AwareDatetime
     ends_at: AwareDatetime
     # stock[channel][template] = vouchers in that pool for that template
-    stock: dict[ChannelId, dict[TemplateId, Annotated[int, Field(ge=0, le=STOCK_PER_POOL_MAX)]]]
+    stock: dict[
+        ChannelId, dict[TemplateId, Annotated[int, Field(ge=0, le=STOCK_PER_POOL_MAX, strict=True)]]
+    ]
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -132,44 +145,66 @@ class RoundConfig(_Model):
 
 
 class CampaignConfig(_Model):
+    """A whole campaign. Field order matters: each cross-field rule is checked on
+    the later field, so the error names the field an operator has to change."""
+
     id: CampaignId
     name: Annotated[str, Field(min_length=1, max_length=100)]
     issuer: Annotated[str, Field(min_length=1, max_length=100)]
     category: Annotated[str, Field(pattern=r"^[a-z_]{2,30}$")]
-    budget_fen: Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX * 100)]
+    budget_fen: Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX * 100, strict=True)]
     channels: Annotated[tuple[ChannelId, ...], Field(min_length=1, max_length=CHANNELS_MAX)]
+    scope: Scope = Scope()
     templates: Annotated[tuple[Template, ...], Field(min_length=1, max_length=TEMPLATES_MAX)]
     validity: Validity
-    scope: Scope = Scope()
     limits: Limits = Limits()
     eligibility: Eligibility = Eligibility()
     rounds: Annotated[tuple[RoundConfig, ...], Field(min_length=1, max_length=ROUNDS_MAX)]
     refund_policy: Literal["restore_if_valid", "always_void"] = "restore_if_valid"
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        _unique("channels", self.channels)
-        _unique("templates ids", [t.id for t in self.templates])
-        _unique("rounds ids", [r.id for r in self.rounds])
-        template_ids = {t.id for t in self.templates}
-        for t in self.templates:
-            if t.modes is not None and not set(t.modes) <= set(self.scope.modes):
-                raise ValueError(f"template {t.id}: modes must be within scope.modes")
-        for r in self.rounds:
+    @field_validator("channels")
+    @classmethod
+    def _channels_unique(cls, channels: tuple[str, ...]) -> tuple[str, ...]:
+        _unique("channels", channels)
+        return channels
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_fit(
+        cls, templates: tuple[Template, ...], info: ValidationInfo
+    ) -> tuple[Template, ...]:
+        _unique("template ids", [t.id for t in templates])
+        scope = info.data.get("scope")
+        if isinstance(scope, Scope):
+            for t in templates:
+                if t.modes is not None and not set(t.modes) <= set(scope.modes):
+                    raise ValueError(f"template {t.id}: modes must be within scope.modes")
+        return templates
+
+    @field_validator("rounds")
+    @classmethod
+    def _rounds_fit(
+        cls, rounds: tuple[RoundConfig, ...], info: ValidationInfo
+    ) -> tuple[RoundConfig, ...]:
+        _unique("round ids", [r.id for r in rounds])
+        channels = info.data.get("channels")
+        templates = info.data.get("templates")
+        template_ids = {t.id for t in templates} if templates is not None else None
+        for r in rounds:
             for channel, per_template in r.stock.items():
-                if channel not in self.channels:
+                if channels is not None and channel not in channels:
                     raise ValueError(
                         f"round {r.id}: stock names channel {channel!r} not in channels"
                     )
                 for template_id in per_template:
-                    if template_id not in template_ids:
+                    if template_ids is not None and template_id not in template_ids:
                         raise ValueError(
                             f"round {r.id}: stock names template {template_id!r} not in templates"
                         )
-        for earlier, later in zip(self.rounds, self.rounds[1:], strict=False):
+        for earlier, later in itertools.pairwise(rounds):
             if later.release_at < earlier.ends_at:
                 raise ValueError(f"round {later.id} must not start before round {earlier.id} ends")
-        return self
+        return rounds
 
     def template(self, template_id: str) -> Template | None:
         for t in self.templates:

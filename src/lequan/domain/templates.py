@@ -30,8 +30,9 @@ __all__ = [
 AMOUNT_FEN_MAX = 10_000_000_000
 
 TemplateId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
-Fen = Annotated[int, Field(ge=0, le=AMOUNT_FEN_MAX)]
-PositiveFen = Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX)]
+# Strict: a YAML "yes" must not become an amount of 1 fen.
+Fen = Annotated[int, Field(ge=0, le=AMOUNT_FEN_MAX, strict=True)]
+PositiveFen = Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX, strict=True)]
 
 
 class _Template(BaseModel):
@@ -80,7 +81,7 @@ class Percentage(_Template):
     """
 
     kind: Literal["percentage"] = "percentage"
-    basis_points: Annotated[int, Field(gt=0, le=10_000)]
+    basis_points: Annotated[int, Field(gt=0, le=10_000, strict=True)]
     cap_fen: PositiveFen
     threshold_fen: Fen = 0
     price_max_fen: PositiveFen = AMOUNT_FEN_MAX

@@ -60,16 +60,24 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return text or "(file)"
 
 
+def _file_error(rule: str) -> InvalidInput:
+    """A refusal of the whole file, shaped like field errors so clients handle one form."""
+    return InvalidInput(
+        "invalid_campaign_config", rule, details={"errors": [{"field": "(file)", "rule": rule}]}
+    )
+
+
 def parse_campaign(text: str | bytes) -> CampaignConfig:
     """A campaign from its YAML file, or InvalidInput naming every broken field and rule."""
-    if len(text) > CAMPAIGN_FILE_BYTES_MAX:
-        raise InvalidInput("invalid_campaign_config", "the campaign file is larger than 1 MB")
+    size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
+    if size > CAMPAIGN_FILE_BYTES_MAX:
+        raise _file_error("the campaign file is larger than 1 MB")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise InvalidInput("invalid_campaign_config", f"not valid YAML: {error}") from None
+        raise _file_error(f"not valid YAML: {error}") from None
     if not isinstance(data, dict):
-        raise InvalidInput("invalid_campaign_config", "the campaign file must be a mapping")
+        raise _file_error("the campaign file must be a mapping")
     try:
         return CampaignConfig.model_validate(data)
     except ValidationError as error:

@@ -376,10 +376,17 @@ def reverse(
 
 
 def _undo_redeem(
-    uow: UnitOfWork, redemption: RedemptionRow, voucher: VoucherRow, now: datetime, kind: EntryKind
+    uow: UnitOfWork,
+    redemption: RedemptionRow,
+    voucher: VoucherRow,
+    now: datetime,
+    kind: EntryKind,
+    *,
+    budget_taken: bool = False,
 ) -> None:
+    """Post the exact negation of the redemption; the voucher's face is committed again."""
     unused = voucher.face_fen - redemption.discount_fen
-    if unused and not uow.commit_budget(voucher.campaign_id, unused):
+    if unused and not budget_taken and not uow.commit_budget(voucher.campaign_id, unused):
         raise Conflict("budget_exhausted", "the budget cannot take the voucher back")
     uow.post(
         reverse_entry(
@@ -422,12 +429,16 @@ def refund(
         assert campaign is not None
         refunded = next_state(voucher.state, Action.REFUND)
         restore = campaign.config.refund_policy == "restore_if_valid" and now < voucher.valid_until
+        unused = voucher.face_fen - redemption.discount_fen
+        if restore and unused and not uow.commit_budget(voucher.campaign_id, unused):
+            # Giving the voucher back would commit budget that is gone: void it instead.
+            restore = False
         moved = _move_both(uow, redemption, voucher, status="refunded", state=refunded, now=now)
         after_refund = uow.get_voucher(voucher.id)
         assert after_refund is not None
         if restore:
             state = next_state(refunded, Action.RESTORE)
-            _undo_redeem(uow, moved, voucher, now, EntryKind.REFUND_RESTORE)
+            _undo_redeem(uow, moved, voucher, now, EntryKind.REFUND_RESTORE, budget_taken=True)
         else:
             state = next_state(refunded, Action.VOID)
             uow.post(
