@@ -11,6 +11,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lequan.domain.errors import LequanError, Unavailable
@@ -72,6 +73,17 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(error.status_code, "http_error")
         return error_response(
             request, error.status_code, {"code": code, "message": str(error.detail)}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _store_down(request: Request, error: OperationalError) -> JSONResponse:
+        # The store is unreachable or timed out: nothing was done; say when to retry.
+        log.warning("store_unavailable", error_type=type(error.orig).__name__)
+        return error_response(
+            request,
+            503,
+            {"code": "store_unavailable", "message": "the store is unavailable; retry shortly"},
+            {"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

@@ -25,7 +25,7 @@ def run_idempotent(
     produced: list[Answer] = []
 
     def lookup() -> tuple[str, int, str] | None:
-        with rt.store.unit_of_work() as uow:
+        with rt.store.unit_of_work(readonly=True) as uow:
             return uow.idempotent_answer(idem.app_id, idem.key)
 
     def record(uow: UnitOfWork, result: Any) -> None:

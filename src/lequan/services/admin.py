@@ -77,7 +77,7 @@ def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli"
 
 def authenticate_operator(rt: Runtime, token: str) -> tuple[str, str]:
     """(operator_id, role) for a bearer token, or AuthError."""
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         found = uow.operator_by_token_hash(token_digest(token))
     if found is None:
         raise AuthError("unauthenticated", "a valid operator token is required")
@@ -130,7 +130,7 @@ class AppSecrets:
             found = self._secrets.get(app_id)
         if found is not None:
             return found
-        with self._rt.store.unit_of_work() as uow:
+        with self._rt.store.unit_of_work(readonly=True) as uow:
             row = uow.get_app(app_id)
         if row is None or not row.active:
             return None

@@ -200,7 +200,7 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
 
 
 def get_campaign(rt: Runtime, campaign_id: str) -> CampaignRow:
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         row = uow.get_campaign(campaign_id)
     if row is None:
         raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
@@ -208,7 +208,7 @@ def get_campaign(rt: Runtime, campaign_id: str) -> CampaignRow:
 
 
 def list_campaigns(rt: Runtime) -> list[CampaignRow]:
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         return uow.list_campaigns()
 
 
@@ -218,7 +218,7 @@ def rebuild_gate(rt: Runtime, campaign_id: str) -> None:
     The gate is a cache: whatever it held for this campaign is replaced, so a
     gate flushed or restarted mid-sale comes back without overselling.
     """
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         row = uow.get_campaign(campaign_id)
         assert row is not None
         initial = uow.stock_initial(campaign_id)
@@ -236,11 +236,12 @@ def rebuild_gate(rt: Runtime, campaign_id: str) -> None:
     for pool, stock in stock_by_pool.items():
         rt.gate.reset_pool(pool, stock=stock, claimed=per_pool.get(pool, {}))
     rt.gate.reset_campaign(campaign_id, claimed=per_campaign)
+    rt.campaign_changed(campaign_id)  # local sold-out flags may be stale now
 
 
 def rebuild_gate_all(rt: Runtime) -> int:
     """Rebuild the gate for every campaign that can still issue; the count rebuilt."""
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         rows = uow.list_campaigns(
             statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
         )
@@ -278,7 +279,7 @@ class CampaignCache:
             cached = self._rows.get(campaign_id)
             if cached is not None and now - cached.loaded_at < self._ttl_s:
                 return cached.row
-        with self._rt.store.unit_of_work() as uow:
+        with self._rt.store.unit_of_work(readonly=True) as uow:
             row = uow.get_campaign(campaign_id)
         with self._lock:
             if row is None:

@@ -98,6 +98,12 @@ def _refusal(error: LequanError, status_code: int) -> ClaimResult:
 class GroupCommitter:
     """One writer thread that commits the claims of many requests per transaction.
 
+    Once a claim is submitted the committer owns its consequences, whoever is
+    still waiting: it hands a failed reservation back to the gate and lets go
+    of the idempotency key only after the outcome is known. So a caller that
+    gave up waiting (``commit_timeout``) can retry with the same key and gets
+    either "in flight" or the stored answer, never a second voucher.
+
     Bounded: at most ``queue_max`` claims wait; beyond that ``submit`` refuses
     with ``overloaded`` (429), and the caller hands its reservations back.
     """
@@ -179,6 +185,20 @@ class GroupCommitter:
             outcomes = [
                 Unavailable("store_unavailable", "the store did not accept the claim; retry")
             ] * len(claims)
+        release = [
+            (claim.request, claim.claim_seq)
+            for claim, outcome in zip(claims, outcomes, strict=True)
+            if outcome is not claim.answer
+        ]
+        if release:
+            try:
+                self._rt.gate.release(release)
+            except Exception as error:  # the gate is rebuilt from the store on restart
+                log.error(
+                    "gate_release_failed", error_type=type(error).__name__, claims=len(release)
+                )
+        for claim in claims:
+            self._rt.inflight.release(claim.key.app_id, claim.key.key)
         with self._pending_lock:
             self._pending -= len(claims)
         offset = 0
@@ -210,7 +230,7 @@ class GroupCommitter:
                 uow.commit()
                 return outcome
         except IntegrityError:
-            with self._rt.store.unit_of_work() as uow:
+            with self._rt.store.unit_of_work(readonly=True) as uow:
                 stored = uow.idempotent_answer(claim.key.app_id, claim.key.key)
             if stored is not None:
                 try:
@@ -312,35 +332,56 @@ class ClaimService:
         rt = self._rt
         now = rt.clock.now()
         results: list[ClaimResult | None] = [None] * len(requests)
-        held: list[ClaimRequest] = []
+        held: list[int] = []
+        handed: set[int] = set()  # their keys now belong to the group committer
         try:
-            self._replay_or_hold(channel_id, requests, results, held)
-            self._claim_held(channel_id, requests, results, now)
+            self._hold_or_replay(channel_id, requests, results, held)
+            self._claim_held(channel_id, requests, results, now, handed)
+        except SQLAlchemyError as error:
+            log.warning("claim_store_unreadable", error_type=type(error).__name__)
+            refusal = Unavailable("store_unavailable", "the store cannot be read; retry")
+            for i, result in enumerate(results):
+                if result is None:
+                    results[i] = _refusal(refusal, http_status(refusal))
         finally:
-            for request in held:
-                rt.inflight.release(request.key.app_id, request.key.key)
+            for i in held:
+                if i not in handed:
+                    rt.inflight.release(requests[i].key.app_id, requests[i].key.key)
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
-    def _replay_or_hold(
+    def _hold_or_replay(
         self,
         channel_id: str,
         requests: Sequence[ClaimRequest],
         results: list[ClaimResult | None],
-        held: list[ClaimRequest],
+        held: list[int],
     ) -> None:
-        with self._rt.store.unit_of_work() as uow:
-            stored = uow.idempotent_answers(channel_id, [r.key.key for r in requests])
+        """Hold each key in flight first, then look for stored answers.
+
+        In this order a key's earlier request has either let go (and its
+        answer is stored, since the committer stores before letting go) or
+        still holds it (409): one query, no window in between.
+        """
         for i, request in enumerate(requests):
             try:
-                replay = replay_or_refuse(stored.get(request.key.key), request.key)
-                if replay is not None:
-                    results[i] = ClaimResult("replayed", replay, replayed=True)
-                    continue
                 self._rt.inflight.acquire(request.key.app_id, request.key.key)
-                held.append(request)
+                held.append(i)
             except LequanError as error:
                 results[i] = _refusal(error, http_status(error))
+        if not held:
+            return
+        with self._rt.store.unit_of_work(readonly=True) as uow:
+            stored = uow.idempotent_answers(channel_id, [requests[i].key.key for i in held])
+        for i in held:
+            request = requests[i]
+            try:
+                replay = replay_or_refuse(stored.get(request.key.key), request.key)
+            except LequanError as error:
+                results[i] = _refusal(error, http_status(error))
+                continue
+            if replay is not None:
+                results[i] = ClaimResult("replayed", replay, replayed=True)
 
     def _claim_held(
         self,
@@ -348,12 +389,13 @@ class ClaimService:
         requests: Sequence[ClaimRequest],
         results: list[ClaimResult | None],
         now: datetime,
+        handed: set[int],
     ) -> None:
         rt = self._rt
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
             return
-        with rt.store.unit_of_work() as uow:
+        with rt.store.unit_of_work(readonly=True) as uow:
             persons = uow.accounts_persons(channel_id, [requests[i].channel_user_id for i in todo])
             regions = uow.persons_regions(list(persons.values()))
             blacklisted = uow.blacklisted([bidx for _, bidx in regions.values()])
@@ -405,45 +447,45 @@ class ClaimService:
             )
         if not pending:
             return
-        self._commit(pending, results)
+        self._commit(pending, results, handed)
 
     def _commit(
-        self, pending: list[tuple[int, _Pending]], results: list[ClaimResult | None]
+        self,
+        pending: list[tuple[int, _Pending]],
+        results: list[ClaimResult | None],
+        handed: set[int],
     ) -> None:
         rt = self._rt
         claims = [p for _, p in pending]
         try:
             future = self.committer.submit(claims)
-            outcomes = future.result(timeout=rt.settings.claim_commit_timeout_s)
-        except (Unavailable, FutureTimeout) as error:
-            # Not committed (or not known to be): hand the stock back only if it
-            # surely was not committed, i.e. when it never reached the writer.
-            if isinstance(error, Unavailable):
-                rt.gate.release([(c.request, c.claim_seq) for c in claims])
-                refusal = error
-            else:
-                refusal = Unavailable(
-                    "commit_timeout",
-                    "the claim is still being committed; retry with the same Idempotency-Key",
-                )
+        except Unavailable as overloaded:
+            # It never reached the writer: the stock goes straight back.
+            rt.gate.release([(c.request, c.claim_seq) for c in claims])
             for i, _ in pending:
-                results[i] = _refusal(refusal, http_status(refusal))
+                results[i] = _refusal(overloaded, http_status(overloaded))
             return
-        release: list[tuple[ReserveRequest, int]] = []
+        handed.update(i for i, _ in pending)
+        try:
+            outcomes = future.result(timeout=rt.settings.claim_commit_timeout_s)
+        except FutureTimeout:
+            # Still being written: the committer will settle it either way.
+            pending_refusal = Unavailable(
+                "commit_timeout",
+                "the claim is still being committed; retry with the same Idempotency-Key",
+            )
+            for i, _ in pending:
+                results[i] = _refusal(pending_refusal, http_status(pending_refusal))
+            return
         for (i, claim), outcome in zip(pending, outcomes, strict=True):
             if isinstance(outcome, Answer):
                 replayed = outcome is not claim.answer
                 results[i] = ClaimResult(
                     "replayed" if replayed else "issued", outcome, replayed=replayed
                 )
-                if replayed:
-                    release.append((claim.request, claim.claim_seq))
             else:
                 assert outcome is not None
-                release.append((claim.request, claim.claim_seq))
                 results[i] = _refusal(outcome, http_status(outcome))
-        if release:
-            rt.gate.release(release)
 
     def _check(
         self,

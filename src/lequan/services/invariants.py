@@ -32,7 +32,7 @@ class CampaignCheck:
 
 
 def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         row = uow.get_campaign(campaign_id)
         assert row is not None
         states = uow.voucher_state_counts(campaign_id)

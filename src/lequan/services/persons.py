@@ -228,7 +228,7 @@ def wallet(
 ) -> tuple[list[VoucherRow], str | None]:
     """The person's vouchers claimed in this channel, one page and the next cursor."""
     limit = max(1, min(limit, rt.settings.page_size_max))
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         person_id = uow.account_person(channel_id, channel_user_id)
         if person_id is None:
             raise NotFound("not_registered", "this channel account is not registered")

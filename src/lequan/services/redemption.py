@@ -125,7 +125,7 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
     """The person's vouchers usable for this order, the biggest discount first."""
     _check_amount(order.order_amount_fen)
     now = rt.clock.now()
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         merchant = _merchant(uow, order)
         person_id = uow.account_person(order.channel_id, order.channel_user_id)
         if person_id is None:
@@ -458,7 +458,7 @@ def refund(
 
 
 def get(rt: Runtime, redemption_id: str, *, acquirer_id: str) -> dict[str, Any]:
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         redemption = uow.get_redemption(redemption_id)
         if redemption is None or redemption.acquirer_id != acquirer_id:
             raise NotFound("redemption_not_found", f"no redemption {redemption_id}")

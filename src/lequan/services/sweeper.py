@@ -32,7 +32,7 @@ def sweep(rt: Runtime) -> SweepReport:
     now = rt.clock.now()
     limit = rt.settings.sweep_batch_max
     timed_out = 0
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         locks = uow.locks_past_timeout(now, limit)
     for redemption in locks:
         with rt.store.unit_of_work() as uow:
@@ -49,7 +49,7 @@ def sweep(rt: Runtime) -> SweepReport:
             uow.commit()
             timed_out += 1
     expired = 0
-    with rt.store.unit_of_work() as uow:
+    with rt.store.unit_of_work(readonly=True) as uow:
         due = uow.vouchers_past_validity(now, limit)
     for candidate in due:
         with rt.store.unit_of_work() as uow:

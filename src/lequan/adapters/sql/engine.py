@@ -56,6 +56,8 @@ def _sqlite_engine(url: str) -> sa.Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers must not take the write lock; writers take it up front.
+        readonly = connection.info.get("lequan_readonly", False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine

@@ -156,9 +156,14 @@ class SqlStore:
         return self.engine.dialect.name
 
     @contextmanager
-    def unit_of_work(self) -> Iterator[UnitOfWork]:
-        """One transaction; rolled back unless ``commit()`` was called."""
+    def unit_of_work(self, *, readonly: bool = False) -> Iterator[UnitOfWork]:
+        """One transaction; rolled back unless ``commit()`` was called.
+
+        ``readonly`` lets SQLite begin a plain (deferred) transaction that does
+        not queue behind writers; anything that may write must leave it False.
+        """
         with self.engine.connect() as connection:
+            connection.info["lequan_readonly"] = readonly
             uow = UnitOfWork(connection)
             try:
                 yield uow
