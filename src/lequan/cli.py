@@ -354,3 +354,104 @@ def sweep() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def bench(
+    runs: Annotated[
+        int, typer.Option(help="Runs per scenario; the table shows medians.", min=1, max=9)
+    ] = 3,
+    duration_s: Annotated[
+        float, typer.Option(help="Seconds per timed scenario.", min=1, max=60)
+    ] = 5.0,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these scenarios (repeatable).")
+    ] = None,
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            envvar="LEQUAN_TEST_POSTGRES_URL",
+            help="A PostgreSQL server to create scratch databases on.",
+        ),
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    redis_url: Annotated[
+        str, typer.Option(envvar="LEQUAN_TEST_REDIS_URL", help="A Redis server.")
+    ] = "redis://127.0.0.1:6379/0",
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure lequan and its baselines in one run on this machine; print a table."""
+    from lequan.bench.run import BenchConfig, machine, run_bench
+
+    config = BenchConfig(
+        runs=runs,
+        duration_s=duration_s,
+        postgres_url=postgres_url,
+        redis_url=redis_url,
+        only=frozenset(only or ()),
+    )
+    rows = run_bench(config, lambda message: err.print(f"[dim]{message}[/]"))
+    info = machine(config)
+    by_name = {row.name: row for row in rows}
+
+    def ratio(row_name: str, base: str) -> float | None:
+        row, baseline = by_name.get(row_name), by_name.get(base)
+        if row is None or baseline is None or not baseline.median:
+            return None
+        return row.median / baseline.median
+
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "machine": info,
+                    "runs": runs,
+                    "rows": [
+                        {
+                            **row.as_dict(),
+                            "vs_pg_hot_row": ratio(row.name, "baseline_pg_hot_row"),
+                            "vs_bare_fastapi": ratio(row.name, "baseline_bare_fastapi"),
+                            "vs_bare_asgi": ratio(row.name, "baseline_bare_asgi"),
+                        }
+                        for row in rows
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"lequan bench — median of {runs} run(s)")
+    for column in (
+        "scenario",
+        "median",
+        "unit",
+        "p50 ms",
+        "p99 ms",
+        "×hot row",
+        "×FastAPI",
+        "×ASGI",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("scenario", "unit") else "right", no_wrap=True
+        )
+
+    def fmt(value: float | None, digits: int = 1) -> str:
+        return "" if value is None else f"{value:,.{digits}f}"
+
+    for row in rows:
+        d = row.as_dict()
+        table.add_row(
+            row.name,
+            f"{row.median:,.0f}",
+            row.unit,
+            fmt(d["p50_ms"]),
+            fmt(d["p99_ms"]),
+            fmt(ratio(row.name, "baseline_pg_hot_row"), 2),
+            fmt(ratio(row.name, "baseline_bare_fastapi"), 2),
+            fmt(ratio(row.name, "baseline_bare_asgi"), 2),
+        )
+    console.print(table, soft_wrap=True)
+    for row in rows:
+        console.print(
+            f"  [bold]{row.name}[/]: {row.note}; runs {', '.join(f'{v:,.0f}' for v in row.values)}"
+        )
+    console.print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))

@@ -7,48 +7,68 @@ writers queue on the lock instead of failing on an upgrade deadlock.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 __all__ = ["create_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def create_engine(url: str, *, pool_size: int = 20) -> sa.Engine:
+# Enough connections for every thread that may hold one at once (the HTTP
+# thread pool of 40, the group committer, the sweeper) so none is opened and
+# closed per request: an overflow connection costs a connect (and on SQLite,
+# its pragmas) every time.
+POOL_SIZE = 48
+POOL_OVERFLOW = 16
+
+
+def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> sa.Engine:
     """An engine for ``url``; ``sqlite://`` (no path) is a private in-memory store."""
     if url.startswith("sqlite"):
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, pool_size=pool_size)
     return sa.create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=POOL_OVERFLOW,
         pool_pre_ping=True,
         pool_timeout=30,
     )
 
 
-def _sqlite_engine(url: str) -> sa.Engine:
+def _sqlite_engine(url: str, *, pool_size: int) -> sa.Engine:
     memory = url in ("sqlite://", "sqlite:///:memory:")
-    if not memory:
+    if memory:
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "isolation_level": None},
+            poolclass=StaticPool,
+        )
+    else:
         path = sa.engine.make_url(url).database
         assert path
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(
-        url,
-        connect_args={"check_same_thread": False, "isolation_level": None},
-        poolclass=StaticPool if memory else None,
-    )
+        # WAL is a property of the file: set once here, not on every connection
+        # (switching needs a lock that would queue behind the writer).
+        with sqlite3.connect(path) as first:
+            first.execute("PRAGMA journal_mode=WAL")
+        first.close()
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "isolation_level": None},
+            poolclass=QueuePool,
+            pool_size=pool_size,
+            max_overflow=POOL_OVERFLOW,
+        )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

@@ -1,0 +1,252 @@
+"""Run every scenario several times and print one table: medians, ratios to
+baselines measured in the same run, and the machine it ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from lequan.adapters.memory_gate import MemoryGate
+from lequan.adapters.redis_gate import RedisGate
+from lequan.bench import baselines, scenarios
+from lequan.bench.servers import serve_bare, serve_lequan
+
+__all__ = ["BenchConfig", "Row", "machine", "run_bench"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    runs: int = 3
+    duration_s: float = 5.0
+    postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    batch_claims: int = 50_000  # per run
+    single_claims: int = 20_000  # per run
+    redemptions: int = 5_000  # per run
+    only: frozenset[str] = frozenset()
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    note: str = ""
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "median": round(self.median, 1),
+            "runs": [round(v, 1) for v in self.values],
+            "p50_ms": round(statistics.median(self.p50_ms), 2) if self.p50_ms else None,
+            "p99_ms": round(statistics.median(self.p99_ms), 2) if self.p99_ms else None,
+            "note": self.note,
+        }
+
+
+def machine(config: BenchConfig) -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": memory,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+    try:
+        engine = sa.create_engine(config.postgres_url)
+        with engine.connect() as connection:
+            info["postgresql"] = str(connection.exec_driver_sql("SHOW server_version").scalar())
+        engine.dispose()
+    except sa.exc.SQLAlchemyError:
+        info["postgresql"] = "unreachable"
+    try:
+        client = redis.Redis.from_url(config.redis_url)
+        info["redis"] = str(client.info("server")["redis_version"])
+        client.close()
+    except redis.RedisError:
+        info["redis"] = "unreachable"
+    return info
+
+
+def _fresh_postgres(base_url: str) -> tuple[str, Callable[[], None]]:
+    import uuid
+
+    name = f"lq_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return url, drop
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]:
+    rows: dict[str, Row] = {}
+
+    def want(name: str) -> bool:
+        return not config.only or name in config.only
+
+    def add(name: str, unit: str, figure: scenarios.Figure, note: str = "") -> None:
+        row = rows.setdefault(name, Row(name, unit, note=note))
+        row.values.append(figure.value)
+        if figure.p50_ms is not None:
+            row.p50_ms.append(figure.p50_ms)
+        if figure.p99_ms is not None:
+            row.p99_ms.append(figure.p99_ms)
+        row.checks.append(figure.checks)
+
+    for run in range(1, config.runs + 1):
+        progress(f"run {run}/{config.runs}: baselines")
+        if want("baseline_pg_hot_row"):
+            add(
+                "baseline_pg_hot_row",
+                "claims/s",
+                scenarios.Figure(
+                    baselines.pg_hot_row(
+                        config.postgres_url, clients=16, duration_s=config.duration_s
+                    )
+                ),
+                "UPDATE … WHERE remaining > 0 + unique insert, 16 clients",
+            )
+        if want("baseline_redis_lua"):
+            add(
+                "baseline_redis_lua",
+                "claims/s",
+                scenarios.Figure(
+                    baselines.redis_lua_ceiling(config.redis_url, duration_s=config.duration_s)
+                ),
+                "one minimal Lua claim per person, pipelined, from Python",
+            )
+        for kind, name in (
+            ("asgi", "baseline_bare_asgi"),
+            ("fastapi_app", "baseline_bare_fastapi"),
+        ):
+            if want(name):
+                with serve_bare(kind) as port:
+                    add(
+                        name,
+                        "requests/s",
+                        scenarios.bare(
+                            port, requests=200_000, connections=32, duration_s=config.duration_s
+                        ),
+                        "same server, same load generator, 1 worker",
+                    )
+        progress(f"run {run}/{config.runs}: gate")
+        if want("gate_memory"):
+            add(
+                "gate_memory",
+                "claims/s",
+                scenarios.gate_rate(MemoryGate(), claims=200_000),
+                "batches of 1,000",
+            )
+        if want("gate_redis"):
+            gate = RedisGate.from_url(config.redis_url, key_prefix=f"lqbench:{run}:")
+            add(
+                "gate_redis",
+                "claims/s",
+                scenarios.gate_rate(gate, claims=200_000),
+                "batches of 1,000",
+            )
+            gate.close()
+
+        for stack_name, database in (("embedded", "sqlite"), ("pg_redis", "postgres")):
+            names = [f"http_batch_claims_{stack_name}", f"http_single_claims_{stack_name}"]
+            if database == "postgres":
+                names.append("http_redemptions_pg")
+            if not any(want(n) for n in names):
+                continue
+            progress(f"run {run}/{config.runs}: lequan on {stack_name}")
+            with tempfile.TemporaryDirectory(prefix="lqbench-") as directory:
+                drop: Callable[[], None] = lambda: None  # noqa: E731
+                if database == "sqlite":
+                    url, redis_url = f"sqlite:///{directory}/lequan.db", ""
+                else:
+                    url, drop = _fresh_postgres(config.postgres_url)
+                    redis_url = config.redis_url
+                people = config.batch_claims + config.single_claims + config.redemptions
+                try:
+                    with (
+                        scenarios.prepare_stack(
+                            Path(directory), database_url=url, redis_url=redis_url, people=people
+                        ) as stack,
+                        serve_lequan(stack.env) as port,
+                    ):
+                        if want(names[0]):
+                            add(
+                                names[0],
+                                "claims/s",
+                                scenarios.batch_claims(
+                                    stack,
+                                    port,
+                                    claims=config.batch_claims,
+                                    batch=1000,
+                                    connections=4,
+                                    duration_s=config.duration_s * 4,
+                                ),
+                                "durable, signed, idempotent; 1,000 per call, 4 connections",
+                            )
+                        if want(names[1]):
+                            add(
+                                names[1],
+                                "claims/s",
+                                scenarios.single_claims(
+                                    stack,
+                                    port,
+                                    claims=config.single_claims,
+                                    connections=64,
+                                    duration_s=config.duration_s,
+                                ),
+                                "durable, signed, idempotent; 64 connections",
+                            )
+                        if database == "postgres" and want("http_redemptions_pg"):
+                            add(
+                                "http_redemptions_pg",
+                                "redemptions/s",
+                                scenarios.redemptions(
+                                    stack,
+                                    port,
+                                    count=config.redemptions,
+                                    connections=32,
+                                    duration_s=config.duration_s,
+                                ),
+                                "one-step, durable on PostgreSQL; 32 connections",
+                            )
+                finally:
+                    drop()
+    return list(rows.values())

@@ -1,0 +1,357 @@
+"""What ``lequan bench`` measures, each scenario one function returning a Figure.
+
+Every lequan scenario prepares its store first (a campaign with room for
+every claim, people bulk-registered, requests signed in advance) and then
+measures only the serving. Each run uses people of its own, so a run never
+replays another's work.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from lequan.adapters.crypto import generate_key_file
+from lequan.adapters.memory_gate import MemoryGate
+from lequan.adapters.sql import migrate
+from lequan.adapters.sql import tables as t
+from lequan.adapters.sql.engine import create_engine
+from lequan.bench.loadgen import LoadResult, build_request, run_load
+from lequan.bootstrap import build_runtime
+from lequan.config import Settings
+from lequan.domain.campaigns import CampaignConfig
+from lequan.http.signing import signature_headers
+from lequan.ports import ClaimGate, ReserveRequest
+from lequan.services import admin, campaigns
+from lequan.services.runtime import Runtime
+
+__all__ = ["Figure", "Stack", "gate_rate", "prepare_stack"]
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+CAMPAIGN_ID = "sh-dining-2024"
+CHANNEL = "wechat"
+ACQUIRER = "acq-unionpay"
+TEMPLATE = "d300-90"
+
+
+@dataclass
+class Figure:
+    """One measurement: a rate and, where requests were timed, latencies."""
+
+    value: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def gate_rate(gate: ClaimGate, *, claims: int, batch: int = 1000) -> Figure:
+    """Reservations per second through the gate alone, in batches."""
+    pool = f"bench-{uuid.uuid4().hex[:8]}:r1:wechat"
+    gate.reset_pool(pool, stock={TEMPLATE: claims}, claimed={})
+    requests = [ReserveRequest(pool, TEMPLATE, f"p{i}", 1, "bench", 0) for i in range(claims)]
+    started = time.perf_counter()
+    ok = 0
+    for i in range(0, claims, batch):
+        ok += sum(1 for r in gate.reserve(requests[i : i + batch]) if r.claim_seq)
+    elapsed_s = time.perf_counter() - started
+    gate.reset_pool(pool, stock={}, claimed={})
+    return Figure(claims / elapsed_s, checks={"reserved": ok, "expected": claims})
+
+
+@dataclass
+class Stack:
+    """A prepared store and the settings a lequan server needs to serve it."""
+
+    env: dict[str, str]
+    rt: Runtime
+    secrets: dict[str, str]
+    people: int
+    next_person: int = 0
+
+    def take_people(self, n: int) -> range:
+        assert self.next_person + n <= self.people, "prepare more people for this bench"
+        taken = range(self.next_person, self.next_person + n)
+        self.next_person += n
+        return taken
+
+
+def _campaign(now: datetime, stock: int) -> CampaignConfig:
+    data = campaigns.parse_campaign(
+        (EXAMPLES / "shanghai-dining-2024.yaml").read_bytes()
+    ).model_dump()
+    for n, r in enumerate(data["rounds"]):
+        r["release_at"] = now - timedelta(minutes=5) + timedelta(days=7 * n)
+        r["ends_at"] = r["release_at"] + timedelta(days=7) - timedelta(seconds=1)
+        r["stock"] = {CHANNEL: {TEMPLATE: stock}}
+    return CampaignConfig.model_validate(data)
+
+
+@contextmanager
+def prepare_stack(
+    directory: Path, *, database_url: str, redis_url: str, people: int
+) -> Iterator[Stack]:
+    """A migrated store with one live campaign, apps, merchants and ``people`` registered."""
+    key_file = directory / "keys.json"
+    generate_key_file(key_file)
+    prefix = f"lqbench:{uuid.uuid4().hex[:8]}:"
+    env = {
+        "LEQUAN_DATA_DIR": str(directory),
+        "LEQUAN_DATABASE_URL": database_url,
+        "LEQUAN_REDIS_URL": redis_url,
+        "LEQUAN_REDIS_KEY_PREFIX": prefix,
+        "LEQUAN_KEY_FILE": str(key_file),
+        "LEQUAN_LOG_LEVEL": "WARNING",
+        "LEQUAN_APP_RATE_PER_S": "10000000",
+        "LEQUAN_APP_BURST": "10000000",
+    }
+    settings = Settings(
+        data_dir=directory,
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_key_prefix=prefix,
+        key_file=key_file,
+    )
+    engine = create_engine(settings.effective_database_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    rt = build_runtime(settings, gate=None if redis_url else MemoryGate())
+    now = rt.clock.now()
+    admin.add_operator(rt, "bench-maker", role="maker")
+    admin.add_operator(rt, "bench-checker", role="checker")
+    keys = {
+        CHANNEL: admin.add_app(
+            rt, app_id=CHANNEL, kind="channel", name=CHANNEL, actor="bench-maker"
+        ).secret,
+        ACQUIRER: admin.add_app(
+            rt, app_id=ACQUIRER, kind="acquirer", name=ACQUIRER, actor="bench-maker"
+        ).secret,
+    }
+    campaigns.import_campaign(rt, _campaign(now, people), actor="bench-maker")
+    admin.import_merchants(
+        rt,
+        (EXAMPLES / "merchants.csv").read_text(encoding="utf-8").replace("sh-lodging-2024", ""),
+        actor="bench-maker",
+    )
+    campaigns.change_status(rt, CAMPAIGN_ID, "approve", actor="bench-checker")
+    campaigns.change_status(rt, CAMPAIGN_ID, "activate", actor="bench-checker")
+    _register_in_bulk(rt, people, now)
+    try:
+        yield Stack(env=env, rt=rt, secrets=keys, people=people)
+    finally:
+        rt.gate.close()
+        rt.store.dispose()
+
+
+def _register_in_bulk(rt: Runtime, people: int, now: datetime) -> None:
+    """People registered straight into the store (registration is not what is measured)."""
+    name_key, name_enc = rt.keyring.encrypt("name", "市民")
+    chunk = 10_000
+    for start in range(0, people, chunk):
+        rows = range(start, min(people, start + chunk))
+        with rt.store.unit_of_work() as uow:
+            uow.connection.execute(
+                sa.insert(t.persons),
+                [
+                    {
+                        "id": f"pb{i}",
+                        "id_number_bidx": f"bench{i}",
+                        "id_number_enc": name_enc,
+                        "name_enc": name_enc,
+                        "phone_enc": name_enc,
+                        "phone_bidx": f"bench{i}",
+                        "key_id": name_key,
+                        "residence_region": "310104",
+                        "consent_version": "2024-01",
+                        "consent_at": now,
+                        "created_at": now,
+                    }
+                    for i in rows
+                ],
+            )
+            uow.connection.execute(
+                sa.insert(t.person_accounts),
+                [
+                    {
+                        "channel_id": CHANNEL,
+                        "channel_user_id": f"b{i}",
+                        "person_id": f"pb{i}",
+                        "created_at": now,
+                    }
+                    for i in rows
+                ],
+            )
+            uow.commit()
+
+
+def _signed(  # noqa: PLR0917  # reads like the request line it builds
+    app_id: str, secret: str, method: str, target: str, body: bytes, port: int, **headers: str
+) -> bytes:
+    signed = signature_headers(
+        app_id,
+        secret,
+        method,
+        target,
+        body,
+        timestamp=int(time.time()),
+        nonce=secrets.token_hex(12),
+    )
+    return build_request(
+        method,
+        target,
+        host=f"127.0.0.1:{port}",
+        headers={"Content-Type": "application/json", **signed, **headers},
+        body=body,
+    )
+
+
+def _claim_item(i: int) -> dict[str, Any]:
+    return {
+        "channel_user_id": f"b{i}",
+        "campaign_id": CAMPAIGN_ID,
+        "round_id": "r1",
+        "template_id": TEMPLATE,
+        "location_region": "310104",
+    }
+
+
+def batch_claims(
+    stack: Stack, port: int, *, claims: int, batch: int, connections: int, duration_s: float
+) -> Figure:
+    """Durable claims per second through POST /v1/claims/batch."""
+    people = stack.take_people(claims)
+    requests = []
+    for start in range(people.start, people.stop, batch):
+        items = [
+            {**_claim_item(i), "idempotency_key": f"bk-{i}"}
+            for i in range(start, min(people.stop, start + batch))
+        ]
+        body = json.dumps({"items": items}, separators=(",", ":")).encode()
+        requests.append(
+            _signed(CHANNEL, stack.secrets[CHANNEL], "POST", "/v1/claims/batch", body, port)
+        )
+    result = run_load(
+        "127.0.0.1",
+        port,
+        requests,
+        connections=connections,
+        duration_s=duration_s,
+        keep_bodies=True,
+    )
+    issued = sum(
+        json.loads(b)["outcomes"].get("issued", 0)
+        for b in result.bodies
+        if b.startswith(b'{"results"')
+    )
+    return Figure(
+        issued / result.elapsed_s,
+        p50_ms=result.percentile_ms(0.5),
+        p99_ms=result.percentile_ms(0.99),
+        checks={"issued": issued, "batches": result.requests, "statuses": result.statuses},
+    )
+
+
+def single_claims(
+    stack: Stack, port: int, *, claims: int, connections: int, duration_s: float
+) -> Figure:
+    """Durable claims per second through POST /v1/claims, one claim per request."""
+    people = stack.take_people(claims)
+    requests = [
+        _signed(
+            CHANNEL,
+            stack.secrets[CHANNEL],
+            "POST",
+            "/v1/claims",
+            json.dumps(_claim_item(i), separators=(",", ":")).encode(),
+            port,
+            **{"Idempotency-Key": f"sk-{i}"},
+        )
+        for i in people
+    ]
+    result = run_load("127.0.0.1", port, requests, connections=connections, duration_s=duration_s)
+    issued = result.statuses.get(201, 0)
+    return _rate(result, issued, {"issued": issued, "statuses": result.statuses})
+
+
+def _rate(result: LoadResult, count: int, checks: dict[str, Any]) -> Figure:
+    return Figure(
+        count / result.elapsed_s,
+        p50_ms=result.percentile_ms(0.5),
+        p99_ms=result.percentile_ms(0.99),
+        checks=checks,
+    )
+
+
+def bare(port: int, *, requests: int, connections: int, duration_s: float) -> Figure:
+    body = json.dumps(_claim_item(0)).encode()
+    prepared = [
+        build_request(
+            "POST",
+            "/v1/claims",
+            host=f"127.0.0.1:{port}",
+            headers={"Content-Type": "application/json"},
+            body=body,
+        )
+    ] * requests
+    result = run_load("127.0.0.1", port, prepared, connections=connections, duration_s=duration_s)
+    return _rate(result, result.statuses.get(201, 0), {"statuses": result.statuses})
+
+
+def redemptions(
+    stack: Stack, port: int, *, count: int, connections: int, duration_s: float
+) -> Figure:
+    """One-step redemptions per second through POST /v1/redemptions (vouchers claimed first)."""
+    claimed = batch_claims(stack, port, claims=count, batch=1000, connections=2, duration_s=60)
+    assert claimed.checks["issued"] == count, claimed.checks
+    with stack.rt.store.unit_of_work() as uow:
+        rows = uow.connection.execute(
+            sa.select(t.vouchers.c.id, t.person_accounts.c.channel_user_id)
+            .join(t.person_accounts, t.person_accounts.c.person_id == t.vouchers.c.person_id)
+            .where(t.vouchers.c.state == "issued")
+            .order_by(t.vouchers.c.id.desc())
+            .limit(count)
+        ).all()
+    requests = []
+    for n, (voucher_id, user) in enumerate(rows):
+        body = json.dumps(
+            {
+                "voucher_id": voucher_id,
+                "channel_id": CHANNEL,
+                "channel_user_id": user,
+                "merchant_id": "m-cafe-001",
+                "order_id": f"bench-{n}",
+                "order_amount_fen": 32000,
+                "mode": "in_store",
+            },
+            separators=(",", ":"),
+        ).encode()
+        requests.append(
+            _signed(
+                ACQUIRER,
+                stack.secrets[ACQUIRER],
+                "POST",
+                "/v1/redemptions",
+                body,
+                port,
+                **{"Idempotency-Key": f"rk-{voucher_id}"},
+            )
+        )
+    result = run_load("127.0.0.1", port, requests, connections=connections, duration_s=duration_s)
+    redeemed = result.statuses.get(201, 0)
+    return _rate(result, redeemed, {"redeemed": redeemed, "statuses": result.statuses})
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+Scenario = Callable[[], Figure]

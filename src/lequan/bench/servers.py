@@ -1,0 +1,110 @@
+"""Servers for the benchmark: lequan itself and the bare baselines, each a
+real ``uvicorn`` process on a loopback port, stopped when the block ends."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from lequan.bench.baselines import BARE_APPS
+
+__all__ = ["free_port", "serve_bare", "serve_lequan"]
+
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_until_up(process: subprocess.Popen[bytes], port: int, path: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server on port {port} exited with {process.returncode}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the server on port {port} did not start")
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], port: int, probe: str) -> Iterator[int]:
+    # Our own interpreter and arguments; nothing here comes from outside.
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+    try:
+        _wait_until_up(process, port, probe)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def serve_lequan(env: dict[str, str], *, workers: int = 1) -> Iterator[int]:
+    """``lequan`` on a free port with the given LEQUAN_* settings."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "lequan.http.asgi:create",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--workers",
+        str(workers),
+    ]
+    with _process(args, {**os.environ, **env}, port, "/healthz") as bound:
+        yield bound
+
+
+@contextmanager
+def serve_bare(kind: str, *, workers: int = 1) -> Iterator[int]:
+    """A bare ASGI app or a bare FastAPI + Pydantic route, for the baselines."""
+    assert kind in ("asgi", "fastapi_app")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, "bare_apps.py").write_text(BARE_APPS, encoding="utf-8")
+        args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"bare_apps:{kind}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--workers",
+            str(workers),
+            "--app-dir",
+            directory,
+        ]
+        with _process(args, dict(os.environ), port, "/") as bound:
+            yield bound
