@@ -149,8 +149,8 @@ class CampaignConfig(_Model):
     the later field, so the error names the field an operator has to change."""
 
     id: CampaignId
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    issuer: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    issuer: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
     category: Annotated[str, Field(pattern=r"^[a-z_]{2,30}$")]
     budget_fen: Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX * 100, strict=True)]
     channels: Annotated[tuple[ChannelId, ...], Field(min_length=1, max_length=CHANNELS_MAX)]

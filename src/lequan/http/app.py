@@ -5,6 +5,7 @@ served by the app itself (no CDN at run time).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,76 @@ from lequan.http.routes import acquirer, admin, channel
 __all__ = ["create_app"]
 
 log = structlog.get_logger("lequan.http")
+
+
+class BodyLimit:
+    """Refuse a body larger than the limit however it is sent (Content-Length or chunked).
+
+    The body is read here, up to the limit, and handed on whole; past the
+    limit the answer is ``413 body_too_large`` and the rest is never read.
+    """
+
+    def __init__(self, app: Any, *, body_bytes_max: int) -> None:
+        self.app = app
+        self.body_bytes_max = body_bytes_max
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away; let the app see it
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.body_bytes_max:
+                request_id = uuid.uuid4().hex
+                log.info("request", status=413, request_id=request_id, code="body_too_large")
+                await _send_json(
+                    send,
+                    413,
+                    {
+                        "code": "body_too_large",
+                        "message": f"a request body is at most {self.body_bytes_max} bytes",
+                        "request_id": request_id,
+                    },
+                    request_id,
+                )
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        delivered = False
+
+        async def replay() -> Any:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: str) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 class Metrics:
@@ -126,6 +197,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, body_bytes_max=body_max)
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)

@@ -11,7 +11,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lequan.domain.errors import LequanError, Unavailable
@@ -73,6 +73,16 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(error.status_code, "http_error")
         return error_response(
             request, error.status_code, {"code": code, "message": str(error.detail)}
+        )
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, error: DataError) -> JSONResponse:
+        # A value the store cannot hold slipped past validation: still the caller's input.
+        log.warning("unstorable_input", error_type=type(error.orig).__name__)
+        return error_response(
+            request,
+            422,
+            {"code": "invalid_request", "message": "a value in the request cannot be stored"},
         )
 
     @app.exception_handler(OperationalError)

@@ -26,6 +26,10 @@ ChannelUserId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-
 Slug = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 RegionCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
 Fen = Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX)]
+# Free text never carries control characters (PostgreSQL refuses NUL; logs and
+# files choke on the rest).
+NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+OpaqueId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class _In(BaseModel):
@@ -152,14 +156,18 @@ class QuoteOut(BaseModel):
 
 class ProductIn(_In):
     category: Slug
-    serial_number: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    serial_number: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)] | None = (
+        None
+    )
     energy_grade: Annotated[int, Field(ge=1, le=5)] | None = None
-    invoice_number: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    invoice_number: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)] | None
+    ) = None
 
 
 class RedeemIn(OrderIn):
-    voucher_id: Annotated[str, Field(min_length=1, max_length=64)]
-    order_id: Annotated[str, Field(min_length=1, max_length=64)]
+    voucher_id: OpaqueId
+    order_id: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
     capture: Literal["one_step", "lock"] = Field(
         default="one_step",
         description="one_step redeems now; lock holds the voucher until confirm or void.",
@@ -189,13 +197,13 @@ class EmptyIn(_In):
 
 class RefundIn(_In):
     refund_amount_fen: Fen
-    reason: Annotated[str, Field(max_length=200)] | None = None
+    reason: Annotated[str, Field(max_length=200, pattern=NO_CONTROL)] | None = None
 
 
 class AppIn(_In):
     app_id: Slug
     kind: Literal["channel", "acquirer"]
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_CONTROL)]
 
 
 class AppOut(BaseModel):
@@ -207,7 +215,7 @@ class AppOut(BaseModel):
 
 class BlacklistIn(_In):
     id_number: Annotated[str, Field(min_length=1, max_length=32)]
-    reason: Annotated[str, Field(min_length=1, max_length=200)] = "scalper"
+    reason: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_CONTROL)] = "scalper"
 
 
 class BlacklistRemoveIn(_In):

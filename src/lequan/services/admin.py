@@ -98,8 +98,8 @@ def add_app(rt: Runtime, *, app_id: str, kind: str, name: str, actor: str) -> Ap
         raise InvalidInput("invalid_app_kind", "kind must be channel or acquirer")
     if not APP_ID.match(app_id):
         raise InvalidInput("invalid_app_id", "an app id is 2-32 of a-z 0-9 _ -")
-    if not 1 <= len(name) <= 100:
-        raise InvalidInput("invalid_name", "a name is 1-100 characters")
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise InvalidInput("invalid_name", "a name is 1-100 printable characters")
     secret = "lqs_" + secrets.token_urlsafe(32)
     key_id, secret_enc = rt.keyring.encrypt("app_secret", secret)
     now = rt.clock.now()
@@ -155,17 +155,23 @@ def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
             "invalid_merchant_file", f"the header must be: {','.join(MERCHANT_COLUMNS)}"
         )
     rows: list[_MerchantRecord] = []
-    for line, row in enumerate(reader, start=2):
-        if len(rows) >= MERCHANT_ROWS_MAX:
-            raise InvalidInput(
-                "invalid_merchant_file", f"at most {MERCHANT_ROWS_MAX} rows per file"
-            )
-        try:
+    try:
+        for row in reader:
+            if len(rows) >= MERCHANT_ROWS_MAX:
+                raise InvalidInput(
+                    "invalid_merchant_file", f"at most {MERCHANT_ROWS_MAX} rows per file"
+                )
             rows.append(_merchant_row(row))
-        except InvalidInput as error:
-            raise InvalidInput(
-                "invalid_merchant_file", f"line {line}: {error.message}", details={"line": line}
-            ) from None
+    except InvalidInput as error:
+        line = reader.line_num
+        raise InvalidInput(
+            "invalid_merchant_file", f"line {line}: {error.message}", details={"line": line}
+        ) from None
+    except csv.Error as error:
+        line = reader.line_num
+        raise InvalidInput(
+            "invalid_merchant_file", f"line {line}: {error}", details={"line": line}
+        ) from None
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         for record in rows:
@@ -212,8 +218,8 @@ def _merchant_row(row: dict[str, str]) -> _MerchantRecord:
     if not re.match(r"^[A-Za-z0-9_-]{1,64}$", merchant_id):
         raise InvalidInput("invalid_merchant", "merchant_id is 1-64 of letters, digits, _ -")
     name = (row.get("name") or "").strip()
-    if not 1 <= len(name) <= 100:
-        raise InvalidInput("invalid_merchant", "name is 1-100 characters")
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise InvalidInput("invalid_merchant", "name is 1-100 printable characters")
     mcc = (row.get("mcc") or "").strip()
     if not re.match(r"^[0-9]{4}$", mcc):
         raise InvalidInput("invalid_merchant", "mcc is 4 digits")

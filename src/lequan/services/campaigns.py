@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 CAMPAIGN_FILE_BYTES_MAX = 1_000_000
-ROLES_THAT_DRAFT = frozenset({"maker"})
+# A checker may draft too; what a checker drafts needs another checker.
+ROLES_THAT_DRAFT = frozenset({"maker", "checker"})
 ROLES_THAT_APPROVE = frozenset({"checker"})
 ROLES_THAT_OPERATE = frozenset({"maker", "checker"})
 
@@ -130,11 +131,16 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
     """approve | activate | pause | resume | end, with maker-checker on approve."""
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        roles = ROLES_THAT_APPROVE if action == "approve" else ROLES_THAT_OPERATE
-        _require_role(uow, actor, roles)
         row = uow.get_campaign(campaign_id)
         if row is None:
             raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
+        if action == "approve" and actor == row.drafted_by and row.status is CampaignStatus.DRAFT:
+            # The most specific answer first: whatever the role, never one's own draft.
+            raise Conflict(
+                "maker_cannot_approve", "the operator who drafted a campaign cannot approve it"
+            )
+        roles = ROLES_THAT_APPROVE if action == "approve" else ROLES_THAT_OPERATE
+        _require_role(uow, actor, roles)
         status = lifecycle_transition(row.status, action, drafted_by=row.drafted_by, actor=actor)
         moved = uow.set_campaign_status(
             campaign_id,
@@ -259,7 +265,7 @@ class _Cached:
 class CampaignCache:
     """Campaigns as the claim path sees them: read from the store at most every ttl_s.
 
-    Also keeps the local sold-out and budget-exhausted flags, so the flood
+    Also keeps the local sold-out flags and the budget left, so the flood
     after a sell-out costs no round trip to the gate or the store.
     """
 
@@ -270,7 +276,9 @@ class CampaignCache:
         self._lock = threading.Lock()
         self._rows: dict[str, _Cached] = {}
         self.sold_out: set[tuple[str, str]] = set()  # (pool, template_id)
-        self.budget_exhausted: set[str] = set()
+        # campaign -> budget left when a claim did not fit: claims for vouchers
+        # worth more are refused from memory; cheaper ones still go through.
+        self.budget_room: dict[str, int] = {}
         rt.campaign_listeners.append(self.invalidate)
 
     def get(self, campaign_id: str) -> CampaignRow | None:
@@ -291,7 +299,7 @@ class CampaignCache:
             # A fresh look at the store also forgives the local flags: stock may
             # have been released and budget returned by expiries since.
             self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
-            self.budget_exhausted.discard(campaign_id)
+            self.budget_room.pop(campaign_id, None)
         return row
 
     def invalidate(self, campaign_id: str) -> None:
@@ -299,7 +307,7 @@ class CampaignCache:
         with self._lock:
             self._rows.pop(campaign_id, None)
             self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
-            self.budget_exhausted.discard(campaign_id)
+            self.budget_room.pop(campaign_id, None)
 
 
 def round_times(row: CampaignRow, round_id: str) -> tuple[datetime, datetime] | None:

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -115,7 +115,7 @@ class GroupCommitter:
         batch_size_max: int,
         wait_ms: float,
         queue_max: int,
-        on_budget_exhausted: Any,
+        on_budget_exhausted: Callable[[str, int], None],
     ) -> None:
         self._rt = rt
         self._batch_size_max = batch_size_max
@@ -269,7 +269,7 @@ class GroupCommitter:
                         outcomes[i] = Conflict(
                             "budget_exhausted", "the campaign's budget is used up"
                         )
-                self._on_budget_exhausted(campaign_id)
+                self._on_budget_exhausted(campaign_id, room)
                 taken_total = sum(claims[i].voucher.face_fen for i in taken)
                 if taken_total:
                     assert uow.commit_budget(campaign_id, taken_total)
@@ -320,7 +320,7 @@ class ClaimService:
             batch_size_max=s.claim_batch_size_max,
             wait_ms=s.claim_batch_wait_ms,
             queue_max=s.claim_queue_max,
-            on_budget_exhausted=cache.budget_exhausted.add,
+            on_budget_exhausted=cache.budget_room.__setitem__,
         )
 
     def close(self) -> None:
@@ -535,7 +535,8 @@ class ClaimService:
                 "; ".join(r.message for r in reasons),
                 details={"reasons": [{"code": r.code, "message": r.message} for r in reasons]},
             )
-        if request.campaign_id in self._cache.budget_exhausted:
+        room = self._cache.budget_room.get(request.campaign_id)
+        if room is not None and template.face_fen > room:
             raise Conflict("budget_exhausted", "the campaign's budget is used up")
         pool = pool_key(request.campaign_id, request.round_id, channel_id)
         if (pool, template.id) in self._cache.sold_out:

@@ -5,9 +5,9 @@ one step or lock-then-confirm/void, reverse, refund. Signed and idempotent.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -22,6 +22,8 @@ from lequan.services.idempotency import Answer
 from lequan.services.views import redemption_body, voucher_body
 
 router = APIRouter(prefix="/v1/redemptions", tags=["acquirer"])
+
+RedemptionId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 def _order(caller_app: str, body: QuoteIn | RedeemIn) -> redemption.RedeemOrder:
@@ -97,7 +99,7 @@ def _follow_up(
     action: Callable[..., tuple[RedemptionRow, VoucherState]], status_code: int = 200
 ) -> Callable[..., Any]:
     async def handler(
-        redemption_id: str,
+        redemption_id: RedemptionId,
         caller: AcquirerApp,
         key: IdempotencyKey,
         platform: PlatformDep,
@@ -151,7 +153,7 @@ router.add_api_route(
     summary="Refund the order: the voucher returns while valid (campaign policy), else void",
 )
 async def refund(
-    redemption_id: str,
+    redemption_id: RedemptionId,
     body: RefundIn,
     caller: AcquirerApp,
     key: IdempotencyKey,
@@ -176,7 +178,7 @@ async def refund(
     "/{redemption_id}", response_model=RedemptionOut, responses=ERRORS, summary="One redemption"
 )
 async def get_redemption(
-    redemption_id: str, caller: AcquirerApp, platform: PlatformDep
+    redemption_id: RedemptionId, caller: AcquirerApp, platform: PlatformDep
 ) -> JSONResponse:
     body = await run_in_threadpool(
         lambda: redemption.get(platform.rt, redemption_id[:64], acquirer_id=caller.app_id)

@@ -7,9 +7,9 @@ Roles: a *maker* drafts (imports campaigns, merchants, credentials), a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -22,6 +22,9 @@ from lequan.services import admin, campaigns
 from lequan.services.invariants import check_campaign
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+CampaignIdPath = Annotated[str, Path(max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+RoundIdPath = Annotated[str, Path(max_length=20, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 
 YAML_BODY = {
     "requestBody": {
@@ -97,7 +100,9 @@ async def list_campaigns(operator: Operator, platform: PlatformDep) -> JSONRespo
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, responses=ERRORS)
-async def get_campaign(campaign_id: str, operator: Operator, platform: PlatformDep) -> JSONResponse:
+async def get_campaign(
+    campaign_id: CampaignIdPath, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
     row = await run_in_threadpool(campaigns.get_campaign, platform.rt, campaign_id[:40])
     return JSONResponse(campaign_view(row))
 
@@ -107,7 +112,9 @@ async def get_campaign(campaign_id: str, operator: Operator, platform: PlatformD
     responses=ERRORS,
     summary="Check the campaign's invariants against the store",
 )
-async def check(campaign_id: str, operator: Operator, platform: PlatformDep) -> JSONResponse:
+async def check(
+    campaign_id: CampaignIdPath, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
     await run_in_threadpool(campaigns.get_campaign, platform.rt, campaign_id[:40])
     result = await run_in_threadpool(check_campaign, platform.rt, campaign_id[:40])
     return JSONResponse(
@@ -126,7 +133,9 @@ async def check(campaign_id: str, operator: Operator, platform: PlatformDep) -> 
 
 
 def _lifecycle(action: str) -> Any:
-    async def handler(campaign_id: str, operator: Operator, platform: PlatformDep) -> JSONResponse:
+    async def handler(
+        campaign_id: CampaignIdPath, operator: Operator, platform: PlatformDep
+    ) -> JSONResponse:
         row = await run_in_threadpool(
             campaigns.change_status,
             platform.rt,
@@ -164,7 +173,7 @@ for _action, _summary in (
     summary="Open a round now",
 )
 async def start_round(
-    campaign_id: str, round_id: str, operator: Operator, platform: PlatformDep
+    campaign_id: CampaignIdPath, round_id: RoundIdPath, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
     row = await run_in_threadpool(
         campaigns.start_round,

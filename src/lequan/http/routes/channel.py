@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -196,14 +196,12 @@ async def claim_batch(
     summary="A person's wallet in this channel (cursor pagination)",
 )
 async def wallet(
-    channel_user_id: str,
+    channel_user_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")],
     caller: ChannelApp,
     platform: PlatformDep,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JSONResponse:
-    if len(channel_user_id) > 64:
-        raise InvalidInput("invalid_channel_user_id", "channel_user_id is at most 64 characters")
     rows, next_cursor = await run_in_threadpool(
         lambda: persons.wallet(
             platform.rt,

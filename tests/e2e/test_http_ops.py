@@ -1,0 +1,136 @@
+"""What operators and integrators read from a running app: the OpenAPI
+description, the docs page with its self-hosted assets, health, readiness
+and Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import Api, assert_error
+
+FIXED_PATHS = {
+    "/v1/persons": "post",
+    "/v1/claims": "post",
+    "/v1/claims/batch": "post",
+    "/v1/persons/{channel_user_id}/vouchers": "get",
+    "/v1/redemptions/quote": "post",
+    "/v1/redemptions": "post",
+    "/v1/redemptions/{redemption_id}/confirm": "post",
+    "/v1/redemptions/{redemption_id}/void": "post",
+    "/v1/redemptions/{redemption_id}/reverse": "post",
+    "/v1/redemptions/{redemption_id}/refunds": "post",
+    "/v1/admin/campaigns": "post",
+    "/v1/admin/campaigns/{campaign_id}/approve": "post",
+    "/v1/admin/campaigns/{campaign_id}/activate": "post",
+    "/v1/admin/campaigns/{campaign_id}/pause": "post",
+    "/v1/admin/campaigns/{campaign_id}/resume": "post",
+    "/v1/admin/campaigns/{campaign_id}/end": "post",
+    "/v1/admin/campaigns/{campaign_id}/rounds/{round_id}/start": "post",
+    "/v1/admin/merchants": "post",
+    "/v1/admin/apps": "post",
+    "/v1/admin/blacklist": "post",
+}
+
+
+def test_openapi_lists_every_fixed_path(api: Api) -> None:
+    response = api.client.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    spec = response.json()
+    assert spec["openapi"].startswith("3.")
+    for path, method in FIXED_PATHS.items():
+        assert path in spec["paths"], path
+        assert method in spec["paths"][path], (path, method)
+    # Mutating channel and acquirer calls document their Idempotency-Key.
+    for path in ("/v1/persons", "/v1/claims", "/v1/redemptions"):
+        names = {p["name"] for p in spec["paths"][path]["post"].get("parameters", [])}
+        assert "Idempotency-Key" in names, path
+    # Errors are documented as {code, message, request_id}.
+    error = spec["components"]["schemas"]["ErrorOut"]
+    assert {"code", "message", "request_id"} <= set(error["required"])
+    imports = spec["paths"]["/v1/admin/campaigns"]["post"]["requestBody"]["content"]
+    assert "application/yaml" in imports
+    assert "text/csv" in spec["paths"]["/v1/admin/merchants"]["post"]["requestBody"]["content"]
+
+
+def test_docs_use_only_self_hosted_assets(api: Api) -> None:
+    response = api.client.get("/docs")
+    assert response.status_code == 200, response.text
+    page = response.text
+    assert not re.search(r"https?://", page), "the docs page must not load from a CDN"
+    assets = set(re.findall(r"""["'](/static/[^"']+)["']""", page))
+    assert any(a.endswith(".js") for a in assets), assets
+    assert any(a.endswith(".css") for a in assets), assets
+    for asset in assets:
+        served = api.client.get(asset)
+        assert served.status_code == 200, asset
+        assert served.content, asset
+    assert "/openapi.json" in page
+    assert_error(api.client.get("/static/vendor/swagger-ui/missing.js"), 404, "not_found")
+
+
+def test_health_and_readiness(api: Api) -> None:
+    health = api.client.get("/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    ready = api.client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+def _samples(metrics: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def _count(metrics: str, route: str, method: str, status: int) -> float:
+    wanted = {"route": route, "method": method, "status": str(status)}
+    return sum(
+        v for labels, v in _samples(metrics, "lequan_http_requests_total") if labels == wanted
+    )
+
+
+def _claims(metrics: str, outcome: str) -> float:
+    return sum(
+        v
+        for labels, v in _samples(metrics, "lequan_claims_total")
+        if labels == {"outcome": outcome}
+    )
+
+
+def test_metrics_count_requests(api: Api) -> None:
+    before = api.client.get("/metrics")
+    assert before.status_code == 200
+    assert before.headers["content-type"].startswith("text/plain")
+    user = api.register(1)
+    api.claim_voucher(user)
+    assert_error(api.claim(user), 409, "already_claimed")
+    assert_error(api.claim(user), 409, "already_claimed")
+    api.wallet(user)
+    metrics = api.client.get("/metrics").text
+    assert _count(metrics, "/v1/persons", "POST", 201) == 1
+    assert _count(metrics, "/v1/claims", "POST", 201) == 1
+    assert _count(metrics, "/v1/claims", "POST", 409) == 2
+    wallet_route = "/v1/persons/{channel_user_id}/vouchers"
+    assert _count(metrics, wallet_route, "GET", 200) == 1
+    assert _claims(metrics, "issued") == 1
+    assert _claims(metrics, "already_claimed") == 2
+    assert "lequan_http_request_seconds_bucket" in metrics
+    # Unmatched paths are counted under one label, not one per path.
+    api.client.get("/v1/nothing/1")
+    api.client.get("/v1/nothing/2")
+    after = api.client.get("/metrics").text
+    assert _count(after, "unmatched", "GET", 404) == 2
+
+
+def test_every_response_carries_a_request_id(api: Api) -> None:
+    response = api.client.get("/healthz", headers={"X-Request-Id": "trace-123"})
+    assert response.headers["X-Request-Id"] == "trace-123"
+    error = api.client.get("/v1/persons/u1/vouchers", headers={"X-Request-Id": "trace-456"})
+    assert assert_error(error, 401, "missing_signature")["request_id"] == "trace-456"
+    generated = api.client.get("/healthz").headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)

@@ -1,0 +1,364 @@
+"""Bad input never gives a 500: random JSON, random bytes and near-valid
+bodies, properly signed, to every POST endpoint; bodies over the limit;
+control characters the store cannot hold; and concurrent duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.e2e.conftest import (
+    ACQUIRER,
+    CAMPAIGN,
+    Api,
+    OpenApi,
+    assert_error,
+    campaign_yaml,
+    merchants_csv,
+    person_body,
+)
+from tests.factories import dining_config, id_number, postgres_database
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A POST endpoint, who calls it, and a body it would accept."""
+
+    path: str
+    caller: str  # an app id, or "operator"
+    valid: Any
+    takes_no_body: bool = False
+
+
+@dataclass
+class Fuzzed:
+    api: Api
+    endpoints: list[Endpoint]
+
+
+def _endpoints(user: str, voucher_id: str, redemption_id: str) -> list[Endpoint]:
+    order = Api.order(user)
+    claim = {
+        "channel_user_id": user,
+        "campaign_id": CAMPAIGN,
+        "round_id": "r1",
+        "template_id": "d300-90",
+        "location_region": "310104",
+    }
+    done = f"/v1/redemptions/{redemption_id}"
+    return [
+        Endpoint("/v1/persons", "wechat", person_body(50)),
+        Endpoint("/v1/claims", "wechat", claim),
+        Endpoint("/v1/claims/batch", "wechat", {"items": [claim | {"idempotency_key": "k"}]}),
+        Endpoint("/v1/redemptions/quote", ACQUIRER, order),
+        Endpoint(
+            "/v1/redemptions",
+            ACQUIRER,
+            order | {"voucher_id": voucher_id, "order_id": "o-1", "capture": "lock"},
+        ),
+        Endpoint(f"{done}/confirm", ACQUIRER, {}),
+        Endpoint(f"{done}/void", ACQUIRER, {}),
+        Endpoint(f"{done}/reverse", ACQUIRER, {}),
+        Endpoint(f"{done}/refunds", ACQUIRER, {"refund_amount_fen": 30000, "reason": "r"}),
+        Endpoint("/v1/admin/campaigns", "operator", {"id": "x"}),
+        Endpoint("/v1/admin/merchants", "operator", {"merchant_id": "m"}),
+        Endpoint("/v1/admin/apps", "operator", {"app_id": "ab", "kind": "channel", "name": "n"}),
+        Endpoint("/v1/admin/blacklist", "operator", {"id_number": id_number(60)}),
+        Endpoint("/v1/admin/blacklist/remove", "operator", {"id_number": id_number(60)}),
+        Endpoint(f"/v1/admin/campaigns/{CAMPAIGN}/resume", "operator", None, takes_no_body=True),
+        Endpoint(
+            f"/v1/admin/campaigns/{CAMPAIGN}/rounds/r1/start", "operator", None, takes_no_body=True
+        ),
+    ]
+
+
+@pytest.fixture
+def fuzzed(api: Api) -> Fuzzed:
+    """A person with a voucher and a redemption that is over (refunded): every follow-up
+    on it is refused, so random bodies can only ever be refused."""
+    user = api.register(1)
+    voucher = api.claim_voucher(user)
+    paid = api.redeem(voucher["voucher_id"], user)
+    redemption_id = paid.json()["redemption_id"]
+    refunded = api.follow_up(redemption_id, "refunds", {"refund_amount_fen": 30000})
+    assert refunded.status_code == 201, refunded.text
+    return Fuzzed(api, _endpoints(user, voucher["voucher_id"], redemption_id))
+
+
+def _send(api: Api, endpoint: Endpoint, body: bytes) -> httpx.Response:
+    if endpoint.caller == "operator":
+        response: httpx.Response = api.client.post(
+            endpoint.path,
+            content=body,
+            headers={
+                "Authorization": f"Bearer {api.world.tokens['alice']}",
+                "Content-Type": "application/json",
+            },
+        )
+        return response
+    return api.post(endpoint.caller, endpoint.path, content=body)
+
+
+def _assert_refused_cleanly(response: httpx.Response, *, may_succeed: bool) -> None:
+    assert response.status_code < 500, response.text
+    if may_succeed and response.status_code < 400:
+        return
+    assert 400 <= response.status_code < 500, response.text
+    body = response.json()
+    assert isinstance(body.get("code"), str), body
+    assert body["code"]
+    assert isinstance(body.get("message"), str), body
+
+
+FIELD_NAMES = sorted(
+    {
+        "channel_user_id",
+        "id_number",
+        "name",
+        "phone",
+        "region_code",
+        "location_region",
+        "consent",
+        "campaign_id",
+        "round_id",
+        "template_id",
+        "items",
+        "idempotency_key",
+        "merchant_id",
+        "order_amount_fen",
+        "mode",
+        "voucher_id",
+        "order_id",
+        "capture",
+        "refund_amount_fen",
+        "reason",
+        "app_id",
+        "kind",
+        "product",
+    }
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=80)
+    | st.sampled_from(["", "0", "-1", "u1", CAMPAIGN, "r1", "d300-90", "310104", "lock"])
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=12,
+)
+FUZZ = settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@FUZZ
+@given(data=st.data(), value=json_values)
+def test_random_json_is_refused_with_a_json_error(
+    fuzzed: Fuzzed, data: st.DataObject, value: Any
+) -> None:
+    endpoint = data.draw(st.sampled_from(fuzzed.endpoints))
+    response = _send(fuzzed.api, endpoint, json.dumps(value).encode())
+    _assert_refused_cleanly(response, may_succeed=endpoint.takes_no_body)
+
+
+@settings(FUZZ, max_examples=40)
+@given(data=st.data(), raw=st.binary(max_size=200))
+def test_random_bytes_are_refused_with_a_json_error(
+    fuzzed: Fuzzed, data: st.DataObject, raw: bytes
+) -> None:
+    endpoint = data.draw(st.sampled_from(fuzzed.endpoints))
+    _assert_refused_cleanly(_send(fuzzed.api, endpoint, raw), may_succeed=endpoint.takes_no_body)
+
+
+@st.composite
+def _near_valid(draw: st.DrawFn, endpoints: list[Endpoint]) -> tuple[Endpoint, Any]:
+    """A body the endpoint would take, with one field dropped, changed or added."""
+    endpoint = draw(st.sampled_from([e for e in endpoints if e.valid]))
+    body = dict(endpoint.valid)
+    field = draw(st.sampled_from(sorted(body)))
+    how = draw(st.sampled_from(["drop", "change", "add"]))
+    if how == "drop":
+        del body[field]
+    elif how == "change":
+        body[field] = draw(json_values)
+    else:
+        body[draw(st.text(max_size=12))] = draw(json_values)
+    return endpoint, body
+
+
+@settings(FUZZ, max_examples=80)
+@given(data=st.data())
+def test_near_valid_bodies_never_fail_the_server(fuzzed: Fuzzed, data: st.DataObject) -> None:
+    endpoint, body = data.draw(_near_valid(fuzzed.endpoints))
+    response = _send(fuzzed.api, endpoint, json.dumps(body).encode())
+    _assert_refused_cleanly(response, may_succeed=True)
+
+
+# -- limits ------------------------------------------------------------------------
+
+
+def _chunks(total_bytes: int) -> Iterator[bytes]:
+    yield b'{"pad": "'
+    for _ in range(total_bytes // 100_000):
+        yield b"x" * 100_000
+    yield b'"}'
+
+
+def test_a_chunked_body_over_the_limit_is_413(api: Api) -> None:
+    response = api.client.post(
+        "/v1/persons",
+        content=_chunks(3_000_000),
+        headers={"Content-Type": "application/json", "Idempotency-Key": "k"},
+    )
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert_error(response, 413, "body_too_large")
+
+
+def test_a_merchant_file_with_an_oversized_field_is_refused(api: Api) -> None:
+    header = merchants_csv().splitlines()[0]
+    text = f"{header}\nm-big,{'x' * 140_000},5812,310104,in_store,acq-unionpay,{CAMPAIGN}\n"
+    response = api.admin(
+        "alice", "POST", "/v1/admin/merchants", content=text, content_type="text/csv"
+    )
+    assert_error(response, 422, "invalid_merchant_file")
+
+
+@pytest.fixture
+def postgres_url_fresh(postgres_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database of this test's own."""
+    url, drop = postgres_database(postgres_url)
+    try:
+        yield url
+    finally:
+        drop()
+
+
+def test_nul_characters_are_refused_on_postgres(postgres_url_fresh: str, open_api: OpenApi) -> None:
+    api = open_api(database_url=postgres_url_fresh)
+    user = api.register(1)
+    voucher = api.claim_voucher(user)
+    header = merchants_csv().splitlines()[0]
+    calls: dict[str, Callable[[], httpx.Response]] = {
+        "wallet path": lambda: api.get("wechat", "/v1/persons/a%00b/vouchers"),
+        "confirm path": lambda: api.follow_up("r%00x", "confirm"),
+        "redeem order_id": lambda: api.redeem(voucher["voucher_id"], user, order_id="o\x00"),
+        "redeem voucher_id": lambda: api.redeem("v\x00", user),
+        "app name": lambda: api.admin(
+            "alice",
+            "POST",
+            "/v1/admin/apps",
+            json={"app_id": "nul", "kind": "channel", "name": "\x00"},
+        ),
+        "merchant name": lambda: api.admin(
+            "alice",
+            "POST",
+            "/v1/admin/merchants",
+            content=f"{header}\nm-1,a\x00b,5812,310104,in_store,acq-unionpay,\n",
+            content_type="text/csv",
+        ),
+    }
+    calls["campaign name"] = lambda: api.admin(
+        "alice",
+        "POST",
+        "/v1/admin/campaigns",
+        content=campaign_yaml(dining_config(id="nul-2024", name="a-b")).replace(
+            "name: a-b",
+            'name: "a\\0b"',  # YAML's escape for NUL
+        ),
+        content_type="application/yaml",
+    )
+    failed = {}
+    for what, call in calls.items():
+        response = call()
+        if response.status_code >= 500:
+            failed[what] = response.json()["code"]
+    assert failed == {}
+
+
+# -- concurrent duplicates -----------------------------------------------------------
+
+
+def test_concurrent_retries_with_one_key_take_effect_once(api: Api) -> None:
+    user = api.register(1)
+    voucher = api.claim_voucher(user)
+    start = threading.Barrier(4)
+
+    def pay() -> httpx.Response:
+        start.wait()
+        return api.redeem(voucher["voucher_id"], user, order_id="o-race", key="race-1")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: pay(), range(4)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(201) >= 1, [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert_error(answer, 409, "idempotency_in_flight")
+        else:
+            assert answer.status_code == 201, answer.text
+    first = next(a for a in answers if a.status_code == 201)
+    assert all(a.json() == first.json() for a in answers if a.status_code == 201)
+    snapshot = api.snapshot()
+    assert snapshot["redemptions"] == 1
+    assert api.voucher_state(voucher["voucher_id"]) == "redeemed"
+
+
+def test_concurrent_claims_never_oversell(open_api: OpenApi) -> None:
+    api = open_api(dining_config(stock={"wechat": {"d300-90": 3}}))
+    users = [api.register(n) for n in range(1, 9)]
+    start = threading.Barrier(len(users))
+
+    def claim(user: str) -> httpx.Response:
+        start.wait()
+        return api.claim(user)
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        answers = list(pool.map(claim, users))
+    outcomes = sorted(a.json().get("code", "issued") for a in answers)
+    assert outcomes == ["issued"] * 3 + ["sold_out"] * 5
+    check = api.check()
+    assert (check["issued"], check["ok"]) == (3, True)
+
+
+def test_concurrent_redemptions_of_one_voucher_spend_it_once(
+    database_url: str, open_api: OpenApi
+) -> None:
+    api = open_api(database_url=database_url if database_url.startswith("postgres") else None)
+    user = api.register(1)
+    voucher = api.claim_voucher(user)
+    start = threading.Barrier(4)
+
+    def pay(n: int) -> httpx.Response:
+        start.wait()
+        capture = "lock" if n % 2 else "one_step"
+        return api.redeem(voucher["voucher_id"], user, order_id=f"o-{n}", capture=capture)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(pay, range(4)))
+    assert sorted(a.status_code for a in answers) == [201, 409, 409, 409], [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert answer.json()["code"] in ("already_redeemed", "voucher_locked", "voucher_busy")
+    assert api.snapshot()["redemptions"] == 1
+    assert api.check()["ok"]
