@@ -455,3 +455,70 @@ def bench(
             f"  [bold]{row.name}[/]: {row.note}; runs {', '.join(f'{v:,.0f}' for v in row.values)}"
         )
     console.print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+
+
+@app.command()
+def simulate(
+    people: Annotated[
+        int, typer.Option(help="Distinct people in the crowd.", min=10, max=2_000_000)
+    ] = 1_000_000,
+    stock: Annotated[int, typer.Option(help="Vouchers released.", min=1)] = 100_000,
+    bot_share: Annotated[
+        float, typer.Option(help="Share of people who are bots.", min=0, max=0.5)
+    ] = 0.02,
+    retry_share: Annotated[
+        float, typer.Option(help="Share of people who retry.", min=0, max=1)
+    ] = 0.05,
+    database_url: Annotated[
+        str, typer.Option(help="Empty: the embedded default in a scratch directory.")
+    ] = "",
+    redis_url: Annotated[str, typer.Option(help="Empty: the in-process gate.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """A flash crowd against a real lequan server; then the store is checked (exit 1 if broken)."""
+    from lequan.bench.simulate import SimulationConfig
+    from lequan.bench.simulate import simulate as run_simulation
+
+    summary = run_simulation(
+        SimulationConfig(
+            people=people,
+            stock=stock,
+            bot_share=bot_share,
+            retry_share=retry_share,
+            database_url=database_url,
+            redis_url=redis_url,
+        ),
+        lambda message: err.print(f"[dim]{message}[/]"),
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        table = Table(title=f"{people:,} people, {stock:,} vouchers", show_header=False)
+        for key in (
+            "issued",
+            "oversold",
+            "duplicates",
+            "acknowledged_missing",
+            "sold_out_after_s",
+            "elapsed_s",
+            "answered_per_s",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "bot_people_share",
+            "bot_voucher_share",
+            "invariants_ok",
+        ):
+            table.add_row(key, str(summary[key]))
+        console.print(table)
+        outcomes = Table(
+            "outcome", "answers", "p50 ms", "p95 ms", "p99 ms", title="answers by outcome"
+        )
+        for outcome, count in sorted(summary["outcomes"].items(), key=lambda kv: -kv[1]):
+            lat = summary["latency_ms_by_outcome"][outcome]
+            outcomes.add_row(
+                outcome, f"{count:,}", str(lat["p50"]), str(lat["p95"]), str(lat["p99"])
+            )
+        console.print(outcomes)
+    if not summary["invariants_ok"]:
+        raise typer.Exit(1)

@@ -53,7 +53,7 @@ def test_operator_day_from_import_to_open_round(data_dir: Path) -> None:
 
     refused = runner.invoke(app, ["campaign", "approve", "sh-dining-2024", "--as", "alice"])
     assert refused.exit_code == 2
-    assert "forbidden" in refused.stderr  # a maker is not a checker
+    assert "maker_cannot_approve" in refused.stderr  # never one's own draft
 
     approved = json.loads(run("campaign", "approve", "sh-dining-2024", "--as", "bob", "--json"))
     assert approved["status"] == "approved"

@@ -85,20 +85,37 @@ class Stack:
         return taken
 
 
-def _campaign(now: datetime, stock: int) -> CampaignConfig:
+def split_stock(stock: int, channels: tuple[str, ...]) -> dict[str, int]:
+    """``stock`` shared out over ``channels`` as evenly as whole vouchers allow."""
+    share, extra = divmod(stock, len(channels))
+    return {c: share + (1 if n < extra else 0) for n, c in enumerate(channels)}
+
+
+def channel_for(person: int, channels: tuple[str, ...] = (CHANNEL,)) -> str:
+    """The one channel through which person ``person`` registered."""
+    return channels[person % len(channels)]
+
+
+def _campaign(now: datetime, stock_by_channel: dict[str, int]) -> CampaignConfig:
     data = campaigns.parse_campaign(
         (EXAMPLES / "shanghai-dining-2024.yaml").read_bytes()
     ).model_dump()
     for n, r in enumerate(data["rounds"]):
         r["release_at"] = now - timedelta(minutes=5) + timedelta(days=7 * n)
         r["ends_at"] = r["release_at"] + timedelta(days=7) - timedelta(seconds=1)
-        r["stock"] = {CHANNEL: {TEMPLATE: stock}}
+        r["stock"] = {c: {TEMPLATE: n} for c, n in stock_by_channel.items()}
     return CampaignConfig.model_validate(data)
 
 
 @contextmanager
 def prepare_stack(
-    directory: Path, *, database_url: str, redis_url: str, people: int
+    directory: Path,
+    *,
+    database_url: str,
+    redis_url: str,
+    people: int,
+    stock_by_channel: dict[str, int] | None = None,
+    channels: tuple[str, ...] = (CHANNEL,),
 ) -> Iterator[Stack]:
     """A migrated store with one live campaign, apps, merchants and ``people`` registered."""
     key_file = directory / "keys.json"
@@ -129,14 +146,15 @@ def prepare_stack(
     admin.add_operator(rt, "bench-maker", role="maker")
     admin.add_operator(rt, "bench-checker", role="checker")
     keys = {
-        CHANNEL: admin.add_app(
-            rt, app_id=CHANNEL, kind="channel", name=CHANNEL, actor="bench-maker"
-        ).secret,
-        ACQUIRER: admin.add_app(
-            rt, app_id=ACQUIRER, kind="acquirer", name=ACQUIRER, actor="bench-maker"
-        ).secret,
+        c: admin.add_app(rt, app_id=c, kind="channel", name=c, actor="bench-maker").secret
+        for c in channels
     }
-    campaigns.import_campaign(rt, _campaign(now, people), actor="bench-maker")
+    keys[ACQUIRER] = admin.add_app(
+        rt, app_id=ACQUIRER, kind="acquirer", name=ACQUIRER, actor="bench-maker"
+    ).secret
+    campaigns.import_campaign(
+        rt, _campaign(now, stock_by_channel or {CHANNEL: people}), actor="bench-maker"
+    )
     admin.import_merchants(
         rt,
         (EXAMPLES / "merchants.csv").read_text(encoding="utf-8").replace("sh-lodging-2024", ""),
@@ -144,7 +162,7 @@ def prepare_stack(
     )
     campaigns.change_status(rt, CAMPAIGN_ID, "approve", actor="bench-checker")
     campaigns.change_status(rt, CAMPAIGN_ID, "activate", actor="bench-checker")
-    _register_in_bulk(rt, people, now)
+    _register_in_bulk(rt, people, now, channels)
     try:
         yield Stack(env=env, rt=rt, secrets=keys, people=people)
     finally:
@@ -152,7 +170,7 @@ def prepare_stack(
         rt.store.dispose()
 
 
-def _register_in_bulk(rt: Runtime, people: int, now: datetime) -> None:
+def _register_in_bulk(rt: Runtime, people: int, now: datetime, channels: tuple[str, ...]) -> None:
     """People registered straight into the store (registration is not what is measured)."""
     name_key, name_enc = rt.keyring.encrypt("name", "市民")
     chunk = 10_000
@@ -182,7 +200,7 @@ def _register_in_bulk(rt: Runtime, people: int, now: datetime) -> None:
                 sa.insert(t.person_accounts),
                 [
                     {
-                        "channel_id": CHANNEL,
+                        "channel_id": channel_for(i, channels),
                         "channel_user_id": f"b{i}",
                         "person_id": f"pb{i}",
                         "created_at": now,
