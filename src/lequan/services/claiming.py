@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from lequan.adapters.sql.store import UnitOfWork, VoucherRow
 from lequan.domain.campaigns import (
     CampaignStatus,
+    Eligibility,
     RoundPhase,
     eligibility_reasons,
     round_phase,
@@ -282,30 +283,23 @@ class GroupCommitter:
                 )
             accepted.extend(taken)
         accepted.sort()
-        uow.insert_vouchers([_voucher_values(claims[i].voucher) for i in accepted])
-        uow.store_answers([claims[i].key.row(claims[i].answer, now) for i in accepted])
+        uow.insert_claims(
+            [claims[i].voucher for i in accepted],
+            [
+                (
+                    claims[i].key.app_id,
+                    claims[i].key.key,
+                    claims[i].key.request_hash,
+                    claims[i].answer.status_code,
+                    claims[i].answer.json(),
+                )
+                for i in accepted
+            ],
+            now,
+        )
         for i in accepted:
             outcomes[i] = claims[i].answer
         return outcomes
-
-
-def _voucher_values(v: VoucherRow) -> dict[str, Any]:
-    return {
-        "id": v.id,
-        "campaign_id": v.campaign_id,
-        "round_id": v.round_id,
-        "channel_id": v.channel_id,
-        "template_id": v.template_id,
-        "person_id": v.person_id,
-        "claim_seq": v.claim_seq,
-        "face_fen": v.face_fen,
-        "state": v.state.value,
-        "valid_from": v.valid_from,
-        "valid_until": v.valid_until,
-        "issued_at": v.issued_at,
-        "updated_at": v.issued_at,
-        "version": v.version,
-    }
 
 
 class ClaimService:
@@ -372,7 +366,7 @@ class ClaimService:
         if not held:
             return
         with self._rt.store.unit_of_work(readonly=True) as uow:
-            stored = uow.idempotent_answers(channel_id, [requests[i].key.key for i in held])
+            stored = uow.claim_answers(channel_id, [requests[i].key.key for i in held])
         for i in held:
             request = requests[i]
             try:
@@ -396,52 +390,61 @@ class ClaimService:
         if not todo:
             return
         with rt.store.unit_of_work(readonly=True) as uow:
-            persons = uow.accounts_persons(channel_id, [requests[i].channel_user_id for i in todo])
-            regions = uow.persons_regions(list(persons.values()))
-            blacklisted = uow.blacklisted([bidx for _, bidx in regions.values()])
-        reserve: list[tuple[int, ReserveRequest, VoucherRow]] = []
+            claimants = uow.claimants(channel_id, [requests[i].channel_user_id for i in todo])
+        offers: dict[tuple[str, str, str], _Offer | LequanError] = {}
+        verdicts: dict[tuple[str, str, str | None, bool], LequanError | None] = {}
+        reserve: list[tuple[int, ReserveRequest, _Offer, str]] = []
         for i in todo:
             request = requests[i]
-            try:
-                person_id = persons.get(request.channel_user_id)
-                if person_id is None:
-                    raise NotFound("not_registered", "this channel account is not registered")
-                residence, bidx = regions[person_id]
-                reserve_request, voucher = self._check(
-                    channel_id,
-                    request,
-                    person_id=person_id,
-                    residence=residence,
-                    blacklisted=bidx in blacklisted,
-                    now=now,
+            claimant = claimants.get(request.channel_user_id)
+            if claimant is None:
+                error: LequanError = NotFound(
+                    "not_registered", "this channel account is not registered"
                 )
-                reserve.append((i, reserve_request, voucher))
-            except LequanError as error:
                 results[i] = _refusal(error, http_status(error))
+                continue
+            person_id, residence, blacklisted = claimant
+            group = (request.campaign_id, request.round_id, request.template_id)
+            offer = offers.get(group)
+            if offer is None:
+                offer = offers[group] = self._offer(channel_id, request, now)
+            if isinstance(offer, LequanError):
+                results[i] = _refusal(offer, http_status(offer))
+                continue
+            verdict_key = (request.campaign_id, residence, request.location_region, blacklisted)
+            if verdict_key not in verdicts:
+                verdicts[verdict_key] = _ineligible(
+                    offer, residence, request.location_region, blacklisted
+                )
+            refusal = verdicts[verdict_key]
+            if refusal is not None:
+                results[i] = _refusal(refusal, http_status(refusal))
+                continue
+            reserve.append((i, offer.reserve_request(person_id), offer, person_id))
         if not reserve:
             return
-        gate_results = rt.gate.reserve([r for _, r, _ in reserve])
+        gate_results = rt.gate.reserve([r for _, r, _, _ in reserve])
         pending: list[tuple[int, _Pending]] = []
-        for (i, reserved, voucher), got in zip(reserve, gate_results, strict=True):
+        for (i, reserved, offer, person_id), got in zip(reserve, gate_results, strict=True):
             if got.outcome is not ReserveOutcome.OK:
                 if got.outcome in (ReserveOutcome.SOLD_OUT, ReserveOutcome.UNKNOWN_STOCK):
                     self._cache.sold_out.add((reserved.pool, reserved.template_id))
                 code, message = _GATE_REFUSALS[got.outcome]
-                refusal = Conflict(code, message)
-                results[i] = _refusal(refusal, http_status(refusal))
+                gate_refusal = Conflict(code, message)
+                results[i] = _refusal(gate_refusal, http_status(gate_refusal))
                 continue
             if got.remaining == 0:
                 self._cache.sold_out.add((reserved.pool, reserved.template_id))
-            issued = _with_seq(voucher, got.claim_seq)
+            voucher = offer.voucher(new_id("v"), person_id, got.claim_seq)
             pending.append(
                 (
                     i,
                     _Pending(
                         request=reserved,
                         claim_seq=got.claim_seq,
-                        voucher=issued,
+                        voucher=voucher,
                         key=requests[i].key,
-                        answer=Answer(201, {"status": "issued", "voucher": voucher_body(issued)}),
+                        answer=Answer(201, {"status": "issued", "voucher": offer.body(voucher.id)}),
                     ),
                 )
             )
@@ -487,89 +490,130 @@ class ClaimService:
                 assert outcome is not None
                 results[i] = _refusal(outcome, http_status(outcome))
 
-    def _check(
-        self,
-        channel_id: str,
-        request: ClaimRequest,
-        *,
-        person_id: str,
-        residence: str,
-        blacklisted: bool,
-        now: datetime,
-    ) -> tuple[ReserveRequest, VoucherRow]:
-        """Every refusal that needs no gate: campaign, round, template, eligibility."""
+    def _offer(self, channel_id: str, request: ClaimRequest, now: datetime) -> _Offer | LequanError:
+        """What a campaign's round offers of one template in this channel now, or why not.
+
+        Decided once per batch for every claim of the same template: none of
+        it depends on the person.
+        """
         row = self._cache.get(request.campaign_id)
         if row is None:
-            raise NotFound("campaign_not_found", f"no campaign {request.campaign_id}")
+            return NotFound("campaign_not_found", f"no campaign {request.campaign_id}")
         if row.status is CampaignStatus.PAUSED:
-            raise Conflict("campaign_paused", "the campaign is paused")
+            return Conflict("campaign_paused", "the campaign is paused")
         if row.status is not CampaignStatus.LIVE:
-            raise Conflict("campaign_not_live", f"the campaign is {row.status.value}")
+            return Conflict("campaign_not_live", f"the campaign is {row.status.value}")
         config = row.config
         times = row.rounds.get(request.round_id)
         if times is None:
-            raise NotFound("round_not_found", f"no round {request.round_id} in this campaign")
+            return NotFound("round_not_found", f"no round {request.round_id} in this campaign")
         phase = round_phase(release_at=times[0], ends_at=times[1], now=now)
         if phase is RoundPhase.NOT_STARTED:
-            raise Conflict(
+            return Conflict(
                 "not_started",
                 f"the round opens at {times[0].isoformat()}",
                 details={"release_at": times[0].isoformat()},
             )
         if phase is RoundPhase.ENDED:
-            raise Conflict("round_ended", "the round has ended")
+            return Conflict("round_ended", "the round has ended")
         if channel_id not in config.channels:
-            raise Conflict("channel_not_in_campaign", "this campaign is not issued in this channel")
+            return Conflict(
+                "channel_not_in_campaign", "this campaign is not issued in this channel"
+            )
         template = config.template(request.template_id)
         if template is None:
-            raise NotFound("template_not_found", f"no template {request.template_id}")
-        reasons = eligibility_reasons(
-            config.eligibility,
-            residence_region=residence,
-            location_region=request.location_region,
-            blacklisted=blacklisted,
-        )
-        if reasons:
-            raise Conflict(
-                "ineligible",
-                "; ".join(r.message for r in reasons),
-                details={"reasons": [{"code": r.code, "message": r.message} for r in reasons]},
-            )
+            return NotFound("template_not_found", f"no template {request.template_id}")
         room = self._cache.budget_room.get(request.campaign_id)
         if room is not None and template.face_fen > room:
-            raise Conflict("budget_exhausted", "the campaign's budget is used up")
+            return Conflict("budget_exhausted", "the campaign's budget is used up")
         pool = pool_key(request.campaign_id, request.round_id, channel_id)
         if (pool, template.id) in self._cache.sold_out:
-            raise Conflict("sold_out", "the vouchers of this round are gone")
+            return Conflict("sold_out", "the vouchers of this round are gone")
         valid_from, valid_until = config.validity.window(now)
-        voucher = VoucherRow(
-            id=new_id("v"),
+        return _Offer(
             campaign_id=request.campaign_id,
             round_id=request.round_id,
             channel_id=channel_id,
             template_id=template.id,
-            person_id=person_id,
-            claim_seq=0,
             face_fen=template.face_fen,
-            state=VoucherState.ISSUED,
+            pool=pool,
+            limit=config.limits.per_person_per_round_per_channel,
+            campaign_limit=config.limits.per_person_per_campaign,
+            eligibility=config.eligibility,
             valid_from=valid_from,
             valid_until=valid_until,
             issued_at=now,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """One template of one round in one channel, as a batch of claims sees it."""
+
+    campaign_id: str
+    round_id: str
+    channel_id: str
+    template_id: str
+    face_fen: int
+    pool: str
+    limit: int
+    campaign_limit: int
+    eligibility: Eligibility
+    valid_from: datetime
+    valid_until: datetime
+    issued_at: datetime
+    _body: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def reserve_request(self, person_id: str) -> ReserveRequest:
+        return ReserveRequest(
+            pool=self.pool,
+            template_id=self.template_id,
+            person_id=person_id,
+            limit=self.limit,
+            campaign_id=self.campaign_id,
+            campaign_limit=self.campaign_limit,
+        )
+
+    def voucher(self, voucher_id: str, person_id: str, claim_seq: int) -> VoucherRow:
+        return VoucherRow(
+            id=voucher_id,
+            campaign_id=self.campaign_id,
+            round_id=self.round_id,
+            channel_id=self.channel_id,
+            template_id=self.template_id,
+            person_id=person_id,
+            claim_seq=claim_seq,
+            face_fen=self.face_fen,
+            state=VoucherState.ISSUED,
+            valid_from=self.valid_from,
+            valid_until=self.valid_until,
+            issued_at=self.issued_at,
             version=1,
             redemption_id=None,
         )
-        reserve = ReserveRequest(
-            pool=pool,
-            template_id=template.id,
-            person_id=person_id,
-            limit=config.limits.per_person_per_round_per_channel,
-            campaign_id=request.campaign_id,
-            campaign_limit=config.limits.per_person_per_campaign,
-        )
-        return reserve, voucher
+
+    def body(self, voucher_id: str) -> dict[str, Any]:
+        """The voucher as the channel sees it (``views.voucher_body``), shared parts made once."""
+        if not self._body:
+            self._body.update(
+                voucher_body(self.voucher("", "", 0)),
+            )
+        return {**self._body, "voucher_id": voucher_id}
 
 
-def _with_seq(voucher: VoucherRow, claim_seq: int) -> VoucherRow:
-    from dataclasses import replace
-
-    return replace(voucher, claim_seq=claim_seq)
+def _ineligible(
+    offer: _Offer, residence: str, location: str | None, blacklisted: bool
+) -> LequanError | None:
+    reasons = eligibility_reasons(
+        offer.eligibility,
+        residence_region=residence,
+        location_region=location,
+        blacklisted=blacklisted,
+    )
+    if not reasons:
+        return None
+    return Conflict(
+        "ineligible",
+        "; ".join(r.message for r in reasons),
+        details={"reasons": [{"code": r.code, "message": r.message} for r in reasons]},
+    )
