@@ -8,6 +8,7 @@ never lost to a failed write and never sold twice.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -444,7 +445,7 @@ class ClaimService:
                         claim_seq=got.claim_seq,
                         voucher=voucher,
                         key=requests[i].key,
-                        answer=Answer(201, {"status": "issued", "voucher": offer.body(voucher.id)}),
+                        answer=offer.answer(voucher.id),
                     ),
                 )
             )
@@ -546,6 +547,10 @@ class ClaimService:
         )
 
 
+# Stands for the voucher id in an offer's rendered answer; never a real id ("v" + hex).
+_ID_SLOT = "@voucher-id@"
+
+
 @dataclass(frozen=True, slots=True)
 class _Offer:
     """One template of one round in one channel, as a batch of claims sees it."""
@@ -563,6 +568,7 @@ class _Offer:
     valid_until: datetime
     issued_at: datetime
     _body: dict[str, Any] = field(default_factory=dict, compare=False)
+    _text: list[str] = field(default_factory=list, compare=False)
 
     def reserve_request(self, person_id: str) -> ReserveRequest:
         return ReserveRequest(
@@ -592,13 +598,27 @@ class _Offer:
             redemption_id=None,
         )
 
-    def body(self, voucher_id: str) -> dict[str, Any]:
-        """The voucher as the channel sees it (``views.voucher_body``), shared parts made once."""
+    def answer(self, voucher_id: str) -> Answer:
+        """The "issued" answer (``views.voucher_body``), its shared parts made once per batch.
+
+        Only the voucher id differs between the claims of one offer, so the
+        stored JSON is the rendered template with the id put in.
+        """
         if not self._body:
-            self._body.update(
-                voucher_body(self.voucher("", "", 0)),
+            self._body.update(voucher_body(self.voucher(_ID_SLOT, "", 0)))
+            self._text.append(
+                json.dumps(
+                    {"status": "issued", "voucher": self._body},
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                    sort_keys=True,
+                )
             )
-        return {**self._body, "voucher_id": voucher_id}
+        return Answer(
+            201,
+            {"status": "issued", "voucher": {**self._body, "voucher_id": voucher_id}},
+            text=self._text[0].replace(_ID_SLOT, voucher_id, 1),
+        )
 
 
 def _ineligible(

@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,8 +41,12 @@ KEY_PATTERN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 class Answer:
     status_code: int
     body: Mapping[str, Any]
+    # The body already rendered, when the caller has it cheaper than json.dumps.
+    text: str | None = field(default=None, compare=False)
 
     def json(self) -> str:
+        if self.text is not None:
+            return self.text
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 

@@ -244,6 +244,14 @@ class UnitOfWork:
         if not vouchers and not answers:
             return
         stamp: Any = now if self._postgres else _sqlite_time(now)
+        times: dict[datetime, Any] = {}  # a batch's vouchers share a handful of instants
+
+        def time_of(value: datetime) -> Any:
+            found = times.get(value)
+            if found is None:
+                found = times[value] = self._time(value)
+            return found
+
         if vouchers:
             self._driver_sql(
                 "INSERT INTO vouchers (id, campaign_id, round_id, channel_id, template_id, "
@@ -260,8 +268,8 @@ class UnitOfWork:
                         v.claim_seq,
                         v.face_fen,
                         v.state.value,
-                        self._time(v.valid_from),
-                        self._time(v.valid_until),
+                        time_of(v.valid_from),
+                        time_of(v.valid_until),
                         stamp,
                         stamp,
                         v.version,
