@@ -387,15 +387,29 @@ class ClaimService:
         handed: set[int],
     ) -> None:
         rt = self._rt
-        todo = [i for i, r in enumerate(results) if r is None]
+        # What is on offer first: after a sell-out (or before a release) the
+        # whole flood is answered from memory, without reading the store.
+        offers: dict[tuple[str, str, str], _Offer | LequanError] = {}
+        todo: list[tuple[int, _Offer]] = []
+        for i, result in enumerate(results):
+            if result is not None:
+                continue
+            request = requests[i]
+            group = (request.campaign_id, request.round_id, request.template_id)
+            offer = offers.get(group)
+            if offer is None:
+                offer = offers[group] = self._offer(channel_id, request, now)
+            if isinstance(offer, LequanError):
+                results[i] = _refusal(offer, http_status(offer))
+            else:
+                todo.append((i, offer))
         if not todo:
             return
         with rt.store.unit_of_work(readonly=True) as uow:
-            claimants = uow.claimants(channel_id, [requests[i].channel_user_id for i in todo])
-        offers: dict[tuple[str, str, str], _Offer | LequanError] = {}
+            claimants = uow.claimants(channel_id, [requests[i].channel_user_id for i, _ in todo])
         verdicts: dict[tuple[str, str, str | None, bool], LequanError | None] = {}
         reserve: list[tuple[int, ReserveRequest, _Offer, str]] = []
-        for i in todo:
+        for i, offer in todo:
             request = requests[i]
             claimant = claimants.get(request.channel_user_id)
             if claimant is None:
@@ -405,13 +419,6 @@ class ClaimService:
                 results[i] = _refusal(error, http_status(error))
                 continue
             person_id, residence, blacklisted = claimant
-            group = (request.campaign_id, request.round_id, request.template_id)
-            offer = offers.get(group)
-            if offer is None:
-                offer = offers[group] = self._offer(channel_id, request, now)
-            if isinstance(offer, LequanError):
-                results[i] = _refusal(offer, http_status(offer))
-                continue
             verdict_key = (request.campaign_id, residence, request.location_region, blacklisted)
             if verdict_key not in verdicts:
                 verdicts[verdict_key] = _ineligible(
