@@ -18,6 +18,7 @@ from sqlalchemy.pool import QueuePool, StaticPool
 __all__ = ["create_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_POOL_SIZE = 4
 
 
 # Enough connections for every thread that may hold one at once (the HTTP
@@ -58,12 +59,17 @@ def _sqlite_engine(url: str, *, pool_size: int) -> sa.Engine:
         with sqlite3.connect(path) as first:
             first.execute("PRAGMA journal_mode=WAL")
         first.close()
+        # Few connections: a WAL file has a handful of reader slots, and readers
+        # of different snapshots beyond them spin in SQLite's busy handler
+        # (sleeping milliseconds) while a writer commits every few. Queueing for
+        # a pooled connection costs microseconds instead.
         engine = sa.create_engine(
             url,
             connect_args={"check_same_thread": False, "isolation_level": None},
             poolclass=QueuePool,
-            pool_size=pool_size,
-            max_overflow=POOL_OVERFLOW,
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=0,
+            pool_timeout=30,
         )
 
     @event.listens_for(engine, "connect")
