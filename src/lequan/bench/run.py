@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,9 +100,8 @@ def machine(config: BenchConfig) -> dict[str, str]:
     return info
 
 
-def _fresh_postgres(base_url: str) -> tuple[str, Callable[[], None]]:
-    import uuid
-
+def fresh_postgres(base_url: str) -> tuple[str, Callable[[], None]]:
+    """A new database on the server of ``base_url``, and how to drop it."""
     name = f"lq_bench_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -197,7 +197,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                 if database == "sqlite":
                     url, redis_url = f"sqlite:///{directory}/lequan.db", ""
                 else:
-                    url, drop = _fresh_postgres(config.postgres_url)
+                    url, drop = fresh_postgres(config.postgres_url)
                     redis_url = config.redis_url
                 people = config.batch_claims + config.single_claims + config.redemptions
                 try:

@@ -21,7 +21,8 @@ import statistics
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
 from lequan.bench import scenarios
+from lequan.bench.run import fresh_postgres
 from lequan.bench.servers import serve_lequan
 from lequan.client import LequanAuth
 
@@ -288,11 +290,26 @@ def _summary(
     return summary
 
 
+@contextmanager
+def _scratch_store(server_url: str, directory: Path) -> Iterator[str]:
+    """A store of the simulation's own: a SQLite file, or a new database on the server given."""
+    if not server_url:
+        yield f"sqlite:///{directory}/lequan.db"
+        return
+    url, drop = fresh_postgres(server_url)
+    try:
+        yield url
+    finally:
+        drop()
+
+
 def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[str, Any]:
     assert 1 <= config.people <= PEOPLE_MAX
     assert 1 <= config.stock <= config.people * len(CHANNELS)
-    with tempfile.TemporaryDirectory(prefix="lqsim-") as directory:
-        url = config.database_url or f"sqlite:///{directory}/lequan.db"
+    with (
+        tempfile.TemporaryDirectory(prefix="lqsim-") as directory,
+        _scratch_store(config.database_url, Path(directory)) as url,
+    ):
         store = url.split(":")[0]
         progress(f"preparing {config.people:,} people and {config.stock:,} vouchers on {store}")
         with (
