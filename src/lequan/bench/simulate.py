@@ -79,7 +79,8 @@ class _Channel:
 def _arrival_s(rng: random.Random, config: SimulationConfig) -> float:
     if rng.random() < 0.7:
         return rng.uniform(0, config.spike_s)
-    return config.spike_s + rng.expovariate(3.0 / config.tail_s)
+    # The tail thins out exponentially and ends: nobody arrives after spike + tail.
+    return config.spike_s + min(rng.expovariate(3.0 / config.tail_s), config.tail_s)
 
 
 async def _channel_loop(  # noqa: PLR0917  # one call site
