@@ -4,7 +4,6 @@ operators, apps, merchants and the real-shaped example campaigns.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,13 +11,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from lequan.adapters.clock import ManualClock
 from lequan.adapters.crypto import generate_keyring
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql.engine import create_engine
+from lequan.bench.run import fresh_postgres
 from lequan.bootstrap import Platform, build_runtime, start_platform
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig
@@ -101,19 +99,8 @@ class World:
 
 
 def postgres_database(base_url: str) -> tuple[str, Any]:
-    """A fresh, migrated PostgreSQL database; returns (url, drop)."""
-    name = f"lq_test_{uuid.uuid4().hex[:12]}"
-    admin_engine = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.engine.make_url(base_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin_engine.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_engine.dispose()
-
-    return url, drop
+    """A fresh PostgreSQL database; returns (url, drop)."""
+    return fresh_postgres(base_url)
 
 
 @contextmanager

@@ -25,23 +25,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-import redis
 import sqlalchemy as sa
 
-from lequan.adapters.memory_gate import MemoryGate
-from lequan.adapters.redis_gate import RedisGate
 from lequan.adapters.sql import tables
 from lequan.adapters.sql.engine import create_engine
-from lequan.ports import ClaimGate
 from lequan.services import campaigns
 from lequan.services.campaigns import pool_key
 from lequan.services.claiming import ClaimRequest, ClaimResult
 from lequan.services.idempotency import Idempotency, request_hash
 from lequan.services.invariants import CampaignCheck, check_campaign
-from tests.factories import CHANNELS, World, dining_config, make_world, postgres_database
+from tests.factories import CHANNELS, World, dining_config
+from tests.integration.conftest import Stack
 
 CAMPAIGN = "sh-dining-2024"
 TEMPLATE = "d300-90"
@@ -49,66 +46,6 @@ FACE_FEN = 9000  # the face of d300-90: what one voucher commits of the budget
 BIG = "d500-150"
 
 T = TypeVar("T")
-
-
-# -- stacks -------------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    """Where a test's platform keeps its truth (store) and its cache (gate)."""
-
-    name: str
-    database_url: str
-    redis_url: str | None = None
-    redis_prefix: str | None = None
-
-    def new_gate(self) -> ClaimGate:
-        if self.redis_url is None:
-            return MemoryGate()
-        assert self.redis_prefix is not None
-        return RedisGate.from_url(self.redis_url, key_prefix=self.redis_prefix)
-
-    @contextmanager
-    def world(self, tmp_path: Path, **settings: Any) -> Iterator[World]:
-        with make_world(
-            database_url=self.database_url, tmp_path=tmp_path, gate=self.new_gate(), **settings
-        ) as world:
-            yield world
-
-    def lose_gate(self, world: World) -> None:
-        """The gate's state is gone: Redis flushed or restarted, or a new process."""
-        if self.redis_url is None:
-            world.rt.gate = MemoryGate()
-            return
-        assert self.redis_prefix is not None
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            keys = list(client.scan_iter(match=self.redis_prefix + "*", count=1000))
-            assert keys, "the Redis gate held nothing to lose"
-            client.delete(*keys)
-        finally:
-            client.close()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite+memory",
-        pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
-    ]
-)
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    if request.param == "sqlite+memory":
-        yield Stack(request.param, f"sqlite:///{tmp_path}/lequan.db")
-        return
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    redis_url: str = request.getfixturevalue("redis_url")
-    redis_prefix: str = request.getfixturevalue("redis_prefix")
-    url, drop = postgres_database(postgres_url)
-    try:
-        yield Stack(request.param, url, redis_url=redis_url, redis_prefix=redis_prefix)
-    finally:
-        drop()
 
 
 # -- helpers ------------------------------------------------------------------------

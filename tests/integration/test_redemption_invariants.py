@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -25,20 +24,18 @@ from typing import Any, Literal, TypeVar
 import pytest
 import sqlalchemy as sa
 
-from lequan.adapters.memory_gate import MemoryGate
-from lequan.adapters.redis_gate import RedisGate
 from lequan.adapters.sql import tables
 from lequan.adapters.sql.store import RedemptionRow, VoucherRow
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.errors import LequanError
 from lequan.domain.vouchers import VoucherState
-from lequan.ports import ClaimGate
 from lequan.services import admin, redemption
 from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Idempotency, request_hash
 from lequan.services.invariants import CampaignCheck, check_campaign
 from lequan.services.sweeper import sweep
-from tests.factories import ACQUIRER, T0, World, dining_config, make_world, postgres_database
+from tests.factories import ACQUIRER, T0, World, dining_config
+from tests.integration.conftest import Stack
 
 CAMPAIGN = "sh-dining-2024"
 TEMPLATE = "d300-90"  # spend 300 yuan, get 90 off: face = discount = 9000 fen
@@ -53,52 +50,6 @@ TRADE_IN_CAP_FEN = 200_000  # 15% of the price, at most 2,000 yuan
 TRADE_IN_MERCHANT = "m-appliance-001"
 
 T = TypeVar("T")
-
-
-# -- stacks -------------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    """Where a test's platform keeps its truth (store) and its cache (gate)."""
-
-    name: str
-    database_url: str
-    redis_url: str | None = None
-    redis_prefix: str | None = None
-
-    def new_gate(self) -> ClaimGate:
-        if self.redis_url is None:
-            return MemoryGate()
-        assert self.redis_prefix is not None
-        return RedisGate.from_url(self.redis_url, key_prefix=self.redis_prefix)
-
-    @contextmanager
-    def world(self, tmp_path: Path, **settings: Any) -> Iterator[World]:
-        with make_world(
-            database_url=self.database_url, tmp_path=tmp_path, gate=self.new_gate(), **settings
-        ) as world:
-            yield world
-
-
-@pytest.fixture(
-    params=[
-        "sqlite+memory",
-        pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
-    ]
-)
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    if request.param == "sqlite+memory":
-        yield Stack(request.param, f"sqlite:///{tmp_path}/lequan.db")
-        return
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    redis_url: str = request.getfixturevalue("redis_url")
-    redis_prefix: str = request.getfixturevalue("redis_prefix")
-    url, drop = postgres_database(postgres_url)
-    try:
-        yield Stack(request.param, url, redis_url=redis_url, redis_prefix=redis_prefix)
-    finally:
-        drop()
 
 
 # -- helpers ------------------------------------------------------------------------

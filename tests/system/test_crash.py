@@ -5,10 +5,7 @@ twice, and the gate comes back from the store."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,41 +17,11 @@ import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
 from lequan.bench import scenarios
-from lequan.bench.servers import free_port
+from lequan.bench.servers import free_port, start_lequan
 from lequan.client import LequanAuth
 
 PEOPLE = 6000
 STOCK = 4000
-
-
-def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "lequan.http.asgi:create",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the server did not start")
 
 
 def _batch(client: httpx.Client, people: range, attempt: str) -> dict[str, str]:
@@ -89,7 +56,7 @@ def test_sigkill_mid_crowd_loses_nothing_acknowledged_and_oversells_nothing() ->
             env, secret = stack.env, stack.secrets[scenarios.CHANNEL]
             engine = stack.rt.store.engine
         port = free_port()
-        server = _start(env, port)
+        server = start_lequan(env, port)
         acknowledged: dict[str, str] = {}
         errors: list[BaseException] = []
 
@@ -125,7 +92,7 @@ def test_sigkill_mid_crowd_loses_nothing_acknowledged_and_oversells_nothing() ->
         assert not missing, f"{len(missing)} acknowledged vouchers were lost"
 
         # Restart on the same store: the gate is rebuilt from it.
-        server = _start(env, port)
+        server = start_lequan(env, port)
         try:
             with httpx.Client(
                 base_url=f"http://127.0.0.1:{port}",

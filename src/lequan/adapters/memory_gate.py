@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 from lequan.ports import ReserveOutcome, ReserveRequest, ReserveResult
 
-__all__ = ["MemoryGate"]
+__all__ = ["MemoryGate", "checked_reset"]
 
 BATCH_SIZE_MAX_DEFAULT = 10_000
 
@@ -115,8 +115,8 @@ class MemoryGate:
         self, pool: str, *, stock: Mapping[str, int], claimed: Mapping[str, int]
     ) -> None:
         """Replace the pool with the store's truth; empty ``stock`` forgets the pool."""
-        new_stock = _checked(stock, what="stock", keep_zero=True)
-        new_claimed = _checked(claimed, what="claimed", keep_zero=False)
+        new_stock = checked_reset(stock, what="stock", keep_zero=True)
+        new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)
         with self._lock:
             if new_stock:
                 self._stock[pool] = new_stock
@@ -125,7 +125,7 @@ class MemoryGate:
             self._pool_claimed[pool] = new_claimed
 
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
-        new_claimed = _checked(claimed, what="claimed", keep_zero=False)
+        new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)
         with self._lock:
             self._campaign_claimed[campaign_id] = new_claimed
 
@@ -137,7 +137,7 @@ class MemoryGate:
             raise ValueError(f"batch of {size} exceeds batch_size_max {self._batch_size_max}")
 
 
-def _checked(values: Mapping[str, int], *, what: str, keep_zero: bool) -> dict[str, int]:
+def checked_reset(values: Mapping[str, int], *, what: str, keep_zero: bool) -> dict[str, int]:
     """Copy a reset's map, refusing negatives.
 
     A stock of 0 is kept (sold out is not unknown); a claim count of 0 is

@@ -56,6 +56,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from lequan.adapters.memory_gate import checked_reset
 from lequan.ports import ReserveOutcome, ReserveRequest, ReserveResult
 
 __all__ = ["RedisGate"]
@@ -404,8 +405,8 @@ class RedisGate:
         blocks Redis for long, then swapped in by one script, so no claim
         ever sees half of it.
         """
-        new_stock = _checked(stock, what="stock", keep_zero=True)
-        new_claimed = _checked(claimed, what="claimed", keep_zero=False)
+        new_stock = checked_reset(stock, what="stock", keep_zero=True)
+        new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)
         staged = f"{self._prefix}{{p:{pool}}}:reset:{uuid.uuid4().hex}"
         pairs = [
             (self._stock_key(pool), f"{staged}:stock", new_stock),
@@ -415,7 +416,7 @@ class RedisGate:
 
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
         """Replace a campaign's per-person counts with the store's, atomically for readers."""
-        new_claimed = _checked(claimed, what="claimed", keep_zero=False)
+        new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)
         live = self._campaign_claimed_key(campaign_id)
         staged = f"{self._prefix}{{c:{campaign_id}}}:reset:{uuid.uuid4().hex}:claimed"
         self._swap([(live, staged, new_claimed)])
@@ -529,18 +530,3 @@ def _chunks(values: dict[str, int], size: int) -> Iterator[list[str | int]]:
     pairs = iter(values.items())
     while chunk := list(_flat(islice(pairs, size))):
         yield chunk
-
-
-def _checked(values: Mapping[str, int], *, what: str, keep_zero: bool) -> dict[str, int]:
-    """Copy a reset's map, refusing negatives.
-
-    A stock of 0 is kept (sold out is not unknown); a claim count of 0 is
-    dropped, because an absent person already counts as 0.
-    """
-    copied: dict[str, int] = {}
-    for key, value in values.items():
-        if value < 0:
-            raise ValueError(f"{what} for {key!r} must not be negative, got {value}")
-        if value > 0 or keep_zero:
-            copied[key] = value
-    return copied

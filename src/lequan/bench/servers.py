@@ -58,27 +58,37 @@ def _process(args: list[str], env: dict[str, str], port: int, probe: str) -> Ite
             process.wait()
 
 
+def lequan_args(port: int, *, workers: int = 1) -> list[str]:
+    """The command line of a lequan server process on ``port``."""
+    return [
+        sys.executable, "-m", "uvicorn", "lequan.http.asgi:create", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--no-access-log", "--workers", str(workers),
+    ]  # fmt: skip
+
+
+def start_lequan(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """A lequan server process, answering on ``port`` when this returns; the caller stops it."""
+    # Our own interpreter and arguments; nothing here comes from outside.
+    process = subprocess.Popen(  # noqa: S603
+        lequan_args(port), env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_until_up(process, port, "/healthz")
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
+
+
 @contextmanager
 def serve_lequan(env: dict[str, str], *, workers: int = 1) -> Iterator[int]:
     """``lequan`` on a free port with the given LEQUAN_* settings."""
     port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "lequan.http.asgi:create",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--workers",
-        str(workers),
-    ]
-    with _process(args, {**os.environ, **env}, port, "/healthz") as bound:
+    with _process(
+        lequan_args(port, workers=workers), {**os.environ, **env}, port, "/healthz"
+    ) as bound:
         yield bound
 
 

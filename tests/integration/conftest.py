@@ -1,0 +1,75 @@
+"""The two stacks every integration suite runs on: SQLite + the in-process
+gate, and PostgreSQL + the Redis gate (required, not skipped, in CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from lequan.adapters.memory_gate import MemoryGate
+from lequan.adapters.redis_gate import RedisGate
+from lequan.ports import ClaimGate
+from tests.factories import World, make_world, postgres_database
+
+
+@dataclass
+class Stack:
+    """Where a test's platform keeps its truth (store) and its cache (gate)."""
+
+    name: str
+    database_url: str
+    redis_url: str | None = None
+    redis_prefix: str | None = None
+
+    def new_gate(self) -> ClaimGate:
+        if self.redis_url is None:
+            return MemoryGate()
+        assert self.redis_prefix is not None
+        return RedisGate.from_url(self.redis_url, key_prefix=self.redis_prefix)
+
+    @contextmanager
+    def world(self, tmp_path: Path, **settings: Any) -> Iterator[World]:
+        with make_world(
+            database_url=self.database_url, tmp_path=tmp_path, gate=self.new_gate(), **settings
+        ) as world:
+            yield world
+
+    def lose_gate(self, world: World) -> None:
+        """The gate's state is gone: Redis flushed or restarted, or a new process."""
+        if self.redis_url is None:
+            world.rt.gate = MemoryGate()
+            return
+        assert self.redis_prefix is not None
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=self.redis_prefix + "*", count=1000))
+            assert keys, "the Redis gate held nothing to lose"
+            client.delete(*keys)
+        finally:
+            client.close()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite+memory",
+        pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    if request.param == "sqlite+memory":
+        yield Stack(request.param, f"sqlite:///{tmp_path}/lequan.db")
+        return
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    redis_url: str = request.getfixturevalue("redis_url")
+    redis_prefix: str = request.getfixturevalue("redis_prefix")
+    url, drop = postgres_database(postgres_url)
+    try:
+        yield Stack(request.param, url, redis_url=redis_url, redis_prefix=redis_prefix)
+    finally:
+        drop()
