@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     claim_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
     claim_queue_max: Annotated[int, Field(ge=1)] = 20_000
     claim_commit_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Single claims arriving this close together are served as one batch.
+    claim_coalesce_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
     campaign_cache_ttl_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
     lock_timeout_s: Annotated[int, Field(ge=10, le=86_400)] = 900

@@ -26,6 +26,7 @@ import lequan
 from lequan.bootstrap import Platform
 from lequan.http.admission import TokenBuckets
 from lequan.http.errors import error_response, install_error_handlers
+from lequan.http.fastpath import FastClaims
 from lequan.http.routes import acquirer, admin, channel
 
 __all__ = ["create_app"]
@@ -197,6 +198,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
+    app.add_middleware(FastClaims, platform=platform, throttle=app.state.throttle, metrics=metrics)
     app.add_middleware(BodyLimit, body_bytes_max=body_max)
     app.include_router(channel.router)
     app.include_router(acquirer.router)

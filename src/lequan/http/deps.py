@@ -8,8 +8,9 @@ which its timestamp could still pass.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
@@ -58,16 +59,26 @@ class Caller:
         )
 
 
-def _raw_target(request: Request) -> str:
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string") or b""
+def raw_target(scope: Mapping[str, Any]) -> str:
+    """The request target exactly as sent: what the caller signed."""
+    raw_path = scope.get("raw_path") or str(scope.get("path", "")).encode()
+    query = scope.get("query_string") or b""
     target = bytes(raw_path) + (b"?" + bytes(query) if query else b"")
     return target.decode("ascii", errors="replace")
 
 
-async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
-    body = await request.body()
-    signed = parse_headers(request.headers)
+def authenticate(
+    platform: Platform,
+    throttle: TokenBuckets,
+    *,
+    kind: str,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> str:
+    """The app id of a signed call: signature, clock, nonce, kind and allowance, in that order."""
+    signed = parse_headers(headers)
     found = platform.apps.get(signed.app_id)
     if found is None:
         raise AuthError("unknown_app", "X-Lequan-App names no active app")
@@ -76,8 +87,8 @@ async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
     verified = verify_signed(
         signed,
         secret=secret,
-        method=request.method,
-        path_with_query=_raw_target(request),
+        method=method,
+        path_with_query=target,
         body=body,
         now_s=int(time.time()),
         max_skew_s=settings.signature_max_skew_s,
@@ -88,15 +99,25 @@ async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
         raise AuthError("nonce_reused", "this nonce was already used; sign each request anew")
     if app_kind != kind:
         raise AuthError("wrong_app_kind", f"this API is for {kind}s; the app is a {app_kind}")
-    throttle: TokenBuckets = request.app.state.throttle
     throttle.take(verified.app_id)
-    request.state.app_id = verified.app_id
-    return Caller(
-        app_id=verified.app_id,
-        kind=app_kind,
-        body=body,
+    return verified.app_id
+
+
+async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
+    body = await request.body()
+    target = raw_target(request.scope)
+    app_id = authenticate(
+        platform,
+        request.app.state.throttle,
+        kind=kind,
         method=request.method,
-        path_with_query=_raw_target(request),
+        target=target,
+        headers=request.headers,
+        body=body,
+    )
+    request.state.app_id = app_id
+    return Caller(
+        app_id=app_id, kind=kind, body=body, method=request.method, path_with_query=target
     )
 
 

@@ -95,7 +95,7 @@ async def register_person(
     return answer_response(answer, replayed=replayed)
 
 
-def _claim_hash(body: ClaimIn) -> str:
+def claim_hash(body: ClaimIn) -> str:
     """A claim is the same claim whether it came alone or in a batch: a retry may switch."""
     fields = body.model_dump(mode="json", exclude={"idempotency_key"})
     return request_hash("claim", json.dumps(fields, sort_keys=True, separators=(",", ":")))
@@ -117,7 +117,7 @@ async def claim(
         round_id=body.round_id,
         template_id=body.template_id,
         location_region=body.location_region,
-        key=Idempotency(app_id=caller.app_id, key=key, request_hash=_claim_hash(body)),
+        key=Idempotency(app_id=caller.app_id, key=key, request_hash=claim_hash(body)),
     )
     [result] = await run_in_threadpool(platform.claims.claim, caller.app_id, [claim_request])
     request.state.outcome = result.outcome
@@ -161,7 +161,7 @@ async def claim_batch(
                 key=Idempotency(
                     app_id=caller.app_id,
                     key=key,
-                    request_hash=_claim_hash(item),
+                    request_hash=claim_hash(item),
                 ),
             )
         )

@@ -1,0 +1,230 @@
+"""The single-claim path, served without the framework's per-request cost.
+
+``POST /v1/claims`` is the hottest route of a flash sale. Here it is a
+plain ASGI handler in front of FastAPI (whose route stays, for the exact
+OpenAPI description), with the same rules in the same order: signature,
+Idempotency-Key, body, then the claim. And single claims that arrive
+within ``claim_coalesce_ms`` of each other are handed to the claim service
+as one batch, so a thousand people pressing "claim" through one channel
+cost one lookup, one gate call and one share of a group commit, as a
+channel's own batch would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+from starlette.datastructures import Headers
+
+from lequan.bootstrap import Platform
+from lequan.domain.errors import LequanError, Unavailable
+from lequan.http.admission import TokenBuckets
+from lequan.http.deps import authenticate, raw_target
+from lequan.http.routes.channel import claim_hash
+from lequan.http.schemas import ClaimIn
+from lequan.services.claiming import ClaimRequest, ClaimResult
+from lequan.services.idempotency import Idempotency, validate_key
+from lequan.services.views import error_body, http_status
+
+__all__ = ["ClaimCoalescer", "FastClaims"]
+
+log = structlog.get_logger("lequan.http")
+
+CLAIM_PATH = "/v1/claims"
+_CLAIM_IN: TypeAdapter[ClaimIn] = TypeAdapter(ClaimIn)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class Claims(Protocol):
+    """What the coalescer needs of the claim service."""
+
+    def claim(self, channel_id: str, requests: Sequence[ClaimRequest]) -> list[ClaimResult]: ...
+
+
+class ClaimCoalescer:
+    """Gathers concurrent single claims per channel into batches for the claim service.
+
+    Bounded: a batch holds at most ``batch_items_max`` claims and waits at
+    most ``wait_s``; at most ``workers`` batches run at once.
+    """
+
+    def __init__(
+        self, claims: Claims, *, wait_s: float, batch_items_max: int, workers: int = 4
+    ) -> None:
+        self._claims = claims
+        self._wait_s = wait_s
+        self._batch_items_max = batch_items_max
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="lequan-claims")
+        self._pending: dict[str, list[tuple[ClaimRequest, asyncio.Future[ClaimResult]]]] = {}
+
+    async def claim(self, channel_id: str, request: ClaimRequest) -> ClaimResult:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ClaimResult] = loop.create_future()
+        pending = self._pending.setdefault(channel_id, [])
+        pending.append((request, future))
+        if len(pending) == 1:
+            loop.call_later(self._wait_s, self._flush, channel_id)
+        elif len(pending) >= self._batch_items_max:
+            self._flush(channel_id)
+        return await future
+
+    def _flush(self, channel_id: str) -> None:
+        batch = self._pending.pop(channel_id, None)
+        if batch:
+            asyncio.get_running_loop().create_task(self._run(channel_id, batch))
+
+    async def _run(
+        self, channel_id: str, batch: list[tuple[ClaimRequest, asyncio.Future[ClaimResult]]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._claims.claim, channel_id, [r for r, _ in batch]
+            )
+        except Exception as error:  # every waiter gets an answer, whatever happened
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class FastClaims:
+    """ASGI middleware answering ``POST /v1/claims``; everything else passes through."""
+
+    def __init__(
+        self, app: Any, *, platform: Platform, throttle: TokenBuckets, metrics: Any
+    ) -> None:
+        self.app = app
+        self.platform = platform
+        self.throttle = throttle
+        self.metrics = metrics
+        settings = platform.rt.settings
+        self.coalescer = ClaimCoalescer(
+            platform.claims,
+            wait_s=settings.claim_coalesce_ms / 1000,
+            batch_items_max=settings.claim_batch_items_max,
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != CLAIM_PATH:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        status, body, extra, app_id, outcome = await self._answer(scope, receive, headers)
+        if status >= 400:
+            body = {**body, "request_id": request_id}
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        response_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", request_id.encode()),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+        elapsed_s = time.perf_counter() - started
+        self.metrics.requests.labels(CLAIM_PATH, "POST", str(status)).inc()
+        self.metrics.seconds.labels(CLAIM_PATH).observe(elapsed_s)
+        if outcome is not None:
+            self.metrics.claims.labels(outcome).inc()
+        log.info(
+            "request",
+            method="POST",
+            route=CLAIM_PATH,
+            status=status,
+            duration_ms=round(elapsed_s * 1000, 2),
+            app_id=app_id,
+            outcome=outcome,
+            request_id=request_id,
+        )
+
+    async def _answer(
+        self, scope: dict[str, Any], receive: Receive, headers: Headers
+    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]], str | None, str | None]:
+        """(status, body, extra headers, app id, claim outcome) for one request."""
+        app_id: str | None = None
+        try:
+            raw = await _read_body(receive)
+            app_id = authenticate(
+                self.platform,
+                self.throttle,
+                kind="channel",
+                method="POST",
+                target=raw_target(scope),
+                headers=headers,
+                body=raw,
+            )
+            key = validate_key(
+                headers.get("idempotency-key"),
+                chars_max=self.platform.rt.settings.idempotency_key_chars_max,
+            )
+            try:
+                claim = _CLAIM_IN.validate_json(raw)
+            except ValidationError as error:
+                return (*_invalid_request(error), app_id, None)
+            request = ClaimRequest(
+                channel_user_id=claim.channel_user_id,
+                campaign_id=claim.campaign_id,
+                round_id=claim.round_id,
+                template_id=claim.template_id,
+                location_region=claim.location_region,
+                key=Idempotency(app_id=app_id, key=key, request_hash=claim_hash(claim)),
+            )
+            result = await self.coalescer.claim(app_id, request)
+        except LequanError as error:
+            extra = []
+            if isinstance(error, Unavailable):
+                extra.append((b"retry-after", str(error.retry_after_s).encode()))
+            return http_status(error), error_body(error), extra, app_id, None
+        except Exception as error:  # the answer is still JSON with a code, never a hang
+            log.exception("unhandled_error", error_type=type(error).__name__)
+            body = {"code": "internal_error", "message": "an unexpected error; it has been logged"}
+            return 500, body, [], app_id, None
+        extra = []
+        if result.replayed:
+            extra.append((b"idempotent-replayed", b"true"))
+        if result.answer.status_code in (429, 503):
+            extra.append((b"retry-after", b"1"))
+        return result.answer.status_code, dict(result.answer.body), extra, app_id, result.outcome
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _invalid_request(
+    error: ValidationError,
+) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    """The same 422 ``invalid_request`` the framework's validation gives."""
+    problems = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "rule": e["msg"]}
+        for e in error.errors(include_url=False)
+    ][:20]
+    message = "; ".join(f"{p['field']}: {p['rule']}" for p in problems[:5])
+    return 422, {"code": "invalid_request", "message": message, "details": {"errors": problems}}, []
