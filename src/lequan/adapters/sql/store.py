@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,8 @@ from lequan.adapters.sql import tables as t
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.ledger import Entry
 from lequan.domain.vouchers import VoucherState
+
+CAMPAIGN_CONFIGS_CACHED = 256
 
 __all__ = [
     "AppRow",
@@ -143,6 +146,17 @@ def _voucher(row: sa.Row[Any]) -> VoucherRow:
 def _redemption(row: sa.Row[Any]) -> RedemptionRow:
     m = row._mapping
     return RedemptionRow(**{f: m[f] for f in RedemptionRow.__dataclass_fields__})
+
+
+@lru_cache(maxsize=CAMPAIGN_CONFIGS_CACHED)
+def _campaign_config(config_json: str) -> CampaignConfig:
+    """A stored campaign's configuration, parsed once per distinct text.
+
+    Configurations are immutable values (frozen models) and a stored one
+    never changes, so redemptions and quotes need not validate the same
+    text again on every call.
+    """
+    return CampaignConfig.model_validate_json(config_json)
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -417,7 +431,7 @@ class UnitOfWork:
         return CampaignRow(
             id=m["id"],
             status=CampaignStatus(m["status"]),
-            config=CampaignConfig.model_validate_json(m["config_json"]),
+            config=_campaign_config(m["config_json"]),
             budget_fen=m["budget_fen"],
             committed_fen=m["committed_fen"],
             drafted_by=m["drafted_by"],
