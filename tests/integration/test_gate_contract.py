@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from redis.cluster import RedisCluster
 
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.redis_gate import RedisGate
@@ -42,10 +44,22 @@ UNKNOWN_STOCK = ReserveOutcome.UNKNOWN_STOCK
 THREAD_JOIN_TIMEOUT_S = 60.0
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis_cluster", marks=pytest.mark.redis),
+    ]
+)
 def gate(request: pytest.FixtureRequest) -> Iterator[ClaimGate]:
     if request.param == "memory":
         chosen: ClaimGate = MemoryGate()
+    elif request.param == "redis_cluster":
+        host, port = request.getfixturevalue("redis_cluster")
+        chosen = RedisGate(
+            RedisCluster(host=host, port=port, max_connections=1024),
+            key_prefix=f"lqtest:{uuid.uuid4().hex[:12]}:",
+        )
     else:
         url: str = request.getfixturevalue("redis_url")
         prefix: str = request.getfixturevalue("redis_prefix")

@@ -53,6 +53,7 @@ from itertools import islice
 from typing import Any, Self
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
@@ -220,7 +221,7 @@ class RedisGate:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         key_prefix: str = "lq:",
         reset_chunk_size: int = RESET_CHUNK_SIZE_DEFAULT,
@@ -451,27 +452,51 @@ class RedisGate:
         for _attempt in range(2):
             if not pending:
                 break
-            pipe = self._client.pipeline(transaction=False)
-            for i in pending:
-                call = calls[i]
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             missing: list[int] = []
             errors: list[Exception] = []
-            for i, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
-                if isinstance(reply, NoScriptError):
-                    missing.append(i)
-                elif isinstance(reply, Exception):
-                    errors.append(reply)
-                else:
-                    replies[i] = reply
+            for node, indexes in self._by_node(calls, pending):
+                pipe = node.pipeline(transaction=False)
+                for i in indexes:
+                    call = calls[i]
+                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                for i, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
+                    if isinstance(reply, NoScriptError):
+                        missing.append(i)
+                    elif isinstance(reply, Exception):
+                        errors.append(reply)
+                    else:
+                        replies[i] = reply
+                for script in {
+                    id(calls[i].script): calls[i].script for i in indexes if i in missing
+                }.values():
+                    script.sha = node.script_load(script.script)
             if errors:
                 raise errors[0]
-            for script in {id(calls[i].script): calls[i].script for i in missing}.values():
-                script.sha = self._client.script_load(script.script)
             pending = missing
         if pending:
             raise NoScriptError(f"scripts still unknown to the server after loading: {pending}")
         return replies
+
+    def _by_node(
+        self, calls: Sequence[_Call], indexes: Sequence[int]
+    ) -> list[tuple[Any, list[int]]]:
+        """The calls grouped by the server that holds their keys' slot.
+
+        On one Redis that is the one client. On a Redis Cluster each script's
+        keys share one hash slot, so each call goes whole to one primary; the
+        cluster client's own pipeline refuses EVALSHA, so each primary gets a
+        plain pipeline of its own.
+        """
+        if not isinstance(self._client, RedisCluster):
+            return [(self._client, list(indexes))]
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i in indexes:
+            node = self._client.get_node_from_key(calls[i].keys[0])  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            entry = groups.get(node.name)
+            if entry is None:
+                entry = groups[node.name] = (self._client.get_redis_connection(node), [])
+            entry[1].append(i)
+        return list(groups.values())
 
     def _check_batch_size(self, size: int) -> None:
         if size > self._batch_size_max:
