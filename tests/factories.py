@@ -21,11 +21,11 @@ from lequan.bootstrap import Platform, build_runtime, start_platform
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.identity import synthetic_id_number
+from lequan.examples import EXAMPLES_DIR, example_campaign, example_merchants
 from lequan.ports import ClaimGate
 from lequan.services import admin, campaigns, persons
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
+EXAMPLES = EXAMPLES_DIR
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)  # Saturday 10:00 in Shanghai
 CHANNELS = ("wechat", "alipay", "unionpay")
 ACQUIRER = "acq-unionpay"
@@ -35,22 +35,10 @@ def dining_config(
     *,
     release_at: datetime = T0,
     stock: dict[str, dict[str, int]] | None = None,
-    budget_fen: int | None = None,
     **updates: Any,
 ) -> CampaignConfig:
     """The Shanghai 2024 dining campaign, round one opening at ``release_at``."""
-    data = campaigns.parse_campaign(
-        (EXAMPLES / "shanghai-dining-2024.yaml").read_bytes()
-    ).model_dump()
-    for n, r in enumerate(data["rounds"]):
-        r["release_at"] = release_at + timedelta(days=7 * n)
-        r["ends_at"] = release_at + timedelta(days=7 * n + 7) - timedelta(seconds=1)
-        if stock is not None:
-            r["stock"] = stock
-    if budget_fen is not None:
-        data["budget_fen"] = budget_fen
-    data.update(updates)
-    return CampaignConfig.model_validate(data)
+    return example_campaign(release_at=release_at, stock=stock, **updates)
 
 
 def id_number(n: int, region: str = "310104") -> str:
@@ -143,6 +131,6 @@ def make_world(
 def import_merchants(world: World) -> None:
     admin.import_merchants(
         world.rt,
-        (EXAMPLES / "merchants.csv").read_text(encoding="utf-8").replace("sh-lodging-2024", ""),
+        example_merchants(dining_only=True),
         actor="alice",
     )

@@ -37,6 +37,7 @@ from lequan.client import LequanAuth
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.identity import synthetic_id_number
+from lequan.examples import EXAMPLES_DIR, example_campaign, example_merchants
 from lequan.http.app import create_app
 from lequan.logging import configure_logging
 from lequan.services import admin, campaigns
@@ -45,7 +46,6 @@ from lequan.services.runtime import Runtime
 
 __all__ = ["DemoSummary", "run_demo"]
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CAMPAIGN_ID = "sh-dining-2024"
 CHANNELS = ("wechat", "alipay", "unionpay")
 ACQUIRER = "acq-unionpay"
@@ -130,26 +130,10 @@ def _free_port() -> int:
 
 def _scaled_campaign(rt: Runtime, people: int) -> CampaignConfig:
     """The example campaign with round one opening now and stock sized to the crowd."""
-    config = campaigns.parse_campaign((EXAMPLES / "shanghai-dining-2024.yaml").read_bytes())
-    now = rt.clock.now()
     per_channel = max(4, people // 5)  # ~60% of the crowd's demand: it sells out
     shares = {"d300-90": 0.4, "d500-150": 0.3, "d800-240": 0.15, "d1000-300": 0.15}
     stock = {c: {t: max(1, int(per_channel * s)) for t, s in shares.items()} for c in CHANNELS}
-    rounds = []
-    for n, r in enumerate(config.rounds):
-        release_at = now + timedelta(days=7 * n)
-        rounds.append(
-            r.model_copy(
-                update={
-                    "release_at": release_at,
-                    "ends_at": release_at + timedelta(days=7) - timedelta(seconds=1),
-                    "stock": stock,
-                }
-            )
-        )
-    return CampaignConfig.model_validate(
-        {**config.model_dump(), "rounds": [r.model_dump() for r in rounds]}
-    )
+    return example_campaign(release_at=rt.clock.now(), stock=stock)
 
 
 def _crowd(people: int, rng: random.Random) -> list[_Person]:
@@ -212,11 +196,9 @@ def run_demo(*, people: int, port: int, serve_after: bool, as_json: bool, data_d
     ).secret
     config = _scaled_campaign(rt, people)
     campaigns.import_campaign(rt, config, actor="alice")
-    lodging = campaigns.parse_campaign((EXAMPLES / "shanghai-lodging-2024.yaml").read_bytes())
+    lodging = campaigns.parse_campaign((EXAMPLES_DIR / "shanghai-lodging-2024.yaml").read_bytes())
     campaigns.import_campaign(rt, lodging, actor="alice")  # a draft beside it, for the console
-    admin.import_merchants(
-        rt, (EXAMPLES / "merchants.csv").read_text(encoding="utf-8"), actor="alice"
-    )
+    admin.import_merchants(rt, example_merchants(), actor="alice")
     campaigns.change_status(rt, CAMPAIGN_ID, "approve", actor="bob")
     campaigns.start_round(rt, CAMPAIGN_ID, "r1", actor="alice")
     stock = sum(n for per in config.rounds[0].stock.values() for n in per.values())

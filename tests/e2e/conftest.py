@@ -30,9 +30,10 @@ from lequan.adapters.sql import migrate
 from lequan.adapters.sql.engine import create_engine
 from lequan.client import LequanAuth
 from lequan.domain.campaigns import CampaignConfig
+from lequan.examples import example_merchants
 from lequan.http.app import create_app
 from lequan.ports import ClaimGate
-from tests.factories import EXAMPLES, World, dining_config, id_number, make_world
+from tests.factories import World, dining_config, id_number, make_world
 
 with warnings.catch_warnings():
     # starlette's TestClient prefers the httpx2 package and warns once, at
@@ -89,8 +90,7 @@ def campaign_yaml(config: CampaignConfig) -> str:
 
 def merchants_csv() -> str:
     """The example merchants, enrolled in the dining campaign only."""
-    text = (EXAMPLES / "merchants.csv").read_text(encoding="utf-8")
-    return text.replace("sh-lodging-2024", "")
+    return example_merchants(dining_only=True)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

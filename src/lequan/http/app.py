@@ -162,18 +162,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         request.state.request_id = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > body_max):
-            response: Response = error_response(
-                request,
-                413,
-                {
-                    "code": "body_too_large",
-                    "message": f"a request body is at most {body_max} bytes",
-                },
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         elapsed_s = time.perf_counter() - started
         route = request.scope.get("route")
         route_path = getattr(route, "path", "unmatched")

@@ -12,7 +12,6 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
 
 import yaml
 from pydantic import ValidationError
@@ -308,7 +307,3 @@ class CampaignCache:
             self._rows.pop(campaign_id, None)
             self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
             self.budget_room.pop(campaign_id, None)
-
-
-def round_times(row: CampaignRow, round_id: str) -> tuple[datetime, datetime] | None:
-    return row.rounds.get(round_id)

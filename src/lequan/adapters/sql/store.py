@@ -171,10 +171,6 @@ class SqlStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
     @contextmanager
     def unit_of_work(self, *, readonly: bool = False) -> Iterator[UnitOfWork]:
         """One transaction; rolled back unless ``commit()`` was called.
@@ -309,14 +305,6 @@ class UnitOfWork:
     ) -> sa.CursorResult[*tuple[Any, ...]]:
         return self.connection.execute(statement, params)
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """A nested transaction, for an insert that may collide on a unique key."""
-        with self.connection.begin_nested():
-            yield
-
-    # -- operators and apps -------------------------------------------------------
-
     def add_operator(self, *, operator_id: str, role: str, token_hash: str, now: datetime) -> None:
         self._exec(
             sa.insert(t.operators).values(
@@ -361,14 +349,6 @@ class UnitOfWork:
             return None
         m = row._mapping
         return AppRow(**{f: m[f] for f in AppRow.__dataclass_fields__})
-
-    def list_apps(self) -> list[tuple[str, str, str]]:
-        rows = self._exec(
-            sa.select(t.apps.c.id, t.apps.c.kind, t.apps.c.name).order_by(t.apps.c.id)
-        )
-        return [(r.id, r.kind, r.name) for r in rows]
-
-    # -- campaigns ----------------------------------------------------------------
 
     def insert_campaign(self, config: CampaignConfig, *, drafted_by: str, now: datetime) -> None:
         self._exec(
@@ -604,17 +584,8 @@ class UnitOfWork:
             enrolled_campaigns=frozenset(enrolled),
         )
 
-    def count_merchants(self) -> int:
-        return int(self._exec(sa.select(sa.func.count()).select_from(t.merchants)).scalar_one())
-
-    # -- persons ------------------------------------------------------------------
-
     def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None:
         row = self._exec(sa.select(t.persons).where(t.persons.c.id_number_bidx == bidx)).first()
-        return self._person(row) if row else None
-
-    def get_person(self, person_id: str) -> PersonRow | None:
-        row = self._exec(sa.select(t.persons).where(t.persons.c.id == person_id)).first()
         return self._person(row) if row else None
 
     @staticmethod
@@ -636,15 +607,6 @@ class UnitOfWork:
             )
         ).scalar_one_or_none()
 
-    def accounts_persons(self, channel_id: str, channel_user_ids: Sequence[str]) -> dict[str, str]:
-        a = t.person_accounts.c
-        rows = self._exec(
-            sa.select(a.channel_user_id, a.person_id).where(
-                a.channel_id == channel_id, a.channel_user_id.in_(sorted(set(channel_user_ids)))
-            )
-        )
-        return {r.channel_user_id: r.person_id for r in rows}
-
     def person_account_in_channel(self, channel_id: str, person_id: str) -> str | None:
         a = t.person_accounts.c
         return self._exec(
@@ -662,18 +624,6 @@ class UnitOfWork:
                 created_at=now,
             )
         )
-
-    def persons_regions(self, person_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """person_id -> (residence_region, id_number_bidx)."""
-        p = t.persons.c
-        rows = self._exec(
-            sa.select(p.id, p.residence_region, p.id_number_bidx).where(
-                p.id.in_(sorted(set(person_ids)))
-            )
-        )
-        return {r.id: (r.residence_region, r.id_number_bidx) for r in rows}
-
-    # -- blacklist ----------------------------------------------------------------
 
     def blacklisted(self, bidxs: Sequence[str]) -> set[str]:
         if not bidxs:
@@ -699,10 +649,6 @@ class UnitOfWork:
         return result.rowcount == 1
 
     # -- vouchers -----------------------------------------------------------------
-
-    def insert_vouchers(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            self._exec(sa.insert(t.vouchers), list(rows))
 
     def get_voucher(self, voucher_id: str) -> VoucherRow | None:
         row = self._exec(sa.select(t.vouchers).where(t.vouchers.c.id == voucher_id)).first()
@@ -894,12 +840,6 @@ class UnitOfWork:
             )
         )
 
-    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
-        rows = self._exec(sa.select(t.audit_log).order_by(t.audit_log.c.seq.desc()).limit(limit))
-        return [dict(r._mapping) for r in rows]
-
-    # -- idempotency --------------------------------------------------------------
-
     def idempotent_answer(self, app_id: str, key: str) -> tuple[str, int, str] | None:
         """(request_hash, status_code, response_json) stored for a key, if any."""
         k = t.idempotency_keys.c
@@ -909,17 +849,6 @@ class UnitOfWork:
             )
         ).first()
         return (row.request_hash, row.status_code, row.response_json) if row else None
-
-    def idempotent_answers(
-        self, app_id: str, keys: Sequence[str]
-    ) -> dict[str, tuple[str, int, str]]:
-        k = t.idempotency_keys.c
-        rows = self._exec(
-            sa.select(k.key, k.request_hash, k.status_code, k.response_json).where(
-                k.app_id == app_id, k.key.in_(sorted(set(keys)))
-            )
-        )
-        return {key: (h, status, body) for key, h, status, body in rows}
 
     def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
