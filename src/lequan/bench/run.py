@@ -31,6 +31,7 @@ class BenchConfig:
     postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     redis_url: str = "redis://127.0.0.1:6379/0"
     batch_claims: int = 50_000  # per run
+    service_claims: int = 30_000  # per run
     single_claims: int = 20_000  # per run
     redemptions: int = 5_000  # per run
     only: frozenset[str] = frozenset()
@@ -187,6 +188,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
 
         for stack_name, database in (("embedded", "sqlite"), ("pg_redis", "postgres")):
             names = [f"http_batch_claims_{stack_name}", f"http_single_claims_{stack_name}"]
+            names.append(f"service_batch_claims_{stack_name}")
             if database == "postgres":
                 names.append("http_redemptions_pg")
             if not any(want(n) for n in names):
@@ -199,7 +201,12 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                 else:
                     url, drop = fresh_postgres(config.postgres_url)
                     redis_url = config.redis_url
-                people = config.batch_claims + config.single_claims + config.redemptions
+                people = (
+                    config.batch_claims
+                    + config.single_claims
+                    + config.redemptions
+                    + config.service_claims
+                )
                 try:
                     with (
                         scenarios.prepare_stack(
@@ -207,6 +214,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                         ) as stack,
                         serve_lequan(stack.env) as port,
                     ):
+                        if want(names[2]):
+                            add(
+                                names[2],
+                                "claims/s",
+                                scenarios.service_batch_claims(stack, claims=config.service_claims),
+                                "ClaimService.claim in-process, batches of 1,000, one caller",
+                            )
                         if want(names[0]):
                             add(
                                 names[0],
