@@ -17,6 +17,7 @@ from lequan.adapters.crypto import (
 )
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
+from lequan.adapters.sold_out import LocalSoldOut, RedisSoldOut
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql.engine import create_engine
 from lequan.adapters.sql.store import SqlStore
@@ -24,8 +25,9 @@ from lequan.config import Settings
 from lequan.domain.errors import LequanError
 from lequan.ports import ClaimGate, Clock, NonceStore
 from lequan.services.admin import AppSecrets
-from lequan.services.campaigns import CampaignCache, rebuild_gate_all
+from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
+from lequan.services.gatekeeper import GateKeeper
 from lequan.services.runtime import Runtime, SystemClock
 from lequan.services.sweeper import Sweeper
 
@@ -72,15 +74,26 @@ def build_runtime(
     nonces: NonceStore
     if settings.redis_url:
         import redis
+        from redis.cluster import RedisCluster
 
         from lequan.adapters.redis_gate import RedisGate
 
-        gate = gate or RedisGate.from_url(settings.redis_url, key_prefix=settings.redis_key_prefix)
-        # A blocking pool: a burst waits for a connection instead of failing.
-        pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=32, timeout=5, socket_timeout=5
+        gate = gate or RedisGate.from_url(
+            settings.redis_url,
+            key_prefix=settings.redis_key_prefix,
+            buckets=settings.gate_buckets,
+            cluster=settings.redis_cluster,
         )
-        nonces = RedisNonceStore(redis.Redis.from_pool(pool), key_prefix=settings.redis_key_prefix)
+        nonce_client: redis.Redis | RedisCluster
+        if settings.redis_cluster:
+            nonce_client = RedisCluster.from_url(settings.redis_url, socket_timeout=5)
+        else:
+            # A blocking pool: a burst waits for a connection instead of failing.
+            pool = redis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=32, timeout=5, socket_timeout=5
+            )
+            nonce_client = redis.Redis.from_pool(pool)
+        nonces = RedisNonceStore(nonce_client, key_prefix=settings.redis_key_prefix)
     else:
         gate = gate or MemoryGate()
         nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
@@ -103,10 +116,14 @@ class Platform:
     claims: ClaimService
     apps: AppSecrets
     sweeper: Sweeper | None
+    gatekeeper: GateKeeper
+    sold_out: LocalSoldOut | RedisSoldOut
 
     def close(self) -> None:
         if self.sweeper is not None:
             self.sweeper.stop()
+        self.gatekeeper.stop()
+        self.sold_out.close()
         self.claims.close()
         self.rt.gate.close()
         self.rt.store.dispose()
@@ -123,10 +140,36 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
                 "run `lequan migrate`"
             )
     cache = CampaignCache(rt, ttl_s=rt.settings.campaign_cache_ttl_s)
-    rebuild_gate_all(rt)
+    ensure_gate_all(rt)
     sweeper = Sweeper(rt) if sweep else None
     if sweeper is not None:
         sweeper.start()
+    gatekeeper = GateKeeper(rt, interval_s=rt.settings.claim_reservation_ttl_s)
+    gatekeeper.start()
+    sold_out = sold_out_board(rt.settings)
+    sold_out.listen(lambda pool, template_id: cache.sold_out.add((pool, template_id)))
+    claims = ClaimService(rt, cache, on_gate_lost=gatekeeper.request, on_sold_out=sold_out.publish)
     return Platform(
-        rt=rt, campaigns=cache, claims=ClaimService(rt, cache), apps=AppSecrets(rt), sweeper=sweeper
+        rt=rt,
+        campaigns=cache,
+        claims=claims,
+        apps=AppSecrets(rt),
+        sweeper=sweeper,
+        gatekeeper=gatekeeper,
+        sold_out=sold_out,
     )
+
+
+def sold_out_board(settings: Settings) -> LocalSoldOut | RedisSoldOut:
+    """How sold-out flags reach the other API processes: over Redis when it is there."""
+    if not settings.redis_url:
+        return LocalSoldOut()
+    import redis
+    from redis.cluster import RedisCluster
+
+    client: redis.Redis | RedisCluster
+    if settings.redis_cluster:
+        client = RedisCluster.from_url(settings.redis_url, socket_timeout=5)
+    else:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    return RedisSoldOut(client, channel=f"{settings.redis_key_prefix}sold-out")

@@ -72,8 +72,12 @@ def main() -> None:
 
 def _runtime(*, create_keys: bool = True) -> Any:
     from lequan.bootstrap import build_runtime
+    from lequan.logging import configure_logging
 
-    return build_runtime(Settings(), create_keys=create_keys)
+    settings = Settings()
+    # Logs go to stderr, so that stdout (--json) carries the result alone.
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    return build_runtime(settings, create_keys=create_keys)
 
 
 def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
@@ -473,9 +477,17 @@ def simulate(
         str, typer.Option(help="Empty: the embedded default in a scratch directory.")
     ] = "",
     redis_url: Annotated[str, typer.Option(help="Empty: the in-process gate.")] = "",
+    workers: Annotated[
+        int, typer.Option(help="API processes (more than one needs --redis-url).", min=1, max=64)
+    ] = 1,
+    gate_buckets: Annotated[
+        int, typer.Option(help="Buckets per pool in the Redis gate.", min=1, max=1024)
+    ] = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """A flash crowd against a real lequan server; then the store is checked (exit 1 if broken)."""
+    if workers > 1 and not redis_url:
+        raise typer.BadParameter("many processes need a shared gate: give --redis-url too")
     from lequan.bench.simulate import SimulationConfig
     from lequan.bench.simulate import simulate as run_simulation
 
@@ -487,6 +499,8 @@ def simulate(
             retry_share=retry_share,
             database_url=database_url,
             redis_url=redis_url,
+            workers=workers,
+            gate_buckets=gate_buckets,
         ),
         lambda message: err.print(f"[dim]{message}[/]"),
     )

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     # Empty: the in-process claim gate and nonce store (one process only).
     redis_url: str = ""
     redis_key_prefix: Annotated[str, Field(max_length=40)] = "lq:"
+    # redis_url names a node of a Redis Cluster (the client finds the others).
+    redis_cluster: bool = False
+    # Each pool's stock split over this many buckets, each its own hash slot,
+    # so one hot campaign spreads over a cluster's shards. Every process of
+    # one deployment must use the same value.
+    gate_buckets: Annotated[int, Field(ge=1, le=1024)] = 1
     # Key file (JSON) with the field-encryption and blind-index keys. Empty: the
     # embedded default generates data_dir/keys.json on first run.
     key_file: Path | None = None
@@ -46,7 +52,14 @@ class Settings(BaseSettings):
     claim_batch_size_max: Annotated[int, Field(ge=1, le=20_000)] = 2000
     claim_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
     claim_queue_max: Annotated[int, Field(ge=1)] = 20_000
+    # Claim items (single or in batches) one process answers at once; beyond, 429.
+    claim_inflight_max: Annotated[int, Field(ge=1)] = 50_000
     claim_commit_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # A reservation must be committed within this long after the gate granted
+    # it: the group commit refuses older ones, and rolls back rather than
+    # commit one that grew older meanwhile. It fences the rebuild of a lost
+    # shared gate (gate_fence_s).
+    claim_reservation_ttl_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Single claims arriving this close together are served as one batch.
     claim_coalesce_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
     campaign_cache_ttl_s: Annotated[float, Field(ge=0, le=60)] = 1.0
@@ -67,6 +80,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'lequan.db').as_posix()}"
+
+    @property
+    def gate_fence_s(self) -> float:
+        """How long after a shared gate lost a campaign no old reservation can still commit.
+
+        The reservation ttl, plus as much again (at least 1 s) for the COMMIT
+        that started just in time to reach the disk.
+        """
+        return self.claim_reservation_ttl_s + max(1.0, self.claim_reservation_ttl_s)
 
     @property
     def embedded(self) -> bool:

@@ -89,37 +89,81 @@ class ReserveRequest:
 class ReserveResult:
     outcome: ReserveOutcome
     claim_seq: int  # the person's n-th claim in the pool (1..limit) when OK, else 0
-    remaining: int  # the template's stock left in the pool after this answer
+    # The template's stock left where the gate took it, after this answer: the
+    # whole pool, or on a bucketed gate the person's bucket. Only SOLD_OUT
+    # says the pool is empty.
+    remaining: int
 
 
 class ClaimGate(Protocol):
     """Answers "may this person take one of this stock?" atomically and fast.
 
-    The gate is a cache of the store's truth: ``reset_*`` rebuilds it from
-    the store, and a reservation whose commit fails is handed back with
-    ``release``. De-duplication per person is atomic with the decrement.
+    The gate is a cache of the store's truth. Every reservation it grants is
+    journalled as *pending* until the claim service either ``settle``s it
+    (the voucher is committed) or ``release``s it (the commit failed): a
+    release gives back exactly the reservations still pending, once. A
+    reservation whose process died stays pending; ``stale`` finds it, and
+    the service settles or releases it after looking in the store.
+
+    ``reset_*`` replaces the gate's state with the store's and drops the
+    journal, so it is only safe when no reservation can still commit: on a
+    ``shared`` gate the service first closes the campaign (``forget``) and
+    waits out the reservation fence (see ``services.campaigns.ensure_gate``).
+    De-duplication per person is atomic with the decrement.
     """
 
-    def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveResult]:
-        """Reserve each request in order; each one atomic on its own."""
+    @property
+    def shared(self) -> bool:
+        """True when other processes reserve from the same state (Redis)."""
         ...
 
-    def release(self, requests: Sequence[tuple[ReserveRequest, int]]) -> None:
-        """Undo reservations (request, claim_seq) whose commit failed."""
+    def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveResult]:
+        """Reserve each request in order, each one atomic on its own."""
+        ...
+
+    def settle(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
+        """Forget the pending reservations (request, claim_seq) now committed to the store."""
+        ...
+
+    def release(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
+        """Undo pending reservations (request, claim_seq) whose commit failed."""
+        ...
+
+    def stale(self, pool: str, *, older_than_s: float, limit: int) -> list[tuple[str, str, int]]:
+        """Up to ``limit`` reservations pending longer than ``older_than_s``.
+
+        Each is (template_id, person_id, claim_seq). A process that owns a
+        reservation settles or releases it well within that age, so these
+        belong to a process that died.
+        """
         ...
 
     def remaining(self, pool: str, template_id: str) -> int | None:
-        """Stock left, or None when the gate holds nothing for it."""
+        """Stock left in the whole pool, or None when the gate holds nothing for it."""
+        ...
+
+    def loaded(self, campaign_id: str, pools: Sequence[str]) -> bool:
+        """True when the campaign's counts and every part of these pools are held."""
+        ...
+
+    def begin_rebuild(self, campaign_id: str, *, ttl_s: float) -> str | None:
+        """The right to rebuild a campaign for ``ttl_s``: a token, or None if taken."""
+        ...
+
+    def end_rebuild(self, campaign_id: str, token: str) -> None: ...
+
+    def forget(self, campaign_id: str, pools: Sequence[str]) -> None:
+        """Drop the campaign's state: reservations answer UNKNOWN_STOCK until a reset."""
         ...
 
     def reset_pool(
         self, pool: str, *, stock: Mapping[str, int], claimed: Mapping[str, int]
     ) -> None:
-        """Replace a pool's state: stock left per template, claims per person."""
+        """Replace a pool's state: stock left per template, claims per person; no pending."""
         ...
 
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
-        """Replace the per-person claim counts of a campaign-wide limit."""
+        """Replace the per-person claim counts of a campaign-wide limit; marks it loaded."""
         ...
 
     def close(self) -> None: ...

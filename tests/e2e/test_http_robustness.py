@@ -362,3 +362,29 @@ def test_concurrent_redemptions_of_one_voucher_spend_it_once(
             assert answer.json()["code"] in ("already_redeemed", "voucher_locked", "voucher_busy")
     assert api.snapshot()["redemptions"] == 1
     assert api.check()["ok"]
+
+
+def test_claims_beyond_the_in_flight_bound_are_429_and_change_nothing(open_api: OpenApi) -> None:
+    api = open_api(claim_inflight_max=2)
+    users = [api.register(n) for n in (1, 2, 3)]
+    items = [
+        {
+            "idempotency_key": f"k-{user}",
+            "channel_user_id": user,
+            "campaign_id": CAMPAIGN,
+            "round_id": "r1",
+            "template_id": "d300-90",
+            "location_region": "310104",
+        }
+        for user in users
+    ]
+
+    refused = api.post("wechat", "/v1/claims/batch", {"items": items}, key=None)
+
+    assert_error(refused, 429, "overloaded")
+    assert refused.headers["retry-after"] == "1"
+    assert all(api.wallet(user).json()["items"] == [] for user in users)
+    # Within the bound, the same keys go through: nothing of the refusal was kept.
+    accepted = api.post("wechat", "/v1/claims/batch", {"items": items[:2]}, key=None)
+    assert accepted.status_code == 200, accepted.text
+    assert [r["outcome"] for r in accepted.json()["results"]] == ["issued", "issued"]

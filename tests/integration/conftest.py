@@ -26,12 +26,20 @@ class Stack:
     database_url: str
     redis_url: str | None = None
     redis_prefix: str | None = None
+    gate_buckets: int = 1
+
+    @property
+    def shared(self) -> bool:
+        """The gate outlives a process and is shared by many (Redis)."""
+        return self.redis_url is not None
 
     def new_gate(self) -> ClaimGate:
         if self.redis_url is None:
             return MemoryGate()
         assert self.redis_prefix is not None
-        return RedisGate.from_url(self.redis_url, key_prefix=self.redis_prefix)
+        return RedisGate.from_url(
+            self.redis_url, key_prefix=self.redis_prefix, buckets=self.gate_buckets
+        )
 
     @contextmanager
     def world(self, tmp_path: Path, **settings: Any) -> Iterator[World]:
@@ -55,13 +63,13 @@ class Stack:
             client.close()
 
 
-@pytest.fixture(
-    params=[
-        "sqlite+memory",
-        pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
-    ]
-)
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+SHARED_STACKS = [
+    pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    pytest.param("postgres+redis-buckets", marks=[pytest.mark.postgres, pytest.mark.redis]),
+]
+
+
+def _stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     if request.param == "sqlite+memory":
         yield Stack(request.param, f"sqlite:///{tmp_path}/lequan.db")
         return
@@ -70,6 +78,23 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     redis_prefix: str = request.getfixturevalue("redis_prefix")
     url, drop = postgres_database(postgres_url)
     try:
-        yield Stack(request.param, url, redis_url=redis_url, redis_prefix=redis_prefix)
+        yield Stack(
+            request.param,
+            url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            gate_buckets=4 if request.param.endswith("-buckets") else 1,
+        )
     finally:
         drop()
+
+
+@pytest.fixture(params=["sqlite+memory", *SHARED_STACKS])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    yield from _stack(request, tmp_path)
+
+
+@pytest.fixture(params=SHARED_STACKS)
+def shared_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """Only the stacks whose gate many processes share (and can lose mid-sale)."""
+    yield from _stack(request, tmp_path)

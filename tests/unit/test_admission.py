@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lequan.domain.errors import Unavailable
-from lequan.http.admission import TokenBuckets
+from lequan.http.admission import InFlightLimit, TokenBuckets
 
 
 class Ticks:
@@ -54,3 +54,19 @@ def test_a_batch_larger_than_the_burst_is_told_to_wait_no_longer_than_a_full_buc
     with pytest.raises(Unavailable) as refused:
         buckets.take("wechat", cost=10_000)
     assert refused.value.retry_after_s == 2
+
+
+def test_in_flight_claims_are_bounded_and_the_places_come_back() -> None:
+    limit = InFlightLimit(3)
+    with limit.admit(2):
+        with pytest.raises(Unavailable) as refused, limit.admit(2):
+            pass
+        assert refused.value.code == "overloaded"
+        assert refused.value.retry_after_s == 1
+        with limit.admit(1):
+            assert limit.in_flight == 3
+    assert limit.in_flight == 0
+    # A failure inside gives its places back too.
+    with pytest.raises(RuntimeError), limit.admit(3):
+        raise RuntimeError("the claim service failed")
+    assert limit.in_flight == 0

@@ -15,7 +15,15 @@ The rules of one reservation, checked in this order:
 4. the template's stock is 0                        → ``SOLD_OUT``
 5. otherwise take one: stock - 1, pool count + 1,
    campaign count + 1 (only when the request
-   carries a campaign limit)                        → ``OK``
+   carries a campaign limit), and journal the
+   reservation as pending                           → ``OK``
+
+The reservation's ``claim_seq`` is the person's count + 1 or, when that one
+is still pending (an earlier one was released meanwhile), the lowest seq
+not pending.
+
+A release gives back a reservation only while it is pending (once: a second
+release, or one after ``settle`` or a reset, gives back nothing).
 
 A campaign count is kept only for requests that carry a campaign limit: a
 campaign without one would otherwise hold one counter per person that
@@ -25,6 +33,7 @@ nothing ever reads (and the Redis gate would pay a round trip to keep it).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 from lequan.ports import ReserveOutcome, ReserveRequest, ReserveResult
@@ -48,6 +57,13 @@ class MemoryGate:
         self._pool_claimed: dict[str, dict[str, int]] = {}
         # campaign_id → person_id → claims in the campaign; a person at 0 has no entry
         self._campaign_claimed: dict[str, dict[str, int]] = {}
+        # pool → (template_id, person_id, claim_seq) → when reserved (monotonic s)
+        self._pending: dict[str, dict[tuple[str, str, int], float]] = {}
+
+    @property
+    def shared(self) -> bool:
+        """One process: its reservations die with it, and so does this state."""
+        return False
 
     def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveResult]:
         """Answer each request in order, as if each had come alone.
@@ -56,10 +72,11 @@ class MemoryGate:
         one of its batch, as the Redis gate's scripts do.
         """
         self._check_batch_size(len(requests))
+        now = time.monotonic()
         with self._lock:
-            return [self._reserve_one(request) for request in requests]
+            return [self._reserve_one(request, now) for request in requests]
 
-    def _reserve_one(self, request: ReserveRequest) -> ReserveResult:
+    def _reserve_one(self, request: ReserveRequest, now: float) -> ReserveResult:
         pool_stock = self._stock.get(request.pool)
         if pool_stock is None or request.template_id not in pool_stock:
             return ReserveResult(ReserveOutcome.UNKNOWN_STOCK, claim_seq=0, remaining=0)
@@ -85,31 +102,76 @@ class MemoryGate:
         if request.campaign_limit > 0:
             campaign_claimed = self._campaign_claimed.setdefault(request.campaign_id, {})
             campaign_claimed[request.person_id] = campaign_claimed.get(request.person_id, 0) + 1
-        return ReserveResult(ReserveOutcome.OK, claim_seq=count + 1, remaining=left - 1)
+        pending = self._pending.setdefault(request.pool, {})
+        seq = count + 1
+        if (request.template_id, request.person_id, seq) in pending:
+            # An earlier reservation was released while this one is pending.
+            seq = next(
+                n
+                for n in range(1, request.limit + 1)
+                if (request.template_id, request.person_id, n) not in pending
+            )
+        pending[(request.template_id, request.person_id, seq)] = now
+        return ReserveResult(ReserveOutcome.OK, claim_seq=seq, remaining=left - 1)
 
-    def release(self, requests: Sequence[tuple[ReserveRequest, int]]) -> None:
-        """Hand back reservations whose commit failed, so the stock is sold again.
-
-        A release the gate cannot match must not corrupt it. Stock comes
-        back only while the person still holds a claim in the pool: a
-        release never reserved, or made before a reset that rebuilt the pool
-        from the store (which never saw the failed commit), gives back
-        nothing. Counts never go below zero.
-        """
-        self._check_batch_size(len(requests))
+    def settle(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
+        self._check_batch_size(len(reservations))
         with self._lock:
-            for request, _claim_seq in requests:
-                if _decrement(self._pool_claimed.get(request.pool), request.person_id):
-                    pool_stock = self._stock.get(request.pool)
-                    if pool_stock is not None and request.template_id in pool_stock:
-                        pool_stock[request.template_id] += 1
+            for request, claim_seq in reservations:
+                pending = self._pending.get(request.pool)
+                if pending is not None:
+                    pending.pop((request.template_id, request.person_id, claim_seq), None)
+
+    def release(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
+        """Hand back pending reservations whose commit failed, so the stock is sold again.
+
+        Only a pending reservation comes back, once: a release never
+        reserved, repeated, or made after a reset rebuilt the pool from the
+        store (which never saw the failed commit) gives back nothing.
+        """
+        self._check_batch_size(len(reservations))
+        with self._lock:
+            for request, claim_seq in reservations:
+                pending = self._pending.get(request.pool)
+                slot = (request.template_id, request.person_id, claim_seq)
+                if pending is None or pending.pop(slot, None) is None:
+                    continue
+                _decrement(self._pool_claimed.get(request.pool), request.person_id)
+                pool_stock = self._stock.get(request.pool)
+                if pool_stock is not None and request.template_id in pool_stock:
+                    pool_stock[request.template_id] += 1
                 if request.campaign_limit > 0:
                     _decrement(self._campaign_claimed.get(request.campaign_id), request.person_id)
+
+    def stale(self, pool: str, *, older_than_s: float, limit: int) -> list[tuple[str, str, int]]:
+        cutoff = time.monotonic() - older_than_s
+        with self._lock:
+            pending = self._pending.get(pool, {})
+            return [slot for slot, at in pending.items() if at <= cutoff][:limit]
 
     def remaining(self, pool: str, template_id: str) -> int | None:
         with self._lock:
             pool_stock = self._stock.get(pool)
             return None if pool_stock is None else pool_stock.get(template_id)
+
+    def loaded(self, campaign_id: str, pools: Sequence[str]) -> bool:
+        with self._lock:
+            return campaign_id in self._campaign_claimed and all(p in self._stock for p in pools)
+
+    def begin_rebuild(self, campaign_id: str, *, ttl_s: float) -> str | None:
+        """Always granted: one process, and ``ensure_gate`` runs under its own lock."""
+        return campaign_id
+
+    def end_rebuild(self, campaign_id: str, token: str) -> None:
+        """Nothing held; see ``begin_rebuild``."""
+
+    def forget(self, campaign_id: str, pools: Sequence[str]) -> None:
+        with self._lock:
+            self._campaign_claimed.pop(campaign_id, None)
+            for pool in pools:
+                self._stock.pop(pool, None)
+                self._pool_claimed.pop(pool, None)
+                self._pending.pop(pool, None)
 
     def reset_pool(
         self, pool: str, *, stock: Mapping[str, int], claimed: Mapping[str, int]
@@ -123,6 +185,7 @@ class MemoryGate:
             else:
                 self._stock.pop(pool, None)
             self._pool_claimed[pool] = new_claimed
+            self._pending.pop(pool, None)
 
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
         new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)

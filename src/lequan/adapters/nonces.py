@@ -22,6 +22,7 @@ import math
 import threading
 
 import redis
+from redis.cluster import RedisCluster
 
 from lequan.domain.errors import Unavailable
 from lequan.ports import Clock
@@ -83,7 +84,7 @@ class MemoryNonceStore:
 class RedisNonceStore:
     """A NonceStore in Redis: one key per nonce, set only if absent, expiring with the window."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str = "lq:") -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, key_prefix: str = "lq:") -> None:
         self._client = client
         self._key_prefix = key_prefix
 

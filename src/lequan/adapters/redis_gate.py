@@ -1,53 +1,74 @@
 """The claim gate on Redis, for many API processes answering one flash sale.
 
 Every script touches the keys of one hash slot only, so the same code runs on
-a Redis Cluster. The key layout (``<prefix>`` defaults to ``lq:``)::
+a Redis Cluster. A pool is split into ``buckets`` (1 by default), each its own
+slot, so one hot campaign spreads over the shards of a cluster. The key
+layout (``<prefix>`` defaults to ``lq:``; ``<tag>`` is ``p:<pool>`` with one
+bucket, ``p:<pool>#<n>`` with several)::
 
-    <prefix>{p:<pool>}:stock             HASH template_id → stock left
-    <prefix>{p:<pool>}:claimed           HASH person_id → claims in the pool
-    <prefix>{c:<campaign_id>}:claimed    HASH person_id → claims in the campaign
-    <prefix>{p:<pool>}:reset:<hex>:stock|claimed
-    <prefix>{c:<campaign_id>}:reset:<hex>:claimed
-                                         a reset being written; renamed over the
-                                         live keys when complete, expires if not
+    <prefix>{<tag>}:stock              HASH template_id → stock left in the bucket
+    <prefix>{<tag>}:claimed            HASH person_id → claims in the pool
+    <prefix>{<tag>}:pending            HASH template<US>person<US>seq → reserved at (ms)
+    <prefix>{c:<campaign_id>}:claimed  HASH person_id → claims in the campaign
+    <prefix>{c:<campaign_id>}:loaded   the campaign's state is complete
+    <prefix>{c:<campaign_id>}:rebuilding
+                                       who is rebuilding it (expires)
+    <prefix>{...}:reset:<hex>:...      a reset being written; renamed over the
+                                       live keys when complete, expires if not
 
-The ``p:``/``c:`` tags keep pool and campaign keys apart whatever the ids
-are; a person at 0 claims has no field.
+A person belongs to one *home* bucket (crc32 of the person id): their pool
+count and their pending reservations live there, so the de-duplication is
+atomic with the decrement. A person at 0 claims has no field.
 
 A batch is not one round trip per request: its requests are grouped, one
-script call per pool and one per campaign, all sent in one pipeline per
-phase. A person's campaign count lives in another slot than the pool, so a
-reservation takes up to three phases:
+script call per bucket and one per campaign, all sent in one pipeline per
+server per phase. A person's campaign count lives in another slot than the
+pool, so a reservation takes up to three phases:
 
 1. per campaign, for the requests that carry a campaign limit: check and
    increment the person's campaign count atomically (refusal:
    ``CAMPAIGN_LIMIT``);
-2. per pool, in input order: ``UNKNOWN_STOCK`` / ``ALREADY_CLAIMED`` /
-   ``SOLD_OUT`` / ``OK``, exactly as :class:`~lequan.adapters.memory_gate.MemoryGate`;
+2. per home bucket, in input order: ``UNKNOWN_STOCK`` / ``ALREADY_CLAIMED``
+   / ``SOLD_OUT`` / ``OK``, exactly as :class:`~lequan.adapters.memory_gate.MemoryGate`;
+   an ``OK`` is journalled as pending until ``settle`` or ``release``;
 3. per campaign: decrement the count again for the requests that phase 2
    refused.
 
+**No false "sold out".** With several buckets, a request whose home bucket
+has none of the template left *borrows*: every other bucket is asked for
+units (one script call each, pipelined), the units taken are deposited in
+the home bucket and the waiting requests reserved again, in the same script
+that deposits, so they get the units first. ``SOLD_OUT`` is answered only
+when a round found every other bucket empty. Each round either takes a unit
+or ends the wait, and at most ``BORROW_ROUNDS_MAX`` rounds run; units taken
+beyond the need stay in the home bucket as its stock. Between a lend and its
+deposit the units are in no bucket: a claim of another process that looks
+at that instant can be told ``SOLD_OUT`` while they travel, and a process
+killed in between loses them until the next rebuild. That is the bound: at
+most the units one borrowing round moves, per process, for one round trip.
+With one bucket there is nothing to borrow and the answers are exactly the
+memory gate's. With several, one request at a time is answered as the memory
+gate would, but a batch's buckets are answered side by side: when the last
+units go, which requests of one batch get them may differ from input order.
+
 So a campaign-wide limit is never exceeded, but a concurrent claim may
 transiently see ``CAMPAIGN_LIMIT`` for a claim of the same person that is
-refused and compensated a moment later. Within one batch the answers are
-exactly the memory gate's: a batch in which a (campaign, person) pair comes
-twice is cut before the repeat and the pieces run one after the other, so
-the second request sees the first one's compensation. A batch without such
-repeats (the common case) costs one round trip per phase: two, or three when
-some request carrying a campaign limit was refused, or one when none
-carries a campaign limit.
+refused and compensated a moment later. A batch in which a (campaign,
+person) pair comes twice is cut before the repeat and the pieces run one
+after the other, so the second request sees the first one's compensation.
 
 The gate is a cache of the store's truth. If a phase fails half-way (a
 dropped connection, or a reply lost after Redis ran the script, which
 redis-py's retry may then run again), the counts it took stay taken: the
-claim is refused or errors, never oversold, and the next ``reset_pool`` /
-``reset_campaign`` rebuilds the counts from the store.
+claim is refused or errors, never oversold; a pending reservation left so is
+found by ``stale`` and settled or released by the claim service.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Self
@@ -63,6 +84,11 @@ from lequan.ports import ReserveOutcome, ReserveRequest, ReserveResult
 __all__ = ["RedisGate"]
 
 BATCH_SIZE_MAX_DEFAULT = 10_000
+BUCKETS_MAX = 1024
+# Each borrowing round takes at least one unit for a dry bucket or proves the
+# pool empty; the cap only bounds a pathological race (documented above).
+BORROW_ROUNDS_MAX = 8
+_SEP = "\x1f"  # between the parts of a pending reservation's field
 RESET_CHUNK_SIZE_DEFAULT = 10_000
 CONNECTIONS_MAX_DEFAULT = 64
 CONNECTION_WAIT_S_DEFAULT = 5.0
@@ -96,15 +122,28 @@ end
 return out
 """
 
-# Phase 2. KEYS[1] the pool's stock hash, KEYS[2] its claimed hash; ARGV
+# Phase 2. KEYS[1] the bucket's stock hash, KEYS[2] its claimed hash, KEYS[3]
+# its pending hash; ARGV[1] the number n of deposits, then n (template_id,
+# units) pairs of stock borrowed from other buckets, added first; then
 # (template_id, person_id, limit, campaign_ok) per request, campaign_ok '1'
 # unless phase 1 refused it. Returns (outcome code, claim_seq, remaining) per
-# request, in order. Stock is read and checked for every template before
-# anything is written, so an impossible state fails the call without a
-# half-applied batch.
+# request, in order; code 1 means this bucket has none of the template left.
+# A reservation is journalled in the pending hash, field
+# template<US>person<US>seq, value the server's time in ms; its seq is the
+# person's count + 1, or when that one is still pending (an earlier one was
+# released meanwhile) the lowest seq not pending. Stock is read and
+# checked for every template before anything is written, so an impossible
+# state fails the call without a half-applied batch.
 _POOL_RESERVE_LUA = """
+local deposits = tonumber(ARGV[1])
+for i = 2, 2 * deposits, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HINCRBY', KEYS[1], ARGV[i], tonumber(ARGV[i + 1]))
+  end
+end
+local first = 2 + 2 * deposits
 local stock = {}
-for i = 1, #ARGV, 4 do
+for i = first, #ARGV, 4 do
   local template = ARGV[i]
   if stock[template] == nil then
     local left = redis.call('HGET', KEYS[1], template)
@@ -119,8 +158,10 @@ for i = 1, #ARGV, 4 do
     end
   end
 end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for i = 1, #ARGV, 4 do
+for i = first, #ARGV, 4 do
   local template, person = ARGV[i], ARGV[i + 1]
   local left = stock[template]
   local code, seq, remaining = 0, 0, 0
@@ -137,9 +178,19 @@ for i = 1, #ARGV, 4 do
     else
       left = left - 1
       stock[template] = left
+      seq = count + 1
+      if redis.call('HEXISTS', KEYS[3], template .. '\\31' .. person .. '\\31' .. seq) == 1 then
+        for n = 1, tonumber(ARGV[i + 2]) do
+          if redis.call('HEXISTS', KEYS[3], template .. '\\31' .. person .. '\\31' .. n) == 0 then
+            seq = n
+            break
+          end
+        end
+      end
       redis.call('HSET', KEYS[1], template, left)
       redis.call('HSET', KEYS[2], person, count + 1)
-      seq, remaining = count + 1, left
+      redis.call('HSET', KEYS[3], template .. '\\31' .. person .. '\\31' .. seq, now_ms)
+      remaining = left
     end
   end
   out[#out + 1] = code
@@ -149,8 +200,24 @@ end
 return out
 """
 
-# Phase 3 and release. KEYS[1] a claimed hash; ARGV person ids. A count never
-# goes below zero, so compensating or releasing something unknown is harmless.
+# Borrowing. KEYS[1] a bucket's stock hash; ARGV (template_id, wanted) pairs.
+# Takes up to ``wanted`` of each template for another bucket; returns the
+# units taken per pair, in order.
+_POOL_LEND_LUA = """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local left = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  local taken = math.min(left, tonumber(ARGV[i + 1]))
+  if taken > 0 then
+    redis.call('HSET', KEYS[1], ARGV[i], left - taken)
+  end
+  out[#out + 1] = taken
+end
+return out
+"""
+
+# Phase 3. KEYS[1] a campaign's claimed hash; ARGV person ids. A count never
+# goes below zero.
 _COUNT_GIVE_BACK_LUA = """
 for i = 1, #ARGV do
   local count = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
@@ -163,27 +230,48 @@ end
 return #ARGV
 """
 
-# Release. KEYS[1] the pool's stock hash, KEYS[2] its claimed hash; ARGV
-# (template_id, person_id) per reservation. Stock comes back only while the
-# person holds a claim in the pool, and only to a template the gate holds: a
-# release never reserved, or made before a reset rebuilt the pool, gives
-# back nothing.
+# Release. KEYS[1..3] the bucket's stock, claimed and pending hashes; ARGV
+# (template_id, person_id, claim_seq) per reservation. Only a pending
+# reservation comes back, once: its journal entry is removed, the person's
+# count goes down and the stock up. Returns 1 per reservation given back,
+# else 0, in order.
 _POOL_RELEASE_LUA = """
-for i = 1, #ARGV, 2 do
+local out = {}
+for i = 1, #ARGV, 3 do
   local template, person = ARGV[i], ARGV[i + 1]
-  local count = tonumber(redis.call('HGET', KEYS[2], person) or '0')
-  if count > 0 then
+  local given = 0
+  if redis.call('HDEL', KEYS[3], template .. '\\31' .. person .. '\\31' .. ARGV[i + 2]) == 1 then
+    given = 1
+    local count = tonumber(redis.call('HGET', KEYS[2], person) or '0')
     if count > 1 then
       redis.call('HSET', KEYS[2], person, count - 1)
-    else
+    elseif count == 1 then
       redis.call('HDEL', KEYS[2], person)
     end
     if redis.call('HEXISTS', KEYS[1], template) == 1 then
       redis.call('HINCRBY', KEYS[1], template, 1)
     end
   end
+  out[#out + 1] = given
 end
-return #ARGV / 2
+return out
+"""
+
+# Stale. KEYS[1] a pending hash; ARGV[1] an age in ms, ARGV[2] at most how
+# many. Returns the fields of reservations pending at least that long.
+_POOL_STALE_LUA = """
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local out = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if #out >= limit then break end
+  if tonumber(entries[i + 1]) <= cutoff then
+    out[#out + 1] = entries[i]
+  end
+end
+return out
 """
 
 # Reset. KEYS (live, staged) pairs of one slot; ARGV[n] '1' when the n-th
@@ -224,6 +312,7 @@ class RedisGate:
         client: redis.Redis | RedisCluster,
         *,
         key_prefix: str = "lq:",
+        buckets: int = 1,
         reset_chunk_size: int = RESET_CHUNK_SIZE_DEFAULT,
         batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
     ) -> None:
@@ -231,19 +320,24 @@ class RedisGate:
             # A brace in the prefix would become the hash tag and put every
             # key in one slot, or split a pool's keys across slots.
             raise ValueError(f"key_prefix must not contain braces, got {key_prefix!r}")
+        if not 1 <= buckets <= BUCKETS_MAX:
+            raise ValueError(f"buckets must be between 1 and {BUCKETS_MAX}, got {buckets}")
         if reset_chunk_size < 1:
             raise ValueError(f"reset_chunk_size must be at least 1, got {reset_chunk_size}")
         if batch_size_max < 1:
             raise ValueError(f"batch_size_max must be at least 1, got {batch_size_max}")
         self._client = client
         self._prefix = key_prefix
+        self._buckets = buckets
         self._reset_chunk_size = reset_chunk_size
         self._batch_size_max = batch_size_max
         self._owns_client = False
         self._campaign_take = client.register_script(_CAMPAIGN_TAKE_LUA)
         self._pool_reserve = client.register_script(_POOL_RESERVE_LUA)
+        self._pool_lend = client.register_script(_POOL_LEND_LUA)
         self._count_give_back = client.register_script(_COUNT_GIVE_BACK_LUA)
         self._pool_release = client.register_script(_POOL_RELEASE_LUA)
+        self._pool_stale = client.register_script(_POOL_STALE_LUA)
         self._swap_in = client.register_script(_SWAP_IN_LUA)
 
     @classmethod
@@ -252,6 +346,8 @@ class RedisGate:
         url: str,
         *,
         key_prefix: str = "lq:",
+        buckets: int = 1,
+        cluster: bool = False,
         reset_chunk_size: int = RESET_CHUNK_SIZE_DEFAULT,
         batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
         connections_max: int = CONNECTIONS_MAX_DEFAULT,
@@ -260,29 +356,55 @@ class RedisGate:
     ) -> Self:
         """A gate with a client of its own, which ``close`` closes.
 
-        Its pool blocks for up to ``connection_wait_s`` when all
+        On one Redis its pool blocks for up to ``connection_wait_s`` when all
         ``connections_max`` connections are busy: a burst of claims queues
         for a connection instead of failing with "Too many connections", as
-        redis-py's default pool does beyond its size.
+        redis-py's default pool does beyond its size. With ``cluster`` the
+        URL names any node of a Redis Cluster; the client discovers the rest.
         """
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=connections_max,
-            timeout=connection_wait_s,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-        )
+        client: redis.Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(
+                url,
+                max_connections=connections_max,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=socket_timeout_s,
+            )
+        else:
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=connections_max,
+                timeout=connection_wait_s,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=socket_timeout_s,
+            )
+            client = redis.Redis.from_pool(pool)
         gate = cls(
-            redis.Redis.from_pool(pool),
+            client,
             key_prefix=key_prefix,
+            buckets=buckets,
             reset_chunk_size=reset_chunk_size,
             batch_size_max=batch_size_max,
         )
         gate._owns_client = True
         return gate
 
+    @property
+    def shared(self) -> bool:
+        return True
+
+    @property
+    def buckets(self) -> int:
+        return self._buckets
+
+    def bucket_of(self, person_id: str) -> int:
+        """The person's home bucket: where their counts and reservations live."""
+        if self._buckets == 1:
+            return 0
+        return zlib.crc32(person_id.encode()) % self._buckets
+
     def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveResult]:
-        """Answer each request in order, as the memory gate would, in a few round trips."""
+        """Answer each request in order, in a few round trips (see the module's notes)."""
         self._check_batch_size(len(requests))
         results: list[ReserveResult] = []
         for piece in _pieces_without_repeats(requests):
@@ -310,32 +432,32 @@ class RedisGate:
             for i, flag in zip(members, reply, strict=True):
                 counted[i] = campaign_ok[i] = flag == 1
 
-        # Phase 2: the pool's own checks and the decrement, in input order per pool.
-        by_pool = _group((i, request.pool) for i, request in enumerate(requests))
-        calls = [
-            _Call(
-                self._pool_reserve,
-                (self._stock_key(pool), self._pool_claimed_key(pool)),
-                tuple(
-                    _flat(
-                        (
-                            requests[i].template_id,
-                            requests[i].person_id,
-                            requests[i].limit,
-                            1 if campaign_ok[i] else 0,
-                        )
-                        for i in members
-                    )
-                ),
-            )
-            for pool, members in by_pool.items()
-        ]
+        # Phase 2: the pool's own checks and the decrement, in input order per bucket.
+        homes = [(request.pool, self.bucket_of(request.person_id)) for request in requests]
         answers: list[ReserveResult | None] = [None] * len(requests)
-        for members, reply in zip(by_pool.values(), self._run(calls), strict=True):
-            assert len(reply) == 3 * len(members), f"pool script answered {len(reply)} values"
-            for n, i in enumerate(members):
-                code, seq, left = reply[3 * n : 3 * n + 3]
-                answers[i] = ReserveResult(_OUTCOME_BY_CODE[code], claim_seq=seq, remaining=left)
+        waiting = self._reserve_in_homes(
+            requests, homes, campaign_ok, answers, _group_pairs(enumerate(homes)), deposits={}
+        )
+        # Buckets that ran dry borrow from the others before anyone hears "sold out".
+        rounds = 0
+        while waiting:
+            rounds += 1
+            deposits, dry = self._borrow(requests, homes, waiting, first=rounds == 1)
+            for i in dry:
+                answers[i] = ReserveResult(ReserveOutcome.SOLD_OUT, claim_seq=0, remaining=0)
+            retry = [i for i in waiting if i not in dry]
+            if rounds >= BORROW_ROUNDS_MAX:
+                for i in retry:
+                    answers[i] = ReserveResult(ReserveOutcome.SOLD_OUT, claim_seq=0, remaining=0)
+                break
+            waiting = self._reserve_in_homes(
+                requests,
+                homes,
+                campaign_ok,
+                answers,
+                _group_pairs((i, homes[i]) for i in retry),
+                deposits=deposits,
+            )
 
         results = [answer for answer in answers if answer is not None]
         assert len(results) == len(requests), "a request got no answer"
@@ -358,88 +480,321 @@ class RedisGate:
         )
         return results
 
-    def release(self, requests: Sequence[tuple[ReserveRequest, int]]) -> None:
-        """Hand back reservations whose commit failed, in one round trip.
+    def _reserve_in_homes(
+        self,
+        requests: Sequence[ReserveRequest],
+        homes: Sequence[tuple[str, int]],
+        campaign_ok: Sequence[bool],
+        answers: list[ReserveResult | None],
+        by_home: dict[tuple[str, int], list[int]],
+        *,
+        deposits: Mapping[tuple[str, int], Mapping[str, int]],
+    ) -> list[int]:
+        """One script call per home bucket; the indexes its bucket had none for."""
+        homes_called = list(by_home) + [home for home in deposits if home not in by_home]
+        calls = []
+        for home in homes_called:
+            members = by_home.get(home, [])
+            given = deposits.get(home, {})
+            calls.append(
+                _Call(
+                    self._pool_reserve,
+                    self._bucket_keys(*home),
+                    (
+                        len(given),
+                        *_flat(iter(given.items())),
+                        *_flat(
+                            (
+                                requests[i].template_id,
+                                requests[i].person_id,
+                                requests[i].limit,
+                                1 if campaign_ok[i] else 0,
+                            )
+                            for i in members
+                        ),
+                    ),
+                )
+            )
+        waiting: list[int] = []
+        for home, reply in zip(homes_called, self._run(calls), strict=True):
+            members = by_home.get(home, [])
+            assert len(reply) == 3 * len(members), f"pool script answered {len(reply)} values"
+            for n, i in enumerate(members):
+                code, seq, left = reply[3 * n : 3 * n + 3]
+                if code == 1 and self._buckets > 1:
+                    waiting.append(i)
+                else:
+                    answers[i] = ReserveResult(_OUTCOME_BY_CODE[code], seq, left)
+        waiting.sort()
+        return waiting
 
-        A release the gate cannot match must not corrupt it: stock comes
-        back only while the person holds a claim in the pool, and counts
-        never go below zero (see ``_POOL_RELEASE_LUA``).
+    def _borrow(
+        self,
+        requests: Sequence[ReserveRequest],
+        homes: Sequence[tuple[str, int]],
+        waiting: Sequence[int],
+        *,
+        first: bool,
+    ) -> tuple[dict[tuple[str, int], dict[str, int]], set[int]]:
+        """Take stock from the other buckets for the requests whose home ran dry.
+
+        Returns the units to deposit per home bucket and template, and the
+        requests for which every other bucket was empty too: those are sold
+        out. The first round asks each bucket for a share, later ones for
+        the whole need; what is taken beyond the need stays in the home
+        bucket as its stock.
         """
-        self._check_batch_size(len(requests))
-        reservations = [request for request, _claim_seq in requests]
-        by_pool = _group((i, request.pool) for i, request in enumerate(reservations))
-        by_campaign = _group(
-            (i, request.campaign_id)
-            for i, request in enumerate(reservations)
-            if request.campaign_limit > 0
+        need: dict[tuple[str, int, str], list[int]] = {}
+        for i in waiting:
+            pool, home = homes[i]
+            need.setdefault((pool, home, requests[i].template_id), []).append(i)
+        asks: dict[tuple[str, int], list[tuple[tuple[str, int, str], int]]] = {}
+        for (pool, home, template), members in need.items():
+            wanted = len(members)
+            if first:
+                wanted = -(-wanted // (self._buckets - 1))
+            for donor in range(self._buckets):
+                if donor != home:
+                    asks.setdefault((pool, donor), []).append(((pool, home, template), wanted))
+        calls = [
+            _Call(
+                self._pool_lend,
+                (self._bucket_keys(pool, donor)[0],),
+                tuple(_flat((what[2], wanted) for what, wanted in entries)),
+            )
+            for (pool, donor), entries in asks.items()
+        ]
+        taken: dict[tuple[str, int, str], int] = dict.fromkeys(need, 0)
+        for entries, reply in zip(asks.values(), self._run(calls), strict=True):
+            for (what, _wanted), units in zip(entries, reply, strict=True):
+                taken[what] += int(units)
+        deposits: dict[tuple[str, int], dict[str, int]] = {}
+        dry: set[int] = set()
+        for (pool, home, template), units in taken.items():
+            if units:
+                deposits.setdefault((pool, home), {})[template] = units
+            else:
+                dry.update(need[(pool, home, template)])
+        return deposits, dry
+
+    def settle(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
+        """Drop the journal entries of committed reservations, one call per bucket."""
+        self._check_batch_size(len(reservations))
+        by_home = _group_pairs(
+            (i, (request.pool, self.bucket_of(request.person_id)))
+            for i, (request, _seq) in enumerate(reservations)
+        )
+        pipe_calls = []
+        for (pool, bucket), members in by_home.items():
+            fields = [
+                _pending_field(reservations[i][0].template_id, reservations[i][0].person_id, seq)
+                for i in members
+                for seq in (reservations[i][1],)
+            ]
+            pipe_calls.append((self._bucket_keys(pool, bucket)[2], fields))
+        self._hdel_many(pipe_calls)
+
+    def release(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
+        """Hand back pending reservations whose commit failed.
+
+        Only a reservation still pending comes back, once (see
+        ``_POOL_RELEASE_LUA``); the campaign counts of exactly those are
+        given back after, so a repeated or stray release changes nothing.
+        """
+        self._check_batch_size(len(reservations))
+        by_home = _group_pairs(
+            (i, (request.pool, self.bucket_of(request.person_id)))
+            for i, (request, _seq) in enumerate(reservations)
         )
         calls = [
             _Call(
                 self._pool_release,
-                (self._stock_key(pool), self._pool_claimed_key(pool)),
+                self._bucket_keys(pool, bucket),
                 tuple(
-                    _flat((reservations[i].template_id, reservations[i].person_id) for i in members)
+                    _flat(
+                        (
+                            reservations[i][0].template_id,
+                            reservations[i][0].person_id,
+                            reservations[i][1],
+                        )
+                        for i in members
+                    )
                 ),
             )
-            for pool, members in by_pool.items()
+            for (pool, bucket), members in by_home.items()
         ]
-        calls.extend(
-            _Call(
-                self._count_give_back,
-                (self._campaign_claimed_key(campaign_id),),
-                tuple(reservations[i].person_id for i in members),
-            )
-            for campaign_id, members in by_campaign.items()
+        given: list[int] = []
+        for members, reply in zip(by_home.values(), self._run(calls), strict=True):
+            given.extend(i for i, flag in zip(members, reply, strict=True) if flag == 1)
+        by_campaign = _group(
+            (i, reservations[i][0].campaign_id)
+            for i in sorted(given)
+            if reservations[i][0].campaign_limit > 0
         )
-        self._run(calls)
+        self._run(
+            [
+                _Call(
+                    self._count_give_back,
+                    (self._campaign_claimed_key(campaign_id),),
+                    tuple(reservations[i][0].person_id for i in members),
+                )
+                for campaign_id, members in by_campaign.items()
+            ]
+        )
+
+    def stale(self, pool: str, *, older_than_s: float, limit: int) -> list[tuple[str, str, int]]:
+        calls = [
+            _Call(
+                self._pool_stale,
+                (self._bucket_keys(pool, bucket)[2],),
+                (int(older_than_s * 1000), limit),
+            )
+            for bucket in range(self._buckets)
+        ]
+        found: list[tuple[str, str, int]] = []
+        for reply in self._run(calls):
+            for raw in reply:
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                template_id, person_id, seq = text.split(_SEP)
+                found.append((template_id, person_id, int(seq)))
+        return found[:limit]
 
     def remaining(self, pool: str, template_id: str) -> int | None:
-        left = self._client.hget(self._stock_key(pool), template_id)
-        return None if left is None else int(left)
+        values = self._read_each(
+            [self._bucket_keys(pool, b)[0] for b in range(self._buckets)],
+            lambda node, key: node.hget(key, template_id),
+        )
+        present = [int(value) for value in values if value is not None]
+        return sum(present) if present else None
+
+    def loaded(self, campaign_id: str, pools: Sequence[str]) -> bool:
+        keys = [self._campaign_loaded_key(campaign_id)] + [
+            self._bucket_keys(pool, b)[0] for pool in pools for b in range(self._buckets)
+        ]
+        return all(self._read_each(keys, lambda node, key: node.exists(key)))
+
+    def begin_rebuild(self, campaign_id: str, *, ttl_s: float) -> str | None:
+        token = uuid.uuid4().hex
+        taken = self._client.set(
+            self._campaign_rebuild_key(campaign_id), token, nx=True, px=int(ttl_s * 1000)
+        )
+        return token if taken else None
+
+    def end_rebuild(self, campaign_id: str, token: str) -> None:
+        key = self._campaign_rebuild_key(campaign_id)
+        held = self._client.get(key)
+        if held is not None and (held.decode() if isinstance(held, bytes) else held) == token:
+            self._client.delete(key)
+
+    def forget(self, campaign_id: str, pools: Sequence[str]) -> None:
+        """Drop the campaign's marker first, then every bucket of its pools."""
+        self._client.delete(self._campaign_loaded_key(campaign_id))
+        for pool in pools:
+            for bucket in range(self._buckets):
+                for key in self._bucket_keys(pool, bucket):
+                    self._client.delete(key)
 
     def reset_pool(
         self, pool: str, *, stock: Mapping[str, int], claimed: Mapping[str, int]
     ) -> None:
         """Replace the pool with the store's truth; empty ``stock`` forgets the pool.
 
-        The new state is written aside in chunks, so no single command
-        blocks Redis for long, then swapped in by one script, so no claim
-        ever sees half of it.
+        The stock is split evenly over the buckets, each person's count goes
+        to their home bucket, and the journal is emptied. Each bucket's new
+        state is written aside in chunks, so no single command blocks Redis
+        for long, then swapped in by one script, so no claim ever sees half
+        of a bucket.
         """
         new_stock = checked_reset(stock, what="stock", keep_zero=True)
         new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)
-        staged = f"{self._prefix}{{p:{pool}}}:reset:{uuid.uuid4().hex}"
-        pairs = [
-            (self._stock_key(pool), f"{staged}:stock", new_stock),
-            (self._pool_claimed_key(pool), f"{staged}:claimed", new_claimed),
-        ]
-        self._swap(pairs)
+        shares: list[dict[str, int]] = [{} for _ in range(self._buckets)]
+        for template_id, left in new_stock.items():
+            each, extra = divmod(left, self._buckets)
+            for bucket in range(self._buckets):
+                shares[bucket][template_id] = each + (1 if bucket < extra else 0)
+        counts: list[dict[str, int]] = [{} for _ in range(self._buckets)]
+        for person_id, count in new_claimed.items():
+            counts[self.bucket_of(person_id)][person_id] = count
+        swaps: list[list[tuple[str, str, dict[str, int]]]] = []
+        for bucket in range(self._buckets):
+            stock_key, claimed_key, pending_key = self._bucket_keys(pool, bucket)
+            staged = f"{self._prefix}{{{self._bucket_tag(pool, bucket)}}}:reset:{uuid.uuid4().hex}"
+            swaps.append(
+                [
+                    (stock_key, f"{staged}:stock", shares[bucket]),
+                    (claimed_key, f"{staged}:claimed", counts[bucket]),
+                    (pending_key, f"{staged}:pending", {}),
+                ]
+            )
+        self._swap(swaps)
 
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
-        """Replace a campaign's per-person counts with the store's, atomically for readers."""
+        """Replace a campaign's per-person counts with the store's, then mark it loaded."""
         new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)
         live = self._campaign_claimed_key(campaign_id)
         staged = f"{self._prefix}{{c:{campaign_id}}}:reset:{uuid.uuid4().hex}:claimed"
-        self._swap([(live, staged, new_claimed)])
+        self._swap([[(live, staged, new_claimed)]])
+        self._client.set(self._campaign_loaded_key(campaign_id), 1)
 
     def close(self) -> None:
         """Close the connections if this gate opened them (``from_url``)."""
         if self._owns_client:
             self._client.close()
 
-    def _swap(self, pairs: Sequence[tuple[str, str, dict[str, int]]]) -> None:
-        for _live, staged, values in pairs:
-            for chunk in _chunks(values, self._reset_chunk_size):
-                pipe = self._client.pipeline(transaction=False)
-                pipe.hset(staged, items=chunk)
-                pipe.expire(staged, RESET_TEMP_TTL_S)
-                pipe.execute()
-        keys = tuple(key for live, staged, _values in pairs for key in (live, staged))
-        expected = tuple("1" if values else "0" for _live, _staged, values in pairs)
-        self._run([_Call(self._swap_in, keys, expected)])
+    def _swap(self, groups: Sequence[Sequence[tuple[str, str, dict[str, int]]]]) -> None:
+        """Write each group's staged hashes, then swap every group in, one script per slot."""
+        for pairs in groups:
+            for _live, staged, values in pairs:
+                for chunk in _chunks(values, self._reset_chunk_size):
+                    pipe = self._client.pipeline(transaction=False)
+                    pipe.hset(staged, items=chunk)
+                    pipe.expire(staged, RESET_TEMP_TTL_S)
+                    pipe.execute()
+        calls = [
+            _Call(
+                self._swap_in,
+                tuple(key for live, staged, _values in pairs for key in (live, staged)),
+                tuple("1" if values else "0" for _live, _staged, values in pairs),
+            )
+            for pairs in groups
+        ]
+        self._run(calls)
+
+    def _hdel_many(self, targets: Sequence[tuple[str, list[str]]]) -> None:
+        """HDEL fields from hashes, one pipeline per server."""
+        by_node: dict[str, tuple[Any, list[tuple[str, list[str]]]]] = {}
+        for key, fields in targets:
+            node = self._node_of(key)
+            by_node.setdefault(node[0], (node[1], []))[1].append((key, fields))
+        for client, entries in by_node.values():
+            pipe = client.pipeline(transaction=False)
+            for key, fields in entries:
+                pipe.hdel(key, *fields)
+            pipe.execute()
+
+    def _read_each(self, keys: Sequence[str], read: Any) -> list[Any]:
+        """One read command per key, pipelined per server; replies in key order."""
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for n, key in enumerate(keys):
+            name, client = self._node_of(key)
+            by_node.setdefault(name, (client, []))[1].append(n)
+        replies: list[Any] = [None] * len(keys)
+        for client, indexes in by_node.values():
+            pipe = client.pipeline(transaction=False)
+            for n in indexes:
+                read(pipe, keys[n])
+            for n, reply in zip(indexes, pipe.execute(), strict=True):
+                replies[n] = reply
+        return replies
+
+    def _node_of(self, key: str) -> tuple[str, Any]:
+        if not isinstance(self._client, RedisCluster):
+            return ("", self._client)
+        node = self._client.get_node_from_key(key)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        return (node.name, self._client.get_redis_connection(node))
 
     def _run(self, calls: Sequence[_Call]) -> list[Any]:
-        """Run script calls in one pipeline; reload scripts the server forgot.
+        """Run script calls in one pipeline per server; reload scripts the server forgot.
 
         ``Script`` objects in a pipeline would ask ``SCRIPT EXISTS`` first,
         one more round trip for every phase; instead EVALSHA goes out
@@ -487,29 +842,46 @@ class RedisGate:
         cluster client's own pipeline refuses EVALSHA, so each primary gets a
         plain pipeline of its own.
         """
-        if not isinstance(self._client, RedisCluster):
-            return [(self._client, list(indexes))]
         groups: dict[str, tuple[Any, list[int]]] = {}
         for i in indexes:
-            node = self._client.get_node_from_key(calls[i].keys[0])  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            entry = groups.get(node.name)
-            if entry is None:
-                entry = groups[node.name] = (self._client.get_redis_connection(node), [])
-            entry[1].append(i)
+            name, client = self._node_of(calls[i].keys[0])
+            groups.setdefault(name, (client, []))[1].append(i)
         return list(groups.values())
 
     def _check_batch_size(self, size: int) -> None:
         if size > self._batch_size_max:
             raise ValueError(f"batch of {size} exceeds batch_size_max {self._batch_size_max}")
 
-    def _stock_key(self, pool: str) -> str:
-        return f"{self._prefix}{{p:{pool}}}:stock"
+    def _bucket_tag(self, pool: str, bucket: int) -> str:
+        return f"p:{pool}" if self._buckets == 1 else f"p:{pool}#{bucket}"
 
-    def _pool_claimed_key(self, pool: str) -> str:
-        return f"{self._prefix}{{p:{pool}}}:claimed"
+    def _bucket_keys(self, pool: str, bucket: int) -> tuple[str, str, str]:
+        """The stock, claimed and pending hashes of one bucket: one hash slot."""
+        base = f"{self._prefix}{{{self._bucket_tag(pool, bucket)}}}"
+        return (f"{base}:stock", f"{base}:claimed", f"{base}:pending")
 
     def _campaign_claimed_key(self, campaign_id: str) -> str:
         return f"{self._prefix}{{c:{campaign_id}}}:claimed"
+
+    def _campaign_loaded_key(self, campaign_id: str) -> str:
+        return f"{self._prefix}{{c:{campaign_id}}}:loaded"
+
+    def _campaign_rebuild_key(self, campaign_id: str) -> str:
+        return f"{self._prefix}{{c:{campaign_id}}}:rebuilding"
+
+
+def _pending_field(template_id: str, person_id: str, claim_seq: int) -> str:
+    return f"{template_id}{_SEP}{person_id}{_SEP}{claim_seq}"
+
+
+def _group_pairs(
+    indexed: Iterable[tuple[int, tuple[str, int]]],
+) -> dict[tuple[str, int], list[int]]:
+    """Indexes by (pool, bucket), each list in input order."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, key in indexed:
+        groups.setdefault(key, []).append(i)
+    return groups
 
 
 def _pieces_without_repeats(

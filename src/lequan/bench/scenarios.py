@@ -111,6 +111,7 @@ def prepare_stack(
     people: int,
     stock_by_channel: dict[str, int] | None = None,
     channels: tuple[str, ...] = (CHANNEL,),
+    gate_buckets: int = 1,
 ) -> Iterator[Stack]:
     """A migrated store with one live campaign, apps, merchants and ``people`` registered."""
     key_file = directory / "keys.json"
@@ -125,6 +126,7 @@ def prepare_stack(
         "LEQUAN_LOG_LEVEL": "WARNING",
         "LEQUAN_APP_RATE_PER_S": "10000000",
         "LEQUAN_APP_BURST": "10000000",
+        "LEQUAN_GATE_BUCKETS": str(gate_buckets),
     }
     settings = Settings(
         data_dir=directory,
@@ -132,6 +134,7 @@ def prepare_stack(
         redis_url=redis_url,
         redis_key_prefix=prefix,
         key_file=key_file,
+        gate_buckets=gate_buckets,
     )
     engine = create_engine(settings.effective_database_url)
     migrate.upgrade(engine)

@@ -4,6 +4,7 @@ real ``uvicorn`` process on a loopback port, stopped when the block ends."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import httpx
 
 from lequan.bench.baselines import BARE_APPS
 
-__all__ = ["free_port", "serve_bare", "serve_lequan"]
+__all__ = ["free_port", "kill_hard", "serve_bare", "serve_lequan", "start_lequan"]
 
 START_TIMEOUT_S = 60.0
 
@@ -67,12 +68,15 @@ def lequan_args(port: int, *, workers: int = 1) -> list[str]:
     ]  # fmt: skip
 
 
-def start_lequan(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """A lequan server process, answering on ``port`` when this returns; the caller stops it."""
+def start_lequan(env: dict[str, str], port: int, *, workers: int = 1) -> subprocess.Popen[bytes]:
+    """A lequan server process, answering on ``port`` when this returns; the caller stops it.
+
+    It leads a process group of its own, so ``kill_hard`` takes its workers too.
+    """
     # Our own interpreter and arguments; nothing here comes from outside.
     process = subprocess.Popen(  # noqa: S603
-        lequan_args(port), env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        lequan_args(port, workers=workers), env={**os.environ, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         _wait_until_up(process, port, "/healthz")
@@ -80,6 +84,12 @@ def start_lequan(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         process.kill()
         raise
     return process
+
+
+def kill_hard(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a server and every worker of it: a crash, no shutdown, no flush."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @contextmanager

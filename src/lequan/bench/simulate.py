@@ -56,6 +56,8 @@ class SimulationConfig:
     duration_s_max: float = 600.0
     database_url: str = ""  # empty: the embedded default in a scratch directory
     redis_url: str = ""
+    workers: int = 1  # API processes; more than one needs the Redis gate
+    gate_buckets: int = 1
     seed: int = 20241130
 
 
@@ -258,6 +260,9 @@ def _summary(
     summary = {
         "people": config.people,
         "stock": config.stock,
+        "store": "sqlite" if not config.database_url else "postgresql",
+        "gate": f"redis, {config.gate_buckets} bucket(s)" if config.redis_url else "memory",
+        "workers": config.workers,
         "issued": issued,
         "oversold": max(0, issued - config.stock),
         "duplicates": sum(n - 1 for n in per_person.values() if n > 1),
@@ -307,6 +312,7 @@ def _scratch_store(server_url: str, directory: Path) -> Iterator[str]:
 def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[str, Any]:
     assert 1 <= config.people <= PEOPLE_MAX
     assert 1 <= config.stock <= config.people * len(CHANNELS)
+    assert config.workers == 1 or config.redis_url, "many processes share a Redis gate only"
     with (
         tempfile.TemporaryDirectory(prefix="lqsim-") as directory,
         _scratch_store(config.database_url, Path(directory)) as url,
@@ -321,8 +327,9 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                 people=config.people,
                 stock_by_channel=scenarios.split_stock(config.stock, CHANNELS),
                 channels=CHANNELS,
+                gate_buckets=config.gate_buckets,
             ) as stack,
-            serve_lequan(stack.env) as port,
+            serve_lequan(stack.env, workers=config.workers) as port,
         ):
             progress("released: the crowd arrives")
             answers, elapsed_s = asyncio.run(_crowd(config, port, stack.secrets))

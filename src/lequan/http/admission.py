@@ -1,8 +1,12 @@
-"""Admission control at the edge: a token bucket per calling app.
+"""Admission control at the edge: a token bucket per calling app, and a bound
+on the claims this process is answering at once.
 
 A channel that sends more than its share is told ``429 throttled`` with a
 ``Retry-After`` at once, instead of making everyone wait in a queue that
-grows until requests time out. A batch costs one token per item.
+grows until requests time out. A batch costs one token per item. Whatever
+the apps' shares, at most ``claim_inflight_max`` claim items are in flight
+in one process; beyond that ``429 overloaded``, retried with the same
+Idempotency-Key (nothing was reserved).
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from lequan.domain.errors import Unavailable
 
-__all__ = ["TokenBuckets"]
+__all__ = ["InFlightLimit", "TokenBuckets"]
 
 
 class TokenBuckets:
@@ -54,3 +59,34 @@ class TokenBuckets:
             if app_id not in self._buckets and len(self._buckets) >= self._apps_max:
                 self._buckets.clear()  # apps are registered by operators: a handful
             self._buckets[app_id] = (tokens - cost, now)
+
+
+class InFlightLimit:
+    """At most ``items_max`` claim items being answered by this process at once."""
+
+    def __init__(self, items_max: int) -> None:
+        assert items_max >= 1
+        self._items_max = items_max
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @contextmanager
+    def admit(self, cost: int) -> Iterator[None]:
+        """Hold ``cost`` places while the block runs, or refuse with ``overloaded``."""
+        with self._lock:
+            if self._in_flight + cost > self._items_max:
+                raise Unavailable(
+                    "overloaded",
+                    "too many claims are being answered; retry with the same Idempotency-Key",
+                    retry_after_s=1,
+                )
+            self._in_flight += cost
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= cost

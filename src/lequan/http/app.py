@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 import lequan
 from lequan.bootstrap import Platform
-from lequan.http.admission import TokenBuckets
+from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.errors import error_response, install_error_handlers
 from lequan.http.fastpath import FastClaims
 from lequan.http.routes import acquirer, admin, channel
@@ -152,6 +152,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     app.state.metrics = metrics
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
+    app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
     body_max = platform.rt.settings.request_body_bytes_max
 
     @app.middleware("http")
@@ -187,7 +188,13 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
-    app.add_middleware(FastClaims, platform=platform, throttle=app.state.throttle, metrics=metrics)
+    app.add_middleware(
+        FastClaims,
+        platform=platform,
+        throttle=app.state.throttle,
+        admission=app.state.claim_admission,
+        metrics=metrics,
+    )
     app.add_middleware(BodyLimit, body_bytes_max=body_max)
     app.include_router(channel.router)
     app.include_router(acquirer.router)

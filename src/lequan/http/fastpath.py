@@ -26,7 +26,7 @@ from starlette.datastructures import Headers
 
 from lequan.bootstrap import Platform
 from lequan.domain.errors import LequanError, Unavailable
-from lequan.http.admission import TokenBuckets
+from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.deps import authenticate, raw_target
 from lequan.http.routes.channel import claim_hash
 from lequan.http.schemas import ClaimIn
@@ -108,11 +108,18 @@ class FastClaims:
     """ASGI middleware answering ``POST /v1/claims``; everything else passes through."""
 
     def __init__(
-        self, app: Any, *, platform: Platform, throttle: TokenBuckets, metrics: Any
+        self,
+        app: Any,
+        *,
+        platform: Platform,
+        throttle: TokenBuckets,
+        admission: InFlightLimit,
+        metrics: Any,
     ) -> None:
         self.app = app
         self.platform = platform
         self.throttle = throttle
+        self.admission = admission
         self.metrics = metrics
         settings = platform.rt.settings
         self.coalescer = ClaimCoalescer(
@@ -188,7 +195,8 @@ class FastClaims:
                 location_region=claim.location_region,
                 key=Idempotency(app_id=app_id, key=key, request_hash=claim_hash(claim)),
             )
-            result = await self.coalescer.claim(app_id, request)
+            with self.admission.admit(1):
+                result = await self.coalescer.claim(app_id, request)
         except LequanError as error:
             extra = []
             if isinstance(error, Unavailable):

@@ -12,7 +12,9 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import timedelta
 
+import structlog
 import yaml
 from pydantic import ValidationError
 
@@ -25,13 +27,16 @@ from lequan.services.runtime import Runtime
 __all__ = [
     "CampaignCache",
     "change_status",
+    "ensure_gate",
+    "ensure_gate_all",
     "import_campaign",
     "parse_campaign",
     "pool_key",
     "rebuild_gate",
-    "rebuild_gate_all",
     "start_round",
 ]
+
+log = structlog.get_logger(__name__)
 
 CAMPAIGN_FILE_BYTES_MAX = 1_000_000
 # A checker may draft too; what a checker drafts needs another checker.
@@ -164,7 +169,7 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
         "approve",
         "activate",
     ):
-        rebuild_gate(rt, campaign_id)
+        ensure_gate(rt, campaign_id)
     rt.campaign_changed(campaign_id)
     return get_campaign(rt, campaign_id)
 
@@ -199,7 +204,7 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
             now=now,
         )
         uow.commit()
-    rebuild_gate(rt, campaign_id)
+    ensure_gate(rt, campaign_id)
     rt.campaign_changed(campaign_id)
     return get_campaign(rt, campaign_id)
 
@@ -217,15 +222,78 @@ def list_campaigns(rt: Runtime) -> list[CampaignRow]:
         return uow.list_campaigns()
 
 
-def rebuild_gate(rt: Runtime, campaign_id: str) -> None:
-    """Load the gate from the store's truth: stock left and claims per person.
+# The rebuild lock outlives the fence by this much, so a slow store read
+# finishes before another process may start over.
+REBUILD_LOCK_MARGIN_S = 60.0
 
-    The gate is a cache: whatever it held for this campaign is replaced, so a
-    gate flushed or restarted mid-sale comes back without overselling.
+
+def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
+    """Load what the gate is missing of a campaign from the store; True if it loaded.
+
+    What the gate holds is left alone: reservations may be in flight against
+    it. What it is missing (never loaded, or lost with a Redis restart or
+    flush) is loaded from the store's truth: the campaign's counts and all
+    its pools when the campaign's counts are gone (or ``force``), else only
+    the missing pools. One process at a time does it (``begin_rebuild``).
+
+    A reservation granted before the loss may still be committing, and the
+    store does not show it yet. So on a shared gate, while a round of the
+    campaign may be issuing, the lost part is closed (claims answer
+    ``gate_rebuilding``) and the store read only after ``gate_fence_s``: by
+    then every such reservation is committed or refused (the committer
+    refuses any reservation older than ``claim_reservation_ttl_s``, and a
+    commit's statements are bounded by ``claim_commit_timeout_s``).
     """
+    gate = rt.gate
     with rt.store.unit_of_work(readonly=True) as uow:
         row = uow.get_campaign(campaign_id)
         assert row is not None
+        initial = uow.stock_initial(campaign_id)
+    pools = sorted({pool_key(campaign_id, r, c) for r, c, _t, _n in initial})
+    whole = force or not gate.loaded(campaign_id, [])
+    missing = pools if whole else [p for p in pools if not gate.loaded(campaign_id, [p])]
+    if not whole and not missing:
+        return False
+    fence_s = rt.settings.gate_fence_s
+    token = gate.begin_rebuild(campaign_id, ttl_s=fence_s + REBUILD_LOCK_MARGIN_S)
+    if token is None:
+        log.info("gate_rebuild_elsewhere", campaign_id=campaign_id)
+        return False
+    try:
+        if whole:
+            gate.forget(campaign_id, pools)
+        else:
+            for pool in missing:
+                gate.reset_pool(pool, stock={}, claimed={})
+        rounds = {pool_key(campaign_id, r, c): r for r, c, _t, _n in initial}
+        if gate.shared and _may_be_issuing(rt, row, {rounds[p] for p in missing}):
+            log.warning("gate_rebuild_fenced", campaign_id=campaign_id, wait_s=fence_s)
+            time.sleep(fence_s)
+        _load(rt, campaign_id, set(missing), whole=whole)
+    finally:
+        gate.end_rebuild(campaign_id, token)
+    log.info("gate_loaded", campaign_id=campaign_id, pools=len(missing), whole=whole)
+    rt.campaign_changed(campaign_id)  # local sold-out flags may be stale now
+    return True
+
+
+def rebuild_gate(rt: Runtime, campaign_id: str) -> None:
+    """Replace everything the gate holds of a campaign with the store's truth (fenced)."""
+    ensure_gate(rt, campaign_id, force=True)
+
+
+def _may_be_issuing(rt: Runtime, row: CampaignRow, round_ids: set[str]) -> bool:
+    if row.status not in (CampaignStatus.LIVE, CampaignStatus.PAUSED):
+        return False
+    now = rt.clock.now()
+    late = timedelta(seconds=rt.settings.gate_fence_s)
+    return any(
+        row.rounds[r][0] <= now <= row.rounds[r][1] + late for r in round_ids if r in row.rounds
+    )
+
+
+def _load(rt: Runtime, campaign_id: str, pools: set[str], *, whole: bool) -> None:
+    with rt.store.unit_of_work(readonly=True) as uow:
         initial = uow.stock_initial(campaign_id)
         issued = uow.issued_counts(campaign_id)
         per_pool: dict[str, dict[str, int]] = defaultdict(dict)
@@ -239,20 +307,19 @@ def rebuild_gate(rt: Runtime, campaign_id: str) -> None:
         assert left >= 0, "more vouchers issued than the stock held"
         stock_by_pool[pool_key(campaign_id, round_id, channel_id)][template_id] = left
     for pool, stock in stock_by_pool.items():
-        rt.gate.reset_pool(pool, stock=stock, claimed=per_pool.get(pool, {}))
-    rt.gate.reset_campaign(campaign_id, claimed=per_campaign)
-    rt.campaign_changed(campaign_id)  # local sold-out flags may be stale now
+        if pool in pools:
+            rt.gate.reset_pool(pool, stock=stock, claimed=per_pool.get(pool, {}))
+    if whole:
+        rt.gate.reset_campaign(campaign_id, claimed=per_campaign)  # marks it loaded, last
 
 
-def rebuild_gate_all(rt: Runtime) -> int:
-    """Rebuild the gate for every campaign that can still issue; the count rebuilt."""
+def ensure_gate_all(rt: Runtime) -> int:
+    """Load what the gate misses of every campaign that can still issue; the count loaded."""
     with rt.store.unit_of_work(readonly=True) as uow:
         rows = uow.list_campaigns(
             statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
         )
-    for row in rows:
-        rebuild_gate(rt, row.id)
-    return len(rows)
+    return sum(1 for row in rows if ensure_gate(rt, row.id))
 
 
 @dataclass

@@ -84,6 +84,11 @@ class _Pending:
     voucher: VoucherRow
     key: Idempotency
     answer: Answer
+    reserved_at: float  # monotonic s, taken before asking the gate
+
+
+class _TooLate(Exception):
+    """A transaction outlived a reservation's ttl before COMMIT: it is rolled back."""
 
 
 @dataclass(slots=True)
@@ -180,24 +185,44 @@ class GroupCommitter:
 
     def _commit_jobs(self, jobs: list[_Job]) -> None:
         claims = [c for job in jobs for c in job.claims]
-        try:
-            outcomes = self._commit(claims)
-        except Exception as error:  # the writer must never die; every waiter gets an answer
-            log.error("group_commit_failed", error_type=type(error).__name__, claims=len(claims))
-            outcomes = [
-                Unavailable("store_unavailable", "the store did not accept the claim; retry")
-            ] * len(claims)
+        # The fence of a gate rebuild: a reservation this old is never committed.
+        oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
+        fresh = [c for c in claims if c.reserved_at >= oldest]
+        by_claim: dict[int, LequanError | Answer | None] = {
+            id(c): self._too_late() for c in claims if c.reserved_at < oldest
+        }
+        if fresh:
+            try:
+                by_claim.update(zip(map(id, fresh), self._commit(fresh), strict=True))
+            except Exception as error:  # the writer must never die; every waiter gets an answer
+                log.error("group_commit_failed", error_type=type(error).__name__, claims=len(fresh))
+                failed = Unavailable(
+                    "store_unavailable", "the store did not accept the claim; retry"
+                )
+                by_claim.update((id(c), failed) for c in fresh)
+        outcomes = [by_claim[id(c)] for c in claims]
+        settle = [
+            (claim.request, claim.claim_seq)
+            for claim, outcome in zip(claims, outcomes, strict=True)
+            if outcome is claim.answer
+        ]
         release = [
             (claim.request, claim.claim_seq)
             for claim, outcome in zip(claims, outcomes, strict=True)
             if outcome is not claim.answer
         ]
-        if release:
+        gate = self._rt.gate
+        for what, step, reservations in (
+            ("settle", gate.settle, settle),
+            ("release", gate.release, release),
+        ):
+            if not reservations:
+                continue
             try:
-                self._rt.gate.release(release)
-            except Exception as error:  # the gate is rebuilt from the store on restart
+                step(reservations)
+            except Exception as error:  # stale reservations are reaped (GateKeeper)
                 log.error(
-                    "gate_release_failed", error_type=type(error).__name__, claims=len(release)
+                    f"gate_{what}_failed", error_type=type(error).__name__, claims=len(reservations)
                 )
         for claim in claims:
             self._rt.inflight.release(claim.key.app_id, claim.key.key)
@@ -208,14 +233,30 @@ class GroupCommitter:
             job.future.set_result(outcomes[offset : offset + len(job.claims)])
             offset += len(job.claims)
 
+    def _before_commit(self, claims: list[_Pending]) -> None:
+        """Roll back rather than commit a reservation older than its ttl (the fence)."""
+        oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
+        if any(c.reserved_at < oldest for c in claims):
+            raise _TooLate
+
+    @staticmethod
+    def _too_late() -> Unavailable:
+        return Unavailable(
+            "commit_timeout",
+            "the claim waited too long to be committed; retry with the same Idempotency-Key",
+        )
+
     def _commit(self, claims: list[_Pending]) -> list[LequanError | Answer | None]:
         """Commit all claims in one transaction; on a conflict, one by one to isolate it."""
         now = self._rt.clock.now()
         try:
             with self._rt.store.unit_of_work() as uow:
                 outcomes = self._write(uow, claims, now)
+                self._before_commit(claims)
                 uow.commit()
             return outcomes
+        except _TooLate:
+            return [self._too_late()] * len(claims)
         except IntegrityError:
             pass
         except OperationalError as error:
@@ -229,8 +270,11 @@ class GroupCommitter:
         try:
             with self._rt.store.unit_of_work() as uow:
                 outcome = self._write(uow, [claim], now)[0]
+                self._before_commit([claim])
                 uow.commit()
                 return outcome
+        except _TooLate:
+            return self._too_late()
         except IntegrityError:
             with self._rt.store.unit_of_work(readonly=True) as uow:
                 stored = uow.idempotent_answer(claim.key.app_id, claim.key.key)
@@ -306,9 +350,18 @@ class GroupCommitter:
 class ClaimService:
     """Claims for one process: the campaign cache, the gate and the group committer."""
 
-    def __init__(self, rt: Runtime, cache: CampaignCache) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        cache: CampaignCache,
+        *,
+        on_gate_lost: Callable[[str], None] = lambda _campaign_id: None,
+        on_sold_out: Callable[[str, str], None] = lambda _pool, _template_id: None,
+    ) -> None:
         self._rt = rt
         self._cache = cache
+        self._on_gate_lost = on_gate_lost
+        self._on_sold_out = on_sold_out
         s = rt.settings
         self.committer = GroupCommitter(
             rt,
@@ -431,18 +484,13 @@ class ClaimService:
             reserve.append((i, offer.reserve_request(person_id), offer, person_id))
         if not reserve:
             return
+        reserved_at = time.monotonic()
         gate_results = rt.gate.reserve([r for _, r, _, _ in reserve])
         pending: list[tuple[int, _Pending]] = []
         for (i, reserved, offer, person_id), got in zip(reserve, gate_results, strict=True):
             if got.outcome is not ReserveOutcome.OK:
-                if got.outcome in (ReserveOutcome.SOLD_OUT, ReserveOutcome.UNKNOWN_STOCK):
-                    self._cache.sold_out.add((reserved.pool, reserved.template_id))
-                code, message = _GATE_REFUSALS[got.outcome]
-                gate_refusal = Conflict(code, message)
-                results[i] = _refusal(gate_refusal, http_status(gate_refusal))
+                results[i] = self._gate_refusal(reserved, offer, got.outcome)
                 continue
-            if got.remaining == 0:
-                self._cache.sold_out.add((reserved.pool, reserved.template_id))
             voucher = offer.voucher(new_id("v"), person_id, got.claim_seq)
             pending.append(
                 (
@@ -453,12 +501,32 @@ class ClaimService:
                         voucher=voucher,
                         key=requests[i].key,
                         answer=offer.answer(voucher.id),
+                        reserved_at=reserved_at,
                     ),
                 )
             )
         if not pending:
             return
         self._commit(pending, results, handed)
+
+    def _gate_refusal(
+        self, reserved: ReserveRequest, offer: _Offer, outcome: ReserveOutcome
+    ) -> ClaimResult:
+        if outcome is ReserveOutcome.UNKNOWN_STOCK and offer.stocked:
+            # The campaign stocks it, the gate does not hold it: the gate lost
+            # it (Redis restarted or flushed). Never a guess: retry shortly.
+            self._on_gate_lost(offer.campaign_id)
+            lost = Unavailable("gate_rebuilding", "the claim gate is being rebuilt; retry")
+            return _refusal(lost, http_status(lost))
+        if outcome in (ReserveOutcome.SOLD_OUT, ReserveOutcome.UNKNOWN_STOCK):
+            flag = (reserved.pool, reserved.template_id)
+            if flag not in self._cache.sold_out:
+                self._cache.sold_out.add(flag)
+                if outcome is ReserveOutcome.SOLD_OUT:
+                    self._on_sold_out(*flag)
+        code, message = _GATE_REFUSALS[outcome]
+        gate_refusal = Conflict(code, message)
+        return _refusal(gate_refusal, http_status(gate_refusal))
 
     def _commit(
         self,
@@ -538,6 +606,10 @@ class ClaimService:
         if (pool, template.id) in self._cache.sold_out:
             return Conflict("sold_out", "the vouchers of this round are gone")
         valid_from, valid_until = config.validity.window(now)
+        stocked = any(
+            r.id == request.round_id and template.id in r.stock.get(channel_id, {})
+            for r in config.rounds
+        )
         return _Offer(
             campaign_id=request.campaign_id,
             round_id=request.round_id,
@@ -551,6 +623,7 @@ class ClaimService:
             valid_from=valid_from,
             valid_until=valid_until,
             issued_at=now,
+            stocked=stocked,
         )
 
 
@@ -574,6 +647,7 @@ class _Offer:
     valid_from: datetime
     valid_until: datetime
     issued_at: datetime
+    stocked: bool  # the campaign's configuration gives this pool stock of the template
     _body: dict[str, Any] = field(default_factory=dict, compare=False)
     _text: list[str] = field(default_factory=list, compare=False)
 

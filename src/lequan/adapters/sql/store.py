@@ -235,6 +235,18 @@ class UnitOfWork:
         rows = self._driver_sql(sql, (channel_id, self._array(channel_user_ids)))
         return {user: (person, region, bool(black)) for user, person, region, black in rows}
 
+    def claimed_slots(
+        self, campaign_id: str, round_id: str, channel_id: str, person_ids: Sequence[str]
+    ) -> set[tuple[str, int]]:
+        """(person_id, claim_seq) of the vouchers these people hold in one pool."""
+        rows = self._driver_sql(
+            "SELECT person_id, claim_seq FROM vouchers "  # noqa: S608
+            "WHERE campaign_id = ? AND round_id = ? AND channel_id = ? AND "
+            f"{self._in_array('person_id')}",
+            (campaign_id, round_id, channel_id, self._array(person_ids)),
+        )
+        return {(person, int(seq)) for person, seq in rows}
+
     def claim_answers(self, app_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
         """key -> (request_hash, status_code, response_json) stored for these keys."""
         rows = self._driver_sql(

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from lequan.adapters.sql.store import UnitOfWork
 from lequan.domain.errors import InvalidInput
-from lequan.http.admission import TokenBuckets
+from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.deps import ChannelApp, IdempotencyKey, PlatformDep
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.schemas import (
@@ -150,7 +150,9 @@ async def claim_batch(
                 ),
             )
         )
-    results = await run_in_threadpool(platform.claims.claim, caller.app_id, requests)
+    admission: InFlightLimit = request.app.state.claim_admission
+    with admission.admit(len(requests)):
+        results = await run_in_threadpool(platform.claims.claim, caller.app_id, requests)
     out = []
     outcomes: dict[str, int] = {}
     for index, (key, result) in enumerate(zip(keys, results, strict=True)):

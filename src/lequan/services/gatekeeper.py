@@ -1,0 +1,139 @@
+"""Keeping a shared claim gate whole while many processes use it.
+
+Two jobs, in one background thread per process:
+
+- **reload what the gate lost.** A claim that finds no stock where the
+  campaign has some asks for it (``request``); the keeper runs
+  ``ensure_gate``, fenced, so no reservation granted before the loss can
+  commit after the store was read.
+- **reap what dead processes left pending.** A process killed between
+  reserving and committing leaves its reservations pending in the gate. Once
+  older than ``gate_fence_s`` none of them can still commit; the keeper
+  looks each up in the store and settles it (the voucher exists) or
+  releases it (the stock is sold again).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import structlog
+
+from lequan.domain.campaigns import CampaignStatus
+from lequan.ports import ReserveRequest
+from lequan.services.campaigns import ensure_gate, pool_key
+from lequan.services.runtime import Runtime
+
+__all__ = ["GateKeeper", "ReapReport", "reap_stale"]
+
+log = structlog.get_logger(__name__)
+
+# Campaigns waiting for a reload; more are dropped (they ask again on the next claim).
+REQUESTS_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ReapReport:
+    settled: int
+    released: int
+
+
+def reap_stale(rt: Runtime) -> ReapReport:
+    """Settle or release the reservations pending longer than ``gate_fence_s``."""
+    settled = released = 0
+    limit = rt.settings.sweep_batch_max
+    with rt.store.unit_of_work(readonly=True) as uow:
+        rows = uow.list_campaigns(statuses=(CampaignStatus.LIVE, CampaignStatus.PAUSED))
+        pools = {row.id: uow.stock_initial(row.id) for row in rows}
+    for row in rows:
+        limits = row.config.limits
+        seen: set[tuple[str, str]] = set()
+        for round_id, channel_id, _template, _initial in pools[row.id]:
+            if (round_id, channel_id) in seen:
+                continue
+            seen.add((round_id, channel_id))
+            pool = pool_key(row.id, round_id, channel_id)
+            stale = rt.gate.stale(pool, older_than_s=rt.settings.gate_fence_s, limit=limit)
+            if not stale:
+                continue
+            with rt.store.unit_of_work(readonly=True) as uow:
+                committed = uow.claimed_slots(
+                    row.id, round_id, channel_id, sorted({person for _t, person, _s in stale})
+                )
+            done: dict[bool, list[tuple[ReserveRequest, int]]] = defaultdict(list)
+            for template_id, person_id, seq in stale:
+                request = ReserveRequest(
+                    pool=pool,
+                    template_id=template_id,
+                    person_id=person_id,
+                    limit=limits.per_person_per_round_per_channel,
+                    campaign_id=row.id,
+                    campaign_limit=limits.per_person_per_campaign,
+                )
+                done[(person_id, seq) in committed].append((request, seq))
+            rt.gate.settle(done[True])
+            rt.gate.release(done[False])
+            settled += len(done[True])
+            released += len(done[False])
+    if settled or released:
+        log.warning("gate_reaped", settled=settled, released=released)
+    return ReapReport(settled=settled, released=released)
+
+
+class GateKeeper:
+    """The background thread that reloads lost campaigns and reaps stale reservations."""
+
+    def __init__(self, rt: Runtime, *, interval_s: float) -> None:
+        self._rt = rt
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._requested: set[str] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lequan-gatekeeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def request(self, campaign_id: str) -> None:
+        """Ask for a campaign to be reloaded; returns at once."""
+        with self._lock:
+            if campaign_id in self._requested or len(self._requested) >= REQUESTS_MAX:
+                return
+            self._requested.add(campaign_id)
+        self._wake.set()
+
+    def _run(self) -> None:
+        next_reap = time.monotonic() + self._interval_s
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_reap - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                requested, self._requested = self._requested, set()
+            for campaign_id in sorted(requested):
+                try:
+                    ensure_gate(self._rt, campaign_id)
+                except Exception as error:  # asked again by the next claim that finds it lost
+                    log.error(
+                        "gate_reload_failed",
+                        campaign_id=campaign_id,
+                        error_type=type(error).__name__,
+                    )
+            if time.monotonic() < next_reap:
+                continue
+            next_reap = time.monotonic() + self._interval_s
+            try:
+                reap_stale(self._rt)
+            except Exception as error:  # the next pass retries
+                log.error("gate_reap_failed", error_type=type(error).__name__)
