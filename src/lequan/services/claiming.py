@@ -38,9 +38,15 @@ from lequan.ports import ReserveOutcome, ReserveRequest
 from lequan.services.campaigns import CampaignCache, pool_key
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.runtime import Runtime
-from lequan.services.views import error_body, http_status, new_id, voucher_body
+from lequan.services.views import error_body, http_status, new_ids, voucher_body
 
-__all__ = ["ClaimRequest", "ClaimResult", "ClaimService", "GroupCommitter"]
+__all__ = [
+    "ClaimRequest",
+    "ClaimResult",
+    "ClaimService",
+    "GroupCommitter",
+    "issued_voucher_json",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -487,11 +493,12 @@ class ClaimService:
         reserved_at = time.monotonic()
         gate_results = rt.gate.reserve([r for _, r, _, _ in reserve])
         pending: list[tuple[int, _Pending]] = []
+        voucher_ids = iter(new_ids("v", len(reserve)))
         for (i, reserved, offer, person_id), got in zip(reserve, gate_results, strict=True):
             if got.outcome is not ReserveOutcome.OK:
                 results[i] = self._gate_refusal(reserved, offer, got.outcome)
                 continue
-            voucher = offer.voucher(new_id("v"), person_id, got.claim_seq)
+            voucher = offer.voucher(next(voucher_ids), person_id, got.claim_seq)
             pending.append(
                 (
                     i,
@@ -629,6 +636,16 @@ class ClaimService:
 
 # Stands for the voucher id in an offer's rendered answer; never a real id ("v" + hex).
 _ID_SLOT = "@voucher-id@"
+# How an offer's rendered "issued" answer begins (sorted keys): the voucher follows.
+_ISSUED_PREFIX = '{"status":"issued","voucher":'
+
+
+def issued_voucher_json(answer: Answer) -> str | None:
+    """The voucher of an "issued" answer as JSON text, when it was rendered already."""
+    text = answer.text
+    if text is None or not text.startswith(_ISSUED_PREFIX):
+        return None
+    return text[len(_ISSUED_PREFIX) : -1]
 
 
 @dataclass(frozen=True, slots=True)

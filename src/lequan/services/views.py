@@ -20,12 +20,19 @@ from lequan.domain.errors import (
     Unavailable,
 )
 
-__all__ = ["error_body", "http_status", "new_id", "redemption_body", "voucher_body"]
+__all__ = ["error_body", "http_status", "new_id", "new_ids", "redemption_body", "voucher_body"]
 
 
 def new_id(prefix: str) -> str:
     """A unique id that sorts by creation time (for cursor pagination)."""
     return f"{prefix}{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """``count`` ids as ``new_id`` makes them, from one read of the system's randomness."""
+    stamp = f"{prefix}{time.time_ns() // 1_000_000:012x}"
+    random = secrets.token_hex(6 * count)
+    return [stamp + random[12 * i : 12 * i + 12] for i in range(count)]
 
 
 def voucher_body(v: VoucherRow) -> dict[str, Any]:

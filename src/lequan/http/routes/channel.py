@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from lequan.adapters.sql.store import UnitOfWork
 from lequan.domain.errors import InvalidInput
@@ -29,7 +29,7 @@ from lequan.http.schemas import (
     WalletOut,
 )
 from lequan.services import persons
-from lequan.services.claiming import ClaimRequest
+from lequan.services.claiming import ClaimRequest, issued_voucher_json
 from lequan.services.idempotency import Answer, Idempotency, request_hash, validate_key
 from lequan.services.views import voucher_body
 
@@ -124,7 +124,7 @@ async def claim(
 )
 async def claim_batch(
     body: BatchClaimIn, caller: ChannelApp, platform: PlatformDep, request: Request
-) -> JSONResponse:
+) -> Response:
     settings = platform.rt.settings
     if len(body.items) > settings.claim_batch_items_max:
         raise InvalidInput(
@@ -153,27 +153,32 @@ async def claim_batch(
     admission: InFlightLimit = request.app.state.claim_admission
     with admission.admit(len(requests)):
         results = await run_in_threadpool(platform.claims.claim, caller.app_id, requests)
-    out = []
+    # The response is written as text: each issued voucher's JSON was rendered
+    # once already, for the stored answer, and is put in as it is.
+    items: list[str] = []
     outcomes: dict[str, int] = {}
     for index, (key, result) in enumerate(zip(keys, results, strict=True)):
-        answer_body = dict(result.answer.body)
-        ok = result.answer.status_code < 400
-        outcome = "issued" if ok else str(answer_body.get("code", result.outcome))
+        answer = result.answer
+        ok = answer.status_code < 400
+        outcome = "issued" if ok else str(answer.body.get("code", result.outcome))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        out.append(
-            {
-                "index": index,
-                "idempotency_key": key,
-                "status_code": result.answer.status_code,
-                "outcome": outcome,
-                "replayed": result.replayed,
-                "voucher": answer_body.get("voucher") if ok else None,
-                "error": None if ok else answer_body,
-            }
+        voucher = (
+            (issued_voucher_json(answer) or _json(answer.body.get("voucher"))) if ok else "null"
         )
-    request.state.outcome = f"batch:{len(out)}"
+        items.append(
+            f'{{"index":{index},"idempotency_key":{_json(key)},'
+            f'"status_code":{answer.status_code},"outcome":{_json(outcome)},'
+            f'"replayed":{"true" if result.replayed else "false"},"voucher":{voucher},'
+            f'"error":{"null" if ok else _json(answer.body)}}}'
+        )
+    request.state.outcome = f"batch:{len(items)}"
     request.state.claim_outcomes = outcomes
-    return JSONResponse({"results": out, "outcomes": outcomes})
+    text = '{"results":[' + ",".join(items) + '],"outcomes":' + _json(outcomes) + "}"
+    return Response(text.encode(), media_type="application/json")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @router.get(
