@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -98,76 +97,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     missing or the cluster does not form, the tests using it are skipped
     (failed with LEQUAN_TEST_REQUIRE_SERVICES=1).
     """
-    import shutil
-    import socket
-    import subprocess
-    import time
+    from lequan.bench.cluster import ClusterUnavailable, local_cluster
 
-    import redis
-    from redis.cluster import RedisCluster
-
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        _unreachable("Redis Cluster", FileNotFoundError("redis-server / redis-cli"))
-    ports: list[int] = []
-    # Each node also listens on its port + 10000 (the cluster bus): both must be free.
-    for candidate in range(21000 + os.getpid() % 5000, 40000):
-        if len(ports) == 3:
-            break
-        try:
-            for port in (candidate, candidate + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        ports.append(candidate)
-    root = tmp_path_factory.mktemp("redis-cluster")
-    for port in ports:
-        (root / str(port)).mkdir()
-        subprocess.run(
-            [
-                "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--save", "", "--appendonly", "no", "--daemonize", "yes",
-                "--dir", str(root / str(port)), "--logfile", str(root / str(port) / "log"),
-            ],
-            check=True,
-        )  # fmt: skip
     try:
-        for port in ports:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).ping()
-                    break
-                except redis.RedisError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        probe = redis.Redis(host="127.0.0.1", port=ports[0], decode_responses=True)
-        while _cluster_state(probe) != "ok":
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not reach state ok")
-            time.sleep(0.2)
-        client = RedisCluster(host="127.0.0.1", port=ports[0])
-        client.ping()
-        client.close()
-    except (subprocess.SubprocessError, redis.RedisError, RuntimeError) as error:
-        for port in ports:
-            subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False)
+        cluster = local_cluster(tmp_path_factory.mktemp("redis-cluster"))
+        node = cluster.__enter__()
+    except ClusterUnavailable as error:
         _unreachable("Redis Cluster", error)
-    yield ("127.0.0.1", ports[0])
-    for port in ports:
-        subprocess.run(
-            ["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True
-        )
-
-
-def _cluster_state(client: Any) -> str:
-    info = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
-    return str(info.get("cluster_state", "")) if isinstance(info, dict) else ""
+    try:
+        yield node
+    finally:
+        cluster.__exit__(None, None, None)

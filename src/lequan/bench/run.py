@@ -19,9 +19,14 @@ import sqlalchemy as sa
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.redis_gate import RedisGate
 from lequan.bench import baselines, scenarios
+from lequan.bench.cluster import ClusterUnavailable, local_cluster
 from lequan.bench.servers import serve_bare, serve_lequan
 
 __all__ = ["BenchConfig", "Row", "machine", "run_bench"]
+
+
+# Buckets per pool in the bucketed gate rows.
+GATE_BUCKETS = 8
 
 
 @dataclass(frozen=True)
@@ -185,12 +190,43 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                 "batches of 1,000",
             )
             gate.close()
+        if want("gate_redis_buckets"):
+            gate = RedisGate.from_url(
+                config.redis_url, key_prefix=f"lqbench:{run}:b:", buckets=GATE_BUCKETS
+            )
+            add(
+                "gate_redis_buckets",
+                "claims/s",
+                scenarios.gate_rate(gate, claims=200_000),
+                f"one Redis, {GATE_BUCKETS} buckets per pool, batches of 1,000",
+            )
+            gate.close()
+        if want("gate_redis_cluster"):
+            with tempfile.TemporaryDirectory(prefix="lqbench-cluster-") as directory:
+                try:
+                    with local_cluster(Path(directory)) as (host, port):
+                        gate = RedisGate.from_url(
+                            f"redis://{host}:{port}/0",
+                            key_prefix=f"lqbench:{run}:",
+                            buckets=GATE_BUCKETS,
+                            cluster=True,
+                        )
+                        add(
+                            "gate_redis_cluster",
+                            "claims/s",
+                            scenarios.gate_rate(gate, claims=200_000),
+                            f"3 primaries on this machine, {GATE_BUCKETS} buckets per pool, "
+                            "batches of 1,000",
+                        )
+                        gate.close()
+                except ClusterUnavailable as error:
+                    progress(f"gate_redis_cluster skipped: {error}")
 
         for stack_name, database in (("embedded", "sqlite"), ("pg_redis", "postgres")):
             names = [f"http_batch_claims_{stack_name}", f"http_single_claims_{stack_name}"]
             names.append(f"service_batch_claims_{stack_name}")
             if database == "postgres":
-                names.append("http_redemptions_pg")
+                names.extend(["http_redemptions_pg", "http_batch_claims_pg_redis_2w"])
             if not any(want(n) for n in names):
                 continue
             progress(f"run {run}/{config.runs}: lequan on {stack_name}")
@@ -202,7 +238,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                     url, drop = fresh_postgres(config.postgres_url)
                     redis_url = config.redis_url
                 people = (
-                    config.batch_claims
+                    2 * config.batch_claims
                     + config.single_claims
                     + config.redemptions
                     + config.service_claims
@@ -261,6 +297,21 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                                 ),
                                 "one-step, durable on PostgreSQL; 32 connections",
                             )
+                        if database == "postgres" and want("http_batch_claims_pg_redis_2w"):
+                            with serve_lequan(stack.env, workers=2) as port_2w:
+                                add(
+                                    "http_batch_claims_pg_redis_2w",
+                                    "claims/s",
+                                    scenarios.batch_claims(
+                                        stack,
+                                        port_2w,
+                                        claims=config.batch_claims,
+                                        batch=1000,
+                                        connections=4,
+                                        duration_s=config.duration_s * 4,
+                                    ),
+                                    "as above, 2 worker processes sharing the Redis gate",
+                                )
                 finally:
                     drop()
     return list(rows.values())
