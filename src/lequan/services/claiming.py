@@ -193,20 +193,19 @@ class GroupCommitter:
         claims = [c for job in jobs for c in job.claims]
         # The fence of a gate rebuild: a reservation this old is never committed.
         oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
-        fresh = [c for c in claims if c.reserved_at >= oldest]
-        by_claim: dict[int, LequanError | Answer | None] = {
-            id(c): self._too_late() for c in claims if c.reserved_at < oldest
-        }
+        fresh = [i for i, c in enumerate(claims) if c.reserved_at >= oldest]
+        outcomes: list[LequanError | Answer | None] = [self._too_late()] * len(claims)
         if fresh:
             try:
-                by_claim.update(zip(map(id, fresh), self._commit(fresh), strict=True))
+                committed = self._commit([claims[i] for i in fresh])
             except Exception as error:  # the writer must never die; every waiter gets an answer
                 log.error("group_commit_failed", error_type=type(error).__name__, claims=len(fresh))
                 failed = Unavailable(
                     "store_unavailable", "the store did not accept the claim; retry"
                 )
-                by_claim.update((id(c), failed) for c in fresh)
-        outcomes = [by_claim[id(c)] for c in claims]
+                committed = [failed] * len(fresh)
+            for i, outcome in zip(fresh, committed, strict=True):
+                outcomes[i] = outcome
         settle = [
             (claim.request, claim.claim_seq)
             for claim, outcome in zip(claims, outcomes, strict=True)
@@ -217,19 +216,9 @@ class GroupCommitter:
             for claim, outcome in zip(claims, outcomes, strict=True)
             if outcome is not claim.answer
         ]
-        gate = self._rt.gate
-        for what, step, reservations in (
-            ("settle", gate.settle, settle),
-            ("release", gate.release, release),
-        ):
-            if not reservations:
-                continue
-            try:
-                step(reservations)
-            except Exception as error:  # stale reservations are reaped (GateKeeper)
-                log.error(
-                    f"gate_{what}_failed", error_type=type(error).__name__, claims=len(reservations)
-                )
+        # Released before anyone hears: a retry must find the stock and the
+        # person's count as if the failed claim had never been.
+        self._tell_gate("release", release)
         for claim in claims:
             self._rt.inflight.release(claim.key.app_id, claim.key.key)
         with self._pending_lock:
@@ -238,6 +227,19 @@ class GroupCommitter:
         for job in jobs:
             job.future.set_result(outcomes[offset : offset + len(job.claims)])
             offset += len(job.claims)
+        # Settled after: only the gate's journal waits on it.
+        self._tell_gate("settle", settle)
+
+    def _tell_gate(self, what: str, reservations: list[tuple[ReserveRequest, int]]) -> None:
+        if not reservations:
+            return
+        step = self._rt.gate.settle if what == "settle" else self._rt.gate.release
+        try:
+            step(reservations)
+        except Exception as error:  # stale reservations are reaped (GateKeeper)
+            log.error(
+                f"gate_{what}_failed", error_type=type(error).__name__, claims=len(reservations)
+            )
 
     def _before_commit(self, claims: list[_Pending]) -> None:
         """Roll back rather than commit a reservation older than its ttl (the fence)."""

@@ -213,6 +213,21 @@ class UnitOfWork:
             sql = sql.replace("?", "%s")
         return self.connection.exec_driver_sql(sql, params)
 
+    def _driver_rows(self, sql: str, params: Any) -> list[Any]:
+        """The rows of a query as the driver's own tuples, on this transaction's connection.
+
+        A 1,000-row read through SQLAlchemy's result object costs more than
+        the query; the hot reads of the claim path take the driver's rows.
+        """
+        if self._postgres:
+            sql = sql.replace("?", "%s")
+        cursor = self.connection.connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
     def _in_array(self, column: str) -> str:
         if self._postgres:
             return f"{column} = ANY(?)"
@@ -232,7 +247,7 @@ class UnitOfWork:
             "LEFT JOIN blacklist b ON b.id_number_bidx = p.id_number_bidx "
             f"WHERE a.channel_id = ? AND {self._in_array('a.channel_user_id')}"
         )
-        rows = self._driver_sql(sql, (channel_id, self._array(channel_user_ids)))
+        rows = self._driver_rows(sql, (channel_id, self._array(channel_user_ids)))
         return {user: (person, region, bool(black)) for user, person, region, black in rows}
 
     def claimed_slots(
@@ -249,7 +264,7 @@ class UnitOfWork:
 
     def claim_answers(self, app_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
         """key -> (request_hash, status_code, response_json) stored for these keys."""
-        rows = self._driver_sql(
+        rows = self._driver_rows(
             "SELECT key, request_hash, status_code, response_json FROM idempotency_keys "  # noqa: S608
             f"WHERE app_id = ? AND {self._in_array('key')}",
             (app_id, self._array(keys)),

@@ -97,8 +97,14 @@ async def register_person(
 
 def claim_hash(body: ClaimIn) -> str:
     """A claim is the same claim whether it came alone or in a batch: a retry may switch."""
-    fields = body.model_dump(mode="json", exclude={"idempotency_key"})
-    return request_hash("claim", json.dumps(fields, sort_keys=True, separators=(",", ":")))
+    fields = [
+        body.channel_user_id,
+        body.campaign_id,
+        body.round_id,
+        body.template_id,
+        body.location_region,
+    ]
+    return request_hash("claim", json.dumps(fields, ensure_ascii=False, separators=(",", ":")))
 
 
 @router.post(
