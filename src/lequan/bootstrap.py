@@ -28,6 +28,7 @@ from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
+from lequan.services.redeeming import RedemptionWriter
 from lequan.services.runtime import Runtime, SystemClock
 from lequan.services.sweeper import Sweeper
 
@@ -118,6 +119,7 @@ class Platform:
     sweeper: Sweeper | None
     gatekeeper: GateKeeper
     sold_out: LocalSoldOut | RedisSoldOut
+    redemptions: RedemptionWriter
 
     def close(self) -> None:
         if self.sweeper is not None:
@@ -125,6 +127,7 @@ class Platform:
         self.gatekeeper.stop()
         self.sold_out.close()
         self.claims.close()
+        self.redemptions.close()
         self.rt.gate.close()
         self.rt.store.dispose()
 
@@ -157,6 +160,12 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
         sweeper=sweeper,
         gatekeeper=gatekeeper,
         sold_out=sold_out,
+        redemptions=RedemptionWriter(
+            rt,
+            batch_size_max=rt.settings.redeem_batch_size_max,
+            wait_ms=rt.settings.redeem_batch_wait_ms,
+            queue_max=rt.settings.redeem_queue_max,
+        ),
     )
 
 

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     claim_reservation_ttl_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Single claims arriving this close together are served as one batch.
     claim_coalesce_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
+    # One-step redemptions: at most this many per transaction, waiting at most
+    # this long for more; beyond redeem_queue_max waiting, 429 overloaded.
+    redeem_batch_size_max: Annotated[int, Field(ge=1, le=5000)] = 500
+    redeem_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 1.0
+    redeem_queue_max: Annotated[int, Field(ge=1)] = 10_000
     campaign_cache_ttl_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
     lock_timeout_s: Annotated[int, Field(ge=10, le=86_400)] = 900

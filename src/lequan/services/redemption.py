@@ -36,9 +36,13 @@ from lequan.services.views import new_id, redemption_body
 __all__ = [
     "Quote",
     "RedeemOrder",
+    "check_amount",
     "confirm",
+    "discount_of",
+    "event_payload",
     "quote",
     "redeem",
+    "redemption_values",
     "refund",
     "reverse",
     "void",
@@ -66,7 +70,7 @@ class Quote:
     pay_fen: int
 
 
-def _check_amount(amount_fen: int) -> None:
+def check_amount(amount_fen: int) -> None:
     if not 0 < amount_fen <= AMOUNT_FEN_MAX:
         raise InvalidInput("invalid_amount", f"order_amount_fen must be 1 to {AMOUNT_FEN_MAX}")
 
@@ -80,7 +84,7 @@ def _merchant(uow: UnitOfWork, order: RedeemOrder) -> MerchantRow:
     return merchant
 
 
-def _discount(
+def discount_of(
     *,
     voucher: VoucherRow,
     campaign: CampaignRow,
@@ -123,7 +127,7 @@ def _discount(
 
 def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
     """The person's vouchers usable for this order, the biggest discount first."""
-    _check_amount(order.order_amount_fen)
+    check_amount(order.order_amount_fen)
     now = rt.clock.now()
     with rt.store.unit_of_work(readonly=True) as uow:
         merchant = _merchant(uow, order)
@@ -145,7 +149,7 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
             campaign = campaigns[v.campaign_id]
             assert campaign is not None
             try:
-                discount = _discount(
+                discount = discount_of(
                     voucher=v,
                     campaign=campaign,
                     merchant=merchant,
@@ -163,7 +167,14 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
 def _event(
     uow: UnitOfWork, topic: str, redemption: RedemptionRow, now: datetime, **extra: Any
 ) -> None:
-    payload = {
+    payload = event_payload(topic, redemption, now, **extra)
+    uow.add_outbox(event_id=new_id("e"), topic=topic, payload=payload, now=now)
+
+
+def event_payload(
+    topic: str, redemption: RedemptionRow, now: datetime, **extra: Any
+) -> dict[str, Any]:
+    return {
         "event": topic,
         "redemption_id": redemption.id,
         "voucher_id": redemption.voucher_id,
@@ -176,7 +187,6 @@ def _event(
         "at": now.isoformat(),
         **extra,
     }
-    uow.add_outbox(event_id=new_id("e"), topic=topic, payload=payload, now=now)
 
 
 def redeem(
@@ -189,7 +199,7 @@ def redeem(
     record: RecordAnswer | None = None,
 ) -> tuple[RedemptionRow, VoucherState]:
     """Redeem in one step, or lock at authorization (confirm or void later)."""
-    _check_amount(order.order_amount_fen)
+    check_amount(order.order_amount_fen)
     now = rt.clock.now()
     action = Action.LOCK if lock else Action.REDEEM
     with rt.store.unit_of_work() as uow:
@@ -203,7 +213,7 @@ def redeem(
             raise NotFound("voucher_not_found", f"no voucher {voucher_id} for this person")
         campaign = uow.get_campaign(voucher.campaign_id)
         assert campaign is not None
-        discount = _discount(
+        discount = discount_of(
             voucher=voucher,
             campaign=campaign,
             merchant=merchant,
@@ -213,26 +223,15 @@ def redeem(
         )
         state = next_state(voucher.state, action)
         redemption_id = new_id("r")
-        values = {
-            "id": redemption_id,
-            "voucher_id": voucher.id,
-            "campaign_id": voucher.campaign_id,
-            "acquirer_id": order.acquirer_id,
-            "merchant_id": order.merchant_id,
-            "order_id": order.order_id,
-            "mode": order.mode,
-            "order_amount_fen": order.order_amount_fen,
-            "discount_fen": discount,
-            "pay_fen": order.order_amount_fen - discount,
-            "status": "locked" if lock else "redeemed",
-            "lock_expires_at": now + timedelta(seconds=rt.settings.lock_timeout_s)
-            if lock
-            else None,
-            "product_json": json.dumps(product, ensure_ascii=False) if product else None,
-            "created_at": now,
-            "updated_at": now,
-            "version": 1,
-        }
+        values = redemption_values(
+            redemption_id,
+            voucher,
+            order,
+            discount,
+            product,
+            now=now,
+            lock_expires_at=now + timedelta(seconds=rt.settings.lock_timeout_s) if lock else None,
+        )
         if not uow.move_voucher(voucher, state=state, now=now, redemption_id=redemption_id):
             raise _lost_race(uow, voucher_id)
         uow.insert_redemption(values)
@@ -244,6 +243,36 @@ def redeem(
             record(uow, (redemption, state))
         uow.commit()
     return redemption, state
+
+
+def redemption_values(
+    redemption_id: str,
+    voucher: VoucherRow,
+    order: RedeemOrder,
+    discount: int,
+    product: dict[str, str] | None,
+    *,
+    now: datetime,
+    lock_expires_at: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "id": redemption_id,
+        "voucher_id": voucher.id,
+        "campaign_id": voucher.campaign_id,
+        "acquirer_id": order.acquirer_id,
+        "merchant_id": order.merchant_id,
+        "order_id": order.order_id,
+        "mode": order.mode,
+        "order_amount_fen": order.order_amount_fen,
+        "discount_fen": discount,
+        "pay_fen": order.order_amount_fen - discount,
+        "status": "locked" if lock_expires_at is not None else "redeemed",
+        "lock_expires_at": lock_expires_at,
+        "product_json": json.dumps(product, ensure_ascii=False) if product else None,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
 
 
 def _lost_race(uow: UnitOfWork, voucher_id: str) -> Conflict:

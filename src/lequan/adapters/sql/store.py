@@ -634,6 +634,22 @@ class UnitOfWork:
             )
         ).scalar_one_or_none()
 
+    def account_persons(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(channel_id, channel_user_id) -> person_id for the accounts that exist."""
+        a = t.person_accounts.c
+        by_channel: dict[str, set[str]] = {}
+        for channel_id, user in pairs:
+            by_channel.setdefault(channel_id, set()).add(user)
+        found: dict[tuple[str, str], str] = {}
+        for channel_id, users in by_channel.items():
+            rows = self._exec(
+                sa.select(a.channel_user_id, a.person_id).where(
+                    a.channel_id == channel_id, a.channel_user_id.in_(sorted(users))
+                )
+            )
+            found.update(((channel_id, user), person) for user, person in rows)
+        return found
+
     def person_account_in_channel(self, channel_id: str, person_id: str) -> str | None:
         a = t.person_accounts.c
         return self._exec(
@@ -688,6 +704,59 @@ class UnitOfWork:
             query = query.with_for_update()
         row = self._exec(query).first()
         return _voucher(row) if row else None
+
+    def lock_vouchers(self, voucher_ids: Sequence[str]) -> dict[str, VoucherRow]:
+        """Many vouchers by id, their rows locked in id order until commit (PostgreSQL)."""
+        query = (
+            sa.select(t.vouchers)
+            .where(t.vouchers.c.id.in_(sorted(set(voucher_ids))))
+            .order_by(t.vouchers.c.id)
+        )
+        if self._postgres:
+            query = query.with_for_update()
+        return {row.id: _voucher(row) for row in self._exec(query)}
+
+    def move_vouchers(
+        self, moves: Sequence[tuple[VoucherRow, VoucherState, str | None]], *, now: datetime
+    ) -> None:
+        """``move_voucher`` for many, in one statement; each must still be as it was read."""
+        if not moves:
+            return
+        v = t.vouchers.c
+        statement = (
+            sa.update(t.vouchers)
+            .where(
+                v.id == sa.bindparam("b_id"),
+                v.version == sa.bindparam("b_version"),
+                v.state == sa.bindparam("b_state"),
+            )
+            .values(
+                state=sa.bindparam("new_state"),
+                updated_at=now,
+                version=sa.bindparam("new_version"),
+                redemption_id=sa.bindparam("new_redemption_id"),
+            )
+        )
+        result = self._exec(
+            statement,
+            [
+                {
+                    "b_id": voucher.id,
+                    "b_version": voucher.version,
+                    "b_state": voucher.state.value,
+                    "new_state": state.value,
+                    "new_version": voucher.version + 1,
+                    "new_redemption_id": redemption_id,
+                }
+                for voucher, state, redemption_id in moves
+            ],
+        )
+        if self.connection.dialect.supports_sane_multi_rowcount:
+            assert result.rowcount == len(moves), "a locked voucher changed under its lock"
+
+    def insert_redemptions(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self._exec(sa.insert(t.redemptions), list(rows))
 
     def move_voucher(
         self,
@@ -810,6 +879,44 @@ class UnitOfWork:
             ],
         )
 
+    def post_many(self, posts: Sequence[tuple[Entry, Mapping[str, Any]]], *, now: datetime) -> None:
+        """``post`` for many entries: (entry, {campaign_id, voucher_id, redemption_id})."""
+        if not posts:
+            return
+        e = t.ledger_entries
+        ids = (
+            self._exec(
+                sa.insert(e).returning(e.c.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "campaign_id": where["campaign_id"],
+                        "kind": entry.kind.value,
+                        "voucher_count": 1,
+                        "voucher_id": where.get("voucher_id"),
+                        "redemption_id": where.get("redemption_id"),
+                        "created_at": now,
+                    }
+                    for entry, where in posts
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        assert len(ids) == len(posts)
+        self._exec(
+            sa.insert(t.ledger_postings),
+            [
+                {
+                    "entry_id": entry_id,
+                    "account": p.account,
+                    "campaign_id": where["campaign_id"],
+                    "amount_fen": p.amount_fen,
+                }
+                for entry_id, (entry, where) in zip(ids, posts, strict=True)
+                for p in entry.postings
+            ],
+        )
+
     def balances(self, campaign_id: str) -> dict[str, int]:
         p = t.ledger_postings.c
         rows = self._exec(
@@ -833,6 +940,27 @@ class UnitOfWork:
                 next_attempt_at=now,
             )
         )
+
+    def add_outbox_many(
+        self, events: Sequence[tuple[str, str, Mapping[str, Any]]], *, now: datetime
+    ) -> None:
+        """``add_outbox`` for many (event_id, topic, payload)."""
+        if events:
+            self._exec(
+                sa.insert(t.outbox),
+                [
+                    {
+                        "id": event_id,
+                        "topic": topic,
+                        "payload_json": json.dumps(payload, sort_keys=True, separators=(",", ":")),
+                        "status": "pending",
+                        "attempts": 0,
+                        "created_at": now,
+                        "next_attempt_at": now,
+                    }
+                    for event_id, topic, payload in events
+                ],
+            )
 
     def outbox_topics(self) -> dict[str, int]:
         o = t.outbox.c

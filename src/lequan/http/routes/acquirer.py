@@ -4,6 +4,7 @@ one step or lock-then-confirm/void, reverse, refund. Signed and idempotent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from lequan.http.routes.channel import ERRORS
 from lequan.http.schemas import EmptyIn, QuoteIn, QuoteOut, RedeemIn, RedemptionOut, RefundIn
 from lequan.services import redemption
 from lequan.services.idempotency import Answer
+from lequan.services.redeeming import OneStep
 from lequan.services.views import redemption_body, voucher_body
 
 router = APIRouter(prefix="/v1/redemptions", tags=["acquirer"])
@@ -78,6 +80,11 @@ async def redeem(
 ) -> JSONResponse:
     order = _order(caller.app_id, body)
     product = body.product.model_dump(exclude_none=True) if body.product else None
+    if body.capture == "one_step":
+        # Batched with other acquirers' one-step redemptions (services/redeeming.py).
+        item = OneStep(body.voucher_id, order, product, caller.idempotency(key))
+        answer, replayed = await asyncio.wrap_future(platform.redemptions.submit(item))
+        return answer_response(answer, replayed=replayed)
 
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
         redemption.redeem(

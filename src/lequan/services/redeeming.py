@@ -1,0 +1,355 @@
+"""One-step redemptions in batches: many acquirers' requests, one transaction.
+
+A redemption alone costs a dozen statements, each a round trip and its
+share of CPU in the driver and SQLAlchemy; at the checkout that is the
+limit, not the database. The writer thread here takes the one-step
+redemptions waiting (up to ``redeem_batch_size_max``, waiting at most
+``redeem_batch_wait_ms``) and does them with a dozen statements for the
+whole batch: the vouchers locked in id order, the accounts, merchants and
+campaigns read once, the domain deciding each redemption exactly as
+``redemption.redeem`` does, then one write per table.
+
+Each request still gets its own answer: a refusal (wrong person, out of
+scope, already redeemed — a second redemption of the same voucher in the
+same batch sees the first) is that request's answer alone. If the batch
+transaction fails, every request is retried alone through
+``redemption.redeem``, so the batch never decides anything the single path
+would not.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from lequan.adapters.sql.store import (
+    CampaignRow,
+    MerchantRow,
+    RedemptionRow,
+    UnitOfWork,
+    VoucherRow,
+)
+from lequan.domain.errors import AuthError, LequanError, NotFound, Unavailable
+from lequan.domain.ledger import Entry, redeem_entry
+from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
+from lequan.services.redemption import (
+    RedeemOrder,
+    check_amount,
+    discount_of,
+    event_payload,
+    redeem,
+    redemption_values,
+)
+from lequan.services.runtime import Runtime
+from lequan.services.views import new_ids, redemption_body
+
+__all__ = ["OneStep", "RedemptionWriter"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class OneStep:
+    """A one-step redemption waiting for the writer; its future gets (answer, replayed)."""
+
+    voucher_id: str
+    order: RedeemOrder
+    product: dict[str, str] | None
+    key: Idempotency
+    future: Future[tuple[Answer, bool]] = field(default_factory=Future)
+
+
+@dataclass(slots=True)
+class _Accepted:
+    index: int
+    voucher: VoucherRow
+    values: dict[str, Any]
+    row: RedemptionRow
+    answer: Answer
+
+
+class RedemptionWriter:
+    """The writer thread of one-step redemptions; bounded like the claim committer.
+
+    ``submit`` holds the request's idempotency key in flight (409 for a
+    second request with it) and refuses with ``overloaded`` (429) beyond
+    ``queue_max`` waiting requests. The writer answers every request it
+    took, whatever happens, and lets go of its key after.
+    """
+
+    def __init__(self, rt: Runtime, *, batch_size_max: int, wait_ms: float, queue_max: int) -> None:
+        self._rt = rt
+        self._batch_size_max = batch_size_max
+        self._wait_s = wait_ms / 1000
+        self._queue_max = queue_max
+        self._queue: queue.SimpleQueue[OneStep | None] = queue.SimpleQueue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="lequan-redeem", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: OneStep) -> Future[tuple[Answer, bool]]:
+        check_amount(item.order.order_amount_fen)
+        with self._lock:
+            if self._closed:
+                raise Unavailable("store_unavailable", "the platform is shutting down")
+            if self._waiting >= self._queue_max:
+                raise Unavailable(
+                    "overloaded", "too many redemptions are waiting; retry", retry_after_s=1
+                )
+            self._waiting += 1
+        try:
+            self._rt.inflight.acquire(item.key.app_id, item.key.key)
+        except LequanError:
+            with self._lock:
+                self._waiting -= 1
+            raise
+        self._queue.put(item)
+        return item.future
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._wait_s
+            stop = False
+            while len(batch) < self._batch_size_max:
+                remaining_s = deadline - time.monotonic()
+                try:
+                    item = (
+                        self._queue.get(timeout=remaining_s)
+                        if remaining_s > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._answer(batch)
+            if stop:
+                return
+
+    def _answer(self, batch: list[OneStep]) -> None:
+        try:
+            outcomes = self._redeem_batch(batch)
+        except (IntegrityError, OperationalError) as error:
+            log.warning("redeem_batch_retry_single", error_type=type(error).__name__, n=len(batch))
+            outcomes = [self._redeem_alone(item) for item in batch]
+        except Exception as error:  # the writer must never die; every waiter gets an answer
+            log.error("redeem_batch_failed", error_type=type(error).__name__, n=len(batch))
+            outcomes = [error] * len(batch)
+        for item in batch:
+            self._rt.inflight.release(item.key.app_id, item.key.key)
+        with self._lock:
+            self._waiting -= len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    def _redeem_alone(self, item: OneStep) -> tuple[Answer, bool] | BaseException:
+        """The single path, as the route would run it, for one request of a failed batch."""
+        rt = self._rt
+        try:
+            with rt.store.unit_of_work(readonly=True) as uow:
+                stored = uow.idempotent_answer(item.key.app_id, item.key.key)
+            replay = replay_or_refuse(stored, item.key)
+            if replay is not None:
+                return replay, True
+            produced: list[Answer] = []
+
+            def record(uow: UnitOfWork, result: tuple[RedemptionRow, VoucherState]) -> None:
+                row, state = result
+                produced.append(Answer(201, redemption_body(row, voucher_state=state.value)))
+                item.key.record(uow, produced[-1], rt.clock.now())
+
+            redeem(
+                rt,
+                voucher_id=item.voucher_id,
+                order=item.order,
+                lock=False,
+                product=item.product,
+                record=record,
+            )
+            return produced[-1], False
+        except Exception as error:  # its own answer: a refusal, or what the route maps
+            return error
+
+    def _redeem_batch(self, batch: list[OneStep]) -> list[tuple[Answer, bool] | BaseException]:
+        rt = self._rt
+        now = rt.clock.now()
+        outcomes: list[tuple[Answer, bool] | BaseException | None] = [None] * len(batch)
+        with rt.store.unit_of_work() as uow:
+            todo = self._replays(uow, batch, outcomes)
+            accepted = self._decide(uow, batch, todo, outcomes, now)
+            self._write(uow, batch, accepted, now)
+            uow.commit()
+        assert all(outcome is not None for outcome in outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _replays(
+        self,
+        uow: UnitOfWork,
+        batch: list[OneStep],
+        outcomes: list[tuple[Answer, bool] | BaseException | None],
+    ) -> list[int]:
+        """Answer the keys already used; the indexes of the new requests."""
+        keys_by_app: dict[str, list[str]] = defaultdict(list)
+        for item in batch:
+            keys_by_app[item.key.app_id].append(item.key.key)
+        stored: dict[tuple[str, str], tuple[str, int, str]] = {}
+        for app_id, keys in keys_by_app.items():
+            stored.update(((app_id, k), v) for k, v in uow.claim_answers(app_id, keys).items())
+        todo = []
+        for i, item in enumerate(batch):
+            try:
+                replay = replay_or_refuse(stored.get((item.key.app_id, item.key.key)), item.key)
+            except LequanError as error:
+                outcomes[i] = error
+                continue
+            if replay is not None:
+                outcomes[i] = (replay, True)
+            else:
+                todo.append(i)
+        return todo
+
+    def _decide(
+        self,
+        uow: UnitOfWork,
+        batch: list[OneStep],
+        todo: list[int],
+        outcomes: list[tuple[Answer, bool] | BaseException | None],
+        now: datetime,
+    ) -> list[_Accepted]:
+        """Each new request decided as ``redemption.redeem`` would, in order."""
+        vouchers = uow.lock_vouchers([batch[i].voucher_id for i in todo])
+        persons = uow.account_persons(
+            [(batch[i].order.channel_id, batch[i].order.channel_user_id) for i in todo]
+        )
+        merchants: dict[str, MerchantRow | None] = {}
+        campaigns: dict[str, CampaignRow | None] = {}
+        redemption_ids = iter(new_ids("r", len(todo)))
+        accepted: list[_Accepted] = []
+        for i in todo:
+            item, order = batch[i], batch[i].order
+            try:
+                if order.merchant_id not in merchants:
+                    merchants[order.merchant_id] = uow.get_merchant(order.merchant_id)
+                merchant = merchants[order.merchant_id]
+                if merchant is None:
+                    raise NotFound("merchant_not_found", f"no merchant {order.merchant_id}")
+                if merchant.acquirer_id != order.acquirer_id:
+                    raise AuthError("forbidden", "the merchant is not served by this acquirer")
+                voucher = vouchers.get(item.voucher_id)
+                if voucher is None:
+                    raise NotFound("voucher_not_found", f"no voucher {item.voucher_id}")
+                if persons.get((order.channel_id, order.channel_user_id)) != voucher.person_id:
+                    raise NotFound(
+                        "voucher_not_found", f"no voucher {item.voucher_id} for this person"
+                    )
+                if voucher.campaign_id not in campaigns:
+                    campaigns[voucher.campaign_id] = uow.get_campaign(voucher.campaign_id)
+                campaign = campaigns[voucher.campaign_id]
+                assert campaign is not None
+                discount = discount_of(
+                    voucher=voucher,
+                    campaign=campaign,
+                    merchant=merchant,
+                    order=order,
+                    action=Action.REDEEM,
+                    now=now,
+                )
+                state = next_state(voucher.state, Action.REDEEM)
+            except LequanError as error:
+                outcomes[i] = error
+                continue
+            values = redemption_values(
+                next(redemption_ids),
+                voucher,
+                order,
+                discount,
+                item.product,
+                now=now,
+                lock_expires_at=None,
+            )
+            row = RedemptionRow(**{f: values[f] for f in RedemptionRow.__dataclass_fields__})
+            answer = Answer(201, redemption_body(row, voucher_state=state.value))
+            accepted.append(_Accepted(i, voucher, values, row, answer))
+            # A later request for the same voucher in this batch sees it redeemed.
+            vouchers[voucher.id] = VoucherRow(
+                **{
+                    **{f: getattr(voucher, f) for f in VoucherRow.__dataclass_fields__},
+                    "state": state,
+                    "version": voucher.version + 1,
+                    "redemption_id": row.id,
+                }
+            )
+            outcomes[i] = (answer, False)
+        return accepted
+
+    def _write(
+        self, uow: UnitOfWork, batch: list[OneStep], accepted: list[_Accepted], now: datetime
+    ) -> None:
+        """One statement per table for the whole batch."""
+        if not accepted:
+            return
+        uow.move_vouchers([(a.voucher, VoucherState.REDEEMED, a.row.id) for a in accepted], now=now)
+        uow.insert_redemptions([a.values for a in accepted])
+        posts: list[tuple[Entry, dict[str, Any]]] = [
+            (
+                redeem_entry(
+                    face_fen=a.voucher.face_fen,
+                    discount_fen=a.row.discount_fen,
+                    acquirer_id=a.row.acquirer_id,
+                ),
+                {
+                    "campaign_id": a.voucher.campaign_id,
+                    "voucher_id": a.voucher.id,
+                    "redemption_id": a.row.id,
+                },
+            )
+            for a in accepted
+        ]
+        uow.post_many(posts, now=now)
+        unused: dict[str, int] = defaultdict(int)
+        for a in accepted:
+            if a.voucher.face_fen > a.row.discount_fen:
+                unused[a.voucher.campaign_id] += a.voucher.face_fen - a.row.discount_fen
+        for campaign_id in sorted(unused):  # campaign rows locked in key order
+            uow.release_budget(campaign_id, unused[campaign_id])
+        event_ids = new_ids("e", len(accepted))
+        uow.add_outbox_many(
+            [
+                (
+                    event_id,
+                    "redemption.completed",
+                    event_payload("redemption.completed", a.row, now),
+                )
+                for event_id, a in zip(event_ids, accepted, strict=True)
+            ],
+            now=now,
+        )
+        # Each answer stored beside its effect, for the retries.
+        uow.store_answers([batch[a.index].key.row(a.answer, now) for a in accepted])
