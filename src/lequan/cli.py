@@ -62,6 +62,15 @@ app.add_typer(operator_app, name="operator")
 app.add_typer(keys_app, name="keys")
 
 
+@app.callback()
+def _logs_to_stderr() -> None:
+    """Every command logs to stderr, so that stdout (--json) carries its result alone."""
+    from lequan.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+
+
 As = Annotated[str, typer.Option("--as", help="The operator acting (audited).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -72,12 +81,8 @@ def main() -> None:
 
 def _runtime(*, create_keys: bool = True) -> Any:
     from lequan.bootstrap import build_runtime
-    from lequan.logging import configure_logging
 
-    settings = Settings()
-    # Logs go to stderr, so that stdout (--json) carries the result alone.
-    configure_logging(json=settings.log_json, level=settings.log_level)
-    return build_runtime(settings, create_keys=create_keys)
+    return build_runtime(Settings(), create_keys=create_keys)
 
 
 def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:

@@ -45,18 +45,26 @@ def _wait_until_up(process: subprocess.Popen[bytes], port: int, path: str) -> No
 
 @contextmanager
 def _process(args: list[str], env: dict[str, str], port: int, probe: str) -> Iterator[int]:
-    # Our own interpreter and arguments; nothing here comes from outside.
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
-    try:
-        _wait_until_up(process, port, probe)
-        yield port
-    finally:
-        process.terminate()
+    """The server's stderr goes to a scratch file: shown if it fails to start, never a
+    pipe nobody reads (a full pipe would stall the server)."""
+    with tempfile.TemporaryFile() as stderr:
+        # Our own interpreter and arguments; nothing here comes from outside.
+        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)  # noqa: S603
         try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            try:
+                _wait_until_up(process, port, probe)
+            except RuntimeError as error:
+                stderr.seek(0)
+                tail = stderr.read()[-2000:].decode(errors="replace")
+                raise RuntimeError(f"{error}; it said:\n{tail}") from None
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def lequan_args(port: int, *, workers: int = 1) -> list[str]:
