@@ -121,13 +121,17 @@ class Platform:
     sold_out: LocalSoldOut | RedisSoldOut
     redemptions: RedemptionWriter
 
-    def close(self) -> None:
+    def stop_workers(self) -> None:
+        """Stop the background threads; the runtime (store, gate) stays open."""
         if self.sweeper is not None:
             self.sweeper.stop()
         self.gatekeeper.stop()
         self.sold_out.close()
         self.claims.close()
         self.redemptions.close()
+
+    def close(self) -> None:
+        self.stop_workers()
         self.rt.gate.close()
         self.rt.store.dispose()
 

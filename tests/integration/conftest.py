@@ -3,6 +3,7 @@ gate, and PostgreSQL + the Redis gate (required, not skipped, in CI)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.redis_gate import RedisGate
@@ -27,6 +29,7 @@ class Stack:
     redis_url: str | None = None
     redis_prefix: str | None = None
     gate_buckets: int = 1
+    redis_cluster: bool = False
 
     @property
     def shared(self) -> bool:
@@ -38,7 +41,10 @@ class Stack:
             return MemoryGate()
         assert self.redis_prefix is not None
         return RedisGate.from_url(
-            self.redis_url, key_prefix=self.redis_prefix, buckets=self.gate_buckets
+            self.redis_url,
+            key_prefix=self.redis_prefix,
+            buckets=self.gate_buckets,
+            cluster=self.redis_cluster,
         )
 
     @contextmanager
@@ -54,11 +60,16 @@ class Stack:
             world.rt.gate = MemoryGate()
             return
         assert self.redis_prefix is not None
-        client = redis.Redis.from_url(self.redis_url)
+        client: redis.Redis | RedisCluster = (
+            RedisCluster.from_url(self.redis_url)
+            if self.redis_cluster
+            else redis.Redis.from_url(self.redis_url)
+        )
         try:
             keys = list(client.scan_iter(match=self.redis_prefix + "*", count=1000))
             assert keys, "the Redis gate held nothing to lose"
-            client.delete(*keys)
+            for key in keys:  # one at a time: on a cluster they live in many slots
+                client.delete(key)
         finally:
             client.close()
 
@@ -66,6 +77,7 @@ class Stack:
 SHARED_STACKS = [
     pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
     pytest.param("postgres+redis-buckets", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    pytest.param("postgres+redis-cluster", marks=[pytest.mark.postgres, pytest.mark.redis]),
 ]
 
 
@@ -74,8 +86,14 @@ def _stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
         yield Stack(request.param, f"sqlite:///{tmp_path}/lequan.db")
         return
     postgres_url: str = request.getfixturevalue("postgres_url")
-    redis_url: str = request.getfixturevalue("redis_url")
-    redis_prefix: str = request.getfixturevalue("redis_prefix")
+    cluster = request.param.endswith("-cluster")
+    if cluster:  # three primaries; each pool over four buckets, so over the shards
+        host, port = request.getfixturevalue("redis_cluster")
+        redis_url = f"redis://{host}:{port}/0"
+        redis_prefix = f"lqtest:{uuid.uuid4().hex[:12]}:"
+    else:
+        redis_url = request.getfixturevalue("redis_url")
+        redis_prefix = request.getfixturevalue("redis_prefix")
     url, drop = postgres_database(postgres_url)
     try:
         yield Stack(
@@ -83,7 +101,8 @@ def _stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
             url,
             redis_url=redis_url,
             redis_prefix=redis_prefix,
-            gate_buckets=4 if request.param.endswith("-buckets") else 1,
+            gate_buckets=1 if request.param == "postgres+redis" else 4,
+            redis_cluster=cluster,
         )
     finally:
         drop()

@@ -356,17 +356,21 @@ class RedisGate:
     ) -> Self:
         """A gate with a client of its own, which ``close`` closes.
 
-        On one Redis its pool blocks for up to ``connection_wait_s`` when all
-        ``connections_max`` connections are busy: a burst of claims queues
-        for a connection instead of failing with "Too many connections", as
-        redis-py's default pool does beyond its size. With ``cluster`` the
-        URL names any node of a Redis Cluster; the client discovers the rest.
+        Its pool (one per node on a cluster) blocks for up to
+        ``connection_wait_s`` when all ``connections_max`` connections are
+        busy: a burst of claims queues for a connection instead of failing
+        with "Too many connections", as redis-py's default pool does beyond
+        its size. With ``cluster`` the URL names any node of a Redis
+        Cluster; the client discovers the rest.
         """
         client: redis.Redis | RedisCluster
         if cluster:
+            # The same blocking pool, one per node.
             client = RedisCluster.from_url(
                 url,
+                connection_pool_class=redis.BlockingConnectionPool,
                 max_connections=connections_max,
+                timeout=connection_wait_s,
                 socket_timeout=socket_timeout_s,
                 socket_connect_timeout=socket_timeout_s,
             )

@@ -301,7 +301,7 @@ def service_batch_claims(stack: Stack, *, claims: int, batch: int = 1000) -> Fig
             issued += sum(1 for r in results if r.outcome == "issued")
         elapsed_s = time.perf_counter() - started
     finally:
-        platform.claims.close()
+        platform.stop_workers()
     return Figure(issued / elapsed_s, checks={"issued": issued})
 
 
