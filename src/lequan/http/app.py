@@ -26,7 +26,7 @@ import lequan
 from lequan.bootstrap import Platform
 from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.errors import error_response, install_error_handlers
-from lequan.http.fastpath import FastClaims
+from lequan.http.fastpath import FastClaims, FastRedemptions
 from lequan.http.routes import acquirer, admin, channel
 
 __all__ = ["create_app"]
@@ -188,6 +188,9 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
+    app.add_middleware(
+        FastRedemptions, platform=platform, throttle=app.state.throttle, metrics=metrics
+    )
     app.add_middleware(
         FastClaims,
         platform=platform,

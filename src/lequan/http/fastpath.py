@@ -1,4 +1,4 @@
-"""The single-claim path, served without the framework's per-request cost.
+"""The hottest single-request paths, served without the framework's per-request cost.
 
 ``POST /v1/claims`` is the hottest route of a flash sale. Here it is a
 plain ASGI handler in front of FastAPI (whose route stays, for the exact
@@ -22,24 +22,28 @@ from typing import Any, Protocol
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.datastructures import Headers
 
 from lequan.bootstrap import Platform
 from lequan.domain.errors import LequanError, Unavailable
 from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.deps import authenticate, raw_target
+from lequan.http.routes.acquirer import redeem_answer
 from lequan.http.routes.channel import claim_hash
-from lequan.http.schemas import ClaimIn
+from lequan.http.schemas import ClaimIn, RedeemIn
 from lequan.services.claiming import ClaimRequest, ClaimResult
-from lequan.services.idempotency import Idempotency, validate_key
+from lequan.services.idempotency import Idempotency, request_hash, validate_key
 from lequan.services.views import error_body, http_status
 
-__all__ = ["ClaimCoalescer", "FastClaims"]
+__all__ = ["ClaimCoalescer", "FastClaims", "FastRedemptions"]
 
 log = structlog.get_logger("lequan.http")
 
 CLAIM_PATH = "/v1/claims"
+REDEMPTION_PATH = "/v1/redemptions"
 _CLAIM_IN: TypeAdapter[ClaimIn] = TypeAdapter(ClaimIn)
+_REDEEM_IN: TypeAdapter[RedeemIn] = TypeAdapter(RedeemIn)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -104,38 +108,39 @@ class ClaimCoalescer:
         self._executor.shutdown(wait=True)
 
 
-class FastClaims:
-    """ASGI middleware answering ``POST /v1/claims``; everything else passes through."""
+_Answered = tuple[int, dict[str, Any], list[tuple[bytes, bytes]], str | None, str | None]
+
+
+class _LeanRoute:
+    """ASGI middleware answering one ``POST`` path itself; everything else passes through.
+
+    Same answers as the framework's route: the JSON error body with its
+    ``request_id``, ``Retry-After`` on 429/503, the request log line and the
+    metrics. Subclasses say how to answer (``_answer``).
+    """
+
+    path = ""
 
     def __init__(
-        self,
-        app: Any,
-        *,
-        platform: Platform,
-        throttle: TokenBuckets,
-        admission: InFlightLimit,
-        metrics: Any,
+        self, app: Any, *, platform: Platform, throttle: TokenBuckets, metrics: Any
     ) -> None:
         self.app = app
         self.platform = platform
         self.throttle = throttle
-        self.admission = admission
         self.metrics = metrics
-        settings = platform.rt.settings
-        self.coalescer = ClaimCoalescer(
-            platform.claims,
-            wait_s=settings.claim_coalesce_ms / 1000,
-            batch_items_max=settings.claim_batch_items_max,
-        )
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != CLAIM_PATH:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         headers = Headers(scope=scope)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
-        status, body, extra, app_id, outcome = await self._answer(scope, receive, headers)
+        try:
+            status, body, extra, app_id, outcome = await self._answer(scope, receive, headers)
+        except Exception as error:  # the answer is still JSON with a code, never a hang
+            status, body, extra = _error_answer(error)
+            app_id = outcome = None
         if status >= 400:
             body = {**body, "request_id": request_id}
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -148,14 +153,14 @@ class FastClaims:
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
         elapsed_s = time.perf_counter() - started
-        self.metrics.requests.labels(CLAIM_PATH, "POST", str(status)).inc()
-        self.metrics.seconds.labels(CLAIM_PATH).observe(elapsed_s)
+        self.metrics.requests.labels(self.path, "POST", str(status)).inc()
+        self.metrics.seconds.labels(self.path).observe(elapsed_s)
         if outcome is not None:
             self.metrics.claims.labels(outcome).inc()
         log.info(
             "request",
             method="POST",
-            route=CLAIM_PATH,
+            route=self.path,
             status=status,
             duration_ms=round(elapsed_s * 1000, 2),
             app_id=app_id,
@@ -163,10 +168,54 @@ class FastClaims:
             request_id=request_id,
         )
 
-    async def _answer(
-        self, scope: dict[str, Any], receive: Receive, headers: Headers
-    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]], str | None, str | None]:
+    async def _answer(self, scope: dict[str, Any], receive: Receive, headers: Headers) -> _Answered:
         """(status, body, extra headers, app id, claim outcome) for one request."""
+        raise NotImplementedError
+
+
+def _error_answer(error: Exception) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    """The framework's error handlers (``http/errors.py``), for the lean routes."""
+    if isinstance(error, LequanError):
+        extra = []
+        if isinstance(error, Unavailable):
+            extra.append((b"retry-after", str(error.retry_after_s).encode()))
+        return http_status(error), error_body(error), extra
+    if isinstance(error, DataError):
+        log.warning("unstorable_input", error_type=type(error.orig).__name__)
+        body = {"code": "invalid_request", "message": "a value in the request cannot be stored"}
+        return 422, body, []
+    if isinstance(error, OperationalError):
+        log.warning("store_unavailable", error_type=type(error.orig).__name__)
+        body = {"code": "store_unavailable", "message": "the store is unavailable; retry shortly"}
+        return 503, body, [(b"retry-after", b"1")]
+    log.exception("unhandled_error", error_type=type(error).__name__)
+    return 500, {"code": "internal_error", "message": "an unexpected error; it has been logged"}, []
+
+
+class FastClaims(_LeanRoute):
+    """``POST /v1/claims``, single claims coalesced into batches."""
+
+    path = CLAIM_PATH
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        platform: Platform,
+        throttle: TokenBuckets,
+        admission: InFlightLimit,
+        metrics: Any,
+    ) -> None:
+        super().__init__(app, platform=platform, throttle=throttle, metrics=metrics)
+        self.admission = admission
+        settings = platform.rt.settings
+        self.coalescer = ClaimCoalescer(
+            platform.claims,
+            wait_s=settings.claim_coalesce_ms / 1000,
+            batch_items_max=settings.claim_batch_items_max,
+        )
+
+    async def _answer(self, scope: dict[str, Any], receive: Receive, headers: Headers) -> _Answered:
         app_id: str | None = None
         try:
             raw = await _read_body(receive)
@@ -197,21 +246,52 @@ class FastClaims:
             )
             with self.admission.admit(1):
                 result = await self.coalescer.claim(app_id, request)
-        except LequanError as error:
-            extra = []
-            if isinstance(error, Unavailable):
-                extra.append((b"retry-after", str(error.retry_after_s).encode()))
-            return http_status(error), error_body(error), extra, app_id, None
-        except Exception as error:  # the answer is still JSON with a code, never a hang
-            log.exception("unhandled_error", error_type=type(error).__name__)
-            body = {"code": "internal_error", "message": "an unexpected error; it has been logged"}
-            return 500, body, [], app_id, None
+        except Exception as error:
+            return (*_error_answer(error), app_id, None)
         extra = []
         if result.replayed:
             extra.append((b"idempotent-replayed", b"true"))
         if result.answer.status_code in (429, 503):
             extra.append((b"retry-after", b"1"))
         return result.answer.status_code, dict(result.answer.body), extra, app_id, result.outcome
+
+
+class FastRedemptions(_LeanRoute):
+    """``POST /v1/redemptions``: one-step redemptions go to the batch writer from the event
+    loop, without the framework's dependency solving or a thread hop; a lock goes to
+    the same service call as the framework's route."""
+
+    path = REDEMPTION_PATH
+
+    async def _answer(self, scope: dict[str, Any], receive: Receive, headers: Headers) -> _Answered:
+        app_id: str | None = None
+        platform = self.platform
+        try:
+            raw = await _read_body(receive)
+            target = raw_target(scope)
+            app_id = authenticate(
+                platform,
+                self.throttle,
+                kind="acquirer",
+                method="POST",
+                target=target,
+                headers=headers,
+                body=raw,
+            )
+            key = validate_key(
+                headers.get("idempotency-key"),
+                chars_max=platform.rt.settings.idempotency_key_chars_max,
+            )
+            try:
+                body = _REDEEM_IN.validate_json(raw)
+            except ValidationError as error:
+                return (*_invalid_request(error), app_id, None)
+            idem = Idempotency(app_id, key, request_hash("POST", target, raw))
+            answer, replayed = await redeem_answer(platform, app_id, body, idem)
+        except Exception as error:
+            return (*_error_answer(error), app_id, None)
+        extra = [(b"idempotent-replayed", b"true")] if replayed else []
+        return answer.status_code, dict(answer.body), extra, app_id, None
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -13,13 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from lequan.adapters.sql.store import RedemptionRow, UnitOfWork
+from lequan.bootstrap import Platform
 from lequan.domain.vouchers import VoucherState
 from lequan.http.deps import AcquirerApp, IdempotencyKey, PlatformDep
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.routes.channel import ERRORS
 from lequan.http.schemas import EmptyIn, QuoteIn, QuoteOut, RedeemIn, RedemptionOut, RefundIn
 from lequan.services import redemption
-from lequan.services.idempotency import Answer
+from lequan.services.idempotency import Answer, Idempotency
 from lequan.services.redeeming import OneStep
 from lequan.services.views import redemption_body, voucher_body
 
@@ -78,28 +79,34 @@ async def quote(body: QuoteIn, caller: AcquirerApp, platform: PlatformDep) -> JS
 async def redeem(
     body: RedeemIn, caller: AcquirerApp, key: IdempotencyKey, platform: PlatformDep
 ) -> JSONResponse:
-    order = _order(caller.app_id, body)
+    # Served by http/fastpath.py::FastRedemptions; this route describes it (OpenAPI)
+    # and answers when the app runs without that middleware.
+    answer, replayed = await redeem_answer(platform, caller.app_id, body, caller.idempotency(key))
+    return answer_response(answer, replayed=replayed)
+
+
+async def redeem_answer(
+    platform: Platform, app_id: str, body: RedeemIn, idem: Idempotency
+) -> tuple[Answer, bool]:
+    """(answer, replayed) of one redemption request, however it arrived."""
+    order = _order(app_id, body)
     product = body.product.model_dump(exclude_none=True) if body.product else None
     if body.capture == "one_step":
         # Batched with other acquirers' one-step redemptions (services/redeeming.py).
-        item = OneStep(body.voucher_id, order, product, caller.idempotency(key))
-        answer, replayed = await asyncio.wrap_future(platform.redemptions.submit(item))
-        return answer_response(answer, replayed=replayed)
+        item = OneStep(body.voucher_id, order, product, idem)
+        return await asyncio.wrap_future(platform.redemptions.submit(item))
 
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
         redemption.redeem(
             platform.rt,
             voucher_id=body.voucher_id,
             order=order,
-            lock=body.capture == "lock",
+            lock=True,
             product=product,
             record=record,
         )
 
-    answer, replayed = await run_in_threadpool(
-        run_idempotent, platform, caller.idempotency(key), act, _render(201)
-    )
-    return answer_response(answer, replayed=replayed)
+    return await run_in_threadpool(run_idempotent, platform, idem, act, _render(201))
 
 
 def _follow_up(
