@@ -35,6 +35,7 @@ from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
 from lequan.domain.ledger import issue_entry
 from lequan.domain.vouchers import VoucherState
 from lequan.ports import ReserveOutcome, ReserveRequest
+from lequan.services.batching import gather
 from lequan.services.campaigns import CampaignCache, pool_key
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.runtime import Runtime
@@ -166,25 +167,13 @@ class GroupCommitter:
             first = self._queue.get()
             if first is None:
                 return
-            jobs = [first]
-            size = len(first.claims)
-            deadline = time.monotonic() + self._wait_s
-            stop = False
-            while size < self._batch_size_max:
-                remaining_s = deadline - time.monotonic()
-                try:
-                    job = (
-                        self._queue.get(timeout=remaining_s)
-                        if remaining_s > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                jobs.append(job)
-                size += len(job.claims)
+            jobs, stop = gather(
+                self._queue,
+                first,
+                size_max=self._batch_size_max,
+                wait_s=self._wait_s,
+                size=lambda job: len(job.claims),
+            )
             self._commit_jobs(jobs)
             if stop:
                 return

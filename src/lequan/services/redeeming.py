@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from lequan.adapters.sql.store import (
 from lequan.domain.errors import AuthError, LequanError, NotFound, Unavailable
 from lequan.domain.ledger import Entry, redeem_entry
 from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.services.batching import gather
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.redemption import (
     RedeemOrder,
@@ -129,23 +129,9 @@ class RedemptionWriter:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + self._wait_s
-            stop = False
-            while len(batch) < self._batch_size_max:
-                remaining_s = deadline - time.monotonic()
-                try:
-                    item = (
-                        self._queue.get(timeout=remaining_s)
-                        if remaining_s > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = gather(
+                self._queue, first, size_max=self._batch_size_max, wait_s=self._wait_s
+            )
             self._answer(batch)
             if stop:
                 return
