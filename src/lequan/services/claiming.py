@@ -9,8 +9,6 @@ never lost to a failed write and never sold twice.
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -35,7 +33,7 @@ from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
 from lequan.domain.ledger import issue_entry
 from lequan.domain.vouchers import VoucherState
 from lequan.ports import ReserveOutcome, ReserveRequest
-from lequan.services.batching import gather
+from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache, pool_key
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.runtime import Runtime
@@ -109,7 +107,7 @@ def _refusal(error: LequanError, status_code: int) -> ClaimResult:
     return ClaimResult(error.code, Answer(status_code, error_body(error)))
 
 
-class GroupCommitter:
+class GroupCommitter(BatchWriter[_Job]):
     """One writer thread that commits the claims of many requests per transaction.
 
     Once a claim is submitted the committer owns its consequences, whoever is
@@ -131,20 +129,20 @@ class GroupCommitter:
         queue_max: int,
         on_budget_exhausted: Callable[[str, int], None],
     ) -> None:
+        super().__init__(
+            name="lequan-group-commit",
+            size_max=batch_size_max,
+            wait_s=wait_ms / 1000,
+            size=lambda job: len(job.claims),
+        )
         self._rt = rt
-        self._batch_size_max = batch_size_max
-        self._wait_s = wait_ms / 1000
         self._queue_max = queue_max
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._pending = 0
-        self._pending_lock = threading.Lock()
         self._on_budget_exhausted = on_budget_exhausted
-        self._thread = threading.Thread(target=self._run, name="lequan-group-commit", daemon=True)
-        self._closed = False
-        self._thread.start()
+        self._start()
 
     def submit(self, claims: list[_Pending]) -> Future[list[LequanError | Answer | None]]:
-        with self._pending_lock:
+        with self._lock:
             if self._closed:
                 raise Unavailable("store_unavailable", "the platform is shutting down")
             if self._pending + len(claims) > self._queue_max:
@@ -153,30 +151,11 @@ class GroupCommitter:
                 )
             self._pending += len(claims)
         job = _Job(claims)
-        self._queue.put(job)
+        self._put(job)
         return job.future
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        with self._pending_lock:
-            self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs, stop = gather(
-                self._queue,
-                first,
-                size_max=self._batch_size_max,
-                wait_s=self._wait_s,
-                size=lambda job: len(job.claims),
-            )
-            self._commit_jobs(jobs)
-            if stop:
-                return
+    def _handle_batch(self, batch: list[_Job]) -> None:
+        self._commit_jobs(batch)
 
     def _commit_jobs(self, jobs: list[_Job]) -> None:
         claims = [c for job in jobs for c in job.claims]
@@ -210,7 +189,7 @@ class GroupCommitter:
         self._tell_gate("release", release)
         for claim in claims:
             self._rt.inflight.release(claim.key.app_id, claim.key.key)
-        with self._pending_lock:
+        with self._lock:
             self._pending -= len(claims)
         offset = 0
         for job in jobs:

@@ -19,8 +19,6 @@ would not.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,7 +38,7 @@ from lequan.adapters.sql.store import (
 from lequan.domain.errors import AuthError, LequanError, NotFound, Unavailable
 from lequan.domain.ledger import Entry, redeem_entry
 from lequan.domain.vouchers import Action, VoucherState, next_state
-from lequan.services.batching import gather
+from lequan.services.batching import BatchWriter
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.redemption import (
     RedeemOrder,
@@ -78,7 +76,7 @@ class _Accepted:
     answer: Answer
 
 
-class RedemptionWriter:
+class RedemptionWriter(BatchWriter[OneStep]):
     """The writer thread of one-step redemptions; bounded like the claim committer.
 
     ``submit`` holds the request's idempotency key in flight (409 for a
@@ -88,16 +86,11 @@ class RedemptionWriter:
     """
 
     def __init__(self, rt: Runtime, *, batch_size_max: int, wait_ms: float, queue_max: int) -> None:
+        super().__init__(name="lequan-redeem", size_max=batch_size_max, wait_s=wait_ms / 1000)
         self._rt = rt
-        self._batch_size_max = batch_size_max
-        self._wait_s = wait_ms / 1000
         self._queue_max = queue_max
-        self._queue: queue.SimpleQueue[OneStep | None] = queue.SimpleQueue()
         self._waiting = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="lequan-redeem", daemon=True)
-        self._thread.start()
+        self._start()
 
     def submit(self, item: OneStep) -> Future[tuple[Answer, bool]]:
         check_amount(item.order.order_amount_fen)
@@ -115,26 +108,11 @@ class RedemptionWriter:
             with self._lock:
                 self._waiting -= 1
             raise
-        self._queue.put(item)
+        self._put(item)
         return item.future
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        with self._lock:
-            self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stop = gather(
-                self._queue, first, size_max=self._batch_size_max, wait_s=self._wait_s
-            )
-            self._answer(batch)
-            if stop:
-                return
+    def _handle_batch(self, batch: list[OneStep]) -> None:
+        self._answer(batch)
 
     def _answer(self, batch: list[OneStep]) -> None:
         try:
