@@ -35,7 +35,7 @@ from lequan.adapters.sql.store import (
     UnitOfWork,
     VoucherRow,
 )
-from lequan.domain.errors import AuthError, LequanError, NotFound, Unavailable
+from lequan.domain.errors import LequanError, NotFound, Unavailable
 from lequan.domain.ledger import Entry, redeem_entry
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.services.batching import BatchWriter
@@ -43,6 +43,7 @@ from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.redemption import (
     RedeemOrder,
     check_amount,
+    checked_merchant,
     discount_of,
     event_payload,
     redeem,
@@ -221,11 +222,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
             try:
                 if order.merchant_id not in merchants:
                     merchants[order.merchant_id] = uow.get_merchant(order.merchant_id)
-                merchant = merchants[order.merchant_id]
-                if merchant is None:
-                    raise NotFound("merchant_not_found", f"no merchant {order.merchant_id}")
-                if merchant.acquirer_id != order.acquirer_id:
-                    raise AuthError("forbidden", "the merchant is not served by this acquirer")
+                merchant = checked_merchant(merchants[order.merchant_id], order)
                 voucher = vouchers.get(item.voucher_id)
                 if voucher is None:
                     raise NotFound("voucher_not_found", f"no voucher {item.voucher_id}")

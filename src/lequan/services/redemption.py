@@ -37,6 +37,7 @@ __all__ = [
     "Quote",
     "RedeemOrder",
     "check_amount",
+    "checked_merchant",
     "confirm",
     "discount_of",
     "event_payload",
@@ -76,7 +77,11 @@ def check_amount(amount_fen: int) -> None:
 
 
 def _merchant(uow: UnitOfWork, order: RedeemOrder) -> MerchantRow:
-    merchant = uow.get_merchant(order.merchant_id)
+    return checked_merchant(uow.get_merchant(order.merchant_id), order)
+
+
+def checked_merchant(merchant: MerchantRow | None, order: RedeemOrder) -> MerchantRow:
+    """The order's merchant, if it exists and this acquirer serves it."""
     if merchant is None:
         raise NotFound("merchant_not_found", f"no merchant {order.merchant_id}")
     if merchant.acquirer_id != order.acquirer_id:
