@@ -146,6 +146,9 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # Observability is Prometheus (/metrics) and structured logs; FastAPI's
+        # own OpenTelemetry hooks would look up their providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.platform = platform
     metrics = Metrics()

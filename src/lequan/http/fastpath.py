@@ -128,6 +128,11 @@ class _LeanRoute:
         self.platform = platform
         self.throttle = throttle
         self.metrics = metrics
+        # Prometheus children by label value: ``labels()`` per request costs more than
+        # the increment (a handful of statuses and outcomes, so these stay small).
+        self._requests: dict[int, Any] = {}
+        self._outcomes: dict[str, Any] = {}
+        self._seconds = metrics.seconds.labels(self.path)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -153,10 +158,18 @@ class _LeanRoute:
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
         elapsed_s = time.perf_counter() - started
-        self.metrics.requests.labels(self.path, "POST", str(status)).inc()
-        self.metrics.seconds.labels(self.path).observe(elapsed_s)
+        counter = self._requests.get(status)
+        if counter is None:
+            counter = self._requests[status] = self.metrics.requests.labels(
+                self.path, "POST", str(status)
+            )
+        counter.inc()
+        self._seconds.observe(elapsed_s)
         if outcome is not None:
-            self.metrics.claims.labels(outcome).inc()
+            claims = self._outcomes.get(outcome)
+            if claims is None:
+                claims = self._outcomes[outcome] = self.metrics.claims.labels(outcome)
+            claims.inc()
         log.info(
             "request",
             method="POST",
