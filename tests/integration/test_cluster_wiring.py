@@ -1,0 +1,85 @@
+"""The platform built from settings alone on a real Redis Cluster: the gate, the
+nonces and the sold-out broadcast all reach the cluster, and a claim works."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lequan.adapters.crypto import generate_keyring
+from lequan.adapters.redis_gate import RedisGate
+from lequan.adapters.sold_out import RedisSoldOut
+from lequan.adapters.sql import migrate
+from lequan.adapters.sql.engine import create_engine
+from lequan.bootstrap import Platform, build_runtime, sold_out_board, start_platform
+from lequan.config import Settings
+from lequan.services.campaigns import pool_key
+from tests.factories import postgres_database
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+def cluster_settings(
+    redis_cluster: tuple[str, int], postgres_url: str, tmp_path: Path
+) -> Iterator[Settings]:
+    host, port = redis_cluster
+    url, drop = postgres_database(postgres_url)
+    engine = create_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield Settings(
+            data_dir=tmp_path,
+            database_url=url,
+            redis_url=f"redis://{host}:{port}/0",
+            redis_cluster=True,
+            redis_key_prefix=f"lqtest:{uuid.uuid4().hex[:12]}:",
+            gate_buckets=4,
+        )
+    finally:
+        drop()
+
+
+@pytest.fixture
+def platform(cluster_settings: Settings) -> Iterator[Platform]:
+    rt = build_runtime(cluster_settings, keyring=generate_keyring())
+    started = start_platform(rt, sweep=False)
+    yield started
+    started.close()
+
+
+def test_the_gate_from_settings_is_bucketed_over_the_cluster(platform: Platform) -> None:
+    gate = platform.rt.gate
+    assert isinstance(gate, RedisGate)
+    assert gate.buckets == 4
+    pool = pool_key("camp-x", "r1", "wechat")
+    gate.reset_pool(pool, stock={"t1": 9}, claimed={})
+    assert gate.remaining(pool, "t1") == 9
+
+
+def test_nonces_from_settings_live_on_the_cluster(platform: Platform) -> None:
+    nonces = platform.rt.nonces
+    nonce = uuid.uuid4().hex
+    assert nonces.remember("wechat", nonce, 60) is True
+    assert nonces.remember("wechat", nonce, 60) is False  # a replay, whichever node holds it
+
+
+def test_sold_out_flags_from_settings_reach_another_process(
+    platform: Platform, cluster_settings: Settings
+) -> None:
+    assert isinstance(platform.sold_out, RedisSoldOut)
+    other = sold_out_board(cluster_settings)  # as another API process would build it
+    try:
+        time.sleep(0.3)  # the platform's listener is subscribed
+        other.publish("camp-x:r1:wechat", "t1")
+        deadline = time.monotonic() + 10
+        while ("camp-x:r1:wechat", "t1") not in platform.campaigns.sold_out:
+            assert time.monotonic() < deadline, "the flag never arrived"
+            time.sleep(0.02)
+    finally:
+        other.close()
