@@ -235,6 +235,19 @@ def campaign_start_round(
     _emit(_campaign_summary(row), as_json, f"round [bold]{round_id}[/] of {row.id} is open")
 
 
+@campaign_app.command("rebuild-gate")
+def campaign_rebuild_gate(campaign_id: str, actor: As) -> None:
+    """Reload the claim gate of a campaign from the store (fenced: waits out in-flight claims)."""
+    from lequan.services import campaigns
+
+    rt = _runtime()
+    if campaigns.rebuild_gate(rt, campaign_id, actor=actor):
+        console.print(f"the gate of [bold]{campaign_id}[/] is rebuilt from the store")
+    else:
+        err.print(f"another process is rebuilding the gate of {campaign_id}; nothing done")
+        raise typer.Exit(1)
+
+
 @campaign_app.command("show")
 def campaign_show(campaign_id: str, as_json: JsonFlag = False) -> None:
     """Show one campaign."""
@@ -359,10 +372,6 @@ def sweep() -> None:
 
     report = run_sweep(_runtime())
     console.print(f"expired {report.expired}, locks timed out {report.locks_timed_out}")
-
-
-if __name__ == "__main__":
-    main()
 
 
 @app.command()
@@ -541,3 +550,7 @@ def simulate(
         console.print(outcomes)
     if not summary["invariants_ok"]:
         raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    main()

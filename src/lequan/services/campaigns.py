@@ -277,9 +277,26 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
     return True
 
 
-def rebuild_gate(rt: Runtime, campaign_id: str) -> None:
-    """Replace everything the gate holds of a campaign with the store's truth (fenced)."""
-    ensure_gate(rt, campaign_id, force=True)
+def rebuild_gate(rt: Runtime, campaign_id: str, *, actor: str | None = None) -> bool:
+    """Replace everything the gate holds of a campaign with the store's truth (fenced).
+
+    With ``actor``, an operator's action: their role is checked and it is
+    audited. False if another process is rebuilding it already.
+    """
+    if actor is not None:
+        with rt.store.unit_of_work() as uow:
+            _require_role(uow, actor, ROLES_THAT_OPERATE)
+            if uow.get_campaign(campaign_id) is None:
+                raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
+            uow.append_audit(
+                actor=actor,
+                action="campaign.rebuild_gate",
+                target=campaign_id,
+                details={},
+                now=rt.clock.now(),
+            )
+            uow.commit()
+    return ensure_gate(rt, campaign_id, force=True)
 
 
 def _may_be_issuing(rt: Runtime, row: CampaignRow, round_ids: set[str]) -> bool:
