@@ -237,10 +237,16 @@ def campaign_start_round(
 
 @campaign_app.command("rebuild-gate")
 def campaign_rebuild_gate(campaign_id: str, actor: As) -> None:
-    """Reload the claim gate of a campaign from the store (fenced: waits out in-flight claims)."""
+    """Reload a campaign's Redis claim gate from the store (fenced: waits out in-flight claims)."""
     from lequan.services import campaigns
 
     rt = _runtime()
+    if not rt.gate.shared:
+        err.print(
+            "[red]error[/] the embedded default keeps the gate inside the server process; "
+            "restarting the server reloads it from the store"
+        )
+        raise typer.Exit(2)
     if campaigns.rebuild_gate(rt, campaign_id, actor=actor):
         console.print(f"the gate of [bold]{campaign_id}[/] is rebuilt from the store")
     else:

@@ -83,3 +83,28 @@ def test_sold_out_flags_from_settings_reach_another_process(
             time.sleep(0.02)
     finally:
         other.close()
+
+
+def test_an_operator_rebuilds_a_campaign_gate_and_a_viewer_may_not(
+    platform: Platform, cluster_settings: Settings
+) -> None:
+    from lequan.domain.errors import AuthError
+    from lequan.services import admin, campaigns
+    from tests.factories import dining_config
+
+    rt = platform.rt
+    admin.add_operator(rt, "alice", role="maker")
+    admin.add_operator(rt, "bob", role="checker")
+    admin.add_operator(rt, "vera", role="viewer")
+    config = dining_config(stock={"wechat": {"d300-90": 50}})
+    campaigns.import_campaign(rt, config, actor="alice")
+    campaigns.change_status(rt, config.id, "approve", actor="bob")
+    pool = pool_key(config.id, "r1", "wechat")
+    assert rt.gate.remaining(pool, "d300-90") == 50
+    rt.gate.reset_pool(pool, stock={"d300-90": 3}, claimed={})  # the gate drifted
+
+    with pytest.raises(AuthError):
+        campaigns.rebuild_gate(rt, config.id, actor="vera")
+    assert campaigns.rebuild_gate(rt, config.id, actor="alice") is True
+
+    assert rt.gate.remaining(pool, "d300-90") == 50  # the store's truth again
