@@ -777,3 +777,25 @@ def test_a_reservation_older_than_its_ttl_is_never_committed(stack: Stack, tmp_p
         gate.delay_s = 0
         assert claim_one(world, user, "k-late").outcome == "issued"
         assert assert_books(world).issued == 1
+
+
+def test_a_claim_the_store_refuses_does_not_sink_its_batch(stack: Stack, tmp_path: Path) -> None:
+    """The gate forgot a committed claim (it drifted); the store's unique claim slot
+    refuses the second voucher, and only that claim of the batch is refused."""
+    with stack.world(tmp_path) as world:
+        users = register_many(world, range(5))
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
+        first = claim_one(world, users[0], "k-first")
+        assert first.outcome == "issued"
+        world.rt.gate.reset_pool(
+            pool_key(CAMPAIGN, "r1", "wechat"), stock={TEMPLATE: 9}, claimed={}
+        )
+
+        results = world.platform.claims.claim("wechat", [claim_request(u, f"k-{u}") for u in users])
+
+        assert [r.outcome for r in results] == ["already_claimed"] + ["issued"] * 4
+        stored = stored_vouchers(world)
+        assert len(stored) == 5
+        assert len({s.person_id for s in stored}) == 5
+        # The refused claim's reservation went back to the gate.
+        assert remaining(world) == 5

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -289,37 +290,68 @@ class UnitOfWork:
                 found = times[value] = self._time(value)
             return found
 
-        if vouchers:
-            self._driver_sql(
-                "INSERT INTO vouchers (id, campaign_id, round_id, channel_id, template_id, "
-                "person_id, claim_seq, face_fen, state, valid_from, valid_until, issued_at, "
-                "updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        v.id,
-                        v.campaign_id,
-                        v.round_id,
-                        v.channel_id,
-                        v.template_id,
-                        v.person_id,
-                        v.claim_seq,
-                        v.face_fen,
-                        v.state.value,
-                        time_of(v.valid_from),
-                        time_of(v.valid_until),
-                        stamp,
-                        stamp,
-                        v.version,
-                    )
-                    for v in vouchers
-                ],
+        voucher_columns = (
+            "id, campaign_id, round_id, channel_id, template_id, person_id, claim_seq, "
+            "face_fen, state, valid_from, valid_until, issued_at, updated_at, version"
+        )
+        voucher_rows = [
+            (
+                v.id,
+                v.campaign_id,
+                v.round_id,
+                v.channel_id,
+                v.template_id,
+                v.person_id,
+                v.claim_seq,
+                v.face_fen,
+                v.state.value,
+                time_of(v.valid_from),
+                time_of(v.valid_until),
+                stamp,
+                stamp,
+                v.version,
             )
-        if answers:
+            for v in vouchers
+        ]
+        answer_columns = "app_id, key, request_hash, status_code, response_json, created_at"
+        answer_rows = [(*answer, stamp) for answer in answers]
+        if self._postgres:
+            self._copy_rows("vouchers", voucher_columns, voucher_rows)
+            self._copy_rows("idempotency_keys", answer_columns, answer_rows)
+            return
+        if voucher_rows:
             self._driver_sql(
-                "INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, "
-                "response_json, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(*answer, stamp) for answer in answers],
+                f"INSERT INTO vouchers ({voucher_columns}) "  # noqa: S608  # our column names
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                voucher_rows,
             )
+        if answer_rows:
+            self._driver_sql(
+                f"INSERT INTO idempotency_keys ({answer_columns}) "  # noqa: S608  # our column names
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                answer_rows,
+            )
+
+    def _copy_rows(self, table: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows into a PostgreSQL table with ``COPY``, in this transaction.
+
+        COPY takes a batch of rows several times faster than ``executemany``
+        (the driver writes the stream in C). The driver's errors come back as
+        SQLAlchemy's, as from any other statement: a unique violation is an
+        ``IntegrityError``, a lost connection an ``OperationalError``.
+        """
+        if not rows:
+            return
+        statement = f"COPY {table} ({columns}) FROM STDIN"
+        cursor = self.connection.connection.cursor()
+        try:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.Error as error:
+            raise sa.exc.DBAPIError.instance(statement, None, error, psycopg.Error) from error
+        finally:
+            cursor.close()
 
     def _time(self, value: datetime) -> Any:
         return value if self._postgres else _sqlite_time(value)
