@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -163,19 +163,24 @@ def require(condition: bool, message: str) -> None:
 
 
 @contextmanager
-def vouchers_table_gone(database_url: str) -> Iterator[None]:
-    """The store loses the vouchers table (another connection renames it away)."""
+def table_gone(database_url: str, table: str) -> Iterator[None]:
+    """The store loses a table (another connection renames it away, then back)."""
     engine = create_engine(database_url)
     try:
         with engine.begin() as connection:
-            connection.exec_driver_sql("ALTER TABLE vouchers RENAME TO vouchers_offline")
+            connection.exec_driver_sql(f"ALTER TABLE {table} RENAME TO {table}_offline")
         try:
             yield
         finally:
             with engine.begin() as connection:
-                connection.exec_driver_sql("ALTER TABLE vouchers_offline RENAME TO vouchers")
+                connection.exec_driver_sql(f"ALTER TABLE {table}_offline RENAME TO {table}")
     finally:
         engine.dispose()
+
+
+def vouchers_table_gone(database_url: str) -> AbstractContextManager[None]:
+    """The store loses the vouchers table: every read of the claim path still works."""
+    return table_gone(database_url, "vouchers")
 
 
 # -- the flash sale -----------------------------------------------------------------
@@ -799,3 +804,26 @@ def test_a_claim_the_store_refuses_does_not_sink_its_batch(stack: Stack, tmp_pat
         assert len({s.person_id for s in stored}) == 5
         # The refused claim's reservation went back to the gate.
         assert remaining(world) == 5
+
+
+def test_a_store_the_claim_path_cannot_read_answers_503_and_takes_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The claimants query fails in the driver (its table is gone): every claim of
+    the batch hears store_unavailable, a retryable 503, and the stock is untouched."""
+    with stack.world(tmp_path) as world:
+        users = register_many(world, range(3))
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
+
+        with table_gone(stack.database_url, "person_accounts"):
+            results = world.platform.claims.claim(
+                "wechat", [claim_request(u, f"k-{u}") for u in users]
+            )
+
+        assert [r.outcome for r in results] == ["store_unavailable"] * 3
+        assert all(r.answer.status_code == 503 for r in results)
+        assert remaining(world) == 10
+        assert not stored_vouchers(world)
+        # Once the store is back, the same keys go through.
+        again = world.platform.claims.claim("wechat", [claim_request(u, f"k-{u}") for u in users])
+        assert [r.outcome for r in again] == ["issued"] * 3

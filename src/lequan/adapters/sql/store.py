@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -222,10 +221,21 @@ class UnitOfWork:
         """
         if self._postgres:
             sql = sql.replace("?", "%s")
-        cursor = self.connection.connection.cursor()
-        try:
+        with self._driver_cursor(sql) as cursor:
             cursor.execute(sql, params)
             return list(cursor.fetchall())
+
+    @contextmanager
+    def _driver_cursor(self, statement: str) -> Iterator[Any]:
+        """A driver cursor on this transaction's connection whose errors come back as
+        SQLAlchemy's, as from any other statement: a unique violation is an
+        ``IntegrityError``, an unreachable or broken store an ``OperationalError``."""
+        dbapi_error = self.connection.dialect.loaded_dbapi.Error
+        cursor = self.connection.connection.cursor()
+        try:
+            yield cursor
+        except dbapi_error as error:
+            raise sa.exc.DBAPIError.instance(statement, None, error, dbapi_error) from error
         finally:
             cursor.close()
 
@@ -336,22 +346,14 @@ class UnitOfWork:
         """Rows into a PostgreSQL table with ``COPY``, in this transaction.
 
         COPY takes a batch of rows several times faster than ``executemany``
-        (the driver writes the stream in C). The driver's errors come back as
-        SQLAlchemy's, as from any other statement: a unique violation is an
-        ``IntegrityError``, a lost connection an ``OperationalError``.
+        (the driver writes the stream in C).
         """
         if not rows:
             return
         statement = f"COPY {table} ({columns}) FROM STDIN"
-        cursor = self.connection.connection.cursor()
-        try:
-            with cursor.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        except psycopg.Error as error:
-            raise sa.exc.DBAPIError.instance(statement, None, error, psycopg.Error) from error
-        finally:
-            cursor.close()
+        with self._driver_cursor(statement) as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _time(self, value: datetime) -> Any:
         return value if self._postgres else _sqlite_time(value)
