@@ -161,3 +161,28 @@ def test_a_refused_request_does_not_sink_its_batch(stack: Stack, tmp_path: Path)
         assert count_rows(world, tables.redemptions) == 3
         check = check_campaign(world.rt, CAMPAIGN)
         assert check.ok, check.problems
+
+
+def test_a_request_the_store_cannot_take_does_not_sink_its_batch(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A NUL in a voucher id gets past no HTTP validation, but the writer is a
+    service: PostgreSQL refuses the whole batch's query (DataError); the batch is
+    retried one request at a time, so only that request fails."""
+    with stack.world(tmp_path, redeem_batch_wait_ms=50) as world:
+        users = register_many(world, range(3))
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 3}}))
+        vouchers = [voucher_id(claim_one(world, u, f"c-{u}")) for u in users]
+        items = [
+            one_step(world, users[0], vouchers[0], "ok-0"),
+            one_step(world, users[1], "v\x00bad", "bad"),
+            one_step(world, users[2], vouchers[2], "ok-2"),
+        ]
+
+        outcomes = redeem_together(world, items)
+
+        assert code(outcomes[0]) == code(outcomes[2]) == "redeemed"
+        assert isinstance(outcomes[1], (LequanError, sa.exc.DataError)), outcomes[1]
+        assert count_rows(world, tables.redemptions) == 2
+        check = check_campaign(world.rt, CAMPAIGN)
+        assert check.ok, check.problems

@@ -12,7 +12,7 @@ campaigns read once, the domain deciding each redemption exactly as
 Each request still gets its own answer: a refusal (wrong person, out of
 scope, already redeemed — a second redemption of the same voucher in the
 same batch sees the first) is that request's answer alone. If the batch
-transaction fails, every request is retried alone through
+transaction fails in the store, every request is retried alone through
 ``redemption.redeem``, so the batch never decides anything the single path
 would not.
 """
@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from lequan.adapters.sql.store import (
     CampaignRow,
@@ -118,7 +118,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
     def _answer(self, batch: list[OneStep]) -> None:
         try:
             outcomes = self._redeem_batch(batch)
-        except (IntegrityError, OperationalError) as error:
+        except SQLAlchemyError as error:  # a conflict, a value the store cannot hold, an outage
             log.warning("redeem_batch_retry_single", error_type=type(error).__name__, n=len(batch))
             outcomes = [self._redeem_alone(item) for item in batch]
         except Exception as error:  # the writer must never die; every waiter gets an answer
