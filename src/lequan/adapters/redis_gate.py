@@ -295,6 +295,16 @@ return #ARGV
 """
 
 
+# Letting go of a lock. KEYS[1] the lock, ARGV[1] the holder's token: deleted
+# only if it still holds that token (an expired lock may belong to another).
+_DELETE_IF_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class _Call:
     """One script call of a phase's pipeline."""
@@ -339,6 +349,7 @@ class RedisGate:
         self._pool_release = client.register_script(_POOL_RELEASE_LUA)
         self._pool_stale = client.register_script(_POOL_STALE_LUA)
         self._swap_in = client.register_script(_SWAP_IN_LUA)
+        self._delete_if = client.register_script(_DELETE_IF_LUA)
 
     @classmethod
     def from_url(
@@ -582,21 +593,15 @@ class RedisGate:
         return deposits, dry
 
     def settle(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
-        """Drop the journal entries of committed reservations, one call per bucket."""
+        """Drop the journal entries of committed reservations, one HDEL per bucket."""
         self._check_batch_size(len(reservations))
-        by_home = _group_pairs(
-            (i, (request.pool, self.bucket_of(request.person_id)))
-            for i, (request, _seq) in enumerate(reservations)
-        )
-        pipe_calls = []
-        for (pool, bucket), members in by_home.items():
-            fields = [
-                _pending_field(reservations[i][0].template_id, reservations[i][0].person_id, seq)
-                for i in members
-                for seq in (reservations[i][1],)
-            ]
-            pipe_calls.append((self._bucket_keys(pool, bucket)[2], fields))
-        self._hdel_many(pipe_calls)
+        fields: dict[str, list[str]] = {}
+        for request, seq in reservations:
+            pending = self._bucket_keys(request.pool, self.bucket_of(request.person_id))[2]
+            fields.setdefault(pending, []).append(
+                _pending_field(request.template_id, request.person_id, seq)
+            )
+        self._each_key(list(fields), lambda pipe, key: pipe.hdel(key, *fields[key]))
 
     def release(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
         """Hand back pending reservations whose commit failed.
@@ -664,7 +669,7 @@ class RedisGate:
         return found[:limit]
 
     def remaining(self, pool: str, template_id: str) -> int | None:
-        values = self._read_each(
+        values = self._each_key(
             [self._bucket_keys(pool, b)[0] for b in range(self._buckets)],
             lambda node, key: node.hget(key, template_id),
         )
@@ -675,7 +680,7 @@ class RedisGate:
         keys = [self._campaign_loaded_key(campaign_id)] + [
             self._bucket_keys(pool, b)[0] for pool in pools for b in range(self._buckets)
         ]
-        return all(self._read_each(keys, lambda node, key: node.exists(key)))
+        return all(self._each_key(keys, lambda node, key: node.exists(key)))
 
     def begin_rebuild(self, campaign_id: str, *, ttl_s: float) -> str | None:
         token = uuid.uuid4().hex
@@ -685,18 +690,19 @@ class RedisGate:
         return token if taken else None
 
     def end_rebuild(self, campaign_id: str, token: str) -> None:
-        key = self._campaign_rebuild_key(campaign_id)
-        held = self._client.get(key)
-        if held is not None and (held.decode() if isinstance(held, bytes) else held) == token:
-            self._client.delete(key)
+        """Let go of the rebuild right, only if this token still holds it."""
+        self._run([_Call(self._delete_if, (self._campaign_rebuild_key(campaign_id),), (token,))])
 
     def forget(self, campaign_id: str, pools: Sequence[str]) -> None:
         """Drop the campaign's marker first, then every bucket of its pools."""
         self._client.delete(self._campaign_loaded_key(campaign_id))
-        for pool in pools:
-            for bucket in range(self._buckets):
-                for key in self._bucket_keys(pool, bucket):
-                    self._client.delete(key)
+        keys = [
+            key
+            for pool in pools
+            for b in range(self._buckets)
+            for key in self._bucket_keys(pool, b)
+        ]
+        self._each_key(keys, lambda pipe, key: pipe.delete(key))
 
     def reset_pool(
         self, pool: str, *, stock: Mapping[str, int], claimed: Mapping[str, int]
@@ -764,20 +770,8 @@ class RedisGate:
         ]
         self._run(calls)
 
-    def _hdel_many(self, targets: Sequence[tuple[str, list[str]]]) -> None:
-        """HDEL fields from hashes, one pipeline per server."""
-        by_node: dict[str, tuple[Any, list[tuple[str, list[str]]]]] = {}
-        for key, fields in targets:
-            node = self._node_of(key)
-            by_node.setdefault(node[0], (node[1], []))[1].append((key, fields))
-        for client, entries in by_node.values():
-            pipe = client.pipeline(transaction=False)
-            for key, fields in entries:
-                pipe.hdel(key, *fields)
-            pipe.execute()
-
-    def _read_each(self, keys: Sequence[str], read: Any) -> list[Any]:
-        """One read command per key, pipelined per server; replies in key order."""
+    def _each_key(self, keys: Sequence[str], command: Any) -> list[Any]:
+        """One command per key, pipelined per server; replies in key order."""
         by_node: dict[str, tuple[Any, list[int]]] = {}
         for n, key in enumerate(keys):
             name, client = self._node_of(key)
@@ -786,7 +780,7 @@ class RedisGate:
         for client, indexes in by_node.values():
             pipe = client.pipeline(transaction=False)
             for n in indexes:
-                read(pipe, keys[n])
+                command(pipe, keys[n])
             for n, reply in zip(indexes, pipe.execute(), strict=True):
                 replies[n] = reply
         return replies
