@@ -241,8 +241,8 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
     campaign may be issuing, the lost part is closed (claims answer
     ``gate_rebuilding``) and the store read only after ``gate_fence_s``: by
     then every such reservation is committed or refused (the committer
-    refuses any reservation older than ``claim_reservation_ttl_s``, and a
-    commit's statements are bounded by ``claim_commit_timeout_s``).
+    refuses a reservation older than ``claim_reservation_ttl_s``, and rolls
+    back rather than COMMIT one that grew older meanwhile).
     """
     gate = rt.gate
     with rt.store.unit_of_work(readonly=True) as uow:
@@ -250,10 +250,10 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
         assert row is not None
         initial = uow.stock_initial(campaign_id)
     pools = sorted({pool_key(campaign_id, r, c) for r, c, _t, _n in initial})
+    if not force and gate.loaded(campaign_id, pools):  # the common case: one look
+        return False
     whole = force or not gate.loaded(campaign_id, [])
     missing = pools if whole else [p for p in pools if not gate.loaded(campaign_id, [p])]
-    if not whole and not missing:
-        return False
     fence_s = rt.settings.gate_fence_s
     token = gate.begin_rebuild(campaign_id, ttl_s=fence_s + REBUILD_LOCK_MARGIN_S)
     if token is None:
@@ -269,7 +269,7 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
         if gate.shared and _may_be_issuing(rt, row, {rounds[p] for p in missing}):
             log.warning("gate_rebuild_fenced", campaign_id=campaign_id, wait_s=fence_s)
             time.sleep(fence_s)
-        _load(rt, campaign_id, set(missing), whole=whole)
+        _load(rt, campaign_id, initial, set(missing), whole=whole)
     finally:
         gate.end_rebuild(campaign_id, token)
     log.info("gate_loaded", campaign_id=campaign_id, pools=len(missing), whole=whole)
@@ -309,9 +309,15 @@ def _may_be_issuing(rt: Runtime, row: CampaignRow, round_ids: set[str]) -> bool:
     )
 
 
-def _load(rt: Runtime, campaign_id: str, pools: set[str], *, whole: bool) -> None:
+def _load(
+    rt: Runtime,
+    campaign_id: str,
+    initial: list[tuple[str, str, str, int]],
+    pools: set[str],
+    *,
+    whole: bool,
+) -> None:
     with rt.store.unit_of_work(readonly=True) as uow:
-        initial = uow.stock_initial(campaign_id)
         issued = uow.issued_counts(campaign_id)
         per_pool: dict[str, dict[str, int]] = defaultdict(dict)
         per_campaign: dict[str, int] = defaultdict(int)

@@ -50,11 +50,7 @@ def reap_stale(rt: Runtime) -> ReapReport:
         pools = {row.id: uow.stock_initial(row.id) for row in rows}
     for row in rows:
         limits = row.config.limits
-        seen: set[tuple[str, str]] = set()
-        for round_id, channel_id, _template, _initial in pools[row.id]:
-            if (round_id, channel_id) in seen:
-                continue
-            seen.add((round_id, channel_id))
+        for round_id, channel_id in sorted({(r, c) for r, c, _t, _n in pools[row.id]}):
             pool = pool_key(row.id, round_id, channel_id)
             stale = rt.gate.stale(pool, older_than_s=rt.settings.gate_fence_s, limit=limit)
             if not stale:
