@@ -154,10 +154,7 @@ class GroupCommitter(BatchWriter[_Job]):
         self._put(job)
         return job.future
 
-    def _handle_batch(self, batch: list[_Job]) -> None:
-        self._commit_jobs(batch)
-
-    def _commit_jobs(self, jobs: list[_Job]) -> None:
+    def _handle_batch(self, jobs: list[_Job]) -> None:
         claims = [c for job in jobs for c in job.claims]
         # The fence of a gate rebuild: a reservation this old is never committed.
         oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
@@ -186,7 +183,7 @@ class GroupCommitter(BatchWriter[_Job]):
         ]
         # Released before anyone hears: a retry must find the stock and the
         # person's count as if the failed claim had never been.
-        self._tell_gate("release", release)
+        self._tell_gate(self._rt.gate.release, "release", release)
         for claim in claims:
             self._rt.inflight.release(claim.key.app_id, claim.key.key)
         with self._lock:
@@ -196,12 +193,16 @@ class GroupCommitter(BatchWriter[_Job]):
             job.future.set_result(outcomes[offset : offset + len(job.claims)])
             offset += len(job.claims)
         # Settled after: only the gate's journal waits on it.
-        self._tell_gate("settle", settle)
+        self._tell_gate(self._rt.gate.settle, "settle", settle)
 
-    def _tell_gate(self, what: str, reservations: list[tuple[ReserveRequest, int]]) -> None:
+    @staticmethod
+    def _tell_gate(
+        step: Callable[[list[tuple[ReserveRequest, int]]], None],
+        what: str,
+        reservations: list[tuple[ReserveRequest, int]],
+    ) -> None:
         if not reservations:
             return
-        step = self._rt.gate.settle if what == "settle" else self._rt.gate.release
         try:
             step(reservations)
         except Exception as error:  # stale reservations are reaped (GateKeeper)

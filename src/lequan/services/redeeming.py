@@ -113,9 +113,6 @@ class RedemptionWriter(BatchWriter[OneStep]):
         return item.future
 
     def _handle_batch(self, batch: list[OneStep]) -> None:
-        self._answer(batch)
-
-    def _answer(self, batch: list[OneStep]) -> None:
         try:
             outcomes = self._redeem_batch(batch)
         except SQLAlchemyError as error:  # a conflict, a value the store cannot hold, an outage
