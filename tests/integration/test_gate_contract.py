@@ -448,7 +448,20 @@ def test_a_bucketed_pool_spreads_over_slots_and_a_person_stays_home(
     assert len(slots) == gate.buckets
     for bucket_keys in keys:
         assert len({redis.crc.key_slot(key.encode()) for key in bucket_keys}) == 1
-    assert {gate.bucket_of("ann") for _ in range(5)} == {gate.bucket_of("ann")}
+    # A person's claims, whatever bucket the stock came from, are journalled
+    # and counted in their home bucket alone.
+    gate.reset_pool("pool-a", stock={"t1": 1}, claimed={})  # one unit, in bucket 0
+    ann = next(p for p in (f"ann-{n}" for n in range(100)) if gate.bucket_of(p) != 0)
+    assert gate.reserve([claim(ann)])[0].outcome is OK  # borrowed from bucket 0
+    where = [
+        bool(gate.stale("pool-a", older_than_s=0, limit=10)),
+        *(
+            gate._client.hexists(gate._bucket_keys("pool-a", b)[1], ann)
+            for b in range(gate.buckets)
+        ),
+    ]
+    home = gate.bucket_of(ann)
+    assert where == [True, *(b == home for b in range(gate.buckets))]
 
 
 def test_concurrent_crowd_on_few_units_sells_each_once_without_false_sold_out(
