@@ -226,7 +226,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
             names = [f"http_batch_claims_{stack_name}", f"http_single_claims_{stack_name}"]
             names.append(f"service_batch_claims_{stack_name}")
             if database == "postgres":
-                names.extend(["http_redemptions_pg", "http_batch_claims_pg_redis_2w"])
+                names.extend(
+                    [
+                        "http_redemptions_pg",
+                        "http_batch_claims_pg_redis_2w",
+                        "service_redemptions_pg",
+                    ]
+                )
             if not any(want(n) for n in names):
                 continue
             progress(f"run {run}/{config.runs}: lequan on {stack_name}")
@@ -240,7 +246,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                 people = (
                     2 * config.batch_claims
                     + config.single_claims
-                    + config.redemptions
+                    + 2 * config.redemptions
                     + config.service_claims
                 )
                 try:
@@ -283,6 +289,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                                     duration_s=config.duration_s,
                                 ),
                                 "durable, signed, idempotent; 64 connections",
+                            )
+                        if database == "postgres" and want("service_redemptions_pg"):
+                            add(
+                                "service_redemptions_pg",
+                                "redemptions/s",
+                                scenarios.service_redemptions(stack, count=config.redemptions),
+                                "RedemptionWriter in-process, 32 callers, no HTTP",
                             )
                         if database == "postgres" and want("http_redemptions_pg"):
                             add(

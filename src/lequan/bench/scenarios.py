@@ -305,6 +305,56 @@ def service_batch_claims(stack: Stack, *, claims: int, batch: int = 1000) -> Fig
     return Figure(issued / elapsed_s, checks={"issued": issued})
 
 
+def service_redemptions(stack: Stack, *, count: int, callers: int = 32) -> Figure:
+    """One-step redemptions per second through the ``RedemptionWriter`` in-process,
+    ``callers`` threads waiting for their answers: the redemption path without HTTP.
+
+    The vouchers are claimed first, in-process, outside the clock.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lequan.bootstrap import start_platform
+    from lequan.services.claiming import ClaimRequest
+    from lequan.services.idempotency import Idempotency
+    from lequan.services.redeeming import OneStep
+    from lequan.services.redemption import RedeemOrder
+
+    people = stack.take_people(count)
+    platform = start_platform(stack.rt, sweep=False)
+    try:
+        claims = [
+            ClaimRequest(
+                f"b{i}", CAMPAIGN_ID, "r1", TEMPLATE, "310104", Idempotency(CHANNEL, f"sc-{i}", "h")
+            )
+            for i in people
+        ]
+        vouchers: dict[int, str] = {}
+        for start in range(0, len(claims), 1000):
+            results = platform.claims.claim(CHANNEL, claims[start : start + 1000])
+            for i, result in zip(people[start : start + 1000], results, strict=True):
+                if result.outcome == "issued":
+                    vouchers[i] = result.answer.body["voucher"]["voucher_id"]
+        items = [
+            OneStep(
+                voucher_id,
+                RedeemOrder(ACQUIRER, "m-cafe-001", CHANNEL, f"b{i}", f"sr-{i}", 32000, "in_store"),
+                None,
+                Idempotency(ACQUIRER, f"sr-{i}", "h"),
+            )
+            for i, voucher_id in vouchers.items()
+        ]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(callers) as pool:
+            answers = list(
+                pool.map(lambda item: platform.redemptions.submit(item).result(60), items)
+            )
+        elapsed_s = time.perf_counter() - started
+    finally:
+        platform.stop_workers()
+    redeemed = sum(1 for answer, _replayed in answers if answer.status_code == 201)
+    return Figure(redeemed / elapsed_s, checks={"redeemed": redeemed, "vouchers": len(items)})
+
+
 def single_claims(
     stack: Stack, port: int, *, claims: int, connections: int, duration_s: float
 ) -> Figure:
