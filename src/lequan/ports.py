@@ -56,6 +56,14 @@ class NonceStore(Protocol):
         """Record the nonce; True if it was new, False if it was already seen."""
         ...
 
+    def remember_many(self, nonces: Sequence[tuple[str, str]], ttl_s: int) -> list[bool]:
+        """Record each ``(app_id, nonce)``, in order; True where it was new.
+
+        A nonce given twice in one call is new only the first time. When the
+        store cannot take the call it raises ``Unavailable`` for all of them.
+        """
+        ...
+
 
 class ReserveOutcome(enum.Enum):
     """What the gate answered for one reservation."""

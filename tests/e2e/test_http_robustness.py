@@ -225,9 +225,10 @@ def _chunks(total_bytes: int) -> Iterator[bytes]:
     yield b'"}'
 
 
-def test_a_chunked_body_over_the_limit_is_413(api: Api) -> None:
+@pytest.mark.parametrize("path", ["/v1/persons", "/v1/claims", "/v1/redemptions"])
+def test_a_chunked_body_over_the_limit_is_413(api: Api, path: str) -> None:
     response = api.client.post(
-        "/v1/persons",
+        path,
         content=_chunks(3_000_000),
         headers={"Content-Type": "application/json", "Idempotency-Key": "k"},
     )

@@ -12,9 +12,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from lequan.client import LequanAuth
 from lequan.http.signing import signature_headers
-from tests.e2e.conftest import ACQUIRER, Api, assert_error, person_body
+from tests.e2e.conftest import ACQUIRER, Api, OpenApi, assert_error, person_body
 
 
 def _signed(
@@ -109,7 +111,19 @@ def test_timestamps_within_the_window_pass(api: Api) -> None:
         assert_error(response, 404, "not_registered")
 
 
-def test_a_reused_nonce_is_refused(api: Api) -> None:
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def nonce_api(request: pytest.FixtureRequest, open_api: OpenApi) -> Api:
+    """The app with its nonces in this process, or in Redis (checked off the event loop)."""
+    if request.param == "memory":
+        return open_api()
+    return open_api(
+        redis_url=request.getfixturevalue("redis_url"),
+        redis_key_prefix=request.getfixturevalue("redis_prefix"),
+    )
+
+
+def test_a_reused_nonce_is_refused(nonce_api: Api) -> None:
+    api = nonce_api
     api.register(1)
     auth = LequanAuth(
         "wechat", api.world.secrets["wechat"], nonce_factory=lambda: "fixed-nonce-0001"

@@ -105,6 +105,36 @@ def test_exactly_one_of_many_racing_threads_wins(subject: Subject) -> None:
             assert answers.count(True) == 1, (round_no, answers)
 
 
+def test_a_batch_answers_each_nonce_in_order(subject: Subject) -> None:
+    assert subject.store.remember("wechat", NONCE, TTL_S) is True
+    batch = [("wechat", "batch-nonce-1"), ("wechat", NONCE), ("alipay", NONCE)]
+    assert subject.store.remember_many(batch, TTL_S) == [True, False, True]
+    # What a batch recorded is as remembered as what ``remember`` recorded.
+    assert subject.store.remember("wechat", "batch-nonce-1", TTL_S) is False
+    assert subject.store.remember_many(batch, TTL_S) == [False, False, False]
+    assert subject.store.remember_many([], TTL_S) == []
+
+
+def test_a_nonce_twice_in_one_batch_is_new_only_the_first_time(subject: Subject) -> None:
+    twice = [("wechat", "dup-nonce-01"), ("wechat", "dup-nonce-01")]
+    assert subject.store.remember_many(twice, TTL_S) == [True, False]
+
+
+def test_racing_batches_let_each_nonce_win_once(subject: Subject) -> None:
+    threads = 8
+    nonces = [("wechat", f"batch-race-{n:04d}") for n in range(200)]
+    barrier = threading.Barrier(threads)
+
+    def race(_: int) -> list[bool]:
+        barrier.wait(timeout=10)
+        return subject.store.remember_many(nonces, TTL_S)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        answers = list(pool.map(race, range(threads)))
+    for n in range(len(nonces)):
+        assert [a[n] for a in answers].count(True) == 1, n
+
+
 # -- the memory store ---------------------------------------------------------------
 
 
@@ -170,6 +200,19 @@ def test_memory_when_full_refuses_new_nonces_and_still_refuses_replays() -> None
     assert store.remember("wechat", "nonce-000001", TTL_S) is False
 
 
+def test_memory_refuses_a_batch_that_does_not_fit_and_records_none_of_it() -> None:
+    store = MemoryNonceStore(3, clock=FakeClock())
+    assert store.remember_many([("wechat", "nonce-000001")], TTL_S) == [True]
+    batch = [("wechat", f"nonce-{n:06d}") for n in range(1, 5)]  # three new, one not
+    with pytest.raises(Unavailable) as caught:
+        store.remember_many(batch, TTL_S)
+    assert caught.value.code == "throttled"
+    assert len(store) == 1
+    # A batch whose new nonces fit is taken whole; replays never count against the room.
+    assert store.remember_many(batch[:3], TTL_S) == [False, True, True]
+    assert len(store) == 3
+
+
 def test_memory_bound_holds_under_racing_threads() -> None:
     store = MemoryNonceStore(50, clock=FakeClock())
 
@@ -222,6 +265,9 @@ def test_redis_down_is_unavailable_not_a_crash() -> None:
     try:
         with pytest.raises(Unavailable) as caught:
             RedisNonceStore(client).remember("wechat", NONCE, TTL_S)
+        assert caught.value.code == "store_unavailable"
+        with pytest.raises(Unavailable) as caught:
+            RedisNonceStore(client).remember_many([("wechat", NONCE)], TTL_S)
         assert caught.value.code == "store_unavailable"
     finally:
         client.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import math
 import threading
+from collections.abc import Sequence
 
 import redis
 from redis.cluster import RedisCluster
@@ -68,6 +69,32 @@ class MemoryNonceStore:
             heapq.heappush(self._by_expiry, (expiry_s, key))
             return True
 
+    def remember_many(self, nonces: Sequence[tuple[str, str]], ttl_s: int) -> list[bool]:
+        """``remember`` for each, under one lock; refused whole (``throttled``) when the
+        new ones would not fit, so none of them is recorded then."""
+        assert ttl_s >= 1
+        now_s = self._clock.now().timestamp()
+        with self._lock:
+            self._drop_expired(now_s)
+            new = {key for key in nonces if key not in self._expiry_s}
+            if len(self._expiry_s) + len(new) > self._max_entries:
+                next_expiry_s = self._by_expiry[0][0] if self._by_expiry else now_s + ttl_s
+                raise Unavailable(
+                    "throttled",
+                    "too many signed requests in the signature window; retry shortly",
+                    retry_after_s=max(1, math.ceil(next_expiry_s - now_s)),
+                )
+            expiry_s = now_s + ttl_s
+            fresh: list[bool] = []
+            for key in nonces:
+                if key in self._expiry_s:
+                    fresh.append(False)
+                    continue
+                self._expiry_s[key] = expiry_s
+                heapq.heappush(self._by_expiry, (expiry_s, key))
+                fresh.append(True)
+            return fresh
+
     def __len__(self) -> int:
         """The nonces held, live or expired but not yet dropped."""
         with self._lock:
@@ -103,3 +130,19 @@ class RedisNonceStore:
                 "store_unavailable", "the nonce store does not answer; retry shortly"
             ) from error
         return bool(was_set)
+
+    def remember_many(self, nonces: Sequence[tuple[str, str]], ttl_s: int) -> list[bool]:
+        """One ``SET NX EX`` per nonce, all in one pipeline (one round trip per node)."""
+        assert ttl_s >= 1
+        if not nonces:
+            return []
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for app_id, nonce in nonces:
+                pipe.set(self.key(app_id, nonce), 1, nx=True, ex=ttl_s)
+            replies = pipe.execute()
+        except redis.RedisError as error:
+            raise Unavailable(
+                "store_unavailable", "the nonce store does not answer; retry shortly"
+            ) from error
+        return [bool(reply) for reply in replies]

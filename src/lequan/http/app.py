@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -23,8 +24,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 import lequan
+from lequan.adapters.nonces import MemoryNonceStore
 from lequan.bootstrap import Platform
 from lequan.http.admission import InFlightLimit, TokenBuckets
+from lequan.http.deps import NonceChecks
 from lequan.http.errors import error_response, install_error_handlers
 from lequan.http.fastpath import FastClaims, FastRedemptions
 from lequan.http.routes import acquirer, admin, channel
@@ -127,14 +130,30 @@ class Metrics:
         )
 
 
+class _LequanAPI(FastAPI):
+    """FastAPI with the lean routes (``http/fastpath.py``) in front of its whole
+    middleware stack: the hottest requests skip every framework layer, and each
+    of those layers (error wrapper, body limit, request context) is paid only by
+    the routes the framework answers."""
+
+    lean_routes: tuple[Callable[[Any], Any], ...] = ()
+
+    def build_middleware_stack(self) -> Any:
+        app = super().build_middleware_stack()
+        for wrap in reversed(self.lean_routes):
+            app = wrap(app)
+        return app
+
+
 def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        nonces.close()
         if close_on_shutdown:
             platform.close()
 
-    app = FastAPI(
+    app = _LequanAPI(
         title="lequan",
         version=lequan.__version__,
         summary="Government consumption vouchers: channel, acquirer and admin APIs.",
@@ -156,6 +175,9 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
     app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
+    nonces = app.state.nonce_checks = NonceChecks(
+        platform.rt.nonces, inline=isinstance(platform.rt.nonces, MemoryNonceStore)
+    )
     body_max = platform.rt.settings.request_body_bytes_max
 
     @app.middleware("http")
@@ -191,17 +213,24 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
-    app.add_middleware(
-        FastRedemptions, platform=platform, throttle=app.state.throttle, metrics=metrics
-    )
-    app.add_middleware(
-        FastClaims,
-        platform=platform,
-        throttle=app.state.throttle,
-        admission=app.state.claim_admission,
-        metrics=metrics,
-    )
     app.add_middleware(BodyLimit, body_bytes_max=body_max)
+    app.lean_routes = (
+        partial(
+            FastClaims,
+            platform=platform,
+            throttle=app.state.throttle,
+            nonces=nonces,
+            admission=app.state.claim_admission,
+            metrics=metrics,
+        ),
+        partial(
+            FastRedemptions,
+            platform=platform,
+            throttle=app.state.throttle,
+            nonces=nonces,
+            metrics=metrics,
+        ),
+    )
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)

@@ -7,8 +7,10 @@ which its timestamp could still pass.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,6 +20,7 @@ from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
 from lequan.http.admission import TokenBuckets
 from lequan.http.signing import parse_headers, verify_signed
+from lequan.ports import NonceStore
 from lequan.services.admin import authenticate_operator
 from lequan.services.idempotency import Idempotency, request_hash, validate_key
 
@@ -26,6 +29,7 @@ __all__ = [
     "Caller",
     "ChannelApp",
     "IdempotencyKey",
+    "NonceChecks",
     "Operator",
     "PlatformDep",
     "get_platform",
@@ -67,9 +71,67 @@ def raw_target(scope: Mapping[str, Any]) -> str:
     return target.decode("ascii", errors="replace")
 
 
-def authenticate(
+class NonceChecks:
+    """The nonces of signed requests, checked for the event loop without blocking it.
+
+    A store in this process (``inline``) is asked at once. A store across the
+    network is asked from a thread, once per turn of the event loop for every
+    request that reached this step in that turn: a thousand requests arriving
+    together cost one round trip, and the loop serves others meanwhile.
+    Bounded: at most ``batch_max`` nonces per call to the store.
+    """
+
+    def __init__(self, store: NonceStore, *, inline: bool, batch_max: int = 1000) -> None:
+        assert batch_max >= 1
+        self._store = store
+        self._inline = inline
+        self._batch_max = batch_max
+        self._waiting: dict[int, list[tuple[tuple[str, str], asyncio.Future[bool]]]] = {}
+        self._executor = ThreadPoolExecutor(2, thread_name_prefix="lequan-nonces")
+
+    async def remember(self, app_id: str, nonce: str, ttl_s: int) -> bool:
+        if self._inline:
+            return self._store.remember(app_id, nonce, ttl_s)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        waiting = self._waiting.setdefault(ttl_s, [])
+        waiting.append(((app_id, nonce), future))
+        if len(waiting) == 1:
+            loop.call_soon(self._flush, ttl_s)
+        elif len(waiting) >= self._batch_max:
+            self._flush(ttl_s)
+        return await future
+
+    def _flush(self, ttl_s: int) -> None:
+        batch = self._waiting.pop(ttl_s, None)
+        if batch:
+            asyncio.get_running_loop().create_task(self._ask(batch, ttl_s))
+
+    async def _ask(
+        self, batch: list[tuple[tuple[str, str], asyncio.Future[bool]]], ttl_s: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            fresh = await loop.run_in_executor(
+                self._executor, self._store.remember_many, [key for key, _ in batch], ttl_s
+            )
+        except Exception as error:  # every waiter gets an answer, whatever happened
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), new in zip(batch, fresh, strict=True):
+            if not future.done():
+                future.set_result(new)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+async def authenticate(
     platform: Platform,
     throttle: TokenBuckets,
+    nonces: NonceChecks,
     *,
     kind: str,
     method: str,
@@ -93,7 +155,7 @@ def authenticate(
         now_s=int(time.time()),
         max_skew_s=settings.signature_max_skew_s,
     )
-    if not platform.rt.nonces.remember(
+    if not await nonces.remember(
         verified.app_id, verified.nonce, 2 * settings.signature_max_skew_s
     ):
         raise AuthError("nonce_reused", "this nonce was already used; sign each request anew")
@@ -106,9 +168,10 @@ def authenticate(
 async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
     body = await request.body()
     target = raw_target(request.scope)
-    app_id = authenticate(
+    app_id = await authenticate(
         platform,
         request.app.state.throttle,
+        request.app.state.nonce_checks,
         kind=kind,
         method=request.method,
         target=target,

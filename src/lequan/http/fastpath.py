@@ -1,13 +1,14 @@
 """The hottest single-request paths, served without the framework's per-request cost.
 
 ``POST /v1/claims`` is the hottest route of a flash sale. Here it is a
-plain ASGI handler in front of FastAPI (whose route stays, for the exact
-OpenAPI description), with the same rules in the same order: signature,
-Idempotency-Key, body, then the claim. And single claims that arrive
-within ``claim_coalesce_ms`` of each other are handed to the claim service
-as one batch, so a thousand people pressing "claim" through one channel
-cost one lookup, one gate call and one share of a group commit, as a
-channel's own batch would.
+plain ASGI handler in front of the whole FastAPI app, its middleware
+included (the framework's route stays, for the exact OpenAPI description),
+with the same rules in the same order: body limit, signature, nonce,
+Idempotency-Key, body, then the claim. Single claims that arrive within
+``claim_coalesce_ms`` of each other are handed to the claim service as one
+batch, so a thousand people pressing "claim" through one channel cost one
+lookup, one gate call and one share of a group commit, as a channel's own
+batch would.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.datastructures import Headers
 from lequan.bootstrap import Platform
 from lequan.domain.errors import LequanError, Unavailable
 from lequan.http.admission import InFlightLimit, TokenBuckets
-from lequan.http.deps import authenticate, raw_target
+from lequan.http.deps import NonceChecks, authenticate, raw_target
 from lequan.http.routes.acquirer import redeem_answer
 from lequan.http.routes.channel import claim_hash
 from lequan.http.schemas import ClaimIn, RedeemIn
@@ -122,17 +123,25 @@ class _LeanRoute:
     path = ""
 
     def __init__(
-        self, app: Any, *, platform: Platform, throttle: TokenBuckets, metrics: Any
+        self,
+        app: Any,
+        *,
+        platform: Platform,
+        throttle: TokenBuckets,
+        nonces: NonceChecks,
+        metrics: Any,
     ) -> None:
         self.app = app
         self.platform = platform
         self.throttle = throttle
+        self.nonces = nonces
         self.metrics = metrics
         # Prometheus children by label value: ``labels()`` per request costs more than
         # the increment (a handful of statuses and outcomes, so these stay small).
         self._requests: dict[int, Any] = {}
         self._outcomes: dict[str, Any] = {}
         self._seconds = metrics.seconds.labels(self.path)
+        self._body_bytes_max = platform.rt.settings.request_body_bytes_max
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -141,11 +150,19 @@ class _LeanRoute:
         started = time.perf_counter()
         headers = Headers(scope=scope)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
-        try:
-            status, body, extra, app_id, outcome = await self._answer(scope, receive, headers)
-        except Exception as error:  # the answer is still JSON with a code, never a hang
-            status, body, extra = _error_answer(error)
-            app_id = outcome = None
+        app_id = outcome = None
+        raw = await _read_body(receive, self._body_bytes_max)
+        if raw is None:  # the rest of the body is never read, so the connection closes
+            status, extra = 413, [(b"connection", b"close")]
+            body = {
+                "code": "body_too_large",
+                "message": f"a request body is at most {self._body_bytes_max} bytes",
+            }
+        else:
+            try:
+                status, body, extra, app_id, outcome = await self._answer(scope, raw, headers)
+            except Exception as error:  # the answer is still JSON with a code, never a hang
+                status, body, extra = _error_answer(error)
         if status >= 400:
             body = {**body, "request_id": request_id}
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -181,8 +198,8 @@ class _LeanRoute:
             request_id=request_id,
         )
 
-    async def _answer(self, scope: dict[str, Any], receive: Receive, headers: Headers) -> _Answered:
-        """(status, body, extra headers, app id, claim outcome) for one request."""
+    async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
+        """(status, body, extra headers, app id, claim outcome) for one request body."""
         raise NotImplementedError
 
 
@@ -216,10 +233,11 @@ class FastClaims(_LeanRoute):
         *,
         platform: Platform,
         throttle: TokenBuckets,
+        nonces: NonceChecks,
         admission: InFlightLimit,
         metrics: Any,
     ) -> None:
-        super().__init__(app, platform=platform, throttle=throttle, metrics=metrics)
+        super().__init__(app, platform=platform, throttle=throttle, nonces=nonces, metrics=metrics)
         self.admission = admission
         settings = platform.rt.settings
         self.coalescer = ClaimCoalescer(
@@ -228,13 +246,13 @@ class FastClaims(_LeanRoute):
             batch_items_max=settings.claim_batch_items_max,
         )
 
-    async def _answer(self, scope: dict[str, Any], receive: Receive, headers: Headers) -> _Answered:
+    async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None
         try:
-            raw = await _read_body(receive)
-            app_id = authenticate(
+            app_id = await authenticate(
                 self.platform,
                 self.throttle,
+                self.nonces,
                 kind="channel",
                 method="POST",
                 target=raw_target(scope),
@@ -276,15 +294,15 @@ class FastRedemptions(_LeanRoute):
 
     path = REDEMPTION_PATH
 
-    async def _answer(self, scope: dict[str, Any], receive: Receive, headers: Headers) -> _Answered:
+    async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None
         platform = self.platform
         try:
-            raw = await _read_body(receive)
             target = raw_target(scope)
-            app_id = authenticate(
+            app_id = await authenticate(
                 platform,
                 self.throttle,
+                self.nonces,
                 kind="acquirer",
                 method="POST",
                 target=target,
@@ -307,13 +325,19 @@ class FastRedemptions(_LeanRoute):
         return answer.status_code, dict(answer.body), extra, app_id, None
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, bytes_max: int) -> bytes | None:
+    """The whole body, or ``None`` as soon as it is longer than ``bytes_max``."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > bytes_max:
+            return None
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)

@@ -180,6 +180,10 @@ class SqlStore:
         """
         with self.engine.connect() as connection:
             connection.info["lequan_readonly"] = readonly
+            if readonly and connection.dialect.name == "postgresql":
+                # Each statement its own transaction: no BEGIN and no ROLLBACK round
+                # trips. Under READ COMMITTED a statement has its own snapshot anyway.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
             uow = UnitOfWork(connection)
             try:
                 yield uow
