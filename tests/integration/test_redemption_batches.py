@@ -186,3 +186,29 @@ def test_a_request_the_store_cannot_take_does_not_sink_its_batch(
         assert count_rows(world, tables.redemptions) == 2
         check = check_campaign(world.rt, CAMPAIGN)
         assert check.ok, check.problems
+
+
+def test_a_row_the_store_cannot_write_does_not_sink_a_large_batch(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A batch large enough to be written with COPY on PostgreSQL: one redemption whose
+    order id is longer than its column fails the write of the whole batch there; the
+    batch is retried one request at a time, so only that request fails."""
+    with stack.world(tmp_path, redeem_batch_wait_ms=200) as world:
+        users = register_many(world, range(12))
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 12}}))
+        vouchers = [voucher_id(claim_one(world, u, f"c-{u}")) for u in users]
+        items = [
+            one_step(world, user, voucher, f"r-{n}", **({"order_id": "o" * 65} if n == 4 else {}))
+            for n, (user, voucher) in enumerate(zip(users, vouchers, strict=True))
+        ]
+
+        outcomes = redeem_together(world, items)
+
+        assert [code(o) for n, o in enumerate(outcomes) if n != 4] == ["redeemed"] * 11
+        postgres = world.rt.store.engine.dialect.name == "postgresql"
+        if postgres:  # SQLite keeps a string of any length
+            assert isinstance(outcomes[4], (LequanError, sa.exc.DataError)), outcomes[4]
+        assert count_rows(world, tables.redemptions) == (11 if postgres else 12)
+        check = check_campaign(world.rt, CAMPAIGN)
+        assert check.ok, check.problems
