@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tests.e2e.conftest import (
     person_body,
 )
 from tests.factories import dining_config, id_number, postgres_database
+from tests.integration.test_claim_invariants import writers_held
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,31 @@ def test_concurrent_redemptions_of_one_voucher_spend_it_once(
             assert answer.json()["code"] in ("already_redeemed", "voucher_locked", "voucher_busy")
     assert api.snapshot()["redemptions"] == 1
     assert api.check()["ok"]
+
+
+def test_a_single_claim_beyond_the_in_flight_bound_is_429_and_changes_nothing(
+    open_api: OpenApi,
+) -> None:
+    api = open_api(claim_inflight_max=1)
+    first_user, second_user = api.register(1), api.register(2)
+    admission = api.client.app.state.claim_admission  # type: ignore[attr-defined]
+    with (
+        writers_held(api.world.rt.settings.effective_database_url, for_s=2.0),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        first = pool.submit(api.claim, first_user)  # held in the writer meanwhile
+        deadline_s = time.monotonic() + 10
+        while admission.in_flight < 1 and time.monotonic() < deadline_s:
+            time.sleep(0.01)
+        assert admission.in_flight == 1
+        refused = api.claim(second_user, key="k-second")
+        assert first.result(30).status_code == 201
+    assert_error(refused, 429, "overloaded")
+    assert refused.headers["retry-after"] == "1"
+    assert api.wallet(second_user).json()["items"] == []
+    # Nothing of the refusal was kept: the same key, asked again, gets the voucher.
+    again = api.claim(second_user, key="k-second")
+    assert again.status_code == 201, again.text
 
 
 def test_claims_beyond_the_in_flight_bound_are_429_and_change_nothing(open_api: OpenApi) -> None:

@@ -178,6 +178,30 @@ def table_gone(database_url: str, table: str) -> Iterator[None]:
         engine.dispose()
 
 
+@contextmanager
+def writers_held(database_url: str, *, for_s: float) -> Iterator[None]:
+    """Another connection holds up every claim writer for ``for_s`` seconds: SQLite's
+    write lock, or the campaign row's lock on PostgreSQL (the budget update waits)."""
+    engine = create_engine(database_url)
+    connection = engine.connect()
+    try:
+        if engine.dialect.name == "sqlite":  # our engine begins writers IMMEDIATE
+            connection.exec_driver_sql("SELECT 1")
+        else:
+            connection.exec_driver_sql(
+                "SELECT id FROM campaigns WHERE id = %s FOR UPDATE", (CAMPAIGN,)
+            )
+        releaser = threading.Timer(for_s, connection.rollback)
+        releaser.start()
+        try:
+            yield
+        finally:
+            releaser.join(for_s + 10)
+    finally:
+        connection.close()
+        engine.dispose()
+
+
 def vouchers_table_gone(database_url: str) -> AbstractContextManager[None]:
     """The store loses the vouchers table: every read of the claim path still works."""
     return table_gone(database_url, "vouchers")
@@ -528,6 +552,33 @@ def test_failed_commit_answers_503_and_hands_the_stock_back(stack: Stack, tmp_pa
         assert assert_books(world).issued == 4
 
 
+def test_a_transaction_that_outlives_the_reservation_ttl_is_rolled_back_not_committed(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The fence's second half: a reservation is committed within its ttl or not at all.
+    Here the writer is held up past the ttl after it took the claim; it rolls back
+    rather than COMMIT, answers 503 commit_timeout and hands the stock back, so a
+    gate rebuilt after the fence can never count the voucher twice."""
+    with stack.world(tmp_path, claim_reservation_ttl_s=0.5, claim_commit_timeout_s=30) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        user = world.register(1)
+        with writers_held(stack.database_url, for_s=1.5):
+            late = claim_one(world, user, "k-late")
+
+        assert late.outcome == "commit_timeout", late
+        assert late.answer.status_code == 503
+        assert stored_vouchers(world) == []
+        assert remaining(world) == 5  # handed back
+        check = assert_books(world)
+        assert check.issued == 0
+        assert check.committed_fen == 0
+        # Nothing of the refusal was kept: the same key asks again and gets the voucher.
+        again = claim_one(world, user, "k-late")
+        assert again.outcome == "issued", again
+        assert [s.id for s in stored_vouchers(world)] == [voucher_id(again)]
+        assert remaining(world) == 4
+
+
 def test_commit_timeout_holds_the_stock_and_the_retry_replays(stack: Stack, tmp_path: Path) -> None:
     """A commit slower than claim_commit_timeout_s: 503 commit_timeout, stock held.
 
@@ -749,8 +800,10 @@ def test_reservations_left_by_a_dead_process_are_settled_or_released(
         assert all(a.outcome is ReserveOutcome.OK for a in world.rt.gate.reserve(orphans))
         assert remaining(world) == 5
 
-        # Another, healthy process reaps. Younger than the fence, the
+        # Another, healthy process reaps (this one's own reaper is stopped, so the
+        # counts below are that process's). Younger than the fence, the
         # reservations may still commit somewhere: left alone.
+        world.platform.gatekeeper.stop()
         gate.dying = False
         assert reap_stale(world.rt) == ReapReport(settled=0, released=0)
         time.sleep(world.rt.settings.gate_fence_s + 0.2)

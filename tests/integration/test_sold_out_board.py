@@ -5,12 +5,22 @@ from __future__ import annotations
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
 from lequan.adapters.sold_out import LocalSoldOut, RedisSoldOut
+from lequan.services.campaigns import pool_key
+from tests.factories import dining_config
+from tests.integration.conftest import Stack
+from tests.integration.test_claim_invariants import (
+    CAMPAIGN,
+    TEMPLATE,
+    claim_one,
+    register_many,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -67,6 +77,65 @@ def test_a_foreign_message_on_the_channel_is_ignored(redis_url: str, redis_prefi
         wait_for_flags(heard, 1)
         time.sleep(0.1)
         assert heard == [("camp:r1:wechat", "d300-90")]
+    finally:
+        board.close()
+
+
+def test_the_first_sold_out_answer_of_a_platform_reaches_the_other_processes(
+    shared_stack: Stack, tmp_path: Path
+) -> None:
+    """The wiring, not the board alone: the claim service that first hears SOLD_OUT
+    from the gate publishes it once; the flood after it is answered from its flag."""
+    stack = shared_stack
+    assert stack.redis_url is not None
+    assert stack.redis_prefix is not None
+    other_process = RedisSoldOut(
+        RedisCluster.from_url(stack.redis_url)
+        if stack.redis_cluster
+        else redis.Redis.from_url(stack.redis_url),
+        channel=f"{stack.redis_prefix}sold-out",
+    )
+    heard: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    other_process.listen(partial(_add_flag, lock, heard))
+    try:
+        with stack.world(
+            tmp_path,
+            redis_url=stack.redis_url,
+            redis_key_prefix=stack.redis_prefix,
+            redis_cluster=stack.redis_cluster,
+        ) as world:
+            users = register_many(world, range(6))
+            world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 2}}))
+            time.sleep(0.3)  # the other process's listener is subscribed
+            outcomes = [claim_one(world, user, f"k-{user}").outcome for user in users]
+            assert outcomes == ["issued", "issued"] + ["sold_out"] * 4
+            wait_for_flags(heard, 1)
+            time.sleep(0.2)  # no second message follows
+            assert heard == [(pool_key(CAMPAIGN, "r1", "wechat"), TEMPLATE)]
+    finally:
+        other_process.close()
+
+
+def test_a_listener_whose_connection_is_dropped_comes_back(
+    redis_url: str, redis_prefix: str
+) -> None:
+    channel = f"{redis_prefix}sold-out"
+    board = RedisSoldOut(redis.Redis.from_url(redis_url), channel=channel)
+    heard: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    board.listen(partial(_add_flag, lock, heard))
+    try:
+        time.sleep(0.3)
+        with redis.Redis.from_url(redis_url) as admin:
+            assert admin.client_kill_filter(_type="pubsub") >= 1  # as a Redis restart would
+            # Published until heard: a message sent while nobody listens is lost by design.
+            deadline_s = time.monotonic() + 10
+            while not heard and time.monotonic() < deadline_s:
+                admin.publish(channel, "camp:r1:wechat\x1fd300-90")
+                time.sleep(0.1)
+        assert heard
+        assert set(heard) == {("camp:r1:wechat", "d300-90")}
     finally:
         board.close()
 
