@@ -1,4 +1,5 @@
-"""Single claims that arrive together are served as one batch, each answered alone."""
+"""Single claims that arrive together are served as one batch, each answered alone
+(``Coalescer``, as ``FastClaims`` uses it)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
-from lequan.http.fastpath import ClaimCoalescer
+from lequan.http.coalescing import Coalescer
 from lequan.services.claiming import ClaimRequest, ClaimResult
 from lequan.services.idempotency import Answer, Idempotency
 
@@ -30,11 +31,11 @@ def _request(user: str) -> ClaimRequest:
 
 def test_concurrent_claims_become_one_batch_per_channel_and_each_gets_its_answer() -> None:
     claims = RecordingClaims()
-    coalescer = ClaimCoalescer(claims, wait_s=0.01, batch_items_max=1000)
+    coalescer = Coalescer(claims.claim, wait_s=0.01, batch_max=1000, workers=4, name="test")
 
     async def crowd() -> list[ClaimResult]:
-        wechat = [coalescer.claim("wechat", _request(f"w{i}")) for i in range(50)]
-        alipay = [coalescer.claim("alipay", _request(f"a{i}")) for i in range(20)]
+        wechat = [coalescer.submit("wechat", _request(f"w{i}")) for i in range(50)]
+        alipay = [coalescer.submit("alipay", _request(f"a{i}")) for i in range(20)]
         return await asyncio.gather(*wechat, *alipay)
 
     results = asyncio.run(crowd())
@@ -50,11 +51,11 @@ def test_concurrent_claims_become_one_batch_per_channel_and_each_gets_its_answer
 
 def test_a_full_batch_goes_at_once_and_never_exceeds_the_limit() -> None:
     claims = RecordingClaims()
-    coalescer = ClaimCoalescer(claims, wait_s=5.0, batch_items_max=10)
+    coalescer = Coalescer(claims.claim, wait_s=5.0, batch_max=10, workers=4, name="test")
 
     async def crowd() -> list[ClaimResult]:
         return await asyncio.wait_for(
-            asyncio.gather(*(coalescer.claim("wechat", _request(f"u{i}")) for i in range(30))),
+            asyncio.gather(*(coalescer.submit("wechat", _request(f"u{i}")) for i in range(30))),
             timeout=2.0,  # far below wait_s: full batches did not wait for the timer
         )
 
@@ -69,11 +70,11 @@ def test_a_failing_batch_answers_every_waiter_with_the_error() -> None:
         def claim(self, channel_id: str, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
             raise RuntimeError("store gone")
 
-    coalescer = ClaimCoalescer(Broken(), wait_s=0.001, batch_items_max=100)
+    coalescer = Coalescer(Broken().claim, wait_s=0.001, batch_max=100, workers=4, name="test")
 
     async def crowd() -> list[ClaimResult | BaseException]:
         return await asyncio.gather(
-            *(coalescer.claim("wechat", _request(f"u{i}")) for i in range(5)),
+            *(coalescer.submit("wechat", _request(f"u{i}")) for i in range(5)),
             return_exceptions=True,
         )
 

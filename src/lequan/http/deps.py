@@ -7,10 +7,8 @@ which its timestamp could still pass.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -19,6 +17,7 @@ from fastapi import Depends, Header, Request
 from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
 from lequan.http.admission import TokenBuckets
+from lequan.http.coalescing import Coalescer
 from lequan.http.signing import parse_headers, verify_signed
 from lequan.ports import NonceStore
 from lequan.services.admin import authenticate_operator
@@ -82,50 +81,24 @@ class NonceChecks:
     """
 
     def __init__(self, store: NonceStore, *, inline: bool, batch_max: int = 1000) -> None:
-        assert batch_max >= 1
         self._store = store
         self._inline = inline
-        self._batch_max = batch_max
-        self._waiting: dict[int, list[tuple[tuple[str, str], asyncio.Future[bool]]]] = {}
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix="lequan-nonces")
+        # Grouped by ttl: one store call records its nonces with one ttl.
+        self._batches: Coalescer[int, tuple[str, str], bool] = Coalescer(
+            lambda ttl_s, nonces: store.remember_many(nonces, ttl_s),
+            wait_s=0,
+            batch_max=batch_max,
+            workers=2,
+            name="lequan-nonces",
+        )
 
     async def remember(self, app_id: str, nonce: str, ttl_s: int) -> bool:
         if self._inline:
             return self._store.remember(app_id, nonce, ttl_s)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        waiting = self._waiting.setdefault(ttl_s, [])
-        waiting.append(((app_id, nonce), future))
-        if len(waiting) == 1:
-            loop.call_soon(self._flush, ttl_s)
-        elif len(waiting) >= self._batch_max:
-            self._flush(ttl_s)
-        return await future
-
-    def _flush(self, ttl_s: int) -> None:
-        batch = self._waiting.pop(ttl_s, None)
-        if batch:
-            asyncio.get_running_loop().create_task(self._ask(batch, ttl_s))
-
-    async def _ask(
-        self, batch: list[tuple[tuple[str, str], asyncio.Future[bool]]], ttl_s: int
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            fresh = await loop.run_in_executor(
-                self._executor, self._store.remember_many, [key for key, _ in batch], ttl_s
-            )
-        except Exception as error:  # every waiter gets an answer, whatever happened
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), new in zip(batch, fresh, strict=True):
-            if not future.done():
-                future.set_result(new)
+        return await self._batches.submit(ttl_s, (app_id, nonce))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._batches.close()
 
 
 async def authenticate(

@@ -13,13 +13,11 @@ batch would.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
@@ -29,6 +27,7 @@ from starlette.datastructures import Headers
 from lequan.bootstrap import Platform
 from lequan.domain.errors import LequanError, Unavailable
 from lequan.http.admission import InFlightLimit, TokenBuckets
+from lequan.http.coalescing import Coalescer
 from lequan.http.deps import NonceChecks, authenticate, raw_target
 from lequan.http.routes.acquirer import redeem_answer
 from lequan.http.routes.channel import claim_hash
@@ -37,7 +36,7 @@ from lequan.services.claiming import ClaimRequest, ClaimResult
 from lequan.services.idempotency import Idempotency, request_hash, validate_key
 from lequan.services.views import error_body, http_status
 
-__all__ = ["ClaimCoalescer", "FastClaims", "FastRedemptions"]
+__all__ = ["FastClaims", "FastRedemptions"]
 
 log = structlog.get_logger("lequan.http")
 
@@ -48,65 +47,6 @@ _REDEEM_IN: TypeAdapter[RedeemIn] = TypeAdapter(RedeemIn)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-
-class Claims(Protocol):
-    """What the coalescer needs of the claim service."""
-
-    def claim(self, channel_id: str, requests: Sequence[ClaimRequest]) -> list[ClaimResult]: ...
-
-
-class ClaimCoalescer:
-    """Gathers concurrent single claims per channel into batches for the claim service.
-
-    Bounded: a batch holds at most ``batch_items_max`` claims and waits at
-    most ``wait_s``; at most ``workers`` batches run at once.
-    """
-
-    def __init__(
-        self, claims: Claims, *, wait_s: float, batch_items_max: int, workers: int = 4
-    ) -> None:
-        self._claims = claims
-        self._wait_s = wait_s
-        self._batch_items_max = batch_items_max
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="lequan-claims")
-        self._pending: dict[str, list[tuple[ClaimRequest, asyncio.Future[ClaimResult]]]] = {}
-
-    async def claim(self, channel_id: str, request: ClaimRequest) -> ClaimResult:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ClaimResult] = loop.create_future()
-        pending = self._pending.setdefault(channel_id, [])
-        pending.append((request, future))
-        if len(pending) == 1:
-            loop.call_later(self._wait_s, self._flush, channel_id)
-        elif len(pending) >= self._batch_items_max:
-            self._flush(channel_id)
-        return await future
-
-    def _flush(self, channel_id: str) -> None:
-        batch = self._pending.pop(channel_id, None)
-        if batch:
-            asyncio.get_running_loop().create_task(self._run(channel_id, batch))
-
-    async def _run(
-        self, channel_id: str, batch: list[tuple[ClaimRequest, asyncio.Future[ClaimResult]]]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(
-                self._executor, self._claims.claim, channel_id, [r for r, _ in batch]
-            )
-        except Exception as error:  # every waiter gets an answer, whatever happened
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
 
 
 _Answered = tuple[int, dict[str, Any], list[tuple[bytes, bytes]], str | None, str | None]
@@ -240,10 +180,13 @@ class FastClaims(_LeanRoute):
         super().__init__(app, platform=platform, throttle=throttle, nonces=nonces, metrics=metrics)
         self.admission = admission
         settings = platform.rt.settings
-        self.coalescer = ClaimCoalescer(
-            platform.claims,
+        # Single claims of one channel arriving together: one call of the claim service.
+        self.coalescer: Coalescer[str, ClaimRequest, ClaimResult] = Coalescer(
+            platform.claims.claim,
             wait_s=settings.claim_coalesce_ms / 1000,
-            batch_items_max=settings.claim_batch_items_max,
+            batch_max=settings.claim_batch_items_max,
+            workers=4,
+            name="lequan-claims",
         )
 
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
@@ -276,7 +219,7 @@ class FastClaims(_LeanRoute):
                 key=Idempotency(app_id=app_id, key=key, request_hash=claim_hash(claim)),
             )
             with self.admission.admit(1):
-                result = await self.coalescer.claim(app_id, request)
+                result = await self.coalescer.submit(app_id, request)
         except Exception as error:
             return (*_error_answer(error), app_id, None)
         extra = []
