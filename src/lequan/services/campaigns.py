@@ -12,7 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 import yaml
@@ -33,6 +33,7 @@ __all__ = [
     "parse_campaign",
     "pool_key",
     "rebuild_gate",
+    "retire_gates",
     "start_round",
 ]
 
@@ -342,7 +343,61 @@ def ensure_gate_all(rt: Runtime) -> int:
         rows = uow.list_campaigns(
             statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
         )
-    return sum(1 for row in rows if ensure_gate(rt, row.id))
+    now = rt.clock.now()
+    return sum(1 for row in rows if not _retired(rt, row, now) and ensure_gate(rt, row.id))
+
+
+# How long after its last round ends a campaign's gate state is let go, in fences:
+# by then no reservation of it can still be pending (the fence, then the reaper).
+RETIRE_AFTER_FENCES = 2
+
+
+def _retired(rt: Runtime, row: CampaignRow, now: datetime) -> bool:
+    """Every round of the campaign ended more than ``RETIRE_AFTER_FENCES`` fences ago."""
+    after = timedelta(seconds=RETIRE_AFTER_FENCES * rt.settings.gate_fence_s)
+    return bool(row.rounds) and all(ends_at + after <= now for _, ends_at in row.rounds.values())
+
+
+def retire_gates(rt: Runtime) -> list[str]:
+    """Let go of the gate state of campaigns whose every round has ended; their ids.
+
+    Nothing can be claimed from them any more (a claim for an ended round is
+    refused before the gate), and ``RETIRE_AFTER_FENCES`` fences after the
+    last round's end every reservation they had is committed or refused,
+    and settled or released. What the gate still holds is then only memory:
+    the per-person counts, tens of megabytes of Redis for a million people.
+    The store keeps the truth, and the gate is not loaded for them again.
+    """
+    now = rt.clock.now()
+    with rt.store.unit_of_work(readonly=True) as uow:
+        rows = uow.list_campaigns(
+            statuses=(
+                CampaignStatus.APPROVED,
+                CampaignStatus.LIVE,
+                CampaignStatus.PAUSED,
+                CampaignStatus.ENDED,
+            )
+        )
+        done = [row.id for row in rows if _retired(rt, row, now)]
+        initial = {campaign_id: uow.stock_initial(campaign_id) for campaign_id in done}
+    gate = rt.gate
+    retired = []
+    for campaign_id in done:
+        if not gate.loaded(campaign_id, []):
+            continue
+        token = gate.begin_rebuild(
+            campaign_id, ttl_s=rt.settings.gate_fence_s + REBUILD_LOCK_MARGIN_S
+        )
+        if token is None:  # another process is loading or retiring it
+            continue
+        pools = sorted({pool_key(campaign_id, r, c) for r, c, _t, _n in initial[campaign_id]})
+        try:
+            gate.forget(campaign_id, pools)
+        finally:
+            gate.end_rebuild(campaign_id, token)
+        log.info("gate_retired", campaign_id=campaign_id, pools=len(pools))
+        retired.append(campaign_id)
+    return retired
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Scheduled housekeeping: expire vouchers past validity (their face value
-returns to the budget) and time out locks nobody confirmed or voided.
+returns to the budget), time out locks nobody confirmed or voided, and let
+go of the gate state of campaigns whose rounds have all ended.
 
 Each pass does at most ``sweep_batch_max`` of each, one small transaction
 per voucher so a long pass never holds locks the claim path needs.
@@ -15,6 +16,7 @@ import structlog
 from lequan.domain.errors import Conflict
 from lequan.domain.ledger import expire_entry
 from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.services.campaigns import retire_gates
 from lequan.services.runtime import Runtime
 
 __all__ = ["SweepReport", "Sweeper", "sweep"]
@@ -26,6 +28,7 @@ log = structlog.get_logger(__name__)
 class SweepReport:
     expired: int
     locks_timed_out: int
+    gates_retired: int = 0
 
 
 def sweep(rt: Runtime) -> SweepReport:
@@ -71,9 +74,10 @@ def sweep(rt: Runtime) -> SweepReport:
             uow.release_budget(voucher_now.campaign_id, voucher_now.face_fen)
             uow.commit()
             expired += 1
-    if expired or timed_out:
-        log.info("sweep", expired=expired, locks_timed_out=timed_out)
-    return SweepReport(expired=expired, locks_timed_out=timed_out)
+    gates_retired = len(retire_gates(rt))
+    if expired or timed_out or gates_retired:
+        log.info("sweep", expired=expired, locks_timed_out=timed_out, gates_retired=gates_retired)
+    return SweepReport(expired=expired, locks_timed_out=timed_out, gates_retired=gates_retired)
 
 
 class Sweeper:
