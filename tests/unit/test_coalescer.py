@@ -81,3 +81,44 @@ def test_a_failing_batch_answers_every_waiter_with_the_error() -> None:
     results = asyncio.run(crowd())
     coalescer.close()
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_a_handler_that_answers_too_few_fails_every_waiter_instead_of_leaving_some() -> None:
+    def short(_channel: str, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        return [ClaimResult("issued", Answer(201, {})) for _ in requests[1:]]
+
+    coalescer = Coalescer(short, wait_s=0.001, batch_max=100, workers=1, name="test")
+
+    async def crowd() -> list[ClaimResult | BaseException]:
+        return await asyncio.wait_for(
+            asyncio.gather(
+                *(coalescer.submit("wechat", _request(f"u{i}")) for i in range(5)),
+                return_exceptions=True,
+            ),
+            timeout=2.0,  # a waiter left without an answer would hang here
+        )
+
+    results = asyncio.run(crowd())
+    coalescer.close()
+    assert len(results) == 5
+    assert all(isinstance(r, AssertionError) for r in results)
+
+
+def test_a_full_batch_leaves_no_timer_behind_to_cut_the_next_one_short() -> None:
+    claims = RecordingClaims()
+    coalescer = Coalescer(claims.claim, wait_s=0.5, batch_max=3, workers=1, name="test")
+
+    async def crowd() -> list[ClaimResult]:
+        first = [coalescer.submit("wechat", _request(f"a{i}")) for i in range(3)]
+        done = await asyncio.gather(*first)  # a full batch: went at once
+        await asyncio.sleep(0.3)  # the first batch's timer would fire 0.2 s from now
+        started = asyncio.get_running_loop().time()
+        late = await asyncio.gather(coalescer.submit("wechat", _request("b0")))
+        # The second batch waited its own wait_s, not what was left of the first's.
+        assert asyncio.get_running_loop().time() - started >= 0.45
+        return [*done, *late]
+
+    results = asyncio.run(crowd())
+    coalescer.close()
+    assert len(results) == 4
+    assert [len(users) for _, users in claims.batches] == [3, 1]

@@ -45,6 +45,7 @@ class Coalescer(Generic[G, I, R]):
         self._batch_max = batch_max
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=name)
         self._pending: dict[G, list[tuple[I, asyncio.Future[R]]]] = {}
+        self._timers: dict[G, asyncio.TimerHandle] = {}
 
     async def submit(self, group: G, item: I) -> R:
         loop = asyncio.get_running_loop()
@@ -52,12 +53,15 @@ class Coalescer(Generic[G, I, R]):
         pending = self._pending.setdefault(group, [])
         pending.append((item, future))
         if len(pending) == 1:
-            loop.call_later(self._wait_s, self._flush, group)
+            self._timers[group] = loop.call_later(self._wait_s, self._flush, group)
         elif len(pending) >= self._batch_max:
             self._flush(group)
         return await future
 
     def _flush(self, group: G) -> None:
+        timer = self._timers.pop(group, None)
+        if timer is not None:  # a full batch goes early: its timer must not cut the next short
+            timer.cancel()
         batch = self._pending.pop(group, None)
         if batch:
             asyncio.get_running_loop().create_task(self._run(group, batch))
@@ -68,6 +72,7 @@ class Coalescer(Generic[G, I, R]):
             results = await loop.run_in_executor(
                 self._executor, self._handle, group, [item for item, _ in batch]
             )
+            assert len(results) == len(batch), "a handler answers every item"
         except Exception as error:  # every waiter gets an answer, whatever happened
             for _, future in batch:
                 if not future.done():
