@@ -257,6 +257,50 @@ def test_redis_keys_expire_with_the_ttl(redis_url: str, redis_prefix: str) -> No
         client.close()
 
 
+class RepliesLostOnce:
+    """A Redis client whose pipeline loses its first replies and sends the commands
+    again, as redis-py's cluster pipeline does after a timeout: the writes ran twice."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def pipeline(self, transaction: bool = False) -> RepliesLostOnce._Pipeline:
+        return RepliesLostOnce._Pipeline(self._client, transaction)
+
+    class _Pipeline:
+        def __init__(self, client: redis.Redis, transaction: bool) -> None:
+            self._client = client
+            self._transaction = transaction
+            self._calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+        def set(self, *args: object, **kwargs: object) -> None:
+            self._calls.append((args, kwargs))
+
+        def execute(self) -> list[object]:
+            replies: list[object] = []
+            for _attempt in range(2):  # the first replies never arrive
+                pipe = self._client.pipeline(transaction=self._transaction)
+                for args, kwargs in self._calls:
+                    pipe.set(*args, **kwargs)  # type: ignore[arg-type]  # as the caller gave them
+                replies = pipe.execute()
+            return replies
+
+
+@pytest.mark.redis
+def test_redis_a_resent_write_is_not_taken_for_a_replay(redis_url: str, redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        store = RedisNonceStore(RepliesLostOnce(client), key_prefix=redis_prefix)  # type: ignore[arg-type]  # the pipeline is all it uses
+        batch = [("wechat", "resent-nonce-1"), ("wechat", "resent-nonce-2")]
+        assert store.remember_many(batch, TTL_S) == [True, True]
+        # A real replay, by another call, is still refused; so is a nonce twice in a batch.
+        assert store.remember_many(batch[:1], TTL_S) == [False]
+        twice = [("wechat", "resent-nonce-3"), ("wechat", "resent-nonce-3")]
+        assert store.remember_many(twice, TTL_S) == [True, False]
+    finally:
+        client.close()
+
+
 def test_redis_down_is_unavailable_not_a_crash() -> None:
     # Nothing listens on port 1; the store must answer with an operating error.
     client = redis.Redis(

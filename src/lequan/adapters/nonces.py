@@ -6,8 +6,8 @@ Two implementations of ``lequan.ports.NonceStore``:
   process, bounded, and it refuses new requests (``throttled``) rather than
   forget a live nonce, since forgetting one would let a captured request be
   replayed.
-* ``RedisNonceStore`` for a fleet of API processes: one ``SET NX EX`` per
-  request, atomic on the server, forgotten by Redis when the window ends.
+* ``RedisNonceStore`` for a fleet of API processes: one ``SET NX GET EX``
+  per request, atomic on the server, forgotten by Redis when the window ends.
 
 The caller passes nonces that ``lequan.http.signing.parse_headers`` accepted
 (8-64 characters of ``[A-Za-z0-9_-]``) and a ttl at least as long as the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import secrets
 import threading
 from collections.abc import Sequence
 
@@ -121,28 +122,32 @@ class RedisNonceStore:
         return f"{self._key_prefix}nonce:{app_id}:{nonce}"
 
     def remember(self, app_id: str, nonce: str, ttl_s: int) -> bool:
-        """Record the nonce with ``SET key 1 NX EX ttl``; True if it was set (new)."""
-        assert ttl_s >= 1
-        try:
-            was_set = self._client.set(self.key(app_id, nonce), 1, nx=True, ex=ttl_s)
-        except redis.RedisError as error:
-            raise Unavailable(
-                "store_unavailable", "the nonce store does not answer; retry shortly"
-            ) from error
-        return bool(was_set)
+        """Record the nonce; True if it was new (see ``remember_many``)."""
+        return self.remember_many([(app_id, nonce)], ttl_s)[0]
 
     def remember_many(self, nonces: Sequence[tuple[str, str]], ttl_s: int) -> list[bool]:
-        """One ``SET NX EX`` per nonce, all in one pipeline (one round trip per node)."""
+        """One ``SET key token NX GET EX ttl`` per nonce, all in one pipeline (one round
+        trip per node).
+
+        Each nonce is stored with a token of this call's own: a nonce is new if
+        no value was there, or if the value is its own token. A client that
+        sends a command again after a lost reply (the cluster pipeline does,
+        on a timeout) so finds its own write rather than a replay. Needs Redis 7.
+        """
         assert ttl_s >= 1
         if not nonces:
             return []
+        call = secrets.token_hex(8)
+        tokens = [f"{call}:{n}".encode() for n in range(len(nonces))]
         try:
             pipe = self._client.pipeline(transaction=False)
-            for app_id, nonce in nonces:
-                pipe.set(self.key(app_id, nonce), 1, nx=True, ex=ttl_s)
+            for (app_id, nonce), token in zip(nonces, tokens, strict=True):
+                pipe.set(self.key(app_id, nonce), token, nx=True, ex=ttl_s, get=True)
             replies = pipe.execute()
         except redis.RedisError as error:
             raise Unavailable(
                 "store_unavailable", "the nonce store does not answer; retry shortly"
             ) from error
-        return [bool(reply) for reply in replies]
+        return [
+            reply is None or reply == token for reply, token in zip(replies, tokens, strict=True)
+        ]
