@@ -131,16 +131,16 @@ class Metrics:
 
 
 class _LequanAPI(FastAPI):
-    """FastAPI with the lean routes (``http/fastpath.py``) in front of its whole
-    middleware stack: the hottest requests skip every framework layer, and each
-    of those layers (error wrapper, body limit, request context) is paid only by
-    the routes the framework answers."""
+    """FastAPI with ASGI layers in front of its whole middleware stack (``front``,
+    outermost first): the body limit, then the lean routes (``http/fastpath.py``).
+    The hottest requests skip every framework layer; those layers (error wrapper,
+    request context) are paid only by the routes the framework answers."""
 
-    lean_routes: tuple[Callable[[Any], Any], ...] = ()
+    front: tuple[Callable[[Any], Any], ...] = ()
 
     def build_middleware_stack(self) -> Any:
         app = super().build_middleware_stack()
-        for wrap in reversed(self.lean_routes):
+        for wrap in reversed(self.front):
             app = wrap(app)
         return app
 
@@ -213,8 +213,8 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, body_bytes_max=body_max)
-    app.lean_routes = (
+    app.front = (
+        partial(BodyLimit, body_bytes_max=body_max),
         partial(
             FastClaims,
             platform=platform,

@@ -3,12 +3,12 @@
 ``POST /v1/claims`` is the hottest route of a flash sale. Here it is a
 plain ASGI handler in front of the whole FastAPI app, its middleware
 included (the framework's route stays, for the exact OpenAPI description),
-with the same rules in the same order: body limit, signature, nonce,
-Idempotency-Key, body, then the claim. Single claims that arrive within
-``claim_coalesce_ms`` of each other are handed to the claim service as one
-batch, so a thousand people pressing "claim" through one channel cost one
-lookup, one gate call and one share of a group commit, as a channel's own
-batch would.
+behind the same body limit and with the same rules in the same order:
+signature, nonce, Idempotency-Key, body, then the claim. Single claims that
+arrive within ``claim_coalesce_ms`` of each other are handed to the claim
+service as one batch, so a thousand people pressing "claim" through one
+channel cost one lookup, one gate call and one share of a group commit, as
+a channel's own batch would.
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ class _LeanRoute:
         self._requests: dict[int, Any] = {}
         self._outcomes: dict[str, Any] = {}
         self._seconds = metrics.seconds.labels(self.path)
-        self._body_bytes_max = platform.rt.settings.request_body_bytes_max
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -91,18 +90,11 @@ class _LeanRoute:
         headers = Headers(scope=scope)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         app_id = outcome = None
-        raw = await _read_body(receive, self._body_bytes_max)
-        if raw is None:  # the rest of the body is never read, so the connection closes
-            status, extra = 413, [(b"connection", b"close")]
-            body = {
-                "code": "body_too_large",
-                "message": f"a request body is at most {self._body_bytes_max} bytes",
-            }
-        else:
-            try:
-                status, body, extra, app_id, outcome = await self._answer(scope, raw, headers)
-            except Exception as error:  # the answer is still JSON with a code, never a hang
-                status, body, extra = _error_answer(error)
+        raw = await _read_body(receive)  # within the limit: ``BodyLimit`` is in front
+        try:
+            status, body, extra, app_id, outcome = await self._answer(scope, raw, headers)
+        except Exception as error:  # the answer is still JSON with a code, never a hang
+            status, body, extra = _error_answer(error)
         if status >= 400:
             body = {**body, "request_id": request_id}
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -268,19 +260,13 @@ class FastRedemptions(_LeanRoute):
         return answer.status_code, dict(answer.body), extra, app_id, None
 
 
-async def _read_body(receive: Receive, bytes_max: int) -> bytes | None:
-    """The whole body, or ``None`` as soon as it is longer than ``bytes_max``."""
+async def _read_body(receive: Receive) -> bytes:
     chunks = []
-    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > bytes_max:
-            return None
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
