@@ -8,8 +8,6 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import pytest
-
 from lequan.adapters.nonces import MemoryNonceStore
 from lequan.domain.errors import Unavailable
 from lequan.http.deps import NonceChecks
@@ -94,8 +92,3 @@ def test_a_store_in_this_process_is_asked_at_once_on_the_loop() -> None:
     assert answers == [True, False]
     assert store.calls == [("remember", 1), ("remember", 1)]
     assert store.threads == {threading.get_ident()}
-
-
-def test_batch_max_must_allow_a_batch() -> None:
-    with pytest.raises(AssertionError):
-        NonceChecks(RecordingStore(), inline=False, batch_max=0)

@@ -51,28 +51,11 @@ class MemoryNonceStore:
         Raises ``Unavailable("throttled")`` when the store is full of live
         nonces: refusing the request is safe, forgetting a nonce is not.
         """
-        assert ttl_s >= 1
-        key = (app_id, nonce)
-        now_s = self._clock.now().timestamp()
-        with self._lock:
-            self._drop_expired(now_s)
-            if key in self._expiry_s:
-                return False
-            if len(self._expiry_s) >= self._max_entries:
-                next_expiry_s = self._by_expiry[0][0]
-                raise Unavailable(
-                    "throttled",
-                    "too many signed requests in the signature window; retry shortly",
-                    retry_after_s=max(1, math.ceil(next_expiry_s - now_s)),
-                )
-            expiry_s = now_s + ttl_s
-            self._expiry_s[key] = expiry_s
-            heapq.heappush(self._by_expiry, (expiry_s, key))
-            return True
+        return self.remember_many([(app_id, nonce)], ttl_s)[0]
 
     def remember_many(self, nonces: Sequence[tuple[str, str]], ttl_s: int) -> list[bool]:
-        """``remember`` for each, under one lock; refused whole (``throttled``) when the
-        new ones would not fit, so none of them is recorded then."""
+        """Each nonce, under one lock; refused whole (``throttled``) when the new ones
+        would not fit, so none of them is recorded then."""
         assert ttl_s >= 1
         now_s = self._clock.now().timestamp()
         with self._lock:
