@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -250,7 +251,7 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
         row = uow.get_campaign(campaign_id)
         assert row is not None
         initial = uow.stock_initial(campaign_id)
-    pools = sorted({pool_key(campaign_id, r, c) for r, c, _t, _n in initial})
+    pools = _pools(campaign_id, initial)
     if not force and gate.loaded(campaign_id, pools):  # the common case: one look
         return False
     whole = force or not gate.loaded(campaign_id, [])
@@ -347,6 +348,11 @@ def ensure_gate_all(rt: Runtime) -> int:
     return sum(1 for row in rows if not _retired(rt, row, now) and ensure_gate(rt, row.id))
 
 
+def _pools(campaign_id: str, initial: Sequence[tuple[str, str, str, int]]) -> list[str]:
+    """The gate pools of a campaign's initial stock (round, channel, template, count)."""
+    return sorted({pool_key(campaign_id, r, c) for r, c, _t, _n in initial})
+
+
 # How long after its last round ends a campaign's gate state is let go, in fences:
 # by then no reservation of it can still be pending (the fence, then the reaper).
 RETIRE_AFTER_FENCES = 2
@@ -378,19 +384,19 @@ def retire_gates(rt: Runtime) -> list[str]:
                 CampaignStatus.ENDED,
             )
         )
-        done = [row.id for row in rows if _retired(rt, row, now)]
-        initial = {campaign_id: uow.stock_initial(campaign_id) for campaign_id in done}
     gate = rt.gate
+    # Asked of the gate first: a campaign retired already costs one look, no query.
+    done = [row.id for row in rows if _retired(rt, row, now) and gate.loaded(row.id, [])]
     retired = []
     for campaign_id in done:
-        if not gate.loaded(campaign_id, []):
-            continue
+        with rt.store.unit_of_work(readonly=True) as uow:
+            initial = uow.stock_initial(campaign_id)
         token = gate.begin_rebuild(
             campaign_id, ttl_s=rt.settings.gate_fence_s + REBUILD_LOCK_MARGIN_S
         )
         if token is None:  # another process is loading or retiring it
             continue
-        pools = sorted({pool_key(campaign_id, r, c) for r, c, _t, _n in initial[campaign_id]})
+        pools = _pools(campaign_id, initial)
         try:
             gate.forget(campaign_id, pools)
         finally:
