@@ -119,6 +119,27 @@ def test_metrics_count_requests(api: Api) -> None:
     assert _count(metrics, wallet_route, "GET", 200) == 1
     assert _claims(metrics, "issued") == 1
     assert _claims(metrics, "already_claimed") == 2
+    # A batch counts as one request, and each of its items under its outcome.
+    other = api.register(2)
+    items = [
+        {
+            "channel_user_id": u,
+            "campaign_id": "sh-dining-2024",
+            "round_id": "r1",
+            "template_id": "d300-90",
+            "location_region": "310104",
+            "idempotency_key": f"batch-{n}",
+        }
+        for n, u in enumerate([user, other, "nobody"])
+    ]
+    batch = api.post("wechat", "/v1/claims/batch", {"items": items}, key=None)
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["outcomes"] == {"already_claimed": 1, "issued": 1, "not_registered": 1}
+    metrics = api.client.get("/metrics").text
+    assert _count(metrics, "/v1/claims/batch", "POST", 200) == 1
+    assert _claims(metrics, "issued") == 2
+    assert _claims(metrics, "already_claimed") == 3
+    assert _claims(metrics, "not_registered") == 1
     assert "lequan_http_request_seconds_bucket" in metrics
     # Unmatched paths are counted under one label, not one per path.
     api.client.get("/v1/nothing/1")

@@ -4,6 +4,8 @@ the maker-checker rule holds, and mistakes come back as clear errors."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,29 @@ def test_serve_refuses_several_workers_on_the_in_process_gate(data_dir: Path) ->
     result = runner.invoke(app, ["serve", "--workers", "2"])
     assert result.exit_code == 2
     assert "LEQUAN_REDIS_URL" in result.stderr
+
+
+def test_a_server_process_takes_its_start_up_heap_out_of_garbage_collection(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving process's collector skips what was built at start, and collects
+    young objects at the configured pace (its own process: GC is process-wide)."""
+    monkeypatch.setenv("LEQUAN_GC_GEN0_THRESHOLD", "12345")
+    script = (
+        "import gc\n"
+        "from lequan.bootstrap import load_keyring\n"
+        "from lequan.config import Settings\n"
+        "from lequan.http.asgi import create\n"
+        "load_keyring(Settings(), create=True)\n"
+        "create()\n"
+        "print(gc.get_threshold()[0], gc.get_freeze_count())\n"
+    )
+    done = subprocess.run(  # our own interpreter and script
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    threshold, frozen = map(int, done.stdout.split()[-2:])
+    assert threshold == 12345
+    assert frozen > 10_000  # the framework, the schemas and the platform
 
 
 def test_keys_are_generated_only_for_the_embedded_default(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from lequan.bootstrap import Platform
 from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.deps import NonceChecks
 from lequan.http.errors import error_response, install_error_handlers
-from lequan.http.fastpath import FastClaims, FastRedemptions
+from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
 from lequan.http.routes import acquirer, admin, channel
 
 __all__ = ["create_app"]
@@ -217,6 +217,14 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         partial(BodyLimit, body_bytes_max=body_max),
         partial(
             FastClaims,
+            platform=platform,
+            throttle=app.state.throttle,
+            nonces=nonces,
+            admission=app.state.claim_admission,
+            metrics=metrics,
+        ),
+        partial(
+            FastBatchClaims,
             platform=platform,
             throttle=app.state.throttle,
             nonces=nonces,

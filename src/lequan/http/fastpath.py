@@ -16,40 +16,48 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from json.encoder import encode_basestring
 from typing import Any
 
 import structlog
+from anyio import to_thread
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.datastructures import Headers
 
 from lequan.bootstrap import Platform
-from lequan.domain.errors import LequanError, Unavailable
+from lequan.domain.errors import InvalidInput, LequanError, Unavailable
 from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.coalescing import Coalescer
 from lequan.http.deps import NonceChecks, authenticate, raw_target
 from lequan.http.routes.acquirer import redeem_answer
 from lequan.http.routes.channel import claim_hash
-from lequan.http.schemas import ClaimIn, RedeemIn
-from lequan.services.claiming import ClaimRequest, ClaimResult
-from lequan.services.idempotency import Idempotency, request_hash, validate_key
+from lequan.http.schemas import BatchClaimIn, ClaimIn, RedeemIn
+from lequan.services.claiming import ClaimRequest, ClaimResult, issued_voucher_json
+from lequan.services.idempotency import Idempotency, RenderedBody, request_hash, validate_key
 from lequan.services.views import error_body, http_status
 
-__all__ = ["FastClaims", "FastRedemptions"]
+__all__ = ["FastBatchClaims", "FastClaims", "FastRedemptions"]
 
 log = structlog.get_logger("lequan.http")
 
 CLAIM_PATH = "/v1/claims"
+BATCH_PATH = "/v1/claims/batch"
 REDEMPTION_PATH = "/v1/redemptions"
 _CLAIM_IN: TypeAdapter[ClaimIn] = TypeAdapter(ClaimIn)
+_BATCH_CLAIM_IN: TypeAdapter[BatchClaimIn] = TypeAdapter(BatchClaimIn)
 _REDEEM_IN: TypeAdapter[RedeemIn] = TypeAdapter(RedeemIn)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
-_Answered = tuple[int, dict[str, Any], list[tuple[bytes, bytes]], str | None, str | None]
+# (status, body, extra headers, app id, the request's outcome for the log line, claim
+# answers by outcome for the metrics)
+_Answered = tuple[
+    int, Mapping[str, Any], list[tuple[bytes, bytes]], str | None, str | None, Mapping[str, int]
+]
 
 
 class _LeanRoute:
@@ -90,14 +98,18 @@ class _LeanRoute:
         headers = Headers(scope=scope)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
         app_id = outcome = None
+        counts: Mapping[str, int] = {}
         raw = await _read_body(receive)  # within the limit: ``BodyLimit`` is in front
         try:
-            status, body, extra, app_id, outcome = await self._answer(scope, raw, headers)
+            status, body, extra, app_id, outcome, counts = await self._answer(scope, raw, headers)
         except Exception as error:  # the answer is still JSON with a code, never a hang
             status, body, extra = _error_answer(error)
         if status >= 400:
             body = {**body, "request_id": request_id}
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        if isinstance(body, RenderedBody):  # rendered once already, for the store
+            payload = body.text.encode()
+        else:
+            payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         response_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
@@ -114,11 +126,11 @@ class _LeanRoute:
             )
         counter.inc()
         self._seconds.observe(elapsed_s)
-        if outcome is not None:
-            claims = self._outcomes.get(outcome)
+        for claim_outcome, count in counts.items():
+            claims = self._outcomes.get(claim_outcome)
             if claims is None:
-                claims = self._outcomes[outcome] = self.metrics.claims.labels(outcome)
-            claims.inc()
+                claims = self._outcomes[claim_outcome] = self.metrics.claims.labels(claim_outcome)
+            claims.inc(count)
         log.info(
             "request",
             method="POST",
@@ -131,11 +143,13 @@ class _LeanRoute:
         )
 
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
-        """(status, body, extra headers, app id, claim outcome) for one request body."""
+        """The answer to one request body (see ``_Answered``)."""
         raise NotImplementedError
 
 
-def _error_answer(error: Exception) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+def _error_answer(
+    error: Exception,
+) -> tuple[int, Mapping[str, Any], list[tuple[bytes, bytes]]]:
     """The framework's error handlers (``http/errors.py``), for the lean routes."""
     if isinstance(error, LequanError):
         extra = []
@@ -201,7 +215,7 @@ class FastClaims(_LeanRoute):
             try:
                 claim = _CLAIM_IN.validate_json(raw)
             except ValidationError as error:
-                return (*_invalid_request(error), app_id, None)
+                return (*_invalid_request(error), app_id, None, {})
             request = ClaimRequest(
                 channel_user_id=claim.channel_user_id,
                 campaign_id=claim.campaign_id,
@@ -213,13 +227,116 @@ class FastClaims(_LeanRoute):
             with self.admission.admit(1):
                 result = await self.coalescer.submit(app_id, request)
         except Exception as error:
-            return (*_error_answer(error), app_id, None)
+            return (*_error_answer(error), app_id, None, {})
         extra = []
         if result.replayed:
             extra.append((b"idempotent-replayed", b"true"))
         if result.answer.status_code in (429, 503):
             extra.append((b"retry-after", b"1"))
-        return result.answer.status_code, dict(result.answer.body), extra, app_id, result.outcome
+        status = result.answer.status_code
+        return status, result.answer.body, extra, app_id, result.outcome, {result.outcome: 1}
+
+
+class FastBatchClaims(_LeanRoute):
+    """``POST /v1/claims/batch``: a channel's batch straight to the claim service.
+
+    The body is parsed and validated in one pass (``validate_json``, not
+    ``json.loads`` and then the model), and the answer is written as text:
+    each issued voucher's JSON was rendered once already, for the stored
+    answer, and is put in as it is.
+    """
+
+    path = BATCH_PATH
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        platform: Platform,
+        throttle: TokenBuckets,
+        nonces: NonceChecks,
+        admission: InFlightLimit,
+        metrics: Any,
+    ) -> None:
+        super().__init__(app, platform=platform, throttle=throttle, nonces=nonces, metrics=metrics)
+        self.admission = admission
+
+    async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
+        app_id: str | None = None
+        settings = self.platform.rt.settings
+        try:
+            app_id = await authenticate(
+                self.platform,
+                self.throttle,
+                self.nonces,
+                kind="channel",
+                method="POST",
+                target=raw_target(scope),
+                headers=headers,
+                body=raw,
+            )
+            try:
+                batch = _BATCH_CLAIM_IN.validate_json(raw)
+            except ValidationError as error:
+                return (*_invalid_request(error), app_id, None, {})
+            if len(batch.items) > settings.claim_batch_items_max:
+                raise InvalidInput(
+                    "batch_too_large",
+                    f"a batch holds at most {settings.claim_batch_items_max} items",
+                )
+            self.throttle.take(app_id, cost=len(batch.items) - 1)  # the call itself paid one
+            chars_max = settings.idempotency_key_chars_max
+            requests = [
+                ClaimRequest(
+                    channel_user_id=item.channel_user_id,
+                    campaign_id=item.campaign_id,
+                    round_id=item.round_id,
+                    template_id=item.template_id,
+                    location_region=item.location_region,
+                    key=Idempotency(
+                        app_id,
+                        validate_key(item.idempotency_key, chars_max=chars_max),
+                        claim_hash(item),
+                    ),
+                )
+                for item in batch.items
+            ]
+            with self.admission.admit(len(requests)):
+                results = await to_thread.run_sync(self.platform.claims.claim, app_id, requests)
+        except Exception as error:
+            return (*_error_answer(error), app_id, None, {})
+        text, counts = _batch_text(requests, results)
+        return 200, RenderedBody(text), [], app_id, f"batch:{len(requests)}", counts
+
+
+def _batch_text(
+    requests: list[ClaimRequest], results: list[ClaimResult]
+) -> tuple[str, dict[str, int]]:
+    """The ``BatchClaimOut`` of a batch as JSON text, and its answers counted by outcome."""
+    items: list[str] = []
+    counts: dict[str, int] = {}
+    for index, (request, result) in enumerate(zip(requests, results, strict=True)):
+        answer = result.answer
+        ok = answer.status_code < 400
+        outcome = "issued" if ok else str(answer.body.get("code", result.outcome))
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if ok:
+            voucher = issued_voucher_json(answer) or _json(answer.body.get("voucher"))
+            error = "null"
+        else:
+            voucher = "null"
+            error = _json(dict(answer.body))
+        items.append(
+            f'{{"index":{index},"idempotency_key":{encode_basestring(request.key.key)},'
+            f'"status_code":{answer.status_code},"outcome":{encode_basestring(outcome)},'
+            f'"replayed":{"true" if result.replayed else "false"},"voucher":{voucher},'
+            f'"error":{error}}}'
+        )
+    return '{"results":[' + ",".join(items) + '],"outcomes":' + _json(counts) + "}", counts
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class FastRedemptions(_LeanRoute):
@@ -251,13 +368,13 @@ class FastRedemptions(_LeanRoute):
             try:
                 body = _REDEEM_IN.validate_json(raw)
             except ValidationError as error:
-                return (*_invalid_request(error), app_id, None)
+                return (*_invalid_request(error), app_id, None, {})
             idem = Idempotency(app_id, key, request_hash("POST", target, raw))
             answer, replayed = await redeem_answer(platform, app_id, body, idem)
         except Exception as error:
-            return (*_error_answer(error), app_id, None)
+            return (*_error_answer(error), app_id, None, {})
         extra = [(b"idempotent-replayed", b"true")] if replayed else []
-        return answer.status_code, dict(answer.body), extra, app_id, None
+        return answer.status_code, answer.body, extra, app_id, None, {}
 
 
 async def _read_body(receive: Receive) -> bytes:

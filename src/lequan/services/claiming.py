@@ -16,7 +16,6 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -636,7 +635,6 @@ class _Offer:
     valid_until: datetime
     issued_at: datetime
     stocked: bool  # the campaign's configuration gives this pool stock of the template
-    _body: dict[str, Any] = field(default_factory=dict, compare=False)
     _text: list[str] = field(default_factory=list, compare=False)
 
     def reserve_request(self, person_id: str) -> ReserveRequest:
@@ -673,21 +671,12 @@ class _Offer:
         Only the voucher id differs between the claims of one offer, so the
         stored JSON is the rendered template with the id put in.
         """
-        if not self._body:
-            self._body.update(voucher_body(self.voucher(_ID_SLOT, "", 0)))
+        if not self._text:
+            body = {"status": "issued", "voucher": voucher_body(self.voucher(_ID_SLOT, "", 0))}
             self._text.append(
-                json.dumps(
-                    {"status": "issued", "voucher": self._body},
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                    sort_keys=True,
-                )
+                json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
             )
-        return Answer(
-            201,
-            {"status": "issued", "voucher": {**self._body, "voucher_id": voucher_id}},
-            text=self._text[0].replace(_ID_SLOT, voucher_id, 1),
-        )
+        return Answer.rendered(201, self._text[0].replace(_ID_SLOT, voucher_id, 1))
 
 
 def _ineligible(

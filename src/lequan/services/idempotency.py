@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,7 @@ __all__ = [
     "Idempotency",
     "InFlight",
     "RecordAnswer",
+    "RenderedBody",
     "replay_or_refuse",
     "request_hash",
     "run_once",
@@ -35,6 +36,39 @@ __all__ = [
 RecordAnswer = Callable[[UnitOfWork, Any], None]
 
 KEY_PATTERN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+
+
+class RenderedBody(Mapping[str, Any]):
+    """An answer body known first as its JSON text, parsed only if someone reads it.
+
+    A batch of a thousand claims renders a thousand "issued" answers that go
+    out and into the store as text; none of them needs to be a dict as well.
+    """
+
+    __slots__ = ("_parsed", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._parsed: dict[str, Any] | None = None
+
+    def _mapping(self) -> dict[str, Any]:
+        if self._parsed is None:
+            parsed = json.loads(self.text)
+            assert isinstance(parsed, dict), "an answer body is a JSON object"
+            self._parsed = parsed
+        return self._parsed
+
+    def __getitem__(self, name: str) -> Any:
+        return self._mapping()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __repr__(self) -> str:
+        return f"RenderedBody({self.text!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +82,11 @@ class Answer:
         if self.text is not None:
             return self.text
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def rendered(cls, status_code: int, text: str) -> Answer:
+        """An answer whose body is the JSON ``text``, kept as it is."""
+        return cls(status_code, RenderedBody(text), text=text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +140,7 @@ def replay_or_refuse(stored: tuple[str, int, str] | None, key: Idempotency) -> A
         raise IdempotencyError(
             "idempotency_mismatch", "this Idempotency-Key was used with a different request"
         )
-    return Answer(status_code, json.loads(response_json))
+    return Answer.rendered(status_code, response_json)
 
 
 class InFlight:
