@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     OpenApi,
     assert_error,
     campaign_yaml,
+    merchants_csv,
     person_body,
 )
 from tests.factories import T0, dining_config, id_number
@@ -324,6 +325,27 @@ def test_merchant_not_in_scope(holder: tuple[Api, str, str]) -> None:
     _refused(
         api, lambda: api.redeem(voucher_id, user, merchant="m-none"), 404, "merchant_not_found"
     )
+
+
+def test_a_merchant_import_is_seen_by_the_next_redemption(
+    holder: tuple[Api, str, str],
+) -> None:
+    """The redemption writer keeps merchants in a cache; an import in this process
+    empties it, so the next redemption is decided with the merchant as imported."""
+    api, user, voucher_id = holder
+    # Decided with m-cafe-001 enrolled in the campaign (and so cached).
+    _refused(api, lambda: api.redeem(voucher_id, user, amount_fen=29999), 409, "below_threshold")
+    unenrolled = merchants_csv().replace(
+        "m-cafe-001,静安咖啡馆,5812,310106,in_store,acq-unionpay,sh-dining-2024",
+        "m-cafe-001,静安咖啡馆,5812,310106,in_store,acq-unionpay,",
+    )
+    assert unenrolled != merchants_csv()
+    imported = api.admin(
+        "alice", "POST", "/v1/admin/merchants", content=unenrolled, content_type="text/csv"
+    )
+    assert imported.status_code == 200, imported.text
+    _refused(api, lambda: api.redeem(voucher_id, user), 409, "merchant_not_in_scope")
+    assert api.redeem(voucher_id, user, merchant="m-noodle-002").status_code == 201
 
 
 def test_mode_and_order_type_out_of_scope(holder: tuple[Api, str, str]) -> None:

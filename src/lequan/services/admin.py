@@ -199,6 +199,7 @@ def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
             now=now,
         )
         uow.commit()
+    rt.merchants_changed()
     return MerchantImport(len(rows))
 
 

@@ -19,6 +19,8 @@ would not.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -29,7 +31,6 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from lequan.adapters.sql.store import (
-    CampaignRow,
     MerchantRow,
     RedemptionRow,
     UnitOfWork,
@@ -39,6 +40,7 @@ from lequan.domain.errors import LequanError, NotFound, Unavailable
 from lequan.domain.ledger import Entry, redeem_entry
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.services.batching import BatchWriter
+from lequan.services.campaigns import CampaignCache
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.redemption import (
     RedeemOrder,
@@ -77,6 +79,34 @@ class _Accepted:
     answer: Answer
 
 
+class MerchantCache:
+    """Merchants as the redemption writer sees them: read from the store at most every
+    ttl_s, forgotten at once when merchants are imported in this process."""
+
+    def __init__(self, *, ttl_s: float, entries_max: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._entries_max = entries_max
+        self._lock = threading.Lock()
+        self._rows: dict[str, tuple[MerchantRow | None, float]] = {}
+
+    def get(self, uow: UnitOfWork, merchant_id: str) -> MerchantRow | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._rows.get(merchant_id)
+        if cached is not None and now - cached[1] < self._ttl_s:
+            return cached[0]
+        row = uow.get_merchant(merchant_id)
+        with self._lock:
+            if len(self._rows) >= self._entries_max:
+                self._rows.clear()
+            self._rows[merchant_id] = (row, now)
+        return row
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+
 class RedemptionWriter(BatchWriter[OneStep]):
     """The writer thread of one-step redemptions; bounded like the claim committer.
 
@@ -91,6 +121,10 @@ class RedemptionWriter(BatchWriter[OneStep]):
         self._rt = rt
         self._queue_max = queue_max
         self._waiting = 0
+        ttl_s = rt.settings.campaign_cache_ttl_s
+        self._campaigns = CampaignCache(rt, ttl_s=ttl_s)
+        self._merchants = MerchantCache(ttl_s=ttl_s)
+        rt.merchant_listeners.append(self._merchants.clear)
         self._start()
 
     def submit(self, item: OneStep) -> Future[tuple[Answer, bool]]:
@@ -210,16 +244,12 @@ class RedemptionWriter(BatchWriter[OneStep]):
         persons = uow.account_persons(
             [(batch[i].order.channel_id, batch[i].order.channel_user_id) for i in todo]
         )
-        merchants: dict[str, MerchantRow | None] = {}
-        campaigns: dict[str, CampaignRow | None] = {}
         redemption_ids = iter(new_ids("r", len(todo)))
         accepted: list[_Accepted] = []
         for i in todo:
             item, order = batch[i], batch[i].order
             try:
-                if order.merchant_id not in merchants:
-                    merchants[order.merchant_id] = uow.get_merchant(order.merchant_id)
-                merchant = checked_merchant(merchants[order.merchant_id], order)
+                merchant = checked_merchant(self._merchants.get(uow, order.merchant_id), order)
                 voucher = vouchers.get(item.voucher_id)
                 if voucher is None:
                     raise NotFound("voucher_not_found", f"no voucher {item.voucher_id}")
@@ -227,10 +257,8 @@ class RedemptionWriter(BatchWriter[OneStep]):
                     raise NotFound(
                         "voucher_not_found", f"no voucher {item.voucher_id} for this person"
                     )
-                if voucher.campaign_id not in campaigns:
-                    campaigns[voucher.campaign_id] = uow.get_campaign(voucher.campaign_id)
-                campaign = campaigns[voucher.campaign_id]
-                assert campaign is not None
+                campaign = self._campaigns.get(voucher.campaign_id)
+                assert campaign is not None, "a voucher's campaign is never deleted"
                 discount = discount_of(
                     voucher=voucher,
                     campaign=campaign,

@@ -31,6 +31,13 @@ class Runtime:
     # Told the id of every campaign an operator changed (caches drop it).
     campaign_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
+    # Told when an operator imported merchants (caches drop what they hold).
+    merchant_listeners: list[Callable[[], None]] = field(default_factory=list)
+
     def campaign_changed(self, campaign_id: str) -> None:
         for listener in self.campaign_listeners:
             listener(campaign_id)
+
+    def merchants_changed(self) -> None:
+        for listener in self.merchant_listeners:
+            listener()
