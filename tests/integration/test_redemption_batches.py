@@ -191,9 +191,10 @@ def test_a_request_the_store_cannot_take_does_not_sink_its_batch(
 def test_a_row_the_store_cannot_write_does_not_sink_a_large_batch(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """A batch large enough to be written with COPY on PostgreSQL: one redemption whose
-    order id is longer than its column fails the write of the whole batch there; the
-    batch is retried one request at a time, so only that request fails."""
+    """A batch of twelve, written in one statement per table on PostgreSQL: one
+    redemption whose order id is longer than its column fails the write of the whole
+    batch there (never cut to fit); the batch is retried one request at a time, so
+    only that request fails."""
     with stack.world(tmp_path, redeem_batch_wait_ms=200) as world:
         users = register_many(world, range(12))
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 12}}))

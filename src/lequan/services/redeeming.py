@@ -298,9 +298,16 @@ class RedemptionWriter(BatchWriter[OneStep]):
     def _write(
         self, uow: UnitOfWork, batch: list[OneStep], accepted: list[_Accepted], now: datetime
     ) -> None:
-        """One statement per table for the whole batch."""
+        """One statement per table for the whole batch, sent as one pipeline."""
         if not accepted:
             return
+        with uow.pipeline():
+            self._write_accepted(uow, batch, accepted, now)
+
+    @staticmethod
+    def _write_accepted(
+        uow: UnitOfWork, batch: list[OneStep], accepted: list[_Accepted], now: datetime
+    ) -> None:
         uow.move_vouchers([(a.voucher, VoucherState.REDEEMED, a.row.id) for a in accepted], now=now)
         uow.insert_redemptions([a.values for a in accepted])
         posts: list[tuple[Entry, dict[str, Any]]] = [

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from lequan.adapters.sql import tables as t
@@ -159,6 +161,23 @@ def _campaign_config(config_json: str) -> CampaignConfig:
     return CampaignConfig.model_validate_json(config_json)
 
 
+@lru_cache(maxsize=64)
+def _unnest_insert_sql(table_name: str, columns: tuple[str, ...]) -> str:
+    """``INSERT INTO table (columns) SELECT * FROM unnest(%s::type[], …)``, each array
+    cast to its column's PostgreSQL type, but strings to plain ``text``: an explicit
+    cast to ``varchar(n)`` would cut a value too long, where the insert refuses it."""
+    table = t.metadata.tables[table_name]
+    dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+    types = [
+        re.sub(r"^VARCHAR\(\d+\)$", "TEXT", table.c[c].type.compile(dialect=dialect))
+        for c in columns
+    ]
+    # Binary parameters (%b): psycopg writes a text array's elements escaped, one by one,
+    # in Python; in binary they go as they are, several times faster.
+    arrays = ", ".join(f"%b::{type_}[]" for type_ in types)
+    return f"INSERT INTO {table_name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608  # our names
+
+
 def _sqlite_time(value: datetime) -> str:
     """The text form SQLAlchemy's SQLite DateTime reads back (naive UTC)."""
     assert value.tzinfo is not None
@@ -205,6 +224,10 @@ class UnitOfWork:
     def __init__(self, connection: sa.Connection) -> None:
         self.connection = connection
         self._postgres = connection.dialect.name == "postgresql"
+        # Inside ``pipeline()``: the cursors whose results are still on their way, and
+        # the checks to run on them once they are in.
+        self._pipelined: list[Any] | None = None
+        self._pipeline_checks: list[Callable[[], None]] = []
 
     def commit(self) -> None:
         self.connection.commit()
@@ -237,7 +260,10 @@ class UnitOfWork:
     def _driver_cursor(self, statement: str) -> Iterator[Any]:
         """A driver cursor on this transaction's connection whose errors come back as
         SQLAlchemy's, as from any other statement: a unique violation is an
-        ``IntegrityError``, an unreachable or broken store an ``OperationalError``."""
+        ``IntegrityError``, an unreachable or broken store an ``OperationalError``.
+
+        Inside ``pipeline()`` the cursor stays open until the pipeline's results
+        are in."""
         dbapi_error = self.connection.dialect.loaded_dbapi.Error
         cursor = self.connection.connection.cursor()
         try:
@@ -245,7 +271,51 @@ class UnitOfWork:
         except dbapi_error as error:
             raise sa.exc.DBAPIError.instance(statement, None, error, dbapi_error) from error
         finally:
-            cursor.close()
+            if self._pipelined is None:
+                cursor.close()
+            else:
+                self._pipelined.append(cursor)
+
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """The writes of the block sent one after the other without waiting for each
+        answer (psycopg's pipeline mode on PostgreSQL): one round trip for the
+        block instead of one per statement. A statement's failure comes back as
+        SQLAlchemy's error at the end of the block and the transaction is then
+        lost, as with any failed statement. Only the pipeline-aware writes may
+        run inside (``move_vouchers``, ``post_many``, ``release_budget`` and the
+        inserts); elsewhere than on PostgreSQL the block runs as it is.
+        """
+        if not self._postgres:
+            yield
+            return
+        assert self._pipelined is None, "pipelines do not nest"
+        dbapi_error = self.connection.dialect.loaded_dbapi.Error
+        self._pipelined = []
+        try:
+            driver = self.connection.connection.driver_connection
+            assert driver is not None, "a unit of work holds a live connection"
+            with driver.pipeline():
+                yield
+            for check in self._pipeline_checks:  # the results are in, the cursors open
+                check()
+        except dbapi_error as error:
+            raise sa.exc.DBAPIError.instance("pipeline", None, error, dbapi_error) from error
+        finally:
+            cursors, self._pipelined, self._pipeline_checks = self._pipelined, None, []
+            for cursor in cursors:
+                cursor.close()
+
+    def _rowcount_is(self, cursor: Any, expected: int, message: str) -> None:
+        """Assert a statement's row count: now, or once a pipeline's results are in."""
+
+        def check() -> None:
+            assert cursor.rowcount == expected, message
+
+        if self._pipelined is None:
+            check()
+        else:
+            self._pipeline_checks.append(check)
 
     def _in_array(self, column: str) -> str:
         if self._postgres:
@@ -371,6 +441,9 @@ class UnitOfWork:
         default is used."""
         if not rows:
             return
+        if self._pipelined is not None:
+            self._insert_unnest(table, rows)
+            return
         if not self._postgres or len(rows) < COPY_ROWS_MIN:
             self._exec(sa.insert(table), list(rows))
             return
@@ -379,6 +452,15 @@ class UnitOfWork:
         self._copy_rows(
             table.name, ", ".join(columns), [tuple(row[c] for c in columns) for row in rows]
         )
+
+    def _insert_unnest(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rows into a PostgreSQL table as one ``INSERT … SELECT FROM unnest(…)``, one
+        array per column: the form a pipeline can carry (``COPY`` cannot)."""
+        columns = tuple(rows[0])
+        assert all(len(row) == len(columns) for row in rows), "rows name the same columns"
+        sql = _unnest_insert_sql(table.name, columns)
+        with self._driver_cursor(sql) as cursor:
+            cursor.execute(sql, [[row[c] for row in rows] for c in columns])
 
     def _time(self, value: datetime) -> Any:
         return value if self._postgres else _sqlite_time(value)
@@ -555,6 +637,15 @@ class UnitOfWork:
 
     def release_budget(self, campaign_id: str, amount_fen: int) -> None:
         assert amount_fen > 0
+        if self._pipelined is not None:
+            sql = (
+                "UPDATE campaigns SET committed_fen = committed_fen - %s "
+                "WHERE id = %s AND committed_fen >= %s"
+            )
+            with self._driver_cursor(sql) as cursor:
+                cursor.execute(sql, (amount_fen, campaign_id, amount_fen))
+                self._rowcount_is(cursor, 1, "released more budget than was committed")
+            return
         c = t.campaigns.c
         result = self._exec(
             sa.update(t.campaigns)
@@ -823,8 +914,8 @@ class UnitOfWork:
         sql = (
             "UPDATE vouchers AS v SET state = u.new_state, updated_at = %s, "
             "version = u.new_version, redemption_id = u.new_redemption_id "
-            "FROM unnest(%s::varchar[], %s::int[], %s::varchar[], %s::varchar[], %s::int[], "
-            "%s::varchar[]) AS u(id, version, state, new_state, new_version, new_redemption_id) "
+            "FROM unnest(%b::varchar[], %b::int[], %b::varchar[], %b::varchar[], %b::int[], "
+            "%b::varchar[]) AS u(id, version, state, new_state, new_version, new_redemption_id) "
             "WHERE v.id = u.id AND v.version = u.version AND v.state = u.state"
         )
         params = (
@@ -838,8 +929,7 @@ class UnitOfWork:
         )
         with self._driver_cursor(sql) as cursor:
             cursor.execute(sql, params)
-            moved = cursor.rowcount
-        assert moved == len(moves), "a locked voucher changed under its lock"
+            self._rowcount_is(cursor, len(moves), "a locked voucher changed under its lock")
 
     def insert_redemptions(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self._insert_many(t.redemptions, rows)
@@ -969,6 +1059,9 @@ class UnitOfWork:
         """``post`` for many entries: (entry, {campaign_id, voucher_id, redemption_id})."""
         if not posts:
             return
+        if self._pipelined is not None:
+            self._post_many_pipelined(posts, now=now)
+            return
         e = t.ledger_entries
         ids = (
             self._exec(
@@ -1002,6 +1095,44 @@ class UnitOfWork:
                 for p in entry.postings
             ],
         )
+
+    def _post_many_pipelined(
+        self, posts: Sequence[tuple[Entry, Mapping[str, Any]]], *, now: datetime
+    ) -> None:
+        """Entries and their postings in one statement, so a pipeline need not stop for
+        the entries' ids: the postings find their entry by its redemption id."""
+        redemption_ids = [where["redemption_id"] for _, where in posts]
+        assert None not in redemption_ids, "pipelined entries are one per redemption"
+        assert len(set(redemption_ids)) == len(posts), "pipelined entries are one per redemption"
+        postings = [
+            (where["redemption_id"], p.account, where["campaign_id"], p.amount_fen)
+            for entry, where in posts
+            for p in entry.postings
+        ]
+        sql = (
+            "WITH e AS (INSERT INTO ledger_entries "
+            "(campaign_id, kind, voucher_count, voucher_id, redemption_id, created_at) "
+            "SELECT u.campaign_id, u.kind, 1, u.voucher_id, u.redemption_id, %s "
+            "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) "
+            "AS u(campaign_id, kind, voucher_id, redemption_id) "
+            "RETURNING id, redemption_id) "
+            "INSERT INTO ledger_postings (entry_id, account, campaign_id, amount_fen) "
+            "SELECT e.id, p.account, p.campaign_id, p.amount_fen "
+            "FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) "
+            "AS p(redemption_id, account, campaign_id, amount_fen) "
+            "JOIN e ON e.redemption_id = p.redemption_id"
+        )
+        params = (
+            now,
+            [where["campaign_id"] for _, where in posts],
+            [entry.kind.value for entry, _ in posts],
+            [where.get("voucher_id") for _, where in posts],
+            redemption_ids,
+            *([row[i] for row in postings] for i in range(4)),
+        )
+        with self._driver_cursor(sql) as cursor:
+            cursor.execute(sql, params)
+            self._rowcount_is(cursor, len(postings), "every posting found its entry")
 
     def balances(self, campaign_id: str) -> dict[str, int]:
         p = t.ledger_postings.c
