@@ -3,7 +3,9 @@
 N distinct people (default 1,000,000) want vouchers from a stock S at a
 10:00 release through three channels. Each channel is a batching client
 (its own users' claims gathered for a few milliseconds, up to a batch of
-1,000, sent signed with an idempotency key per item) over HTTP. Arrivals
+1,000, sent signed with an idempotency key per item) over HTTP; what the
+server answers "retry later" (429, 503) it sends again with the same key
+after Retry-After, as a channel's client does. Arrivals
 spike at the release and tail off; some people retry with the same key;
 a share are bots that fire at the release instant and retry hard with new
 keys. At the end the store is checked: issued = S, nobody twice, every
@@ -41,6 +43,10 @@ __all__ = ["SimulationConfig", "simulate"]
 CHANNELS = ("wechat", "alipay", "unionpay")
 PEOPLE_MAX = 2_000_000
 BATCH_WAIT_S = 0.01
+ARRIVAL_TICK_S = 0.001
+RETRY_AFTER_S = 1.0  # the Retry-After lequan gives with 429 and 503
+RESENDS_MAX = 10
+ARRIVALS_PER_YIELD_MAX = 1000  # the channels get the loop at least this often
 HTTP_TIMEOUT_S = 60.0
 
 
@@ -76,6 +82,29 @@ class _Channel:
     name: str
     client: httpx.AsyncClient
     queue: asyncio.Queue[tuple[int, str, float, bool]] = field(default_factory=asyncio.Queue)
+    # Items answered "retry later" (429, 503): sent again with the same key after
+    # RETRY_AFTER_S, as a channel's client does, at most RESENDS_MAX times each.
+    resends: Counter[str] = field(default_factory=Counter)
+    resending: int = 0  # waiting out their RETRY_AFTER_S
+    retry_after_s: float = RETRY_AFTER_S
+
+    def resend_later(self, item: tuple[int, str, float, bool]) -> bool:
+        """Queue ``item`` again after RETRY_AFTER_S; False once it has had its resends."""
+        key = item[1]
+        if self.resends[key] >= RESENDS_MAX:
+            return False
+        self.resends[key] += 1
+        self.resending += 1
+
+        def requeue() -> None:
+            self.resending -= 1
+            self.queue.put_nowait(item)
+
+        asyncio.get_running_loop().call_later(self.retry_after_s, requeue)
+        return True
+
+    def idle(self) -> bool:
+        return self.queue.empty() and self.resending == 0
 
 
 def _arrival_s(rng: random.Random, config: SimulationConfig) -> float:
@@ -95,7 +124,7 @@ async def _channel_loop(  # noqa: PLR0917  # one call site
 ) -> None:
     """Gather this channel's claims for up to BATCH_WAIT_S and send them as one batch."""
     in_flight: set[asyncio.Task[None]] = set()
-    while not (done.is_set() and channel.queue.empty()):
+    while not (done.is_set() and channel.idle()):
         try:
             first = await asyncio.wait_for(channel.queue.get(), timeout=0.05)
         except TimeoutError:
@@ -103,6 +132,13 @@ async def _channel_loop(  # noqa: PLR0917  # one call site
         batch = [first]
         deadline = time.perf_counter() + BATCH_WAIT_S
         while len(batch) < config.batch_items_max:
+            # What is queued already is taken without a timer: a timed wait per claim
+            # cost the simulator more CPU than the claims cost the server.
+            try:
+                batch.append(channel.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -142,16 +178,23 @@ async def _send(
     try:
         response = await channel.client.post("/v1/claims/batch", json=body)
         results = response.json().get("results") if response.status_code == 200 else None
+        retry_later = response.status_code in (429, 503)  # the whole call: send it again
     except httpx.HTTPError:
-        results = None
+        results, retry_later = None, False
     now = time.perf_counter()
     if results is None:
-        for person, _key, arrived, bot in batch:
+        for item in batch:
+            if retry_later and channel.resend_later(item):
+                continue
+            person, _key, arrived, bot = item
             answers.append(
                 _Answer(person, "transport_error", now - arrived, now - started, None, bot)
             )
         return
-    for (person, _key, arrived, bot), result in zip(batch, results, strict=True):
+    for item, result in zip(batch, results, strict=True):
+        person, _key, arrived, bot = item
+        if result["status_code"] in (429, 503) and channel.resend_later(item):
+            continue
         outcome = (
             "issued"
             if result["outcome"] in ("issued", "replayed") and result["voucher"]
@@ -164,7 +207,7 @@ async def _send(
 
 async def _crowd(
     config: SimulationConfig, port: int, secrets_by_channel: dict[str, str]
-) -> tuple[list[_Answer], float]:
+) -> tuple[list[_Answer], float, int]:
     rng = random.Random(config.seed)  # noqa: S311  # a reproducible crowd, not a secret
     people = config.people
     bots = set(rng.sample(range(people), int(people * config.bot_share)))
@@ -192,9 +235,12 @@ async def _crowd(
 
     def retry(person: int, outcome: str, bot: bool) -> None:
         # Bots hammer with fresh keys; a few people press again with the same key.
-        if outcome == "issued" or tries[person] >= (5 if bot else 2):
+        # (Most people are neither: they are let go before their count is looked up.)
+        if outcome == "issued" or not (bot or person in retriers):
             return
-        if bot or (person in retriers and outcome not in ("sold_out", "already_claimed")):
+        if tries[person] >= (5 if bot else 2):
+            return
+        if bot or outcome not in ("sold_out", "already_claimed"):
             tries[person] += 1
             key = f"sim-{person}-{tries[person]}" if bot else f"sim-{person}"
             channel_of(person).queue.put_nowait((person, key, time.perf_counter(), bot))
@@ -205,31 +251,41 @@ async def _crowd(
         asyncio.create_task(_channel_loop(c, config, answers, retry, started, done))
         for c in channels
     ]
+    queued_since_yield = 0
     for at_s, person in arrivals:
         delay = at_s - (time.perf_counter() - started)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # Arrivals are let in a millisecond at a time (the channels gather for
+        # BATCH_WAIT_S anyway): a timer per person cost more than the claim.
+        if delay > ARRIVAL_TICK_S or queued_since_yield >= ARRIVALS_PER_YIELD_MAX:
+            await asyncio.sleep(max(delay, 0))
+            queued_since_yield = 0
         if time.perf_counter() - started > config.duration_s_max:
             break
+        queued_since_yield += 1
         channel_of(person).queue.put_nowait(
             (person, f"sim-{person}", time.perf_counter(), person in bots)
         )
     done.set()
     await asyncio.gather(*loops)
     # Retries queued after the loops saw "done" are answered by one more pass.
-    while any(not c.queue.empty() for c in channels):
+    while not all(c.idle() for c in channels):
         done = asyncio.Event()
         done.set()
         await asyncio.gather(
             *(_channel_loop(c, config, answers, retry, started, done) for c in channels)
         )
+    elapsed_s = time.perf_counter() - started
     for c in channels:
         await c.client.aclose()
-    return answers, time.perf_counter() - started
+    return answers, elapsed_s, sum(sum(c.resends.values()) for c in channels)
 
 
 def _summary(
-    config: SimulationConfig, answers: list[_Answer], elapsed_s: float, stack: scenarios.Stack
+    config: SimulationConfig,
+    answers: list[_Answer],
+    elapsed_s: float,
+    resent: int,
+    stack: scenarios.Stack,
 ) -> dict[str, Any]:
     outcomes = Counter(a.outcome for a in answers)
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -269,6 +325,8 @@ def _summary(
         "acknowledged_missing": len(acknowledged - stored_ids),
         "answers": len(answers),
         "outcomes": dict(outcomes),
+        # Items a channel sent again after a 429 or 503 (same key, after Retry-After).
+        "resent_after_retry_later": resent,
         "sold_out_after_s": round(issued_at[-1], 3)
         if issued >= config.stock and issued_at
         else None,
@@ -332,9 +390,9 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
             serve_lequan(stack.env, workers=config.workers) as port,
         ):
             progress("released: the crowd arrives")
-            answers, elapsed_s = asyncio.run(_crowd(config, port, stack.secrets))
+            answers, elapsed_s, resent = asyncio.run(_crowd(config, port, stack.secrets))
             progress("checking the store")
-            return _summary(config, answers, elapsed_s, stack)
+            return _summary(config, answers, elapsed_s, resent, stack)
 
 
 def dumps(summary: dict[str, Any]) -> str:
