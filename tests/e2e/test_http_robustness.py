@@ -15,9 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lequan.http.app import create_app
 from tests.e2e.conftest import (
     ACQUIRER,
     CAMPAIGN,
@@ -416,3 +418,31 @@ def test_claims_beyond_the_in_flight_bound_are_429_and_change_nothing(open_api: 
     accepted = api.post("wechat", "/v1/claims/batch", {"items": items[:2]}, key=None)
     assert accepted.status_code == 200, accepted.text
     assert [r["outcome"] for r in accepted.json()["results"]] == ["issued", "issued"]
+
+
+def test_the_claim_paths_answer_behind_a_root_path(open_api: OpenApi) -> None:
+    """Mounted under a prefix (a proxy's ``--root-path``), the lean claim routes still
+    answer their paths: never the framework's placeholder route behind them."""
+    api = open_api()
+    user = api.register(1)
+    other = api.register(2)
+    claim = {
+        "channel_user_id": user,
+        "campaign_id": CAMPAIGN,
+        "round_id": "r1",
+        "template_id": "d300-90",
+        "location_region": "310104",
+    }
+    batch = {"items": [{**claim, "channel_user_id": other, "idempotency_key": "root-b"}]}
+    app = create_app(api.world.platform, close_on_shutdown=False)
+    with TestClient(app, root_path="/api", raise_server_exceptions=False) as client:
+        single = client.post(
+            "/api/v1/claims",
+            json=claim,
+            auth=api.auth("wechat"),
+            headers={"Idempotency-Key": "root-s"},
+        )
+        batched = client.post("/api/v1/claims/batch", json=batch, auth=api.auth("wechat"))
+    assert single.status_code == 201, single.text
+    assert batched.status_code == 200, batched.text
+    assert batched.json()["outcomes"] == {"issued": 1}

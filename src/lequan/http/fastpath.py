@@ -91,12 +91,13 @@ class _LeanRoute:
         self._seconds = metrics.seconds.labels(self.path)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) != self.path:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         headers = Headers(scope=scope)
         request_id = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=request_id)  # as the middleware does
         app_id = outcome = None
         counts: Mapping[str, int] = {}
         raw = await _read_body(receive)  # within the limit: ``BodyLimit`` is in front
@@ -375,6 +376,13 @@ class FastRedemptions(_LeanRoute):
             return (*_error_answer(error), app_id, None, {})
         extra = [(b"idempotent-replayed", b"true")] if replayed else []
         return answer.status_code, answer.body, extra, app_id, None, {}
+
+
+def _route_path(scope: dict[str, Any]) -> str:
+    """The path as the app's routes see it: without the ``root_path`` it is mounted under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -431,13 +431,19 @@ class CampaignCache:
         self.budget_room: dict[str, int] = {}
         rt.campaign_listeners.append(self.invalidate)
 
-    def get(self, campaign_id: str) -> CampaignRow | None:
+    def get(self, campaign_id: str, uow: UnitOfWork | None = None) -> CampaignRow | None:
+        """The campaign, read again once ``ttl_s`` old; through ``uow`` when the caller
+        is inside a transaction already (a second connection could wait on the
+        caller's own write lock, or for a connection the caller's peers hold)."""
         now = time.monotonic()
         with self._lock:
             cached = self._rows.get(campaign_id)
             if cached is not None and now - cached.loaded_at < self._ttl_s:
                 return cached.row
-        with self._rt.store.unit_of_work(readonly=True) as uow:
+        if uow is None:
+            with self._rt.store.unit_of_work(readonly=True) as own:
+                row = own.get_campaign(campaign_id)
+        else:
             row = uow.get_campaign(campaign_id)
         with self._lock:
             if row is None:

@@ -88,23 +88,29 @@ class MerchantCache:
         self._entries_max = entries_max
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[MerchantRow | None, float]] = {}
+        # Bumped by every clear: a row read before an import committed is not kept
+        # after the import's clear (it would stay stale for a whole ttl).
+        self._generation = 0
 
     def get(self, uow: UnitOfWork, merchant_id: str) -> MerchantRow | None:
         now = time.monotonic()
         with self._lock:
             cached = self._rows.get(merchant_id)
+            generation = self._generation
         if cached is not None and now - cached[1] < self._ttl_s:
             return cached[0]
         row = uow.get_merchant(merchant_id)
         with self._lock:
-            if len(self._rows) >= self._entries_max:
-                self._rows.clear()
-            self._rows[merchant_id] = (row, now)
+            if generation == self._generation:
+                if len(self._rows) >= self._entries_max:
+                    self._rows.clear()
+                self._rows[merchant_id] = (row, now)
         return row
 
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
+            self._generation += 1
 
 
 class RedemptionWriter(BatchWriter[OneStep]):
@@ -257,7 +263,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
                     raise NotFound(
                         "voucher_not_found", f"no voucher {item.voucher_id} for this person"
                     )
-                campaign = self._campaigns.get(voucher.campaign_id)
+                campaign = self._campaigns.get(voucher.campaign_id, uow)
                 assert campaign is not None, "a voucher's campaign is never deleted"
                 discount = discount_of(
                     voucher=voucher,

@@ -161,6 +161,11 @@ def _campaign_config(config_json: str) -> CampaignConfig:
     return CampaignConfig.model_validate_json(config_json)
 
 
+_UNNEST_TYPES = frozenset(
+    {"TEXT", "BIGINT", "INTEGER", "SMALLINT", "BOOLEAN", "TIMESTAMP WITH TIME ZONE", "BYTEA"}
+)
+
+
 @lru_cache(maxsize=64)
 def _unnest_insert_sql(table_name: str, columns: tuple[str, ...]) -> str:
     """``INSERT INTO table (columns) SELECT * FROM unnest(%s::type[], …)``, each array
@@ -172,6 +177,9 @@ def _unnest_insert_sql(table_name: str, columns: tuple[str, ...]) -> str:
         re.sub(r"^VARCHAR\(\d+\)$", "TEXT", table.c[c].type.compile(dialect=dialect))
         for c in columns
     ]
+    # Types an explicit array cast passes unchanged; a char(n) or numeric(p, s) column
+    # would be cut or rounded by the cast instead of refused by the insert.
+    assert set(types) <= _UNNEST_TYPES, f"no unnest cast for {set(types) - _UNNEST_TYPES}"
     # Binary parameters (%b): psycopg writes a text array's elements escaped, one by one,
     # in Python; in binary they go as they are, several times faster.
     arrays = ", ".join(f"%b::{type_}[]" for type_ in types)
@@ -240,6 +248,7 @@ class UnitOfWork:
 
     def _driver_sql(self, sql: str, params: Any = None) -> Any:
         """Run dialect SQL written with ``?`` placeholders (turned into %s for psycopg)."""
+        assert self._pipelined is None, "no SQLAlchemy statement inside pipeline()"
         if self._postgres:
             sql = sql.replace("?", "%s")
         return self.connection.exec_driver_sql(sql, params)
@@ -471,6 +480,9 @@ class UnitOfWork:
     def _exec(
         self, statement: sa.Executable, params: Any = None
     ) -> sa.CursorResult[*tuple[Any, ...]]:
+        # Inside a pipeline SQLAlchemy would read a row count or a description that is
+        # not there yet: only the pipeline-aware writes may run there.
+        assert self._pipelined is None, "no SQLAlchemy statement inside pipeline()"
         return self.connection.execute(statement, params)
 
     def add_operator(self, *, operator_id: str, role: str, token_hash: str, now: datetime) -> None:
