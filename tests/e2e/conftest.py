@@ -206,14 +206,25 @@ class Api:
         located: str | None = "310104",
         key: str | None = AUTO,
     ) -> httpx.Response:
-        body = {
+        body = self.claim_body(user, template=template, round_id=round_id, located=located)
+        return self.post(channel, "/v1/claims", body, key=key)
+
+    @staticmethod
+    def claim_body(
+        user: str,
+        *,
+        template: str = "d300-90",
+        round_id: str = "r1",
+        located: str | None = "310104",
+    ) -> dict[str, Any]:
+        """The body of ``POST /v1/claims`` (a batch item without its key)."""
+        return {
             "channel_user_id": user,
             "campaign_id": CAMPAIGN,
             "round_id": round_id,
             "template_id": template,
             "location_region": located,
         }
-        return self.post(channel, "/v1/claims", body, key=key)
 
     def claim_voucher(self, user: str, **kwargs: Any) -> dict[str, Any]:
         """Claim and expect a voucher; returns it."""

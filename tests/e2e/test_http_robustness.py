@@ -52,13 +52,7 @@ class Fuzzed:
 
 def _endpoints(user: str, voucher_id: str, redemption_id: str) -> list[Endpoint]:
     order = Api.order(user)
-    claim = {
-        "channel_user_id": user,
-        "campaign_id": CAMPAIGN,
-        "round_id": "r1",
-        "template_id": "d300-90",
-        "location_region": "310104",
-    }
+    claim = Api.claim_body(user)
     done = f"/v1/redemptions/{redemption_id}"
     return [
         Endpoint("/v1/persons", "wechat", person_body(50)),
@@ -426,13 +420,7 @@ def test_the_claim_paths_answer_behind_a_root_path(open_api: OpenApi) -> None:
     api = open_api()
     user = api.register(1)
     other = api.register(2)
-    claim = {
-        "channel_user_id": user,
-        "campaign_id": CAMPAIGN,
-        "round_id": "r1",
-        "template_id": "d300-90",
-        "location_region": "310104",
-    }
+    claim = Api.claim_body(user)
     batch = {"items": [{**claim, "channel_user_id": other, "idempotency_key": "root-b"}]}
     app = create_app(api.world.platform, close_on_shutdown=False)
     with TestClient(app, root_path="/api", raise_server_exceptions=False) as client:

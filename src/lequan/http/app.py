@@ -213,31 +213,17 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
+    lean = {
+        "platform": platform,
+        "throttle": app.state.throttle,
+        "nonces": nonces,
+        "metrics": metrics,
+    }
     app.front = (
         partial(BodyLimit, body_bytes_max=body_max),
-        partial(
-            FastClaims,
-            platform=platform,
-            throttle=app.state.throttle,
-            nonces=nonces,
-            admission=app.state.claim_admission,
-            metrics=metrics,
-        ),
-        partial(
-            FastBatchClaims,
-            platform=platform,
-            throttle=app.state.throttle,
-            nonces=nonces,
-            admission=app.state.claim_admission,
-            metrics=metrics,
-        ),
-        partial(
-            FastRedemptions,
-            platform=platform,
-            throttle=app.state.throttle,
-            nonces=nonces,
-            metrics=metrics,
-        ),
+        partial(FastClaims, **lean, admission=app.state.claim_admission),
+        partial(FastBatchClaims, **lean, admission=app.state.claim_admission),
+        partial(FastRedemptions, **lean),
     )
     app.include_router(channel.router)
     app.include_router(acquirer.router)

@@ -147,6 +147,29 @@ class _LeanRoute:
         """The answer to one request body (see ``_Answered``)."""
         raise NotImplementedError
 
+    async def _authenticate(
+        self, scope: dict[str, Any], raw: bytes, headers: Headers, *, kind: str
+    ) -> str:
+        return await authenticate(
+            self.platform,
+            self.throttle,
+            self.nonces,
+            kind=kind,
+            method="POST",
+            target=raw_target(scope),
+            headers=headers,
+            body=raw,
+        )
+
+
+class _ClaimRoute(_LeanRoute):
+    """A channel's claim route: its claim items count against the process's in-flight
+    bound (``claim_inflight_max``)."""
+
+    def __init__(self, app: Any, *, admission: InFlightLimit, **parts: Any) -> None:
+        super().__init__(app, **parts)  # the _LeanRoute's parts
+        self.admission = admission
+
 
 def _error_answer(
     error: Exception,
@@ -169,23 +192,14 @@ def _error_answer(
     return 500, {"code": "internal_error", "message": "an unexpected error; it has been logged"}, []
 
 
-class FastClaims(_LeanRoute):
+class FastClaims(_ClaimRoute):
     """``POST /v1/claims``, single claims coalesced into batches."""
 
     path = CLAIM_PATH
 
-    def __init__(
-        self,
-        app: Any,
-        *,
-        platform: Platform,
-        throttle: TokenBuckets,
-        nonces: NonceChecks,
-        admission: InFlightLimit,
-        metrics: Any,
-    ) -> None:
-        super().__init__(app, platform=platform, throttle=throttle, nonces=nonces, metrics=metrics)
-        self.admission = admission
+    def __init__(self, app: Any, **parts: Any) -> None:
+        super().__init__(app, **parts)
+        platform = self.platform
         settings = platform.rt.settings
         # Single claims of one channel arriving together: one call of the claim service.
         self.coalescer: Coalescer[str, ClaimRequest, ClaimResult] = Coalescer(
@@ -199,16 +213,7 @@ class FastClaims(_LeanRoute):
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None
         try:
-            app_id = await authenticate(
-                self.platform,
-                self.throttle,
-                self.nonces,
-                kind="channel",
-                method="POST",
-                target=raw_target(scope),
-                headers=headers,
-                body=raw,
-            )
+            app_id = await self._authenticate(scope, raw, headers, kind="channel")
             key = validate_key(
                 headers.get("idempotency-key"),
                 chars_max=self.platform.rt.settings.idempotency_key_chars_max,
@@ -238,7 +243,7 @@ class FastClaims(_LeanRoute):
         return status, result.answer.body, extra, app_id, result.outcome, {result.outcome: 1}
 
 
-class FastBatchClaims(_LeanRoute):
+class FastBatchClaims(_ClaimRoute):
     """``POST /v1/claims/batch``: a channel's batch straight to the claim service.
 
     The body is parsed and validated in one pass (``validate_json``, not
@@ -249,33 +254,11 @@ class FastBatchClaims(_LeanRoute):
 
     path = BATCH_PATH
 
-    def __init__(
-        self,
-        app: Any,
-        *,
-        platform: Platform,
-        throttle: TokenBuckets,
-        nonces: NonceChecks,
-        admission: InFlightLimit,
-        metrics: Any,
-    ) -> None:
-        super().__init__(app, platform=platform, throttle=throttle, nonces=nonces, metrics=metrics)
-        self.admission = admission
-
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None
         settings = self.platform.rt.settings
         try:
-            app_id = await authenticate(
-                self.platform,
-                self.throttle,
-                self.nonces,
-                kind="channel",
-                method="POST",
-                target=raw_target(scope),
-                headers=headers,
-                body=raw,
-            )
+            app_id = await self._authenticate(scope, raw, headers, kind="channel")
             try:
                 batch = _BATCH_CLAIM_IN.validate_json(raw)
             except ValidationError as error:
@@ -352,16 +335,7 @@ class FastRedemptions(_LeanRoute):
         platform = self.platform
         try:
             target = raw_target(scope)
-            app_id = await authenticate(
-                platform,
-                self.throttle,
-                self.nonces,
-                kind="acquirer",
-                method="POST",
-                target=target,
-                headers=headers,
-                body=raw,
-            )
+            app_id = await self._authenticate(scope, raw, headers, kind="acquirer")
             key = validate_key(
                 headers.get("idempotency-key"),
                 chars_max=platform.rt.settings.idempotency_key_chars_max,
