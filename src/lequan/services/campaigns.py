@@ -429,6 +429,9 @@ class CampaignCache:
         # campaign -> budget left when a claim did not fit: claims for vouchers
         # worth more are refused from memory; cheaper ones still go through.
         self.budget_room: dict[str, int] = {}
+        # Bumped by every invalidate: a row read before an operator's change committed
+        # is not kept after it (it would stay stale for a whole ttl).
+        self._generation = 0
         rt.campaign_listeners.append(self.invalidate)
 
     def get(self, campaign_id: str, uow: UnitOfWork | None = None) -> CampaignRow | None:
@@ -440,6 +443,7 @@ class CampaignCache:
             cached = self._rows.get(campaign_id)
             if cached is not None and now - cached.loaded_at < self._ttl_s:
                 return cached.row
+            generation = self._generation
         if uow is None:
             with self._rt.store.unit_of_work(readonly=True) as own:
                 row = own.get_campaign(campaign_id)
@@ -449,6 +453,8 @@ class CampaignCache:
             if row is None:
                 self._rows.pop(campaign_id, None)
                 return None
+            if generation != self._generation:
+                return row  # read before a change this process made: answer, keep nothing
             if len(self._rows) >= self._entries_max:
                 self._rows.clear()
             self._rows[campaign_id] = _Cached(row, now)
@@ -461,6 +467,7 @@ class CampaignCache:
     def invalidate(self, campaign_id: str) -> None:
         """Forget a campaign an operator changed, and its local flags."""
         with self._lock:
+            self._generation += 1
             self._rows.pop(campaign_id, None)
             self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
             self.budget_room.pop(campaign_id, None)
