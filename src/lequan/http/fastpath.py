@@ -1,4 +1,5 @@
-"""The hottest single-request paths, served without the framework's per-request cost.
+"""The hottest paths (single claims, batch claims, one-step redemptions), served
+without the framework's per-request cost.
 
 ``POST /v1/claims`` is the hottest route of a flash sale. Here it is a
 plain ASGI handler in front of the whole FastAPI app, its middleware
@@ -222,14 +223,7 @@ class FastClaims(_ClaimRoute):
                 claim = _CLAIM_IN.validate_json(raw)
             except ValidationError as error:
                 return (*_invalid_request(error), app_id, None, {})
-            request = ClaimRequest(
-                channel_user_id=claim.channel_user_id,
-                campaign_id=claim.campaign_id,
-                round_id=claim.round_id,
-                template_id=claim.template_id,
-                location_region=claim.location_region,
-                key=Idempotency(app_id=app_id, key=key, request_hash=claim_hash(claim)),
-            )
+            request = _claim_request(app_id, key, claim)
             with self.admission.admit(1):
                 result = await self.coalescer.submit(app_id, request)
         except Exception as error:
@@ -271,17 +265,8 @@ class FastBatchClaims(_ClaimRoute):
             self.throttle.take(app_id, cost=len(batch.items) - 1)  # the call itself paid one
             chars_max = settings.idempotency_key_chars_max
             requests = [
-                ClaimRequest(
-                    channel_user_id=item.channel_user_id,
-                    campaign_id=item.campaign_id,
-                    round_id=item.round_id,
-                    template_id=item.template_id,
-                    location_region=item.location_region,
-                    key=Idempotency(
-                        app_id,
-                        validate_key(item.idempotency_key, chars_max=chars_max),
-                        claim_hash(item),
-                    ),
+                _claim_request(
+                    app_id, validate_key(item.idempotency_key, chars_max=chars_max), item
                 )
                 for item in batch.items
             ]
@@ -291,6 +276,18 @@ class FastBatchClaims(_ClaimRoute):
             return (*_error_answer(error), app_id, None, {})
         text, counts = _batch_text(requests, results)
         return 200, RenderedBody(text), [], app_id, f"batch:{len(requests)}", counts
+
+
+def _claim_request(app_id: str, key: str, claim: ClaimIn) -> ClaimRequest:
+    """The claim service's request for a claim's body (alone, or a batch's item)."""
+    return ClaimRequest(
+        channel_user_id=claim.channel_user_id,
+        campaign_id=claim.campaign_id,
+        round_id=claim.round_id,
+        template_id=claim.template_id,
+        location_region=claim.location_region,
+        key=Idempotency(app_id, key, claim_hash(claim)),
+    )
 
 
 def _batch_text(

@@ -446,8 +446,9 @@ class UnitOfWork:
         """Rows that all name the same columns into ``table``, in one statement: ``COPY``
         on PostgreSQL for a batch (``executemany`` there runs one statement per
         row; ``COPY`` costs a round trip more, so a few rows are inserted as
-        such), one ``executemany`` on SQLite. Every value is given: no column
-        default is used."""
+        such), an ``INSERT … SELECT FROM unnest`` inside ``pipeline()`` (which
+        cannot carry ``COPY``), one ``executemany`` on SQLite. Every value is
+        given: no column default is used."""
         if not rows:
             return
         if self._pipelined is not None:
