@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     claim_batch_size_max: Annotated[int, Field(ge=1, le=20_000)] = 2000
     claim_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
     claim_queue_max: Annotated[int, Field(ge=1)] = 20_000
+    # How long a claim waits for room in that queue before 429 (nothing reserved yet).
+    claim_queue_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 1000.0
     # Claim items (single or in batches) one process answers at once; beyond, 429.
     claim_inflight_max: Annotated[int, Field(ge=1)] = 50_000
     claim_commit_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0

@@ -904,3 +904,81 @@ def test_a_store_the_claim_path_cannot_read_answers_503_and_takes_nothing(
         # Once the store is back, the same keys go through.
         again = world.platform.claims.claim("wechat", [claim_request(u, f"k-{u}") for u in users])
         assert [r.outcome for r in again] == ["issued"] * 3
+
+
+# -- the commit queue's bound: wait for room, then 429 with nothing reserved ----------
+
+
+def test_a_claim_waits_for_room_in_the_commit_queue_and_is_issued(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Backpressure is a short wait, not a refusal: with the queue full (one place,
+    the writer held up), the second claim waits for the first to be committed and
+    is then issued; nobody is told to come back."""
+    with stack.world(
+        tmp_path, claim_queue_max=1, claim_queue_wait_ms=10_000, claim_commit_timeout_s=30
+    ) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        first, second = register_many(world, [1, 2])
+        with writers_held(stack.database_url, for_s=1.0), ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(claim_one, world, first, "k-first")
+            deadline = time.monotonic() + 10
+            while world.platform.claims.committer.waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert world.platform.claims.committer.waiting == 1  # the one place is taken
+            late = claim_one(world, second, "k-second")
+            assert waiting.result(30).outcome == "issued"
+        assert late.outcome == "issued", late
+        assert remaining(world) == 3
+        assert assert_books(world).issued == 2
+        assert world.platform.claims.committer.waiting == 0
+
+
+def test_a_claim_beyond_the_commit_queue_is_429_with_nothing_reserved(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Past the wait, ``overloaded`` (429, retry after 1 s): refused before the gate,
+    so no stock is held for it, nothing is stored, and the same key later succeeds."""
+    with stack.world(
+        tmp_path, claim_queue_max=1, claim_queue_wait_ms=0, claim_commit_timeout_s=30
+    ) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        first, second = register_many(world, [1, 2])
+        with writers_held(stack.database_url, for_s=1.5), ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(claim_one, world, first, "k-first")
+            deadline = time.monotonic() + 10
+            while world.platform.claims.committer.waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = claim_one(world, second, "k-second")
+            assert refused.outcome == "overloaded", refused
+            assert refused.answer.status_code == 429
+            assert remaining(world) == 4  # the first claim's reservation only
+            assert waiting.result(30).outcome == "issued"
+        assert [s.person_id for s in stored_vouchers(world)] == [person_of(world, first)]
+        again = claim_one(world, second, "k-second")
+        assert again.outcome == "issued", again
+        assert remaining(world) == 3
+        assert assert_books(world).issued == 2
+
+
+def test_more_claims_than_the_commit_queue_holds_are_refused_at_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A batch larger than the whole queue can never fit: 429 at once, not after
+    the wait; nothing reserved."""
+    with stack.world(tmp_path, claim_queue_max=2, claim_queue_wait_ms=10_000) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        users = register_many(world, [1, 2, 3])
+        started = time.monotonic()
+        results = world.platform.claims.claim("wechat", [claim_request(u, f"k-{u}") for u in users])
+        assert [r.outcome for r in results] == ["overloaded"] * 3
+        assert time.monotonic() - started < 9  # not the 10 s wait
+        assert remaining(world) == 5
+        assert stored_vouchers(world) == []
+        # Within the bound, the same keys go through.
+        assert [
+            r.outcome
+            for r in world.platform.claims.claim(
+                "wechat", [claim_request(u, f"k-{u}") for u in users[:2]]
+            )
+        ] == ["issued", "issued"]

@@ -299,14 +299,19 @@ def _batch_text(
     for index, (request, result) in enumerate(zip(requests, results, strict=True)):
         answer = result.answer
         ok = answer.status_code < 400
-        outcome = "issued" if ok else str(answer.body.get("code", result.outcome))
+        if ok:
+            outcome = "issued"
+        elif result.replayed:  # a stored answer: its code is in its body
+            outcome = str(answer.body.get("code", result.outcome))
+        else:
+            outcome = result.outcome
         counts[outcome] = counts.get(outcome, 0) + 1
         if ok:
             voucher = issued_voucher_json(answer) or _json(answer.body.get("voucher"))
             error = "null"
         else:
             voucher = "null"
-            error = _json(dict(answer.body))
+            error = answer.text if answer.text is not None else _json(dict(answer.body))
         items.append(
             f'{{"index":{index},"idempotency_key":{encode_basestring(request.key.key)},'
             f'"status_code":{answer.status_code},"outcome":{encode_basestring(outcome)},'

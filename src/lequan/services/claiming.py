@@ -9,6 +9,7 @@ never lost to a failed write and never sold twice.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from lequan.domain.vouchers import VoucherState
 from lequan.ports import ReserveOutcome, ReserveRequest
 from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache, pool_key
-from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
+from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
 from lequan.services.runtime import Runtime
 from lequan.services.views import error_body, http_status, new_ids, voucher_body
 
@@ -102,8 +103,9 @@ class _Job:
 
 
 def _refusal(error: LequanError, status_code: int) -> ClaimResult:
+    """A refusal, rendered once: the claims of a batch refused alike share it."""
     assert status_code == http_status(error)
-    return ClaimResult(error.code, Answer(status_code, error_body(error)))
+    return ClaimResult(error.code, Answer.of(status_code, error_body(error)))
 
 
 class GroupCommitter(BatchWriter[_Job]):
@@ -115,8 +117,11 @@ class GroupCommitter(BatchWriter[_Job]):
     gave up waiting (``commit_timeout``) can retry with the same key and gets
     either "in flight" or the stored answer, never a second voucher.
 
-    Bounded: at most ``queue_max`` claims wait; beyond that ``submit`` refuses
-    with ``overloaded`` (429), and the caller hands its reservations back.
+    Bounded: at most ``queue_max`` claims wait. A caller makes room for its
+    claims (``make_room``) before it asks the gate, waiting up to
+    ``claim_queue_wait_ms`` for the writer to catch up: backpressure costs a
+    short wait, not a reservation handed back and a retry. Beyond the wait,
+    ``overloaded`` (429), with nothing reserved.
     """
 
     def __init__(
@@ -136,19 +141,61 @@ class GroupCommitter(BatchWriter[_Job]):
         )
         self._rt = rt
         self._queue_max = queue_max
-        self._pending = 0
+        self._pending = 0  # places taken in the queue: made room for, or submitted
+        self._room = threading.Condition(self._lock)
         self._on_budget_exhausted = on_budget_exhausted
         self._start()
 
-    def submit(self, claims: list[_Pending]) -> Future[list[LequanError | Answer | None]]:
-        with self._lock:
-            if self._closed:
-                raise Unavailable("store_unavailable", "the platform is shutting down")
-            if self._pending + len(claims) > self._queue_max:
-                raise Unavailable(
-                    "overloaded", "too many claims are waiting to be committed", retry_after_s=1
-                )
-            self._pending += len(claims)
+    @property
+    def waiting(self) -> int:
+        """Places taken in the queue: claims made room for or waiting to be committed."""
+        return self._pending
+
+    def make_room(self, count: int, *, wait_s: float) -> None:
+        """Take ``count`` places in the queue, waiting up to ``wait_s`` for them.
+
+        Refuses with ``overloaded`` once the wait is over (or at once, for more
+        claims than the queue holds), ``store_unavailable`` when shutting down.
+        """
+        deadline = time.monotonic() + wait_s
+        with self._room:
+            while True:
+                if self._closed:
+                    raise Unavailable("store_unavailable", "the platform is shutting down")
+                if self._pending + count <= self._queue_max:
+                    self._pending += count
+                    return
+                left_s = deadline - time.monotonic()
+                if left_s <= 0 or count > self._queue_max:
+                    raise Unavailable(
+                        "overloaded",
+                        "too many claims are waiting to be committed",
+                        retry_after_s=1,
+                    )
+                self._room.wait(left_s)
+
+    def give_back(self, count: int) -> None:
+        """Hand back places taken by ``make_room`` and not used."""
+        if count:
+            with self._room:
+                self._pending -= count
+                assert self._pending >= 0
+                self._room.notify_all()
+
+    def submit(
+        self, claims: list[_Pending], *, room: int
+    ) -> Future[list[LequanError | Answer | None]]:
+        """Queue ``claims`` in the ``room`` places made for them; the rest go back.
+
+        The places are the committer's from this call on, whatever it raises.
+        """
+        assert 0 < len(claims) <= room
+        with self._room:
+            closed = self._closed
+            self._pending -= room if closed else room - len(claims)
+            self._room.notify_all()
+        if closed:
+            raise Unavailable("store_unavailable", "the platform is shutting down")
         job = _Job(claims)
         self._put(job)
         return job.future
@@ -183,10 +230,8 @@ class GroupCommitter(BatchWriter[_Job]):
         # Released before anyone hears: a retry must find the stock and the
         # person's count as if the failed claim had never been.
         self._tell_gate(self._rt.gate.release, "release", release)
-        for claim in claims:
-            self._rt.inflight.release(claim.key.app_id, claim.key.key)
-        with self._lock:
-            self._pending -= len(claims)
+        self._rt.inflight.release_many((c.key.app_id, c.key.key) for c in claims)
+        self.give_back(len(claims))
         offset = 0
         for job in jobs:
             job.future.set_result(outcomes[offset : offset + len(job.claims)])
@@ -368,9 +413,9 @@ class ClaimService:
                 if result is None:
                     results[i] = _refusal(refusal, http_status(refusal))
         finally:
-            for i in held:
-                if i not in handed:
-                    rt.inflight.release(requests[i].key.app_id, requests[i].key.key)
+            rt.inflight.release_many(
+                (requests[i].key.app_id, requests[i].key.key) for i in held if i not in handed
+            )
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
@@ -387,12 +432,16 @@ class ClaimService:
         answer is stored, since the committer stores before letting go) or
         still holds it (409): one query, no window in between.
         """
-        for i, request in enumerate(requests):
-            try:
-                self._rt.inflight.acquire(request.key.app_id, request.key.key)
+        holds = self._rt.inflight.acquire_many([(r.key.app_id, r.key.key) for r in requests])
+        busy: ClaimResult | None = None
+        for i, now_held in enumerate(holds):
+            if now_held:
                 held.append(i)
-            except LequanError as error:
-                results[i] = _refusal(error, http_status(error))
+                continue
+            if busy is None:
+                error = in_flight()
+                busy = _refusal(error, http_status(error))
+            results[i] = busy
         if not held:
             return
         with self._rt.store.unit_of_work(readonly=True) as uow:
@@ -418,7 +467,7 @@ class ClaimService:
         rt = self._rt
         # What is on offer first: after a sell-out (or before a release) the
         # whole flood is answered from memory, without reading the store.
-        offers: dict[tuple[str, str, str], _Offer | LequanError] = {}
+        offers: dict[tuple[str, str, str], _Offer | ClaimResult] = {}
         todo: list[tuple[int, _Offer]] = []
         for i, result in enumerate(results):
             if result is not None:
@@ -427,46 +476,83 @@ class ClaimService:
             group = (request.campaign_id, request.round_id, request.template_id)
             offer = offers.get(group)
             if offer is None:
-                offer = offers[group] = self._offer(channel_id, request, now)
-            if isinstance(offer, LequanError):
-                results[i] = _refusal(offer, http_status(offer))
+                made = self._offer(channel_id, request, now)
+                offer = offers[group] = (
+                    _refusal(made, http_status(made)) if isinstance(made, LequanError) else made
+                )
+            if isinstance(offer, ClaimResult):
+                results[i] = offer
             else:
                 todo.append((i, offer))
         if not todo:
             return
         with rt.store.unit_of_work(readonly=True) as uow:
             claimants = uow.claimants(channel_id, [requests[i].channel_user_id for i, _ in todo])
-        verdicts: dict[tuple[str, str, str | None, bool], LequanError | None] = {}
+        verdicts: dict[tuple[str, str, str | None, bool], ClaimResult | None] = {}
+        unknown: ClaimResult | None = None
         reserve: list[tuple[int, ReserveRequest, _Offer, str]] = []
         for i, offer in todo:
             request = requests[i]
             claimant = claimants.get(request.channel_user_id)
             if claimant is None:
-                error: LequanError = NotFound(
-                    "not_registered", "this channel account is not registered"
-                )
-                results[i] = _refusal(error, http_status(error))
+                if unknown is None:
+                    error = NotFound("not_registered", "this channel account is not registered")
+                    unknown = _refusal(error, http_status(error))
+                results[i] = unknown
                 continue
             person_id, residence, blacklisted = claimant
             verdict_key = (request.campaign_id, residence, request.location_region, blacklisted)
             if verdict_key not in verdicts:
-                verdicts[verdict_key] = _ineligible(
-                    offer, residence, request.location_region, blacklisted
+                refusal = _ineligible(offer, residence, request.location_region, blacklisted)
+                verdicts[verdict_key] = (
+                    None if refusal is None else _refusal(refusal, http_status(refusal))
                 )
-            refusal = verdicts[verdict_key]
-            if refusal is not None:
-                results[i] = _refusal(refusal, http_status(refusal))
+            verdict = verdicts[verdict_key]
+            if verdict is not None:
+                results[i] = verdict
                 continue
             reserve.append((i, offer.reserve_request(person_id), offer, person_id))
         if not reserve:
             return
+        try:
+            self.committer.make_room(len(reserve), wait_s=rt.settings.claim_queue_wait_ms / 1000)
+        except Unavailable as full:  # nothing reserved yet: nothing to hand back
+            refused = _refusal(full, http_status(full))
+            for i, _, _, _ in reserve:
+                results[i] = refused
+            return
+        # The places made are the gate's reservations' until they reach the committer.
+        try:
+            pending = self._reserve(requests, results, reserve)
+        except BaseException:
+            self.committer.give_back(len(reserve))
+            raise
+        if not pending:
+            self.committer.give_back(len(reserve))
+            return
+        self._commit(pending, results, handed, room=len(reserve))
+
+    def _reserve(
+        self,
+        requests: Sequence[ClaimRequest],
+        results: list[ClaimResult | None],
+        reserve: list[tuple[int, ReserveRequest, _Offer, str]],
+    ) -> list[tuple[int, _Pending]]:
+        rt = self._rt
         reserved_at = time.monotonic()
         gate_results = rt.gate.reserve([r for _, r, _, _ in reserve])
         pending: list[tuple[int, _Pending]] = []
         voucher_ids = iter(new_ids("v", len(reserve)))
+        gate_refusals: dict[tuple[ReserveOutcome, str, str], ClaimResult] = {}
         for (i, reserved, offer, person_id), got in zip(reserve, gate_results, strict=True):
             if got.outcome is not ReserveOutcome.OK:
-                results[i] = self._gate_refusal(reserved, offer, got.outcome)
+                alike = (got.outcome, reserved.pool, reserved.template_id)
+                refused = gate_refusals.get(alike)
+                if refused is None:
+                    refused = gate_refusals[alike] = self._gate_refusal(
+                        reserved, offer, got.outcome
+                    )
+                results[i] = refused
                 continue
             voucher = offer.voucher(next(voucher_ids), person_id, got.claim_seq)
             pending.append(
@@ -482,9 +568,7 @@ class ClaimService:
                     ),
                 )
             )
-        if not pending:
-            return
-        self._commit(pending, results, handed)
+        return pending
 
     def _gate_refusal(
         self, reserved: ReserveRequest, offer: _Offer, outcome: ReserveOutcome
@@ -510,16 +594,18 @@ class ClaimService:
         pending: list[tuple[int, _Pending]],
         results: list[ClaimResult | None],
         handed: set[int],
+        room: int,
     ) -> None:
         rt = self._rt
         claims = [p for _, p in pending]
         try:
-            future = self.committer.submit(claims)
-        except Unavailable as overloaded:
+            future = self.committer.submit(claims, room=room)
+        except Unavailable as closing:
             # It never reached the writer: the stock goes straight back.
             rt.gate.release([(c.request, c.claim_seq) for c in claims])
+            refused = _refusal(closing, http_status(closing))
             for i, _ in pending:
-                results[i] = _refusal(overloaded, http_status(overloaded))
+                results[i] = refused
             return
         handed.update(i for i, _ in pending)
         try:
@@ -530,9 +616,11 @@ class ClaimService:
                 "commit_timeout",
                 "the claim is still being committed; retry with the same Idempotency-Key",
             )
+            refused = _refusal(pending_refusal, http_status(pending_refusal))
             for i, _ in pending:
-                results[i] = _refusal(pending_refusal, http_status(pending_refusal))
+                results[i] = refused
             return
+        refusals: dict[int, ClaimResult] = {}  # the committer refuses many claims with one error
         for (i, claim), outcome in zip(pending, outcomes, strict=True):
             if isinstance(outcome, Answer):
                 replayed = outcome is not claim.answer
@@ -541,7 +629,10 @@ class ClaimService:
                 )
             else:
                 assert outcome is not None
-                results[i] = _refusal(outcome, http_status(outcome))
+                alike = refusals.get(id(outcome))
+                if alike is None:
+                    alike = refusals[id(outcome)] = _refusal(outcome, http_status(outcome))
+                results[i] = alike
 
     def _offer(self, channel_id: str, request: ClaimRequest, now: datetime) -> _Offer | LequanError:
         """What a campaign's round offers of one template in this channel now, or why not.

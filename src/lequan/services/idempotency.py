@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,6 +84,12 @@ class Answer:
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
     @classmethod
+    def of(cls, status_code: int, body: Mapping[str, Any]) -> Answer:
+        """An answer rendered now, for one that many requests of a batch share."""
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        return cls(status_code, body, text=text)
+
+    @classmethod
     def rendered(cls, status_code: int, text: str) -> Answer:
         """An answer whose body is the JSON ``text``, kept as it is."""
         return cls(status_code, RenderedBody(text), text=text)
@@ -143,6 +149,13 @@ def replay_or_refuse(stored: tuple[str, int, str] | None, key: Idempotency) -> A
     return Answer.rendered(status_code, response_json)
 
 
+def in_flight() -> IdempotencyError:
+    """The refusal of a request whose key's first request is still running."""
+    return IdempotencyError(
+        "idempotency_in_flight", "a request with this Idempotency-Key is in progress"
+    )
+
+
 class InFlight:
     """Keys whose first request is still running in this process (bounded)."""
 
@@ -154,15 +167,34 @@ class InFlight:
     def acquire(self, app_id: str, key: str) -> None:
         with self._lock:
             if (app_id, key) in self._keys:
-                raise IdempotencyError(
-                    "idempotency_in_flight", "a request with this Idempotency-Key is in progress"
-                )
+                raise in_flight()
             assert len(self._keys) < self._entries_max, "in-flight keys exceed the request limits"
             self._keys.add((app_id, key))
 
     def release(self, app_id: str, key: str) -> None:
         with self._lock:
             self._keys.discard((app_id, key))
+
+    def acquire_many(self, keys: Sequence[tuple[str, str]]) -> list[bool]:
+        """Hold every (app_id, key) not held yet, under one lock: True where now held.
+
+        A key held already, or twice in ``keys``, is False there: its request
+        is answered ``idempotency_in_flight`` by the caller.
+        """
+        held: list[bool] = []
+        with self._lock:
+            for entry in keys:
+                if entry in self._keys:
+                    held.append(False)
+                else:
+                    self._keys.add(entry)
+                    held.append(True)
+            assert len(self._keys) <= self._entries_max, "in-flight keys exceed the request limits"
+        return held
+
+    def release_many(self, keys: Iterable[tuple[str, str]]) -> None:
+        with self._lock:
+            self._keys.difference_update(keys)
 
 
 def run_once(
