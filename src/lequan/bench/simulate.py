@@ -227,11 +227,19 @@ async def _crowd(
     ]
     by_name = {c.name: c for c in channels}
     answers: list[_Answer] = []
-    started = time.perf_counter()
     tries: Counter[int] = Counter()
 
     def channel_of(person: int) -> _Channel:
         return by_name[scenarios.channel_for(person, CHANNELS)]
+
+    # The whole crowd's schedule is drawn before the clock starts: drawing and
+    # sorting a million arrivals takes the simulator a second or two.
+    schedule = [
+        (at_s, channel_of(person).queue, person, f"sim-{person}", person in bots)
+        for at_s, person in sorted(
+            (0.0 if p in bots else _arrival_s(rng, config), p) for p in range(people)
+        )
+    ]
 
     def retry(person: int, outcome: str, bot: bool) -> None:
         # Bots hammer with fresh keys; a few people press again with the same key.
@@ -245,26 +253,25 @@ async def _crowd(
             key = f"sim-{person}-{tries[person]}" if bot else f"sim-{person}"
             channel_of(person).queue.put_nowait((person, key, time.perf_counter(), bot))
 
-    arrivals = sorted((0.0 if p in bots else _arrival_s(rng, config), p) for p in range(people))
+    started = time.perf_counter()
     done = asyncio.Event()
     loops = [
         asyncio.create_task(_channel_loop(c, config, answers, retry, started, done))
         for c in channels
     ]
     queued_since_yield = 0
-    for at_s, person in arrivals:
-        delay = at_s - (time.perf_counter() - started)
+    for at_s, queue, person, key, bot in schedule:
+        now = time.perf_counter()
         # Arrivals are let in a millisecond at a time (the channels gather for
         # BATCH_WAIT_S anyway): a timer per person cost more than the claim.
-        if delay > ARRIVAL_TICK_S or queued_since_yield >= ARRIVALS_PER_YIELD_MAX:
-            await asyncio.sleep(max(delay, 0))
+        if at_s - (now - started) > ARRIVAL_TICK_S or queued_since_yield >= ARRIVALS_PER_YIELD_MAX:
+            await asyncio.sleep(max(at_s - (now - started), 0))
             queued_since_yield = 0
-        if time.perf_counter() - started > config.duration_s_max:
-            break
+            now = time.perf_counter()
+            if now - started > config.duration_s_max:
+                break
         queued_since_yield += 1
-        channel_of(person).queue.put_nowait(
-            (person, f"sim-{person}", time.perf_counter(), person in bots)
-        )
+        queue.put_nowait((person, key, now, bot))
     done.set()
     await asyncio.gather(*loops)
     # Retries queued after the loops saw "done" are answered by one more pass.

@@ -18,6 +18,11 @@ from sqlalchemy.pool import QueuePool, StaticPool
 __all__ = ["create_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Pages read through a memory map instead of a read() call each: the claim
+# path's lookups (a thousand people per batch, at random in a table of a
+# million) go about a quarter faster. Address space only; the OS page cache
+# holds the pages either way.
+SQLITE_MMAP_BYTES = 4 << 30
 SQLITE_POOL_SIZE = 4
 
 
@@ -78,6 +83,7 @@ def _sqlite_engine(url: str, *, pool_size: int) -> sa.Engine:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
