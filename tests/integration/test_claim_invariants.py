@@ -982,3 +982,25 @@ def test_more_claims_than_the_commit_queue_holds_are_refused_at_once(
                 "wechat", [claim_request(u, f"k-{u}") for u in users[:2]]
             )
         ] == ["issued", "issued"]
+
+
+def test_one_key_twice_in_a_batch_makes_one_voucher_and_is_let_go(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A channel that puts the same key in one batch twice gets one voucher and a
+    409 for the second item; the key is let go after, so the retry replays."""
+    with stack.world(tmp_path) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        [user] = register_many(world, [1])
+        first, second = world.platform.claims.claim(
+            "wechat", [claim_request(user, "k-dup"), claim_request(user, "k-dup")]
+        )
+        assert first.outcome == "issued", first
+        assert second.outcome == "idempotency_in_flight", second
+        assert second.answer.status_code == 409
+        assert remaining(world) == 4
+        again = claim_one(world, user, "k-dup")
+        assert again.outcome == "replayed"
+        assert again.answer == first.answer
+        assert [s.id for s in stored_vouchers(world)] == [voucher_id(first)]
+        assert world.platform.claims.committer.waiting == 0
