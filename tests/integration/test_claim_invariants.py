@@ -1004,3 +1004,22 @@ def test_one_key_twice_in_a_batch_makes_one_voucher_and_is_let_go(
         assert again.answer == first.answer
         assert [s.id for s in stored_vouchers(world)] == [voucher_id(first)]
         assert world.platform.claims.committer.waiting == 0
+
+
+def test_a_stored_voucher_keeps_the_instants_its_answer_gave(stack: Stack, tmp_path: Path) -> None:
+    """The voucher row is written in bulk (``COPY`` on PostgreSQL, its instants as
+    text): what the store holds is to the microsecond what the person was told."""
+    with stack.world(tmp_path) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        [user] = register_many(world, [1])
+        world.clock.set(world.clock.now() + timedelta(seconds=7, microseconds=123_457))
+        result = claim_one(world, user, "k-time")
+        told = result.answer.body["voucher"]
+        with world.rt.store.unit_of_work(readonly=True) as uow:
+            row = uow.get_voucher(told["voucher_id"])
+        assert row is not None
+        require(world.clock.now().microsecond != 0, "the instant has microseconds to keep")
+        assert row.issued_at == world.clock.now()
+        assert row.issued_at.isoformat() == told["issued_at"]
+        assert row.valid_from.isoformat() == told["valid_from"]
+        assert row.valid_until.isoformat() == told["valid_until"]
