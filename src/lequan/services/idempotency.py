@@ -121,7 +121,7 @@ class Idempotency:
 def validate_key(key: str | None, *, chars_max: int) -> str:
     if not key:
         raise InvalidInput("idempotency_key_required", "an Idempotency-Key is required")
-    if len(key) > chars_max or not set(key) <= KEY_PATTERN_CHARS:
+    if len(key) > chars_max or not KEY_PATTERN_CHARS.issuperset(key):
         raise InvalidInput(
             "invalid_idempotency_key",
             f"an Idempotency-Key is 1 to {chars_max} characters of letters, digits and -_.:",
