@@ -1023,3 +1023,29 @@ def test_a_stored_voucher_keeps_the_instants_its_answer_gave(stack: Stack, tmp_p
         assert row.issued_at.isoformat() == told["issued_at"]
         assert row.valid_from.isoformat() == told["valid_from"]
         assert row.valid_until.isoformat() == told["valid_until"]
+
+
+def test_claims_waiting_for_room_hear_at_once_when_the_platform_stops(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A claim waiting for room in the commit queue is told ``store_unavailable`` when
+    the platform shuts down, not after its whole wait; nothing is reserved for it."""
+    with stack.world(tmp_path, claim_queue_max=1, claim_queue_wait_ms=10_000) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        [user] = register_many(world, [1])
+        committer = world.platform.claims.committer
+        committer.make_room(1, wait_s=0)  # the queue is full
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(claim_one, world, user, "k-wait")
+            deadline = time.monotonic() + 10
+            while committer.waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # the claim is in its wait
+            stopped_at = time.monotonic()
+            committer.close()
+            result = waiting.result(30)
+        assert time.monotonic() - stopped_at < 5  # not the 10 s wait
+        assert result.outcome == "store_unavailable", result
+        assert result.answer.status_code == 503
+        assert remaining(world) == 5
+        assert stored_vouchers(world) == []

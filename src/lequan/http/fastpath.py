@@ -22,7 +22,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 import structlog
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.datastructures import Headers
@@ -59,6 +59,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 _Answered = tuple[
     int, Mapping[str, Any], list[tuple[bytes, bytes]], str | None, str | None, Mapping[str, int]
 ]
+
+
+# Batch claims answered at once by one process (each on a thread of its own).
+BATCH_CLAIM_THREADS = 40
 
 
 class _LeanRoute:
@@ -248,6 +252,12 @@ class FastBatchClaims(_ClaimRoute):
 
     path = BATCH_PATH
 
+    def __init__(self, app: Any, **parts: Any) -> None:
+        super().__init__(app, **parts)
+        # Threads of its own: a batch waiting for room in the commit queue (up to
+        # claim_queue_wait_ms) must not hold the threads the framework's routes share.
+        self._threads = CapacityLimiter(BATCH_CLAIM_THREADS)
+
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None
         settings = self.platform.rt.settings
@@ -271,7 +281,9 @@ class FastBatchClaims(_ClaimRoute):
                 for item in batch.items
             ]
             with self.admission.admit(len(requests)):
-                results = await to_thread.run_sync(self.platform.claims.claim, app_id, requests)
+                results = await to_thread.run_sync(
+                    self.platform.claims.claim, app_id, requests, limiter=self._threads
+                )
         except Exception as error:
             return (*_error_answer(error), app_id, None, {})
         text, counts = _batch_text(requests, results)

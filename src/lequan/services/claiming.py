@@ -190,15 +190,25 @@ class GroupCommitter(BatchWriter[_Job]):
         The places are the committer's from this call on, whatever it raises.
         """
         assert 0 < len(claims) <= room
+        job = _Job(claims)
         with self._room:
             closed = self._closed
             self._pending -= room if closed else room - len(claims)
             self._room.notify_all()
+            if not closed:
+                # Queued under the lock: ``close`` cannot slip its stop signal in
+                # between and leave this job behind it, never handled.
+                self._put(job)
         if closed:
             raise Unavailable("store_unavailable", "the platform is shutting down")
-        job = _Job(claims)
-        self._put(job)
         return job.future
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what was submitted, then stop; claims waiting for room hear at once."""
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+        super().close(timeout_s)
 
     def _handle_batch(self, jobs: list[_Job]) -> None:
         claims = [c for job in jobs for c in job.claims]

@@ -183,13 +183,15 @@ class InFlight:
         """
         held: list[bool] = []
         with self._lock:
+            assert len(self._keys) + len(keys) <= self._entries_max, (
+                "in-flight keys exceed the request limits"
+            )
             for entry in keys:
                 if entry in self._keys:
                     held.append(False)
                 else:
                     self._keys.add(entry)
                     held.append(True)
-            assert len(self._keys) <= self._entries_max, "in-flight keys exceed the request limits"
         return held
 
     def release_many(self, keys: Iterable[tuple[str, str]]) -> None:

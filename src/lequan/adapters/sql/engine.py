@@ -21,8 +21,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Pages read through a memory map instead of a read() call each: the claim
 # path's lookups (a thousand people per batch, at random in a table of a
 # million) go about a quarter faster. Address space only; the OS page cache
-# holds the pages either way.
-SQLITE_MMAP_BYTES = 4 << 30
+# holds the pages either way. SQLite caps it at its build's maximum (2 GiB
+# in Debian's).
+SQLITE_MMAP_BYTES = 2 << 30
 SQLITE_POOL_SIZE = 4
 
 
