@@ -434,3 +434,38 @@ def test_the_claim_paths_answer_behind_a_root_path(open_api: OpenApi) -> None:
     assert single.status_code == 201, single.text
     assert batched.status_code == 200, batched.text
     assert batched.json()["outcomes"] == {"issued": 1}
+
+
+def test_batch_claims_waiting_for_room_leave_the_rest_of_the_api_answering(
+    open_api: OpenApi,
+) -> None:
+    """Batch claims wait for room in the commit queue on threads of their own: while
+    more of them wait than the framework has threads (40), a wallet is still read,
+    and once room is made every waiting claim is issued."""
+    api = open_api(claim_queue_max=1, claim_queue_wait_ms=10_000)
+    users = [api.register(n) for n in range(1, 47)]
+    committer = api.world.platform.claims.committer
+    committer.make_room(1, wait_s=0)  # the queue is full until given back
+
+    def claim(user: str) -> httpx.Response:
+        item = {**Api.claim_body(user), "idempotency_key": f"room-{user}"}
+        return api.post("wechat", "/v1/claims/batch", {"items": [item]}, key=None)
+
+    waiters = users[1:]
+    admission = api.client.app.state.claim_admission  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(len(waiters)) as pool:
+        answers = [pool.submit(claim, user) for user in waiters]
+        deadline = time.monotonic() + 30
+        while admission.in_flight < len(waiters) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert admission.in_flight == len(waiters)  # every batch is in, none answered
+        wallet = api.wallet(users[0])
+        # Answered while every claim still waited: it did not queue behind them.
+        assert not any(a.done() for a in answers)
+        committer.give_back(1)
+        results = [a.result(60) for a in answers]
+    assert wallet.status_code == 200, wallet.text
+    for result in results:
+        assert result.status_code == 200, result.text
+        assert [r["outcome"] for r in result.json()["results"]] == ["issued"]
+    assert committer.waiting == 0
