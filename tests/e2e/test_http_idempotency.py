@@ -254,3 +254,14 @@ def test_keys_are_per_app(api: Api) -> None:
     assert other.status_code == 201, other.text
     assert "Idempotent-Replayed" not in other.headers
     assert other.json()["voucher"]["channel_id"] == "alipay"
+
+
+def test_a_key_a_claim_used_is_not_used_again_for_another_call(api: Api) -> None:
+    """A claim's key lives on its voucher, not among the stored answers: it is still
+    the channel's key, and another call with it is refused as a changed request."""
+    user = api.register(1)
+    assert api.claim(user, key="k-shared").status_code == 201
+    before = api.snapshot()
+    again = api.post("wechat", "/v1/persons", person_body(2), key="k-shared")
+    assert_error(again, 422, "idempotency_mismatch")
+    assert api.snapshot() == before

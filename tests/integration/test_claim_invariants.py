@@ -7,10 +7,10 @@ PostgreSQL database with the Redis gate (failing, not skipping, in CI when a
 server is down). Concurrency is real: OS threads calling
 ``platform.claims.claim`` at once, released together by a barrier.
 
-Store failures are made outside lequan, never by patching it: the vouchers
-table is renamed away by another connection (the store loses the table the
-writer needs while every read of the claim path still works), then renamed
-back.
+Store failures are made outside lequan, never by patching it: the ledger's
+entries table is renamed away by another connection (the store loses a
+table the writer needs while every read of the claim path still works),
+then renamed back.
 """
 
 from __future__ import annotations
@@ -223,9 +223,10 @@ def writers_held(database_url: str, *, for_s: float) -> Iterator[None]:
         engine.dispose()
 
 
-def vouchers_table_gone(database_url: str) -> AbstractContextManager[None]:
-    """The store loses the vouchers table: every read of the claim path still works."""
-    return table_gone(database_url, "vouchers")
+def claim_writes_fail(database_url: str) -> AbstractContextManager[None]:
+    """The store loses a table only the claim writer uses (the ledger's entries, posted
+    with every batch): every read of the claim path still works."""
+    return table_gone(database_url, "ledger_entries")
 
 
 # -- the flash sale -----------------------------------------------------------------
@@ -550,7 +551,7 @@ def test_failed_commit_answers_503_and_hands_the_stock_back(stack: Stack, tmp_pa
         assert claim_one(world, ok_user, "k-ok").outcome == "issued"
         assert remaining(world) == 9
 
-        with vouchers_table_gone(stack.database_url):
+        with claim_writes_fail(stack.database_url):
             failed = concurrently([partial(claim_one, world, u, f"k-{u}") for u in unlucky])
             # Every reservation was handed back, while the table was still gone.
             assert remaining(world) == 9
@@ -641,7 +642,7 @@ def test_commit_timeout_then_failed_commit_hands_the_stock_back(
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
         user = world.register(1)
 
-        with vouchers_table_gone(stack.database_url):
+        with claim_writes_fail(stack.database_url):
             slow = claim_one(world, user, "k-slow")
             # The writer tries ~0.4 s after the claim was queued, and fails.
             time.sleep(1.0)

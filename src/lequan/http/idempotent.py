@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from lequan.adapters.sql.store import UnitOfWork
 from lequan.bootstrap import Platform
+from lequan.services.claiming import answered
 from lequan.services.idempotency import Answer, Idempotency, run_once
 
 __all__ = ["answer_response", "run_idempotent"]
@@ -26,7 +27,8 @@ def run_idempotent(
 
     def lookup() -> tuple[str, int, str] | None:
         with rt.store.unit_of_work(readonly=True) as uow:
-            return uow.idempotent_answer(idem.app_id, idem.key)
+            # Claims' keys too: a key a claim used is not used again for another call.
+            return answered(uow, idem.app_id, [idem.key]).get(idem.key)
 
     def record(uow: UnitOfWork, result: Any) -> None:
         answer = render(result)

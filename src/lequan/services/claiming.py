@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
@@ -44,6 +44,8 @@ __all__ = [
     "ClaimResult",
     "ClaimService",
     "GroupCommitter",
+    "answered",
+    "issued_answer",
     "issued_voucher_json",
 ]
 
@@ -308,7 +310,7 @@ class GroupCommitter(BatchWriter[_Job]):
             return self._too_late()
         except IntegrityError:
             with self._rt.store.unit_of_work(readonly=True) as uow:
-                stored = uow.idempotent_answer(claim.key.app_id, claim.key.key)
+                stored = answered(uow, claim.key.app_id, [claim.key.key]).get(claim.key.key)
             if stored is not None:
                 try:
                     replay = replay_or_refuse(stored, claim.key)
@@ -362,13 +364,7 @@ class GroupCommitter(BatchWriter[_Job]):
         uow.insert_claims(
             [claims[i].voucher for i in accepted],
             [
-                (
-                    claims[i].key.app_id,
-                    claims[i].key.key,
-                    claims[i].key.request_hash,
-                    claims[i].answer.status_code,
-                    claims[i].answer.json(),
-                )
+                (claims[i].key.app_id, claims[i].key.key, claims[i].key.request_hash)
                 for i in accepted
             ],
             now,
@@ -455,7 +451,7 @@ class ClaimService:
         if not held:
             return
         with self._rt.store.unit_of_work(readonly=True) as uow:
-            stored = uow.claim_answers(channel_id, [requests[i].key.key for i in held])
+            stored = answered(uow, channel_id, [requests[i].key.key for i in held])
         for i in held:
             request = requests[i]
             try:
@@ -711,6 +707,42 @@ _ID_SLOT = "@voucher-id@"
 _ISSUED_PREFIX = '{"status":"issued","voucher":'
 
 
+def issued_answer(voucher: VoucherRow) -> Answer:
+    """The "issued" answer of the claim that made ``voucher``, rebuilt from its row.
+
+    Only as-issued fields are read (the state is the one it was issued in),
+    so a retry long after the voucher was spent gets, byte for byte, the
+    answer its first request got (``_Offer.answer``).
+    """
+    as_issued = replace(voucher, state=VoucherState.ISSUED)
+    return Answer.rendered(201, _issued_text(as_issued))
+
+
+def _issued_text(voucher: VoucherRow) -> str:
+    body = {"status": "issued", "voucher": voucher_body(voucher)}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def answered(uow: UnitOfWork, app_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
+    """key -> (request_hash, status_code, response_json) of the keys already answered.
+
+    A claim's answer is rebuilt from the voucher its key is on; any other
+    answer (and a claim's from before migration 0002) was stored as such.
+    """
+    found: dict[str, tuple[str, int, str]] = {}
+    for key, (request_hash, status_code, body, voucher_id) in uow.answered_keys(
+        app_id, keys
+    ).items():
+        if voucher_id is None:
+            assert body is not None
+            found[key] = (request_hash, status_code, body)
+            continue
+        voucher = uow.get_voucher(voucher_id)
+        assert voucher is not None, "a voucher found by its key is there"
+        found[key] = (request_hash, status_code, issued_answer(voucher).json())
+    return found
+
+
 def issued_voucher_json(answer: Answer) -> str | None:
     """The voucher of an "issued" answer as JSON text, when it was rendered already."""
     text = answer.text
@@ -773,10 +805,7 @@ class _Offer:
         stored JSON is the rendered template with the id put in.
         """
         if not self._text:
-            body = {"status": "issued", "voucher": voucher_body(self.voucher(_ID_SLOT, "", 0))}
-            self._text.append(
-                json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-            )
+            self._text.append(_issued_text(self.voucher(_ID_SLOT, "", 0)))
         return Answer.rendered(201, self._text[0].replace(_ID_SLOT, voucher_id, 1))
 
 

@@ -223,7 +223,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
             keys_by_app[item.key.app_id].append(item.key.key)
         stored: dict[tuple[str, str], tuple[str, int, str]] = {}
         for app_id, keys in keys_by_app.items():
-            stored.update(((app_id, k), v) for k, v in uow.claim_answers(app_id, keys).items())
+            stored.update(((app_id, k), v) for k, v in uow.stored_answers(app_id, keys).items())
         todo = []
         for i, item in enumerate(batch):
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC
 from typing import Any
 
 from lequan.adapters.sql.store import RedemptionRow, VoucherRow
@@ -44,9 +45,11 @@ def voucher_body(v: VoucherRow) -> dict[str, Any]:
         "channel_id": v.channel_id,
         "face_fen": v.face_fen,
         "state": v.state.value,
-        "valid_from": v.valid_from.isoformat(),
-        "valid_until": v.valid_until.isoformat(),
-        "issued_at": v.issued_at.isoformat(),
+        # In UTC whatever zone the campaign wrote them in: a claim's answer, the
+        # wallet and a retry's answer (rebuilt from the row) read the same.
+        "valid_from": v.valid_from.astimezone(UTC).isoformat(),
+        "valid_until": v.valid_until.astimezone(UTC).isoformat(),
+        "issued_at": v.issued_at.astimezone(UTC).isoformat(),
     }
 
 

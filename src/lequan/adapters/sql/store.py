@@ -375,7 +375,7 @@ class UnitOfWork:
         )
         return {(person, int(seq)) for person, seq in rows}
 
-    def claim_answers(self, app_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
+    def stored_answers(self, app_id: str, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
         """key -> (request_hash, status_code, response_json) stored for these keys."""
         rows = self._driver_rows(
             "SELECT key, request_hash, status_code, response_json FROM idempotency_keys "  # noqa: S608
@@ -384,14 +384,35 @@ class UnitOfWork:
         )
         return {key: (h, status, body) for key, h, status, body in rows}
 
+    def answered_keys(
+        self, app_id: str, keys: Sequence[str]
+    ) -> dict[str, tuple[str, int, str | None, str | None]]:
+        """key -> (request_hash, status_code, response_json, voucher_id), one query.
+
+        A claim's key is on the voucher it issued (``response_json`` None: the
+        answer is the voucher's); any other key, and claims from before
+        migration 0002, has its answer stored in ``idempotency_keys``
+        (``voucher_id`` None).
+        """
+        rows = self._driver_rows(
+            "SELECT key, request_hash, status_code, response_json, "  # noqa: S608
+            "CAST(NULL AS TEXT) FROM idempotency_keys "
+            f"WHERE app_id = ? AND {self._in_array('key')} "
+            "UNION ALL SELECT claim_key, claim_hash, 201, CAST(NULL AS TEXT), id FROM vouchers "
+            f"WHERE claim_app_id = ? AND {self._in_array('claim_key')}",
+            (app_id, self._array(keys), app_id, self._array(keys)),
+        )
+        return {key: (h, int(status), body, vid) for key, h, status, body, vid in rows}
+
     def insert_claims(
         self,
         vouchers: Sequence[VoucherRow],
-        answers: Sequence[tuple[str, str, str, int, str]],
+        keys: Sequence[tuple[str, str, str]],
         now: datetime,
     ) -> None:
-        """Voucher rows and their idempotency answers (app, key, hash, status, json)."""
-        if not vouchers and not answers:
+        """Voucher rows, each with the claim that issued it: (app_id, key, request_hash)."""
+        assert len(vouchers) == len(keys)
+        if not vouchers:
             return
         render = _copy_time if self._postgres else _sqlite_time
         stamp = render(now)
@@ -403,11 +424,12 @@ class UnitOfWork:
                 found = times[value] = render(value)
             return found
 
-        voucher_columns = (
+        columns = (
             "id, campaign_id, round_id, channel_id, template_id, person_id, claim_seq, "
-            "face_fen, state, valid_from, valid_until, issued_at, updated_at, version"
+            "face_fen, state, valid_from, valid_until, issued_at, updated_at, version, "
+            "claim_app_id, claim_key, claim_hash"
         )
-        voucher_rows = [
+        rows = [
             (
                 v.id,
                 v.campaign_id,
@@ -420,30 +442,21 @@ class UnitOfWork:
                 v.state.value,
                 time_of(v.valid_from),
                 time_of(v.valid_until),
-                stamp,
+                time_of(v.issued_at),  # the instant the claim's answer gives
                 stamp,
                 v.version,
+                *key,
             )
-            for v in vouchers
+            for v, key in zip(vouchers, keys, strict=True)
         ]
-        answer_columns = "app_id, key, request_hash, status_code, response_json, created_at"
-        answer_rows = [(*answer, stamp) for answer in answers]
         if self._postgres:
-            self._copy_rows("vouchers", voucher_columns, voucher_rows)
-            self._copy_rows("idempotency_keys", answer_columns, answer_rows)
+            self._copy_rows("vouchers", columns, rows)
             return
-        if voucher_rows:
-            self._driver_sql(
-                f"INSERT INTO vouchers ({voucher_columns}) "  # noqa: S608  # our column names
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                voucher_rows,
-            )
-        if answer_rows:
-            self._driver_sql(
-                f"INSERT INTO idempotency_keys ({answer_columns}) "  # noqa: S608  # our column names
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                answer_rows,
-            )
+        self._driver_sql(
+            f"INSERT INTO vouchers ({columns}) "  # noqa: S608  # our column names
+            f"VALUES ({', '.join('?' * 17)})",
+            rows,
+        )
 
     def _copy_rows(self, table: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows into a PostgreSQL table with ``COPY``, in this transaction.

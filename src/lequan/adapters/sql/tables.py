@@ -186,6 +186,13 @@ vouchers = sa.Table(
     # Set while locked by a two-phase redemption; trade-in qualifications later.
     sa.Column("redemption_id", Id),
     sa.Column("qualification_id", Id),
+    # The claim that issued it: the channel's Idempotency-Key and the request's
+    # digest. A retry's answer is rebuilt from the row (one row per claim, not a
+    # stored answer beside it). Empty for vouchers issued before 0002, whose
+    # answers are in idempotency_keys.
+    sa.Column("claim_app_id", Id),
+    sa.Column("claim_key", sa.String(128)),
+    sa.Column("claim_hash", sa.String(64)),
     sa.UniqueConstraint(
         "campaign_id",
         "round_id",
@@ -202,6 +209,9 @@ vouchers = sa.Table(
     sa.Index("ix_vouchers_person", "person_id", "campaign_id"),
     sa.Index("ix_vouchers_state_valid_until", "state", "valid_until"),
     sa.Index("ix_vouchers_pool", "campaign_id", "round_id", "channel_id", "template_id"),
+    # The key first: every key of one channel shares its app id (planners that scan
+    # the app's whole range and filter the keys are what this avoids).
+    sa.Index("uq_vouchers_claim_key", "claim_key", "claim_app_id", unique=True),
 )
 
 redemptions = sa.Table(
