@@ -118,6 +118,13 @@ def until_decided(
     raise AssertionError(f"still undecided: {Counter(r.outcome for r in decided)}")
 
 
+def wait_until(check: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
+    """Poll ``check`` until it holds (another thread's step reached), or give up."""
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
     """Run every call in its own thread, all released at once; results in order."""
     barrier = threading.Barrier(len(calls))
@@ -923,9 +930,7 @@ def test_a_claim_waits_for_room_in_the_commit_queue_and_is_issued(
         first, second = register_many(world, [1, 2])
         with writers_held(stack.database_url, for_s=1.0), ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(claim_one, world, first, "k-first")
-            deadline = time.monotonic() + 10
-            while world.platform.claims.committer.waiting < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: world.platform.claims.committer.waiting >= 1)
             assert world.platform.claims.committer.waiting == 1  # the one place is taken
             late = claim_one(world, second, "k-second")
             assert waiting.result(30).outcome == "issued"
@@ -947,9 +952,7 @@ def test_a_claim_beyond_the_commit_queue_is_429_with_nothing_reserved(
         first, second = register_many(world, [1, 2])
         with writers_held(stack.database_url, for_s=1.5), ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(claim_one, world, first, "k-first")
-            deadline = time.monotonic() + 10
-            while world.platform.claims.committer.waiting < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: world.platform.claims.committer.waiting >= 1)
             refused = claim_one(world, second, "k-second")
             assert refused.outcome == "overloaded", refused
             assert refused.answer.status_code == 429
@@ -1038,9 +1041,7 @@ def test_claims_waiting_for_room_hear_at_once_when_the_platform_stops(
         committer.make_room(1, wait_s=0)  # the queue is full
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(claim_one, world, user, "k-wait")
-            deadline = time.monotonic() + 10
-            while committer.waiting < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: committer.waiting >= 1)
             time.sleep(0.2)  # the claim is in its wait
             stopped_at = time.monotonic()
             committer.close()
