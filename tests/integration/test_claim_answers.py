@@ -54,6 +54,10 @@ def test_a_claim_writes_one_row_and_its_key_is_on_the_voucher(stack: Stack, tmp_
                 ).all()
             )
         assert keyed == {f"k-{u}": voucher_id(r) for u, r in zip(users, results, strict=True)}
+        # The whole batch sent again: every answer replayed as it was first given.
+        again = world.platform.claims.claim("wechat", [claim_request(u, f"k-{u}") for u in users])
+        assert [r.outcome for r in again] == ["replayed"] * 3
+        assert [r.answer.json() for r in again] == [r.answer.json() for r in results]
 
 
 def test_a_retry_after_the_voucher_was_spent_hears_its_first_answer_byte_for_byte(

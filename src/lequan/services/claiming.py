@@ -729,15 +729,16 @@ def answered(uow: UnitOfWork, app_id: str, keys: Sequence[str]) -> dict[str, tup
     A claim's answer is rebuilt from the voucher its key is on; any other
     answer (and a claim's from before migration 0002) was stored as such.
     """
+    rows = uow.answered_keys(app_id, keys)
+    # The vouchers of a batch sent again are read in one query, not one each.
+    vouchers = uow.get_vouchers([vid for _, _, _, vid in rows.values() if vid is not None])
     found: dict[str, tuple[str, int, str]] = {}
-    for key, (request_hash, status_code, body, voucher_id) in uow.answered_keys(
-        app_id, keys
-    ).items():
+    for key, (request_hash, status_code, body, voucher_id) in rows.items():
         if voucher_id is None:
             assert body is not None
             found[key] = (request_hash, status_code, body)
             continue
-        voucher = uow.get_voucher(voucher_id)
+        voucher = vouchers.get(voucher_id)
         assert voucher is not None, "a voucher found by its key is there"
         found[key] = (request_hash, status_code, issued_answer(voucher).json())
     return found

@@ -196,8 +196,8 @@ def _copy_time(value: datetime) -> str:
     """A ``timestamptz`` as ``COPY`` text: ISO 8601 with its offset, whatever DateStyle.
 
     Rendered once per distinct instant by the caller: psycopg dumping a
-    datetime per row was most of a claim batch's ``COPY`` (2.6 µs each,
-    five per claim; measured 17 ms of CPU per 1,000 claims against 4 ms).
+    datetime per value was most of a claim batch's ``COPY`` (2.6 µs each;
+    with five per claim, 17 ms of CPU per 1,000 claims against 4 ms, ad hoc).
     """
     assert value.tzinfo is not None
     return value.astimezone(UTC).isoformat()
@@ -895,14 +895,23 @@ class UnitOfWork:
         row = self._exec(query).first()
         return _voucher(row) if row else None
 
+    def get_vouchers(self, voucher_ids: Sequence[str]) -> dict[str, VoucherRow]:
+        """Many vouchers by id, one query."""
+        return self._vouchers_by_id(voucher_ids, lock=False)
+
     def lock_vouchers(self, voucher_ids: Sequence[str]) -> dict[str, VoucherRow]:
         """Many vouchers by id, their rows locked in id order until commit (PostgreSQL)."""
+        return self._vouchers_by_id(voucher_ids, lock=self._postgres)
+
+    def _vouchers_by_id(self, voucher_ids: Sequence[str], *, lock: bool) -> dict[str, VoucherRow]:
+        if not voucher_ids:
+            return {}  # the usual batch: no retries, no query
         query = (
             sa.select(t.vouchers)
             .where(t.vouchers.c.id.in_(sorted(set(voucher_ids))))
             .order_by(t.vouchers.c.id)
         )
-        if self._postgres:
+        if lock:
             query = query.with_for_update()
         return {row.id: _voucher(row) for row in self._exec(query)}
 
