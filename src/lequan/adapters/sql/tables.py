@@ -279,12 +279,15 @@ ledger_postings = sa.Table(
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,
-    sa.Column("app_id", Id, primary_key=True),
-    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("app_id", Id, nullable=False),
+    sa.Column("key", sa.String(128), nullable=False),
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("response_json", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False, index=True),
+    # Key first: a batch's lookup (app_id = ? AND key IN ...) searches by its keys,
+    # never the app's whole range (migration 0003).
+    sa.PrimaryKeyConstraint("key", "app_id"),
 )
 
 outbox = sa.Table(
