@@ -161,11 +161,32 @@ def prepare_stack(
     campaigns.change_status(rt, CAMPAIGN_ID, "approve", actor="bench-checker")
     campaigns.change_status(rt, CAMPAIGN_ID, "activate", actor="bench-checker")
     _register_in_bulk(rt, people, now, channels)
+    _analyze_people(rt)
     try:
         yield Stack(env=env, rt=rt, secrets=keys, people=people)
     finally:
         rt.gate.close()
         rt.store.dispose()
+
+
+def _analyze_people(rt: Runtime) -> None:
+    """Statistics for the people just loaded in bulk, as PostgreSQL's autovacuum keeps
+    them for people who registered over the days before a release.
+
+    Planned on statistics from before the load, a batch's claimants lookup
+    took a channel for a couple of dozen accounts, read every account of
+    the channel and filtered: 27.6 ms per 1,000 people with 100,000 accounts
+    per channel, 7.4 ms with these statistics (EXPLAIN ANALYZE, ad hoc); the
+    million-person crowd on PostgreSQL answered 22,000/s without them and
+    31,000–33,500/s with. The tables a sale fills (vouchers, the ledger) are
+    left to PostgreSQL, as in a real deployment. SQLite gathers no
+    statistics unasked, in a bench or in production.
+    """
+    if rt.store.engine.dialect.name != "postgresql":
+        return
+    with rt.store.unit_of_work() as uow:
+        uow.connection.exec_driver_sql("ANALYZE persons, person_accounts")
+        uow.commit()
 
 
 def _register_in_bulk(rt: Runtime, people: int, now: datetime, channels: tuple[str, ...]) -> None:
