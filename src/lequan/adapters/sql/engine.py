@@ -35,17 +35,34 @@ POOL_SIZE = 48
 POOL_OVERFLOW = 16
 
 
+# PostgreSQL plans lequan's sessions as for data in memory or on SSD, where a page
+# read at random costs about what one read in sequence does. With the default
+# (4, a spinning disk), a batch's lookup of a thousand keys in a young table
+# (the vouchers of a first sale, growing by thousands a second) was planned as
+# a scan of the whole table until autovacuum's next ANALYZE: 30 ms against
+# 1.7 ms by the unique index at 100,000 vouchers (EXPLAIN ANALYZE, ad hoc).
+POSTGRES_RANDOM_PAGE_COST = 1.1
+
+
 def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> sa.Engine:
     """An engine for ``url``; ``sqlite://`` (no path) is a private in-memory store."""
     if url.startswith("sqlite"):
         return _sqlite_engine(url, pool_size=pool_size)
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=POOL_OVERFLOW,
         pool_pre_ping=True,
         pool_timeout=30,
     )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET random_page_cost = {POSTGRES_RANDOM_PAGE_COST}")
+        dbapi_connection.commit()
+
+    return engine
 
 
 def _sqlite_engine(url: str, *, pool_size: int) -> sa.Engine:

@@ -1,0 +1,89 @@
+"""PostgreSQL plans a batch's key lookups by their indexes, even in a young table
+whose statistics are older than its rows: the vouchers of a first sale,
+thousands more a second, or the answers of its first redemptions, before
+autovacuum's next ANALYZE. A scan of the whole table per batch is what the
+first minute of a sale would pay (``POSTGRES_RANDOM_PAGE_COST``, migration
+0003)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from lequan.adapters.sql import migrate
+from lequan.adapters.sql.engine import create_engine
+from tests.factories import postgres_database
+
+pytestmark = [pytest.mark.postgres]
+
+YOUNG_ROWS = 30_000
+
+
+@pytest.fixture
+def young_store(postgres_url: str) -> Iterator[sa.Engine]:
+    """A migrated store whose vouchers and answers came after the planner last looked."""
+    url, drop = postgres_database(postgres_url)
+    engine = create_engine(url)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as connection:
+            # The rows alone matter here: no campaign, person or pool behind them.
+            connection.exec_driver_sql("SET session_replication_role = replica")
+            connection.exec_driver_sql(
+                "INSERT INTO vouchers (id, campaign_id, round_id, channel_id, template_id, "
+                "person_id, claim_seq, face_fen, state, valid_from, valid_until, issued_at, "
+                "updated_at, version, claim_app_id, claim_key, claim_hash) "
+                "SELECT 'v' || g, 'c1', 'r1', 'alipay', 't1', 'p' || g, 1, 9000, 'issued', "
+                "now(), now(), now(), now(), 1, 'alipay', 'k' || g, 'h' "
+                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
+            )
+
+            connection.exec_driver_sql(
+                "INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, "
+                "response_json, created_at) "
+                "SELECT 'alipay', 'k' || g, 'h', 201, repeat('x', 400), now() "  # an answer's size
+                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
+            )
+            connection.commit()
+        yield engine
+    finally:
+        engine.dispose()
+        drop()
+
+
+@pytest.mark.parametrize(
+    ("lookup", "index", "batch"),
+    [
+        pytest.param(  # UnitOfWork.answered_keys: a batch's keys, answered before?
+            "SELECT claim_key FROM vouchers "
+            "WHERE claim_app_id = %(app)s AND claim_key = ANY(%(values)s)",
+            "uq_vouchers_claim_key",
+            1000,  # claim_batch_items_max
+            id="claim keys",
+        ),
+        pytest.param(  # UnitOfWork.stored_answers: a redemption batch's keys (0003)
+            "SELECT key, response_json FROM idempotency_keys "
+            "WHERE app_id = %(app)s AND key = ANY(%(values)s)",
+            "pk_idempotency_keys",
+            500,  # redeem_batch_size_max
+            id="stored answers",
+        ),
+    ],
+)
+def test_a_batch_lookup_uses_its_index(
+    young_store: sa.Engine, lookup: str, index: str, batch: int
+) -> None:
+    values = [f"new-{i}" for i in range(batch)]  # a batch of first tries: none found
+    with young_store.connect() as connection:
+        plan = [
+            row[0]
+            for row in connection.exec_driver_sql(
+                f"EXPLAIN {lookup}", {"app": "alipay", "values": values}
+            )
+        ]
+    assert index in "\n".join(plan), plan[0][:200]
+    # The batch's values are what the index is searched by, not a filter on a range.
+    assert not any("Filter" in line for line in plan), plan[:3]
+    assert not any("Seq Scan" in line for line in plan), plan[:3]
