@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from lequan.adapters.sql import tables
@@ -213,3 +214,41 @@ def test_a_row_the_store_cannot_write_does_not_sink_a_large_batch(
         assert count_rows(world, tables.redemptions) == (11 if postgres else 12)
         check = check_campaign(world.rt, CAMPAIGN)
         assert check.ok, check.problems
+
+
+def test_a_batch_reads_its_answers_vouchers_and_people_and_holds_the_vouchers(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """``redemption_reads`` (one pipeline on PostgreSQL) finds what the single reads
+    find, nothing for unknowns, and keeps the vouchers locked until commit."""
+    with stack.world(tmp_path) as world:
+        users = register_many(world, range(3))
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 3}}))
+        vouchers = [voucher_id(claim_one(world, u, f"c-{u}")) for u in users]
+        redeemed = outcome_of(
+            world.platform.redemptions.submit(one_step(world, users[0], vouchers[0], "r-0"))
+        )
+        assert code(redeemed) == "redeemed"
+        store = world.rt.store
+
+        with store.unit_of_work() as uow:
+            reads = uow.redemption_reads(
+                [(ACQUIRER, "r-0"), (ACQUIRER, "r-new"), ("acq-other", "r-0")],
+                [*vouchers, "v-no-such-voucher"],
+                [("wechat", u) for u in users] + [("wechat", "nobody"), ("alipay", users[0])],
+            )
+            # Only the acquirer's own key: another app's key of the same name is not its.
+            assert set(reads.answers) == {(ACQUIRER, "r-0")}
+            assert reads.answers[(ACQUIRER, "r-0")][1] == 201
+            assert set(reads.vouchers) == set(vouchers)
+            assert reads.vouchers[vouchers[0]] == uow.get_voucher(vouchers[0])  # times in UTC
+            assert reads.vouchers[vouchers[0]].state.value == "redeemed"
+            assert set(reads.persons) == {("wechat", u) for u in users}
+            if stack.database_url.startswith("postgresql"):
+                # The vouchers are held: another writer cannot take one until commit.
+                with store.engine.connect() as other, pytest.raises(sa.exc.OperationalError):
+                    other.exec_driver_sql(
+                        "SELECT id FROM vouchers WHERE id = %(id)s FOR UPDATE NOWAIT",
+                        {"id": vouchers[1]},
+                    )
+            uow.commit()

@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lequan.adapters.sql.store import (
     MerchantRow,
+    RedemptionReads,
     RedemptionRow,
     UnitOfWork,
     VoucherRow,
@@ -204,26 +205,25 @@ class RedemptionWriter(BatchWriter[OneStep]):
         now = rt.clock.now()
         outcomes: list[tuple[Answer, bool] | BaseException | None] = [None] * len(batch)
         with rt.store.unit_of_work() as uow:
-            todo = self._replays(uow, batch, outcomes)
-            accepted = self._decide(uow, batch, todo, outcomes, now)
+            reads = uow.redemption_reads(
+                [(item.key.app_id, item.key.key) for item in batch],
+                [item.voucher_id for item in batch],
+                [(item.order.channel_id, item.order.channel_user_id) for item in batch],
+            )
+            todo = self._replays(batch, reads.answers, outcomes)
+            accepted = self._decide(uow, batch, todo, outcomes, reads=reads, now=now)
             self._write(uow, batch, accepted, now)
             uow.commit()
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
 
+    @staticmethod
     def _replays(
-        self,
-        uow: UnitOfWork,
         batch: list[OneStep],
+        stored: dict[tuple[str, str], tuple[str, int, str]],
         outcomes: list[tuple[Answer, bool] | BaseException | None],
     ) -> list[int]:
         """Answer the keys already used; the indexes of the new requests."""
-        keys_by_app: dict[str, list[str]] = defaultdict(list)
-        for item in batch:
-            keys_by_app[item.key.app_id].append(item.key.key)
-        stored: dict[tuple[str, str], tuple[str, int, str]] = {}
-        for app_id, keys in keys_by_app.items():
-            stored.update(((app_id, k), v) for k, v in uow.stored_answers(app_id, keys).items())
         todo = []
         for i, item in enumerate(batch):
             try:
@@ -243,13 +243,12 @@ class RedemptionWriter(BatchWriter[OneStep]):
         batch: list[OneStep],
         todo: list[int],
         outcomes: list[tuple[Answer, bool] | BaseException | None],
+        *,
+        reads: RedemptionReads,
         now: datetime,
     ) -> list[_Accepted]:
         """Each new request decided as ``redemption.redeem`` would, in order."""
-        vouchers = uow.lock_vouchers([batch[i].voucher_id for i in todo])
-        persons = uow.account_persons(
-            [(batch[i].order.channel_id, batch[i].order.channel_user_id) for i in todo]
-        )
+        vouchers, persons = reads.vouchers, reads.persons
         redemption_ids = iter(new_ids("r", len(todo)))
         accepted: list[_Accepted] = []
         for i in todo:

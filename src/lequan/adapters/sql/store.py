@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,18 @@ class VoucherRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RedemptionReads:
+    """What ``UnitOfWork.redemption_reads`` found for a batch."""
+
+    # (app_id, key) -> (request_hash, status_code, response_json)
+    answers: dict[tuple[str, str], tuple[str, int, str]]
+    # voucher id -> the voucher, locked until commit
+    vouchers: dict[str, VoucherRow]
+    # (channel_id, channel_user_id) -> person id
+    persons: dict[tuple[str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
 class RedemptionRow:
     id: str
     voucher_id: str
@@ -126,7 +139,34 @@ class RedemptionRow:
 
 
 def _voucher(row: sa.Row[Any]) -> VoucherRow:
-    m = row._mapping
+    return _voucher_of(row._mapping)
+
+
+def _utc(value: datetime) -> datetime:
+    """A driver's datetime as ``UtcDateTime`` gives it (aware, in UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The voucher columns ``_voucher_of`` reads, for the queries that skip SQLAlchemy.
+_VOUCHER_COLUMNS = (
+    "id",
+    "campaign_id",
+    "round_id",
+    "channel_id",
+    "template_id",
+    "person_id",
+    "claim_seq",
+    "face_fen",
+    "state",
+    "valid_from",
+    "valid_until",
+    "issued_at",
+    "version",
+    "redemption_id",
+)
+
+
+def _voucher_of(m: Mapping[Any, Any]) -> VoucherRow:
     return VoucherRow(
         id=m["id"],
         campaign_id=m["campaign_id"],
@@ -902,6 +942,95 @@ class UnitOfWork:
     def lock_vouchers(self, voucher_ids: Sequence[str]) -> dict[str, VoucherRow]:
         """Many vouchers by id, their rows locked in id order until commit (PostgreSQL)."""
         return self._vouchers_by_id(voucher_ids, lock=self._postgres)
+
+    def redemption_reads(
+        self,
+        keys: Sequence[tuple[str, str]],
+        voucher_ids: Sequence[str],
+        accounts: Sequence[tuple[str, str]],
+    ) -> RedemptionReads:
+        """What a batch of redemptions reads before deciding: the answers stored for
+        its (app_id, key)s, its vouchers locked in id order until commit, and the
+        people of its (channel_id, channel_user_id)s.
+
+        On PostgreSQL the queries go as one pipeline with the transaction's
+        ``BEGIN``: one round trip instead of four. Under load a round trip cost
+        about 1 ms against 0.15 ms idle (the writer, PostgreSQL and the HTTP
+        workers share the cores), and a redemption batch was a chain of them.
+        """
+        keys_by_app: dict[str, set[str]] = defaultdict(set)
+        for app_id, key in keys:
+            keys_by_app[app_id].add(key)
+        users_by_channel: dict[str, set[str]] = defaultdict(set)
+        for channel_id, user in accounts:
+            users_by_channel[channel_id].add(user)
+        ids = sorted(set(voucher_ids))
+        if not self._postgres:
+            answers = {
+                (app_id, key): stored
+                for app_id, app_keys in keys_by_app.items()
+                for key, stored in self.stored_answers(app_id, sorted(app_keys)).items()
+            }
+            return RedemptionReads(answers, self.lock_vouchers(ids), self.account_persons(accounts))
+        assert self._pipelined is None, "reads go before the pipelined writes"
+        answer_sql = (
+            "SELECT key, request_hash, status_code, response_json FROM idempotency_keys "
+            "WHERE app_id = %s AND key = ANY(%s)"
+        )
+        voucher_sql = (
+            f"SELECT {', '.join(_VOUCHER_COLUMNS)} FROM vouchers "  # noqa: S608  # our names
+            "WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+        )
+        account_sql = (
+            "SELECT channel_user_id, person_id FROM person_accounts "
+            "WHERE channel_id = %s AND channel_user_id = ANY(%s)"
+        )
+        driver = self.connection.connection.driver_connection
+        assert driver is not None, "a unit of work holds a live connection"
+        dbapi_error = self.connection.dialect.loaded_dbapi.Error
+        if not self.connection.in_transaction():
+            # SQLAlchemy's side of the transaction the driver begins here, so that
+            # commit() commits it: no statement of this batch goes through SQLAlchemy.
+            self.connection.begin()
+        queued: list[tuple[str, str, Any]] = []
+        try:
+            with driver.pipeline():
+                for app_id in sorted(keys_by_app):
+                    cursor = driver.cursor()
+                    cursor.execute(answer_sql, (app_id, sorted(keys_by_app[app_id])))
+                    queued.append(("answers", app_id, cursor))
+                if ids:
+                    cursor = driver.cursor()
+                    cursor.execute(voucher_sql, (ids,))
+                    queued.append(("vouchers", "", cursor))
+                for channel_id in sorted(users_by_channel):
+                    cursor = driver.cursor()
+                    cursor.execute(account_sql, (channel_id, sorted(users_by_channel[channel_id])))
+                    queued.append(("accounts", channel_id, cursor))
+            # Leaving the pipeline synced it: every cursor holds its rows.
+            reads = RedemptionReads({}, {}, {})
+            for kind, scope, cursor in queued:
+                rows = cursor.fetchall()
+                if kind == "answers":
+                    reads.answers.update(
+                        ((scope, key), (h, status, body)) for key, h, status, body in rows
+                    )
+                elif kind == "vouchers":
+                    for row in rows:
+                        m = dict(zip(_VOUCHER_COLUMNS, row, strict=True))
+                        for name in ("valid_from", "valid_until", "issued_at"):
+                            m[name] = _utc(m[name])
+                        reads.vouchers[m["id"]] = _voucher_of(m)
+                else:
+                    reads.persons.update(((scope, user), person) for user, person in rows)
+            return reads
+        except dbapi_error as error:
+            raise sa.exc.DBAPIError.instance(
+                "redemption reads", None, error, dbapi_error
+            ) from error
+        finally:
+            for _kind, _scope, cursor in queued:
+                cursor.close()
 
     def _vouchers_by_id(self, voucher_ids: Sequence[str], *, lock: bool) -> dict[str, VoucherRow]:
         if not voucher_ids:
