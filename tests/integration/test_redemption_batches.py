@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -241,7 +242,9 @@ def test_a_batch_reads_its_answers_vouchers_and_people_and_holds_the_vouchers(
             assert set(reads.answers) == {(ACQUIRER, "r-0")}
             assert reads.answers[(ACQUIRER, "r-0")][1] == 201
             assert set(reads.vouchers) == set(vouchers)
-            assert reads.vouchers[vouchers[0]] == uow.get_voucher(vouchers[0])  # times in UTC
+            read = reads.vouchers[vouchers[0]]
+            assert read == uow.get_voucher(vouchers[0])
+            assert read.valid_from.utcoffset() == read.issued_at.utcoffset() == timedelta(0)
             assert reads.vouchers[vouchers[0]].state.value == "redeemed"
             assert set(reads.persons) == {("wechat", u) for u in users}
             if stack.database_url.startswith("postgresql"):
