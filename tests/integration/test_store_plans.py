@@ -87,3 +87,51 @@ def test_a_batch_lookup_uses_its_index(
     # The batch's values are what the index is searched by, not a filter on a range.
     assert not any("Filter" in line for line in plan), plan[:3]
     assert not any("Seq Scan" in line for line in plan), plan[:3]
+
+
+def test_a_claim_batch_reads_its_people_from_the_covering_index(postgres_url: str) -> None:
+    """The claimants lookup never fetches a person's wide row (encrypted ID number,
+    name, phone): where they live and their blind index come from the index on
+    the id (migration 0004), once autovacuum has been by."""
+    url, drop = postgres_database(postgres_url)
+    engine = create_engine(url)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SET session_replication_role = replica")
+            connection.exec_driver_sql(
+                "INSERT INTO persons (id, id_number_bidx, id_number_enc, name_enc, phone_enc, "
+                "phone_bidx, key_id, residence_region, consent_version, consent_at, created_at) "
+                "SELECT 'p' || g, 'bidx' || g, decode(repeat('ab', 120), 'hex'), "
+                "decode(repeat('ab', 60), 'hex'), decode(repeat('ab', 60), 'hex'), "
+                "'ph' || g, 'k1', '310104', '2024-01', now(), now() "
+                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO person_accounts (channel_id, channel_user_id, person_id, created_at) "
+                "SELECT 'wechat', 'u' || g, 'p' || g, now() "
+                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
+            )
+            connection.commit()
+        with engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("VACUUM ANALYZE persons, person_accounts")
+            plan = [
+                row[0]
+                for row in connection.exec_driver_sql(
+                    # UnitOfWork.claimants
+                    "EXPLAIN SELECT a.channel_user_id, a.person_id, p.residence_region, "
+                    "b.id_number_bidx IS NOT NULL FROM person_accounts a "
+                    "JOIN persons p ON p.id = a.person_id "
+                    "LEFT JOIN blacklist b ON b.id_number_bidx = p.id_number_bidx "
+                    "WHERE a.channel_id = %(channel)s AND a.channel_user_id = ANY(%(users)s)",
+                    {"channel": "wechat", "users": [f"u{i * 7}" for i in range(1000)]},
+                )
+            ]
+        persons_line = next(line for line in plan if " on persons " in line)
+        assert "Index Only Scan using ix_persons_id_residence_region_id_number_bidx" in (
+            persons_line
+        ), plan
+    finally:
+        engine.dispose()
+        drop()

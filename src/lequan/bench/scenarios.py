@@ -170,8 +170,9 @@ def prepare_stack(
 
 
 def _analyze_people(rt: Runtime) -> None:
-    """Statistics for the people just loaded in bulk, as PostgreSQL's autovacuum keeps
-    them for people who registered over the days before a release.
+    """Statistics (and the visibility map) for the people just loaded in bulk, as
+    PostgreSQL's autovacuum keeps them for people who registered over the days
+    before a release.
 
     Planned on statistics from before the load, a batch's claimants lookup
     took a channel for a couple of dozen accounts, read every account of
@@ -184,9 +185,11 @@ def _analyze_people(rt: Runtime) -> None:
     """
     if rt.store.engine.dialect.name != "postgresql":
         return
-    with rt.store.unit_of_work() as uow:
-        uow.connection.exec_driver_sql("ANALYZE persons, person_accounts")
-        uow.commit()
+    # VACUUM too, as autovacuum does after a table's inserts: it marks the pages
+    # all-visible, which lets the claimants lookup read from its index alone (0004).
+    with rt.store.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql("VACUUM ANALYZE persons, person_accounts")
 
 
 def _register_in_bulk(rt: Runtime, people: int, now: datetime, channels: tuple[str, ...]) -> None:

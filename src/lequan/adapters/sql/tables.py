@@ -145,6 +145,9 @@ persons = sa.Table(
     sa.Column("consent_version", sa.String(32), nullable=False),
     sa.Column("consent_at", UtcDateTime, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # The claimants lookup reads these two by id from the index, never the wide row
+    # (migration 0004).
+    sa.Index(None, "id", "residence_region", "id_number_bidx"),
 )
 
 person_accounts = sa.Table(
