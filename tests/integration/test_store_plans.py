@@ -22,35 +22,44 @@ YOUNG_ROWS = 30_000
 
 
 @pytest.fixture
-def young_store(postgres_url: str) -> Iterator[sa.Engine]:
-    """A migrated store whose vouchers and answers came after the planner last looked."""
+def store(postgres_url: str) -> Iterator[sa.Engine]:
+    """A new, migrated PostgreSQL store; its rows are the test's to insert."""
     url, drop = postgres_database(postgres_url)
     engine = create_engine(url)
     try:
         migrate.upgrade(engine)
-        with engine.connect() as connection:
-            # The rows alone matter here: no campaign, person or pool behind them.
-            connection.exec_driver_sql("SET session_replication_role = replica")
-            connection.exec_driver_sql(
-                "INSERT INTO vouchers (id, campaign_id, round_id, channel_id, template_id, "
-                "person_id, claim_seq, face_fen, state, valid_from, valid_until, issued_at, "
-                "updated_at, version, claim_app_id, claim_key, claim_hash) "
-                "SELECT 'v' || g, 'c1', 'r1', 'alipay', 't1', 'p' || g, 1, 9000, 'issued', "
-                "now(), now(), now(), now(), 1, 'alipay', 'k' || g, 'h' "
-                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
-            )
-
-            connection.exec_driver_sql(
-                "INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, "
-                "response_json, created_at) "
-                "SELECT 'alipay', 'k' || g, 'h', 201, repeat('x', 400), now() "  # an answer's size
-                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
-            )
-            connection.commit()
         yield engine
     finally:
         engine.dispose()
         drop()
+
+
+def insert_rows(engine: sa.Engine, *statements: str) -> None:
+    """The rows alone matter here: no campaign, person or pool behind them."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SET session_replication_role = replica")
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+        connection.commit()
+
+
+@pytest.fixture
+def young_store(store: sa.Engine) -> sa.Engine:
+    """A store whose vouchers and answers came after the planner last looked."""
+    insert_rows(
+        store,
+        "INSERT INTO vouchers (id, campaign_id, round_id, channel_id, template_id, "
+        "person_id, claim_seq, face_fen, state, valid_from, valid_until, issued_at, "
+        "updated_at, version, claim_app_id, claim_key, claim_hash) "
+        "SELECT 'v' || g, 'c1', 'r1', 'alipay', 't1', 'p' || g, 1, 9000, 'issued', "
+        "now(), now(), now(), now(), 1, 'alipay', 'k' || g, 'h' "
+        f"FROM generate_series(1, {YOUNG_ROWS}) AS g",
+        "INSERT INTO idempotency_keys (app_id, key, request_hash, status_code, "
+        "response_json, created_at) "
+        "SELECT 'alipay', 'k' || g, 'h', 201, repeat('x', 400), now() "  # an answer's size
+        f"FROM generate_series(1, {YOUNG_ROWS}) AS g",
+    )
+    return store
 
 
 @pytest.mark.parametrize(
@@ -89,49 +98,38 @@ def test_a_batch_lookup_uses_its_index(
     assert not any("Seq Scan" in line for line in plan), plan[:3]
 
 
-def test_a_claim_batch_reads_its_people_from_the_covering_index(postgres_url: str) -> None:
+def test_a_claim_batch_reads_its_people_from_the_covering_index(store: sa.Engine) -> None:
     """The claimants lookup never fetches a person's wide row (encrypted ID number,
     name, phone): where they live and their blind index come from the index on
     the id (migration 0004), once autovacuum has been by."""
-    url, drop = postgres_database(postgres_url)
-    engine = create_engine(url)
-    try:
-        migrate.upgrade(engine)
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SET session_replication_role = replica")
-            connection.exec_driver_sql(
-                "INSERT INTO persons (id, id_number_bidx, id_number_enc, name_enc, phone_enc, "
-                "phone_bidx, key_id, residence_region, consent_version, consent_at, created_at) "
-                "SELECT 'p' || g, 'bidx' || g, decode(repeat('ab', 120), 'hex'), "
-                "decode(repeat('ab', 60), 'hex'), decode(repeat('ab', 60), 'hex'), "
-                "'ph' || g, 'k1', '310104', '2024-01', now(), now() "
-                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
+    insert_rows(
+        store,
+        "INSERT INTO persons (id, id_number_bidx, id_number_enc, name_enc, phone_enc, "
+        "phone_bidx, key_id, residence_region, consent_version, consent_at, created_at) "
+        "SELECT 'p' || g, 'bidx' || g, decode(repeat('ab', 120), 'hex'), "
+        "decode(repeat('ab', 60), 'hex'), decode(repeat('ab', 60), 'hex'), "
+        "'ph' || g, 'k1', '310104', '2024-01', now(), now() "
+        f"FROM generate_series(1, {YOUNG_ROWS}) AS g",
+        "INSERT INTO person_accounts (channel_id, channel_user_id, person_id, created_at) "
+        "SELECT 'wechat', 'u' || g, 'p' || g, now() "
+        f"FROM generate_series(1, {YOUNG_ROWS}) AS g",
+    )
+    with store.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql("VACUUM ANALYZE persons, person_accounts")
+        plan = [
+            row[0]
+            for row in connection.exec_driver_sql(
+                # UnitOfWork.claimants
+                "EXPLAIN SELECT a.channel_user_id, a.person_id, p.residence_region, "
+                "b.id_number_bidx IS NOT NULL FROM person_accounts a "
+                "JOIN persons p ON p.id = a.person_id "
+                "LEFT JOIN blacklist b ON b.id_number_bidx = p.id_number_bidx "
+                "WHERE a.channel_id = %(channel)s AND a.channel_user_id = ANY(%(users)s)",
+                {"channel": "wechat", "users": [f"u{i * 7}" for i in range(1000)]},
             )
-            connection.exec_driver_sql(
-                "INSERT INTO person_accounts (channel_id, channel_user_id, person_id, created_at) "
-                "SELECT 'wechat', 'u' || g, 'p' || g, now() "
-                f"FROM generate_series(1, {YOUNG_ROWS}) AS g"
-            )
-            connection.commit()
-        with engine.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql("VACUUM ANALYZE persons, person_accounts")
-            plan = [
-                row[0]
-                for row in connection.exec_driver_sql(
-                    # UnitOfWork.claimants
-                    "EXPLAIN SELECT a.channel_user_id, a.person_id, p.residence_region, "
-                    "b.id_number_bidx IS NOT NULL FROM person_accounts a "
-                    "JOIN persons p ON p.id = a.person_id "
-                    "LEFT JOIN blacklist b ON b.id_number_bidx = p.id_number_bidx "
-                    "WHERE a.channel_id = %(channel)s AND a.channel_user_id = ANY(%(users)s)",
-                    {"channel": "wechat", "users": [f"u{i * 7}" for i in range(1000)]},
-                )
-            ]
-        persons_line = next(line for line in plan if " on persons " in line)
-        assert "Index Only Scan using ix_persons_id_residence_region_id_number_bidx" in (
-            persons_line
-        ), plan
-    finally:
-        engine.dispose()
-        drop()
+        ]
+    persons_line = next(line for line in plan if " on persons " in line)
+    assert "Index Only Scan using ix_persons_id_residence_region_id_number_bidx" in (
+        persons_line
+    ), plan
