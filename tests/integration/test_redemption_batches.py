@@ -220,8 +220,9 @@ def test_a_row_the_store_cannot_write_does_not_sink_a_large_batch(
 def test_a_batch_reads_its_answers_vouchers_and_people_and_holds_the_vouchers(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """``redemption_reads`` (one pipeline on PostgreSQL) finds what the single reads
-    find, nothing for unknowns, and keeps the vouchers locked until commit."""
+    """``redemption_reads`` (one pipeline on PostgreSQL) finds the batch's stored
+    answers, vouchers (as ``get_voucher`` reads them) and people, nothing for
+    unknowns, and keeps the vouchers locked until commit."""
     with stack.world(tmp_path) as world:
         users = register_many(world, range(3))
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 3}}))

@@ -72,7 +72,7 @@ def young_store(store: sa.Engine) -> sa.Engine:
             1000,  # claim_batch_items_max
             id="claim keys",
         ),
-        pytest.param(  # UnitOfWork.stored_answers: a redemption batch's keys (0003)
+        pytest.param(  # UnitOfWork.redemption_reads: a redemption batch's keys (0003)
             "SELECT key, response_json FROM idempotency_keys "
             "WHERE app_id = %(app)s AND key = ANY(%(values)s)",
             "pk_idempotency_keys",
