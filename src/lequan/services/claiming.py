@@ -21,7 +21,7 @@ from datetime import datetime
 import structlog
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from lequan.adapters.sql.store import UnitOfWork, VoucherRow
+from lequan.adapters.sql.store import StockKey, UnitOfWork, VoucherRow
 from lequan.domain.campaigns import (
     CampaignStatus,
     Eligibility,
@@ -104,6 +104,10 @@ class _Job:
     future: Future[list[LequanError | Answer | None]] = field(default_factory=Future)
 
 
+# The store's answer to a claim its stock no longer holds, whatever the gate said.
+_SOLD_OUT_IN_STORE = Conflict(*_GATE_REFUSALS[ReserveOutcome.SOLD_OUT])
+
+
 def _refusal(error: LequanError, status_code: int) -> ClaimResult:
     """A refusal, rendered once: the claims of a batch refused alike share it."""
     assert status_code == http_status(error)
@@ -134,6 +138,7 @@ class GroupCommitter(BatchWriter[_Job]):
         wait_ms: float,
         queue_max: int,
         on_budget_exhausted: Callable[[str, int], None],
+        on_sold_out: Callable[[str, str], None],
     ) -> None:
         super().__init__(
             name="lequan-group-commit",
@@ -146,6 +151,7 @@ class GroupCommitter(BatchWriter[_Job]):
         self._pending = 0  # places taken in the queue: made room for, or submitted
         self._room = threading.Condition(self._lock)
         self._on_budget_exhausted = on_budget_exhausted
+        self._on_sold_out = on_sold_out
         self._start()
 
     @property
@@ -250,6 +256,23 @@ class GroupCommitter(BatchWriter[_Job]):
             offset += len(job.claims)
         # Settled after: only the gate's journal waits on it.
         self._tell_gate(self._rt.gate.settle, "settle", settle)
+        self._flag_sold_out(claims, outcomes)
+
+    def _flag_sold_out(
+        self, claims: list[_Pending], outcomes: list[LequanError | Answer | None]
+    ) -> None:
+        """Stocks the store refused claims of, though the gate had let them through:
+        flagged sold out (here and, through the board, everywhere), and logged, since
+        it means the gate believed in more stock than there was."""
+        refused: dict[tuple[str, str], int] = defaultdict(int)
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            if outcome is _SOLD_OUT_IN_STORE:
+                refused[(claim.request.pool, claim.request.template_id)] += 1
+        for (pool, template_id), count in sorted(refused.items()):
+            log.warning(
+                "stock_refused_past_the_gate", pool=pool, template_id=template_id, claims=count
+            )
+            self._on_sold_out(pool, template_id)
 
     @staticmethod
     def _tell_gate(
@@ -331,27 +354,7 @@ class GroupCommitter(BatchWriter[_Job]):
             by_campaign[claim.voucher.campaign_id].append(i)
         accepted: list[int] = []
         for campaign_id in sorted(by_campaign):  # lock campaign rows in primary-key order
-            indexes = by_campaign[campaign_id]
-            total = sum(claims[i].voucher.face_fen for i in indexes)
-            if uow.commit_budget(campaign_id, total):
-                taken = indexes
-            else:
-                budget, committed = uow.lock_campaign_budget(campaign_id)
-                room = budget - committed
-                taken = []
-                for i in indexes:
-                    face = claims[i].voucher.face_fen
-                    if face <= room:
-                        taken.append(i)
-                        room -= face
-                    else:
-                        outcomes[i] = Conflict(
-                            "budget_exhausted", "the campaign's budget is used up"
-                        )
-                self._on_budget_exhausted(campaign_id, room)
-                taken_total = sum(claims[i].voucher.face_fen for i in taken)
-                if taken_total:
-                    assert uow.commit_budget(campaign_id, taken_total)
+            taken = self._take(uow, campaign_id, claims, by_campaign[campaign_id], outcomes)
             if taken:
                 uow.post(
                     issue_entry(sum(claims[i].voucher.face_fen for i in taken)),
@@ -372,6 +375,68 @@ class GroupCommitter(BatchWriter[_Job]):
         for i in accepted:
             outcomes[i] = claims[i].answer
         return outcomes
+
+    def _take(
+        self,
+        uow: UnitOfWork,
+        campaign_id: str,
+        claims: list[_Pending],
+        indexes: list[int],
+        outcomes: list[LequanError | Answer | None],
+    ) -> list[int]:
+        """The claims of one campaign that its stocks and its budget hold, counted
+        out of both; each of the others gets its refusal in ``outcomes``.
+
+        The common case is one conditional update per stock and one for the
+        budget. When one of them does not fit (the budget is running out, or
+        the gate let through more than a stock holds: it forgot decrements
+        in a failover, or two processes kept gates of their own), the rows are
+        read locked and the claims taken in order while they fit. Stocks are
+        locked in key order before the campaign row, in every writer alike.
+        """
+        by_stock: dict[StockKey, list[int]] = defaultdict(list)
+        for i in indexes:
+            v = claims[i].voucher
+            by_stock[(campaign_id, v.round_id, v.channel_id, v.template_id)].append(i)
+        keys = sorted(by_stock)
+        applied = {
+            key: len(by_stock[key]) for key in keys if uow.take_stock(key, len(by_stock[key]))
+        }
+        total = sum(claims[i].voucher.face_fen for i in indexes)
+        if len(applied) == len(keys) and uow.commit_budget(campaign_id, total):
+            return indexes
+        # Some did not fit: what is left, net of what this transaction already took.
+        stock_room = {key: -applied.get(key, 0) for key in keys}
+        for key in keys:
+            initial, issued = uow.lock_stock(key)
+            stock_room[key] += initial - issued
+        budget, committed = uow.lock_campaign_budget(campaign_id)
+        budget_room = budget - committed
+        taken: list[int] = []
+        counted: dict[StockKey, int] = dict.fromkeys(keys, 0)
+        short_of_budget = False
+        for i in indexes:
+            v = claims[i].voucher
+            key = (campaign_id, v.round_id, v.channel_id, v.template_id)
+            if counted[key] >= stock_room[key]:
+                outcomes[i] = _SOLD_OUT_IN_STORE
+            elif v.face_fen > budget_room:
+                short_of_budget = True
+                outcomes[i] = Conflict("budget_exhausted", "the campaign's budget is used up")
+            else:
+                counted[key] += 1
+                budget_room -= v.face_fen
+                taken.append(i)
+        for key in keys:
+            change = counted[key] - applied.get(key, 0)
+            if change:
+                assert uow.take_stock(key, change), "the stock row is locked by this transaction"
+        taken_total = sum(claims[i].voucher.face_fen for i in taken)
+        if taken_total:
+            assert uow.commit_budget(campaign_id, taken_total)
+        if short_of_budget:
+            self._on_budget_exhausted(campaign_id, budget_room)
+        return taken
 
 
 class ClaimService:
@@ -396,6 +461,7 @@ class ClaimService:
             wait_ms=s.claim_batch_wait_ms,
             queue_max=s.claim_queue_max,
             on_budget_exhausted=cache.budget_room.__setitem__,
+            on_sold_out=self._mark_sold_out,
         )
 
     def close(self) -> None:
@@ -585,15 +651,20 @@ class ClaimService:
             self._on_gate_lost(offer.campaign_id)
             lost = Unavailable("gate_rebuilding", "the claim gate is being rebuilt; retry")
             return _refusal(lost, http_status(lost))
-        if outcome in (ReserveOutcome.SOLD_OUT, ReserveOutcome.UNKNOWN_STOCK):
-            flag = (reserved.pool, reserved.template_id)
-            if flag not in self._cache.sold_out:
-                self._cache.sold_out.add(flag)
-                if outcome is ReserveOutcome.SOLD_OUT:
-                    self._on_sold_out(*flag)
+        if outcome is ReserveOutcome.SOLD_OUT:
+            self._mark_sold_out(reserved.pool, reserved.template_id)
+        elif outcome is ReserveOutcome.UNKNOWN_STOCK:
+            self._cache.sold_out.add((reserved.pool, reserved.template_id))
         code, message = _GATE_REFUSALS[outcome]
         gate_refusal = Conflict(code, message)
         return _refusal(gate_refusal, http_status(gate_refusal))
+
+    def _mark_sold_out(self, pool: str, template_id: str) -> None:
+        """Refuse the template of the pool from memory from now on, and tell the others once."""
+        flag = (pool, template_id)
+        if flag not in self._cache.sold_out:
+            self._cache.sold_out.add(flag)
+            self._on_sold_out(pool, template_id)
 
     def _commit(
         self,

@@ -39,6 +39,7 @@ def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
         balances = uow.balances(campaign_id)
         initial = uow.stock_initial(campaign_id)
         issued_by_pool = uow.issued_counts(campaign_id)
+        counted_by_pool = uow.stock_issued(campaign_id)
     problems: list[str] = []
     issued = sum(n for n, _ in states.values())
     stock_initial = sum(n for *_, n in initial)
@@ -46,6 +47,13 @@ def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
     for pool, count in issued_by_pool.items():
         if count > initial_by_pool.get(pool, 0):
             problems.append(f"oversold {pool}: {count} issued of {initial_by_pool.get(pool, 0)}")
+    for pool, counted in counted_by_pool.items():
+        # The counter the claim path keeps (and a CHECK holds within the stock)
+        # says what the vouchers say.
+        if counted != issued_by_pool.get(pool, 0):
+            problems.append(
+                f"stock counter {pool}: {counted} counted, {issued_by_pool.get(pool, 0)} vouchers"
+            )
     if sum(balances.values()) != 0:
         problems.append(f"ledger does not balance: {sum(balances.values())}")
     funded = -balances.get(Account.FUNDING, 0)

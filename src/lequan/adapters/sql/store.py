@@ -39,9 +39,14 @@ __all__ = [
     "PersonRow",
     "RedemptionRow",
     "SqlStore",
+    "StockKey",
     "UnitOfWork",
     "VoucherRow",
 ]
+
+
+# (campaign_id, round_id, channel_id, template_id): one template's stock in one pool.
+StockKey = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,6 +743,53 @@ class UnitOfWork:
             query = query.with_for_update()
         row = self._exec(query).one()
         return row.budget_fen, row.committed_fen
+
+    def take_stock(self, key: StockKey, count: int) -> bool:
+        """Count ``count`` more vouchers out of a stock, atomically, if it holds them.
+
+        The row stays locked until commit (the claim's own transaction): a
+        stock is never given out twice, whatever the gate believed. A negative
+        ``count`` gives back what this transaction took and then refused.
+        """
+        assert count != 0
+        s = t.stocks.c
+        result = self._exec(
+            sa.update(t.stocks)
+            .where(
+                s.campaign_id == key[0],
+                s.round_id == key[1],
+                s.channel_id == key[2],
+                s.template_id == key[3],
+                s.issued + count <= s.initial,
+            )
+            .values(issued=s.issued + count)
+        )
+        return result.rowcount == 1
+
+    def lock_stock(self, key: StockKey) -> tuple[int, int]:
+        """(initial, issued) of a stock, the row locked until commit; (0, 0) if the
+        campaign stocks no such template there."""
+        s = t.stocks.c
+        query = sa.select(s.initial, s.issued).where(
+            s.campaign_id == key[0],
+            s.round_id == key[1],
+            s.channel_id == key[2],
+            s.template_id == key[3],
+        )
+        if self._postgres:
+            query = query.with_for_update()
+        row = self._exec(query).first()
+        return (0, 0) if row is None else (row.initial, row.issued)
+
+    def stock_issued(self, campaign_id: str) -> dict[tuple[str, str, str], int]:
+        """What each stock of the campaign counted out: (round, channel, template) -> n."""
+        s = t.stocks.c
+        rows = self._exec(
+            sa.select(s.round_id, s.channel_id, s.template_id, s.issued).where(
+                s.campaign_id == campaign_id
+            )
+        )
+        return {(r.round_id, r.channel_id, r.template_id): r.issued for r in rows}
 
     def stock_initial(self, campaign_id: str) -> list[tuple[str, str, str, int]]:
         """(round_id, channel_id, template_id, initial) of every pool of the campaign."""

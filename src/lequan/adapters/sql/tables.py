@@ -108,7 +108,11 @@ stocks = sa.Table(
     sa.Column("channel_id", sa.String(32), primary_key=True),
     sa.Column("template_id", sa.String(40), primary_key=True),
     sa.Column("initial", sa.Integer, nullable=False),
+    # Vouchers this stock gave out, counted up by the claim's own transaction:
+    # the store refuses the one past ``initial`` whatever the gate believed (0005).
+    sa.Column("issued", sa.Integer, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(["campaign_id", "round_id"], ["rounds.campaign_id", "rounds.round_id"]),
+    sa.CheckConstraint("issued >= 0 AND issued <= initial", name="within_stock"),
 )
 
 merchants = sa.Table(
