@@ -129,6 +129,7 @@ class Platform:
         self.sold_out.close()
         self.claims.close()
         self.redemptions.close()
+        self.apps.close()
 
     def close(self) -> None:
         self.stop_workers()

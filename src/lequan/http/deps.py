@@ -114,7 +114,7 @@ async def authenticate(
 ) -> str:
     """The app id of a signed call: signature, clock, nonce, kind and allowance, in that order."""
     signed = parse_headers(headers)
-    found = platform.apps.get(signed.app_id)
+    found = await platform.apps.lookup(signed.app_id)
     if found is None:
         raise AuthError("unknown_app", "X-Lequan-App names no active app")
     app_kind, secret = found

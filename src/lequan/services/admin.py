@@ -7,16 +7,19 @@ check needs them back).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
 import re
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from lequan.adapters.sql.store import IntegrityError
-from lequan.domain.errors import AuthError, Conflict, InvalidInput
+from lequan.domain.errors import AuthError, Conflict, InvalidInput, Unavailable
 from lequan.domain.identity import normalize_id_number
 from lequan.services.persons import validate_region
 from lequan.services.runtime import Runtime
@@ -33,6 +36,10 @@ __all__ = [
 ]
 
 APP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
+# How long an app id the store did not know is answered "unknown" from memory.
+UNKNOWN_APP_TTL_S = 2.0
+# Signed requests whose app is being read from the store at once; more wait nowhere.
+APP_LOOKUPS_WAITING_MAX = 256
 OPERATOR_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
 ROLES = ("maker", "checker", "viewer")
 MERCHANT_ROWS_MAX = 100_000
@@ -117,22 +124,63 @@ def add_app(rt: Runtime, *, app_id: str, kind: str, name: str, actor: str) -> Ap
 
 
 class AppSecrets:
-    """App id -> (kind, secret), decrypted once and kept in memory (bounded)."""
+    """App id -> (kind, secret), decrypted once and kept in memory (bounded).
 
-    def __init__(self, rt: Runtime, entries_max: int = 10_000) -> None:
+    Every signed request asks, before anything proves who sent it, so a
+    caller can name any app id it likes. An id that cannot be an app's is
+    refused from memory; one the store does not know is remembered as
+    unknown for ``unknown_ttl_s`` (an app added meanwhile is known after
+    that), so made-up ids cost one store read per id per ttl. The event loop
+    asks ``cached`` and sends a miss to ``lookup``: the store is read on a
+    thread of this cache's own, never on the loop, and never more than
+    ``lookups_waiting_max`` at once (beyond, ``overloaded``).
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        entries_max: int = 10_000,
+        unknown_ttl_s: float = UNKNOWN_APP_TTL_S,
+        lookups_waiting_max: int = APP_LOOKUPS_WAITING_MAX,
+    ) -> None:
         self._rt = rt
         self._lock = threading.Lock()
         self._secrets: dict[str, tuple[str, str]] = {}
+        self._unknown: dict[str, datetime] = {}  # app id -> when to ask the store again
         self._entries_max = entries_max
+        self._unknown_ttl = timedelta(seconds=unknown_ttl_s)
+        self._lookups_waiting_max = lookups_waiting_max
+        self._lookups_waiting = 0
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lequan-apps")
 
-    def get(self, app_id: str) -> tuple[str, str] | None:
+    def cached(self, app_id: str) -> tuple[bool, tuple[str, str] | None]:
+        """(whether memory answers, its answer): never reads the store."""
+        if APP_ID.fullmatch(app_id) is None:
+            return True, None
         with self._lock:
             found = self._secrets.get(app_id)
-        if found is not None:
+            if found is not None:
+                return True, found
+            until = self._unknown.get(app_id)
+        if until is not None and self._rt.clock.now() < until:
+            return True, None
+        return False, None
+
+    def get(self, app_id: str) -> tuple[str, str] | None:
+        """The app's (kind, secret), from memory or else the store; None if there is
+        no such active app."""
+        known, found = self.cached(app_id)
+        if known:
             return found
         with self._rt.store.unit_of_work(readonly=True) as uow:
             row = uow.get_app(app_id)
         if row is None or not row.active:
+            until = self._rt.clock.now() + self._unknown_ttl
+            with self._lock:
+                if len(self._unknown) >= self._entries_max:
+                    self._unknown.clear()
+                self._unknown[app_id] = until
             return None
         secret = self._rt.keyring.decrypt("app_secret", row.secret_key_id, row.secret_enc)
         with self._lock:
@@ -140,6 +188,26 @@ class AppSecrets:
                 self._secrets.clear()
             self._secrets[app_id] = (row.kind, secret)
         return row.kind, secret
+
+    async def lookup(self, app_id: str) -> tuple[str, str] | None:
+        """``get`` for the event loop: a miss is read on this cache's own threads."""
+        known, found = self.cached(app_id)
+        if known:
+            return found
+        with self._lock:
+            if self._lookups_waiting >= self._lookups_waiting_max:
+                raise Unavailable(
+                    "overloaded", "too many callers are being looked up", retry_after_s=1
+                )
+            self._lookups_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, self.get, app_id)
+        finally:
+            with self._lock:
+                self._lookups_waiting -= 1
+
+    def close(self) -> None:
+        self._readers.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)
