@@ -16,6 +16,7 @@ from typing import Protocol
 __all__ = [
     "ClaimGate",
     "Clock",
+    "GateUnavailable",
     "KeyRing",
     "NonceStore",
     "ReserveOutcome",
@@ -103,6 +104,15 @@ class ReserveResult:
     remaining: int
 
 
+class GateUnavailable(Exception):
+    """The gate could not be asked: its server is down, restarting or failing over.
+
+    What a failed call did is unknown. A reservation it may have made stays
+    pending until the gatekeeper reaps it (``stale``), so no stock is lost
+    for longer than the fence.
+    """
+
+
 class ClaimGate(Protocol):
     """Answers "may this person take one of this stock?" atomically and fast.
 
@@ -117,7 +127,8 @@ class ClaimGate(Protocol):
     journal, so it is only safe when no reservation can still commit: on a
     ``shared`` gate the service first closes the campaign (``forget``) and
     waits out the reservation fence (see ``services.campaigns.ensure_gate``).
-    De-duplication per person is atomic with the decrement.
+    De-duplication per person is atomic with the decrement. A gate with a
+    server behind it raises ``GateUnavailable`` when it cannot reach it.
     """
 
     @property

@@ -66,20 +66,58 @@ found by ``stale`` and settled or released by the claim service.
 
 from __future__ import annotations
 
+import functools
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Self
+from typing import Any, ParamSpec, Self, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from lequan.adapters.memory_gate import checked_reset
-from lequan.ports import ReserveOutcome, ReserveRequest, ReserveResult
+from lequan.ports import GateUnavailable, ReserveOutcome, ReserveRequest, ReserveResult
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# What a server that is down, restarting, loading, full or failing over answers
+# (a replica promoted meanwhile answers READONLY or TRYAGAIN for a moment).
+# Anything else (a script's error, a cross-slot call) is a bug and stays one.
+_UNREACHABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterError,
+    ReadOnlyError,
+    TryAgainError,
+    OutOfMemoryError,
+    SlotNotCoveredError,
+)
+
+
+def _reaching(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """The method, with Redis being out of reach raised as the port's GateUnavailable."""
+
+    @functools.wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except _UNREACHABLE as error:
+            raise GateUnavailable(type(error).__name__) from error
+
+    return call
+
 
 __all__ = ["RedisGate"]
 
@@ -418,6 +456,7 @@ class RedisGate:
             return 0
         return zlib.crc32(person_id.encode()) % self._buckets
 
+    @_reaching
     def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveResult]:
         """Answer each request in order, in a few round trips (see the module's notes)."""
         self._check_batch_size(len(requests))
@@ -592,6 +631,7 @@ class RedisGate:
                 dry.update(need[(pool, home, template)])
         return deposits, dry
 
+    @_reaching
     def settle(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
         """Drop the journal entries of committed reservations, one HDEL per bucket."""
         self._check_batch_size(len(reservations))
@@ -603,6 +643,7 @@ class RedisGate:
             )
         self._each_key(list(fields), lambda pipe, key: pipe.hdel(key, *fields[key]))
 
+    @_reaching
     def release(self, reservations: Sequence[tuple[ReserveRequest, int]]) -> None:
         """Hand back pending reservations whose commit failed.
 
@@ -651,6 +692,7 @@ class RedisGate:
             ]
         )
 
+    @_reaching
     def stale(self, pool: str, *, older_than_s: float, limit: int) -> list[tuple[str, str, int]]:
         calls = [
             _Call(
@@ -668,6 +710,7 @@ class RedisGate:
                 found.append((template_id, person_id, int(seq)))
         return found[:limit]
 
+    @_reaching
     def remaining(self, pool: str, template_id: str) -> int | None:
         values = self._each_key(
             [self._bucket_keys(pool, b)[0] for b in range(self._buckets)],
@@ -676,12 +719,14 @@ class RedisGate:
         present = [int(value) for value in values if value is not None]
         return sum(present) if present else None
 
+    @_reaching
     def loaded(self, campaign_id: str, pools: Sequence[str]) -> bool:
         keys = [self._campaign_loaded_key(campaign_id)] + [
             self._bucket_keys(pool, b)[0] for pool in pools for b in range(self._buckets)
         ]
         return all(self._each_key(keys, lambda node, key: node.exists(key)))
 
+    @_reaching
     def begin_rebuild(self, campaign_id: str, *, ttl_s: float) -> str | None:
         token = uuid.uuid4().hex
         taken = self._client.set(
@@ -689,10 +734,12 @@ class RedisGate:
         )
         return token if taken else None
 
+    @_reaching
     def end_rebuild(self, campaign_id: str, token: str) -> None:
         """Let go of the rebuild right, only if this token still holds it."""
         self._run([_Call(self._delete_if, (self._campaign_rebuild_key(campaign_id),), (token,))])
 
+    @_reaching
     def forget(self, campaign_id: str, pools: Sequence[str]) -> None:
         """Drop the campaign's marker first, then every bucket of its pools."""
         self._client.delete(self._campaign_loaded_key(campaign_id))
@@ -704,6 +751,7 @@ class RedisGate:
         ]
         self._each_key(keys, lambda pipe, key: pipe.delete(key))
 
+    @_reaching
     def reset_pool(
         self, pool: str, *, stock: Mapping[str, int], claimed: Mapping[str, int]
     ) -> None:
@@ -738,6 +786,7 @@ class RedisGate:
             )
         self._swap(swaps)
 
+    @_reaching
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
         """Replace a campaign's per-person counts with the store's, then mark it loaded."""
         new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-__all__ = ["ClusterUnavailable", "local_cluster"]
+__all__ = ["ClusterUnavailable", "LocalRedis", "local_cluster"]
 
 PRIMARIES = 3
 START_TIMEOUT_S = 30.0
@@ -75,6 +75,54 @@ def local_cluster(root: Path) -> Iterator[tuple[str, int]]:
         yield ("127.0.0.1", ports[0])
     finally:
         _stop(cli, ports)
+
+
+class LocalRedis:
+    """One Redis server of its own on a loopback port, that can be stopped and started
+    again (empty, nothing saved): a Redis restart as production would see it."""
+
+    def __init__(self, root: Path) -> None:
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise ClusterUnavailable("redis-server and redis-cli are needed")
+        self._server, self._cli = server, cli
+        self._root = root
+        self._root.mkdir(parents=True, exist_ok=True)
+        [self.port] = _free_ports(1)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "no",
+            "daemonize": "yes",
+            "dir": str(self._root),
+            "logfile": str(self._root / "log"),
+        }
+        args = [self._server, *(part for k, v in options.items() for part in (f"--{k}", v))]
+        try:
+            subprocess.run(args, check=True)  # noqa: S603  # our own arguments
+            _wait_for_ping(self.port)
+        except (subprocess.SubprocessError, redis.RedisError, OSError) as error:
+            raise ClusterUnavailable(str(error)) from error
+
+    def stop(self) -> None:
+        """Shut the server down (nothing saved) and wait until it no longer answers."""
+        _stop(self._cli, [self.port])
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1) as c:
+                    c.ping()
+            except redis.RedisError:
+                return
+            time.sleep(0.05)
+        raise ClusterUnavailable(f"the server on port {self.port} did not stop")
 
 
 def _free_ports(count: int) -> list[int]:

@@ -23,6 +23,7 @@ from lequan.adapters.sql.store import CampaignRow, IntegrityError, UnitOfWork
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus, lifecycle_transition
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import fund_entry
+from lequan.ports import GateUnavailable
 from lequan.services.runtime import Runtime
 
 __all__ = [
@@ -171,7 +172,7 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
         "approve",
         "activate",
     ):
-        ensure_gate(rt, campaign_id)
+        _load_gate_soon(rt, campaign_id)
     rt.campaign_changed(campaign_id)
     return get_campaign(rt, campaign_id)
 
@@ -206,7 +207,7 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
             now=now,
         )
         uow.commit()
-    ensure_gate(rt, campaign_id)
+    _load_gate_soon(rt, campaign_id)
     rt.campaign_changed(campaign_id)
     return get_campaign(rt, campaign_id)
 
@@ -227,6 +228,16 @@ def list_campaigns(rt: Runtime) -> list[CampaignRow]:
 # The rebuild lock outlives the fence by this much, so a slow store read
 # finishes before another process may start over.
 REBUILD_LOCK_MARGIN_S = 60.0
+
+
+def _load_gate_soon(rt: Runtime, campaign_id: str) -> None:
+    """Load the campaign into the gate now, or, if the gate cannot be reached, later:
+    the operator's change is committed either way, and the first claim that finds
+    the campaign missing from the gate asks for it (``gate_rebuilding`` meanwhile)."""
+    try:
+        ensure_gate(rt, campaign_id)
+    except GateUnavailable as error:
+        log.warning("gate_load_deferred", campaign_id=campaign_id, error_type=str(error))
 
 
 def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:

@@ -32,7 +32,7 @@ from lequan.domain.campaigns import (
 from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
 from lequan.domain.ledger import issue_entry
 from lequan.domain.vouchers import VoucherState
-from lequan.ports import ReserveOutcome, ReserveRequest
+from lequan.ports import GateUnavailable, ReserveOutcome, ReserveRequest
 from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache, pool_key
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
@@ -112,6 +112,21 @@ def _refusal(error: LequanError, status_code: int) -> ClaimResult:
     """A refusal, rendered once: the claims of a batch refused alike share it."""
     assert status_code == http_status(error)
     return ClaimResult(error.code, Answer.of(status_code, error_body(error)))
+
+
+def _tell_gate(
+    step: Callable[[list[tuple[ReserveRequest, int]]], None],
+    what: str,
+    reservations: list[tuple[ReserveRequest, int]],
+) -> None:
+    """Settle or release reservations; a gate that cannot hear it is logged, not
+    raised: what stays pending is reaped (GateKeeper)."""
+    if not reservations:
+        return
+    try:
+        step(reservations)
+    except Exception as error:
+        log.error(f"gate_{what}_failed", error_type=type(error).__name__, claims=len(reservations))
 
 
 class GroupCommitter(BatchWriter[_Job]):
@@ -247,7 +262,7 @@ class GroupCommitter(BatchWriter[_Job]):
         ]
         # Released before anyone hears: a retry must find the stock and the
         # person's count as if the failed claim had never been.
-        self._tell_gate(self._rt.gate.release, "release", release)
+        _tell_gate(self._rt.gate.release, "release", release)
         self._rt.inflight.release_many((c.key.app_id, c.key.key) for c in claims)
         self.give_back(len(claims))
         offset = 0
@@ -255,7 +270,7 @@ class GroupCommitter(BatchWriter[_Job]):
             job.future.set_result(outcomes[offset : offset + len(job.claims)])
             offset += len(job.claims)
         # Settled after: only the gate's journal waits on it.
-        self._tell_gate(self._rt.gate.settle, "settle", settle)
+        _tell_gate(self._rt.gate.settle, "settle", settle)
         self._flag_sold_out(claims, outcomes)
 
     def _flag_sold_out(
@@ -273,21 +288,6 @@ class GroupCommitter(BatchWriter[_Job]):
                 "stock_refused_past_the_gate", pool=pool, template_id=template_id, claims=count
             )
             self._on_sold_out(pool, template_id)
-
-    @staticmethod
-    def _tell_gate(
-        step: Callable[[list[tuple[ReserveRequest, int]]], None],
-        what: str,
-        reservations: list[tuple[ReserveRequest, int]],
-    ) -> None:
-        if not reservations:
-            return
-        try:
-            step(reservations)
-        except Exception as error:  # stale reservations are reaped (GateKeeper)
-            log.error(
-                f"gate_{what}_failed", error_type=type(error).__name__, claims=len(reservations)
-            )
 
     def _before_commit(self, claims: list[_Pending]) -> None:
         """Roll back rather than commit a reservation older than its ttl (the fence)."""
@@ -596,6 +596,16 @@ class ClaimService:
         # The places made are the gate's reservations' until they reach the committer.
         try:
             pending = self._reserve(requests, results, reserve)
+        except GateUnavailable as error:
+            self.committer.give_back(len(reserve))
+            log.warning("gate_unavailable", error_type=str(error), claims=len(reserve))
+            down = Unavailable(
+                "gate_unavailable", "the claim gate cannot be reached; retry shortly"
+            )
+            refused = _refusal(down, http_status(down))
+            for i, _, _, _ in reserve:
+                results[i] = refused
+            return
         except BaseException:
             self.committer.give_back(len(reserve))
             raise
@@ -679,7 +689,7 @@ class ClaimService:
             future = self.committer.submit(claims, room=room)
         except Unavailable as closing:
             # It never reached the writer: the stock goes straight back.
-            rt.gate.release([(c.request, c.claim_seq) for c in claims])
+            _tell_gate(rt.gate.release, "release", [(c.request, c.claim_seq) for c in claims])
             refused = _refusal(closing, http_status(closing))
             for i, _ in pending:
                 results[i] = refused
