@@ -265,13 +265,14 @@ class GroupCommitter(BatchWriter[_Job]):
         _tell_gate(self._rt.gate.release, "release", release)
         self._rt.inflight.release_many((c.key.app_id, c.key.key) for c in claims)
         self.give_back(len(claims))
+        # Flagged before anyone hears: their next claim is refused from memory.
+        self._flag_sold_out(claims, outcomes)
         offset = 0
         for job in jobs:
             job.future.set_result(outcomes[offset : offset + len(job.claims)])
             offset += len(job.claims)
         # Settled after: only the gate's journal waits on it.
         _tell_gate(self._rt.gate.settle, "settle", settle)
-        self._flag_sold_out(claims, outcomes)
 
     def _flag_sold_out(
         self, claims: list[_Pending], outcomes: list[LequanError | Answer | None]
