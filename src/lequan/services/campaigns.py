@@ -331,7 +331,7 @@ def _load(
     whole: bool,
 ) -> None:
     with rt.store.unit_of_work(readonly=True) as uow:
-        issued = uow.issued_counts(campaign_id)
+        issued = uow.stock_issued(campaign_id)
         per_pool: dict[str, dict[str, int]] = defaultdict(dict)
         per_campaign: dict[str, int] = defaultdict(int)
         for round_id, channel_id, person_id, count in uow.claim_counts(campaign_id):

@@ -215,7 +215,6 @@ vouchers = sa.Table(
     ),
     sa.Index("ix_vouchers_person", "person_id", "campaign_id"),
     sa.Index("ix_vouchers_state_valid_until", "state", "valid_until"),
-    sa.Index("ix_vouchers_pool", "campaign_id", "round_id", "channel_id", "template_id"),
     # The key first: every key of one channel shares its app id (planners that scan
     # the app's whole range and filter the keys are what this avoids).
     sa.Index("uq_vouchers_claim_key", "claim_key", "claim_app_id", unique=True),
