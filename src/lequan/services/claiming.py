@@ -98,6 +98,11 @@ class _TooLate(Exception):
     """A transaction outlived a reservation's ttl before COMMIT: it is rolled back."""
 
 
+class _DoesNotFit(Exception):
+    """A stock or a budget could not hold every claim of the batch: rolled back, to be
+    written again with those rows locked first and only the claims that fit."""
+
+
 @dataclass(slots=True)
 class _Job:
     claims: list[_Pending]
@@ -307,11 +312,7 @@ class GroupCommitter(BatchWriter[_Job]):
         """Commit all claims in one transaction; on a conflict, one by one to isolate it."""
         now = self._rt.clock.now()
         try:
-            with self._rt.store.unit_of_work() as uow:
-                outcomes = self._write(uow, claims, now)
-                self._before_commit(claims)
-                uow.commit()
-            return outcomes
+            return self._transaction(claims, now)
         except _TooLate:
             return [self._too_late()] * len(claims)
         except IntegrityError:
@@ -325,11 +326,7 @@ class GroupCommitter(BatchWriter[_Job]):
 
     def _commit_one(self, claim: _Pending, now: datetime) -> LequanError | Answer | None:
         try:
-            with self._rt.store.unit_of_work() as uow:
-                outcome = self._write(uow, [claim], now)[0]
-                self._before_commit([claim])
-                uow.commit()
-                return outcome
+            return self._transaction([claim], now)[0]
         except _TooLate:
             return self._too_late()
         except IntegrityError:
@@ -346,13 +343,67 @@ class GroupCommitter(BatchWriter[_Job]):
         except SQLAlchemyError:
             return Unavailable("store_unavailable", "the store did not accept the claim; retry")
 
-    def _write(
+    def _transaction(
+        self, claims: list[_Pending], now: datetime
+    ) -> list[LequanError | Answer | None]:
+        """The claims in one transaction: all of them, counted out of their stocks and
+        budgets last (the common case), or, when one of those cannot hold them all,
+        again with its rows locked first and only the claims that fit."""
+        try:
+            with self._rt.store.unit_of_work() as uow:
+                outcomes = self._write_all(uow, claims, now)
+                self._before_commit(claims)
+                uow.commit()
+            return outcomes
+        except _DoesNotFit:
+            pass
+        with self._rt.store.unit_of_work() as uow:
+            outcomes = self._write_fitting(uow, claims, now)
+            self._before_commit(claims)
+            uow.commit()
+        return outcomes
+
+    def _write_all(
         self, uow: UnitOfWork, claims: list[_Pending], now: datetime
     ) -> list[LequanError | Answer | None]:
+        """Every claim written, then counted out; ``_DoesNotFit`` if one count fails.
+
+        The stock and campaign rows are where every process's batches meet
+        (each holds them from its update to its commit), so they are updated
+        last: locked for two statements and the commit, not for the inserts.
+        """
+        by_campaign = _by_campaign(claims)
+        for campaign_id in sorted(by_campaign):
+            indexes = by_campaign[campaign_id]
+            uow.post(
+                issue_entry(sum(claims[i].voucher.face_fen for i in indexes)),
+                campaign_id=campaign_id,
+                now=now,
+                voucher_count=len(indexes),
+            )
+        uow.insert_claims(
+            [c.voucher for c in claims],
+            [(c.key.app_id, c.key.key, c.key.request_hash) for c in claims],
+            now,
+        )
+        for campaign_id in sorted(by_campaign):  # stocks, then the campaign, in key order
+            indexes = by_campaign[campaign_id]
+            by_stock = _by_stock(campaign_id, claims, indexes)
+            for key in sorted(by_stock):
+                if not uow.take_stock(key, len(by_stock[key])):
+                    raise _DoesNotFit
+            total = sum(claims[i].voucher.face_fen for i in indexes)
+            if not uow.commit_budget(campaign_id, total):
+                raise _DoesNotFit
+        return [c.answer for c in claims]
+
+    def _write_fitting(
+        self, uow: UnitOfWork, claims: list[_Pending], now: datetime
+    ) -> list[LequanError | Answer | None]:
+        """The claims that their stocks and budgets hold, those rows locked first; the
+        others refused in order."""
         outcomes: list[LequanError | Answer | None] = [None] * len(claims)
-        by_campaign: dict[str, list[int]] = defaultdict(list)
-        for i, claim in enumerate(claims):
-            by_campaign[claim.voucher.campaign_id].append(i)
+        by_campaign = _by_campaign(claims)
         accepted: list[int] = []
         for campaign_id in sorted(by_campaign):  # lock campaign rows in primary-key order
             taken = self._take(uow, campaign_id, claims, by_campaign[campaign_id], outcomes)
@@ -388,29 +439,19 @@ class GroupCommitter(BatchWriter[_Job]):
         """The claims of one campaign that its stocks and its budget hold, counted
         out of both; each of the others gets its refusal in ``outcomes``.
 
-        The common case is one conditional update per stock and one for the
-        budget. When one of them does not fit (the budget is running out, or
-        the gate let through more than a stock holds: it forgot decrements
-        in a failover, or two processes kept gates of their own), the rows are
-        read locked and the claims taken in order while they fit. Stocks are
-        locked in key order before the campaign row, in every writer alike.
+        Reached when a stock or the budget did not hold a whole batch: the
+        budget is running out, or the gate let through more than a stock
+        holds (it forgot decrements in a failover, or two processes kept
+        gates of their own). The rows are read locked, stocks in key order
+        before the campaign row as in every writer, and the claims taken in
+        order while they fit.
         """
-        by_stock: dict[StockKey, list[int]] = defaultdict(list)
-        for i in indexes:
-            v = claims[i].voucher
-            by_stock[(campaign_id, v.round_id, v.channel_id, v.template_id)].append(i)
+        by_stock = _by_stock(campaign_id, claims, indexes)
         keys = sorted(by_stock)
-        applied = {
-            key: len(by_stock[key]) for key in keys if uow.take_stock(key, len(by_stock[key]))
-        }
-        total = sum(claims[i].voucher.face_fen for i in indexes)
-        if len(applied) == len(keys) and uow.commit_budget(campaign_id, total):
-            return indexes
-        # Some did not fit: what is left, net of what this transaction already took.
-        stock_room = {key: -applied.get(key, 0) for key in keys}
+        stock_room: dict[StockKey, int] = {}
         for key in keys:
             initial, issued = uow.lock_stock(key)
-            stock_room[key] += initial - issued
+            stock_room[key] = initial - issued
         budget, committed = uow.lock_campaign_budget(campaign_id)
         budget_room = budget - committed
         taken: list[int] = []
@@ -429,15 +470,33 @@ class GroupCommitter(BatchWriter[_Job]):
                 budget_room -= v.face_fen
                 taken.append(i)
         for key in keys:
-            change = counted[key] - applied.get(key, 0)
-            if change:
-                assert uow.take_stock(key, change), "the stock row is locked by this transaction"
+            if counted[key]:
+                assert uow.take_stock(key, counted[key]), (
+                    "the stock row is locked by this transaction"
+                )
         taken_total = sum(claims[i].voucher.face_fen for i in taken)
         if taken_total:
             assert uow.commit_budget(campaign_id, taken_total)
         if short_of_budget:
             self._on_budget_exhausted(campaign_id, budget_room)
         return taken
+
+
+def _by_campaign(claims: list[_Pending]) -> dict[str, list[int]]:
+    by_campaign: dict[str, list[int]] = defaultdict(list)
+    for i, claim in enumerate(claims):
+        by_campaign[claim.voucher.campaign_id].append(i)
+    return by_campaign
+
+
+def _by_stock(
+    campaign_id: str, claims: list[_Pending], indexes: list[int]
+) -> dict[StockKey, list[int]]:
+    by_stock: dict[StockKey, list[int]] = defaultdict(list)
+    for i in indexes:
+        v = claims[i].voucher
+        by_stock[(campaign_id, v.round_id, v.channel_id, v.template_id)].append(i)
+    return by_stock
 
 
 class ClaimService:
