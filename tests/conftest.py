@@ -74,6 +74,18 @@ def postgres_url() -> str:
     return POSTGRES_URL
 
 
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database of this test's own, dropped afterwards."""
+    from tests.factories import postgres_database
+
+    url, drop = postgres_database(postgres_url)
+    try:
+        yield url
+    finally:
+        drop()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator[str]:
     """A fresh store URL on each dialect: a SQLite file, or a new PostgreSQL database."""

@@ -30,7 +30,7 @@ from tests.e2e.conftest import (
     merchants_csv,
     person_body,
 )
-from tests.factories import dining_config, id_number, postgres_database
+from tests.factories import dining_config, id_number
 from tests.integration.test_claim_invariants import writers_held
 
 
@@ -243,18 +243,8 @@ def test_a_merchant_file_with_an_oversized_field_is_refused(api: Api) -> None:
     assert_error(response, 422, "invalid_merchant_file")
 
 
-@pytest.fixture
-def postgres_url_fresh(postgres_url: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database of this test's own."""
-    url, drop = postgres_database(postgres_url)
-    try:
-        yield url
-    finally:
-        drop()
-
-
-def test_nul_characters_are_refused_on_postgres(postgres_url_fresh: str, open_api: OpenApi) -> None:
-    api = open_api(database_url=postgres_url_fresh)
+def test_nul_characters_are_refused_on_postgres(fresh_postgres_url: str, open_api: OpenApi) -> None:
+    api = open_api(database_url=fresh_postgres_url)
     user = api.register(1)
     voucher = api.claim_voucher(user)
     header = merchants_csv().splitlines()[0]

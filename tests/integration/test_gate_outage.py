@@ -29,7 +29,6 @@ from tests.factories import (
     dining_config,
     import_merchants,
     make_world,
-    postgres_database,
 )
 from tests.integration.test_claim_invariants import (
     CAMPAIGN,
@@ -62,13 +61,9 @@ def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
 
 
 @pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database: the store a shared gate is used with."""
-    url, drop = postgres_database(postgres_url)
-    try:
-        yield url
-    finally:
-        drop()
+def database_url(fresh_postgres_url: str) -> str:
+    """PostgreSQL: the store a shared gate is used with."""
+    return fresh_postgres_url
 
 
 def claim_until_answered(world: World, user: str, key: str) -> ClaimResult:

@@ -185,15 +185,25 @@ def test_the_stock_row_refuses_a_count_past_its_initial(database_url: str, tmp_p
         assert counted(world) == 0
 
 
-def test_upgrading_counts_the_vouchers_already_issued(database_url: str, tmp_path: Path) -> None:
+@contextmanager
+def at_0004_with_vouchers(database_url: str, tmp_path: Path, issued: int) -> Iterator[sa.Engine]:
+    """A store where ``issued`` vouchers of a stock of 10 were claimed, taken back to
+    the schema from before the stock counter."""
     with make_world(database_url=database_url, tmp_path=tmp_path) as world:
-        users = register_many(world, range(4))
+        users = register_many(world, range(issued))
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
         for u in users:
             assert claim_one(world, u, f"k-{u}").outcome == "issued"
     engine = create_engine(database_url)
     try:
         migrate.downgrade(engine, "0004")
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_counts_the_vouchers_already_issued(database_url: str, tmp_path: Path) -> None:
+    with at_0004_with_vouchers(database_url, tmp_path, issued=4) as engine:
         migrate.upgrade(engine)
         s = t.stocks.c
         with engine.connect() as connection:
@@ -201,21 +211,12 @@ def test_upgrading_counts_the_vouchers_already_issued(database_url: str, tmp_pat
                 sa.select(s.channel_id, s.template_id, s.issued).where(s.issued > 0)
             ).all()
         assert [tuple(r) for r in rows] == [("wechat", TEMPLATE, 4)]
-    finally:
-        engine.dispose()
 
 
 def test_upgrading_an_oversold_store_stops_and_names_the_pool(
     database_url: str, tmp_path: Path
 ) -> None:
-    with make_world(database_url=database_url, tmp_path=tmp_path) as world:
-        users = register_many(world, range(3))
-        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
-        for u in users:
-            assert claim_one(world, u, f"k-{u}").outcome == "issued"
-    engine = create_engine(database_url)
-    try:
-        migrate.downgrade(engine, "0004")
+    with at_0004_with_vouchers(database_url, tmp_path, issued=3) as engine:
         with engine.begin() as connection:  # an oversell from before the counter
             connection.exec_driver_sql(
                 "UPDATE stocks SET initial = 2 WHERE channel_id = 'wechat' "
@@ -224,5 +225,3 @@ def test_upgrading_an_oversold_store_stops_and_names_the_pool(
         with pytest.raises(RuntimeError, match=f"{CAMPAIGN}/r1/wechat/{TEMPLATE}: 3 issued of 2"):
             migrate.upgrade(engine)
         assert migrate.current_revision(engine) == "0004"
-    finally:
-        engine.dispose()

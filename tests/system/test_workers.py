@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
 from lequan.bench import scenarios
-from lequan.bench.run import fresh_postgres
 from lequan.bench.servers import free_port, start_lequan
 from lequan.client import LequanAuth
 from lequan.services.invariants import check_campaign
@@ -29,12 +27,8 @@ STOCK = 400
 
 
 @pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    url, drop = fresh_postgres(postgres_url)
-    try:
-        yield url
-    finally:
-        drop()
+def database_url(fresh_postgres_url: str) -> str:
+    return fresh_postgres_url
 
 
 def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_url: str) -> None:
