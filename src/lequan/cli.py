@@ -80,9 +80,32 @@ def main() -> None:
 
 
 def _runtime(*, create_keys: bool = True) -> Any:
-    from lequan.bootstrap import build_runtime
+    """The store and gate the command acts on, its schema current: the embedded store
+    is migrated as ``serve`` does; any other store must have been (``lequan migrate``)."""
+    from lequan.adapters.sql import migrate as migrations
+    from lequan.bootstrap import SetupError, build_runtime
 
-    return build_runtime(Settings(), create_keys=create_keys)
+    settings = Settings()
+    if settings.embedded:
+        _migrate_embedded(settings)
+    rt = build_runtime(settings, create_keys=create_keys)
+    current, head = migrations.current_revision(rt.store.engine), migrations.head_revision()
+    if current != head:
+        rt.store.dispose()
+        raise SetupError(
+            f"the store is at schema {current or 'none'}, this version needs {head}: "
+            "run `lequan migrate`"
+        )
+    return rt
+
+
+def _migrate_embedded(settings: Settings) -> None:
+    from lequan.adapters.sql import migrate as migrations
+    from lequan.adapters.sql.engine import create_engine
+
+    engine = create_engine(settings.effective_database_url)
+    migrations.upgrade(engine)
+    engine.dispose()
 
 
 def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
@@ -131,12 +154,7 @@ def serve(
         )
     load_keyring(settings, create=True)  # refuses a missing or example key outside embedded
     if settings.embedded:
-        from lequan.adapters.sql import migrate as migrations
-        from lequan.adapters.sql.engine import create_engine
-
-        engine = create_engine(settings.effective_database_url)
-        migrations.upgrade(engine)
-        engine.dispose()
+        _migrate_embedded(settings)
     uvicorn.run(
         "lequan.http.asgi:create",
         factory=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lequan.adapters.crypto import EXAMPLE_KEY_FILE_JSON
+from lequan.adapters.crypto import EXAMPLE_KEY_FILE_JSON, generate_key_file
 from lequan.bootstrap import SetupError, load_keyring
 from lequan.cli import app
 from lequan.config import Settings
@@ -101,6 +101,39 @@ def test_a_broken_campaign_file_names_the_field_and_the_rule(
     assert "discount_fen must not exceed threshold_fen" in result.stderr
     listed = run("campaign", "list")
     assert "sh-dining-2024" not in listed  # nothing was stored
+
+
+def test_a_campaign_that_does_not_exist_is_a_clear_error(data_dir: Path) -> None:
+    result = runner.invoke(app, ["campaign", "check", "no-such-campaign"])
+    assert result.exit_code == 2
+    assert "campaign_not_found" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_the_embedded_store_is_made_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `lequan migrate` first: the embedded default sets itself up, as `serve` does."""
+    for name in ("LEQUAN_DATABASE_URL", "LEQUAN_REDIS_URL", "LEQUAN_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LEQUAN_DATA_DIR", str(tmp_path))
+    alice = json.loads(run("operator", "add", "alice", "--role", "maker", "--json"))
+    assert alice["operator_id"] == "alice"
+
+
+@pytest.mark.postgres
+def test_a_store_left_behind_its_schema_is_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_postgres_url: str
+) -> None:
+    """A production store is never migrated behind the operator's back."""
+    monkeypatch.setenv("LEQUAN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LEQUAN_DATABASE_URL", fresh_postgres_url)
+    generate_key_file(tmp_path / "keys.json")
+    monkeypatch.setenv("LEQUAN_KEY_FILE", str(tmp_path / "keys.json"))
+    result = runner.invoke(app, ["campaign", "check", "sh-dining-2024"])
+    assert result.exit_code == 2
+    assert "schema none" in result.stderr
+    assert "lequan migrate" in result.stderr
 
 
 def test_serve_refuses_several_workers_on_the_in_process_gate(data_dir: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lequan.domain.errors import NotFound
 from lequan.domain.ledger import Account
 from lequan.services.runtime import Runtime
 
@@ -34,7 +35,8 @@ class CampaignCheck:
 def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
     with rt.store.unit_of_work(readonly=True) as uow:
         row = uow.get_campaign(campaign_id)
-        assert row is not None
+        if row is None:
+            raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
         states = uow.voucher_state_counts(campaign_id)
         balances = uow.balances(campaign_id)
         initial = uow.stock_initial(campaign_id)
