@@ -29,6 +29,7 @@ from lequan.bootstrap import build_runtime, start_platform
 from lequan.config import Settings
 from lequan.services.campaigns import pool_key
 from lequan.services.claiming import ClaimResult
+from lequan.services.invariants import check_campaign
 from tests.factories import World, dining_config, make_world
 from tests.integration.conftest import Stack
 from tests.integration.test_claim_invariants import (
@@ -170,6 +171,29 @@ def test_a_claim_refused_by_the_store_raises_the_sold_out_flag(
         assert claim_one(world, users[stock + 1], "c").outcome == "sold_out"
         assert world.rt.gate.remaining(POOL, TEMPLATE) == stock
         assert len(stored_vouchers(world)) == stock
+
+
+def test_a_counter_that_disagrees_with_the_vouchers_is_reported(
+    database_url: str, tmp_path: Path
+) -> None:
+    with make_world(database_url=database_url, tmp_path=tmp_path) as world:
+        users = register_many(world, range(2))
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 5}}))
+        for u in users:
+            assert claim_one(world, u, f"k-{u}").outcome == "issued"
+        assert check_campaign(world.rt, CAMPAIGN).ok
+        s = t.stocks.c
+        with world.rt.store.unit_of_work() as uow:  # an edit by hand, within the CHECK
+            uow.connection.execute(
+                sa.update(t.stocks)
+                .where(s.round_id == "r1", s.channel_id == "wechat", s.template_id == TEMPLATE)
+                .values(issued=3)
+            )
+            uow.commit()
+        check = check_campaign(world.rt, CAMPAIGN)
+        assert check.problems == [
+            f"stock counter ('r1', 'wechat', '{TEMPLATE}'): 3 counted, 2 vouchers"
+        ]
 
 
 def test_the_stock_row_refuses_a_count_past_its_initial(database_url: str, tmp_path: Path) -> None:

@@ -38,18 +38,12 @@ def local_cluster(root: Path) -> Iterator[tuple[str, int]]:
         for port in ports:
             home = root / str(port)
             home.mkdir(parents=True, exist_ok=True)
-            options = {
-                "port": str(port),
-                "bind": "127.0.0.1",
-                "cluster-enabled": "yes",
-                "cluster-config-file": "nodes.conf",
-                "save": "",
-                "appendonly": "no",
-                "daemonize": "yes",
-                "dir": str(home),
-                "logfile": str(home / "log"),
-            }
-            args = [server, *(part for k, v in options.items() for part in (f"--{k}", v))]
+            args = _server_args(
+                server,
+                port,
+                home,
+                **{"cluster-enabled": "yes", "cluster-config-file": "nodes.conf"},
+            )
             subprocess.run(args, check=True)  # noqa: S603  # our own arguments
         for port in ports:
             _wait_for_ping(port)
@@ -95,16 +89,7 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        options = {
-            "port": str(self.port),
-            "bind": "127.0.0.1",
-            "save": "",
-            "appendonly": "no",
-            "daemonize": "yes",
-            "dir": str(self._root),
-            "logfile": str(self._root / "log"),
-        }
-        args = [self._server, *(part for k, v in options.items() for part in (f"--{k}", v))]
+        args = _server_args(self._server, self.port, self._root)
         try:
             subprocess.run(args, check=True)  # noqa: S603  # our own arguments
             _wait_for_ping(self.port)
@@ -123,6 +108,21 @@ class LocalRedis:
                 return
             time.sleep(0.05)
         raise ClusterUnavailable(f"the server on port {self.port} did not stop")
+
+
+def _server_args(server: str, port: int, home: Path, **extra: str) -> list[str]:
+    """A daemonized redis-server on a loopback port, keeping nothing on disk."""
+    options = {
+        "port": str(port),
+        "bind": "127.0.0.1",
+        **extra,
+        "save": "",
+        "appendonly": "no",
+        "daemonize": "yes",
+        "dir": str(home),
+        "logfile": str(home / "log"),
+    }
+    return [server, *(part for k, v in options.items() for part in (f"--{k}", v))]
 
 
 def _free_ports(count: int) -> list[int]:

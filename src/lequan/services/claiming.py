@@ -370,7 +370,7 @@ class GroupCommitter(BatchWriter[_Job]):
 
         The stock and campaign rows are where every process's batches meet
         (each holds them from its update to its commit), so they are updated
-        last: locked for two statements and the commit, not for the inserts.
+        last: locked for those updates and the commit, not for the inserts.
         """
         by_campaign = _by_campaign(claims)
         for campaign_id in sorted(by_campaign):

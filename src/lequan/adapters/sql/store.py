@@ -49,6 +49,16 @@ __all__ = [
 StockKey = tuple[str, str, str, str]
 
 
+def _stock_row(key: StockKey) -> tuple[sa.ColumnElement[bool], ...]:
+    s = t.stocks.c
+    return (
+        s.campaign_id == key[0],
+        s.round_id == key[1],
+        s.channel_id == key[2],
+        s.template_id == key[3],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CampaignRow:
     id: str
@@ -748,20 +758,13 @@ class UnitOfWork:
         """Count ``count`` more vouchers out of a stock, atomically, if it holds them.
 
         The row stays locked until commit (the claim's own transaction): a
-        stock is never given out twice, whatever the gate believed. A negative
-        ``count`` gives back what this transaction took and then refused.
+        stock is never given out twice, whatever the gate believed.
         """
-        assert count != 0
+        assert count > 0
         s = t.stocks.c
         result = self._exec(
             sa.update(t.stocks)
-            .where(
-                s.campaign_id == key[0],
-                s.round_id == key[1],
-                s.channel_id == key[2],
-                s.template_id == key[3],
-                s.issued + count <= s.initial,
-            )
+            .where(*_stock_row(key), s.issued + count <= s.initial)
             .values(issued=s.issued + count)
         )
         return result.rowcount == 1
@@ -769,13 +772,7 @@ class UnitOfWork:
     def lock_stock(self, key: StockKey) -> tuple[int, int]:
         """(initial, issued) of a stock, the row locked until commit; (0, 0) if the
         campaign stocks no such template there."""
-        s = t.stocks.c
-        query = sa.select(s.initial, s.issued).where(
-            s.campaign_id == key[0],
-            s.round_id == key[1],
-            s.channel_id == key[2],
-            s.template_id == key[3],
-        )
+        query = sa.select(t.stocks.c.initial, t.stocks.c.issued).where(*_stock_row(key))
         if self._postgres:
             query = query.with_for_update()
         row = self._exec(query).first()
