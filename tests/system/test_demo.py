@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,40 @@ def test_demo_replays_a_crowd_and_every_invariant_holds(tmp_path: Path) -> None:
     assert redemptions.get("refunded_voucher_issued", 0) == 1
     assert 0 < summary["discount_paid_fen"] < summary["orders_fen"]
     assert summary["committed_fen"] <= summary["budget_fen"]
+
+
+@pytest.mark.slow
+def test_demo_under_python_O_still_writes_everything(tmp_path: Path) -> None:
+    """``python -O`` strips asserts: a write inside one would vanish there.
+
+    The demo claims, redeems and refunds; under ``-O`` the stock must still
+    be counted out, the budget committed and the refunded voucher moved, or
+    the invariants (stock counter = vouchers, ledger = budget) break.
+    """
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-O",
+            "-m",
+            "lequan.cli",
+            "demo",
+            "--people",
+            "200",
+            "--port",
+            "0",
+            "--no-serve",
+            "--json",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    summary = json.loads(completed.stdout[completed.stdout.index("{") :])
+    assert summary["invariants_ok"] is True, summary
+    assert summary["claims"]["issued"] > 0
+    assert summary["redemptions"].get("refunded_voucher_issued", 0) == 1
+    assert summary["committed_fen"] > 0

@@ -196,9 +196,11 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
             raise Conflict("round_ended", f"round {round_id} has already ended")
         uow.set_round_times(campaign_id, round_id, release_at=min(now, release_at), ends_at=ends_at)
         if row.status is CampaignStatus.APPROVED:
-            assert uow.set_campaign_status(
+            moved = uow.set_campaign_status(
                 campaign_id, expected=row.status, status=CampaignStatus.LIVE, now=now
             )
+            if not moved:
+                raise Conflict("campaign_state", "the campaign changed meanwhile; look again")
         uow.append_audit(
             actor=actor,
             action="campaign.start_round",

@@ -115,7 +115,8 @@ _SOLD_OUT_IN_STORE = Conflict(*_GATE_REFUSALS[ReserveOutcome.SOLD_OUT])
 
 def _refusal(error: LequanError, status_code: int) -> ClaimResult:
     """A refusal, rendered once: the claims of a batch refused alike share it."""
-    assert status_code == http_status(error)
+    expected = http_status(error)
+    assert status_code == expected
     return ClaimResult(error.code, Answer.of(status_code, error_body(error)))
 
 
@@ -471,12 +472,12 @@ class GroupCommitter(BatchWriter[_Job]):
                 taken.append(i)
         for key in keys:
             if counted[key]:
-                assert uow.take_stock(key, counted[key]), (
-                    "the stock row is locked by this transaction"
-                )
+                counted_out = uow.take_stock(key, counted[key])
+                assert counted_out, "the stock row is locked by this transaction"
         taken_total = sum(claims[i].voucher.face_fen for i in taken)
         if taken_total:
-            assert uow.commit_budget(campaign_id, taken_total)
+            committed = uow.commit_budget(campaign_id, taken_total)
+            assert committed, "the campaign row is locked by this transaction"
         if short_of_budget:
             self._on_budget_exhausted(campaign_id, budget_room)
         return taken

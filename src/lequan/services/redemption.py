@@ -483,7 +483,8 @@ def refund(
                 redemption_id=moved.id,
             )
             uow.release_budget(voucher.campaign_id, moved.discount_fen)
-        assert uow.move_voucher(after_refund, state=state, now=now)
+        moved_back = uow.move_voucher(after_refund, state=state, now=now)
+        assert moved_back, "the voucher is locked by this transaction"
         _event(uow, "redemption.refunded", moved, now, voucher_state=state.value)
         if record is not None:
             record(uow, (moved, state))

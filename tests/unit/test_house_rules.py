@@ -1,0 +1,50 @@
+"""Rules of the house that a reviewer would otherwise have to remember."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "lequan"
+
+# Calls an assert may make: pure functions with no effect to lose under ``python -O``.
+PURE_IN_ASSERT = frozenset(
+    {"len", "all", "any", "isinstance", "set", "frozenset", "sum", "sorted", "min", "max"}
+)
+PURE_METHODS_IN_ASSERT = frozenset({"fullmatch", "match", "startswith", "endswith"})
+
+
+def _effects_in_asserts(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assert):
+            continue
+        for sub in ast.walk(node.test):
+            if not isinstance(sub, ast.Call):
+                continue
+            func = sub.func
+            if isinstance(func, ast.Name) and func.id in PURE_IN_ASSERT:
+                continue
+            if isinstance(func, ast.Attribute) and func.attr in PURE_METHODS_IN_ASSERT:
+                continue
+            found.append((node.lineno, ast.unparse(func)))
+    return found
+
+
+def test_no_call_with_an_effect_inside_an_assert() -> None:
+    """``python -O`` deletes asserts, and a write inside one with them.
+
+    Only pure built-ins may be called in an assert's test; anything else is
+    called first and its result asserted.
+    """
+    offenders = [
+        f"{path.relative_to(SRC)}:{line}: {call}(...)"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, call in _effects_in_asserts(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert offenders == []
+
+
+def test_the_rule_catches_a_write_inside_an_assert() -> None:
+    tree = ast.parse("assert uow.take_stock(key, 1), 'locked'\nassert len(rows) == 2\n")
+    assert _effects_in_asserts(tree) == [(1, "uow.take_stock")]
