@@ -21,7 +21,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 
 import lequan
 from lequan.adapters.nonces import MemoryNonceStore
@@ -250,8 +249,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     def readyz(request: Request) -> JSONResponse:
         problems: dict[str, Any] = {}
         try:
-            with platform.rt.store.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            platform.rt.store.ping()
         except Exception as error:
             problems["store"] = type(error).__name__
         try:

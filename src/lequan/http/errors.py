@@ -11,10 +11,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lequan.domain.errors import LequanError, Unavailable
+from lequan.ports import StoreUnavailable, UnstorableValue
 from lequan.services.views import error_body, http_status
 
 __all__ = ["error_response", "install_error_handlers"]
@@ -75,20 +75,20 @@ def install_error_handlers(app: FastAPI) -> None:
             request, error.status_code, {"code": code, "message": str(error.detail)}
         )
 
-    @app.exception_handler(DataError)
-    async def _unstorable(request: Request, error: DataError) -> JSONResponse:
+    @app.exception_handler(UnstorableValue)
+    async def _unstorable(request: Request, error: UnstorableValue) -> JSONResponse:
         # A value the store cannot hold slipped past validation: still the caller's input.
-        log.warning("unstorable_input", error_type=type(error.orig).__name__)
+        log.warning("unstorable_input", error_type=str(error))
         return error_response(
             request,
             422,
             {"code": "invalid_request", "message": "a value in the request cannot be stored"},
         )
 
-    @app.exception_handler(OperationalError)
-    async def _store_down(request: Request, error: OperationalError) -> JSONResponse:
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, error: StoreUnavailable) -> JSONResponse:
         # The store is unreachable or timed out: nothing was done; say when to retry.
-        log.warning("store_unavailable", error_type=type(error.orig).__name__)
+        log.warning("store_unavailable", error_type=str(error))
         return error_response(
             request,
             503,

@@ -24,7 +24,6 @@ from typing import Any
 import structlog
 from anyio import CapacityLimiter, to_thread
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.exc import DataError, OperationalError
 from starlette.datastructures import Headers
 
 from lequan.bootstrap import Platform
@@ -35,6 +34,7 @@ from lequan.http.deps import NonceChecks, authenticate, raw_target
 from lequan.http.routes.acquirer import redeem_answer
 from lequan.http.routes.channel import claim_hash
 from lequan.http.schemas import BatchClaimIn, ClaimIn, RedeemIn
+from lequan.ports import StoreUnavailable, UnstorableValue
 from lequan.services.claiming import ClaimRequest, ClaimResult, issued_voucher_json
 from lequan.services.idempotency import Idempotency, RenderedBody, request_hash, validate_key
 from lequan.services.views import error_body, http_status
@@ -185,12 +185,12 @@ def _error_answer(
         if isinstance(error, Unavailable):
             extra.append((b"retry-after", str(error.retry_after_s).encode()))
         return http_status(error), error_body(error), extra
-    if isinstance(error, DataError):
-        log.warning("unstorable_input", error_type=type(error.orig).__name__)
+    if isinstance(error, UnstorableValue):
+        log.warning("unstorable_input", error_type=str(error))
         body = {"code": "invalid_request", "message": "a value in the request cannot be stored"}
         return 422, body, []
-    if isinstance(error, OperationalError):
-        log.warning("store_unavailable", error_type=type(error.orig).__name__)
+    if isinstance(error, StoreUnavailable):
+        log.warning("store_unavailable", error_type=str(error))
         body = {"code": "store_unavailable", "message": "the store is unavailable; retry shortly"}
         return 503, body, [(b"retry-after", b"1")]
     log.exception("unhandled_error", error_type=type(error).__name__)

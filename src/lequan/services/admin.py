@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from lequan.adapters.sql.store import IntegrityError
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, Unavailable
 from lequan.domain.identity import normalize_id_number
+from lequan.ports import DuplicateKey
 from lequan.services.persons import validate_region
 from lequan.services.runtime import Runtime
 
@@ -73,7 +73,7 @@ def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli"
             uow.add_operator(
                 operator_id=operator_id, role=role, token_hash=token_digest(token), now=now
             )
-        except IntegrityError:
+        except DuplicateKey:
             raise Conflict("operator_exists", f"operator {operator_id} already exists") from None
         uow.append_audit(
             actor=actor, action="operator.add", target=operator_id, details={"role": role}, now=now

@@ -19,11 +19,11 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from lequan.adapters.sql.store import CampaignRow, IntegrityError, UnitOfWork
+from lequan.adapters.sql.store import CampaignRow, UnitOfWork
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus, lifecycle_transition
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import fund_entry
-from lequan.ports import GateUnavailable
+from lequan.ports import DuplicateKey, GateUnavailable
 from lequan.services.runtime import Runtime
 
 __all__ = [
@@ -119,7 +119,7 @@ def import_campaign(rt: Runtime, config: CampaignConfig, *, actor: str) -> Campa
             raise Conflict("campaign_exists", f"campaign {config.id} already exists")
         try:
             uow.insert_campaign(config, drafted_by=actor, now=now)
-        except IntegrityError:
+        except DuplicateKey:
             raise Conflict("campaign_exists", f"campaign {config.id} already exists") from None
         uow.append_audit(
             actor=actor,

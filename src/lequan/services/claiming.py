@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from lequan.adapters.sql.store import StockKey, UnitOfWork, VoucherRow
 from lequan.domain.campaigns import (
@@ -32,7 +31,14 @@ from lequan.domain.campaigns import (
 from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
 from lequan.domain.ledger import issue_entry
 from lequan.domain.vouchers import VoucherState
-from lequan.ports import GateUnavailable, ReserveOutcome, ReserveRequest
+from lequan.ports import (
+    ConstraintViolated,
+    GateUnavailable,
+    ReserveOutcome,
+    ReserveRequest,
+    StoreError,
+    StoreUnavailable,
+)
 from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache, pool_key
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
@@ -316,9 +322,9 @@ class GroupCommitter(BatchWriter[_Job]):
             return self._transaction(claims, now)
         except _TooLate:
             return [self._too_late()] * len(claims)
-        except IntegrityError:
+        except ConstraintViolated:
             pass
-        except OperationalError as error:
+        except StoreUnavailable as error:
             log.warning("group_commit_retry_single", error_type=type(error).__name__)
         results: list[LequanError | Answer | None] = []
         for claim in claims:
@@ -330,7 +336,7 @@ class GroupCommitter(BatchWriter[_Job]):
             return self._transaction([claim], now)[0]
         except _TooLate:
             return self._too_late()
-        except IntegrityError:
+        except ConstraintViolated:
             with self._rt.store.unit_of_work(readonly=True) as uow:
                 stored = answered(uow, claim.key.app_id, [claim.key.key]).get(claim.key.key)
             if stored is not None:
@@ -341,7 +347,7 @@ class GroupCommitter(BatchWriter[_Job]):
                 assert replay is not None
                 return replay
             return Conflict("already_claimed", "the person has already claimed in this round")
-        except SQLAlchemyError:
+        except StoreError:
             return Unavailable("store_unavailable", "the store did not accept the claim; retry")
 
     def _transaction(
@@ -539,7 +545,7 @@ class ClaimService:
         try:
             self._hold_or_replay(channel_id, requests, results, held)
             self._claim_held(channel_id, requests, results, now, handed)
-        except SQLAlchemyError as error:
+        except StoreError as error:
             log.warning("claim_store_unreadable", error_type=type(error).__name__)
             refusal = Unavailable("store_unavailable", "the store cannot be read; retry")
             for i, result in enumerate(results):

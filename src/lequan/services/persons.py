@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lequan.adapters.sql.store import IntegrityError, UnitOfWork, VoucherRow
+from lequan.adapters.sql.store import UnitOfWork, VoucherRow
 from lequan.data import province_codes
 from lequan.domain.campaigns import CampaignStatus, Reason, eligibility_reasons
 from lequan.domain.errors import Conflict, InvalidInput, NotFound
@@ -22,6 +22,7 @@ from lequan.domain.identity import (
     normalize_name,
     normalize_phone,
 )
+from lequan.ports import DuplicateKey
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.runtime import Runtime
 
@@ -132,7 +133,7 @@ def register(
                     record(uow, registration)
                 uow.commit()
                 return registration
-            except IntegrityError:
+            except DuplicateKey:
                 # Two registrations of the same person raced; the second look sees the first.
                 if attempt == 1:
                     raise Conflict(

@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from lequan.adapters.sql.store import (
     MerchantRow,
@@ -40,6 +39,7 @@ from lequan.adapters.sql.store import (
 from lequan.domain.errors import LequanError, NotFound, Unavailable
 from lequan.domain.ledger import Entry, redeem_entry
 from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.ports import StoreError
 from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
@@ -156,7 +156,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
     def _handle_batch(self, batch: list[OneStep]) -> None:
         try:
             outcomes = self._redeem_batch(batch)
-        except SQLAlchemyError as error:  # a conflict, a value the store cannot hold, an outage
+        except StoreError as error:  # a conflict, a value the store cannot hold, an outage
             log.warning("redeem_batch_retry_single", error_type=type(error).__name__, n=len(batch))
             outcomes = [self._redeem_alone(item) for item in batch]
         except Exception as error:  # the writer must never die; every waiter gets an answer

@@ -22,9 +22,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
 
 from lequan.adapters.sql import tables as t
+from lequan.adapters.sql.errors import translate, translated
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.ledger import Entry
 from lequan.domain.vouchers import VoucherState
@@ -34,7 +34,6 @@ CAMPAIGN_CONFIGS_CACHED = 256
 __all__ = [
     "AppRow",
     "CampaignRow",
-    "IntegrityError",
     "MerchantRow",
     "PersonRow",
     "RedemptionRow",
@@ -278,7 +277,7 @@ class SqlStore:
         ``readonly`` lets SQLite begin a plain (deferred) transaction that does
         not queue behind writers; anything that may write must leave it False.
         """
-        with self.engine.connect() as connection:
+        with translated(), self.engine.connect() as connection:
             connection.info["lequan_readonly"] = readonly
             if readonly and connection.dialect.name == "postgresql":
                 # Each statement its own transaction: no BEGIN and no ROLLBACK round
@@ -290,6 +289,11 @@ class SqlStore:
             finally:
                 if connection.in_transaction():
                     connection.rollback()
+
+    def ping(self) -> None:
+        """Ask the store one trivial question; ``StoreUnavailable`` when it does not answer."""
+        with translated(), self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -311,7 +315,8 @@ class UnitOfWork:
         self._pipeline_checks: list[Callable[[], None]] = []
 
     def commit(self) -> None:
-        self.connection.commit()
+        with translated():
+            self.connection.commit()
 
     # -- the flash sale's hot queries, at the driver level ---------------------
     #
@@ -324,7 +329,8 @@ class UnitOfWork:
         assert self._pipelined is None, "no SQLAlchemy statement inside pipeline()"
         if self._postgres:
             sql = sql.replace("?", "%s")
-        return self.connection.exec_driver_sql(sql, params)
+        with translated():
+            return self.connection.exec_driver_sql(sql, params)
 
     def _driver_rows(self, sql: str, params: Any) -> list[Any]:
         """The rows of a query as the driver's own tuples, on this transaction's connection.
@@ -351,7 +357,9 @@ class UnitOfWork:
         try:
             yield cursor
         except dbapi_error as error:
-            raise sa.exc.DBAPIError.instance(statement, None, error, dbapi_error) from error
+            raise translate(
+                sa.exc.DBAPIError.instance(statement, None, error, dbapi_error)
+            ) from error
         finally:
             if self._pipelined is None:
                 cursor.close()
@@ -382,7 +390,9 @@ class UnitOfWork:
             for check in self._pipeline_checks:  # the results are in, the cursors open
                 check()
         except dbapi_error as error:
-            raise sa.exc.DBAPIError.instance("pipeline", None, error, dbapi_error) from error
+            raise translate(
+                sa.exc.DBAPIError.instance("pipeline", None, error, dbapi_error)
+            ) from error
         finally:
             cursors, self._pipelined, self._pipeline_checks = self._pipelined, None, []
             for cursor in cursors:
@@ -553,7 +563,8 @@ class UnitOfWork:
             cursor.execute(sql, [[row[c] for row in rows] for c in columns])
 
     def rollback(self) -> None:
-        self.connection.rollback()
+        with translated():
+            self.connection.rollback()
 
     def _exec(
         self, statement: sa.Executable, params: Any = None
@@ -561,7 +572,8 @@ class UnitOfWork:
         # Inside a pipeline SQLAlchemy would read a row count or a description that is
         # not there yet: only the pipeline-aware writes may run there.
         assert self._pipelined is None, "no SQLAlchemy statement inside pipeline()"
-        return self.connection.execute(statement, params)
+        with translated():
+            return self.connection.execute(statement, params)
 
     def add_operator(self, *, operator_id: str, role: str, token_hash: str, now: datetime) -> None:
         self._exec(
@@ -1063,7 +1075,9 @@ class UnitOfWork:
             # Leaving the pipeline synced it: every cursor holds its rows.
             return [list(cursor.fetchall()) for cursor in cursors]
         except dbapi_error as error:
-            raise sa.exc.DBAPIError.instance("pipelined reads", None, error, dbapi_error) from error
+            raise translate(
+                sa.exc.DBAPIError.instance("pipelined reads", None, error, dbapi_error)
+            ) from error
         finally:
             for cursor in cursors:
                 cursor.close()

@@ -1,4 +1,4 @@
-"""The seams between lequan's services and the world, as Protocols.
+"""The small ports: the clock, the key ring, the nonce store and the claim gate.
 
 Each port has a real adapter and an in-process one that ships in ``src``
 (serving the embedded mode, the demo and the unit tests alike); one contract

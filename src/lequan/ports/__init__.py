@@ -1,0 +1,42 @@
+"""The seams between lequan's services and the world, as Protocols.
+
+Each port has a real adapter and an in-process one that ships in ``src``
+(serving the embedded mode, the demo and the unit tests alike); one contract
+suite in ``tests/integration`` runs against every implementation. Services
+and the HTTP layer import ports, never adapters; only ``bootstrap`` picks the
+adapters.
+"""
+
+from lequan.ports.errors import (
+    ConstraintViolated,
+    DuplicateKey,
+    StoreError,
+    StoreUnavailable,
+    UnstorableValue,
+)
+from lequan.ports.gate import (
+    ClaimGate,
+    Clock,
+    GateUnavailable,
+    KeyRing,
+    NonceStore,
+    ReserveOutcome,
+    ReserveRequest,
+    ReserveResult,
+)
+
+__all__ = [
+    "ClaimGate",
+    "Clock",
+    "ConstraintViolated",
+    "DuplicateKey",
+    "GateUnavailable",
+    "KeyRing",
+    "NonceStore",
+    "ReserveOutcome",
+    "ReserveRequest",
+    "ReserveResult",
+    "StoreError",
+    "StoreUnavailable",
+    "UnstorableValue",
+]
