@@ -8,7 +8,9 @@ generated local file. With ``LEQUAN_DATABASE_URL`` (PostgreSQL) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from lequan.adapters.clock import SystemClock
 from lequan.adapters.crypto import (
     AesGcmKeyRing,
     generate_key_file,
@@ -20,7 +22,7 @@ from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
 from lequan.adapters.sold_out import LocalSoldOut, RedisSoldOut
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql.engine import create_engine
-from lequan.adapters.sql.store import SqlStore
+from lequan.adapters.sql.unit_of_work import SqlStore
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
 from lequan.ports import ClaimGate, Clock, NonceStore
@@ -29,7 +31,7 @@ from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
 from lequan.services.redeeming import RedemptionWriter
-from lequan.services.runtime import Runtime, SystemClock
+from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
 
 __all__ = ["Platform", "SetupError", "build_runtime", "load_keyring", "start_platform"]
@@ -137,16 +139,38 @@ class Platform:
         self.rt.store.dispose()
 
 
+def migrate_store(settings: Settings, *, revision: str = "head", downgrade: bool = False) -> str:
+    """Move the configured store's schema to ``revision`` (up, or down); the revision now."""
+    engine = create_engine(settings.effective_database_url)
+    try:
+        if downgrade:
+            migrate.downgrade(engine, revision)
+        else:
+            migrate.upgrade(engine, revision)
+        return migrate.current_revision(engine) or "none"
+    finally:
+        engine.dispose()
+
+
+def generate_keys(path: Path) -> str:
+    """Write a new key file (mode 0600), refusing to overwrite one; its active key id."""
+    return generate_key_file(path).active_key_id
+
+
+def require_current_schema(rt: Runtime) -> None:
+    """Refuse a store whose schema is not the one this version needs, with the fix."""
+    current, head = rt.store.schema_revisions()
+    if current != head:
+        raise SetupError(
+            f"the store is at schema {current or 'none'}, this version needs {head}: "
+            "run `lequan migrate`"
+        )
+
+
 def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
     """Check the schema is current, rebuild the gate from the store, start the workers."""
     if check_schema:
-        current = migrate.current_revision(rt.store.engine)
-        head = migrate.head_revision()
-        if current != head:
-            raise SetupError(
-                f"the store is at schema {current or 'none'}, this version needs {head}: "
-                "run `lequan migrate`"
-            )
+        require_current_schema(rt)
     cache = CampaignCache(rt, ttl_s=rt.settings.campaign_cache_ttl_s)
     ensure_gate_all(rt)
     sweeper = Sweeper(rt) if sweep else None

@@ -82,30 +82,24 @@ def main() -> None:
 def _runtime(*, create_keys: bool = True) -> Any:
     """The store and gate the command acts on, its schema current: the embedded store
     is migrated as ``serve`` does; any other store must have been (``lequan migrate``)."""
-    from lequan.adapters.sql import migrate as migrations
-    from lequan.bootstrap import SetupError, build_runtime
+    from lequan.bootstrap import SetupError, build_runtime, require_current_schema
 
     settings = Settings()
     if settings.embedded:
         _migrate_embedded(settings)
     rt = build_runtime(settings, create_keys=create_keys)
-    current, head = migrations.current_revision(rt.store.engine), migrations.head_revision()
-    if current != head:
+    try:
+        require_current_schema(rt)
+    except SetupError:
         rt.store.dispose()
-        raise SetupError(
-            f"the store is at schema {current or 'none'}, this version needs {head}: "
-            "run `lequan migrate`"
-        )
+        raise
     return rt
 
 
 def _migrate_embedded(settings: Settings) -> None:
-    from lequan.adapters.sql import migrate as migrations
-    from lequan.adapters.sql.engine import create_engine
+    from lequan.bootstrap import migrate_store
 
-    engine = create_engine(settings.effective_database_url)
-    migrations.upgrade(engine)
-    engine.dispose()
+    migrate_store(settings)
 
 
 def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
@@ -121,17 +115,10 @@ def migrate(
     downgrade: Annotated[bool, typer.Option(help="Downgrade to the revision instead.")] = False,
 ) -> None:
     """Bring the store's schema to the current version (Alembic)."""
-    from lequan.adapters.sql import migrate as migrations
-    from lequan.adapters.sql.engine import create_engine
+    from lequan.bootstrap import migrate_store
 
-    settings = Settings()
-    engine = create_engine(settings.effective_database_url)
-    if downgrade:
-        migrations.downgrade(engine, revision)
-    else:
-        migrations.upgrade(engine, revision)
-    console.print(f"store at revision [bold]{migrations.current_revision(engine)}[/]")
-    engine.dispose()
+    now_at = migrate_store(Settings(), revision=revision, downgrade=downgrade)
+    console.print(f"store at revision [bold]{now_at}[/]")
 
 
 @app.command()
@@ -383,10 +370,10 @@ def operator_add(
 @keys_app.command("generate")
 def keys_generate(path: Path) -> None:
     """Write a new key file (mode 0600); refuses to overwrite one."""
-    from lequan.adapters.crypto import generate_key_file
+    from lequan.bootstrap import generate_keys
 
-    keyring = generate_key_file(path)
-    console.print(f"wrote {path} (active key {keyring.active_key_id})")
+    active_key_id = generate_keys(path)
+    console.print(f"wrote {path} (active key {active_key_id})")
 
 
 @app.command()

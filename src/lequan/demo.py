@@ -31,7 +31,6 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from lequan.adapters.sql import migrate
 from lequan.bootstrap import Platform, build_runtime, start_platform
 from lequan.client import LequanAuth
 from lequan.config import Settings
@@ -182,7 +181,7 @@ def run_demo(*, people: int, port: int, serve_after: bool, as_json: bool, data_d
         shutil.rmtree(data_dir)
     settings = Settings(data_dir=data_dir, database_url="", redis_url="", sweep_interval_s=60)
     rt = build_runtime(settings)
-    migrate.upgrade(rt.store.engine)
+    rt.store.upgrade()
     console.print(f"[bold]lequan demo[/] — embedded store at {settings.effective_database_url}")
 
     maker = admin.add_operator(rt, "alice", role="maker")
@@ -274,13 +273,17 @@ def _replay(  # noqa: PLR0917  # one call site; the names read better than a bag
     rt = platform.rt
     check = check_campaign(rt, CAMPAIGN_ID)
     with rt.store.unit_of_work() as uow:
-        missing = sum(1 for voucher_id in acknowledged if uow.get_voucher(voucher_id) is None)
+        missing = sum(
+            1 for voucher_id in acknowledged if uow.vouchers.get_voucher(voucher_id) is None
+        )
         slots = Counter(
             (v.round_id, v.channel_id, v.person_id)
-            for pid in {uow.account_person(p.channel, p.user_id) for p in crowd} - {None}
-            for v in uow.person_vouchers(str(pid), channel_id=None, after_id=None, limit=100)
+            for pid in {uow.people.account_person(p.channel, p.user_id) for p in crowd} - {None}
+            for v in uow.vouchers.person_vouchers(
+                str(pid), channel_id=None, after_id=None, limit=100
+            )
         )
-        row = uow.get_campaign(CAMPAIGN_ID)
+        row = uow.campaigns.get_campaign(CAMPAIGN_ID)
         assert row is not None
     return DemoSummary(
         people=people,

@@ -8,8 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-from lequan.adapters.sql.store import CampaignRow, MerchantRow, UnitOfWork
 from lequan.domain.campaigns import CampaignStatus
+from lequan.ports import UnitOfWork
+from lequan.rows import CampaignRow, MerchantRow
 from lequan.services.campaigns import CampaignCache
 from lequan.services.redeeming import MerchantCache
 from tests.factories import dining_config, make_world
@@ -25,6 +26,10 @@ class _Reads:
     ) -> None:
         self.row = row
         self.meanwhile = meanwhile
+
+    @property
+    def campaigns(self) -> _Reads:  # the unit of work and its one repository
+        return self
 
     def get_campaign(self, campaign_id: str) -> CampaignRow:
         self.meanwhile(campaign_id)
@@ -53,6 +58,10 @@ class _ReadsMerchant:
     def __init__(self, row: MerchantRow, meanwhile: Callable[[], None] = lambda: None) -> None:
         self.row = row
         self.meanwhile = meanwhile
+
+    @property
+    def people(self) -> _ReadsMerchant:  # the unit of work and its one repository
+        return self
 
     def get_merchant(self, merchant_id: str) -> MerchantRow:
         self.meanwhile()

@@ -167,7 +167,7 @@ def stored_vouchers(world: World, campaign: str = CAMPAIGN) -> list[Stored]:
 
 def person_of(world: World, user: str, channel: str = "wechat") -> str:
     with world.rt.store.unit_of_work() as uow:
-        person: str | None = uow.account_person(channel, user)
+        person: str | None = uow.people.account_person(channel, user)
     assert person is not None
     return person
 
@@ -1020,7 +1020,7 @@ def test_a_stored_voucher_keeps_the_instants_its_answer_gave(stack: Stack, tmp_p
         result = claim_one(world, user, "k-time")
         told = result.answer.body["voucher"]
         with world.rt.store.unit_of_work(readonly=True) as uow:
-            row = uow.get_voucher(told["voucher_id"])
+            row = uow.vouchers.get_voucher(told["voucher_id"])
         assert row is not None
         require(world.clock.now().microsecond != 0, "the instant has microseconds to keep")
         assert row.issued_at == world.clock.now()

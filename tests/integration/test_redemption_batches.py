@@ -235,7 +235,7 @@ def test_a_batch_reads_its_answers_vouchers_and_people_and_holds_the_vouchers(
         store = world.rt.store
 
         with store.unit_of_work() as uow:
-            reads = uow.redemption_reads(
+            reads = uow.vouchers.redemption_reads(
                 [(ACQUIRER, "r-0"), (ACQUIRER, "r-new"), ("acq-other", "r-0")],
                 [*vouchers, "v-no-such-voucher"],
                 [("wechat", u) for u in users] + [("wechat", "nobody"), ("alipay", users[0])],
@@ -245,7 +245,7 @@ def test_a_batch_reads_its_answers_vouchers_and_people_and_holds_the_vouchers(
             assert reads.answers[(ACQUIRER, "r-0")][1] == 201
             assert set(reads.vouchers) == set(vouchers)
             read = reads.vouchers[vouchers[0]]
-            assert read == uow.get_voucher(vouchers[0])
+            assert read == uow.vouchers.get_voucher(vouchers[0])
             assert read.valid_from.utcoffset() == read.issued_at.utcoffset() == timedelta(0)
             assert reads.vouchers[vouchers[0]].state.value == "redeemed"
             assert set(reads.persons) == {("wechat", u) for u in users}

@@ -25,10 +25,10 @@ import pytest
 import sqlalchemy as sa
 
 from lequan.adapters.sql import tables
-from lequan.adapters.sql.store import RedemptionRow, VoucherRow
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.errors import LequanError
 from lequan.domain.vouchers import VoucherState
+from lequan.rows import RedemptionRow, VoucherRow
 from lequan.services import admin, redemption
 from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Idempotency, request_hash
@@ -133,14 +133,14 @@ def attempt(call: Callable[[], T]) -> T | str:
 
 def voucher(world: World, vid: str) -> VoucherRow:
     with world.rt.store.unit_of_work() as uow:
-        row: VoucherRow | None = uow.get_voucher(vid)
+        row: VoucherRow | None = uow.vouchers.get_voucher(vid)
     assert row is not None
     return row
 
 
 def redemption_row(world: World, rid: str) -> RedemptionRow:
     with world.rt.store.unit_of_work() as uow:
-        row: RedemptionRow | None = uow.get_redemption(rid)
+        row: RedemptionRow | None = uow.vouchers.get_redemption(rid)
     assert row is not None
     return row
 
@@ -165,7 +165,7 @@ def assert_books(
     assert check.ok, check.problems
     assert sum(check.balances.values()) == 0
     with world.rt.store.unit_of_work() as uow:
-        topics: dict[str, int] = uow.outbox_topics()
+        topics: dict[str, int] = uow.ledger.outbox_topics()
     expected = {
         "redemption.completed": completed,
         "redemption.reversed": reversed_,

@@ -51,7 +51,7 @@ POOL = pool_key(CAMPAIGN, "r1", "wechat")
 def counted(world: World) -> int:
     """What the store counted out of the wechat stock of the template."""
     with world.rt.store.unit_of_work(readonly=True) as uow:
-        issued: int = uow.stock_issued(CAMPAIGN)[("r1", "wechat", TEMPLATE)]
+        issued: int = uow.campaigns.stock_issued(CAMPAIGN)[("r1", "wechat", TEMPLATE)]
     return issued
 
 

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
+from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.bench import scenarios
 from lequan.bench.run import fresh_postgres
 from lequan.bench.servers import free_port, kill_hard, start_lequan
@@ -86,7 +87,7 @@ def test_sigkill_mid_crowd_loses_nothing_acknowledged_and_oversells_nothing(
                 "LEQUAN_GATE_BUCKETS": "4" if redis_url else "1",
             }
             secret = stack.secrets[scenarios.CHANNEL]
-            engine = stack.rt.store.engine
+            engine = sql_store(stack.rt.store).engine
             if redis_url:  # the stack loaded the gate with one bucket; these servers use four
                 stack.rt.gate.forget(scenarios.CAMPAIGN_ID, [])
         port = free_port()

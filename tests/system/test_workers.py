@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
+from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.bench import scenarios
 from lequan.bench.servers import free_port, start_lequan
 from lequan.client import LequanAuth
@@ -102,7 +103,7 @@ def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_
             server.wait(15)
 
         assert answers == {(201, "redeemed"): STOCK, (409, "already_redeemed"): STOCK}, answers
-        with stack.rt.store.engine.connect() as connection:
+        with sql_store(stack.rt.store).engine.connect() as connection:
             redeemed = connection.execute(
                 sa.select(sa.func.count())
                 .select_from(t.vouchers)

@@ -48,3 +48,57 @@ def test_no_call_with_an_effect_inside_an_assert() -> None:
 def test_the_rule_catches_a_write_inside_an_assert() -> None:
     tree = ast.parse("assert uow.take_stock(key, 1), 'locked'\nassert len(rows) == 2\n")
     assert _effects_in_asserts(tree) == [(1, "uow.take_stock")]
+
+
+# Who may import what: services and the HTTP layer speak to ports, never adapters;
+# only the composition root (``bootstrap``) picks adapters; the engine's exceptions
+# never leave the SQL adapter.
+FORBIDDEN_IMPORTS = {
+    "services": ("lequan.adapters", "lequan.bootstrap", "lequan.http", "sqlalchemy", "redis"),
+    "http": ("lequan.adapters", "sqlalchemy", "redis"),
+    "domain": ("lequan.adapters", "lequan.services", "lequan.http", "lequan.ports", "sqlalchemy"),
+    "ports": ("lequan.adapters", "lequan.services", "lequan.http", "sqlalchemy", "redis"),
+    "rows.py": ("lequan.adapters", "lequan.services", "sqlalchemy"),
+}
+SQLALCHEMY_ALLOWED = ("adapters/sql/", "bench/")
+
+
+def _imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _matches(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def test_layers_import_inward_only() -> None:
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        relative = path.relative_to(SRC).as_posix()
+        room = relative.split("/")[0]
+        forbidden = FORBIDDEN_IMPORTS.get(room, ())
+        for line, module in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if any(_matches(module, prefix) for prefix in forbidden):
+                offenders.append(f"{relative}:{line} imports {module}")
+            elif _matches(module, "sqlalchemy") and not relative.startswith(SQLALCHEMY_ALLOWED):
+                offenders.append(f"{relative}:{line} imports {module} outside adapters/sql")
+    assert offenders == []
+
+
+def test_adapters_are_picked_in_bootstrap_only() -> None:
+    """Entry points (CLI, HTTP, demo) go through ``bootstrap``; it alone names adapters."""
+    allowed = ("adapters/", "bootstrap.py", "bench/")
+    offenders = [
+        f"{path.relative_to(SRC).as_posix()}:{line} imports {module}"
+        for path in sorted(SRC.rglob("*.py"))
+        if not path.relative_to(SRC).as_posix().startswith(allowed)
+        for line, module in _imports(ast.parse(path.read_text(encoding="utf-8")))
+        if _matches(module, "lequan.adapters")
+    ]
+    assert offenders == []

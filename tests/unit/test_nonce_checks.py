@@ -23,6 +23,8 @@ class FixedClock:
 class RecordingStore:
     """A NonceStore over the memory store that records each call and the thread it came on."""
 
+    in_process = False  # a store with I/O behind it: the checks go to their thread
+
     def __init__(self, *, fail: bool = False) -> None:
         self.inner = MemoryNonceStore(10_000, clock=FixedClock())
         self.calls: list[tuple[str, int]] = []  # (method, how many nonces)

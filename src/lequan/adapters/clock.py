@@ -1,11 +1,18 @@
-"""A clock the caller sets: for tests, simulations and replays."""
+"""The clocks: the system's, and one the caller sets (tests, simulations, replays)."""
 
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-__all__ = ["ManualClock"]
+__all__ = ["ManualClock", "SystemClock"]
+
+
+class SystemClock:
+    """The machine's clock, in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
 
 
 class ManualClock:

@@ -35,6 +35,8 @@ __all__ = ["MemoryNonceStore", "RedisNonceStore"]
 class MemoryNonceStore:
     """An in-process NonceStore holding at most ``max_entries`` live nonces."""
 
+    in_process = True
+
     def __init__(self, max_entries: int, *, clock: Clock) -> None:
         assert max_entries >= 1
         self._max_entries = max_entries
@@ -94,6 +96,8 @@ class MemoryNonceStore:
 
 class RedisNonceStore:
     """A NonceStore in Redis: one key per nonce, set only if absent, expiring with the window."""
+
+    in_process = False
 
     def __init__(self, client: redis.Redis | RedisCluster, key_prefix: str = "lq:") -> None:
         self._client = client

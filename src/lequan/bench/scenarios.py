@@ -26,6 +26,7 @@ from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.engine import create_engine
+from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.bench.loadgen import LoadResult, build_request, run_load
 from lequan.bootstrap import build_runtime
 from lequan.config import Settings
@@ -183,11 +184,11 @@ def _analyze_people(rt: Runtime) -> None:
     left to PostgreSQL, as in a real deployment. SQLite gathers no
     statistics unasked, in a bench or in production.
     """
-    if rt.store.engine.dialect.name != "postgresql":
+    if sql_store(rt.store).engine.dialect.name != "postgresql":
         return
     # VACUUM too, as autovacuum does after a table's inserts: it marks the pages
     # all-visible, which lets the claimants lookup read from its index alone (0004).
-    with rt.store.engine.connect() as connection:
+    with sql_store(rt.store).engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql("VACUUM ANALYZE persons, person_accounts")
 
@@ -198,7 +199,7 @@ def _register_in_bulk(rt: Runtime, people: int, now: datetime, channels: tuple[s
     chunk = 10_000
     for start in range(0, people, chunk):
         rows = range(start, min(people, start + chunk))
-        with rt.store.unit_of_work() as uow:
+        with sql_store(rt.store).unit_of_work() as uow:
             uow.connection.execute(
                 sa.insert(t.persons),
                 [
@@ -431,7 +432,7 @@ def redemptions(
     """One-step redemptions per second through POST /v1/redemptions (vouchers claimed first)."""
     claimed = batch_claims(stack, port, claims=count, batch=1000, connections=2, duration_s=60)
     assert claimed.checks["issued"] == count, claimed.checks
-    with stack.rt.store.unit_of_work() as uow:
+    with sql_store(stack.rt.store).unit_of_work() as uow:
         rows = uow.connection.execute(
             sa.select(t.vouchers.c.id, t.person_accounts.c.channel_user_id)
             .join(t.person_accounts, t.person_accounts.c.person_id == t.vouchers.c.person_id)

@@ -33,6 +33,7 @@ import httpx
 import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
+from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.bench import scenarios
 from lequan.bench.run import fresh_postgres
 from lequan.bench.servers import serve_lequan
@@ -300,7 +301,7 @@ def _summary(
         latencies[a.outcome].append(a.latency_s)
     acknowledged = {a.voucher_id for a in answers if a.voucher_id}
     issued_at = sorted(a.at_s for a in answers if a.outcome == "issued")
-    with stack.rt.store.unit_of_work(readonly=True) as uow:
+    with sql_store(stack.rt.store).unit_of_work(readonly=True) as uow:
         stored = uow.connection.execute(
             sa.select(t.vouchers.c.id, t.vouchers.c.person_id, t.vouchers.c.channel_id)
         ).all()

@@ -24,6 +24,7 @@ __all__ = [
     "EntryKind",
     "Posting",
     "balances",
+    "committed_change_fen",
     "expire_entry",
     "fund_entry",
     "issue_entry",
@@ -129,6 +130,19 @@ def expire_entry(face_fen: int) -> Entry:
 def revoke_entry(face_fen: int) -> Entry:
     assert face_fen > 0
     return _entry(EntryKind.REVOKE, (Account.OUTSTANDING, -face_fen), (Account.BUDGET, face_fen))
+
+
+def committed_change_fen(entry: Entry) -> int:
+    """How much of the campaign's budget an entry commits; negative when it gives back.
+
+    The campaign's budget counter (committed fen) moves by exactly this, in
+    the entry's own transaction, so the counter always equals the funded
+    amount minus the ``budget`` account. Funding sets the budget itself and
+    commits nothing.
+    """
+    if entry.kind is EntryKind.FUND:
+        return 0
+    return -sum(p.amount_fen for p in entry.postings if p.account == Account.BUDGET)
 
 
 def balances(entries: Iterable[Entry]) -> dict[str, int]:

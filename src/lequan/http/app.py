@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import lequan
-from lequan.adapters.nonces import MemoryNonceStore
 from lequan.bootstrap import Platform
 from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.deps import NonceChecks
@@ -175,7 +174,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
     app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
     nonces = app.state.nonce_checks = NonceChecks(
-        platform.rt.nonces, inline=isinstance(platform.rt.nonces, MemoryNonceStore)
+        platform.rt.nonces, inline=platform.rt.nonces.in_process
     )
     body_max = platform.rt.settings.request_body_bytes_max
 

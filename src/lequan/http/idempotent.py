@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from lequan.adapters.sql.store import UnitOfWork
 from lequan.bootstrap import Platform
+from lequan.ports import UnitOfWork
 from lequan.services.claiming import answered
 from lequan.services.idempotency import Answer, Idempotency, run_once
 

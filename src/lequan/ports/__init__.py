@@ -24,19 +24,35 @@ from lequan.ports.gate import (
     ReserveRequest,
     ReserveResult,
 )
+from lequan.ports.store import (
+    CampaignRepository,
+    IdempotencyRepository,
+    LedgerRepository,
+    PeopleRepository,
+    Store,
+    UnitOfWork,
+    VoucherRepository,
+)
 
 __all__ = [
+    "CampaignRepository",
     "ClaimGate",
     "Clock",
     "ConstraintViolated",
     "DuplicateKey",
     "GateUnavailable",
+    "IdempotencyRepository",
     "KeyRing",
+    "LedgerRepository",
     "NonceStore",
+    "PeopleRepository",
     "ReserveOutcome",
     "ReserveRequest",
     "ReserveResult",
+    "Store",
     "StoreError",
     "StoreUnavailable",
+    "UnitOfWork",
     "UnstorableValue",
+    "VoucherRepository",
 ]

@@ -53,6 +53,11 @@ class KeyRing(Protocol):
 class NonceStore(Protocol):
     """Remembers request nonces for the signature window so a replay is refused."""
 
+    @property
+    def in_process(self) -> bool:
+        """True when it answers from this process's memory, with no I/O to wait for."""
+        ...
+
     def remember(self, app_id: str, nonce: str, ttl_s: int) -> bool:
         """Record the nonce; True if it was new, False if it was already seen."""
         ...

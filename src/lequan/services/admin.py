@@ -67,15 +67,15 @@ def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli"
     token = "lqo_" + secrets.token_urlsafe(32)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        if uow.operator_role(operator_id) is not None:
+        if uow.people.operator_role(operator_id) is not None:
             raise Conflict("operator_exists", f"operator {operator_id} already exists")
         try:
-            uow.add_operator(
+            uow.people.add_operator(
                 operator_id=operator_id, role=role, token_hash=token_digest(token), now=now
             )
         except DuplicateKey:
             raise Conflict("operator_exists", f"operator {operator_id} already exists") from None
-        uow.append_audit(
+        uow.ledger.append_audit(
             actor=actor, action="operator.add", target=operator_id, details={"role": role}, now=now
         )
         uow.commit()
@@ -85,7 +85,7 @@ def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli"
 def authenticate_operator(rt: Runtime, token: str) -> tuple[str, str]:
     """(operator_id, role) for a bearer token, or AuthError."""
     with rt.store.unit_of_work(readonly=True) as uow:
-        found = uow.operator_by_token_hash(token_digest(token))
+        found = uow.people.operator_by_token_hash(token_digest(token))
     if found is None:
         raise AuthError("unauthenticated", "a valid operator token is required")
     return found
@@ -111,12 +111,12 @@ def add_app(rt: Runtime, *, app_id: str, kind: str, name: str, actor: str) -> Ap
     key_id, secret_enc = rt.keyring.encrypt("app_secret", secret)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        if uow.get_app(app_id) is not None:
+        if uow.people.get_app(app_id) is not None:
             raise Conflict("app_exists", f"app {app_id} already exists")
-        uow.add_app(
+        uow.people.add_app(
             app_id=app_id, kind=kind, name=name, key_id=key_id, secret_enc=secret_enc, now=now
         )
-        uow.append_audit(
+        uow.ledger.append_audit(
             actor=actor, action=f"{kind}.add", target=app_id, details={"name": name}, now=now
         )
         uow.commit()
@@ -174,7 +174,7 @@ class AppSecrets:
         if known:
             return found
         with self._rt.store.unit_of_work(readonly=True) as uow:
-            row = uow.get_app(app_id)
+            row = uow.people.get_app(app_id)
         if row is None or not row.active:
             until = self._rt.clock.now() + self._unknown_ttl
             with self._lock:
@@ -244,12 +244,12 @@ def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
     with rt.store.unit_of_work() as uow:
         for record in rows:
             for campaign_id in record.campaign_ids:
-                if not uow.campaign_exists(campaign_id):
+                if not uow.campaigns.campaign_exists(campaign_id):
                     raise InvalidInput(
                         "invalid_merchant_file",
                         f"merchant {record.merchant_id}: no campaign {campaign_id}",
                     )
-            uow.upsert_merchant(
+            uow.people.upsert_merchant(
                 merchant_id=record.merchant_id,
                 name=record.name,
                 mcc=record.mcc,
@@ -259,7 +259,7 @@ def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
                 campaign_ids=record.campaign_ids,
                 now=now,
             )
-        uow.append_audit(
+        uow.ledger.append_audit(
             actor=actor,
             action="merchant.import",
             target="merchants",
@@ -311,8 +311,8 @@ def blacklist_add(rt: Runtime, *, id_number: str, reason: str, actor: str) -> bo
     bidx = rt.keyring.blind_index("id_number", id_number)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        added = uow.add_blacklist(bidx=bidx, reason=reason, created_by=actor, now=now)
-        uow.append_audit(
+        added = uow.people.add_blacklist(bidx=bidx, reason=reason, created_by=actor, now=now)
+        uow.ledger.append_audit(
             actor=actor,
             action="blacklist.add",
             target=bidx[:16],
@@ -327,8 +327,8 @@ def blacklist_remove(rt: Runtime, *, id_number: str, actor: str) -> bool:
     bidx = rt.keyring.blind_index("id_number", normalize_id_number(id_number))
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        removed = uow.remove_blacklist(bidx)
-        uow.append_audit(
+        removed = uow.people.remove_blacklist(bidx)
+        uow.ledger.append_audit(
             actor=actor, action="blacklist.remove", target=bidx[:16], details={}, now=now
         )
         uow.commit()

@@ -19,11 +19,11 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from lequan.adapters.sql.store import CampaignRow, UnitOfWork
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus, lifecycle_transition
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import fund_entry
-from lequan.ports import DuplicateKey, GateUnavailable
+from lequan.ports import DuplicateKey, GateUnavailable, UnitOfWork
+from lequan.rows import CampaignRow
 from lequan.services.runtime import Runtime
 
 __all__ = [
@@ -100,7 +100,7 @@ def parse_campaign(text: str | bytes) -> CampaignConfig:
 
 
 def _require_role(uow: UnitOfWork, actor: str, roles: frozenset[str]) -> str:
-    role = uow.operator_role(actor)
+    role = uow.people.operator_role(actor)
     if role is None:
         raise AuthError("unknown_operator", f"no active operator named {actor!r}")
     if role not in roles:
@@ -115,20 +115,20 @@ def import_campaign(rt: Runtime, config: CampaignConfig, *, actor: str) -> Campa
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         _require_role(uow, actor, ROLES_THAT_DRAFT)
-        if uow.campaign_exists(config.id):
+        if uow.campaigns.campaign_exists(config.id):
             raise Conflict("campaign_exists", f"campaign {config.id} already exists")
         try:
-            uow.insert_campaign(config, drafted_by=actor, now=now)
+            uow.campaigns.insert_campaign(config, drafted_by=actor, now=now)
         except DuplicateKey:
             raise Conflict("campaign_exists", f"campaign {config.id} already exists") from None
-        uow.append_audit(
+        uow.ledger.append_audit(
             actor=actor,
             action="campaign.import",
             target=config.id,
             details={"budget_fen": config.budget_fen, "rounds": len(config.rounds)},
             now=now,
         )
-        row = uow.get_campaign(config.id)
+        row = uow.campaigns.get_campaign(config.id)
         assert row is not None
         uow.commit()
     return row
@@ -138,7 +138,7 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
     """approve | activate | pause | resume | end, with maker-checker on approve."""
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        row = uow.get_campaign(campaign_id)
+        row = uow.campaigns.get_campaign(campaign_id)
         if row is None:
             raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
         if action == "approve" and actor == row.drafted_by and row.status is CampaignStatus.DRAFT:
@@ -149,7 +149,7 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
         roles = ROLES_THAT_APPROVE if action == "approve" else ROLES_THAT_OPERATE
         _require_role(uow, actor, roles)
         status = lifecycle_transition(row.status, action, drafted_by=row.drafted_by, actor=actor)
-        moved = uow.set_campaign_status(
+        moved = uow.campaigns.set_campaign_status(
             campaign_id,
             expected=row.status,
             status=status,
@@ -159,8 +159,10 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
         if not moved:
             raise Conflict("campaign_state", "the campaign changed meanwhile; look again")
         if action == "approve":
-            uow.post(fund_entry(row.budget_fen), campaign_id=campaign_id, now=now, voucher_count=0)
-        uow.append_audit(
+            uow.ledger.record(
+                fund_entry(row.budget_fen), campaign_id=campaign_id, now=now, voucher_count=0
+            )
+        uow.ledger.append_audit(
             actor=actor,
             action=f"campaign.{action}",
             target=campaign_id,
@@ -182,7 +184,7 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         _require_role(uow, actor, ROLES_THAT_OPERATE)
-        row = uow.get_campaign(campaign_id)
+        row = uow.campaigns.get_campaign(campaign_id)
         if row is None:
             raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
         if round_id not in row.rounds:
@@ -194,14 +196,16 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
         release_at, ends_at = row.rounds[round_id]
         if now >= ends_at:
             raise Conflict("round_ended", f"round {round_id} has already ended")
-        uow.set_round_times(campaign_id, round_id, release_at=min(now, release_at), ends_at=ends_at)
+        uow.campaigns.set_round_times(
+            campaign_id, round_id, release_at=min(now, release_at), ends_at=ends_at
+        )
         if row.status is CampaignStatus.APPROVED:
-            moved = uow.set_campaign_status(
+            moved = uow.campaigns.set_campaign_status(
                 campaign_id, expected=row.status, status=CampaignStatus.LIVE, now=now
             )
             if not moved:
                 raise Conflict("campaign_state", "the campaign changed meanwhile; look again")
-        uow.append_audit(
+        uow.ledger.append_audit(
             actor=actor,
             action="campaign.start_round",
             target=f"{campaign_id}/{round_id}",
@@ -216,7 +220,7 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
 
 def get_campaign(rt: Runtime, campaign_id: str) -> CampaignRow:
     with rt.store.unit_of_work(readonly=True) as uow:
-        row = uow.get_campaign(campaign_id)
+        row = uow.campaigns.get_campaign(campaign_id)
     if row is None:
         raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
     return row
@@ -224,7 +228,7 @@ def get_campaign(rt: Runtime, campaign_id: str) -> CampaignRow:
 
 def list_campaigns(rt: Runtime) -> list[CampaignRow]:
     with rt.store.unit_of_work(readonly=True) as uow:
-        return uow.list_campaigns()
+        return uow.campaigns.list_campaigns()
 
 
 # The rebuild lock outlives the fence by this much, so a slow store read
@@ -261,9 +265,9 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
     """
     gate = rt.gate
     with rt.store.unit_of_work(readonly=True) as uow:
-        row = uow.get_campaign(campaign_id)
+        row = uow.campaigns.get_campaign(campaign_id)
         assert row is not None
-        initial = uow.stock_initial(campaign_id)
+        initial = uow.campaigns.stock_initial(campaign_id)
     pools = _pools(campaign_id, initial)
     if not force and gate.loaded(campaign_id, pools):  # the common case: one look
         return False
@@ -301,9 +305,9 @@ def rebuild_gate(rt: Runtime, campaign_id: str, *, actor: str | None = None) -> 
     if actor is not None:
         with rt.store.unit_of_work() as uow:
             _require_role(uow, actor, ROLES_THAT_OPERATE)
-            if uow.get_campaign(campaign_id) is None:
+            if uow.campaigns.get_campaign(campaign_id) is None:
                 raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
-            uow.append_audit(
+            uow.ledger.append_audit(
                 actor=actor,
                 action="campaign.rebuild_gate",
                 target=campaign_id,
@@ -333,10 +337,10 @@ def _load(
     whole: bool,
 ) -> None:
     with rt.store.unit_of_work(readonly=True) as uow:
-        issued = uow.stock_issued(campaign_id)
+        issued = uow.campaigns.stock_issued(campaign_id)
         per_pool: dict[str, dict[str, int]] = defaultdict(dict)
         per_campaign: dict[str, int] = defaultdict(int)
-        for round_id, channel_id, person_id, count in uow.claim_counts(campaign_id):
+        for round_id, channel_id, person_id, count in uow.vouchers.claim_counts(campaign_id):
             per_pool[pool_key(campaign_id, round_id, channel_id)][person_id] = count
             per_campaign[person_id] += count
     stock_by_pool: dict[str, dict[str, int]] = defaultdict(dict)
@@ -354,7 +358,7 @@ def _load(
 def ensure_gate_all(rt: Runtime) -> int:
     """Load what the gate misses of every campaign that can still issue; the count loaded."""
     with rt.store.unit_of_work(readonly=True) as uow:
-        rows = uow.list_campaigns(
+        rows = uow.campaigns.list_campaigns(
             statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
         )
     now = rt.clock.now()
@@ -389,7 +393,7 @@ def retire_gates(rt: Runtime) -> list[str]:
     """
     now = rt.clock.now()
     with rt.store.unit_of_work(readonly=True) as uow:
-        rows = uow.list_campaigns(
+        rows = uow.campaigns.list_campaigns(
             statuses=(
                 CampaignStatus.APPROVED,
                 CampaignStatus.LIVE,
@@ -403,7 +407,7 @@ def retire_gates(rt: Runtime) -> list[str]:
     retired = []
     for campaign_id in done:
         with rt.store.unit_of_work(readonly=True) as uow:
-            initial = uow.stock_initial(campaign_id)
+            initial = uow.campaigns.stock_initial(campaign_id)
         token = gate.begin_rebuild(
             campaign_id, ttl_s=rt.settings.gate_fence_s + REBUILD_LOCK_MARGIN_S
         )
@@ -459,9 +463,9 @@ class CampaignCache:
             generation = self._generation
         if uow is None:
             with self._rt.store.unit_of_work(readonly=True) as own:
-                row = own.get_campaign(campaign_id)
+                row = own.campaigns.get_campaign(campaign_id)
         else:
-            row = uow.get_campaign(campaign_id)
+            row = uow.campaigns.get_campaign(campaign_id)
         with self._lock:
             if row is None:
                 self._rows.pop(campaign_id, None)

@@ -20,7 +20,6 @@ from datetime import datetime
 
 import structlog
 
-from lequan.adapters.sql.store import StockKey, UnitOfWork, VoucherRow
 from lequan.domain.campaigns import (
     CampaignStatus,
     Eligibility,
@@ -38,7 +37,9 @@ from lequan.ports import (
     ReserveRequest,
     StoreError,
     StoreUnavailable,
+    UnitOfWork,
 )
+from lequan.rows import StockKey, VoucherRow
 from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache, pool_key
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
@@ -380,15 +381,7 @@ class GroupCommitter(BatchWriter[_Job]):
         last: locked for those updates and the commit, not for the inserts.
         """
         by_campaign = _by_campaign(claims)
-        for campaign_id in sorted(by_campaign):
-            indexes = by_campaign[campaign_id]
-            uow.post(
-                issue_entry(sum(claims[i].voucher.face_fen for i in indexes)),
-                campaign_id=campaign_id,
-                now=now,
-                voucher_count=len(indexes),
-            )
-        uow.insert_claims(
+        uow.vouchers.insert_claims(
             [c.voucher for c in claims],
             [(c.key.app_id, c.key.key, c.key.request_hash) for c in claims],
             now,
@@ -397,10 +390,12 @@ class GroupCommitter(BatchWriter[_Job]):
             indexes = by_campaign[campaign_id]
             by_stock = _by_stock(campaign_id, claims, indexes)
             for key in sorted(by_stock):
-                if not uow.take_stock(key, len(by_stock[key])):
+                if not uow.campaigns.take_stock(key, len(by_stock[key])):
                     raise _DoesNotFit
-            total = sum(claims[i].voucher.face_fen for i in indexes)
-            if not uow.commit_budget(campaign_id, total):
+            issued = issue_entry(sum(claims[i].voucher.face_fen for i in indexes))
+            if not uow.ledger.record(
+                issued, campaign_id=campaign_id, now=now, voucher_count=len(indexes)
+            ):
                 raise _DoesNotFit
         return [c.answer for c in claims]
 
@@ -415,15 +410,16 @@ class GroupCommitter(BatchWriter[_Job]):
         for campaign_id in sorted(by_campaign):  # lock campaign rows in primary-key order
             taken = self._take(uow, campaign_id, claims, by_campaign[campaign_id], outcomes)
             if taken:
-                uow.post(
+                recorded = uow.ledger.record(
                     issue_entry(sum(claims[i].voucher.face_fen for i in taken)),
                     campaign_id=campaign_id,
                     now=now,
                     voucher_count=len(taken),
                 )
+                assert recorded, "the campaign row is locked and its room was counted"
             accepted.extend(taken)
         accepted.sort()
-        uow.insert_claims(
+        uow.vouchers.insert_claims(
             [claims[i].voucher for i in accepted],
             [
                 (claims[i].key.app_id, claims[i].key.key, claims[i].key.request_hash)
@@ -457,9 +453,9 @@ class GroupCommitter(BatchWriter[_Job]):
         keys = sorted(by_stock)
         stock_room: dict[StockKey, int] = {}
         for key in keys:
-            initial, issued = uow.lock_stock(key)
+            initial, issued = uow.campaigns.lock_stock(key)
             stock_room[key] = initial - issued
-        budget, committed = uow.lock_campaign_budget(campaign_id)
+        budget, committed = uow.campaigns.lock_campaign_budget(campaign_id)
         budget_room = budget - committed
         taken: list[int] = []
         counted: dict[StockKey, int] = dict.fromkeys(keys, 0)
@@ -478,12 +474,8 @@ class GroupCommitter(BatchWriter[_Job]):
                 taken.append(i)
         for key in keys:
             if counted[key]:
-                counted_out = uow.take_stock(key, counted[key])
+                counted_out = uow.campaigns.take_stock(key, counted[key])
                 assert counted_out, "the stock row is locked by this transaction"
-        taken_total = sum(claims[i].voucher.face_fen for i in taken)
-        if taken_total:
-            committed = uow.commit_budget(campaign_id, taken_total)
-            assert committed, "the campaign row is locked by this transaction"
         if short_of_budget:
             self._on_budget_exhausted(campaign_id, budget_room)
         return taken
@@ -626,7 +618,9 @@ class ClaimService:
         if not todo:
             return
         with rt.store.unit_of_work(readonly=True) as uow:
-            claimants = uow.claimants(channel_id, [requests[i].channel_user_id for i, _ in todo])
+            claimants = uow.people.claimants(
+                channel_id, [requests[i].channel_user_id for i, _ in todo]
+            )
         verdicts: dict[tuple[str, str, str | None, bool], ClaimResult | None] = {}
         unknown: ClaimResult | None = None
         reserve: list[tuple[int, ReserveRequest, _Offer, str]] = []
@@ -877,9 +871,9 @@ def answered(uow: UnitOfWork, app_id: str, keys: Sequence[str]) -> dict[str, tup
     A claim's answer is rebuilt from the voucher its key is on; any other
     answer (and a claim's from before migration 0002) was stored as such.
     """
-    rows = uow.answered_keys(app_id, keys)
+    rows = uow.idempotency.answered_keys(app_id, keys)
     # The vouchers of a batch sent again are read in one query, not one each.
-    vouchers = uow.get_vouchers([vid for _, _, _, vid in rows.values() if vid is not None])
+    vouchers = uow.vouchers.get_vouchers([vid for _, _, _, vid in rows.values() if vid is not None])
     found: dict[str, tuple[str, int, str]] = {}
     for key, (request_hash, status_code, body, voucher_id) in rows.items():
         if voucher_id is None:

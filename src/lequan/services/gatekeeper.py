@@ -46,8 +46,8 @@ def reap_stale(rt: Runtime) -> ReapReport:
     settled = released = 0
     limit = rt.settings.sweep_batch_max
     with rt.store.unit_of_work(readonly=True) as uow:
-        rows = uow.list_campaigns(statuses=(CampaignStatus.LIVE, CampaignStatus.PAUSED))
-        pools = {row.id: uow.stock_initial(row.id) for row in rows}
+        rows = uow.campaigns.list_campaigns(statuses=(CampaignStatus.LIVE, CampaignStatus.PAUSED))
+        pools = {row.id: uow.campaigns.stock_initial(row.id) for row in rows}
     for row in rows:
         limits = row.config.limits
         for round_id, channel_id in sorted({(r, c) for r, c, _t, _n in pools[row.id]}):
@@ -56,7 +56,7 @@ def reap_stale(rt: Runtime) -> ReapReport:
             if not stale:
                 continue
             with rt.store.unit_of_work(readonly=True) as uow:
-                committed = uow.claimed_slots(
+                committed = uow.vouchers.claimed_slots(
                     row.id, round_id, channel_id, sorted({person for _t, person, _s in stale})
                 )
             done: dict[bool, list[tuple[ReserveRequest, int]]] = defaultdict(list)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lequan.adapters.sql.store import UnitOfWork
 from lequan.domain.errors import IdempotencyError, InvalidInput
+from lequan.ports import UnitOfWork
 
 __all__ = [
     "Answer",
@@ -115,7 +115,7 @@ class Idempotency:
 
     def record(self, uow: UnitOfWork, answer: Answer, now: datetime) -> None:
         """Store the answer in the caller's transaction, beside its effect."""
-        uow.store_answers([self.row(answer, now)])
+        uow.idempotency.store_answers([self.row(answer, now)])
 
 
 def validate_key(key: str | None, *, chars_max: int) -> str:

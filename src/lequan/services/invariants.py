@@ -34,14 +34,14 @@ class CampaignCheck:
 
 def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
     with rt.store.unit_of_work(readonly=True) as uow:
-        row = uow.get_campaign(campaign_id)
+        row = uow.campaigns.get_campaign(campaign_id)
         if row is None:
             raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
-        states = uow.voucher_state_counts(campaign_id)
-        balances = uow.balances(campaign_id)
-        initial = uow.stock_initial(campaign_id)
-        issued_by_pool = uow.issued_counts(campaign_id)
-        counted_by_pool = uow.stock_issued(campaign_id)
+        states = uow.vouchers.voucher_state_counts(campaign_id)
+        balances = uow.ledger.balances(campaign_id)
+        initial = uow.campaigns.stock_initial(campaign_id)
+        issued_by_pool = uow.vouchers.issued_counts(campaign_id)
+        counted_by_pool = uow.campaigns.stock_issued(campaign_id)
     problems: list[str] = []
     issued = sum(n for n, _ in states.values())
     stock_initial = sum(n for *_, n in initial)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lequan.adapters.sql.store import UnitOfWork, VoucherRow
 from lequan.data import province_codes
 from lequan.domain.campaigns import CampaignStatus, Reason, eligibility_reasons
 from lequan.domain.errors import Conflict, InvalidInput, NotFound
@@ -22,7 +21,8 @@ from lequan.domain.identity import (
     normalize_name,
     normalize_phone,
 )
-from lequan.ports import DuplicateKey
+from lequan.ports import DuplicateKey, UnitOfWork
+from lequan.rows import VoucherRow
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.runtime import Runtime
 
@@ -157,10 +157,10 @@ def _bind(
     consent_version: str,
 ) -> bool:
     now = rt.clock.now()
-    bound = uow.account_person(channel_id, channel_user_id)
+    bound = uow.people.account_person(channel_id, channel_user_id)
     if bound is not None and bound != person_id:
         raise Conflict("account_already_bound", "this channel account is bound to another person")
-    person = uow.person_by_id_number_bidx(bidx)
+    person = uow.people.person_by_id_number_bidx(bidx)
     created = person is None
     key_id, name_enc = rt.keyring.encrypt("name", name)
     _, phone_enc = rt.keyring.encrypt("phone", phone)
@@ -173,7 +173,7 @@ def _bind(
     }
     if person is None:
         _, id_enc = rt.keyring.encrypt("id_number", id_number)
-        uow.insert_person(
+        uow.people.insert_person(
             {
                 "id": person_id,
                 "id_number_bidx": bidx,
@@ -187,15 +187,15 @@ def _bind(
     else:
         # Re-registering refreshes contact details; all fields share one key id.
         _, id_enc = rt.keyring.encrypt("id_number", id_number)
-        uow.update_person_contact(person_id, {**contact, "id_number_enc": id_enc})
+        uow.people.update_person_contact(person_id, {**contact, "id_number_enc": id_enc})
     if bound is None:
-        other = uow.person_account_in_channel(channel_id, person_id)
+        other = uow.people.person_account_in_channel(channel_id, person_id)
         if other is not None:
             raise Conflict(
                 "person_already_bound",
                 "this person is already registered in this channel with another account",
             )
-        uow.insert_account(
+        uow.people.insert_account(
             channel_id=channel_id, channel_user_id=channel_user_id, person_id=person_id, now=now
         )
     return created
@@ -204,9 +204,9 @@ def _bind(
 def _verdicts(
     uow: UnitOfWork, rt: Runtime, *, bidx: str, region: str, location: str | None
 ) -> tuple[Verdict, ...]:
-    blacklisted = bool(uow.blacklisted([bidx]))
+    blacklisted = bool(uow.people.blacklisted([bidx]))
     verdicts = []
-    for row in uow.list_campaigns(
+    for row in uow.campaigns.list_campaigns(
         statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
     ):
         reasons = eligibility_reasons(
@@ -230,10 +230,10 @@ def wallet(
     """The person's vouchers claimed in this channel, one page and the next cursor."""
     limit = max(1, min(limit, rt.settings.page_size_max))
     with rt.store.unit_of_work(readonly=True) as uow:
-        person_id = uow.account_person(channel_id, channel_user_id)
+        person_id = uow.people.account_person(channel_id, channel_user_id)
         if person_id is None:
             raise NotFound("not_registered", "this channel account is not registered")
-        rows = uow.person_vouchers(
+        rows = uow.vouchers.person_vouchers(
             person_id, channel_id=channel_id, after_id=after_id, limit=limit + 1
         )
     more = len(rows) > limit

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,17 +28,11 @@ from typing import Any
 
 import structlog
 
-from lequan.adapters.sql.store import (
-    MerchantRow,
-    RedemptionReads,
-    RedemptionRow,
-    UnitOfWork,
-    VoucherRow,
-)
 from lequan.domain.errors import LequanError, NotFound, Unavailable
 from lequan.domain.ledger import Entry, redeem_entry
 from lequan.domain.vouchers import Action, VoucherState, next_state
-from lequan.ports import StoreError
+from lequan.ports import StoreError, UnitOfWork
+from lequan.rows import MerchantRow, RedemptionReads, RedemptionRow, VoucherRow
 from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
@@ -100,7 +93,7 @@ class MerchantCache:
             generation = self._generation
         if cached is not None and now - cached[1] < self._ttl_s:
             return cached[0]
-        row = uow.get_merchant(merchant_id)
+        row = uow.people.get_merchant(merchant_id)
         with self._lock:
             if generation == self._generation:
                 if len(self._rows) >= self._entries_max:
@@ -177,7 +170,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
         rt = self._rt
         try:
             with rt.store.unit_of_work(readonly=True) as uow:
-                stored = uow.idempotent_answer(item.key.app_id, item.key.key)
+                stored = uow.idempotency.idempotent_answer(item.key.app_id, item.key.key)
             replay = replay_or_refuse(stored, item.key)
             if replay is not None:
                 return replay, True
@@ -205,7 +198,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
         now = rt.clock.now()
         outcomes: list[tuple[Answer, bool] | BaseException | None] = [None] * len(batch)
         with rt.store.unit_of_work() as uow:
-            reads = uow.redemption_reads(
+            reads = uow.vouchers.redemption_reads(
                 [(item.key.app_id, item.key.key) for item in batch],
                 [item.voucher_id for item in batch],
                 [(item.order.channel_id, item.order.channel_user_id) for item in batch],
@@ -313,8 +306,10 @@ class RedemptionWriter(BatchWriter[OneStep]):
     def _write_accepted(
         uow: UnitOfWork, batch: list[OneStep], accepted: list[_Accepted], now: datetime
     ) -> None:
-        uow.move_vouchers([(a.voucher, VoucherState.REDEEMED, a.row.id) for a in accepted], now=now)
-        uow.insert_redemptions([a.values for a in accepted])
+        uow.vouchers.move_vouchers(
+            [(a.voucher, VoucherState.REDEEMED, a.row.id) for a in accepted], now=now
+        )
+        uow.vouchers.insert_redemptions([a.values for a in accepted])
         posts: list[tuple[Entry, dict[str, Any]]] = [
             (
                 redeem_entry(
@@ -330,15 +325,9 @@ class RedemptionWriter(BatchWriter[OneStep]):
             )
             for a in accepted
         ]
-        uow.post_many(posts, now=now)
-        unused: dict[str, int] = defaultdict(int)
-        for a in accepted:
-            if a.voucher.face_fen > a.row.discount_fen:
-                unused[a.voucher.campaign_id] += a.voucher.face_fen - a.row.discount_fen
-        for campaign_id in sorted(unused):  # campaign rows locked in key order
-            uow.release_budget(campaign_id, unused[campaign_id])
+        uow.ledger.record_many(posts, now=now)
         event_ids = new_ids("e", len(accepted))
-        uow.add_outbox_many(
+        uow.ledger.add_outbox_many(
             [
                 (
                     event_id,
@@ -350,4 +339,4 @@ class RedemptionWriter(BatchWriter[OneStep]):
             now=now,
         )
         # Each answer stored beside its effect, for the retries.
-        uow.store_answers([batch[a.index].key.row(a.answer, now) for a in accepted])
+        uow.idempotency.store_answers([batch[a.index].key.row(a.answer, now) for a in accepted])

@@ -12,13 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from lequan.adapters.sql.store import (
-    CampaignRow,
-    MerchantRow,
-    RedemptionRow,
-    UnitOfWork,
-    VoucherRow,
-)
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import (
     EntryKind,
@@ -29,6 +22,8 @@ from lequan.domain.ledger import (
 from lequan.domain.redemption import MerchantView, OrderView, VoucherView, discount_for_order
 from lequan.domain.templates import AMOUNT_FEN_MAX
 from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.ports import UnitOfWork
+from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_id, redemption_body
@@ -77,7 +72,7 @@ def check_amount(amount_fen: int) -> None:
 
 
 def _merchant(uow: UnitOfWork, order: RedeemOrder) -> MerchantRow:
-    return checked_merchant(uow.get_merchant(order.merchant_id), order)
+    return checked_merchant(uow.people.get_merchant(order.merchant_id), order)
 
 
 def checked_merchant(merchant: MerchantRow | None, order: RedeemOrder) -> MerchantRow:
@@ -136,10 +131,10 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
     now = rt.clock.now()
     with rt.store.unit_of_work(readonly=True) as uow:
         merchant = _merchant(uow, order)
-        person_id = uow.account_person(order.channel_id, order.channel_user_id)
+        person_id = uow.people.account_person(order.channel_id, order.channel_user_id)
         if person_id is None:
             raise NotFound("not_registered", "this channel account is not registered")
-        vouchers = uow.person_vouchers(
+        vouchers = uow.vouchers.person_vouchers(
             person_id,
             channel_id=None,
             after_id=None,
@@ -150,7 +145,7 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
         quotes = []
         for v in vouchers:
             if v.campaign_id not in campaigns:
-                campaigns[v.campaign_id] = uow.get_campaign(v.campaign_id)
+                campaigns[v.campaign_id] = uow.campaigns.get_campaign(v.campaign_id)
             campaign = campaigns[v.campaign_id]
             assert campaign is not None
             try:
@@ -173,7 +168,7 @@ def _event(
     uow: UnitOfWork, topic: str, redemption: RedemptionRow, now: datetime, **extra: Any
 ) -> None:
     payload = event_payload(topic, redemption, now, **extra)
-    uow.add_outbox(event_id=new_id("e"), topic=topic, payload=payload, now=now)
+    uow.ledger.add_outbox(event_id=new_id("e"), topic=topic, payload=payload, now=now)
 
 
 def event_payload(
@@ -209,14 +204,14 @@ def redeem(
     action = Action.LOCK if lock else Action.REDEEM
     with rt.store.unit_of_work() as uow:
         merchant = _merchant(uow, order)
-        voucher = uow.lock_voucher(voucher_id)
+        voucher = uow.vouchers.lock_voucher(voucher_id)
         if voucher is None:
             raise NotFound("voucher_not_found", f"no voucher {voucher_id}")
-        person_id = uow.account_person(order.channel_id, order.channel_user_id)
+        person_id = uow.people.account_person(order.channel_id, order.channel_user_id)
         if person_id != voucher.person_id:
             # Bound to the person: someone else's voucher is as good as none.
             raise NotFound("voucher_not_found", f"no voucher {voucher_id} for this person")
-        campaign = uow.get_campaign(voucher.campaign_id)
+        campaign = uow.campaigns.get_campaign(voucher.campaign_id)
         assert campaign is not None
         discount = discount_of(
             voucher=voucher,
@@ -237,10 +232,12 @@ def redeem(
             now=now,
             lock_expires_at=now + timedelta(seconds=rt.settings.lock_timeout_s) if lock else None,
         )
-        if not uow.move_voucher(voucher, state=state, now=now, redemption_id=redemption_id):
+        if not uow.vouchers.move_voucher(
+            voucher, state=state, now=now, redemption_id=redemption_id
+        ):
             raise _lost_race(uow, voucher_id)
-        uow.insert_redemption(values)
-        redemption = uow.get_redemption(redemption_id)
+        uow.vouchers.insert_redemption(values)
+        redemption = uow.vouchers.get_redemption(redemption_id)
         assert redemption is not None
         if not lock:
             _post_redeem(uow, redemption, voucher, now)
@@ -283,7 +280,7 @@ def redemption_values(
 def _lost_race(uow: UnitOfWork, voucher_id: str) -> Conflict:
     """Another transaction moved the voucher first; say what it is now."""
     uow.rollback()
-    current = uow.get_voucher(voucher_id)
+    current = uow.vouchers.get_voucher(voucher_id)
     assert current is not None
     try:
         next_state(current.state, Action.REDEEM)
@@ -295,7 +292,7 @@ def _lost_race(uow: UnitOfWork, voucher_id: str) -> Conflict:
 def _post_redeem(
     uow: UnitOfWork, redemption: RedemptionRow, voucher: VoucherRow, now: datetime
 ) -> None:
-    uow.post(
+    uow.ledger.record(
         redeem_entry(
             face_fen=voucher.face_fen,
             discount_fen=redemption.discount_fen,
@@ -306,18 +303,16 @@ def _post_redeem(
         voucher_id=voucher.id,
         redemption_id=redemption.id,
     )
-    if voucher.face_fen > redemption.discount_fen:
-        uow.release_budget(voucher.campaign_id, voucher.face_fen - redemption.discount_fen)
     _event(uow, "redemption.completed", redemption, now)
 
 
 def _load(
     uow: UnitOfWork, redemption_id: str, acquirer_id: str
 ) -> tuple[RedemptionRow, VoucherRow]:
-    redemption = uow.get_redemption(redemption_id)
+    redemption = uow.vouchers.get_redemption(redemption_id)
     if redemption is None or redemption.acquirer_id != acquirer_id:
         raise NotFound("redemption_not_found", f"no redemption {redemption_id}")
-    voucher = uow.lock_voucher(redemption.voucher_id)
+    voucher = uow.vouchers.lock_voucher(redemption.voucher_id)
     assert voucher is not None
     return redemption, voucher
 
@@ -338,13 +333,13 @@ def _move_both(
     now: datetime,
     keep_lock: bool = False,
 ) -> RedemptionRow:
-    if not uow.move_redemption(redemption, status=status, now=now):
+    if not uow.vouchers.move_redemption(redemption, status=status, now=now):
         raise Conflict("redemption_state", "the redemption changed meanwhile; look again")
-    if not uow.move_voucher(
+    if not uow.vouchers.move_voucher(
         voucher, state=state, now=now, redemption_id=redemption.id if keep_lock else None
     ):
         raise Conflict("voucher_busy", "the voucher changed meanwhile; retry")
-    moved = uow.get_redemption(redemption.id)
+    moved = uow.vouchers.get_redemption(redemption.id)
     assert moved is not None
     return moved
 
@@ -401,7 +396,8 @@ def reverse(
             )
         state = next_state(voucher.state, Action.REVERSE)
         moved = _move_both(uow, redemption, voucher, status="reversed", state=state, now=now)
-        _undo_redeem(uow, moved, voucher, now, EntryKind.REVERSE)
+        if not _undo_redeem(uow, moved, voucher, now, EntryKind.REVERSE):
+            raise Conflict("budget_exhausted", "the budget cannot take the voucher back")
         _event(uow, "redemption.reversed", moved, now)
         if record is not None:
             record(uow, (moved, state))
@@ -415,14 +411,10 @@ def _undo_redeem(
     voucher: VoucherRow,
     now: datetime,
     kind: EntryKind,
-    *,
-    budget_taken: bool = False,
-) -> None:
-    """Post the exact negation of the redemption; the voucher's face is committed again."""
-    unused = voucher.face_fen - redemption.discount_fen
-    if unused and not budget_taken and not uow.commit_budget(voucher.campaign_id, unused):
-        raise Conflict("budget_exhausted", "the budget cannot take the voucher back")
-    uow.post(
+) -> bool:
+    """Post the exact negation of the redemption, the voucher's face committed again;
+    False, with nothing written, when the budget no longer holds its unused part."""
+    return uow.ledger.record(
         reverse_entry(
             face_fen=voucher.face_fen,
             discount_fen=redemption.discount_fen,
@@ -459,31 +451,28 @@ def refund(
                 "partial_refund_unsupported",
                 f"only a refund of the whole order is accepted ({redemption.order_amount_fen} fen)",
             )
-        campaign = uow.get_campaign(voucher.campaign_id)
+        campaign = uow.campaigns.get_campaign(voucher.campaign_id)
         assert campaign is not None
         refunded = next_state(voucher.state, Action.REFUND)
         restore = campaign.config.refund_policy == "restore_if_valid" and now < voucher.valid_until
-        unused = voucher.face_fen - redemption.discount_fen
-        if restore and unused and not uow.commit_budget(voucher.campaign_id, unused):
+        moved = _move_both(uow, redemption, voucher, status="refunded", state=refunded, now=now)
+        after_refund = uow.vouchers.get_voucher(voucher.id)
+        assert after_refund is not None
+        if restore and not _undo_redeem(uow, moved, voucher, now, EntryKind.REFUND_RESTORE):
             # Giving the voucher back would commit budget that is gone: void it instead.
             restore = False
-        moved = _move_both(uow, redemption, voucher, status="refunded", state=refunded, now=now)
-        after_refund = uow.get_voucher(voucher.id)
-        assert after_refund is not None
         if restore:
             state = next_state(refunded, Action.RESTORE)
-            _undo_redeem(uow, moved, voucher, now, EntryKind.REFUND_RESTORE, budget_taken=True)
         else:
             state = next_state(refunded, Action.VOID)
-            uow.post(
+            uow.ledger.record(
                 refund_void_entry(discount_fen=moved.discount_fen, acquirer_id=moved.acquirer_id),
                 campaign_id=voucher.campaign_id,
                 now=now,
                 voucher_id=voucher.id,
                 redemption_id=moved.id,
             )
-            uow.release_budget(voucher.campaign_id, moved.discount_fen)
-        moved_back = uow.move_voucher(after_refund, state=state, now=now)
+        moved_back = uow.vouchers.move_voucher(after_refund, state=state, now=now)
         assert moved_back, "the voucher is locked by this transaction"
         _event(uow, "redemption.refunded", moved, now, voucher_state=state.value)
         if record is not None:
@@ -494,9 +483,9 @@ def refund(
 
 def get(rt: Runtime, redemption_id: str, *, acquirer_id: str) -> dict[str, Any]:
     with rt.store.unit_of_work(readonly=True) as uow:
-        redemption = uow.get_redemption(redemption_id)
+        redemption = uow.vouchers.get_redemption(redemption_id)
         if redemption is None or redemption.acquirer_id != acquirer_id:
             raise NotFound("redemption_not_found", f"no redemption {redemption_id}")
-        voucher = uow.get_voucher(redemption.voucher_id)
+        voucher = uow.vouchers.get_voucher(redemption.voucher_id)
         assert voucher is not None
     return redemption_body(redemption, voucher_state=voucher.state.value)

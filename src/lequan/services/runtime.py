@@ -4,25 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from lequan.adapters.sql.store import SqlStore
 from lequan.config import Settings
-from lequan.ports import ClaimGate, Clock, KeyRing, NonceStore
+from lequan.ports import ClaimGate, Clock, KeyRing, NonceStore, Store
 from lequan.services.idempotency import InFlight
 
-__all__ = ["Runtime", "SystemClock"]
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
+__all__ = ["Runtime"]
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    store: SqlStore
+    store: Store
     gate: ClaimGate
     keyring: KeyRing
     clock: Clock

@@ -36,42 +36,41 @@ def sweep(rt: Runtime) -> SweepReport:
     limit = rt.settings.sweep_batch_max
     timed_out = 0
     with rt.store.unit_of_work(readonly=True) as uow:
-        locks = uow.locks_past_timeout(now, limit)
+        locks = uow.vouchers.locks_past_timeout(now, limit)
     for redemption in locks:
         with rt.store.unit_of_work() as uow:
-            voucher = uow.lock_voucher(redemption.voucher_id)
-            current = uow.get_redemption(redemption.id)
+            voucher = uow.vouchers.lock_voucher(redemption.voucher_id)
+            current = uow.vouchers.get_redemption(redemption.id)
             if voucher is None or current is None or current.status != "locked":
                 continue
-            if not uow.move_redemption(current, status="lock_expired", now=now):
+            if not uow.vouchers.move_redemption(current, status="lock_expired", now=now):
                 continue
             if voucher.state is VoucherState.LOCKED and voucher.redemption_id == redemption.id:
                 state = next_state(voucher.state, Action.LOCK_TIMEOUT)
-                if not uow.move_voucher(voucher, state=state, now=now):
+                if not uow.vouchers.move_voucher(voucher, state=state, now=now):
                     continue
             uow.commit()
             timed_out += 1
     expired = 0
     with rt.store.unit_of_work(readonly=True) as uow:
-        due = uow.vouchers_past_validity(now, limit)
+        due = uow.vouchers.vouchers_past_validity(now, limit)
     for candidate in due:
         with rt.store.unit_of_work() as uow:
-            voucher_now = uow.lock_voucher(candidate.id)
+            voucher_now = uow.vouchers.lock_voucher(candidate.id)
             if voucher_now is None or voucher_now.valid_until > now:
                 continue
             try:
                 state = next_state(voucher_now.state, Action.EXPIRE)
             except Conflict:
                 continue
-            if not uow.move_voucher(voucher_now, state=state, now=now):
+            if not uow.vouchers.move_voucher(voucher_now, state=state, now=now):
                 continue
-            uow.post(
+            uow.ledger.record(
                 expire_entry(voucher_now.face_fen),
                 campaign_id=voucher_now.campaign_id,
                 now=now,
                 voucher_id=voucher_now.id,
             )
-            uow.release_budget(voucher_now.campaign_id, voucher_now.face_fen)
             uow.commit()
             expired += 1
     gates_retired = len(retire_gates(rt))

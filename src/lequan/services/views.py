@@ -10,7 +10,6 @@ import time
 from datetime import UTC
 from typing import Any
 
-from lequan.adapters.sql.store import RedemptionRow, VoucherRow
 from lequan.domain.errors import (
     AuthError,
     Conflict,
@@ -20,6 +19,7 @@ from lequan.domain.errors import (
     NotFound,
     Unavailable,
 )
+from lequan.rows import RedemptionRow, VoucherRow
 
 __all__ = ["error_body", "http_status", "new_id", "new_ids", "redemption_body", "voucher_body"]
 

@@ -12,13 +12,14 @@ from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from lequan.adapters.sql.store import RedemptionRow, UnitOfWork
 from lequan.bootstrap import Platform
 from lequan.domain.vouchers import VoucherState
 from lequan.http.deps import AcquirerApp, IdempotencyKey, PlatformDep
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.routes.channel import ERRORS
 from lequan.http.schemas import EmptyIn, QuoteIn, QuoteOut, RedeemIn, RedemptionOut, RefundIn
+from lequan.ports import UnitOfWork
+from lequan.rows import RedemptionRow
 from lequan.services import redemption
 from lequan.services.idempotency import Answer, Idempotency
 from lequan.services.redeeming import OneStep

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from lequan.adapters.sql.store import CampaignRow
 from lequan.domain.errors import AuthError, InvalidInput
 from lequan.http.deps import Operator, PlatformDep
 from lequan.http.routes.channel import ERRORS
 from lequan.http.schemas import AppIn, AppOut, BlacklistIn, BlacklistRemoveIn, CampaignOut
+from lequan.rows import CampaignRow
 from lequan.services import admin, campaigns
 from lequan.services.invariants import check_campaign
 

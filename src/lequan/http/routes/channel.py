@@ -14,7 +14,6 @@ from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from lequan.adapters.sql.store import UnitOfWork
 from lequan.http.deps import ChannelApp, IdempotencyKey, PlatformDep
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.schemas import (
@@ -27,6 +26,7 @@ from lequan.http.schemas import (
     PersonOut,
     WalletOut,
 )
+from lequan.ports import UnitOfWork
 from lequan.services import persons
 from lequan.services.idempotency import Answer
 from lequan.services.views import voucher_body

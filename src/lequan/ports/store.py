@@ -1,0 +1,399 @@
+"""The store port: a unit of work with one repository per aggregate.
+
+The store is the source of truth. A ``Store`` hands out units of work; a
+unit of work is one transaction that rolls back unless ``commit()`` is
+called, and its repositories all act inside it:
+
+    uow.campaigns     campaigns, rounds, stocks (the budget counter is read here)
+    uow.people        persons and accounts, operators, apps, merchants, blacklist
+    uow.vouchers      vouchers and redemptions
+    uow.ledger        postings with the budget counter they move, outbox, audit
+    uow.idempotency   answers stored per (app, Idempotency-Key)
+
+Every atomic step is the store's: a conditional update (``take_stock``,
+``ledger.record``, ``move_voucher``) answers False rather than letting a
+caller read, decide and write. Row locks are taken only through ``lock_*``
+and ``redemption_reads``, always in primary-key order. Failures are the
+port's own errors (``lequan.ports.errors``), never the engine's.
+
+Implementations: ``lequan.adapters.sql`` (SQLite, PostgreSQL) and
+``lequan.adapters.memory_store`` (in-process); one contract suite runs
+against all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from lequan.domain.campaigns import CampaignConfig, CampaignStatus
+from lequan.domain.ledger import Entry
+from lequan.domain.vouchers import VoucherState
+from lequan.rows import (
+    AppRow,
+    CampaignRow,
+    MerchantRow,
+    PersonRow,
+    RedemptionReads,
+    RedemptionRow,
+    StockKey,
+    VoucherRow,
+)
+
+__all__ = [
+    "CampaignRepository",
+    "IdempotencyRepository",
+    "LedgerRepository",
+    "PeopleRepository",
+    "Store",
+    "UnitOfWork",
+    "VoucherRepository",
+]
+
+
+class CampaignRepository(Protocol):
+    """The campaign aggregate: campaigns, rounds, stocks and the budget counter's reads."""
+
+    def insert_campaign(
+        self, config: CampaignConfig, *, drafted_by: str, now: datetime
+    ) -> None: ...
+
+    def campaign_exists(self, campaign_id: str) -> bool: ...
+
+    def get_campaign(self, campaign_id: str) -> CampaignRow | None: ...
+
+    def list_campaigns(
+        self, *, statuses: Iterable[CampaignStatus] | None = None
+    ) -> list[CampaignRow]: ...
+
+    def set_campaign_status(
+        self,
+        campaign_id: str,
+        *,
+        expected: CampaignStatus,
+        status: CampaignStatus,
+        now: datetime,
+        approved_by: str | None = None,
+    ) -> bool:
+        """Move the status only if nobody else moved it first."""
+        ...
+
+    def set_round_times(
+        self, campaign_id: str, round_id: str, *, release_at: datetime, ends_at: datetime
+    ) -> None: ...
+
+    def lock_campaign_budget(self, campaign_id: str) -> tuple[int, int]:
+        """(budget_fen, committed_fen), the campaign row locked until commit."""
+        ...
+
+    def take_stock(self, key: StockKey, count: int) -> bool:
+        """Count ``count`` more vouchers out of a stock, atomically, if it holds them.
+
+        The row stays locked until commit (the claim's own transaction): a
+        stock is never given out twice, whatever the gate believed.
+        """
+        ...
+
+    def lock_stock(self, key: StockKey) -> tuple[int, int]:
+        """(initial, issued) of a stock, the row locked until commit; (0, 0) if the
+        campaign stocks no such template there."""
+        ...
+
+    def stock_issued(self, campaign_id: str) -> dict[tuple[str, str, str], int]:
+        """What each stock of the campaign counted out: (round, channel, template) -> n."""
+        ...
+
+    def stock_initial(self, campaign_id: str) -> list[tuple[str, str, str, int]]:
+        """(round_id, channel_id, template_id, initial) of every pool of the campaign."""
+        ...
+
+
+class PeopleRepository(Protocol):
+    """Everyone the platform knows: persons and their channel accounts, operators,
+    apps, merchants and the blacklist."""
+
+    def add_operator(
+        self, *, operator_id: str, role: str, token_hash: str, now: datetime
+    ) -> None: ...
+
+    def operator_by_token_hash(self, token_hash: str) -> tuple[str, str] | None: ...
+
+    def operator_role(self, operator_id: str) -> str | None: ...
+
+    def add_app(
+        self, *, app_id: str, kind: str, name: str, key_id: str, secret_enc: bytes, now: datetime
+    ) -> None: ...
+
+    def get_app(self, app_id: str) -> AppRow | None: ...
+
+    def upsert_merchant(
+        self,
+        *,
+        merchant_id: str,
+        name: str,
+        mcc: str,
+        region_code: str,
+        modes: Sequence[str],
+        acquirer_id: str,
+        campaign_ids: Sequence[str],
+        now: datetime,
+    ) -> None: ...
+
+    def get_merchant(self, merchant_id: str) -> MerchantRow | None: ...
+
+    def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None: ...
+
+    def insert_person(self, values: Mapping[str, Any]) -> None: ...
+
+    def update_person_contact(self, person_id: str, values: Mapping[str, Any]) -> None: ...
+
+    def account_person(self, channel_id: str, channel_user_id: str) -> str | None: ...
+
+    def person_account_in_channel(self, channel_id: str, person_id: str) -> str | None: ...
+
+    def insert_account(
+        self, *, channel_id: str, channel_user_id: str, person_id: str, now: datetime
+    ) -> None: ...
+
+    def blacklisted(self, bidxs: Sequence[str]) -> set[str]: ...
+
+    def add_blacklist(self, *, bidx: str, reason: str, created_by: str, now: datetime) -> bool: ...
+
+    def remove_blacklist(self, bidx: str) -> bool: ...
+
+    def claimants(
+        self, channel_id: str, channel_user_ids: Sequence[str]
+    ) -> dict[str, tuple[str, str, bool]]:
+        """channel_user_id -> (person_id, residence_region, blacklisted), one query."""
+        ...
+
+
+class VoucherRepository(Protocol):
+    """Vouchers and the redemptions made with them."""
+
+    def claimed_slots(
+        self, campaign_id: str, round_id: str, channel_id: str, person_ids: Sequence[str]
+    ) -> set[tuple[str, int]]:
+        """(person_id, claim_seq) of the vouchers these people hold in one pool."""
+        ...
+
+    def insert_claims(
+        self,
+        vouchers: Sequence[VoucherRow],
+        keys: Sequence[tuple[str, str, str]],
+        now: datetime,
+    ) -> None:
+        """Voucher rows, each with the claim that issued it: (app_id, key, request_hash)."""
+        ...
+
+    def get_voucher(self, voucher_id: str) -> VoucherRow | None: ...
+
+    def lock_voucher(self, voucher_id: str) -> VoucherRow | None:
+        """The voucher, its row locked until commit (PostgreSQL; SQLite serialises writers)."""
+        ...
+
+    def get_vouchers(self, voucher_ids: Sequence[str]) -> dict[str, VoucherRow]:
+        """Many vouchers by id, one query."""
+        ...
+
+    def redemption_reads(
+        self,
+        keys: Sequence[tuple[str, str]],
+        voucher_ids: Sequence[str],
+        accounts: Sequence[tuple[str, str]],
+    ) -> RedemptionReads:
+        """What a batch of redemptions reads before deciding: the answers stored for
+        its (app_id, key)s, its vouchers locked in id order until commit, and the
+        people of its (channel_id, channel_user_id)s.
+
+        The transaction begins first (on SQLite it takes the write lock). On
+        PostgreSQL the queries then go as one pipeline with the ``BEGIN``: one
+        round trip instead of four. Under load a round trip cost about 1 ms
+        against 0.15 ms idle (the writer, PostgreSQL and the HTTP workers share
+        the cores), and a redemption batch was a chain of them.
+        """
+        ...
+
+    def move_vouchers(
+        self, moves: Sequence[tuple[VoucherRow, VoucherState, str | None]], *, now: datetime
+    ) -> None:
+        """``move_voucher`` for many, in one statement; each must still be as it was read."""
+        ...
+
+    def insert_redemptions(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def move_voucher(
+        self,
+        voucher: VoucherRow,
+        *,
+        state: VoucherState,
+        now: datetime,
+        redemption_id: str | None = None,
+    ) -> bool:
+        """Change state only if nobody changed the voucher since it was read."""
+        ...
+
+    def person_vouchers(
+        self,
+        person_id: str,
+        *,
+        channel_id: str | None,
+        after_id: str | None,
+        limit: int,
+        states: Sequence[str] | None = None,
+    ) -> list[VoucherRow]: ...
+
+    def vouchers_past_validity(self, now: datetime, limit: int) -> list[VoucherRow]: ...
+
+    def insert_redemption(self, values: Mapping[str, Any]) -> None: ...
+
+    def get_redemption(self, redemption_id: str) -> RedemptionRow | None: ...
+
+    def move_redemption(self, redemption: RedemptionRow, *, status: str, now: datetime) -> bool: ...
+
+    def locks_past_timeout(self, now: datetime, limit: int) -> list[RedemptionRow]: ...
+
+    def issued_counts(self, campaign_id: str) -> dict[tuple[str, str, str], int]:
+        """Vouchers ever issued per (round, channel, template): what the stock gave out."""
+        ...
+
+    def claim_counts(self, campaign_id: str) -> Iterator[tuple[str, str, str, int]]:
+        """(round_id, channel_id, person_id, claims) for every person who claimed."""
+        ...
+
+    def voucher_state_counts(self, campaign_id: str) -> dict[str, tuple[int, int]]:
+        """state -> (vouchers, Σ face_fen) for one campaign."""
+        ...
+
+
+class LedgerRepository(Protocol):
+    """The ledger with the budget counter it moves, the outbox and the audit log."""
+
+    def record(
+        self,
+        entry: Entry,
+        *,
+        campaign_id: str,
+        now: datetime,
+        voucher_count: int = 1,
+        voucher_id: str | None = None,
+        redemption_id: str | None = None,
+    ) -> bool:
+        """Post ``entry`` and move the campaign's budget counter by what it commits.
+
+        False, with nothing written, when the entry would commit more than the
+        budget has left. The counter update takes the campaign row's lock: on
+        PostgreSQL the update and the posting go as one statement, so the lock
+        is held from there to the commit and no longer.
+        """
+        ...
+
+    def record_many(
+        self, posts: Sequence[tuple[Entry, Mapping[str, Any]]], *, now: datetime
+    ) -> None:
+        """``record`` for many entries that only give budget back (redemptions):
+        (entry, {campaign_id, voucher_id, redemption_id}). The counter moves once
+        per campaign, campaign rows in key order, after the postings."""
+        ...
+
+    def balances(self, campaign_id: str) -> dict[str, int]: ...
+
+    def add_outbox(
+        self, *, event_id: str, topic: str, payload: Mapping[str, Any], now: datetime
+    ) -> None: ...
+
+    def add_outbox_many(
+        self, events: Sequence[tuple[str, str, Mapping[str, Any]]], *, now: datetime
+    ) -> None:
+        """``add_outbox`` for many (event_id, topic, payload)."""
+        ...
+
+    def outbox_topics(self) -> dict[str, int]: ...
+
+    def append_audit(
+        self, *, actor: str, action: str, target: str, details: Mapping[str, Any], now: datetime
+    ) -> None:
+        """Append to the hash-chained audit log; a concurrent append collides on ``seq``."""
+        ...
+
+
+class IdempotencyRepository(Protocol):
+    """The answers given to each (app, Idempotency-Key)."""
+
+    def answered_keys(
+        self, app_id: str, keys: Sequence[str]
+    ) -> dict[str, tuple[str, int, str | None, str | None]]:
+        """key -> (request_hash, status_code, response_json, voucher_id), one query.
+
+        A claim's key is on the voucher it issued (``response_json`` None: the
+        answer is the voucher's); any other key, and claims from before
+        migration 0002, has its answer stored in ``idempotency_keys``
+        (``voucher_id`` None).
+        """
+        ...
+
+    def idempotent_answer(self, app_id: str, key: str) -> tuple[str, int, str] | None:
+        """(request_hash, status_code, response_json) stored for a key, if any."""
+        ...
+
+    def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over every aggregate; rolled back unless committed."""
+
+    @property
+    def campaigns(self) -> CampaignRepository: ...
+
+    @property
+    def people(self) -> PeopleRepository: ...
+
+    @property
+    def vouchers(self) -> VoucherRepository: ...
+
+    @property
+    def ledger(self) -> LedgerRepository: ...
+
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None:
+        """Undo the transaction so far; the unit of work may go on reading."""
+        ...
+
+    def pipeline(self) -> AbstractContextManager[None]:
+        """Send the block's writes without waiting for each answer, where the store can.
+
+        Only writes that need no answer to go on may run inside
+        (``move_vouchers``, ``insert_redemptions``, ``ledger.record_many``,
+        ``add_outbox_many``); a failure comes back at the end of the block.
+        """
+        ...
+
+
+class Store(Protocol):
+    """Hands out units of work over the source of truth."""
+
+    def unit_of_work(self, *, readonly: bool = False) -> AbstractContextManager[UnitOfWork]:
+        """One transaction; ``readonly`` promises no write, so it need not queue behind one."""
+        ...
+
+    def ping(self) -> None:
+        """Ask one trivial question; ``StoreUnavailable`` when the store does not answer."""
+        ...
+
+    def schema_revisions(self) -> tuple[str | None, str | None]:
+        """(the schema the store is at, the one this version needs); None: no schema."""
+        ...
+
+    def upgrade(self) -> None:
+        """Bring the schema to the one this version needs (the only way it changes)."""
+        ...
+
+    def dispose(self) -> None:
+        """Close every connection; the store is not used again."""
+        ...

@@ -1,0 +1,124 @@
+"""What the store hands back: one frozen row type per thing it keeps.
+
+The services and the HTTP layer read these; the store port takes and
+returns them; each adapter builds them from its own storage. They carry
+no behaviour: the rules about them live in ``lequan.domain``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from lequan.domain.campaigns import CampaignConfig, CampaignStatus
+from lequan.domain.vouchers import VoucherState
+
+__all__ = [
+    "AppRow",
+    "CampaignRow",
+    "MerchantRow",
+    "PersonRow",
+    "RedemptionReads",
+    "RedemptionRow",
+    "StockKey",
+    "VoucherRow",
+]
+
+
+# (campaign_id, round_id, channel_id, template_id): one template's stock in one pool.
+StockKey = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    id: str
+    status: CampaignStatus
+    config: CampaignConfig
+    budget_fen: int
+    committed_fen: int
+    drafted_by: str
+    approved_by: str | None
+    rounds: Mapping[str, tuple[datetime, datetime]]  # round_id -> (release_at, ends_at)
+
+
+@dataclass(frozen=True, slots=True)
+class AppRow:
+    id: str
+    kind: str
+    name: str
+    secret_key_id: str
+    secret_enc: bytes
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRow:
+    id: str
+    id_number_bidx: str
+    id_number_enc: bytes
+    name_enc: bytes
+    phone_enc: bytes
+    key_id: str
+    residence_region: str
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantRow:
+    id: str
+    name: str
+    mcc: str
+    region_code: str
+    modes: frozenset[str]
+    acquirer_id: str
+    active: bool
+    enrolled_campaigns: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherRow:
+    id: str
+    campaign_id: str
+    round_id: str
+    channel_id: str
+    template_id: str
+    person_id: str
+    claim_seq: int
+    face_fen: int
+    state: VoucherState
+    valid_from: datetime
+    valid_until: datetime
+    issued_at: datetime
+    version: int
+    redemption_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionReads:
+    """What ``VoucherRepository.redemption_reads`` found for a batch."""
+
+    # (app_id, key) -> (request_hash, status_code, response_json)
+    answers: dict[tuple[str, str], tuple[str, int, str]]
+    # voucher id -> the voucher, locked until commit
+    vouchers: dict[str, VoucherRow]
+    # (channel_id, channel_user_id) -> person id
+    persons: dict[tuple[str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionRow:
+    id: str
+    voucher_id: str
+    campaign_id: str
+    acquirer_id: str
+    merchant_id: str
+    order_id: str
+    mode: str
+    order_amount_fen: int
+    discount_fen: int
+    pay_fen: int
+    status: str
+    lock_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
