@@ -1,15 +1,18 @@
-"""The error-code registry and the code that answers codes agree.
+"""The error-code registry, the code that answers codes and docs/api.md agree.
 
 Channels and acquirers code against the codes, so a code the registry does
-not know, or a registered code nothing answers, is a broken promise. The
-source is read with ``ast``: a code is a string literal at a raising site
-(or reaches one through a local name, a conditional or a module-level
-table), or a value typed ``ErrorCode``.
+not know, a registered code nothing answers, or a doc that says another
+status is a broken promise. The source is read with ``ast``: a code is a
+string literal at a raising site (or reaches one through a local name, a
+conditional or a module-level table), or a value typed ``ErrorCode``.
 """
 
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,10 @@ from lequan.services.views import http_status
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "lequan"
 REGISTRY = SRC / "domain" / "error_codes.py"
+DOC = ROOT / "docs" / "api.md"
+TABLE_SCRIPT = ROOT / "scripts" / "error-table"
+BEGIN = "<!-- error-codes: printed by scripts/error-table --write; edit the registry, not this -->"
+END = "<!-- /error-codes -->"
 
 # The statuses each kind may answer with, as the exception tree's docstrings say.
 STATUSES_BY_KIND: dict[type[LequanError], frozenset[int]] = {
@@ -461,3 +468,47 @@ def g(codes):
 """
     _, unresolved = scan({"m.py": source})
     assert len(unresolved) == 2
+
+
+# The doc against the registry.
+
+
+def _doc_block() -> str:
+    text = DOC.read_text(encoding="utf-8")
+    _, begin, rest = text.partition(BEGIN + "\n")
+    block, end, _ = rest.partition(END)
+    assert begin, f"the error-code markers are missing from {DOC}"
+    assert end, f"the error-code markers are missing from {DOC}"
+    return block
+
+
+def test_the_doc_table_is_the_one_the_registry_prints() -> None:
+    printed = subprocess.run(
+        [sys.executable, str(TABLE_SCRIPT)], capture_output=True, text=True, check=True
+    ).stdout
+    assert _doc_block() == printed, "run scripts/error-table --write"
+
+
+def test_the_doc_table_lists_every_code_with_its_status() -> None:
+    rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}|—) \|", _doc_block(), re.MULTILINE)
+    assert rows == [
+        (str(code), "—" if spec.status is None else str(spec.status))
+        for code, spec in ERRORS.items()
+    ]
+
+
+def test_every_other_doc_table_with_a_status_agrees() -> None:
+    """Tables elsewhere in the guide (claim refusals…) name codes with a status too."""
+    checked = 0
+    wrong: list[str] = []
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 2 or not cells[1].isdigit():
+            continue
+        for code in re.findall(r"`([a-z_]+)`", cells[0]):
+            checked += 1
+            spec = spec_of(code)
+            if spec is None or spec.status != int(cells[1]):
+                wrong.append(line)
+    assert checked > len(ERRORS)  # the generated table and at least one more
+    assert wrong == []

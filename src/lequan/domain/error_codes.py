@@ -5,8 +5,9 @@ code against these strings, so each has one HTTP status and one meaning.
 the exception kind that raises it and what it means. Raising sites pass a
 code as a plain string (``Conflict("sold_out", ...)``): a ``StrEnum``
 member equals its string, so both spellings meet here.
-``lequan.services.views.http_status`` reads the status from this table,
-and ``tests/unit/test_error_codes.py`` keeps it and the raising sites
+``lequan.services.views.http_status`` reads the status from this table, the
+table in ``docs/api.md`` is printed from it (``scripts/error-table``), and
+``tests/unit/test_error_codes.py`` keeps the three and the raising sites
 equal.
 """
 
