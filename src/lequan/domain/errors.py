@@ -1,30 +1,34 @@
 """Expected failures of lequan, each with a stable code that channels and acquirers code against.
 
 Operating errors are values the caller can act on; they are never used for
-programmer mistakes (those are assertions). The HTTP status of each code is
-decided in one place, ``lequan.http.errors``.
+programmer mistakes (those are assertions). Every code, with its HTTP
+status and meaning, is in one registry, ``lequan.domain.error_codes``; a
+kind only says what sort of refusal it is.
 
-    LequanError
-    ├── InvalidInput              invalid_* — malformed but well-typed input
-    │   ├── InvalidIdNumber       invalid_id_number
-    │   ├── InvalidPhone          invalid_phone
-    │   ├── InvalidRegion         invalid_region
-    │   └── InvalidCampaignConfig invalid_campaign_config
-    ├── NotFound                  *_not_found, not_registered
-    ├── Conflict                  the state of things forbids it
+    LequanError                   (bootstrap.SetupError: setup_error, shown by the CLI)
+    ├── InvalidInput              422: invalid_*, consent_required, idempotency_key_required,
+    │                             batch_too_large, partial_refund_unsupported;
+    │                             413: body_too_large
+    ├── NotFound                  404: *_not_found, not_registered
+    ├── Conflict                  409: the state of things forbids it
     │   ├── claiming: sold_out, already_claimed, claim_limit_reached, not_started,
-    │   │            round_ended, campaign_not_live, budget_exhausted, ineligible
-    │   ├── vouchers: voucher_expired, voucher_locked, voucher_not_usable,
-    │   │            already_redeemed, voucher_revoked, voucher_void, invalid_transition
+    │   │            round_ended, campaign_paused, campaign_not_live,
+    │   │            channel_not_in_campaign, budget_exhausted, ineligible
+    │   ├── vouchers: voucher_not_yet_valid, voucher_expired, voucher_locked,
+    │   │            voucher_not_locked, already_redeemed, voucher_not_redeemed,
+    │   │            voucher_revoked, voucher_void, invalid_transition, voucher_busy
     │   ├── redemption: below_threshold, merchant_not_in_scope, channel_mismatch,
-    │   │            mode_not_in_scope, lock_expired, reversal_window_passed,
-    │   │            partial_refund_unsupported, redemption_state
+    │   │            mode_not_in_scope, order_type_excluded, lock_expired,
+    │   │            reversal_window_passed, redemption_state
     │   └── lifecycle: campaign_state, maker_cannot_approve, account_already_bound,
-    │                person_already_bound
-    ├── AuthError                 invalid_signature, stale_timestamp, nonce_reused,
-    │                             unknown_app, unauthenticated, forbidden
-    ├── IdempotencyError          idempotency_in_flight, idempotency_mismatch
-    └── Unavailable               throttled, store_unavailable, overloaded
+    │                person_already_bound, registration_conflict, *_exists
+    ├── AuthError                 401: invalid_signature, missing_signature, invalid_timestamp,
+    │                             stale_timestamp, invalid_nonce, nonce_reused, unknown_app,
+    │                             unauthenticated, unknown_operator;
+    │                             403: forbidden, wrong_app_kind
+    ├── IdempotencyError          409: idempotency_in_flight; 422: idempotency_mismatch
+    └── Unavailable               429: throttled, overloaded; 503: store_unavailable,
+                                  commit_timeout, gate_unavailable, gate_rebuilding
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class LequanError(Exception):
 
 
 class InvalidInput(LequanError):
-    """The request is well formed but a value breaks a rule (HTTP 422)."""
+    """The request is well formed but a value breaks a rule (HTTP 422; 413 for a body too large)."""
 
     kind = "invalid"
 
@@ -73,7 +77,7 @@ class NotFound(LequanError):
 
 
 class Conflict(LequanError):
-    """The current state of things forbids the action (HTTP 409, some 410/422)."""
+    """The current state of things forbids the action (HTTP 409)."""
 
     kind = "conflict"
 
@@ -85,7 +89,7 @@ class AuthError(LequanError):
 
 
 class IdempotencyError(LequanError):
-    """An Idempotency-Key was reused while in flight or with another body."""
+    """An Idempotency-Key was reused while in flight (HTTP 409) or with another body (422)."""
 
     kind = "idempotency"
 

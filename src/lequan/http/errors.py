@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lequan.domain.error_codes import ERRORS, ErrorCode
 from lequan.domain.errors import LequanError, Unavailable
 from lequan.ports import StoreUnavailable, UnstorableValue
 from lequan.services.views import error_body, http_status
@@ -21,12 +22,9 @@ __all__ = ["error_response", "install_error_handlers"]
 
 log = structlog.get_logger(__name__)
 
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
+# The codes the registry gives the web framework's own refusals, by status.
+_HTTP_CODES: dict[int, ErrorCode] = {
+    spec.status: code for code, spec in ERRORS.items() if spec.framework and spec.status is not None
 }
 
 
@@ -70,7 +68,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(error.status_code, "http_error")
+        code: ErrorCode = _HTTP_CODES.get(error.status_code, ErrorCode.HTTP_ERROR)
         return error_response(
             request, error.status_code, {"code": code, "message": str(error.detail)}
         )

@@ -1,0 +1,406 @@
+"""Every error code lequan can answer, in one table: channels and acquirers
+code against these strings, so each has one HTTP status and one meaning.
+
+``ErrorCode`` names the codes; ``ERRORS`` says, for each, its HTTP status,
+the exception kind that raises it and what it means. Raising sites pass a
+code as a plain string (``Conflict("sold_out", ...)``): a ``StrEnum``
+member equals its string, so both spellings meet here.
+``lequan.services.views.http_status`` reads the status from this table, the
+table in ``docs/api.md`` is printed from it (``scripts/error-table``), and
+``tests/unit/test_error_codes.py`` keeps the three and the raising sites
+equal.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from lequan.domain.errors import (
+    AuthError,
+    Conflict,
+    IdempotencyError,
+    InvalidInput,
+    LequanError,
+    NotFound,
+    Unavailable,
+)
+
+__all__ = ["ERRORS", "ErrorCode", "ErrorSpec", "spec_of"]
+
+
+class ErrorCode(enum.StrEnum):
+    """A stable error code, as it appears in an error body's ``code``."""
+
+    # Answered by the HTTP layer itself, before or around the services.
+    INVALID_REQUEST = "invalid_request"
+    INTERNAL_ERROR = "internal_error"
+    NOT_READY = "not_ready"
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    HTTP_ERROR = "http_error"
+    BODY_TOO_LARGE = "body_too_large"
+    BATCH_TOO_LARGE = "batch_too_large"
+    INVALID_ENCODING = "invalid_encoding"
+    # Signing and callers (AuthError).
+    MISSING_SIGNATURE = "missing_signature"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    STALE_TIMESTAMP = "stale_timestamp"
+    INVALID_NONCE = "invalid_nonce"
+    INVALID_SIGNATURE = "invalid_signature"
+    UNKNOWN_APP = "unknown_app"
+    NONCE_REUSED = "nonce_reused"
+    WRONG_APP_KIND = "wrong_app_kind"
+    UNAUTHENTICATED = "unauthenticated"
+    UNKNOWN_OPERATOR = "unknown_operator"
+    FORBIDDEN = "forbidden"
+    # Idempotency keys.
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
+    IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
+    # Persons.
+    INVALID_ID_NUMBER = "invalid_id_number"
+    INVALID_NAME = "invalid_name"
+    INVALID_PHONE = "invalid_phone"
+    INVALID_REGION = "invalid_region"
+    CONSENT_REQUIRED = "consent_required"
+    INVALID_CONSENT_VERSION = "invalid_consent_version"
+    NOT_REGISTERED = "not_registered"
+    ACCOUNT_ALREADY_BOUND = "account_already_bound"
+    PERSON_ALREADY_BOUND = "person_already_bound"
+    REGISTRATION_CONFLICT = "registration_conflict"
+    # Claiming.
+    CAMPAIGN_NOT_FOUND = "campaign_not_found"
+    ROUND_NOT_FOUND = "round_not_found"
+    TEMPLATE_NOT_FOUND = "template_not_found"
+    CAMPAIGN_PAUSED = "campaign_paused"
+    CAMPAIGN_NOT_LIVE = "campaign_not_live"
+    NOT_STARTED = "not_started"
+    ROUND_ENDED = "round_ended"
+    CHANNEL_NOT_IN_CAMPAIGN = "channel_not_in_campaign"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    SOLD_OUT = "sold_out"
+    ALREADY_CLAIMED = "already_claimed"
+    CLAIM_LIMIT_REACHED = "claim_limit_reached"
+    INELIGIBLE = "ineligible"
+    # Vouchers (the state machine's refusals).
+    VOUCHER_NOT_FOUND = "voucher_not_found"
+    VOUCHER_NOT_YET_VALID = "voucher_not_yet_valid"
+    VOUCHER_EXPIRED = "voucher_expired"
+    VOUCHER_LOCKED = "voucher_locked"
+    VOUCHER_NOT_LOCKED = "voucher_not_locked"
+    ALREADY_REDEEMED = "already_redeemed"
+    VOUCHER_NOT_REDEEMED = "voucher_not_redeemed"
+    VOUCHER_REVOKED = "voucher_revoked"
+    VOUCHER_VOID = "voucher_void"
+    INVALID_TRANSITION = "invalid_transition"
+    VOUCHER_BUSY = "voucher_busy"
+    # Redemption.
+    INVALID_AMOUNT = "invalid_amount"
+    MERCHANT_NOT_FOUND = "merchant_not_found"
+    CHANNEL_MISMATCH = "channel_mismatch"
+    MERCHANT_NOT_IN_SCOPE = "merchant_not_in_scope"
+    MODE_NOT_IN_SCOPE = "mode_not_in_scope"
+    ORDER_TYPE_EXCLUDED = "order_type_excluded"
+    BELOW_THRESHOLD = "below_threshold"
+    REDEMPTION_NOT_FOUND = "redemption_not_found"
+    REDEMPTION_STATE = "redemption_state"
+    LOCK_EXPIRED = "lock_expired"
+    REVERSAL_WINDOW_PASSED = "reversal_window_passed"
+    PARTIAL_REFUND_UNSUPPORTED = "partial_refund_unsupported"
+    # Operators' console and CLI.
+    INVALID_OPERATOR_ID = "invalid_operator_id"
+    INVALID_ROLE = "invalid_role"
+    OPERATOR_EXISTS = "operator_exists"
+    INVALID_APP_ID = "invalid_app_id"
+    INVALID_APP_KIND = "invalid_app_kind"
+    APP_EXISTS = "app_exists"
+    INVALID_CAMPAIGN_CONFIG = "invalid_campaign_config"
+    CAMPAIGN_EXISTS = "campaign_exists"
+    CAMPAIGN_STATE = "campaign_state"
+    MAKER_CANNOT_APPROVE = "maker_cannot_approve"
+    INVALID_MERCHANT = "invalid_merchant"
+    INVALID_MERCHANT_FILE = "invalid_merchant_file"
+    INVALID_REASON = "invalid_reason"
+    # Retry later (Unavailable, with Retry-After).
+    THROTTLED = "throttled"
+    OVERLOADED = "overloaded"
+    STORE_UNAVAILABLE = "store_unavailable"
+    COMMIT_TIMEOUT = "commit_timeout"
+    GATE_UNAVAILABLE = "gate_unavailable"
+    GATE_REBUILDING = "gate_rebuilding"
+    # Shown by the CLI alone: the platform refuses to start.
+    SETUP_ERROR = "setup_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """What a code means to the caller and how it travels."""
+
+    # The HTTP status the code is answered with; None when it has none of its own:
+    # ``http_error`` carries the status the web framework raised, and ``setup_error``
+    # is only ever shown by the CLI.
+    status: int | None
+    # The exception that raises it (``LequanError`` itself for a subclass outside the
+    # domain); None when lequan.http writes the body itself.
+    kind: type[LequanError] | None
+    meaning: str
+    # The name lequan.http gives the web framework's own HTTPException of this status.
+    framework: bool = False
+
+
+_C = ErrorCode
+
+ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
+    _C.INVALID_REQUEST: ErrorSpec(
+        422,
+        None,
+        "the body, path or query breaks its schema (`details.errors` lists each field and rule), "
+        "or a value in it cannot be stored",
+    ),
+    _C.INTERNAL_ERROR: ErrorSpec(
+        500, None, "an unexpected error; it has been logged with the `request_id`"
+    ),
+    _C.NOT_READY: ErrorSpec(
+        503, None, "`/readyz`: the store or the claim gate does not answer (`details` says which)"
+    ),
+    _C.BAD_REQUEST: ErrorSpec(
+        400, None, "the web framework could not parse the body", framework=True
+    ),
+    _C.NOT_FOUND: ErrorSpec(404, None, "no such path", framework=True),
+    _C.METHOD_NOT_ALLOWED: ErrorSpec(
+        405, None, "the path exists, the method does not", framework=True
+    ),
+    _C.UNSUPPORTED_MEDIA_TYPE: ErrorSpec(
+        415, None, "the web framework refused the body's media type", framework=True
+    ),
+    _C.HTTP_ERROR: ErrorSpec(
+        None,
+        None,
+        "the web framework refused the request with another status, which is the answer's",
+        framework=True,
+    ),
+    _C.BODY_TOO_LARGE: ErrorSpec(
+        413,
+        InvalidInput,
+        "the body is over `request_body_bytes_max` (or an operator's upload over its own limit)",
+        framework=True,
+    ),
+    _C.BATCH_TOO_LARGE: ErrorSpec(
+        422, InvalidInput, "a claim batch holds more than `claim_batch_items_max` items"
+    ),
+    _C.INVALID_ENCODING: ErrorSpec(422, InvalidInput, "an uploaded file is not UTF-8"),
+    _C.MISSING_SIGNATURE: ErrorSpec(
+        401, AuthError, "one or more of the four signing headers is absent or empty"
+    ),
+    _C.INVALID_TIMESTAMP: ErrorSpec(
+        401, AuthError, "`X-Lequan-Timestamp` is not a plain decimal integer of unix seconds"
+    ),
+    _C.STALE_TIMESTAMP: ErrorSpec(
+        401, AuthError, "the timestamp is more than 300 s from the server's clock"
+    ),
+    _C.INVALID_NONCE: ErrorSpec(
+        401, AuthError, "`X-Lequan-Nonce` is not 8–64 characters of `[A-Za-z0-9_-]`"
+    ),
+    _C.INVALID_SIGNATURE: ErrorSpec(
+        401, AuthError, "the signature does not match the request, or is malformed or repeated"
+    ),
+    _C.UNKNOWN_APP: ErrorSpec(401, AuthError, "`X-Lequan-App` names no active app"),
+    _C.NONCE_REUSED: ErrorSpec(
+        401, AuthError, "this app already sent this nonce within the window"
+    ),
+    _C.WRONG_APP_KIND: ErrorSpec(
+        403, AuthError, "a channel calling the acquirer API, or the reverse"
+    ),
+    _C.UNAUTHENTICATED: ErrorSpec(
+        401, AuthError, "the operator's bearer token is missing or unknown"
+    ),
+    _C.UNKNOWN_OPERATOR: ErrorSpec(401, AuthError, "no active operator by that name"),
+    _C.FORBIDDEN: ErrorSpec(
+        403,
+        AuthError,
+        "the operator's role may not do this, or the merchant is not served by this acquirer",
+    ),
+    _C.IDEMPOTENCY_KEY_REQUIRED: ErrorSpec(
+        422, InvalidInput, "a mutating call (or a batch item) without an `Idempotency-Key`"
+    ),
+    _C.INVALID_IDEMPOTENCY_KEY: ErrorSpec(
+        422,
+        InvalidInput,
+        "the key is longer than `idempotency_key_chars_max` (128) or has characters other than "
+        "letters, digits and `- _ . :`",
+    ),
+    _C.IDEMPOTENCY_IN_FLIGHT: ErrorSpec(
+        409, IdempotencyError, "the first request with this key is still running; retry soon"
+    ),
+    _C.IDEMPOTENCY_MISMATCH: ErrorSpec(
+        422, IdempotencyError, "this key was used with a different request"
+    ),
+    _C.INVALID_ID_NUMBER: ErrorSpec(
+        422, InvalidInput, "not a valid resident ID number (`details.rule` says which rule)"
+    ),
+    _C.INVALID_NAME: ErrorSpec(
+        422, InvalidInput, "a name is empty, too long or holds control characters"
+    ),
+    _C.INVALID_PHONE: ErrorSpec(422, InvalidInput, "not a mainland mobile number"),
+    _C.INVALID_REGION: ErrorSpec(422, InvalidInput, "a region is not a 6-digit GB/T 2260 code"),
+    _C.CONSENT_REQUIRED: ErrorSpec(
+        422, InvalidInput, "the person has not consented to the use of their data"
+    ),
+    _C.INVALID_CONSENT_VERSION: ErrorSpec(
+        422, InvalidInput, "the consent text version is not one lequan knows"
+    ),
+    _C.NOT_REGISTERED: ErrorSpec(
+        404, NotFound, "this channel account is not registered: register the person first"
+    ),
+    _C.ACCOUNT_ALREADY_BOUND: ErrorSpec(
+        409, Conflict, "this channel account is bound to another person"
+    ),
+    _C.PERSON_ALREADY_BOUND: ErrorSpec(
+        409, Conflict, "the person is already registered in this channel with another account"
+    ),
+    _C.REGISTRATION_CONFLICT: ErrorSpec(
+        409, Conflict, "the same person was registered concurrently; retry"
+    ),
+    _C.CAMPAIGN_NOT_FOUND: ErrorSpec(404, NotFound, "no campaign with this id"),
+    _C.ROUND_NOT_FOUND: ErrorSpec(404, NotFound, "the campaign has no round with this id"),
+    _C.TEMPLATE_NOT_FOUND: ErrorSpec(404, NotFound, "the campaign has no template with this id"),
+    _C.CAMPAIGN_PAUSED: ErrorSpec(409, Conflict, "operators paused the campaign"),
+    _C.CAMPAIGN_NOT_LIVE: ErrorSpec(409, Conflict, "the campaign is not running"),
+    _C.NOT_STARTED: ErrorSpec(409, Conflict, "the round opens later (`details.release_at`)"),
+    _C.ROUND_ENDED: ErrorSpec(409, Conflict, "the round is over"),
+    _C.CHANNEL_NOT_IN_CAMPAIGN: ErrorSpec(
+        409, Conflict, "the campaign is not issued through this channel"
+    ),
+    _C.BUDGET_EXHAUSTED: ErrorSpec(
+        409,
+        Conflict,
+        "the campaign's money is used up, whatever stock remains (or cannot take a voucher back)",
+    ),
+    _C.SOLD_OUT: ErrorSpec(
+        409, Conflict, "the stock of this voucher in this round and channel is gone"
+    ),
+    _C.ALREADY_CLAIMED: ErrorSpec(
+        409, Conflict, "the person already claimed in this round through this channel"
+    ),
+    _C.CLAIM_LIMIT_REACHED: ErrorSpec(
+        409, Conflict, "the person has claimed as many vouchers as the campaign allows"
+    ),
+    _C.INELIGIBLE: ErrorSpec(
+        409, Conflict, "the person may not claim: `details.reasons` says why (region, blacklist…)"
+    ),
+    _C.VOUCHER_NOT_FOUND: ErrorSpec(404, NotFound, "no voucher with this id for this person"),
+    _C.VOUCHER_NOT_YET_VALID: ErrorSpec(409, Conflict, "the voucher's validity starts later"),
+    _C.VOUCHER_EXPIRED: ErrorSpec(409, Conflict, "the voucher has expired"),
+    _C.VOUCHER_LOCKED: ErrorSpec(409, Conflict, "a pending redemption holds the voucher"),
+    _C.VOUCHER_NOT_LOCKED: ErrorSpec(
+        409, Conflict, "confirm or release of a voucher no redemption holds"
+    ),
+    _C.ALREADY_REDEEMED: ErrorSpec(409, Conflict, "the voucher has already been redeemed"),
+    _C.VOUCHER_NOT_REDEEMED: ErrorSpec(
+        409, Conflict, "reverse or refund of a voucher that was not redeemed"
+    ),
+    _C.VOUCHER_REVOKED: ErrorSpec(409, Conflict, "operators revoked the voucher"),
+    _C.VOUCHER_VOID: ErrorSpec(409, Conflict, "the voucher is void (refunded and not restored)"),
+    _C.INVALID_TRANSITION: ErrorSpec(
+        409, Conflict, "the voucher's state does not allow this step (a refund is under way)"
+    ),
+    _C.VOUCHER_BUSY: ErrorSpec(409, Conflict, "the voucher changed meanwhile; retry"),
+    _C.INVALID_AMOUNT: ErrorSpec(422, InvalidInput, "`order_amount_fen` is out of range"),
+    _C.MERCHANT_NOT_FOUND: ErrorSpec(404, NotFound, "no merchant with this id"),
+    _C.CHANNEL_MISMATCH: ErrorSpec(
+        409, Conflict, "a voucher is used with the channel it was claimed in"
+    ),
+    _C.MERCHANT_NOT_IN_SCOPE: ErrorSpec(
+        409,
+        Conflict,
+        "the merchant is suspended, not enrolled, or its category is outside the campaign",
+    ),
+    _C.MODE_NOT_IN_SCOPE: ErrorSpec(
+        409, Conflict, "the voucher is not for this mode (online or in store) here"
+    ),
+    _C.ORDER_TYPE_EXCLUDED: ErrorSpec(
+        409, Conflict, "the campaign excludes this order type (gift cards, prepaid cards…)"
+    ),
+    _C.BELOW_THRESHOLD: ErrorSpec(409, Conflict, "the order is below the voucher's minimum amount"),
+    _C.REDEMPTION_NOT_FOUND: ErrorSpec(
+        404, NotFound, "no redemption with this id for this acquirer"
+    ),
+    _C.REDEMPTION_STATE: ErrorSpec(
+        409,
+        Conflict,
+        "the redemption's status does not allow this step, or it changed meanwhile; look again",
+    ),
+    _C.LOCK_EXPIRED: ErrorSpec(409, Conflict, "the lock timed out before confirm; redeem again"),
+    _C.REVERSAL_WINDOW_PASSED: ErrorSpec(
+        409, Conflict, "too late to reverse (`reversal_window_s`); refund instead"
+    ),
+    _C.PARTIAL_REFUND_UNSUPPORTED: ErrorSpec(
+        422, InvalidInput, "a refund of anything but the whole order amount"
+    ),
+    _C.INVALID_OPERATOR_ID: ErrorSpec(
+        422, InvalidInput, "an operator id is 2–32 of `a-z 0-9 . _ -`"
+    ),
+    _C.INVALID_ROLE: ErrorSpec(422, InvalidInput, "no such operator role"),
+    _C.OPERATOR_EXISTS: ErrorSpec(409, Conflict, "an operator with this id already exists"),
+    _C.INVALID_APP_ID: ErrorSpec(422, InvalidInput, "an app id is 2–32 of `a-z 0-9 _ -`"),
+    _C.INVALID_APP_KIND: ErrorSpec(422, InvalidInput, "an app is a channel or an acquirer"),
+    _C.APP_EXISTS: ErrorSpec(409, Conflict, "an app with this id already exists"),
+    _C.INVALID_CAMPAIGN_CONFIG: ErrorSpec(
+        422, InvalidInput, "the campaign's configuration breaks a rule (`details.errors`)"
+    ),
+    _C.CAMPAIGN_EXISTS: ErrorSpec(409, Conflict, "a campaign with this id already exists"),
+    _C.CAMPAIGN_STATE: ErrorSpec(
+        409,
+        Conflict,
+        "the campaign's status does not allow this step, or it changed meanwhile; look again",
+    ),
+    _C.MAKER_CANNOT_APPROVE: ErrorSpec(
+        409, Conflict, "the operator who drafted a campaign cannot approve it"
+    ),
+    _C.INVALID_MERCHANT: ErrorSpec(422, InvalidInput, "a merchant's field breaks its rule"),
+    _C.INVALID_MERCHANT_FILE: ErrorSpec(
+        422,
+        InvalidInput,
+        "the merchant file's header, a line or its size is wrong (`details.line`)",
+    ),
+    _C.INVALID_REASON: ErrorSpec(422, InvalidInput, "a reason is 1–200 characters"),
+    _C.THROTTLED: ErrorSpec(
+        429, Unavailable, "this app sends faster than its allowance; slow down"
+    ),
+    _C.OVERLOADED: ErrorSpec(
+        429, Unavailable, "the platform sheds load; retry after `Retry-After` with the same key"
+    ),
+    _C.STORE_UNAVAILABLE: ErrorSpec(
+        503,
+        Unavailable,
+        "the store (or the nonce store) does not answer, or the process is shutting down",
+    ),
+    _C.COMMIT_TIMEOUT: ErrorSpec(
+        503, Unavailable, "the claim is not committed (or not known to be) yet; retry, same key"
+    ),
+    _C.GATE_UNAVAILABLE: ErrorSpec(
+        503, Unavailable, "the claim gate (Redis) cannot be reached; nothing was reserved"
+    ),
+    _C.GATE_REBUILDING: ErrorSpec(
+        503, Unavailable, "the claim gate lost its state and is being rebuilt from the store"
+    ),
+    _C.SETUP_ERROR: ErrorSpec(
+        None,
+        LequanError,
+        "the CLI: the platform cannot start as configured (key file, schema, workers); "
+        "never an HTTP answer",
+    ),
+}
+
+_BY_VALUE: Final[Mapping[str, ErrorSpec]] = {str(code): spec for code, spec in ERRORS.items()}
+
+
+def spec_of(code: str) -> ErrorSpec | None:
+    """The registry's entry for a code as an error carries it (a plain string), if any."""
+    return _BY_VALUE.get(code)
