@@ -19,15 +19,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import lequan
 from lequan.adapters.nonces import MemoryNonceStore
 from lequan.bootstrap import Platform
+from lequan.http import envelope
 from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.deps import NonceChecks
-from lequan.http.errors import error_response, install_error_handlers
+from lequan.http.envelope import Metrics, error_answer
+from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
 from lequan.http.routes import acquirer, admin, channel
 
@@ -106,27 +108,8 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: s
     await send({"type": "http.response.body", "body": payload})
 
 
-class Metrics:
-    """The app's own registry, so two apps in one process never collide."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "lequan_http_requests",
-            "HTTP requests answered",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.seconds = Histogram(
-            "lequan_http_request_seconds",
-            "Time to answer an HTTP request",
-            ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-            registry=self.registry,
-        )
-        self.claims = Counter(
-            "lequan_claims", "Claim answers by outcome", ["outcome"], registry=self.registry
-        )
+# Routes whose requests are counted but not logged: probes and scrapes.
+_QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 class _LequanAPI(FastAPI):
@@ -183,31 +166,27 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     async def request_context(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
-        request.state.request_id = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        request_id = request.state.request_id = envelope.request_id(
+            request.headers.get("x-request-id")
+        )
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as error:  # answered here, within the request's metrics and log line
+            response = json_response(request, *error_answer(error))
         elapsed_s = time.perf_counter() - started
-        route = request.scope.get("route")
-        route_path = getattr(route, "path", "unmatched")
+        route_path = getattr(request.scope.get("route"), "path", "unmatched")
         response.headers["X-Request-Id"] = request_id
-        metrics.requests.labels(route_path, request.method, str(response.status_code)).inc()
-        metrics.seconds.labels(route_path).observe(elapsed_s)
-        outcome = getattr(request.state, "outcome", None)
-        for claim_outcome, count in getattr(request.state, "claim_outcomes", {}).items():
-            metrics.claims.labels(claim_outcome).inc(count)
-        if route_path not in ("/metrics", "/healthz", "/readyz"):
-            log.info(
-                "request",
-                method=request.method,
-                route=route_path,
-                status=response.status_code,
-                duration_ms=round(elapsed_s * 1000, 2),
-                app_id=getattr(request.state, "app_id", None),
-                operator_id=getattr(request.state, "operator_id", None),
-                outcome=outcome,
-            )
+        state = request.state
+        metrics.route(route_path, request.method, logged=route_path not in _QUIET_ROUTES).record(
+            status=response.status_code,
+            elapsed_s=elapsed_s,
+            request_id=request_id,
+            app_id=getattr(state, "app_id", None),
+            operator_id=getattr(state, "operator_id", None),
+            outcome=getattr(state, "outcome", None),
+            counts=getattr(state, "claim_outcomes", envelope.NO_COUNTS),
+        )
         structlog.contextvars.clear_contextvars()
         return response
 
@@ -246,7 +225,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], summary="The store and the gate answer")
-    def readyz(request: Request) -> JSONResponse:
+    def readyz(request: Request) -> Response:
         problems: dict[str, Any] = {}
         try:
             platform.rt.store.ping()
@@ -257,7 +236,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         except Exception as error:
             problems["gate"] = type(error).__name__
         if problems:
-            return error_response(
+            return json_response(
                 request,
                 503,
                 {"code": "not_ready", "message": "a dependency is down", "details": problems},

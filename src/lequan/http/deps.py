@@ -16,12 +16,13 @@ from fastapi import Depends, Header, Request
 
 from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
+from lequan.http import envelope
 from lequan.http.admission import TokenBuckets
 from lequan.http.coalescing import Coalescer
 from lequan.http.signing import parse_headers, verify_signed
 from lequan.ports import NonceStore
 from lequan.services.admin import authenticate_operator
-from lequan.services.idempotency import Idempotency, request_hash, validate_key
+from lequan.services.idempotency import Idempotency, request_hash
 
 __all__ = [
     "AcquirerApp",
@@ -179,7 +180,7 @@ def _idempotency_key(
         ),
     ] = None,
 ) -> str:
-    return validate_key(idempotency_key, chars_max=platform.rt.settings.idempotency_key_chars_max)
+    return envelope.idempotency_key(platform, idempotency_key)
 
 
 IdempotencyKey = Annotated[str, Depends(_idempotency_key)]

@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from lequan.adapters.sql.store import RedemptionRow, UnitOfWork
 from lequan.bootstrap import Platform
@@ -77,12 +77,16 @@ async def quote(body: QuoteIn, caller: AcquirerApp, platform: PlatformDep) -> JS
     summary="Redeem a voucher in one step, or lock it at authorization",
 )
 async def redeem(
-    body: RedeemIn, caller: AcquirerApp, key: IdempotencyKey, platform: PlatformDep
-) -> JSONResponse:
+    request: Request,
+    body: RedeemIn,
+    caller: AcquirerApp,
+    key: IdempotencyKey,
+    platform: PlatformDep,
+) -> Response:
     # Served by http/fastpath.py::FastRedemptions; this route describes it (OpenAPI)
     # and answers when the app runs without that middleware.
     answer, replayed = await redeem_answer(platform, caller.app_id, body, caller.idempotency(key))
-    return answer_response(answer, replayed=replayed)
+    return answer_response(request, answer, replayed=replayed)
 
 
 async def redeem_answer(
@@ -113,19 +117,21 @@ def _follow_up(
     action: Callable[..., tuple[RedemptionRow, VoucherState]], status_code: int = 200
 ) -> Callable[..., Any]:
     async def handler(
+        *,
+        request: Request,
         redemption_id: RedemptionId,
         caller: AcquirerApp,
         key: IdempotencyKey,
         platform: PlatformDep,
         body: EmptyIn | None = None,
-    ) -> JSONResponse:
+    ) -> Response:
         def act(record: Callable[[UnitOfWork, Any], None]) -> None:
             action(platform.rt, redemption_id[:64], acquirer_id=caller.app_id, record=record)
 
         answer, replayed = await run_in_threadpool(
             run_idempotent, platform, caller.idempotency(key), act, _render(status_code)
         )
-        return answer_response(answer, replayed=replayed)
+        return answer_response(request, answer, replayed=replayed)
 
     return handler
 
@@ -167,12 +173,14 @@ router.add_api_route(
     summary="Refund the order: the voucher returns while valid (campaign policy), else void",
 )
 async def refund(
+    *,
+    request: Request,
     redemption_id: RedemptionId,
     body: RefundIn,
     caller: AcquirerApp,
     key: IdempotencyKey,
     platform: PlatformDep,
-) -> JSONResponse:
+) -> Response:
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
         redemption.refund(
             platform.rt,
@@ -185,7 +193,7 @@ async def refund(
     answer, replayed = await run_in_threadpool(
         run_idempotent, platform, caller.idempotency(key), act, _render(201)
     )
-    return answer_response(answer, replayed=replayed)
+    return answer_response(request, answer, replayed=replayed)
 
 
 @router.get(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -68,8 +68,8 @@ def _registration_answer(registration: persons.Registration) -> Answer:
     summary="Register a person (real name, consent) and get their eligibility",
 )
 async def register_person(
-    body: PersonIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
-) -> JSONResponse:
+    request: Request, body: PersonIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
+) -> Response:
     rt = platform.rt
 
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
@@ -90,7 +90,7 @@ async def register_person(
     answer, replayed = await run_in_threadpool(
         run_idempotent, platform, caller.idempotency(key), act, _registration_answer
     )
-    return answer_response(answer, replayed=replayed)
+    return answer_response(request, answer, replayed=replayed)
 
 
 def claim_hash(body: ClaimIn) -> str:
