@@ -8,10 +8,12 @@ import json
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from lequan.domain.errors import Unavailable
+from lequan.domain.errors import Conflict, Unavailable
+from lequan.http.claims import claim_headers
 from lequan.http.envelope import error_answer, invalid_request, parse_body, render
 from lequan.http.schemas import BatchClaimIn
 from lequan.ports import StoreUnavailable, UnstorableValue
+from lequan.services.claiming import ClaimResult
 from lequan.services.idempotency import Answer
 
 
@@ -21,6 +23,14 @@ def test_retry_after_is_the_errors_own() -> None:
         429,
         {"code": "throttled", "message": "slow down"},
         ((b"retry-after", b"37"),),
+    )
+    # A claim refused for now carries its error to the answer's headers, whichever path.
+    refused = ClaimResult("throttled", Answer(429, {"code": "throttled"}), error=throttled)
+    assert claim_headers(refused) == ((b"retry-after", b"37"),)
+    gone = Conflict("sold_out", "gone")
+    assert claim_headers(ClaimResult("sold_out", Answer(409, {}), error=gone)) == ()
+    assert claim_headers(ClaimResult("replayed", Answer(201, {}), replayed=True)) == (
+        (b"idempotent-replayed", b"true"),
     )
 
 

@@ -27,6 +27,7 @@ from lequan.adapters.nonces import MemoryNonceStore
 from lequan.bootstrap import Platform
 from lequan.http import envelope
 from lequan.http.admission import InFlightLimit, TokenBuckets
+from lequan.http.claims import ClaimDesk
 from lequan.http.deps import NonceChecks
 from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
@@ -132,6 +133,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         nonces.close()
+        claims.close()
         if close_on_shutdown:
             platform.close()
 
@@ -157,6 +159,9 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
     app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
+    claims = app.state.claims = ClaimDesk(
+        platform, admission=app.state.claim_admission, throttle=app.state.throttle
+    )
     nonces = app.state.nonce_checks = NonceChecks(
         platform.rt.nonces, inline=isinstance(platform.rt.nonces, MemoryNonceStore)
     )
@@ -199,8 +204,8 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     }
     app.front = (
         partial(BodyLimit, body_bytes_max=body_max),
-        partial(FastClaims, **lean, admission=app.state.claim_admission),
-        partial(FastBatchClaims, **lean, admission=app.state.claim_admission),
+        partial(FastClaims, **lean, claims=claims),
+        partial(FastBatchClaims, **lean, claims=claims),
         partial(FastRedemptions, **lean),
     )
     app.include_router(channel.router)

@@ -4,29 +4,24 @@ without the framework's per-request cost.
 ``POST /v1/claims`` is the hottest route of a flash sale. Here it is a
 plain ASGI handler in front of the whole FastAPI app, its middleware
 included, behind the same body limit and with the same rules in the same
-order: signature, nonce, Idempotency-Key, body, then the claim, and the
-same envelope (``http/envelope.py``). Single claims that arrive within
-``claim_coalesce_ms`` of each other are handed to the claim service as one
-batch, so a thousand people pressing "claim" through one channel cost one
-lookup, one gate call and one share of a group commit, as a channel's own
-batch would.
+order as the framework's route: signature, nonce, Idempotency-Key, body,
+then the claim. Both hand the claim to the same ``ClaimDesk`` and build
+the answer from the same envelope (``http/envelope.py``), so the app gives
+the same answers without this front (``create_app(fast_path=False)``); the
+front only makes them cheaper.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from json.encoder import encode_basestring
 from typing import Any
 
-from anyio import CapacityLimiter, to_thread
 from starlette.datastructures import Headers
 
 from lequan.bootstrap import Platform
-from lequan.domain.errors import InvalidInput
-from lequan.http.admission import InFlightLimit, TokenBuckets
-from lequan.http.coalescing import Coalescer
+from lequan.http.admission import TokenBuckets
+from lequan.http.claims import ClaimDesk, claim_headers
 from lequan.http.deps import NonceChecks, authenticate, raw_target
 from lequan.http.envelope import (
     NO_COUNTS,
@@ -34,7 +29,6 @@ from lequan.http.envelope import (
     Metrics,
     RawHeaders,
     error_answer,
-    error_headers,
     idempotency_key,
     parse_body,
     render,
@@ -42,10 +36,8 @@ from lequan.http.envelope import (
     request_id,
 )
 from lequan.http.routes.acquirer import redeem_answer
-from lequan.http.routes.channel import claim_hash
 from lequan.http.schemas import BatchClaimIn, ClaimIn, RedeemIn
-from lequan.services.claiming import ClaimRequest, ClaimResult, issued_voucher_json
-from lequan.services.idempotency import Idempotency, RenderedBody, request_hash, validate_key
+from lequan.services.idempotency import Idempotency, request_hash
 
 __all__ = ["FastBatchClaims", "FastClaims", "FastRedemptions"]
 
@@ -60,10 +52,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 # (status, body, extra headers, app id, the request's outcome for the log line, claim
 # answers by outcome for the metrics)
 _Answered = tuple[int, Mapping[str, Any], RawHeaders, str | None, str | None, Mapping[str, int]]
-
-
-# Batch claims answered at once by one process (each on a thread of its own).
-BATCH_CLAIM_THREADS = 40
 
 
 class _LeanRoute:
@@ -144,12 +132,12 @@ class _LeanRoute:
 
 
 class _ClaimRoute(_LeanRoute):
-    """A channel's claim route: its claim items count against the process's in-flight
-    bound (``claim_inflight_max``)."""
+    """A channel's claim route: its claims go to the app's ``ClaimDesk``, as the
+    framework's route's do."""
 
-    def __init__(self, app: Any, *, admission: InFlightLimit, **parts: Any) -> None:
+    def __init__(self, app: Any, *, claims: ClaimDesk, **parts: Any) -> None:
         super().__init__(app, **parts)  # the _LeanRoute's parts
-        self.admission = admission
+        self.claims = claims
 
 
 class FastClaims(_ClaimRoute):
@@ -157,27 +145,12 @@ class FastClaims(_ClaimRoute):
 
     path = CLAIM_PATH
 
-    def __init__(self, app: Any, **parts: Any) -> None:
-        super().__init__(app, **parts)
-        platform = self.platform
-        settings = platform.rt.settings
-        # Single claims of one channel arriving together: one call of the claim service.
-        self.coalescer: Coalescer[str, ClaimRequest, ClaimResult] = Coalescer(
-            platform.claims.claim,
-            wait_s=settings.claim_coalesce_ms / 1000,
-            batch_max=settings.claim_batch_items_max,
-            workers=4,
-            name="lequan-claims",
-        )
-
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None
         try:
             app_id = await self._authenticate(scope, raw, headers, kind="channel")
             key = idempotency_key(self.platform, headers.get("idempotency-key"))
-            request = _claim_request(app_id, key, parse_body(ClaimIn, raw))
-            with self.admission.admit(1):
-                result = await self.coalescer.submit(app_id, request)
+            result = await self.claims.claim(app_id, key, parse_body(ClaimIn, raw))
         except Exception as error:
             return (*error_answer(error), app_id, None, NO_COUNTS)
         answer = result.answer
@@ -185,7 +158,7 @@ class FastClaims(_ClaimRoute):
         return (
             status,
             answer.body,
-            _claim_headers(result),
+            claim_headers(result),
             app_id,
             result.outcome,
             {result.outcome: 1},
@@ -203,96 +176,15 @@ class FastBatchClaims(_ClaimRoute):
 
     path = BATCH_PATH
 
-    def __init__(self, app: Any, **parts: Any) -> None:
-        super().__init__(app, **parts)
-        # Threads of its own: a batch waiting for room in the commit queue (up to
-        # claim_queue_wait_ms) must not hold the threads the framework's routes share.
-        self._threads = CapacityLimiter(BATCH_CLAIM_THREADS)
-
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None
-        settings = self.platform.rt.settings
         try:
             app_id = await self._authenticate(scope, raw, headers, kind="channel")
             batch = parse_body(BatchClaimIn, raw)
-            if len(batch.items) > settings.claim_batch_items_max:
-                raise InvalidInput(
-                    "batch_too_large",
-                    f"a batch holds at most {settings.claim_batch_items_max} items",
-                )
-            self.throttle.take(app_id, cost=len(batch.items) - 1)  # the call itself paid one
-            chars_max = settings.idempotency_key_chars_max
-            requests = [
-                _claim_request(
-                    app_id, validate_key(item.idempotency_key, chars_max=chars_max), item
-                )
-                for item in batch.items
-            ]
-            with self.admission.admit(len(requests)):
-                results = await to_thread.run_sync(
-                    self.platform.claims.claim, app_id, requests, limiter=self._threads
-                )
+            body, counts = await self.claims.claim_batch(app_id, batch)
         except Exception as error:
             return (*error_answer(error), app_id, None, NO_COUNTS)
-        text, counts = _batch_text(requests, results)
-        return 200, RenderedBody(text), NO_HEADERS, app_id, f"batch:{len(requests)}", counts
-
-
-def _claim_headers(result: ClaimResult) -> RawHeaders:
-    """A claim's headers: a retry's answer says it is replayed; a refusal for now says
-    when to come back, as its error says."""
-    if result.replayed:
-        return replayed_headers(True)
-    if result.error is not None:
-        return error_headers(result.error)
-    return NO_HEADERS
-
-
-def _claim_request(app_id: str, key: str, claim: ClaimIn) -> ClaimRequest:
-    """The claim service's request for a claim's body (alone, or a batch's item)."""
-    return ClaimRequest(
-        channel_user_id=claim.channel_user_id,
-        campaign_id=claim.campaign_id,
-        round_id=claim.round_id,
-        template_id=claim.template_id,
-        location_region=claim.location_region,
-        key=Idempotency(app_id, key, claim_hash(claim)),
-    )
-
-
-def _batch_text(
-    requests: list[ClaimRequest], results: list[ClaimResult]
-) -> tuple[str, dict[str, int]]:
-    """The ``BatchClaimOut`` of a batch as JSON text, and its answers counted by outcome."""
-    items: list[str] = []
-    counts: dict[str, int] = {}
-    for index, (request, result) in enumerate(zip(requests, results, strict=True)):
-        answer = result.answer
-        ok = answer.status_code < 400
-        if ok:
-            outcome = "issued"
-        elif result.replayed:  # a stored answer: its code is in its body
-            outcome = str(answer.body.get("code", result.outcome))
-        else:
-            outcome = result.outcome
-        counts[outcome] = counts.get(outcome, 0) + 1
-        if ok:
-            voucher = issued_voucher_json(answer) or _json(answer.body.get("voucher"))
-            error = "null"
-        else:
-            voucher = "null"
-            error = answer.text if answer.text is not None else _json(dict(answer.body))
-        items.append(
-            f'{{"index":{index},"idempotency_key":{encode_basestring(request.key.key)},'
-            f'"status_code":{answer.status_code},"outcome":{encode_basestring(outcome)},'
-            f'"replayed":{"true" if result.replayed else "false"},"voucher":{voucher},'
-            f'"error":{error}}}'
-        )
-    return '{"results":[' + ",".join(items) + '],"outcomes":' + _json(counts) + "}", counts
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return 200, body, NO_HEADERS, app_id, f"batch:{len(batch.items)}", counts
 
 
 class FastRedemptions(_LeanRoute):

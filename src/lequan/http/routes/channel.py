@@ -5,9 +5,7 @@ show their wallets. Every call is signed; every mutating call is idempotent.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from json.encoder import encode_basestring
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -91,26 +89,6 @@ async def register_person(
         run_idempotent, platform, caller.idempotency(key), act, _registration_answer
     )
     return answer_response(request, answer, replayed=replayed)
-
-
-def claim_hash(body: ClaimIn) -> str:
-    """A claim is the same claim whether it came alone or in a batch: a retry may switch.
-
-    The digest is of the fields as a compact JSON array (``json.dumps`` with
-    ``ensure_ascii=False``), written out here: a thousand ``json.dumps`` calls
-    per batch cost more than the claims' gate step.
-    """
-    region = body.location_region
-    text = (
-        f"[{encode_basestring(body.channel_user_id)},{encode_basestring(body.campaign_id)},"
-        f"{encode_basestring(body.round_id)},{encode_basestring(body.template_id)},"
-        f"{'null' if region is None else encode_basestring(region)}]"
-    )
-    # request_hash("claim", text), inlined: it is computed for every claim of a batch.
-    return hashlib.sha256(_CLAIM_DIGEST_PREFIX + text.encode() + b"\x00").hexdigest()
-
-
-_CLAIM_DIGEST_PREFIX = b"claim\x00"
 
 
 @router.post(
