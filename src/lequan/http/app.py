@@ -33,6 +33,7 @@ from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
 from lequan.http.routes import acquirer, admin, channel
+from lequan.http.schemas import BatchClaimIn, ClaimIn, RedeemIn
 
 __all__ = ["create_app"]
 
@@ -109,6 +110,9 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: s
     await send({"type": "http.response.body", "body": payload})
 
 
+# The bodies routes parse themselves (``envelope.parse_body``), described in
+# their ``openapi_extra`` by reference to these.
+PARSED_BODIES = (ClaimIn, BatchClaimIn, RedeemIn)
 # Routes whose requests are counted but not logged: probes and scrapes.
 _QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
 
@@ -127,8 +131,30 @@ class _LequanAPI(FastAPI):
             app = wrap(app)
         return app
 
+    def openapi(self) -> dict[str, Any]:
+        """The framework's description, with the models of the bodies routes parse
+        themselves among its schemas."""
+        spec = super().openapi()
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        missing = [model for model in PARSED_BODIES if model.__name__ not in schemas]
+        for model in missing:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        if missing:
+            spec["components"]["schemas"] = dict(sorted(schemas.items()))
+        return spec
 
-def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI:
+
+def create_app(
+    platform: Platform, *, close_on_shutdown: bool = True, fast_path: bool = True
+) -> FastAPI:
+    """The HTTP API of ``platform``.
+
+    ``fast_path=False`` leaves out the lean routes in front of the framework
+    (tests: the framework's routes must give the same answers).
+    """
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -196,18 +222,19 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return response
 
     install_error_handlers(app)
-    lean = {
-        "platform": platform,
-        "throttle": app.state.throttle,
-        "nonces": nonces,
-        "metrics": metrics,
-    }
-    app.front = (
-        partial(BodyLimit, body_bytes_max=body_max),
-        partial(FastClaims, **lean, claims=claims),
-        partial(FastBatchClaims, **lean, claims=claims),
-        partial(FastRedemptions, **lean),
-    )
+    app.front = (partial(BodyLimit, body_bytes_max=body_max),)
+    if fast_path:
+        lean = {
+            "platform": platform,
+            "throttle": app.state.throttle,
+            "nonces": nonces,
+            "metrics": metrics,
+        }
+        app.front += (
+            partial(FastClaims, **lean, claims=claims),
+            partial(FastBatchClaims, **lean, claims=claims),
+            partial(FastRedemptions, **lean),
+        )
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)

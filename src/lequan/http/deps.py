@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from pydantic import BaseModel
 
 from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
 from lequan.http import envelope
 from lequan.http.admission import TokenBuckets
+from lequan.http.claims import ClaimDesk
 from lequan.http.coalescing import Coalescer
 from lequan.http.signing import parse_headers, verify_signed
 from lequan.ports import NonceStore
@@ -28,11 +30,13 @@ __all__ = [
     "AcquirerApp",
     "Caller",
     "ChannelApp",
+    "ClaimsDep",
     "IdempotencyKey",
     "NonceChecks",
     "Operator",
     "PlatformDep",
     "get_platform",
+    "json_body",
 ]
 
 
@@ -43,6 +47,26 @@ def get_platform(request: Request) -> Platform:
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def _claims(request: Request) -> ClaimDesk:
+    claims = request.app.state.claims
+    assert isinstance(claims, ClaimDesk)
+    return claims
+
+
+ClaimsDep = Annotated[ClaimDesk, Depends(_claims)]
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its signed body itself
+    (``envelope.parse_body``, as the lean routes do) instead of declaring it: the
+    framework would parse it first, in its own order and words.
+
+    The app lists the model among its schemas (``app.PARSED_BODIES``).
+    """
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @dataclass(frozen=True, slots=True)
