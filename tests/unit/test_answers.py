@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lequan.http.routes.channel import claim_hash
+from lequan.http.claims import claim_hash
 from lequan.http.schemas import ClaimIn
 from lequan.services.idempotency import Answer, RenderedBody, request_hash
 

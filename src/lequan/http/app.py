@@ -19,16 +19,20 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import lequan
 from lequan.bootstrap import Platform
+from lequan.http import envelope
 from lequan.http.admission import InFlightLimit, TokenBuckets
+from lequan.http.claims import ClaimDesk
 from lequan.http.deps import NonceChecks
-from lequan.http.errors import error_response, install_error_handlers
+from lequan.http.envelope import Metrics, error_answer
+from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
 from lequan.http.routes import acquirer, admin, channel
+from lequan.http.schemas import BatchClaimIn, ClaimIn, RedeemIn
 
 __all__ = ["create_app"]
 
@@ -105,27 +109,11 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: s
     await send({"type": "http.response.body", "body": payload})
 
 
-class Metrics:
-    """The app's own registry, so two apps in one process never collide."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "lequan_http_requests",
-            "HTTP requests answered",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.seconds = Histogram(
-            "lequan_http_request_seconds",
-            "Time to answer an HTTP request",
-            ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-            registry=self.registry,
-        )
-        self.claims = Counter(
-            "lequan_claims", "Claim answers by outcome", ["outcome"], registry=self.registry
-        )
+# The bodies routes parse themselves (``envelope.parse_body``), described in
+# their ``openapi_extra`` by reference to these.
+PARSED_BODIES = (ClaimIn, BatchClaimIn, RedeemIn)
+# Routes whose requests are counted but not logged: probes and scrapes.
+_QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 class _LequanAPI(FastAPI):
@@ -142,12 +130,35 @@ class _LequanAPI(FastAPI):
             app = wrap(app)
         return app
 
+    def openapi(self) -> dict[str, Any]:
+        """The framework's description, with the models of the bodies routes parse
+        themselves among its schemas."""
+        spec = super().openapi()
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        missing = [model for model in PARSED_BODIES if model.__name__ not in schemas]
+        for model in missing:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        if missing:
+            spec["components"]["schemas"] = dict(sorted(schemas.items()))
+        return spec
 
-def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI:
+
+def create_app(
+    platform: Platform, *, close_on_shutdown: bool = True, fast_path: bool = True
+) -> FastAPI:
+    """The HTTP API of ``platform``.
+
+    ``fast_path=False`` leaves out the lean routes in front of the framework
+    (tests: the framework's routes must give the same answers).
+    """
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         nonces.close()
+        claims.close()
         if close_on_shutdown:
             platform.close()
 
@@ -173,6 +184,9 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
     app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
+    claims = app.state.claims = ClaimDesk(
+        platform, admission=app.state.claim_admission, throttle=app.state.throttle
+    )
     nonces = app.state.nonce_checks = NonceChecks(
         platform.rt.nonces, inline=platform.rt.nonces.in_process
     )
@@ -182,47 +196,44 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
     async def request_context(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
-        request.state.request_id = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        request_id = request.state.request_id = envelope.request_id(
+            request.headers.get("x-request-id")
+        )
         started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as error:  # answered here, within the request's metrics and log line
+            response = json_response(request, *error_answer(error))
         elapsed_s = time.perf_counter() - started
-        route = request.scope.get("route")
-        route_path = getattr(route, "path", "unmatched")
+        route_path = getattr(request.scope.get("route"), "path", "unmatched")
         response.headers["X-Request-Id"] = request_id
-        metrics.requests.labels(route_path, request.method, str(response.status_code)).inc()
-        metrics.seconds.labels(route_path).observe(elapsed_s)
-        outcome = getattr(request.state, "outcome", None)
-        for claim_outcome, count in getattr(request.state, "claim_outcomes", {}).items():
-            metrics.claims.labels(claim_outcome).inc(count)
-        if route_path not in ("/metrics", "/healthz", "/readyz"):
-            log.info(
-                "request",
-                method=request.method,
-                route=route_path,
-                status=response.status_code,
-                duration_ms=round(elapsed_s * 1000, 2),
-                app_id=getattr(request.state, "app_id", None),
-                operator_id=getattr(request.state, "operator_id", None),
-                outcome=outcome,
-            )
+        state = request.state
+        metrics.route(route_path, request.method, logged=route_path not in _QUIET_ROUTES).record(
+            status=response.status_code,
+            elapsed_s=elapsed_s,
+            request_id=request_id,
+            app_id=getattr(state, "app_id", None),
+            operator_id=getattr(state, "operator_id", None),
+            outcome=getattr(state, "outcome", None),
+            counts=getattr(state, "claim_outcomes", envelope.NO_COUNTS),
+        )
         structlog.contextvars.clear_contextvars()
         return response
 
     install_error_handlers(app)
-    lean = {
-        "platform": platform,
-        "throttle": app.state.throttle,
-        "nonces": nonces,
-        "metrics": metrics,
-    }
-    app.front = (
-        partial(BodyLimit, body_bytes_max=body_max),
-        partial(FastClaims, **lean, admission=app.state.claim_admission),
-        partial(FastBatchClaims, **lean, admission=app.state.claim_admission),
-        partial(FastRedemptions, **lean),
-    )
+    app.front = (partial(BodyLimit, body_bytes_max=body_max),)
+    if fast_path:
+        lean = {
+            "platform": platform,
+            "throttle": app.state.throttle,
+            "nonces": nonces,
+            "metrics": metrics,
+        }
+        app.front += (
+            partial(FastClaims, **lean, claims=claims),
+            partial(FastBatchClaims, **lean, claims=claims),
+            partial(FastRedemptions, **lean),
+        )
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)
@@ -245,7 +256,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], summary="The store and the gate answer")
-    def readyz(request: Request) -> JSONResponse:
+    def readyz(request: Request) -> Response:
         problems: dict[str, Any] = {}
         try:
             platform.rt.store.ping()
@@ -256,7 +267,7 @@ def create_app(platform: Platform, *, close_on_shutdown: bool = True) -> FastAPI
         except Exception as error:
             problems["gate"] = type(error).__name__
         if problems:
-            return error_response(
+            return json_response(
                 request,
                 503,
                 {"code": "not_ready", "message": "a dependency is down", "details": problems},

@@ -13,25 +13,30 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from pydantic import BaseModel
 
 from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
+from lequan.http import envelope
 from lequan.http.admission import TokenBuckets
+from lequan.http.claims import ClaimDesk
 from lequan.http.coalescing import Coalescer
 from lequan.http.signing import parse_headers, verify_signed
 from lequan.ports import NonceStore
 from lequan.services.admin import authenticate_operator
-from lequan.services.idempotency import Idempotency, request_hash, validate_key
+from lequan.services.idempotency import Idempotency, request_hash
 
 __all__ = [
     "AcquirerApp",
     "Caller",
     "ChannelApp",
+    "ClaimsDep",
     "IdempotencyKey",
     "NonceChecks",
     "Operator",
     "PlatformDep",
     "get_platform",
+    "json_body",
 ]
 
 
@@ -42,6 +47,26 @@ def get_platform(request: Request) -> Platform:
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def _claims(request: Request) -> ClaimDesk:
+    claims = request.app.state.claims
+    assert isinstance(claims, ClaimDesk)
+    return claims
+
+
+ClaimsDep = Annotated[ClaimDesk, Depends(_claims)]
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its signed body itself
+    (``envelope.parse_body``, as the lean routes do) instead of declaring it: the
+    framework would parse it first, in its own order and words.
+
+    The app lists the model among its schemas (``app.PARSED_BODIES``).
+    """
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +204,7 @@ def _idempotency_key(
         ),
     ] = None,
 ) -> str:
-    return validate_key(idempotency_key, chars_max=platform.rt.settings.idempotency_key_chars_max)
+    return envelope.idempotency_key(platform, idempotency_key)
 
 
 IdempotencyKey = Annotated[str, Depends(_idempotency_key)]

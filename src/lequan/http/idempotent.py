@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi import Request, Response
 
 from lequan.bootstrap import Platform
+from lequan.http.envelope import replayed_headers
+from lequan.http.errors import json_response
 from lequan.ports import UnitOfWork
 from lequan.services.claiming import answered
 from lequan.services.idempotency import Answer, Idempotency, run_once
@@ -44,6 +46,5 @@ def run_idempotent(
     return answer, not produced
 
 
-def answer_response(answer: Answer, *, replayed: bool) -> JSONResponse:
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return JSONResponse(dict(answer.body), status_code=answer.status_code, headers=headers)
+def answer_response(request: Request, answer: Answer, *, replayed: bool) -> Response:
+    return json_response(request, answer.status_code, answer.body, replayed_headers(replayed))

@@ -89,6 +89,7 @@ class ClaimResult:
     outcome: str
     answer: Answer
     replayed: bool = False
+    error: LequanError | None = None  # a refusal's, for its HTTP headers (Retry-After)
 
 
 @dataclass(slots=True)
@@ -124,7 +125,7 @@ def _refusal(error: LequanError, status_code: int) -> ClaimResult:
     """A refusal, rendered once: the claims of a batch refused alike share it."""
     expected = http_status(error)
     assert status_code == expected
-    return ClaimResult(error.code, Answer.of(status_code, error_body(error)))
+    return ClaimResult(error.code, Answer.of(status_code, error_body(error)), error=error)
 
 
 def _tell_gate(

@@ -8,13 +8,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from lequan.bootstrap import Platform
 from lequan.domain.vouchers import VoucherState
-from lequan.http.deps import AcquirerApp, IdempotencyKey, PlatformDep
+from lequan.http.deps import AcquirerApp, IdempotencyKey, PlatformDep, json_body
+from lequan.http.envelope import parse_body
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.routes.channel import ERRORS
 from lequan.http.schemas import EmptyIn, QuoteIn, QuoteOut, RedeemIn, RedemptionOut, RefundIn
@@ -75,15 +76,17 @@ async def quote(body: QuoteIn, caller: AcquirerApp, platform: PlatformDep) -> JS
     response_model=RedemptionOut,
     status_code=201,
     responses=ERRORS,
+    openapi_extra=json_body(RedeemIn),
     summary="Redeem a voucher in one step, or lock it at authorization",
 )
 async def redeem(
-    body: RedeemIn, caller: AcquirerApp, key: IdempotencyKey, platform: PlatformDep
-) -> JSONResponse:
-    # Served by http/fastpath.py::FastRedemptions; this route describes it (OpenAPI)
-    # and answers when the app runs without that middleware.
+    request: Request, caller: AcquirerApp, key: IdempotencyKey, platform: PlatformDep
+) -> Response:
+    # The lean route in front of the app (http/fastpath.py::FastRedemptions) answers
+    # this path first, the same way: this one answers without it.
+    body = parse_body(RedeemIn, caller.body)
     answer, replayed = await redeem_answer(platform, caller.app_id, body, caller.idempotency(key))
-    return answer_response(answer, replayed=replayed)
+    return answer_response(request, answer, replayed=replayed)
 
 
 async def redeem_answer(
@@ -114,19 +117,21 @@ def _follow_up(
     action: Callable[..., tuple[RedemptionRow, VoucherState]], status_code: int = 200
 ) -> Callable[..., Any]:
     async def handler(
+        *,
+        request: Request,
         redemption_id: RedemptionId,
         caller: AcquirerApp,
         key: IdempotencyKey,
         platform: PlatformDep,
         body: EmptyIn | None = None,
-    ) -> JSONResponse:
+    ) -> Response:
         def act(record: Callable[[UnitOfWork, Any], None]) -> None:
             action(platform.rt, redemption_id[:64], acquirer_id=caller.app_id, record=record)
 
         answer, replayed = await run_in_threadpool(
             run_idempotent, platform, caller.idempotency(key), act, _render(status_code)
         )
-        return answer_response(answer, replayed=replayed)
+        return answer_response(request, answer, replayed=replayed)
 
     return handler
 
@@ -168,12 +173,14 @@ router.add_api_route(
     summary="Refund the order: the voucher returns while valid (campaign policy), else void",
 )
 async def refund(
+    *,
+    request: Request,
     redemption_id: RedemptionId,
     body: RefundIn,
     caller: AcquirerApp,
     key: IdempotencyKey,
     platform: PlatformDep,
-) -> JSONResponse:
+) -> Response:
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
         redemption.refund(
             platform.rt,
@@ -186,7 +193,7 @@ async def refund(
     answer, replayed = await run_in_threadpool(
         run_idempotent, platform, caller.idempotency(key), act, _render(201)
     )
-    return answer_response(answer, replayed=replayed)
+    return answer_response(request, answer, replayed=replayed)
 
 
 @router.get(

@@ -5,16 +5,17 @@ show their wallets. Every call is signed; every mutating call is idempotent.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from json.encoder import encode_basestring
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from lequan.http.deps import ChannelApp, IdempotencyKey, PlatformDep
+from lequan.http.claims import claim_headers
+from lequan.http.deps import ChannelApp, ClaimsDep, IdempotencyKey, PlatformDep, json_body
+from lequan.http.envelope import NO_HEADERS, parse_body
+from lequan.http.errors import json_response
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.schemas import (
     BatchClaimIn,
@@ -68,8 +69,8 @@ def _registration_answer(registration: persons.Registration) -> Answer:
     summary="Register a person (real name, consent) and get their eligibility",
 )
 async def register_person(
-    body: PersonIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
-) -> JSONResponse:
+    request: Request, body: PersonIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
+) -> Response:
     rt = platform.rt
 
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
@@ -90,27 +91,7 @@ async def register_person(
     answer, replayed = await run_in_threadpool(
         run_idempotent, platform, caller.idempotency(key), act, _registration_answer
     )
-    return answer_response(answer, replayed=replayed)
-
-
-def claim_hash(body: ClaimIn) -> str:
-    """A claim is the same claim whether it came alone or in a batch: a retry may switch.
-
-    The digest is of the fields as a compact JSON array (``json.dumps`` with
-    ``ensure_ascii=False``), written out here: a thousand ``json.dumps`` calls
-    per batch cost more than the claims' gate step.
-    """
-    region = body.location_region
-    text = (
-        f"[{encode_basestring(body.channel_user_id)},{encode_basestring(body.campaign_id)},"
-        f"{encode_basestring(body.round_id)},{encode_basestring(body.template_id)},"
-        f"{'null' if region is None else encode_basestring(region)}]"
-    )
-    # request_hash("claim", text), inlined: it is computed for every claim of a batch.
-    return hashlib.sha256(_CLAIM_DIGEST_PREFIX + text.encode() + b"\x00").hexdigest()
-
-
-_CLAIM_DIGEST_PREFIX = b"claim\x00"
+    return answer_response(request, answer, replayed=replayed)
 
 
 @router.post(
@@ -118,26 +99,37 @@ _CLAIM_DIGEST_PREFIX = b"claim\x00"
     response_model=ClaimOut,
     status_code=201,
     responses=ERRORS,
+    openapi_extra=json_body(ClaimIn),
     summary="Claim one voucher for a registered person",
 )
 async def claim(
-    body: ClaimIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
-) -> JSONResponse:
-    """Served by ``lequan.http.fastpath.FastClaims`` in front of the app; this route
-    exists so the OpenAPI description of the path (parameters, body, answers) is exact."""
-    raise AssertionError("POST /v1/claims is answered by FastClaims before routing")
+    request: Request, caller: ChannelApp, key: IdempotencyKey, claims: ClaimsDep
+) -> Response:
+    """A retry with the same Idempotency-Key replays the first answer."""
+    # The lean route in front of the app (http/fastpath.py) answers this path first,
+    # through the same ClaimDesk and envelope: this one answers without it.
+    result = await claims.claim(caller.app_id, key, parse_body(ClaimIn, caller.body))
+    request.state.outcome = result.outcome
+    request.state.claim_outcomes = {result.outcome: 1}
+    answer = result.answer
+    return json_response(request, answer.status_code, answer.body, claim_headers(result))
 
 
 @router.post(
     "/claims/batch",
     response_model=BatchClaimOut,
     responses=ERRORS,
+    openapi_extra=json_body(BatchClaimIn),
     summary="Claim for many people at once; one result per item, in order",
 )
-async def claim_batch(body: BatchClaimIn, caller: ChannelApp, platform: PlatformDep) -> Response:
-    """Served by ``lequan.http.fastpath.FastBatchClaims`` in front of the app; this route
-    exists so the OpenAPI description of the path (parameters, body, answers) is exact."""
-    raise AssertionError("POST /v1/claims/batch is answered by FastBatchClaims before routing")
+async def claim_batch(request: Request, caller: ChannelApp, claims: ClaimsDep) -> Response:
+    """Each item carries its own Idempotency-Key; a retried item replays its first answer."""
+    # Answered first by the lean route in front of the app, as the single claim is.
+    batch = parse_body(BatchClaimIn, caller.body)
+    body, counts = await claims.claim_batch(caller.app_id, batch)
+    request.state.outcome = f"batch:{len(batch.items)}"
+    request.state.claim_outcomes = counts
+    return json_response(request, 200, body, NO_HEADERS)
 
 
 @router.get(

@@ -1,0 +1,172 @@
+"""Claims handed from HTTP to the claim service, however they arrived.
+
+The framework's claim routes (``routes/channel.py``) and the lean routes in
+front of the framework (``fastpath.py``) both hand their claims to one
+``ClaimDesk``, so a claim is answered alike on either path. Single claims
+that arrive within ``claim_coalesce_ms`` of each other are handed on as one
+batch per channel, so a thousand people pressing "claim" through one channel
+cost one lookup, one gate call and one share of a group commit, as a
+channel's own batch would. Both count their items against the process's
+in-flight bound (``claim_inflight_max``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from json.encoder import encode_basestring
+from typing import Any
+
+from anyio import CapacityLimiter, to_thread
+
+from lequan.bootstrap import Platform
+from lequan.domain.errors import InvalidInput
+from lequan.http.admission import InFlightLimit, TokenBuckets
+from lequan.http.coalescing import Coalescer
+from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
+from lequan.http.schemas import BatchClaimIn, ClaimIn
+from lequan.services.claiming import ClaimRequest, ClaimResult, issued_voucher_json
+from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
+
+__all__ = ["BATCH_CLAIM_THREADS", "ClaimDesk", "claim_hash", "claim_headers"]
+
+# Batch claims answered at once by one process (each on a thread of its own).
+BATCH_CLAIM_THREADS = 40
+
+
+class ClaimDesk:
+    """Where one app's claims meet the claim service: single claims coalesced, batches
+    on threads of their own, both within the in-flight bound."""
+
+    def __init__(
+        self, platform: Platform, *, admission: InFlightLimit, throttle: TokenBuckets
+    ) -> None:
+        self._platform = platform
+        self._admission = admission
+        self._throttle = throttle
+        settings = platform.rt.settings
+        # Single claims of one channel arriving together: one call of the claim service.
+        self._coalescer: Coalescer[str, ClaimRequest, ClaimResult] = Coalescer(
+            platform.claims.claim,
+            wait_s=settings.claim_coalesce_ms / 1000,
+            batch_max=settings.claim_batch_items_max,
+            workers=4,
+            name="lequan-claims",
+        )
+        # Threads of its own: a batch waiting for room in the commit queue (up to
+        # claim_queue_wait_ms) must not hold the threads the framework's routes share.
+        self._threads = CapacityLimiter(BATCH_CLAIM_THREADS)
+
+    async def claim(self, app_id: str, key: str, claim: ClaimIn) -> ClaimResult:
+        """One claim, answered with the others of its channel arriving meanwhile."""
+        request = _claim_request(app_id, key, claim)
+        with self._admission.admit(1):
+            return await self._coalescer.submit(app_id, request)
+
+    async def claim_batch(
+        self, app_id: str, batch: BatchClaimIn
+    ) -> tuple[RenderedBody, dict[str, int]]:
+        """A channel's batch: its ``BatchClaimOut`` as JSON text, and its answers counted
+        by outcome. Each item costs the app a token (the call itself paid one)."""
+        settings = self._platform.rt.settings
+        if len(batch.items) > settings.claim_batch_items_max:
+            raise InvalidInput(
+                "batch_too_large",
+                f"a batch holds at most {settings.claim_batch_items_max} items",
+            )
+        self._throttle.take(app_id, cost=len(batch.items) - 1)
+        chars_max = settings.idempotency_key_chars_max
+        requests = [
+            _claim_request(app_id, validate_key(item.idempotency_key, chars_max=chars_max), item)
+            for item in batch.items
+        ]
+        with self._admission.admit(len(requests)):
+            results = await to_thread.run_sync(
+                self._platform.claims.claim, app_id, requests, limiter=self._threads
+            )
+        text, counts = _batch_text(requests, results)
+        return RenderedBody(text), counts
+
+    def close(self) -> None:
+        self._coalescer.close()
+
+
+def claim_headers(result: ClaimResult) -> RawHeaders:
+    """A claim's headers: a retry's answer says it is replayed; a refusal for now says
+    when to come back, as its error says."""
+    if result.replayed:
+        return replayed_headers(True)
+    if result.error is not None:
+        return error_headers(result.error)
+    return NO_HEADERS
+
+
+def claim_hash(body: ClaimIn) -> str:
+    """A claim is the same claim whether it came alone or in a batch: a retry may switch.
+
+    The digest is of the fields as a compact JSON array (``json.dumps`` with
+    ``ensure_ascii=False``), written out here: a thousand ``json.dumps`` calls
+    per batch cost more than the claims' gate step.
+    """
+    region = body.location_region
+    text = (
+        f"[{encode_basestring(body.channel_user_id)},{encode_basestring(body.campaign_id)},"
+        f"{encode_basestring(body.round_id)},{encode_basestring(body.template_id)},"
+        f"{'null' if region is None else encode_basestring(region)}]"
+    )
+    # request_hash("claim", text), inlined: it is computed for every claim of a batch.
+    return hashlib.sha256(_CLAIM_DIGEST_PREFIX + text.encode() + b"\x00").hexdigest()
+
+
+_CLAIM_DIGEST_PREFIX = b"claim\x00"
+
+
+def _claim_request(app_id: str, key: str, claim: ClaimIn) -> ClaimRequest:
+    """The claim service's request for a claim's body (alone, or a batch's item)."""
+    return ClaimRequest(
+        channel_user_id=claim.channel_user_id,
+        campaign_id=claim.campaign_id,
+        round_id=claim.round_id,
+        template_id=claim.template_id,
+        location_region=claim.location_region,
+        key=Idempotency(app_id, key, claim_hash(claim)),
+    )
+
+
+def _batch_text(
+    requests: list[ClaimRequest], results: list[ClaimResult]
+) -> tuple[str, dict[str, int]]:
+    """The ``BatchClaimOut`` of a batch as JSON text, and its answers counted by outcome.
+
+    Written as text: each issued voucher's JSON was rendered once already, for
+    the stored answer, and is put in as it is.
+    """
+    items: list[str] = []
+    counts: dict[str, int] = {}
+    for index, (request, result) in enumerate(zip(requests, results, strict=True)):
+        answer = result.answer
+        ok = answer.status_code < 400
+        if ok:
+            outcome = "issued"
+        elif result.replayed:  # a stored answer: its code is in its body
+            outcome = str(answer.body.get("code", result.outcome))
+        else:
+            outcome = result.outcome
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if ok:
+            voucher = issued_voucher_json(answer) or _json(answer.body.get("voucher"))
+            error = "null"
+        else:
+            voucher = "null"
+            error = answer.text if answer.text is not None else _json(dict(answer.body))
+        items.append(
+            f'{{"index":{index},"idempotency_key":{encode_basestring(request.key.key)},'
+            f'"status_code":{answer.status_code},"outcome":{encode_basestring(outcome)},'
+            f'"replayed":{"true" if result.replayed else "false"},"voucher":{voucher},'
+            f'"error":{error}}}'
+        )
+    return '{"results":[' + ",".join(items) + '],"outcomes":' + _json(counts) + "}", counts
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
