@@ -159,7 +159,7 @@ _C = ErrorCode
 ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     _C.INVALID_REQUEST: ErrorSpec(
         422,
-        None,
+        InvalidInput,
         "the body, path or query breaks its schema (`details.errors` lists each field and rule), "
         "or a value in it cannot be stored",
     ),
