@@ -30,7 +30,7 @@ from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
-from lequan.services.redeeming import RedemptionWriter
+from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
 
@@ -86,14 +86,22 @@ def build_runtime(
             key_prefix=settings.redis_key_prefix,
             buckets=settings.gate_buckets,
             cluster=settings.redis_cluster,
+            connections_max=settings.redis_connections_max,
+            connection_wait_s=settings.redis_timeout_s,
+            socket_timeout_s=settings.redis_timeout_s,
         )
         nonce_client: redis.Redis | RedisCluster
         if settings.redis_cluster:
-            nonce_client = RedisCluster.from_url(settings.redis_url, socket_timeout=5)
+            nonce_client = RedisCluster.from_url(
+                settings.redis_url, socket_timeout=settings.redis_timeout_s
+            )
         else:
             # A blocking pool: a burst waits for a connection instead of failing.
             pool = redis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=32, timeout=5, socket_timeout=5
+                settings.redis_url,
+                max_connections=settings.redis_nonce_connections_max,
+                timeout=settings.redis_timeout_s,
+                socket_timeout=settings.redis_timeout_s,
             )
             nonce_client = redis.Redis.from_pool(pool)
         nonces = RedisNonceStore(nonce_client, key_prefix=settings.redis_key_prefix)
@@ -171,7 +179,11 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
     """Check the schema is current, rebuild the gate from the store, start the workers."""
     if check_schema:
         require_current_schema(rt)
-    cache = CampaignCache(rt, ttl_s=rt.settings.campaign_cache_ttl_s)
+    cache = CampaignCache(
+        rt,
+        ttl_s=rt.settings.campaign_cache_ttl_s,
+        entries_max=rt.settings.campaign_cache_entries_max,
+    )
     ensure_gate_all(rt)
     sweeper = Sweeper(rt) if sweep else None
     if sweeper is not None:
@@ -185,7 +197,11 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
         rt=rt,
         campaigns=cache,
         claims=claims,
-        apps=AppSecrets(rt),
+        apps=AppSecrets(
+            rt,
+            entries_max=rt.settings.app_cache_entries_max,
+            lookups_waiting_max=rt.settings.app_lookups_waiting_max,
+        ),
         sweeper=sweeper,
         gatekeeper=gatekeeper,
         sold_out=sold_out,
@@ -207,7 +223,7 @@ def sold_out_board(settings: Settings) -> LocalSoldOut | RedisSoldOut:
 
     client: redis.Redis | RedisCluster
     if settings.redis_cluster:
-        client = RedisCluster.from_url(settings.redis_url, socket_timeout=5)
+        client = RedisCluster.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s)
     else:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s)
     return RedisSoldOut(client, channel=f"{settings.redis_key_prefix}sold-out")

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     # so one hot campaign spreads over a cluster's shards. Every process of
     # one deployment must use the same value.
     gate_buckets: Annotated[int, Field(ge=1, le=1024)] = 1
+    # Connections one process keeps to Redis for the gate and for the nonce store
+    # (a call waits for a free one), and how long a call or a wait may take.
+    redis_connections_max: Annotated[int, Field(ge=1, le=1024)] = 64
+    redis_nonce_connections_max: Annotated[int, Field(ge=1, le=1024)] = 32
+    redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     # Key file (JSON) with the field-encryption and blind-index keys. Empty: the
     # embedded default generates data_dir/keys.json on first run.
     key_file: Path | None = None
@@ -62,14 +67,27 @@ class Settings(BaseSettings):
     # commit one that grew older meanwhile. It fences the rebuild of a lost
     # shared gate (gate_fence_s).
     claim_reservation_ttl_s: Annotated[float, Field(gt=0, le=120)] = 5.0
-    # Single claims arriving this close together are served as one batch.
+    # Single claims arriving this close together are served as one batch, by at
+    # most this many batches at once.
     claim_coalesce_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
+    claim_coalesce_workers: Annotated[int, Field(ge=1, le=64)] = 4
+    # Batch claims one process carries to the claim service at once, each on a
+    # thread of its own; more wait for a thread.
+    claim_batch_threads_max: Annotated[int, Field(ge=1, le=1000)] = 40
     # One-step redemptions: at most this many per transaction, waiting at most
     # this long for more; beyond redeem_queue_max waiting, 429 overloaded.
     redeem_batch_size_max: Annotated[int, Field(ge=1, le=5000)] = 500
     redeem_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 1.0
     redeem_queue_max: Annotated[int, Field(ge=1)] = 10_000
     campaign_cache_ttl_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    # Rows the per-process caches hold before they drop the oldest.
+    campaign_cache_entries_max: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    merchant_cache_entries_max: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    app_cache_entries_max: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # App secrets read from the store at once (on a cache miss); more wait, then 429.
+    app_lookups_waiting_max: Annotated[int, Field(ge=1, le=100_000)] = 256
+    # Vouchers a quote considers for one person (the oldest issued first).
+    quote_vouchers_max: Annotated[int, Field(ge=1, le=10_000)] = 200
     # A server process collects garbage every this many new container objects
     # (CPython's default is 700), after moving everything built at start out of
     # the collector's sight: a 1,000-claim batch makes tens of thousands of

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
+from lequan.domain.redemption_states import RedemptionStatus
 from lequan.domain.vouchers import VoucherState
 
 __all__ = [
@@ -117,7 +118,7 @@ class RedemptionRow:
     order_amount_fen: int
     discount_fen: int
     pay_fen: int
-    status: str
+    status: RedemptionStatus
     lock_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime

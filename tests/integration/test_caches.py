@@ -12,7 +12,7 @@ from lequan.domain.campaigns import CampaignStatus
 from lequan.ports import UnitOfWork
 from lequan.rows import CampaignRow, MerchantRow
 from lequan.services.campaigns import CampaignCache
-from lequan.services.redeeming import MerchantCache
+from lequan.services.redemption_batches import MerchantCache
 from tests.factories import dining_config, make_world
 
 CAMPAIGN = "sh-dining-2024"

@@ -35,7 +35,8 @@ from lequan.adapters.sql.engine import create_engine
 from lequan.ports import ClaimGate, ReserveOutcome, ReserveRequest, ReserveResult
 from lequan.services import campaigns
 from lequan.services.campaigns import pool_key
-from lequan.services.claiming import ClaimRequest, ClaimResult
+from lequan.services.claim_answers import ClaimResult
+from lequan.services.claiming import ClaimRequest
 from lequan.services.gatekeeper import ReapReport, reap_stale
 from lequan.services.idempotency import Idempotency, request_hash
 from lequan.services.invariants import CampaignCheck, check_campaign

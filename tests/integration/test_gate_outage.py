@@ -22,7 +22,7 @@ import pytest
 from lequan.adapters.redis_gate import RedisGate
 from lequan.bench.cluster import ClusterUnavailable, LocalRedis
 from lequan.services import campaigns
-from lequan.services.claiming import ClaimResult
+from lequan.services.claim_answers import ClaimResult
 from tests.conftest import _unreachable
 from tests.factories import (
     World,

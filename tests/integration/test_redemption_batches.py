@@ -19,8 +19,8 @@ from lequan.domain.errors import LequanError
 from lequan.ports import UnstorableValue
 from lequan.services.idempotency import Answer, Idempotency, request_hash
 from lequan.services.invariants import check_campaign
-from lequan.services.redeeming import OneStep
 from lequan.services.redemption import RedeemOrder
+from lequan.services.redemption_batches import OneStep
 from tests.factories import ACQUIRER, World, dining_config
 from tests.integration.conftest import Stack
 from tests.integration.test_claim_invariants import (

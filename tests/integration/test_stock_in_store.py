@@ -28,7 +28,7 @@ from lequan.adapters.sql.engine import create_engine
 from lequan.bootstrap import build_runtime, start_platform
 from lequan.config import Settings
 from lequan.services.campaigns import pool_key
-from lequan.services.claiming import ClaimResult
+from lequan.services.claim_answers import ClaimResult
 from lequan.services.invariants import check_campaign
 from tests.factories import World, dining_config, make_world
 from tests.integration.conftest import Stack

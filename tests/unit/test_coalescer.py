@@ -8,7 +8,8 @@ import threading
 from collections.abc import Sequence
 
 from lequan.http.coalescing import Coalescer
-from lequan.services.claiming import ClaimRequest, ClaimResult
+from lequan.services.claim_answers import ClaimResult
+from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Answer, Idempotency
 
 

@@ -13,7 +13,7 @@ from lequan.http.claims import claim_headers
 from lequan.http.envelope import error_answer, invalid_request, parse_body, render
 from lequan.http.schemas import BatchClaimIn
 from lequan.ports import StoreUnavailable, UnstorableValue
-from lequan.services.claiming import ClaimResult
+from lequan.services.claim_answers import ClaimResult
 from lequan.services.idempotency import Answer
 
 

@@ -354,3 +354,39 @@ class CampaignMoney(RuleBasedStateMachine):
 
 CampaignMoney.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_campaign_money_is_always_accounted_for = CampaignMoney.TestCase
+
+
+def test_each_entry_moves_the_budget_counter_by_what_it_commits() -> None:
+    """The committed counter follows the budget account, with the sign turned:
+    taking budget commits it, giving it back releases it; funding commits nothing."""
+    from lequan.domain.ledger import (
+        EntryKind,
+        committed_change_fen,
+        expire_entry,
+        fund_entry,
+        issue_entry,
+        redeem_entry,
+        refund_void_entry,
+        reverse_entry,
+        revoke_entry,
+    )
+
+    assert committed_change_fen(fund_entry(1_000_000)) == 0
+    assert committed_change_fen(issue_entry(9_000)) == 9_000
+    # A 90-yuan voucher taking 60 off an order: the 30 unused go back to the budget.
+    redeemed = redeem_entry(face_fen=9_000, discount_fen=6_000, acquirer_id="acq")
+    assert committed_change_fen(redeemed) == -3_000
+    assert (
+        committed_change_fen(reverse_entry(face_fen=9_000, discount_fen=6_000, acquirer_id="acq"))
+        == 3_000
+    )
+    restored = reverse_entry(
+        face_fen=9_000, discount_fen=6_000, acquirer_id="acq", kind=EntryKind.REFUND_RESTORE
+    )
+    assert committed_change_fen(restored) == 3_000
+    assert committed_change_fen(refund_void_entry(discount_fen=6_000, acquirer_id="acq")) == -6_000
+    assert committed_change_fen(expire_entry(9_000)) == -9_000
+    assert committed_change_fen(revoke_entry(9_000)) == -9_000
+    # A voucher used whole gives nothing back.
+    whole = redeem_entry(face_fen=9_000, discount_fen=9_000, acquirer_id="acq")
+    assert committed_change_fen(whole) == 0

@@ -341,8 +341,8 @@ def service_redemptions(stack: Stack, *, count: int, callers: int = 32) -> Figur
     from lequan.bootstrap import start_platform
     from lequan.services.claiming import ClaimRequest
     from lequan.services.idempotency import Idempotency
-    from lequan.services.redeeming import OneStep
     from lequan.services.redemption import RedeemOrder
+    from lequan.services.redemption_batches import OneStep
 
     people = stack.take_people(count)
     platform = start_platform(stack.rt, sweep=False)

@@ -25,13 +25,11 @@ from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
 from lequan.http.schemas import BatchClaimIn, ClaimIn
-from lequan.services.claiming import ClaimRequest, ClaimResult, issued_voucher_json
+from lequan.services.claim_answers import ClaimResult, issued_voucher_json
+from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
 
-__all__ = ["BATCH_CLAIM_THREADS", "ClaimDesk", "claim_hash", "claim_headers"]
-
-# Batch claims answered at once by one process (each on a thread of its own).
-BATCH_CLAIM_THREADS = 40
+__all__ = ["ClaimDesk", "claim_hash", "claim_headers"]
 
 
 class ClaimDesk:
@@ -50,12 +48,12 @@ class ClaimDesk:
             platform.claims.claim,
             wait_s=settings.claim_coalesce_ms / 1000,
             batch_max=settings.claim_batch_items_max,
-            workers=4,
+            workers=settings.claim_coalesce_workers,
             name="lequan-claims",
         )
         # Threads of its own: a batch waiting for room in the commit queue (up to
         # claim_queue_wait_ms) must not hold the threads the framework's routes share.
-        self._threads = CapacityLimiter(BATCH_CLAIM_THREADS)
+        self._threads = CapacityLimiter(settings.claim_batch_threads_max)
 
     async def claim(self, app_id: str, key: str, claim: ClaimIn) -> ClaimResult:
         """One claim, answered with the others of its channel arriving meanwhile."""

@@ -11,7 +11,7 @@ from lequan.bootstrap import Platform
 from lequan.http.envelope import replayed_headers
 from lequan.http.errors import json_response
 from lequan.ports import UnitOfWork
-from lequan.services.claiming import answered
+from lequan.services.claim_answers import answered
 from lequan.services.idempotency import Answer, Idempotency, run_once
 
 __all__ = ["answer_response", "run_idempotent"]

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.ledger import Entry
+from lequan.domain.redemption_states import RedemptionStatus
 from lequan.domain.vouchers import VoucherState
 from lequan.rows import (
     AppRow,
@@ -251,7 +252,9 @@ class VoucherRepository(Protocol):
 
     def get_redemption(self, redemption_id: str) -> RedemptionRow | None: ...
 
-    def move_redemption(self, redemption: RedemptionRow, *, status: str, now: datetime) -> bool: ...
+    def move_redemption(
+        self, redemption: RedemptionRow, *, status: RedemptionStatus, now: datetime
+    ) -> bool: ...
 
     def locks_past_timeout(self, now: datetime, limit: int) -> list[RedemptionRow]: ...
 

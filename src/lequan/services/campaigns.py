@@ -12,7 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -176,7 +176,10 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
     ):
         _load_gate_soon(rt, campaign_id)
     rt.campaign_changed(campaign_id)
-    return get_campaign(rt, campaign_id)
+    # As the conditional update wrote it: no read back.
+    return replace(
+        row, status=status, approved_by=actor if action == "approve" else row.approved_by
+    )
 
 
 def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> CampaignRow:
@@ -215,7 +218,9 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
         uow.commit()
     _load_gate_soon(rt, campaign_id)
     rt.campaign_changed(campaign_id)
-    return get_campaign(rt, campaign_id)
+    opened = {**row.rounds, round_id: (min(now, release_at), ends_at)}
+    status = CampaignStatus.LIVE if row.status is CampaignStatus.APPROVED else row.status
+    return replace(row, status=status, rounds=opened)
 
 
 def get_campaign(rt: Runtime, campaign_id: str) -> CampaignRow:

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 from lequan.domain.errors import NotFound
 from lequan.domain.ledger import Account
+from lequan.domain.vouchers import VoucherState
 from lequan.services.runtime import Runtime
 
 __all__ = ["CampaignCheck", "check_campaign"]
 
-LIVE_STATES = ("issued", "locked")
+LIVE_STATES = (VoucherState.ISSUED, VoucherState.LOCKED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ will receive.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -20,6 +21,12 @@ from lequan.domain.ledger import (
     reverse_entry,
 )
 from lequan.domain.redemption import MerchantView, OrderView, VoucherView, discount_for_order
+from lequan.domain.redemption_states import (
+    RedemptionAction,
+    RedemptionStatus,
+    next_status,
+    opening_status,
+)
 from lequan.domain.templates import AMOUNT_FEN_MAX
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.ports import UnitOfWork
@@ -43,8 +50,6 @@ __all__ = [
     "reverse",
     "void",
 ]
-
-QUOTE_VOUCHERS_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +143,7 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
             person_id,
             channel_id=None,
             after_id=None,
-            limit=QUOTE_VOUCHERS_MAX,
+            limit=rt.settings.quote_vouchers_max,
             states=[VoucherState.ISSUED.value],
         )
         campaigns: dict[str, CampaignRow | None] = {}
@@ -237,14 +242,21 @@ def redeem(
         ):
             raise _lost_race(uow, voucher_id)
         uow.vouchers.insert_redemption(values)
-        redemption = uow.vouchers.get_redemption(redemption_id)
-        assert redemption is not None
+        redemption = redemption_row(values)
         if not lock:
             _post_redeem(uow, redemption, voucher, now)
         if record is not None:
             record(uow, (redemption, state))
         uow.commit()
     return redemption, state
+
+
+def redemption_row(values: Mapping[str, Any]) -> RedemptionRow:
+    """The row ``redemption_values`` describes, as the store will hand it back."""
+    return RedemptionRow(
+        **{f: values[f] for f in RedemptionRow.__dataclass_fields__ if f != "status"},
+        status=RedemptionStatus(values["status"]),
+    )
 
 
 def redemption_values(
@@ -268,7 +280,7 @@ def redemption_values(
         "order_amount_fen": order.order_amount_fen,
         "discount_fen": discount,
         "pay_fen": order.order_amount_fen - discount,
-        "status": "locked" if lock_expires_at is not None else "redeemed",
+        "status": opening_status(two_phase=lock_expires_at is not None).value,
         "lock_expires_at": lock_expires_at,
         "product_json": json.dumps(product, ensure_ascii=False) if product else None,
         "created_at": now,
@@ -317,18 +329,12 @@ def _load(
     return redemption, voucher
 
 
-def _expect(redemption: RedemptionRow, *statuses: str) -> None:
-    if redemption.status not in statuses:
-        code = "lock_expired" if redemption.status == "lock_expired" else "redemption_state"
-        raise Conflict(code, f"the redemption is {redemption.status}")
-
-
 def _move_both(
     uow: UnitOfWork,
     redemption: RedemptionRow,
     voucher: VoucherRow,
     *,
-    status: str,
+    status: RedemptionStatus,
     state: VoucherState,
     now: datetime,
     keep_lock: bool = False,
@@ -339,9 +345,8 @@ def _move_both(
         voucher, state=state, now=now, redemption_id=redemption.id if keep_lock else None
     ):
         raise Conflict("voucher_busy", "the voucher changed meanwhile; retry")
-    moved = uow.vouchers.get_redemption(redemption.id)
-    assert moved is not None
-    return moved
+    # As the conditional updates wrote them: no read back.
+    return replace(redemption, status=status, updated_at=now, version=redemption.version + 1)
 
 
 def confirm(
@@ -351,13 +356,13 @@ def confirm(
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
-        _expect(redemption, "locked")
+        status = next_status(redemption.status, RedemptionAction.CONFIRM)
         assert redemption.lock_expires_at is not None
         if now >= redemption.lock_expires_at or voucher.redemption_id != redemption.id:
             raise Conflict("lock_expired", "the lock has timed out; redeem again")
         state = next_state(voucher.state, Action.CONFIRM)
         moved = _move_both(
-            uow, redemption, voucher, status="redeemed", state=state, now=now, keep_lock=True
+            uow, redemption, voucher, status=status, state=state, now=now, keep_lock=True
         )
         _post_redeem(uow, moved, voucher, now)
         if record is not None:
@@ -373,9 +378,9 @@ def void(
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
-        _expect(redemption, "locked")
+        status = next_status(redemption.status, RedemptionAction.VOID)
         state = next_state(voucher.state, Action.RELEASE)
-        moved = _move_both(uow, redemption, voucher, status="voided", state=state, now=now)
+        moved = _move_both(uow, redemption, voucher, status=status, state=state, now=now)
         if record is not None:
             record(uow, (moved, state))
         uow.commit()
@@ -389,13 +394,13 @@ def reverse(
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
-        _expect(redemption, "redeemed")
+        status = next_status(redemption.status, RedemptionAction.REVERSE)
         if now - redemption.updated_at > timedelta(seconds=rt.settings.reversal_window_s):
             raise Conflict(
                 "reversal_window_passed", "too late to reverse this redemption; refund it instead"
             )
         state = next_state(voucher.state, Action.REVERSE)
-        moved = _move_both(uow, redemption, voucher, status="reversed", state=state, now=now)
+        moved = _move_both(uow, redemption, voucher, status=status, state=state, now=now)
         if not _undo_redeem(uow, moved, voucher, now, EntryKind.REVERSE):
             raise Conflict("budget_exhausted", "the budget cannot take the voucher back")
         _event(uow, "redemption.reversed", moved, now)
@@ -445,7 +450,7 @@ def refund(
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
-        _expect(redemption, "redeemed")
+        status = next_status(redemption.status, RedemptionAction.REFUND)
         if refund_amount_fen != redemption.order_amount_fen:
             raise InvalidInput(
                 "partial_refund_unsupported",
@@ -455,9 +460,10 @@ def refund(
         assert campaign is not None
         refunded = next_state(voucher.state, Action.REFUND)
         restore = campaign.config.refund_policy == "restore_if_valid" and now < voucher.valid_until
-        moved = _move_both(uow, redemption, voucher, status="refunded", state=refunded, now=now)
-        after_refund = uow.vouchers.get_voucher(voucher.id)
-        assert after_refund is not None
+        moved = _move_both(uow, redemption, voucher, status=status, state=refunded, now=now)
+        after_refund = replace(
+            voucher, state=refunded, version=voucher.version + 1, redemption_id=None
+        )
         if restore and not _undo_redeem(uow, moved, voucher, now, EntryKind.REFUND_RESTORE):
             # Giving the voucher back would commit budget that is gone: void it instead.
             restore = False

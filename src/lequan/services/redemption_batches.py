@@ -43,6 +43,7 @@ from lequan.services.redemption import (
     discount_of,
     event_payload,
     redeem,
+    redemption_row,
     redemption_values,
 )
 from lequan.services.runtime import Runtime
@@ -122,8 +123,12 @@ class RedemptionWriter(BatchWriter[OneStep]):
         self._queue_max = queue_max
         self._waiting = 0
         ttl_s = rt.settings.campaign_cache_ttl_s
-        self._campaigns = CampaignCache(rt, ttl_s=ttl_s)
-        self._merchants = MerchantCache(ttl_s=ttl_s)
+        self._campaigns = CampaignCache(
+            rt, ttl_s=ttl_s, entries_max=rt.settings.campaign_cache_entries_max
+        )
+        self._merchants = MerchantCache(
+            ttl_s=ttl_s, entries_max=rt.settings.merchant_cache_entries_max
+        )
         rt.merchant_listeners.append(self._merchants.clear)
         self._start()
 
@@ -278,7 +283,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
                 now=now,
                 lock_expires_at=None,
             )
-            row = RedemptionRow(**{f: values[f] for f in RedemptionRow.__dataclass_fields__})
+            row = redemption_row(values)
             answer = Answer(201, redemption_body(row, voucher_state=state.value))
             accepted.append(_Accepted(i, voucher, values, row, answer))
             # A later request for the same voucher in this batch sees it redeemed.

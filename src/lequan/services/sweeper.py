@@ -15,6 +15,7 @@ import structlog
 
 from lequan.domain.errors import Conflict
 from lequan.domain.ledger import expire_entry
+from lequan.domain.redemption_states import RedemptionAction, next_status
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.services.campaigns import retire_gates
 from lequan.services.runtime import Runtime
@@ -41,9 +42,13 @@ def sweep(rt: Runtime) -> SweepReport:
         with rt.store.unit_of_work() as uow:
             voucher = uow.vouchers.lock_voucher(redemption.voucher_id)
             current = uow.vouchers.get_redemption(redemption.id)
-            if voucher is None or current is None or current.status != "locked":
+            if voucher is None or current is None:
                 continue
-            if not uow.vouchers.move_redemption(current, status="lock_expired", now=now):
+            try:
+                status = next_status(current.status, RedemptionAction.LOCK_TIMEOUT)
+            except Conflict:
+                continue  # confirmed, voided or timed out meanwhile
+            if not uow.vouchers.move_redemption(current, status=status, now=now):
                 continue
             if voucher.state is VoucherState.LOCKED and voucher.redemption_id == redemption.id:
                 state = next_state(voucher.state, Action.LOCK_TIMEOUT)

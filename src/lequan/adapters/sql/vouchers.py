@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.core import SqlSession, copy_time, sqlite_time, utc
+from lequan.domain.redemption_states import RedemptionStatus
 from lequan.domain.vouchers import VoucherState
 from lequan.rows import RedemptionReads, RedemptionRow, VoucherRow
 
@@ -66,7 +67,9 @@ def _voucher_of(m: Mapping[Any, Any]) -> VoucherRow:
 
 def _redemption(row: sa.Row[Any]) -> RedemptionRow:
     m = row._mapping
-    return RedemptionRow(**{f: m[f] for f in RedemptionRow.__dataclass_fields__})
+    values = {f: m[f] for f in RedemptionRow.__dataclass_fields__}
+    values["status"] = RedemptionStatus(values["status"])
+    return RedemptionRow(**values)
 
 
 class SqlVouchers:
@@ -364,16 +367,18 @@ class SqlVouchers:
         ).first()
         return _redemption(row) if row else None
 
-    def move_redemption(self, redemption: RedemptionRow, *, status: str, now: datetime) -> bool:
+    def move_redemption(
+        self, redemption: RedemptionRow, *, status: RedemptionStatus, now: datetime
+    ) -> bool:
         r = t.redemptions.c
         result = self._s.exec(
             sa.update(t.redemptions)
             .where(
                 r.id == redemption.id,
                 r.version == redemption.version,
-                r.status == redemption.status,
+                r.status == redemption.status.value,
             )
-            .values(status=status, updated_at=now, version=redemption.version + 1)
+            .values(status=status.value, updated_at=now, version=redemption.version + 1)
         )
         return result.rowcount == 1
 
@@ -381,7 +386,7 @@ class SqlVouchers:
         r = t.redemptions.c
         rows = self._s.exec(
             sa.select(t.redemptions)
-            .where(r.status == "locked", r.lock_expires_at <= now)
+            .where(r.status == RedemptionStatus.LOCKED.value, r.lock_expires_at <= now)
             .order_by(r.lock_expires_at, r.id)
             .limit(limit)
         )

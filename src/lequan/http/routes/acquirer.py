@@ -23,7 +23,7 @@ from lequan.ports import UnitOfWork
 from lequan.rows import RedemptionRow
 from lequan.services import redemption
 from lequan.services.idempotency import Answer, Idempotency
-from lequan.services.redeeming import OneStep
+from lequan.services.redemption_batches import OneStep
 from lequan.services.views import redemption_body, voucher_body
 
 router = APIRouter(prefix="/v1/redemptions", tags=["acquirer"])
@@ -96,7 +96,7 @@ async def redeem_answer(
     order = _order(app_id, body)
     product = body.product.model_dump(exclude_none=True) if body.product else None
     if body.capture == "one_step":
-        # Batched with other acquirers' one-step redemptions (services/redeeming.py).
+        # Batched with other acquirers' one-step redemptions (services/redemption_batches.py).
         item = OneStep(body.voucher_id, order, product, idem)
         return await asyncio.wrap_future(platform.redemptions.submit(item))
 

@@ -1,0 +1,434 @@
+"""The group commit: one writer thread that commits the claims of many requests in
+one transaction, before any of them hears "issued".
+
+Durability rule: an ``issued`` answer means the voucher row is committed.
+Reservations whose commit fails are handed back to the gate, so stock is
+never lost to a failed write and never sold twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from lequan.domain.errors import Conflict, LequanError, Unavailable
+from lequan.domain.ledger import issue_entry
+from lequan.ports import (
+    ConstraintViolated,
+    ReserveRequest,
+    StoreError,
+    StoreUnavailable,
+    UnitOfWork,
+)
+from lequan.rows import StockKey, VoucherRow
+from lequan.services.batching import BatchWriter
+from lequan.services.claim_answers import SOLD_OUT_IN_STORE, answered
+from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
+from lequan.services.runtime import Runtime
+
+__all__ = ["GroupCommitter", "PendingClaim", "tell_gate"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class PendingClaim:
+    request: ReserveRequest
+    claim_seq: int
+    voucher: VoucherRow
+    key: Idempotency
+    answer: Answer
+    reserved_at: float  # monotonic s, taken before asking the gate
+
+
+class _TooLate(Exception):
+    """A transaction outlived a reservation's ttl before COMMIT: it is rolled back."""
+
+
+class _DoesNotFit(Exception):
+    """A stock or a budget could not hold every claim of the batch: rolled back, to be
+    written again with those rows locked first and only the claims that fit."""
+
+
+@dataclass(slots=True)
+class _Job:
+    claims: list[PendingClaim]
+    future: Future[list[LequanError | Answer | None]] = field(default_factory=Future)
+
+
+def tell_gate(
+    step: Callable[[list[tuple[ReserveRequest, int]]], None],
+    what: str,
+    reservations: list[tuple[ReserveRequest, int]],
+) -> None:
+    """Settle or release reservations; a gate that cannot hear it is logged, not
+    raised: what stays pending is reaped (GateKeeper)."""
+    if not reservations:
+        return
+    try:
+        step(reservations)
+    except Exception as error:
+        log.error(f"gate_{what}_failed", error_type=type(error).__name__, claims=len(reservations))
+
+
+class GroupCommitter(BatchWriter[_Job]):
+    """One writer thread that commits the claims of many requests per transaction.
+
+    Once a claim is submitted the committer owns its consequences, whoever is
+    still waiting: it hands a failed reservation back to the gate and lets go
+    of the idempotency key only after the outcome is known. So a caller that
+    gave up waiting (``commit_timeout``) can retry with the same key and gets
+    either "in flight" or the stored answer, never a second voucher.
+
+    Bounded: at most ``queue_max`` claims wait. A caller makes room for its
+    claims (``make_room``) before it asks the gate, waiting up to
+    ``claim_queue_wait_ms`` for the writer to catch up: backpressure costs a
+    short wait, not a reservation handed back and a retry. Beyond the wait,
+    ``overloaded`` (429), with nothing reserved.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        batch_size_max: int,
+        wait_ms: float,
+        queue_max: int,
+        on_budget_exhausted: Callable[[str, int], None],
+        on_sold_out: Callable[[str, str], None],
+    ) -> None:
+        super().__init__(
+            name="lequan-group-commit",
+            size_max=batch_size_max,
+            wait_s=wait_ms / 1000,
+            size=lambda job: len(job.claims),
+        )
+        self._rt = rt
+        self._queue_max = queue_max
+        self._pending = 0  # places taken in the queue: made room for, or submitted
+        self._room = threading.Condition(self._lock)
+        self._on_budget_exhausted = on_budget_exhausted
+        self._on_sold_out = on_sold_out
+        self._start()
+
+    @property
+    def waiting(self) -> int:
+        """Places taken in the queue: claims made room for or waiting to be committed."""
+        return self._pending
+
+    def make_room(self, count: int, *, wait_s: float) -> None:
+        """Take ``count`` places in the queue, waiting up to ``wait_s`` for them.
+
+        Refuses with ``overloaded`` once the wait is over (or at once, for more
+        claims than the queue holds), ``store_unavailable`` when shutting down.
+        """
+        deadline = time.monotonic() + wait_s
+        with self._room:
+            while True:
+                if self._closed:
+                    raise Unavailable("store_unavailable", "the platform is shutting down")
+                if self._pending + count <= self._queue_max:
+                    self._pending += count
+                    return
+                left_s = deadline - time.monotonic()
+                if left_s <= 0 or count > self._queue_max:
+                    raise Unavailable(
+                        "overloaded",
+                        "too many claims are waiting to be committed",
+                        retry_after_s=1,
+                    )
+                self._room.wait(left_s)
+
+    def give_back(self, count: int) -> None:
+        """Hand back places taken by ``make_room`` and not used."""
+        if count:
+            with self._room:
+                self._pending -= count
+                assert self._pending >= 0
+                self._room.notify_all()
+
+    def submit(
+        self, claims: list[PendingClaim], *, room: int
+    ) -> Future[list[LequanError | Answer | None]]:
+        """Queue ``claims`` in the ``room`` places made for them; the rest go back.
+
+        The places are the committer's from this call on, whatever it raises.
+        """
+        assert 0 < len(claims) <= room
+        job = _Job(claims)
+        with self._room:
+            closed = self._closed
+            self._pending -= room if closed else room - len(claims)
+            self._room.notify_all()
+            if not closed:
+                # Queued under the lock: ``close`` cannot slip its stop signal in
+                # between and leave this job behind it, never handled.
+                self._put(job)
+        if closed:
+            raise Unavailable("store_unavailable", "the platform is shutting down")
+        return job.future
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what was submitted, then stop; claims waiting for room hear at once."""
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+        super().close(timeout_s)
+
+    def _handle_batch(self, jobs: list[_Job]) -> None:
+        claims = [c for job in jobs for c in job.claims]
+        # The fence of a gate rebuild: a reservation this old is never committed.
+        oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
+        fresh = [i for i, c in enumerate(claims) if c.reserved_at >= oldest]
+        outcomes: list[LequanError | Answer | None] = [self._too_late()] * len(claims)
+        if fresh:
+            try:
+                committed = self._commit([claims[i] for i in fresh])
+            except Exception as error:  # the writer must never die; every waiter gets an answer
+                log.error("group_commit_failed", error_type=type(error).__name__, claims=len(fresh))
+                failed = Unavailable(
+                    "store_unavailable", "the store did not accept the claim; retry"
+                )
+                committed = [failed] * len(fresh)
+            for i, outcome in zip(fresh, committed, strict=True):
+                outcomes[i] = outcome
+        settle = [
+            (claim.request, claim.claim_seq)
+            for claim, outcome in zip(claims, outcomes, strict=True)
+            if outcome is claim.answer
+        ]
+        release = [
+            (claim.request, claim.claim_seq)
+            for claim, outcome in zip(claims, outcomes, strict=True)
+            if outcome is not claim.answer
+        ]
+        # Released before anyone hears: a retry must find the stock and the
+        # person's count as if the failed claim had never been.
+        tell_gate(self._rt.gate.release, "release", release)
+        self._rt.inflight.release_many((c.key.app_id, c.key.key) for c in claims)
+        self.give_back(len(claims))
+        # Flagged before anyone hears: their next claim is refused from memory.
+        self._flag_sold_out(claims, outcomes)
+        offset = 0
+        for job in jobs:
+            job.future.set_result(outcomes[offset : offset + len(job.claims)])
+            offset += len(job.claims)
+        # Settled after: only the gate's journal waits on it.
+        tell_gate(self._rt.gate.settle, "settle", settle)
+
+    def _flag_sold_out(
+        self, claims: list[PendingClaim], outcomes: list[LequanError | Answer | None]
+    ) -> None:
+        """Stocks the store refused claims of, though the gate had let them through:
+        flagged sold out (here and, through the board, everywhere), and logged, since
+        it means the gate believed in more stock than there was."""
+        refused: dict[tuple[str, str], int] = defaultdict(int)
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            if outcome is SOLD_OUT_IN_STORE:
+                refused[(claim.request.pool, claim.request.template_id)] += 1
+        for (pool, template_id), count in sorted(refused.items()):
+            log.warning(
+                "stock_refused_past_the_gate", pool=pool, template_id=template_id, claims=count
+            )
+            self._on_sold_out(pool, template_id)
+
+    def _before_commit(self, claims: list[PendingClaim]) -> None:
+        """Roll back rather than commit a reservation older than its ttl (the fence)."""
+        oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
+        if any(c.reserved_at < oldest for c in claims):
+            raise _TooLate
+
+    @staticmethod
+    def _too_late() -> Unavailable:
+        return Unavailable(
+            "commit_timeout",
+            "the claim waited too long to be committed; retry with the same Idempotency-Key",
+        )
+
+    def _commit(self, claims: list[PendingClaim]) -> list[LequanError | Answer | None]:
+        """Commit all claims in one transaction; on a conflict, one by one to isolate it."""
+        now = self._rt.clock.now()
+        try:
+            return self._transaction(claims, now)
+        except _TooLate:
+            return [self._too_late()] * len(claims)
+        except ConstraintViolated:
+            pass
+        except StoreUnavailable as error:
+            log.warning("group_commit_retry_single", error_type=type(error).__name__)
+        results: list[LequanError | Answer | None] = []
+        for claim in claims:
+            results.append(self._commit_one(claim, now))
+        return results
+
+    def _commit_one(self, claim: PendingClaim, now: datetime) -> LequanError | Answer | None:
+        try:
+            return self._transaction([claim], now)[0]
+        except _TooLate:
+            return self._too_late()
+        except ConstraintViolated:
+            with self._rt.store.unit_of_work(readonly=True) as uow:
+                stored = answered(uow, claim.key.app_id, [claim.key.key]).get(claim.key.key)
+            if stored is not None:
+                try:
+                    replay = replay_or_refuse(stored, claim.key)
+                except LequanError as error:
+                    return error
+                assert replay is not None
+                return replay
+            return Conflict("already_claimed", "the person has already claimed in this round")
+        except StoreError:
+            return Unavailable("store_unavailable", "the store did not accept the claim; retry")
+
+    def _transaction(
+        self, claims: list[PendingClaim], now: datetime
+    ) -> list[LequanError | Answer | None]:
+        """The claims in one transaction: all of them, counted out of their stocks and
+        budgets last (the common case), or, when one of those cannot hold them all,
+        again with its rows locked first and only the claims that fit."""
+        try:
+            with self._rt.store.unit_of_work() as uow:
+                outcomes = self._write_all(uow, claims, now)
+                self._before_commit(claims)
+                uow.commit()
+            return outcomes
+        except _DoesNotFit:
+            pass
+        with self._rt.store.unit_of_work() as uow:
+            outcomes = self._write_fitting(uow, claims, now)
+            self._before_commit(claims)
+            uow.commit()
+        return outcomes
+
+    def _write_all(
+        self, uow: UnitOfWork, claims: list[PendingClaim], now: datetime
+    ) -> list[LequanError | Answer | None]:
+        """Every claim written, then counted out; ``_DoesNotFit`` if one count fails.
+
+        The stock and campaign rows are where every process's batches meet
+        (each holds them from its update to its commit), so they are updated
+        last: locked for those updates and the commit, not for the inserts.
+        """
+        by_campaign = _by_campaign(claims)
+        uow.vouchers.insert_claims(
+            [c.voucher for c in claims],
+            [(c.key.app_id, c.key.key, c.key.request_hash) for c in claims],
+            now,
+        )
+        for campaign_id in sorted(by_campaign):  # stocks, then the campaign, in key order
+            indexes = by_campaign[campaign_id]
+            by_stock = _by_stock(campaign_id, claims, indexes)
+            for key in sorted(by_stock):
+                if not uow.campaigns.take_stock(key, len(by_stock[key])):
+                    raise _DoesNotFit
+            issued = issue_entry(sum(claims[i].voucher.face_fen for i in indexes))
+            if not uow.ledger.record(
+                issued, campaign_id=campaign_id, now=now, voucher_count=len(indexes)
+            ):
+                raise _DoesNotFit
+        return [c.answer for c in claims]
+
+    def _write_fitting(
+        self, uow: UnitOfWork, claims: list[PendingClaim], now: datetime
+    ) -> list[LequanError | Answer | None]:
+        """The claims that their stocks and budgets hold, those rows locked first; the
+        others refused in order."""
+        outcomes: list[LequanError | Answer | None] = [None] * len(claims)
+        by_campaign = _by_campaign(claims)
+        accepted: list[int] = []
+        for campaign_id in sorted(by_campaign):  # lock campaign rows in primary-key order
+            taken = self._take(uow, campaign_id, claims, by_campaign[campaign_id], outcomes)
+            if taken:
+                recorded = uow.ledger.record(
+                    issue_entry(sum(claims[i].voucher.face_fen for i in taken)),
+                    campaign_id=campaign_id,
+                    now=now,
+                    voucher_count=len(taken),
+                )
+                assert recorded, "the campaign row is locked and its room was counted"
+            accepted.extend(taken)
+        accepted.sort()
+        uow.vouchers.insert_claims(
+            [claims[i].voucher for i in accepted],
+            [
+                (claims[i].key.app_id, claims[i].key.key, claims[i].key.request_hash)
+                for i in accepted
+            ],
+            now,
+        )
+        for i in accepted:
+            outcomes[i] = claims[i].answer
+        return outcomes
+
+    def _take(
+        self,
+        uow: UnitOfWork,
+        campaign_id: str,
+        claims: list[PendingClaim],
+        indexes: list[int],
+        outcomes: list[LequanError | Answer | None],
+    ) -> list[int]:
+        """The claims of one campaign that its stocks and its budget hold, counted
+        out of both; each of the others gets its refusal in ``outcomes``.
+
+        Reached when a stock or the budget did not hold a whole batch: the
+        budget is running out, or the gate let through more than a stock
+        holds (it forgot decrements in a failover, or two processes kept
+        gates of their own). The rows are read locked, stocks in key order
+        before the campaign row as in every writer, and the claims taken in
+        order while they fit.
+        """
+        by_stock = _by_stock(campaign_id, claims, indexes)
+        keys = sorted(by_stock)
+        stock_room: dict[StockKey, int] = {}
+        for key in keys:
+            initial, issued = uow.campaigns.lock_stock(key)
+            stock_room[key] = initial - issued
+        budget, committed = uow.campaigns.lock_campaign_budget(campaign_id)
+        budget_room = budget - committed
+        taken: list[int] = []
+        counted: dict[StockKey, int] = dict.fromkeys(keys, 0)
+        short_of_budget = False
+        for i in indexes:
+            v = claims[i].voucher
+            key = (campaign_id, v.round_id, v.channel_id, v.template_id)
+            if counted[key] >= stock_room[key]:
+                outcomes[i] = SOLD_OUT_IN_STORE
+            elif v.face_fen > budget_room:
+                short_of_budget = True
+                outcomes[i] = Conflict("budget_exhausted", "the campaign's budget is used up")
+            else:
+                counted[key] += 1
+                budget_room -= v.face_fen
+                taken.append(i)
+        for key in keys:
+            if counted[key]:
+                counted_out = uow.campaigns.take_stock(key, counted[key])
+                assert counted_out, "the stock row is locked by this transaction"
+        if short_of_budget:
+            self._on_budget_exhausted(campaign_id, budget_room)
+        return taken
+
+
+def _by_campaign(claims: list[PendingClaim]) -> dict[str, list[int]]:
+    by_campaign: dict[str, list[int]] = defaultdict(list)
+    for i, claim in enumerate(claims):
+        by_campaign[claim.voucher.campaign_id].append(i)
+    return by_campaign
+
+
+def _by_stock(
+    campaign_id: str, claims: list[PendingClaim], indexes: list[int]
+) -> dict[StockKey, list[int]]:
+    by_stock: dict[StockKey, list[int]] = defaultdict(list)
+    for i in indexes:
+        v = claims[i].voucher
+        by_stock[(campaign_id, v.round_id, v.channel_id, v.template_id)].append(i)
+    return by_stock
