@@ -48,3 +48,42 @@ def test_no_call_with_an_effect_inside_an_assert() -> None:
 def test_the_rule_catches_a_write_inside_an_assert() -> None:
     tree = ast.parse("assert uow.take_stock(key, 1), 'locked'\nassert len(rows) == 2\n")
     assert _effects_in_asserts(tree) == [(1, "uow.take_stock")]
+
+
+# Packages of the repository that the wheel does not ship (it holds ``src/lequan`` alone).
+NOT_SHIPPED = frozenset({"benchmarks", "tests"})
+
+
+def _unshipped_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found.extend((node.lineno, name) for name in names if name.split(".")[0] in NOT_SHIPPED)
+    return sorted(found)
+
+
+def test_the_product_never_imports_the_lab_or_the_tests() -> None:
+    """An operator's install has no ``benchmarks`` and no ``tests``: importing either
+    from the product would fail there, and lab equipment would be back in the product."""
+    offenders = [
+        f"{path.relative_to(SRC)}:{line}: {name}"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, name in _unshipped_imports(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert offenders == []
+
+
+def test_the_rule_catches_an_import_of_the_lab() -> None:
+    tree = ast.parse(
+        "import lequan.cli\n"
+        "def f():\n"
+        "    from benchmarks.run import fresh_postgres\n"
+        "import tests.factories, json\n"
+        "from . import benchmarks\n"
+    )
+    assert _unshipped_imports(tree) == [(3, "benchmarks.run"), (4, "tests.factories")]
