@@ -1,12 +1,13 @@
 # The two commands of the quick start: `make demo` and `make test`.
-# Everything else here serves them (or CI, which calls `make test`).
+# Everything else here serves them (or CI, which calls `make test`), but for
+# `make bench` and `make simulate`, which run the lab in benchmarks/.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check serve venv clean lock
+.PHONY: demo test check serve bench simulate venv clean lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "lequan needs Python 3.11+"'
@@ -32,6 +33,16 @@ check: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/lequan serve
+
+## Measure lequan and its baselines in one run on this machine (PostgreSQL and Redis
+## on 127.0.0.1 for the full set), e.g. BENCH_ARGS="--runs 1 --only gate_memory --json".
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+## A flash crowd against a real server, the store checked after (exit 1 if broken),
+## e.g. SIMULATE_ARGS="--people 100000 --stock 10000 --json".
+simulate: $(STAMP)
+	$(BIN)/python -m benchmarks simulate $(SIMULATE_ARGS)
 
 ## Regenerate the lock file after changing pyproject.toml (needs `uv`).
 lock:

@@ -109,7 +109,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     missing or the cluster does not form, the tests using it are skipped
     (failed with LEQUAN_TEST_REQUIRE_SERVICES=1).
     """
-    from lequan.bench.cluster import ClusterUnavailable, local_cluster
+    from benchmarks.cluster import ClusterUnavailable, local_cluster
 
     try:
         cluster = local_cluster(tmp_path_factory.mktemp("redis-cluster"))

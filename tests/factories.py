@@ -11,12 +11,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.run import fresh_postgres
 from lequan.adapters.clock import ManualClock
 from lequan.adapters.crypto import generate_keyring
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql.engine import create_engine
-from lequan.bench.run import fresh_postgres
 from lequan.bootstrap import Platform, build_runtime, start_platform
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig

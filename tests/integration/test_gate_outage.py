@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cluster import ClusterUnavailable, LocalRedis
 from lequan.adapters.redis_gate import RedisGate
-from lequan.bench.cluster import ClusterUnavailable, LocalRedis
 from lequan.services import campaigns
 from lequan.services.claim_answers import ClaimResult
 from tests.conftest import _unreachable

@@ -15,11 +15,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from benchmarks import scenarios
+from benchmarks.run import fresh_postgres
+from benchmarks.servers import free_port, kill_hard, start_lequan
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
-from lequan.bench import scenarios
-from lequan.bench.run import fresh_postgres
-from lequan.bench.servers import free_port, kill_hard, start_lequan
 from lequan.client import LequanAuth
 
 PEOPLE = 6000

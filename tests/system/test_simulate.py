@@ -1,4 +1,4 @@
-"""`lequan simulate` runs a real crowd against a real server and checks the store.
+"""`python -m benchmarks simulate` runs a real crowd against a real server and checks the store.
 
 Small crowds here (the million is for the benchmark); what is asserted is
 what a pipeline would check in the JSON: every voucher issued once, to
@@ -12,7 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from lequan.cli import app
+from benchmarks.cli import app
 
 KEYS = {
     "people",

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from benchmarks import scenarios
+from benchmarks.servers import free_port, start_lequan
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
-from lequan.bench import scenarios
-from lequan.bench.servers import free_port, start_lequan
 from lequan.client import LequanAuth
 from lequan.services.invariants import check_campaign
 

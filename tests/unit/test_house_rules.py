@@ -60,7 +60,7 @@ FORBIDDEN_IMPORTS = {
     "ports": ("lequan.adapters", "lequan.services", "lequan.http", "sqlalchemy", "redis"),
     "rows.py": ("lequan.adapters", "lequan.services", "sqlalchemy"),
 }
-SQLALCHEMY_ALLOWED = ("adapters/sql/", "bench/")
+SQLALCHEMY_ALLOWED = ("adapters/sql/",)
 
 
 def _imports(tree: ast.AST) -> list[tuple[int, str]]:
@@ -93,7 +93,7 @@ def test_layers_import_inward_only() -> None:
 
 def test_adapters_are_picked_in_bootstrap_only() -> None:
     """Entry points (CLI, HTTP, demo) go through ``bootstrap``; it alone names adapters."""
-    allowed = ("adapters/", "bootstrap.py", "bench/")
+    allowed = ("adapters/", "bootstrap.py")
     offenders = [
         f"{path.relative_to(SRC).as_posix()}:{line} imports {module}"
         for path in sorted(SRC.rglob("*.py"))
@@ -102,3 +102,42 @@ def test_adapters_are_picked_in_bootstrap_only() -> None:
         if _matches(module, "lequan.adapters")
     ]
     assert offenders == []
+
+
+# Packages of the repository that the wheel does not ship (it holds ``src/lequan`` alone).
+NOT_SHIPPED = frozenset({"benchmarks", "tests"})
+
+
+def _unshipped_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found.extend((node.lineno, name) for name in names if name.split(".")[0] in NOT_SHIPPED)
+    return sorted(found)
+
+
+def test_the_product_never_imports_the_lab_or_the_tests() -> None:
+    """An operator's install has no ``benchmarks`` and no ``tests``: importing either
+    from the product would fail there, and lab equipment would be back in the product."""
+    offenders = [
+        f"{path.relative_to(SRC)}:{line}: {name}"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, name in _unshipped_imports(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert offenders == []
+
+
+def test_the_rule_catches_an_import_of_the_lab() -> None:
+    tree = ast.parse(
+        "import lequan.cli\n"
+        "def f():\n"
+        "    from benchmarks.run import fresh_postgres\n"
+        "import tests.factories, json\n"
+        "from . import benchmarks\n"
+    )
+    assert _unshipped_imports(tree) == [(3, "benchmarks.run"), (4, "tests.factories")]

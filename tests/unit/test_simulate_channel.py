@@ -7,7 +7,7 @@ import asyncio
 
 import httpx
 
-from lequan.bench.simulate import RESENDS_MAX, _Channel
+from benchmarks.simulate import RESENDS_MAX, _Channel
 
 
 def test_a_retry_later_answer_is_sent_again_with_its_key_until_the_bound() -> None:

@@ -1,4 +1,4 @@
-"""``lequan simulate``: a flash crowd against a real lequan server.
+"""``python -m benchmarks simulate``: a flash crowd against a real lequan server.
 
 N distinct people (default 1,000,000) want vouchers from a stock S at a
 10:00 release through three channels. Each channel is a batching client
@@ -32,11 +32,11 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from benchmarks import scenarios
+from benchmarks.run import fresh_postgres
+from benchmarks.servers import serve_lequan
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
-from lequan.bench import scenarios
-from lequan.bench.run import fresh_postgres
-from lequan.bench.servers import serve_lequan
 from lequan.client import LequanAuth
 
 __all__ = ["SimulationConfig", "simulate"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from lequan.bench.baselines import BARE_APPS
+from benchmarks.baselines import BARE_APPS
 
 __all__ = ["free_port", "kill_hard", "serve_bare", "serve_lequan", "start_lequan"]
 

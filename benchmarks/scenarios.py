@@ -1,4 +1,4 @@
-"""What ``lequan bench`` measures, each scenario one function returning a Figure.
+"""What ``python -m benchmarks`` measures, each scenario one function returning a Figure.
 
 Every lequan scenario prepares its store first (a campaign with room for
 every claim, people bulk-registered, requests signed in advance) and then
@@ -21,13 +21,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from benchmarks.loadgen import LoadResult, build_request, run_load
 from lequan.adapters.crypto import generate_key_file
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.engine import create_engine
 from lequan.adapters.sql.unit_of_work import sql_store
-from lequan.bench.loadgen import LoadResult, build_request, run_load
 from lequan.bootstrap import build_runtime
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig

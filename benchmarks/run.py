@@ -16,11 +16,11 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
+from benchmarks import baselines, scenarios
+from benchmarks.cluster import ClusterUnavailable, local_cluster
+from benchmarks.servers import serve_bare, serve_lequan
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.redis_gate import RedisGate
-from lequan.bench import baselines, scenarios
-from lequan.bench.cluster import ClusterUnavailable, local_cluster
-from lequan.bench.servers import serve_bare, serve_lequan
 
 __all__ = ["BenchConfig", "Row", "machine", "run_bench"]
 

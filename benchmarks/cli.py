@@ -1,0 +1,229 @@
+"""``python -m benchmarks``: the bench table, or ``simulate`` for a flash crowd.
+
+The options and the printed output are those of ``lequan bench`` and
+``lequan simulate`` before the lab left the product: the figures in
+``docs/benchmarks.md`` stay comparable across the move.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lequan.config import Settings
+
+console = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+RUNS = 3
+DURATION_S = 5.0
+
+app = typer.Typer(
+    name="benchmarks",
+    help="lequan's lab: measure it against its baselines, or rehearse a flash crowd.",
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    app()
+
+
+@app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    runs: Annotated[
+        int, typer.Option(help="Runs per scenario; the table shows medians.", min=1, max=9)
+    ] = RUNS,
+    duration_s: Annotated[
+        float, typer.Option(help="Seconds per timed scenario.", min=1, max=60)
+    ] = DURATION_S,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these scenarios (repeatable).")
+    ] = None,
+    postgres_url: Annotated[
+        str,
+        typer.Option(
+            envvar="LEQUAN_TEST_POSTGRES_URL",
+            help="A PostgreSQL server to create scratch databases on.",
+        ),
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    redis_url: Annotated[
+        str, typer.Option(envvar="LEQUAN_TEST_REDIS_URL", help="A Redis server.")
+    ] = "redis://127.0.0.1:6379/0",
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure lequan and its baselines in one run on this machine; print a table.
+
+    ``simulate`` runs a flash crowd instead (its own options follow it).
+    """
+    from lequan.logging import configure_logging
+
+    # Logs go to stderr, so that stdout (--json) carries the result alone.
+    settings = Settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    if ctx.invoked_subcommand is not None:
+        # `--json simulate` would otherwise print a table: the bench's options are refused.
+        if runs != RUNS or duration_s != DURATION_S or only or as_json:
+            raise typer.BadParameter(
+                f"the bench's options go without a command; {ctx.invoked_subcommand}'s go after it"
+            )
+        return
+    from benchmarks.run import BenchConfig, machine, run_bench
+
+    config = BenchConfig(
+        runs=runs,
+        duration_s=duration_s,
+        postgres_url=postgres_url,
+        redis_url=redis_url,
+        only=frozenset(only or ()),
+    )
+    rows = run_bench(config, lambda message: err.print(f"[dim]{message}[/]"))
+    info = machine(config)
+    by_name = {row.name: row for row in rows}
+
+    def ratio(row_name: str, base: str) -> float | None:
+        row, baseline = by_name.get(row_name), by_name.get(base)
+        if row is None or baseline is None or not baseline.median:
+            return None
+        return row.median / baseline.median
+
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "machine": info,
+                    "runs": runs,
+                    "rows": [
+                        {
+                            **row.as_dict(),
+                            "vs_pg_hot_row": ratio(row.name, "baseline_pg_hot_row"),
+                            "vs_bare_fastapi": ratio(row.name, "baseline_bare_fastapi"),
+                            "vs_bare_asgi": ratio(row.name, "baseline_bare_asgi"),
+                        }
+                        for row in rows
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"lequan bench — median of {runs} run(s)")
+    for column in (
+        "scenario",
+        "median",
+        "unit",
+        "p50 ms",
+        "p99 ms",
+        "×hot row",
+        "×FastAPI",
+        "×ASGI",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("scenario", "unit") else "right", no_wrap=True
+        )
+
+    def fmt(value: float | None, digits: int = 1) -> str:
+        return "" if value is None else f"{value:,.{digits}f}"
+
+    for row in rows:
+        d = row.as_dict()
+        table.add_row(
+            row.name,
+            f"{row.median:,.0f}",
+            row.unit,
+            fmt(d["p50_ms"]),
+            fmt(d["p99_ms"]),
+            fmt(ratio(row.name, "baseline_pg_hot_row"), 2),
+            fmt(ratio(row.name, "baseline_bare_fastapi"), 2),
+            fmt(ratio(row.name, "baseline_bare_asgi"), 2),
+        )
+    console.print(table, soft_wrap=True)
+    for row in rows:
+        console.print(
+            f"  [bold]{row.name}[/]: {row.note}; runs {', '.join(f'{v:,.0f}' for v in row.values)}"
+        )
+    console.print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+
+
+@app.command()
+def simulate(
+    people: Annotated[
+        int, typer.Option(help="Distinct people in the crowd.", min=10, max=2_000_000)
+    ] = 1_000_000,
+    stock: Annotated[int, typer.Option(help="Vouchers released.", min=1)] = 100_000,
+    bot_share: Annotated[
+        float, typer.Option(help="Share of people who are bots.", min=0, max=0.5)
+    ] = 0.02,
+    retry_share: Annotated[
+        float, typer.Option(help="Share of people who retry.", min=0, max=1)
+    ] = 0.05,
+    database_url: Annotated[
+        str, typer.Option(help="Empty: the embedded default in a scratch directory.")
+    ] = "",
+    redis_url: Annotated[str, typer.Option(help="Empty: the in-process gate.")] = "",
+    workers: Annotated[
+        int, typer.Option(help="API processes (more than one needs --redis-url).", min=1, max=64)
+    ] = 1,
+    gate_buckets: Annotated[
+        int, typer.Option(help="Buckets per pool in the Redis gate.", min=1, max=1024)
+    ] = 1,
+    as_json: JsonFlag = False,
+) -> None:
+    """A flash crowd against a real lequan server; then the store is checked (exit 1 if broken)."""
+    if workers > 1 and not redis_url:
+        raise typer.BadParameter("many processes need a shared gate: give --redis-url too")
+    from benchmarks.simulate import SimulationConfig
+    from benchmarks.simulate import simulate as run_simulation
+
+    summary = run_simulation(
+        SimulationConfig(
+            people=people,
+            stock=stock,
+            bot_share=bot_share,
+            retry_share=retry_share,
+            database_url=database_url,
+            redis_url=redis_url,
+            workers=workers,
+            gate_buckets=gate_buckets,
+        ),
+        lambda message: err.print(f"[dim]{message}[/]"),
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        table = Table(title=f"{people:,} people, {stock:,} vouchers", show_header=False)
+        for key in (
+            "issued",
+            "oversold",
+            "duplicates",
+            "acknowledged_missing",
+            "sold_out_after_s",
+            "elapsed_s",
+            "answered_per_s",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "bot_people_share",
+            "bot_voucher_share",
+            "invariants_ok",
+        ):
+            table.add_row(key, str(summary[key]))
+        console.print(table)
+        outcomes = Table(
+            "outcome", "answers", "p50 ms", "p95 ms", "p99 ms", title="answers by outcome"
+        )
+        for outcome, count in sorted(summary["outcomes"].items(), key=lambda kv: -kv[1]):
+            lat = summary["latency_ms_by_outcome"][outcome]
+            outcomes.add_row(
+                outcome, f"{count:,}", str(lat["p50"]), str(lat["p95"]), str(lat["p99"])
+            )
+        console.print(outcomes)
+    if not summary["invariants_ok"]:
+        raise typer.Exit(1)
