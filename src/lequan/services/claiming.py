@@ -1,9 +1,9 @@
 """First-come claiming: cheap refusals from memory, an atomic reservation in
-the gate, then a group commit of the vouchers before anyone hears "issued".
+the gate, then the group commit (``group_commit``) before anyone hears "issued".
 
-Durability rule: an ``issued`` answer means the voucher row is committed.
-Reservations whose commit fails are handed back to the gate, so stock is
-never lost to a failed write and never sold twice.
+A batch's claims are decided together: one offer per template (the
+domain's ``offered_template``), one read of the claimants, one gate call,
+and each claim handed to the writer with its reservation, its key held.
 """
 
 from __future__ import annotations
