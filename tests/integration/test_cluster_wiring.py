@@ -13,36 +13,26 @@ import pytest
 from lequan.adapters.crypto import generate_keyring
 from lequan.adapters.redis_gate import RedisGate
 from lequan.adapters.sold_out import RedisSoldOut
-from lequan.adapters.sql import migrate
-from lequan.adapters.sql.engine import create_engine
 from lequan.bootstrap import Platform, build_runtime, sold_out_board, start_platform
 from lequan.config import Settings
 from lequan.services.campaigns import pool_key
-from tests.factories import postgres_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 @pytest.fixture
 def cluster_settings(
-    redis_cluster: tuple[str, int], postgres_url: str, tmp_path: Path
-) -> Iterator[Settings]:
+    redis_cluster: tuple[str, int], migrated_postgres_url: str, tmp_path: Path
+) -> Settings:
     host, port = redis_cluster
-    url, drop = postgres_database(postgres_url)
-    engine = create_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    try:
-        yield Settings(
-            data_dir=tmp_path,
-            database_url=url,
-            redis_url=f"redis://{host}:{port}/0",
-            redis_cluster=True,
-            redis_key_prefix=f"lqtest:{uuid.uuid4().hex[:12]}:",
-            gate_buckets=4,
-        )
-    finally:
-        drop()
+    return Settings(
+        data_dir=tmp_path,
+        database_url=migrated_postgres_url,
+        redis_url=f"redis://{host}:{port}/0",
+        redis_cluster=True,
+        redis_key_prefix=f"lqtest:{uuid.uuid4().hex[:12]}:",
+        gate_buckets=4,
+    )
 
 
 @pytest.fixture

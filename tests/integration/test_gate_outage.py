@@ -61,9 +61,9 @@ def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
 
 
 @pytest.fixture
-def database_url(fresh_postgres_url: str) -> str:
+def database_url(migrated_postgres_url: str) -> str:
     """PostgreSQL: the store a shared gate is used with."""
-    return fresh_postgres_url
+    return migrated_postgres_url
 
 
 def claim_until_answered(world: World, user: str, key: str) -> ClaimResult:
