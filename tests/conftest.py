@@ -111,13 +111,31 @@ def migrated_postgres_url(postgres_url: str, postgres_template: str) -> Iterator
         drop()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file migrated once; each store at head starts from a copy of it."""
+    from lequan.adapters.sql import migrate
+    from lequan.adapters.sql.engine import create_engine
+
+    path = os.path.join(tmp_path_factory.mktemp("template"), "lequan.db")
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
-    """A fresh store on each dialect: a SQLite file, or a new PostgreSQL database at
-    head (a copy of the migrated template). Tests of the migrations use
-    ``empty_database_url``."""
+    """A fresh store at head on each dialect: a copy of a migrated SQLite file, or of
+    the migrated PostgreSQL template. Tests of the migrations use ``empty_database_url``."""
     if request.param == "sqlite":
-        return f"sqlite:///{os.fspath(tmp_path)}/lequan.db"
+        import shutil
+
+        path = os.path.join(tmp_path, "lequan.db")
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
+        return f"sqlite:///{path}"
     url: str = request.getfixturevalue("migrated_postgres_url")
     return url
 

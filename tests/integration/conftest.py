@@ -3,6 +3,7 @@ gate, and PostgreSQL + the Redis gate (required, not skipped, in CI)."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +84,7 @@ SHARED_STACKS = [
 
 def _stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     if request.param == "sqlite+memory":
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), tmp_path / "lequan.db")
         yield Stack(request.param, f"sqlite:///{tmp_path}/lequan.db")
         return
     url: str = request.getfixturevalue("migrated_postgres_url")
