@@ -41,8 +41,8 @@ from tests.integration.test_claim_invariants import (
     remaining,
     stored_vouchers,
     voucher_id,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -107,7 +107,7 @@ def test_redis_down_and_back_mid_sale(
             "issued": stock - early,
             "sold_out": late - (stock - early),
         }
-        wait_for(lambda: remaining(world) == 0)
+        wait_until(lambda: remaining(world) == 0, what="the gate counted the whole stock out")
         stored = stored_vouchers(world)
         assert len(stored) == stock
         assert len({s.person_id for s in stored}) == stock

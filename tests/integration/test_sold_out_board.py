@@ -21,14 +21,13 @@ from tests.integration.test_claim_invariants import (
     claim_one,
     register_many,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 
 
 def wait_for_flags(flags: list[tuple[str, str]], count: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(flags) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(flags) >= count, what=f"{count} sold-out flags heard")
 
 
 @pytest.mark.parametrize("topology", ["redis", "redis_cluster"])
