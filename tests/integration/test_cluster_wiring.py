@@ -3,12 +3,12 @@ nonces and the sold-out broadcast all reach the cluster, and a claim works."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.cluster import RedisCluster
 
 from lequan.adapters.crypto import generate_keyring
 from lequan.adapters.redis_gate import RedisGate
@@ -16,6 +16,7 @@ from lequan.adapters.sold_out import RedisSoldOut
 from lequan.bootstrap import Platform, build_runtime, sold_out_board, start_platform
 from lequan.config import Settings
 from lequan.services.campaigns import pool_key
+from tests.integration.test_sold_out_board import wait_for_listeners
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -65,8 +66,9 @@ def test_sold_out_flags_from_settings_reach_another_process(
 ) -> None:
     assert isinstance(platform.sold_out, RedisSoldOut)
     other = sold_out_board(cluster_settings)  # as another API process would build it
+    probe = RedisCluster.from_url(cluster_settings.redis_url)
     try:
-        time.sleep(0.3)  # the platform's listener is subscribed
+        wait_for_listeners(probe, f"{cluster_settings.redis_key_prefix}sold-out", 1)
         other.publish("camp-x:r1:wechat", "t1")
         wait_until(
             lambda: ("camp-x:r1:wechat", "t1") in platform.campaigns.sold_out,
@@ -74,6 +76,7 @@ def test_sold_out_flags_from_settings_reach_another_process(
         )
     finally:
         other.close()
+        probe.close()
 
 
 def test_an_operator_rebuilds_a_campaign_gate_and_a_viewer_may_not(
