@@ -1035,8 +1035,11 @@ def test_claims_waiting_for_room_hear_at_once_when_the_platform_stops(
         committer.make_room(1, wait_s=0)  # the queue is full
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(claim_one, world, user, "k-wait")
-            wait_until(lambda: committer.waiting >= 1, what="the claim in the commit queue")
-            time.sleep(0.2)  # the claim is in its wait
+            # Nothing shows a caller inside make_room's wait (``waiting`` counts the
+            # place taken above), so a moment for the claim to get there. A claim
+            # still on its way is refused by the closed queue with the same answer:
+            # a slow machine weakens this test, it cannot fail it.
+            time.sleep(0.2)
             stopped_at = time.monotonic()
             committer.close()
             result = waiting.result(30)
