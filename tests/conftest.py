@@ -74,6 +74,19 @@ def postgres_url() -> str:
     return POSTGRES_URL
 
 
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str) -> Iterator[str]:
+    """A database migrated to head once per run, dropped at its end; each test that
+    wants a store at head gets a copy (``migrated_postgres_url``)."""
+    from tests.factories import postgres_template
+
+    name, drop = postgres_template(postgres_url)
+    try:
+        yield name
+    finally:
+        drop()
+
+
 @pytest.fixture
 def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database of this test's own, dropped afterwards."""
@@ -86,19 +99,54 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
         drop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator[str]:
-    """A fresh store URL on each dialect: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{os.fspath(tmp_path)}/lequan.db"
-        return
+@pytest.fixture
+def migrated_postgres_url(postgres_url: str, postgres_template: str) -> Iterator[str]:
+    """A new PostgreSQL database at head (a copy of the run's template), dropped afterwards."""
     from tests.factories import postgres_database
 
-    url, drop = postgres_database(request.getfixturevalue("postgres_url"))
+    url, drop = postgres_database(postgres_url, template=postgres_template)
     try:
         yield url
     finally:
         drop()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file migrated once; each store at head starts from a copy of it."""
+    from lequan.adapters.sql import migrate
+    from lequan.adapters.sql.engine import create_engine
+
+    path = os.path.join(tmp_path_factory.mktemp("template"), "lequan.db")
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
+    """A fresh store at head on each dialect: a copy of a migrated SQLite file, or of
+    the migrated PostgreSQL template. Tests of the migrations use ``empty_database_url``."""
+    if request.param == "sqlite":
+        import shutil
+
+        path = os.path.join(tmp_path, "lequan.db")
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("migrated_postgres_url")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
+    """A fresh, empty store on each dialect, for the tests that run the migrations."""
+    if request.param == "sqlite":
+        return f"sqlite:///{os.fspath(tmp_path)}/lequan.db"
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
 
 
 @pytest.fixture(scope="session")

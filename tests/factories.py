@@ -86,9 +86,69 @@ class World:
         self.clock.set(max(self.clock.now(), config.rounds[0].release_at))
 
 
-def postgres_database(base_url: str) -> tuple[str, Any]:
-    """A fresh PostgreSQL database; returns (url, drop)."""
-    return fresh_postgres(base_url)
+def postgres_database(base_url: str, *, template: str | None = None) -> tuple[str, Any]:
+    """A fresh PostgreSQL database; returns (url, drop).
+
+    Empty, or a copy of ``template`` (see ``postgres_template``): a store at
+    head without every migration run again for it.
+    """
+    if template is None:
+        return fresh_postgres(base_url)
+    import uuid
+
+    return _new_postgres(base_url, f"lqtest_{uuid.uuid4().hex[:12]}", template=template)
+
+
+def postgres_template(base_url: str) -> tuple[str, Any]:
+    """A PostgreSQL database migrated to head, to copy stores from; returns (name, drop).
+
+    Named after this process, so test runs sharing a server never copy or drop
+    each other's. PostgreSQL copies a database only while nobody is connected
+    to it: the migrating engine is disposed, and connections are then refused,
+    so no stray session can make the copies fail.
+    """
+    import os
+    import uuid
+
+    name = f"lqtpl_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    url, drop = _new_postgres(base_url, name, template=None)
+    try:
+        engine = create_engine(url)
+        try:
+            migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+        _on_server(base_url, f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+    except BaseException:
+        drop()
+        raise
+    return name, drop
+
+
+def _new_postgres(base_url: str, name: str, *, template: str | None) -> tuple[str, Any]:
+    import sqlalchemy as sa
+
+    copy = f' TEMPLATE "{template}"' if template else ""
+    _on_server(base_url, f'CREATE DATABASE "{name}"{copy}')
+    url = sa.engine.make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        _on_server(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return url, drop
+
+
+def _on_server(base_url: str, statement: str) -> None:
+    """One statement outside a transaction (CREATE and DROP DATABASE need that)."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(statement)
+    finally:
+        admin.dispose()
 
 
 @contextmanager

@@ -26,8 +26,6 @@ import structlog
 import yaml
 
 from lequan.adapters.clock import ManualClock
-from lequan.adapters.sql import migrate
-from lequan.adapters.sql.engine import create_engine
 from lequan.client import LequanAuth
 from lequan.domain.campaigns import CampaignConfig
 from lequan.examples import example_merchants
@@ -361,20 +359,8 @@ def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
         yield events
 
 
-@pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file migrated once; each world starts from a copy (migrating is the slow part)."""
-    path = tmp_path_factory.mktemp("template") / "lequan.db"
-    engine = create_engine(f"sqlite:///{path}")
-    try:
-        migrate.upgrade(engine)
-    finally:
-        engine.dispose()
-    return path
-
-
 @pytest.fixture
-def open_api(tmp_path: Path, migrated_sqlite: Path) -> Iterator[OpenApi]:
+def open_api(tmp_path: Path, migrated_sqlite: str) -> Iterator[OpenApi]:
     """Build apps on demand; all are shut down when the test ends."""
     with ExitStack() as stack:
         built: list[Api] = []

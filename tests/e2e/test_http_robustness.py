@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tests.e2e.conftest import (
 )
 from tests.factories import dining_config, id_number
 from tests.integration.test_claim_invariants import writers_held
+from tests.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -364,9 +364,7 @@ def test_a_single_claim_beyond_the_in_flight_bound_is_429_and_changes_nothing(
         ThreadPoolExecutor(1) as pool,
     ):
         first = pool.submit(api.claim, first_user)  # held in the writer meanwhile
-        deadline_s = time.monotonic() + 10
-        while admission.in_flight < 1 and time.monotonic() < deadline_s:
-            time.sleep(0.01)
+        wait_until(lambda: admission.in_flight >= 1, what="the first claim admitted")
         assert admission.in_flight == 1
         refused = api.claim(second_user, key="k-second")
         assert first.result(30).status_code == 201
@@ -445,9 +443,7 @@ def test_batch_claims_waiting_for_room_leave_the_rest_of_the_api_answering(
     admission = api.client.app.state.claim_admission  # type: ignore[attr-defined]
     with ThreadPoolExecutor(len(waiters)) as pool:
         answers = [pool.submit(claim, user) for user in waiters]
-        deadline = time.monotonic() + 30
-        while admission.in_flight < len(waiters) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: admission.in_flight >= len(waiters), what="every waiting batch admitted")
         assert admission.in_flight == len(waiters)  # every batch is in, none answered
         wallet = api.wallet(users[0])
         # Answered while every claim still waited: it did not queue behind them.

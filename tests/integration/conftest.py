@@ -3,6 +3,7 @@ gate, and PostgreSQL + the Redis gate (required, not skipped, in CI)."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from redis.cluster import RedisCluster
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.redis_gate import RedisGate
 from lequan.ports import ClaimGate
-from tests.factories import World, make_world, postgres_database
+from tests.factories import World, make_world
 
 
 @dataclass
@@ -83,9 +84,10 @@ SHARED_STACKS = [
 
 def _stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     if request.param == "sqlite+memory":
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), tmp_path / "lequan.db")
         yield Stack(request.param, f"sqlite:///{tmp_path}/lequan.db")
         return
-    postgres_url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("migrated_postgres_url")
     cluster = request.param.endswith("-cluster")
     if cluster:  # three primaries; each pool over four buckets, so over the shards
         host, port = request.getfixturevalue("redis_cluster")
@@ -94,18 +96,14 @@ def _stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     else:
         redis_url = request.getfixturevalue("redis_url")
         redis_prefix = request.getfixturevalue("redis_prefix")
-    url, drop = postgres_database(postgres_url)
-    try:
-        yield Stack(
-            request.param,
-            url,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            gate_buckets=1 if request.param == "postgres+redis" else 4,
-            redis_cluster=cluster,
-        )
-    finally:
-        drop()
+    yield Stack(
+        request.param,
+        url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        gate_buckets=1 if request.param == "postgres+redis" else 4,
+        redis_cluster=cluster,
+    )
 
 
 @pytest.fixture(params=["sqlite+memory", *SHARED_STACKS])

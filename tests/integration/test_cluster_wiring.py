@@ -3,46 +3,38 @@ nonces and the sold-out broadcast all reach the cluster, and a claim works."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.cluster import RedisCluster
 
 from lequan.adapters.crypto import generate_keyring
 from lequan.adapters.redis_gate import RedisGate
 from lequan.adapters.sold_out import RedisSoldOut
-from lequan.adapters.sql import migrate
-from lequan.adapters.sql.engine import create_engine
 from lequan.bootstrap import Platform, build_runtime, sold_out_board, start_platform
 from lequan.config import Settings
 from lequan.services.campaigns import pool_key
-from tests.factories import postgres_database
+from tests.integration.test_sold_out_board import wait_for_listeners
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 @pytest.fixture
 def cluster_settings(
-    redis_cluster: tuple[str, int], postgres_url: str, tmp_path: Path
-) -> Iterator[Settings]:
+    redis_cluster: tuple[str, int], migrated_postgres_url: str, tmp_path: Path
+) -> Settings:
     host, port = redis_cluster
-    url, drop = postgres_database(postgres_url)
-    engine = create_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    try:
-        yield Settings(
-            data_dir=tmp_path,
-            database_url=url,
-            redis_url=f"redis://{host}:{port}/0",
-            redis_cluster=True,
-            redis_key_prefix=f"lqtest:{uuid.uuid4().hex[:12]}:",
-            gate_buckets=4,
-        )
-    finally:
-        drop()
+    return Settings(
+        data_dir=tmp_path,
+        database_url=migrated_postgres_url,
+        redis_url=f"redis://{host}:{port}/0",
+        redis_cluster=True,
+        redis_key_prefix=f"lqtest:{uuid.uuid4().hex[:12]}:",
+        gate_buckets=4,
+    )
 
 
 @pytest.fixture
@@ -74,15 +66,17 @@ def test_sold_out_flags_from_settings_reach_another_process(
 ) -> None:
     assert isinstance(platform.sold_out, RedisSoldOut)
     other = sold_out_board(cluster_settings)  # as another API process would build it
+    probe = RedisCluster.from_url(cluster_settings.redis_url)
     try:
-        time.sleep(0.3)  # the platform's listener is subscribed
+        wait_for_listeners(probe, f"{cluster_settings.redis_key_prefix}sold-out", 1)
         other.publish("camp-x:r1:wechat", "t1")
-        deadline = time.monotonic() + 10
-        while ("camp-x:r1:wechat", "t1") not in platform.campaigns.sold_out:
-            assert time.monotonic() < deadline, "the flag never arrived"
-            time.sleep(0.02)
+        wait_until(
+            lambda: ("camp-x:r1:wechat", "t1") in platform.campaigns.sold_out,
+            what="the flag reached the platform",
+        )
     finally:
         other.close()
+        probe.close()
 
 
 def test_an_operator_rebuilds_a_campaign_gate_and_a_viewer_may_not(

@@ -41,8 +41,8 @@ from tests.integration.test_claim_invariants import (
     remaining,
     stored_vouchers,
     voucher_id,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -61,9 +61,9 @@ def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
 
 
 @pytest.fixture
-def database_url(fresh_postgres_url: str) -> str:
+def database_url(migrated_postgres_url: str) -> str:
     """PostgreSQL: the store a shared gate is used with."""
-    return fresh_postgres_url
+    return migrated_postgres_url
 
 
 def claim_until_answered(world: World, user: str, key: str) -> ClaimResult:
@@ -107,7 +107,7 @@ def test_redis_down_and_back_mid_sale(
             "issued": stock - early,
             "sold_out": late - (stock - early),
         }
-        wait_for(lambda: remaining(world) == 0)
+        wait_until(lambda: remaining(world) == 0, what="the gate counted the whole stock out")
         stored = stored_vouchers(world)
         assert len(stored) == stock
         assert len({s.person_id for s in stored}) == stock

@@ -9,7 +9,6 @@ Redis store's errors, is tested after the contract.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from redis.retry import Retry
 from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
 from lequan.domain.errors import Unavailable
 from lequan.ports import NonceStore
+from tests.waiting import wait_until
 
 TTL_S = 600
 NONCE = "3f9c2a7b1d4e8f60"
@@ -249,9 +249,7 @@ def test_redis_keys_expire_with_the_ttl(redis_url: str, redis_prefix: str) -> No
 
         # When Redis lets the key go, the nonce is new again.
         client.pexpire(keys[0], 1)
-        deadline_s = time.monotonic() + 2
-        while client.exists(keys[0]) and time.monotonic() < deadline_s:
-            time.sleep(0.005)
+        wait_until(lambda: not client.exists(keys[0]), what="Redis let the nonce's key expire")
         assert store.remember("wechat", NONCE, TTL_S) is True
     finally:
         client.close()

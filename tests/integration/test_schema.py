@@ -19,8 +19,8 @@ from lequan.adapters.sql.engine import create_engine
 NOW = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
 
 
-def test_migrations_build_the_declared_schema(database_url: str) -> None:
-    engine = create_engine(database_url)
+def test_migrations_build_the_declared_schema(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     try:
         migrate.upgrade(engine)
         with engine.connect() as connection:
@@ -36,8 +36,8 @@ def test_migrations_build_the_declared_schema(database_url: str) -> None:
         engine.dispose()
 
 
-def test_idempotency_keys_survive_a_downgrade_and_upgrade(database_url: str) -> None:
-    engine = create_engine(database_url)
+def test_idempotency_keys_survive_a_downgrade_and_upgrade(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     row = {
         "app_id": "acq-1",
         "key": "k-1",

@@ -226,8 +226,10 @@ def at_0004_with_vouchers(database_url: str, tmp_path: Path, issued: int) -> Ite
         engine.dispose()
 
 
-def test_upgrading_counts_the_vouchers_already_issued(database_url: str, tmp_path: Path) -> None:
-    with at_0004_with_vouchers(database_url, tmp_path, issued=4) as engine:
+def test_upgrading_counts_the_vouchers_already_issued(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    with at_0004_with_vouchers(empty_database_url, tmp_path, issued=4) as engine:
         migrate.upgrade(engine)
         s = t.stocks.c
         with engine.connect() as connection:
@@ -238,9 +240,9 @@ def test_upgrading_counts_the_vouchers_already_issued(database_url: str, tmp_pat
 
 
 def test_upgrading_an_oversold_store_stops_and_names_the_pool(
-    database_url: str, tmp_path: Path
+    empty_database_url: str, tmp_path: Path
 ) -> None:
-    with at_0004_with_vouchers(database_url, tmp_path, issued=3) as engine:
+    with at_0004_with_vouchers(empty_database_url, tmp_path, issued=3) as engine:
         with engine.begin() as connection:  # an oversell from before the counter
             connection.exec_driver_sql(
                 "UPDATE stocks SET initial = 2 WHERE channel_id = 'wechat' "

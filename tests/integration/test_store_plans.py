@@ -12,9 +12,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from lequan.adapters.sql import migrate
 from lequan.adapters.sql.engine import create_engine
-from tests.factories import postgres_database
 
 pytestmark = [pytest.mark.postgres]
 
@@ -22,16 +20,13 @@ YOUNG_ROWS = 30_000
 
 
 @pytest.fixture
-def store(postgres_url: str) -> Iterator[sa.Engine]:
+def store(migrated_postgres_url: str) -> Iterator[sa.Engine]:
     """A new, migrated PostgreSQL store; its rows are the test's to insert."""
-    url, drop = postgres_database(postgres_url)
-    engine = create_engine(url)
+    engine = create_engine(migrated_postgres_url)
     try:
-        migrate.upgrade(engine)
         yield engine
     finally:
         engine.dispose()
-        drop()
 
 
 def insert_rows(engine: sa.Engine, *statements: str) -> None:

@@ -28,8 +28,8 @@ STOCK = 400
 
 
 @pytest.fixture
-def database_url(fresh_postgres_url: str) -> str:
-    return fresh_postgres_url
+def database_url(migrated_postgres_url: str) -> str:
+    return migrated_postgres_url
 
 
 def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_url: str) -> None:
