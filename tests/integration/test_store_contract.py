@@ -9,7 +9,8 @@ unique key and CHECK of the schema, transactions that roll back unless
 committed, readers that never see a writer's rows, ordering and cursors, the
 ledger with its budget counter, the audit chain's hashes (published vectors,
 so one verifier serves any store) and a model-checked history of stock and
-budget.
+budget. A few contracts the SQL store does not keep yet are marked
+``xfail(strict=True)`` with the reason.
 
 Speed: SQLite starts from a copy of a file migrated once, PostgreSQL from one
 migrated database emptied before each test (2 ms), memory from nothing.
@@ -126,6 +127,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         sqlite.dispose()
 
 
+def is_sqlite(store: Store) -> bool:
+    return isinstance(store, SqlStore) and store.engine.dialect.name == "sqlite"
+
+
+def xfail_on_sql(request: pytest.FixtureRequest, store: Store, reason: str) -> None:
+    """A contract the SQL store does not keep yet: expected to fail there, strictly."""
+    if isinstance(store, SqlStore):
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+
+
 def committed(store: Store) -> AbstractContextManager[UnitOfWork]:
     """A reader of what is committed."""
     return store.unit_of_work(readonly=True)
@@ -135,8 +146,9 @@ def in_own_transaction(store: Store, write: Callable[[UnitOfWork], Any]) -> Any:
     """``write`` in a unit of work of its own, committed.
 
     It reads first, as every service's writer does: on PostgreSQL a unit of work
-    whose first statements go to the driver's cursor commits nothing (the SQL
-    store's bug, not this test's subject)."""
+    whose first statements go to the driver commits nothing (``test_a_write_alone_
+    in_its_unit_of_work_is_committed``), and the setup of other tests must not
+    stumble on that."""
     with store.unit_of_work() as uow:
         uow.campaigns.campaign_exists(CAMPAIGN)
         result = write(uow)
@@ -368,6 +380,33 @@ def test_a_refused_statement_can_be_rolled_back_and_the_unit_of_work_goes_on(
     assert roles == ["maker", None, "maker"]
 
 
+def test_a_refused_statement_loses_its_transaction(
+    request: pytest.FixtureRequest, store: Store
+) -> None:
+    """ports/errors.py: after a StoreError "the transaction is lost"; nothing of it
+    may be committed, or a service that went on would keep half its work."""
+    if is_sqlite(store):
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="SQLite keeps the transaction after a constraint failure: commit() "
+                "commits the statements before and after it (PostgreSQL loses it)",
+                strict=True,
+            )
+        )
+    in_own_transaction(store, lambda uow: operator(uow, "alice"))
+    with store.unit_of_work() as uow:
+        operator(uow, "bob")
+        with pytest.raises(DuplicateKey):
+            operator(uow, "alice")
+        try:
+            operator(uow, "carol")
+            uow.commit()
+        except StoreError:
+            pass
+    with committed(store) as uow:
+        assert [uow.people.operator_role(o) for o in ("bob", "carol")] == [None, None]
+
+
 def test_a_pipeline_carries_the_batch_writes_and_commits_them(store: Store) -> None:
     with_campaign(store)
     v = voucher(1)
@@ -401,6 +440,91 @@ def test_a_pipeline_carries_the_batch_writes_and_commits_them(store: Store) -> N
         row = uow.campaigns.get_campaign(CAMPAIGN)
         assert row is not None
         assert row.committed_fen == 6000
+
+
+def _claimed(uow: UnitOfWork) -> None:
+    claim(uow, voucher(1))
+
+
+def _moved(uow: UnitOfWork) -> None:
+    uow.vouchers.move_vouchers([(voucher(1), VoucherState.REVOKED, None)], now=T0)
+
+
+def _issued(uow: UnitOfWork) -> None:
+    assert uow.ledger.record(issue_entry(FACE_FEN), campaign_id=CAMPAIGN, now=T0)
+
+
+def _answered(uow: UnitOfWork) -> None:
+    uow.idempotency.store_answers([answer_row("acq", f"k{n}") for n in range(10)])
+
+
+def _redeemed(uow: UnitOfWork) -> None:
+    rows = [redemption_values(f"r{n}", voucher(1), status="voided") for n in range(10)]
+    uow.vouchers.insert_redemptions(rows)
+
+
+def _announced(uow: UnitOfWork) -> None:
+    uow.ledger.add_outbox_many([(f"e{n}", "t", {}) for n in range(10)], now=T0)
+
+
+def _pipelined(uow: UnitOfWork) -> None:
+    with uow.pipeline():
+        _moved(uow)
+
+
+def _kept(store: Store, write: Callable[[UnitOfWork], None]) -> bool:
+    """Whether what ``write`` wrote is there for a reader."""
+    with committed(store) as uow:
+        if write in (_claimed,):
+            return uow.vouchers.get_voucher("v0001") is not None
+        if write in (_moved, _pipelined):
+            found = uow.vouchers.get_voucher("v0001")
+            return found is not None and found.state is VoucherState.REVOKED
+        if write is _issued:
+            row = uow.campaigns.get_campaign(CAMPAIGN)
+            return row is not None and row.committed_fen == FACE_FEN
+        if write is _answered:
+            return uow.idempotency.idempotent_answer("acq", "k9") is not None
+        if write is _redeemed:
+            return uow.vouchers.get_redemption("r9") is not None
+        assert write is _announced
+        return uow.ledger.outbox_topics() == {"t": 10}
+
+
+DRIVER_WRITES_LOST = (
+    "on PostgreSQL these writes go to the driver's cursor, past SQLAlchemy: with no "
+    "SQLAlchemy statement before them its Connection never began a transaction, so "
+    "commit() does nothing and the pool's reset rolls them back, silently"
+)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(_claimed, id="insert_claims"),
+        pytest.param(_moved, id="move_vouchers"),
+        pytest.param(_issued, id="record"),
+        pytest.param(_answered, id="store_answers-10"),
+        pytest.param(_redeemed, id="insert_redemptions-10"),
+        pytest.param(_announced, id="add_outbox_many-10"),
+        pytest.param(_pipelined, id="pipeline"),
+    ],
+)
+def test_a_write_alone_in_its_unit_of_work_is_committed(
+    request: pytest.FixtureRequest, store: Store, write: Callable[[UnitOfWork], None]
+) -> None:
+    """Whatever a unit of work begins with, ``commit()`` keeps its writes."""
+    if isinstance(store, SqlStore) and not is_sqlite(store):
+        request.applymarker(pytest.mark.xfail(reason=DRIVER_WRITES_LOST, strict=True))
+    with_campaign(store)
+    if write is not _claimed:
+        in_own_transaction(store, _claimed)
+    if write is not _issued:
+        in_own_transaction(store, _issued)
+    with store.unit_of_work() as uow:
+        write(uow)
+        uow.commit()
+    assert _kept(store, write)
 
 
 def test_the_store_answers_and_its_schema_is_current(store: Store) -> None:
@@ -546,6 +670,20 @@ def test_the_budget_is_read_with_its_counter(store: Store) -> None:
     with store.unit_of_work() as uow:
         assert uow.ledger.record(issue_entry(2 * FACE_FEN), campaign_id=CAMPAIGN, now=T0)
         assert uow.campaigns.lock_campaign_budget(CAMPAIGN) == (5 * FACE_FEN, 2 * FACE_FEN)
+
+
+def test_locking_the_budget_of_no_campaign_is_a_store_error(
+    request: pytest.FixtureRequest, store: Store
+) -> None:
+    """ports/store.py: failures are the port's own errors, never the engine's."""
+    xfail_on_sql(
+        request,
+        store,
+        "SqlCampaigns.lock_campaign_budget calls .one() outside translated(): "
+        "sqlalchemy.exc.NoResultFound leaks past the port",
+    )
+    with store.unit_of_work() as uow, pytest.raises(StoreError):
+        uow.campaigns.lock_campaign_budget("nope")
 
 
 # -- people -------------------------------------------------------------------------------
