@@ -1231,6 +1231,7 @@ def test_an_entry_takes_budget_when_it_fits_and_writes_nothing_when_not(store: S
     assert row is not None
     assert row.committed_fen == 5 * FACE_FEN
     assert balances == {"funding": -5 * FACE_FEN, "budget": 0, "outstanding": 5 * FACE_FEN}
+    assert {type(account) for account in balances} == {str}  # text, not the Account enum
     assert sum(balances.values()) == 0
 
 

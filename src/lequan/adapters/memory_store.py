@@ -1151,7 +1151,8 @@ class MemoryLedger(_Repository):
                 voucher_id=voucher_id,
                 redemption_id=redemption_id,
                 created_at=_utc(now),
-                postings=tuple((p.account, p.amount_fen) for p in entry.postings),
+                # Plain text, as the SQL store reads accounts back (not the Account enum).
+                postings=tuple((str(p.account), p.amount_fen) for p in entry.postings),
             ),
         )
 
