@@ -22,7 +22,7 @@ from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.identity import synthetic_id_number
 from lequan.examples import EXAMPLES_DIR, example_campaign, example_merchants
-from lequan.ports import ClaimGate
+from lequan.ports import ClaimGate, Store
 from lequan.services import admin, campaigns, persons
 
 EXAMPLES = EXAMPLES_DIR
@@ -154,22 +154,29 @@ def _on_server(base_url: str, statement: str) -> None:
 @contextmanager
 def make_world(
     *,
-    database_url: str,
+    database_url: str | None = None,
+    store: Store | None = None,
     gate: ClaimGate | None = None,
     tmp_path: Path,
     clock_at: datetime = T0 - timedelta(hours=1),
     **settings: Any,
 ) -> Iterator[World]:
-    """A migrated store, a started platform, operators alice (maker) / bob (checker),
-    three channels, one acquirer and the example merchants."""
+    """A started platform on the SQL store at ``database_url`` (migrated here) or on
+    ``store`` as given (``MemoryStore()`` for a service test whose store is
+    incidental), with operators alice (maker) / bob (checker), three channels,
+    one acquirer and the example merchants."""
+    assert (database_url is None) != (store is None), "a world has one store"
     clock = ManualClock(clock_at)
-    engine = create_engine(database_url)
-    migrate.upgrade(engine)
-    engine.dispose()
+    if database_url is not None:
+        engine = create_engine(database_url)
+        migrate.upgrade(engine)
+        engine.dispose()
     config = Settings(
-        data_dir=tmp_path, database_url=database_url, sweep_interval_s=3600, **settings
+        data_dir=tmp_path, database_url=database_url or "", sweep_interval_s=3600, **settings
     )
-    rt = build_runtime(config, clock=clock, keyring=generate_keyring(), gate=gate or MemoryGate())
+    rt = build_runtime(
+        config, clock=clock, keyring=generate_keyring(), gate=gate or MemoryGate(), store=store
+    )
     platform = start_platform(rt, sweep=False)
     world = World(platform=platform, clock=clock)
     try:

@@ -25,7 +25,7 @@ from lequan.adapters.sql.engine import create_engine
 from lequan.adapters.sql.unit_of_work import SqlStore
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
-from lequan.ports import ClaimGate, Clock, NonceStore
+from lequan.ports import ClaimGate, Clock, NonceStore, Store
 from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
@@ -69,11 +69,14 @@ def build_runtime(
     clock: Clock | None = None,
     keyring: AesGcmKeyRing | None = None,
     gate: ClaimGate | None = None,
+    store: Store | None = None,
     create_keys: bool = True,
 ) -> Runtime:
-    """Adapters from settings; tests pass fakes for the clock, keys or gate."""
+    """Adapters from settings; tests pass fakes for the clock, keys, gate or store
+    (``MemoryStore``: the service tests whose store is incidental)."""
     clock = clock or SystemClock()
-    store = SqlStore(create_engine(settings.effective_database_url))
+    if store is None:
+        store = SqlStore(create_engine(settings.effective_database_url))
     nonces: NonceStore
     if settings.redis_url:
         import redis

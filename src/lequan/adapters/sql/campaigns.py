@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.core import SqlSession
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
+from lequan.ports.errors import StoreError
 from lequan.rows import CampaignRow, StockKey
 
 __all__ = ["SqlCampaigns"]
@@ -165,7 +166,9 @@ class SqlCampaigns:
         )
         if self._s.postgres:
             query = query.with_for_update()
-        row = self._s.exec(query).one()
+        row = self._s.exec(query).first()
+        if row is None:
+            raise StoreError(f"no campaign {campaign_id} to lock")
         return row.budget_fen, row.committed_fen
 
     def take_stock(self, key: StockKey, count: int) -> bool:

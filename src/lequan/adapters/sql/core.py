@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql
 
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.errors import translate, translated
+from lequan.ports.errors import StoreError
 
 __all__ = ["COPY_ROWS_MIN", "SqlSession", "copy_time", "sqlite_time", "utc"]
 
@@ -93,9 +94,40 @@ class SqlSession:
         # the checks to run on them once they are in.
         self._pipelined: list[Any] | None = None
         self._pipeline_checks: list[Callable[[], None]] = []
+        # A statement failed: the transaction is lost until rolled back, on every
+        # dialect (PostgreSQL aborts it; SQLite would go on and commit the rest).
+        self._lost = False
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Run a statement: refused when the transaction is lost; its SQLAlchemy
+        error leaves as the port's, and loses the transaction."""
+        if self._lost:
+            raise StoreError("the transaction was lost to an earlier error; roll it back")
+        try:
+            with translated():
+                yield
+        except StoreError:
+            self._lost = True
+            raise
+
+    def _lose(self, statement: str, error: Exception, dbapi_error: type[Exception]) -> StoreError:
+        """The port's error for a driver's, the transaction lost with it."""
+        self._lost = True
+        return translate(sa.exc.DBAPIError.instance(statement, None, error, dbapi_error))
+
+    def _begin(self) -> None:
+        """Begin SQLAlchemy's transaction before a statement goes to the driver: with
+        none begun, ``commit()`` would do nothing and the pool roll the writes back."""
+        if not self.connection.in_transaction():
+            with self._guarded():
+                self.connection.begin()
 
     def commit(self) -> None:
-        with translated():
+        if self._lost:
+            self.rollback()
+            raise StoreError("the transaction was lost to an earlier error; nothing committed")
+        with self._guarded():
             self.connection.commit()
 
     def driver_sql(self, sql: str, params: Any = None) -> Any:
@@ -103,7 +135,7 @@ class SqlSession:
         assert self._pipelined is None, "no SQLAlchemy statement inside pipeline()"
         if self.postgres:
             sql = sql.replace("?", "%s")
-        with translated():
+        with self._guarded():
             return self.connection.exec_driver_sql(sql, params)
 
     def driver_rows(self, sql: str, params: Any) -> list[Any]:
@@ -126,14 +158,15 @@ class SqlSession:
 
         Inside ``pipeline()`` the cursor stays open until the pipeline's results
         are in."""
+        if self._lost:
+            raise StoreError("the transaction was lost to an earlier error; roll it back")
+        self._begin()
         dbapi_error = self.connection.dialect.loaded_dbapi.Error
         cursor = self.connection.connection.cursor()
         try:
             yield cursor
         except dbapi_error as error:
-            raise translate(
-                sa.exc.DBAPIError.instance(statement, None, error, dbapi_error)
-            ) from error
+            raise self._lose(statement, error, dbapi_error) from error
         finally:
             if self._pipelined is None:
                 cursor.close()
@@ -154,6 +187,7 @@ class SqlSession:
             yield
             return
         assert self._pipelined is None, "pipelines do not nest"
+        self._begin()
         dbapi_error = self.connection.dialect.loaded_dbapi.Error
         self._pipelined = []
         try:
@@ -164,9 +198,7 @@ class SqlSession:
             for check in self._pipeline_checks:  # the results are in, the cursors open
                 check()
         except dbapi_error as error:
-            raise translate(
-                sa.exc.DBAPIError.instance("pipeline", None, error, dbapi_error)
-            ) from error
+            raise self._lose("pipeline", error, dbapi_error) from error
         finally:
             cursors, self._pipelined, self._pipeline_checks = self._pipelined, None, []
             for cursor in cursors:
@@ -237,6 +269,7 @@ class SqlSession:
             cursor.execute(sql, [[row[c] for row in rows] for c in columns])
 
     def rollback(self) -> None:
+        self._lost = False
         with translated():
             self.connection.rollback()
 
@@ -246,7 +279,7 @@ class SqlSession:
         # Inside a pipeline SQLAlchemy would read a row count or a description that is
         # not there yet: only the pipeline-aware writes may run there.
         assert self._pipelined is None, "no SQLAlchemy statement inside pipeline()"
-        with translated():
+        with self._guarded():
             return self.connection.execute(statement, params)
 
     def driver_reads(self, queries: Sequence[tuple[str, Any]]) -> list[list[Any]]:
@@ -255,6 +288,7 @@ class SqlSession:
         if not self.postgres:
             return [self.driver_rows(sql, params) for sql, params in queries]
         assert self._pipelined is None, "reads go before the pipelined writes"
+        self._begin()
         driver = self.connection.connection.driver_connection
         assert driver is not None, "a unit of work holds a live connection"
         dbapi_error = self.connection.dialect.loaded_dbapi.Error
@@ -267,9 +301,7 @@ class SqlSession:
             # Leaving the pipeline synced it: every cursor holds its rows.
             return [list(cursor.fetchall()) for cursor in cursors]
         except dbapi_error as error:
-            raise translate(
-                sa.exc.DBAPIError.instance("pipelined reads", None, error, dbapi_error)
-            ) from error
+            raise self._lose("pipelined reads", error, dbapi_error) from error
         finally:
             for cursor in cursors:
                 cursor.close()

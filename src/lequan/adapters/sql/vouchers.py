@@ -217,10 +217,6 @@ class SqlVouchers:
             )
             for channel_id in sorted(users_by_channel)
         )
-        if not self._s.connection.in_transaction():
-            # Every read here goes to the driver; SQLAlchemy's begin is what makes
-            # commit() commit them (and, on SQLite, takes the write lock first).
-            self._s.connection.begin()
         results = self._s.driver_reads([(sql, params) for _, _, sql, params in queries])
         reads = RedemptionReads({}, {}, {})
         for (kind, scope, _sql, _params), rows in zip(queries, results, strict=True):

@@ -1,6 +1,9 @@
 """The apps' secrets as the signature check sees them: every signed request asks
 before anything proves who sent it, so a caller naming made-up app ids must
-not turn each request into a store read (on the event loop, before this)."""
+not turn each request into a store read (on the event loop, before this).
+
+The store is incidental here (what is asked of it, not how it keeps it): the
+in-memory one."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lequan.adapters.memory_store import MemoryStore
 from lequan.domain.errors import Unavailable
 from lequan.services import admin
 from lequan.services.admin import UNKNOWN_APP_TTL_S, AppSecrets
@@ -17,9 +21,9 @@ from tests.factories import make_world
 
 
 def test_an_unknown_app_is_answered_from_memory_until_its_ttl(
-    database_url: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    with make_world(database_url=database_url, tmp_path=tmp_path) as world:
+    with make_world(store=MemoryStore(), tmp_path=tmp_path) as world:
         apps: AppSecrets = world.platform.apps
         assert apps.cached("latecomer") == (False, None)  # memory does not know yet
         assert asyncio.run(apps.lookup("latecomer")) is None
@@ -38,9 +42,9 @@ def test_an_unknown_app_is_answered_from_memory_until_its_ttl(
 
 
 def test_an_id_no_app_can_have_is_refused_without_asking_the_store(
-    database_url: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    with make_world(database_url=database_url, tmp_path=tmp_path) as world:
+    with make_world(store=MemoryStore(), tmp_path=tmp_path) as world:
         apps: AppSecrets = world.platform.apps
         for made_up in ("WeChat", "a", "x" * 33, "wechat\n", "we chat", "-wechat", ""):
             assert apps.cached(made_up) == (True, None), made_up
@@ -49,9 +53,9 @@ def test_an_id_no_app_can_have_is_refused_without_asking_the_store(
 
 
 def test_lookups_beyond_the_bound_are_overloaded_and_known_apps_still_answer(
-    database_url: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    with make_world(database_url=database_url, tmp_path=tmp_path) as world:
+    with make_world(store=MemoryStore(), tmp_path=tmp_path) as world:
         apps = AppSecrets(world.rt, lookups_waiting_max=0)
         try:
             assert apps.get("wechat") == ("channel", world.secrets["wechat"])

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+from lequan.adapters.memory_store import MemoryStore
 from lequan.domain.campaigns import CampaignStatus
 from lequan.ports import UnitOfWork
 from lequan.rows import CampaignRow, MerchantRow
@@ -37,7 +38,7 @@ class _Reads:
 
 
 def test_a_campaign_read_while_an_operator_changes_it_is_not_kept(tmp_path: Path) -> None:
-    with make_world(database_url=f"sqlite:///{tmp_path}/lq.db", tmp_path=tmp_path) as world:
+    with make_world(store=MemoryStore(), tmp_path=tmp_path) as world:
         world.open_campaign(dining_config())
         cache = CampaignCache(world.rt, ttl_s=3600)
         live = cache.get(CAMPAIGN)
