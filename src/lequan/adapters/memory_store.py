@@ -42,7 +42,6 @@ alone).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import defaultdict
@@ -52,6 +51,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from lequan.domain.audit import GENESIS_HASH, AuditLine, audit_line
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.ledger import Entry, committed_change_fen
 from lequan.domain.redemption_states import RedemptionStatus
@@ -68,7 +68,7 @@ from lequan.rows import (
     VoucherRow,
 )
 
-__all__ = ["AuditEntry", "MemoryStore", "MemoryUnitOfWork"]
+__all__ = ["MemoryStore", "MemoryUnitOfWork"]
 
 # SQLite's busy timeout (adapters/sql/engine.py): how long a writer queues for the lock.
 LOCK_TIMEOUT_S_DEFAULT = 30.0
@@ -130,22 +130,6 @@ def _utc(value: datetime) -> datetime:
     """An instant as the SQL store reads it back: aware, in UTC."""
     assert value.tzinfo is not None, "naive datetimes never reach the store"
     return value.astimezone(UTC)
-
-
-def audit_hash(
-    *,
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    target: str,
-    details_json: str,
-    prev_hash: str,
-) -> str:
-    """The audit line's link in the chain, as the SQL store computes it (the contract
-    suite holds the two equal, so one verifier serves either store)."""
-    text = "\n".join([str(seq), at.isoformat(), actor, action, target, details_json, prev_hash])
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _Table(Generic[K, V]):
@@ -271,20 +255,6 @@ class _OutboxEvent:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One line of the hash-chained audit log, as an auditor reads it."""
-
-    seq: int
-    at: datetime
-    actor: str
-    action: str
-    target: str
-    details_json: str
-    prev_hash: str
-    hash: str
-
-
 def _new_table() -> _Table[Any, Any]:
     return _Table()
 
@@ -313,7 +283,7 @@ class _Tables:
     ledger: _Table[int, _LedgerEntry]  # ids 1, 2, ... as the store gave them
     answers: _Table[tuple[str, str], _Answer]  # (key, app_id)
     outbox: _Table[str, _OutboxEvent]
-    audit: _Table[int, AuditEntry]  # seq 1, 2, ...
+    audit: _Table[int, AuditLine]  # seq 1, 2, ...
 
     @classmethod
     def empty(cls) -> _Tables:
@@ -1196,22 +1166,16 @@ class MemoryLedger(_Repository):
         """Append to the hash-chained audit log (writers queue, so ``seq`` never collides)."""
         t = self._u.write()
         last = t.audit.get(len(t.audit))
-        seq, prev_hash = (last.seq + 1, last.hash) if last else (1, "0" * 64)
-        details_json = json.dumps(
-            details, sort_keys=True, ensure_ascii=False, separators=(",", ":")
-        )
-        digest = audit_hash(
-            seq=seq,
+        line = audit_line(
+            seq=last.seq + 1 if last else 1,
             at=now,
             actor=actor,
             action=action,
             target=target,
-            details_json=details_json,
-            prev_hash=prev_hash,
+            details=details,
+            prev_hash=last.hash if last else GENESIS_HASH,
         )
-        t.audit.put(
-            seq, AuditEntry(seq, _utc(now), actor, action, target, details_json, prev_hash, digest)
-        )
+        t.audit.put(line.seq, replace(line, at=_utc(line.at)))
 
 
 class MemoryIdempotency(_Repository):
@@ -1310,7 +1274,7 @@ class MemoryStore:
     def dispose(self) -> None:
         """No connection to close; what was committed stays readable."""
 
-    def audit_log(self) -> list[AuditEntry]:
+    def audit_log(self) -> list[AuditLine]:
         """The committed audit log in order, as an auditor reads it (the port has no read)."""
         audit = self._committed.audit
         return [entry for seq in sorted(audit.keys()) if (entry := audit.get(seq)) is not None]

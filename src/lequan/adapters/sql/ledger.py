@@ -3,7 +3,6 @@ the outbox of facts other systems must learn, and the hash-chained audit log."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.campaigns import SqlCampaigns
 from lequan.adapters.sql.core import SqlSession
+from lequan.domain.audit import GENESIS_HASH, audit_line
 from lequan.domain.ledger import Entry, committed_change_fen
 
 __all__ = ["SqlLedger"]
@@ -306,24 +306,24 @@ class SqlLedger:
         """Append to the hash-chained audit log; a concurrent append collides on ``seq``."""
         a = t.audit_log.c
         last = self._s.exec(sa.select(a.seq, a.hash).order_by(a.seq.desc()).limit(1)).first()
-        seq, prev_hash = (last.seq + 1, last.hash) if last else (1, "0" * 64)
-        details_json = json.dumps(
-            details, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        line = audit_line(
+            seq=last.seq + 1 if last else 1,
+            at=now,
+            actor=actor,
+            action=action,
+            target=target,
+            details=details,
+            prev_hash=last.hash if last else GENESIS_HASH,
         )
-        digest = hashlib.sha256(
-            "\n".join(
-                [str(seq), now.isoformat(), actor, action, target, details_json, prev_hash]
-            ).encode()
-        ).hexdigest()
         self._s.exec(
             sa.insert(t.audit_log).values(
-                seq=seq,
-                at=now,
-                actor=actor,
-                action=action,
-                target=target,
-                details_json=details_json,
-                prev_hash=prev_hash,
-                hash=digest,
+                seq=line.seq,
+                at=line.at,
+                actor=line.actor,
+                action=line.action,
+                target=line.target,
+                details_json=line.details_json,
+                prev_hash=line.prev_hash,
+                hash=line.hash,
             )
         )
