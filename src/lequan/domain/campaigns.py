@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from lequan.domain.errors import Conflict
+from lequan.domain.errors import AuthError, Conflict
 from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId
 
 __all__ = [
@@ -261,7 +261,8 @@ def lifecycle_transition(
     """The campaign's status after ``action`` by ``actor``; maker-checker on approval."""
     assert action in LIFECYCLE_ACTIONS, action
     if action == "approve" and actor == drafted_by and status is CampaignStatus.DRAFT:
-        raise Conflict(
+        # An authorization refusal, like a role's: no state of the campaign would allow it.
+        raise AuthError(
             "maker_cannot_approve", "the operator who drafted a campaign cannot approve it"
         )
     try:

@@ -361,7 +361,7 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "the campaign's status does not allow this step, or it changed meanwhile; look again",
     ),
     _C.MAKER_CANNOT_APPROVE: ErrorSpec(
-        409, Conflict, "the operator who drafted a campaign cannot approve it"
+        403, AuthError, "the operator who drafted a campaign cannot approve it, whatever their role"
     ),
     _C.INVALID_MERCHANT: ErrorSpec(422, InvalidInput, "a merchant's field breaks its rule"),
     _C.INVALID_MERCHANT_FILE: ErrorSpec(

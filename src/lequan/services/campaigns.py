@@ -143,7 +143,7 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
             raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
         if action == "approve" and actor == row.drafted_by and row.status is CampaignStatus.DRAFT:
             # The most specific answer first: whatever the role, never one's own draft.
-            raise Conflict(
+            raise AuthError(
                 "maker_cannot_approve", "the operator who drafted a campaign cannot approve it"
             )
         roles = ROLES_THAT_APPROVE if action == "approve" else ROLES_THAT_OPERATE
