@@ -277,6 +277,17 @@ def test_a_merchant_file_naming_no_campaign_is_refused_with_its_line(api: Api) -
     assert refused["details"]["line"] == 3
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["\\\rñ¯\x1a×", "merchant_id,na\rme\n", ""],
+    ids=["a carriage return in the header", "a broken header", "empty"],
+)
+def test_a_merchant_file_with_a_broken_header_is_refused_at_line_1(api: Api, text: str) -> None:
+    # Found by the contract test: the header's own CSV error escaped as a 500.
+    refused = _refused(api, lambda: _merchants(api, text), 422, "invalid_merchant_file")
+    assert refused["details"]["line"] == 1
+
+
 def test_a_merchant_file_over_its_limits_is_refused(open_api: OpenApi) -> None:
     rows = 30
     text = HEADER + "".join(

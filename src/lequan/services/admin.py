@@ -275,10 +275,12 @@ def _line_error(line: int, message: str) -> InvalidInput:
 def _merchant_rows(text: str, *, rows_max: int) -> list[_MerchantRecord]:
     """The file's rows, each checked alone, with their line numbers."""
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or tuple(reader.fieldnames) != MERCHANT_COLUMNS:
-        raise InvalidInput(
-            "invalid_merchant_file", f"the header must be: {','.join(MERCHANT_COLUMNS)}"
-        )
+    try:
+        header = reader.fieldnames  # read here: the header line can break the format too
+    except csv.Error:
+        header = None
+    if header is None or tuple(header) != MERCHANT_COLUMNS:
+        raise _line_error(1, f"the header must be: {','.join(MERCHANT_COLUMNS)}")
     rows: list[_MerchantRecord] = []
     try:
         for row in reader:
