@@ -6,6 +6,7 @@ served by the app itself (no CDN at run time).
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -137,26 +138,19 @@ PARSED_BODIES = (
     BlacklistIn,
     BlacklistRemoveIn,
 )
-# The headers that sign a channel's or an acquirer's call (``http/signing.py``), as the
-# description declares them.
-SIGNING_HEADERS = (
-    ("X-Lequan-App", "The calling app's id.", {"type": "string", "minLength": 1}),
-    (
-        "X-Lequan-Timestamp",
-        "Unix seconds, a plain decimal integer, within 300 s of the server's clock.",
-        {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"},
+# The headers that sign a channel's or an acquirer's call (``http/signing.py``), declared as
+# security schemes all four of which a call presents: what the call says, not its fields.
+SIGNING_HEADERS = {
+    "X-Lequan-App": "The calling app's id.",
+    "X-Lequan-Timestamp": (
+        "Unix seconds, a plain decimal integer, within 300 s of the server's clock."
     ),
-    (
-        "X-Lequan-Nonce",
-        "New for every request.",
-        {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"},
+    "X-Lequan-Nonce": "8-64 characters of `[A-Za-z0-9_-]`, new for every request.",
+    "X-Lequan-Signature": (
+        "HMAC-SHA256 of the canonical string (method, target, timestamp, nonce, body "
+        "digest), as 64 lowercase hex digits: see docs/api.md."
     ),
-    (
-        "X-Lequan-Signature",
-        "HMAC-SHA256 of the canonical string, lowercase hex (docs/api.md).",
-        {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-    ),
-)
+}
 _SIGNED_TAGS = frozenset({"channel", "acquirer"})
 # Routes whose requests are counted but not logged: probes and scrapes.
 _QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -198,11 +192,19 @@ class _LequanAPI(FastAPI):
             f"At most {settings.claim_batch_items_max} (`claim_batch_items_max`); "
             "more are refused `422 batch_too_large`, and none is claimed."
         )
-        spec["components"].setdefault("securitySchemes", {})["operator"] = {
+        security = spec["components"].setdefault("securitySchemes", {})
+        security["operator"] = {
             "type": "http",
             "scheme": "bearer",
             "description": "An operator's token (`lequan operator add`).",
         }
+        for header, text in SIGNING_HEADERS.items():
+            security[header] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": header,
+                "description": text,
+            }
         for operations in spec["paths"].values():
             for operation in operations.values():
                 _describe_operation(operation)
@@ -226,10 +228,7 @@ def _describe_operation(operation: dict[str, Any]) -> None:
                 "pattern": "^[A-Za-z0-9_.:-]+$",
             }
     if tags & _SIGNED_TAGS:
-        parameters[:0] = [
-            {"name": name, "in": "header", "required": True, "description": text, "schema": schema}
-            for name, text, schema in SIGNING_HEADERS
-        ]
+        operation["security"] = [{header: [] for header in SIGNING_HEADERS}]
     elif "admin" in tags:
         operation["security"] = [{"operator": []}]
         # The header is the security scheme's, not a parameter of its own.
@@ -238,15 +237,33 @@ def _describe_operation(operation: dict[str, Any]) -> None:
         del operation["parameters"]
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed_methods(request: Request) -> str:
-    """Every method some route answers at this path: Starlette names only the first
-    route's (``GET`` and ``POST /v1/admin/campaigns`` are two routes)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": ""})
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return ", ".join(sorted(methods))
+    """The methods the path's resource takes, as the description has them: Starlette
+    names only the first matching route's (``GET`` and ``POST /v1/admin/campaigns`` are
+    two routes), and a path two templates match (``/v1/redemptions/quote`` and
+    ``/v1/redemptions/{redemption_id}``) is the resource of the one with fewer
+    parameters. A path the description leaves out: every method a route answers there.
+    """
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    documented = [
+        (template, methods)
+        for template, methods in request.app.openapi()["paths"].items()
+        if re.fullmatch(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template)), path)
+    ]
+    if documented:
+        _, methods = min(documented, key=lambda found: found[0].count("{"))
+        return ", ".join(sorted(method.upper() for method in methods))
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 def create_app(
