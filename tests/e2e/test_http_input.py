@@ -326,6 +326,13 @@ def test_no_body_and_an_empty_object_are_the_same_request(
         assert_error(api.post(ACQUIRER, path, content=refused), 422, "invalid_request")
 
 
+def test_an_operators_role_is_checked_before_the_body_is_read(api: Api) -> None:
+    headers = {"Authorization": f"Bearer {api.world.tokens['vera']}"}
+    for path in ("/v1/admin/apps", "/v1/admin/blacklist", "/v1/admin/blacklist/remove"):
+        refused = api.client.post(path, content=b'{"app_id": ', headers=headers)
+        assert_error(refused, 403, "forbidden")
+
+
 def test_a_blacklist_call_reads_its_body_as_the_others_do(api: Api) -> None:
     listed = _operator_post(
         api, "/v1/admin/blacklist", b'{"id_number": "%s"}' % id_number(1).encode()
