@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     signature_max_skew_s: Annotated[int, Field(ge=1, le=3600)] = 300
     nonce_cache_entries_max: Annotated[int, Field(ge=1000)] = 2_000_000
     request_body_bytes_max: Annotated[int, Field(ge=1024)] = 2_000_000
+    # Operators' uploads, each bounded on its own (and, over HTTP, by the body limit
+    # too): a campaign file's bytes, its nesting and its nodes once YAML aliases are
+    # expanded; a merchant file's bytes and rows. Beyond: 413, or 422 with the rule.
+    campaign_file_bytes_max: Annotated[int, Field(ge=1024, le=100_000_000)] = 1_000_000
+    campaign_file_depth_max: Annotated[int, Field(ge=8, le=200)] = 32
+    campaign_file_nodes_max: Annotated[int, Field(ge=1000, le=10_000_000)] = 200_000
+    merchant_file_bytes_max: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 2_000_000
+    merchant_file_rows_max: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     # Per calling app (channel or acquirer): sustained requests (batch items) a
     # second, and the burst it may save up; beyond them, 429 throttled.
     app_rate_per_s: Annotated[float, Field(gt=0)] = 50_000.0

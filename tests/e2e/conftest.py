@@ -13,7 +13,7 @@ import functools
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ __all__ = [
     "Api",
     "OpenApi",
     "assert_error",
+    "assert_refused",
     "campaign_yaml",
     "merchants_csv",
     "person_body",
@@ -100,6 +101,16 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert body["message"]
     assert body["request_id"]
     assert body["request_id"] == response.headers["X-Request-Id"]
+    return body
+
+
+def assert_refused(
+    api: Api, call: Callable[[], httpx.Response], status: int, code: str
+) -> dict[str, Any]:
+    """The call is refused with ``code`` and changes nothing in the store."""
+    before = api.snapshot()
+    body = assert_error(call(), status, code)
+    assert api.snapshot() == before
     return body
 
 

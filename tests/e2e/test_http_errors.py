@@ -4,12 +4,10 @@ stable code, the JSON error body, and a store left exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import (
@@ -18,21 +16,12 @@ from tests.e2e.conftest import (
     Api,
     OpenApi,
     assert_error,
+    assert_refused,
     campaign_yaml,
     merchants_csv,
     person_body,
 )
 from tests.factories import T0, dining_config, id_number
-
-
-def _refused(
-    api: Api, call: Callable[[], httpx.Response], status: int, code: str
-) -> dict[str, Any]:
-    """The call is refused with ``code`` and changes nothing in the store."""
-    before = api.snapshot()
-    body = assert_error(call(), status, code)
-    assert api.snapshot() == before
-    return body
 
 
 def _claim_item(key: str, user: str) -> dict[str, Any]:
@@ -54,20 +43,20 @@ def test_sold_out(open_api: OpenApi) -> None:
     api.register(1)
     api.register(2)
     api.claim_voucher("u1")
-    _refused(api, lambda: api.claim("u2"), 409, "sold_out")
+    assert_refused(api, lambda: api.claim("u2"), 409, "sold_out")
     # A template this round does not stock in the channel is sold out as well.
-    _refused(api, lambda: api.claim("u2", template="d500-150"), 409, "sold_out")
+    assert_refused(api, lambda: api.claim("u2", template="d500-150"), 409, "sold_out")
     assert api.check()["issued"] == 1
 
 
 def test_already_claimed(api: Api) -> None:
     user = api.register(1)
     api.claim_voucher(user)
-    _refused(api, lambda: api.claim(user), 409, "already_claimed")
+    assert_refused(api, lambda: api.claim(user), 409, "already_claimed")
     # One claim per person per round per channel, whatever the template.
-    _refused(api, lambda: api.claim(user, template="d500-150"), 409, "already_claimed")
+    assert_refused(api, lambda: api.claim(user, template="d500-150"), 409, "already_claimed")
     # The same person through a second account in the same channel is refused at sign-up.
-    _refused(
+    assert_refused(
         api,
         lambda: api.post("wechat", "/v1/persons", person_body(1, user="u1-second")),
         409,
@@ -77,10 +66,10 @@ def test_already_claimed(api: Api) -> None:
 
 def test_not_started_and_round_ended(api: Api) -> None:
     user = api.register(1)
-    body = _refused(api, lambda: api.claim(user, round_id="r2"), 409, "not_started")
+    body = assert_refused(api, lambda: api.claim(user, round_id="r2"), 409, "not_started")
     assert body["details"]["release_at"] == (T0 + timedelta(days=7)).isoformat()
     api.clock.advance(timedelta(days=7))
-    _refused(api, lambda: api.claim(user, round_id="r1"), 409, "round_ended")
+    assert_refused(api, lambda: api.claim(user, round_id="r1"), 409, "round_ended")
     assert api.claim(user, round_id="r2").status_code == 201
 
 
@@ -90,9 +79,9 @@ def test_ineligible_outside_shanghai(api: Api) -> None:
     [verdict] = registered.json()["eligibility"]
     assert verdict["eligible"] is False
     assert [r["code"] for r in verdict["reasons"]] == ["outside_region"]
-    body = _refused(api, lambda: api.claim(user, located="320102"), 409, "ineligible")
+    body = assert_refused(api, lambda: api.claim(user, located="320102"), 409, "ineligible")
     assert [r["code"] for r in body["details"]["reasons"]] == ["outside_region"]
-    body = _refused(api, lambda: api.claim(user, located=None), 409, "ineligible")
+    body = assert_refused(api, lambda: api.claim(user, located=None), 409, "ineligible")
     assert [r["code"] for r in body["details"]["reasons"]] == ["location_required"]
 
 
@@ -103,7 +92,7 @@ def test_ineligible_when_blacklisted(api: Api) -> None:
     )
     assert listed.status_code == 200, listed.text
     assert listed.json() == {"added": True}
-    body = _refused(api, lambda: api.claim(user), 409, "ineligible")
+    body = assert_refused(api, lambda: api.claim(user), 409, "ineligible")
     assert [r["code"] for r in body["details"]["reasons"]] == ["blacklisted"]
     # The verdict at sign-up says so too.
     again = api.post("wechat", "/v1/persons", person_body(1))
@@ -118,13 +107,15 @@ def test_ineligible_when_blacklisted(api: Api) -> None:
 def test_not_registered(api: Api) -> None:
     owner = api.register(1)
     voucher = api.claim_voucher(owner)
-    _refused(api, lambda: api.claim("ghost"), 404, "not_registered")
-    _refused(api, lambda: api.wallet("ghost"), 404, "not_registered")
-    _refused(api, lambda: api.quote("ghost"), 404, "not_registered")
+    assert_refused(api, lambda: api.claim("ghost"), 404, "not_registered")
+    assert_refused(api, lambda: api.wallet("ghost"), 404, "not_registered")
+    assert_refused(api, lambda: api.quote("ghost"), 404, "not_registered")
     # Someone else's voucher, or one paid for by nobody known, is as good as none.
-    _refused(api, lambda: api.redeem(voucher["voucher_id"], "ghost"), 404, "voucher_not_found")
+    assert_refused(
+        api, lambda: api.redeem(voucher["voucher_id"], "ghost"), 404, "voucher_not_found"
+    )
     api.register(2)
-    _refused(api, lambda: api.redeem(voucher["voucher_id"], "u2"), 404, "voucher_not_found")
+    assert_refused(api, lambda: api.redeem(voucher["voucher_id"], "u2"), 404, "voucher_not_found")
 
 
 def test_unknown_campaign_round_and_template(api: Api) -> None:
@@ -136,9 +127,9 @@ def test_unknown_campaign_round_and_template(api: Api) -> None:
         "template_id": "d300-90",
         "location_region": "310104",
     }
-    _refused(api, lambda: api.post("wechat", "/v1/claims", body), 404, "campaign_not_found")
-    _refused(api, lambda: api.claim(user, round_id="r9"), 404, "round_not_found")
-    _refused(api, lambda: api.claim(user, template="d9-9"), 404, "template_not_found")
+    assert_refused(api, lambda: api.post("wechat", "/v1/claims", body), 404, "campaign_not_found")
+    assert_refused(api, lambda: api.claim(user, round_id="r9"), 404, "round_not_found")
+    assert_refused(api, lambda: api.claim(user, template="d9-9"), 404, "template_not_found")
 
 
 def test_budget_exhausted(open_api: OpenApi) -> None:
@@ -148,8 +139,8 @@ def test_budget_exhausted(open_api: OpenApi) -> None:
         api.register(n)
     api.claim_voucher("u1")
     api.claim_voucher("u2")
-    _refused(api, lambda: api.claim("u3"), 409, "budget_exhausted")
-    _refused(api, lambda: api.claim("u3", template="d500-150"), 409, "budget_exhausted")
+    assert_refused(api, lambda: api.claim("u3"), 409, "budget_exhausted")
+    assert_refused(api, lambda: api.claim("u3", template="d500-150"), 409, "budget_exhausted")
     check = api.check()
     assert (check["committed_fen"], check["budget_fen"], check["issued"]) == (18000, 18000, 2)
     assert check["ok"], check["problems"]
@@ -161,7 +152,7 @@ def test_a_bigger_voucher_that_does_not_fit_is_budget_exhausted(open_api: OpenAp
     api.register(2)
     api.claim_voucher("u1")
     # 150 yuan does not fit in the 90 left.
-    _refused(api, lambda: api.claim("u2", template="d500-150"), 409, "budget_exhausted")
+    assert_refused(api, lambda: api.claim("u2", template="d500-150"), 409, "budget_exhausted")
 
 
 def test_a_smaller_voucher_still_fits_after_a_bigger_one_did_not(open_api: OpenApi) -> None:
@@ -202,14 +193,14 @@ def test_campaign_paused_then_not_live(api: Api) -> None:
     paused = api.admin("bob", "POST", f"/v1/admin/campaigns/{CAMPAIGN}/pause")
     assert paused.status_code == 200, paused.text
     assert paused.json()["status"] == "paused"
-    _refused(api, lambda: api.claim(user), 409, "campaign_paused")
+    assert_refused(api, lambda: api.claim(user), 409, "campaign_paused")
     resumed = api.admin("alice", "POST", f"/v1/admin/campaigns/{CAMPAIGN}/resume")
     assert resumed.json()["status"] == "live"
     api.register(2)
     assert api.claim("u2").status_code == 201
     ended = api.admin("bob", "POST", f"/v1/admin/campaigns/{CAMPAIGN}/end")
     assert ended.json()["status"] == "ended"
-    _refused(api, lambda: api.claim(user), 409, "campaign_not_live")
+    assert_refused(api, lambda: api.claim(user), 409, "campaign_not_live")
 
 
 def test_campaign_not_live_before_activation(open_api: OpenApi) -> None:
@@ -224,9 +215,9 @@ def test_campaign_not_live_before_activation(open_api: OpenApi) -> None:
     assert created.status_code == 201, created.text
     api.clock.set(T0)
     api.register(1)
-    _refused(api, lambda: api.claim("u1"), 409, "campaign_not_live")
+    assert_refused(api, lambda: api.claim("u1"), 409, "campaign_not_live")
     assert api.admin("bob", "POST", f"/v1/admin/campaigns/{CAMPAIGN}/approve").status_code == 200
-    _refused(api, lambda: api.claim("u1"), 409, "campaign_not_live")
+    assert_refused(api, lambda: api.claim("u1"), 409, "campaign_not_live")
 
 
 def test_batch_too_large(open_api: OpenApi) -> None:
@@ -234,7 +225,7 @@ def test_batch_too_large(open_api: OpenApi) -> None:
     for n in range(1, 7):
         api.register(n)
     items = [_claim_item(f"k{n}", f"u{n}") for n in range(1, 7)]
-    _refused(
+    assert_refused(
         api,
         lambda: api.post("wechat", "/v1/claims/batch", {"items": items}, key=None),
         422,
@@ -246,7 +237,7 @@ def test_batch_too_large(open_api: OpenApi) -> None:
 
 
 def test_an_empty_batch_is_invalid(api: Api) -> None:
-    _refused(
+    assert_refused(
         api,
         lambda: api.post("wechat", "/v1/claims/batch", {"items": []}, key=None),
         422,
@@ -277,12 +268,12 @@ REGISTRATION_REFUSALS: list[tuple[dict[str, Any], str]] = [
 def test_registration_refusals(api: Api) -> None:
     for change, code in REGISTRATION_REFUSALS:
         body = person_body(7) | change
-        _refused(api, partial(api.post, "wechat", "/v1/persons", body), 422, code)
+        assert_refused(api, partial(api.post, "wechat", "/v1/persons", body), 422, code)
 
 
 def test_an_account_bound_to_another_person(api: Api) -> None:
     api.register(1)
-    _refused(
+    assert_refused(
         api,
         lambda: api.post("wechat", "/v1/persons", person_body(2, user="u1")),
         409,
@@ -302,27 +293,29 @@ def holder(api: Api) -> tuple[Api, str, str]:
 
 def test_below_threshold(holder: tuple[Api, str, str]) -> None:
     api, user, voucher_id = holder
-    _refused(api, lambda: api.redeem(voucher_id, user, amount_fen=29999), 409, "below_threshold")
+    assert_refused(
+        api, lambda: api.redeem(voucher_id, user, amount_fen=29999), 409, "below_threshold"
+    )
     assert api.redeem(voucher_id, user, amount_fen=30000).status_code == 201
 
 
 def test_merchant_not_in_scope(holder: tuple[Api, str, str]) -> None:
     api, user, voucher_id = holder
     # m-bar-004 is a bar (MCC 5813): enrolled, but outside the dining scope.
-    _refused(
+    assert_refused(
         api,
         lambda: api.redeem(voucher_id, user, merchant="m-bar-004"),
         409,
         "merchant_not_in_scope",
     )
     # m-hotel-005 is not enrolled in the dining campaign at all.
-    _refused(
+    assert_refused(
         api,
         lambda: api.redeem(voucher_id, user, merchant="m-hotel-005"),
         409,
         "merchant_not_in_scope",
     )
-    _refused(
+    assert_refused(
         api, lambda: api.redeem(voucher_id, user, merchant="m-none"), 404, "merchant_not_found"
     )
 
@@ -334,7 +327,9 @@ def test_a_merchant_import_is_seen_by_the_next_redemption(
     empties it, so the next redemption is decided with the merchant as imported."""
     api, user, voucher_id = holder
     # Decided with m-cafe-001 enrolled in the campaign (and so cached).
-    _refused(api, lambda: api.redeem(voucher_id, user, amount_fen=29999), 409, "below_threshold")
+    assert_refused(
+        api, lambda: api.redeem(voucher_id, user, amount_fen=29999), 409, "below_threshold"
+    )
     unenrolled = merchants_csv().replace(
         "m-cafe-001,静安咖啡馆,5812,310106,in_store,acq-unionpay,sh-dining-2024",
         "m-cafe-001,静安咖啡馆,5812,310106,in_store,acq-unionpay,",
@@ -344,28 +339,32 @@ def test_a_merchant_import_is_seen_by_the_next_redemption(
         "alice", "POST", "/v1/admin/merchants", content=unenrolled, content_type="text/csv"
     )
     assert imported.status_code == 200, imported.text
-    _refused(api, lambda: api.redeem(voucher_id, user), 409, "merchant_not_in_scope")
+    assert_refused(api, lambda: api.redeem(voucher_id, user), 409, "merchant_not_in_scope")
     assert api.redeem(voucher_id, user, merchant="m-noodle-002").status_code == 201
 
 
 def test_mode_and_order_type_out_of_scope(holder: tuple[Api, str, str]) -> None:
     api, user, voucher_id = holder
     # m-cafe-001 sells in store only.
-    _refused(api, lambda: api.redeem(voucher_id, user, mode="online"), 409, "mode_not_in_scope")
+    assert_refused(
+        api, lambda: api.redeem(voucher_id, user, mode="online"), 409, "mode_not_in_scope"
+    )
     body = {
         **api.order(user),
         "voucher_id": voucher_id,
         "order_id": "gift-1",
         "order_type": "gift_card",
     }
-    _refused(api, lambda: api.post(ACQUIRER, "/v1/redemptions", body), 409, "order_type_excluded")
+    assert_refused(
+        api, lambda: api.post(ACQUIRER, "/v1/redemptions", body), 409, "order_type_excluded"
+    )
 
 
 def test_channel_mismatch(holder: tuple[Api, str, str]) -> None:
     api, _, voucher_id = holder
     # The same person pays with Alipay: the wechat voucher stays with wechat.
     api.register(1, channel="alipay", user="alipay-u1")
-    _refused(
+    assert_refused(
         api,
         lambda: api.redeem(voucher_id, "alipay-u1", channel="alipay"),
         409,
@@ -377,15 +376,19 @@ def test_channel_mismatch(holder: tuple[Api, str, str]) -> None:
 def test_already_redeemed(holder: tuple[Api, str, str]) -> None:
     api, user, voucher_id = holder
     assert api.redeem(voucher_id, user).status_code == 201
-    _refused(api, lambda: api.redeem(voucher_id, user), 409, "already_redeemed")
-    _refused(api, lambda: api.redeem(voucher_id, user, capture="lock"), 409, "already_redeemed")
+    assert_refused(api, lambda: api.redeem(voucher_id, user), 409, "already_redeemed")
+    assert_refused(
+        api, lambda: api.redeem(voucher_id, user, capture="lock"), 409, "already_redeemed"
+    )
 
 
 def test_voucher_expired(holder: tuple[Api, str, str]) -> None:
     api, user, voucher_id = holder
     api.clock.advance(timedelta(days=10))
-    _refused(api, lambda: api.redeem(voucher_id, user), 409, "voucher_expired")
-    _refused(api, lambda: api.redeem(voucher_id, user, capture="lock"), 409, "voucher_expired")
+    assert_refused(api, lambda: api.redeem(voucher_id, user), 409, "voucher_expired")
+    assert_refused(
+        api, lambda: api.redeem(voucher_id, user, capture="lock"), 409, "voucher_expired"
+    )
     assert api.quote(user).json()["quotes"] == []
 
 
@@ -394,7 +397,7 @@ def test_lock_expired(holder: tuple[Api, str, str]) -> None:
     locked = api.redeem(voucher_id, user, capture="lock")
     redemption_id = locked.json()["redemption_id"]
     api.clock.advance(timedelta(seconds=900))
-    _refused(api, lambda: api.follow_up(redemption_id, "confirm"), 409, "lock_expired")
+    assert_refused(api, lambda: api.follow_up(redemption_id, "confirm"), 409, "lock_expired")
 
 
 def test_partial_refund_unsupported(holder: tuple[Api, str, str]) -> None:
@@ -402,7 +405,7 @@ def test_partial_refund_unsupported(holder: tuple[Api, str, str]) -> None:
     paid = api.redeem(voucher_id, user, amount_fen=50000)
     redemption_id = paid.json()["redemption_id"]
     for amount in (49999, 50001, 1):
-        _refused(
+        assert_refused(
             api,
             partial(api.follow_up, redemption_id, "refunds", {"refund_amount_fen": amount}),
             422,
@@ -416,7 +419,9 @@ def test_reversal_window_passed(holder: tuple[Api, str, str]) -> None:
     paid = api.redeem(voucher_id, user)
     redemption_id = paid.json()["redemption_id"]
     api.clock.advance(timedelta(seconds=86_401))
-    _refused(api, lambda: api.follow_up(redemption_id, "reverse"), 409, "reversal_window_passed")
+    assert_refused(
+        api, lambda: api.follow_up(redemption_id, "reverse"), 409, "reversal_window_passed"
+    )
     # A refund is still possible.
     refunded = api.follow_up(redemption_id, "refunds", {"refund_amount_fen": 30000})
     assert refunded.status_code == 201, refunded.text
@@ -427,9 +432,11 @@ def test_follow_ups_in_the_wrong_state(holder: tuple[Api, str, str]) -> None:
     paid = api.redeem(voucher_id, user)
     redemption_id = paid.json()["redemption_id"]
     for action in ("confirm", "void"):
-        _refused(api, partial(api.follow_up, redemption_id, action), 409, "redemption_state")
-    _refused(api, lambda: api.follow_up("r-none", "confirm"), 404, "redemption_not_found")
-    _refused(api, lambda: api.get(ACQUIRER, "/v1/redemptions/r-none"), 404, "redemption_not_found")
+        assert_refused(api, partial(api.follow_up, redemption_id, action), 409, "redemption_state")
+    assert_refused(api, lambda: api.follow_up("r-none", "confirm"), 404, "redemption_not_found")
+    assert_refused(
+        api, lambda: api.get(ACQUIRER, "/v1/redemptions/r-none"), 404, "redemption_not_found"
+    )
 
 
 def test_another_acquirers_merchant_and_redemption(holder: tuple[Api, str, str]) -> None:
@@ -442,7 +449,7 @@ def test_another_acquirers_merchant_and_redemption(holder: tuple[Api, str, str])
     )
     assert created.status_code == 201, created.text
     api.world.secrets["acq-jd"] = created.json()["secret"]
-    _refused(
+    assert_refused(
         api,
         lambda: api.post("acq-jd", "/v1/redemptions/quote", api.order(user), key=None),
         403,
@@ -450,13 +457,13 @@ def test_another_acquirers_merchant_and_redemption(holder: tuple[Api, str, str])
     )
     paid = api.redeem(voucher_id, user)
     redemption_id = paid.json()["redemption_id"]
-    _refused(
+    assert_refused(
         api,
         lambda: api.get("acq-jd", f"/v1/redemptions/{redemption_id}"),
         404,
         "redemption_not_found",
     )
-    _refused(
+    assert_refused(
         api,
         lambda: api.post("acq-jd", f"/v1/redemptions/{redemption_id}/reverse", None),
         404,
@@ -496,7 +503,9 @@ ACQUIRER_SCHEMA_VIOLATIONS: list[tuple[str, Any]] = [
 
 def test_acquirer_schema_violations(api: Api) -> None:
     for path, body in ACQUIRER_SCHEMA_VIOLATIONS:
-        response = _refused(api, partial(api.post, ACQUIRER, path, body), 422, "invalid_request")
+        response = assert_refused(
+            api, partial(api.post, ACQUIRER, path, body), 422, "invalid_request"
+        )
         assert response["details"]["errors"], (path, body)
 
 
@@ -530,22 +539,24 @@ CHANNEL_SCHEMA_VIOLATIONS: list[tuple[str, Any]] = [
 
 def test_channel_schema_violations(api: Api) -> None:
     for path, body in CHANNEL_SCHEMA_VIOLATIONS:
-        response = _refused(api, partial(api.post, "wechat", path, body), 422, "invalid_request")
+        response = assert_refused(
+            api, partial(api.post, "wechat", path, body), 422, "invalid_request"
+        )
         assert response["details"]["errors"], (path, body)
 
 
 def test_invalid_json_and_query(api: Api) -> None:
     api.register(1)
-    _refused(
+    assert_refused(
         api,
         lambda: api.post("wechat", "/v1/claims", content=b'{"channel_user_id": '),
         422,
         "invalid_request",
     )
-    _refused(api, lambda: api.wallet("u1", limit=0), 422, "invalid_request")
-    _refused(api, lambda: api.wallet("u1", limit="many"), 422, "invalid_request")
-    _refused(api, lambda: api.wallet("u1", cursor="c" * 65), 422, "invalid_request")
-    _refused(api, lambda: api.wallet("u" * 65), 422, "invalid_request")
+    assert_refused(api, lambda: api.wallet("u1", limit=0), 422, "invalid_request")
+    assert_refused(api, lambda: api.wallet("u1", limit="many"), 422, "invalid_request")
+    assert_refused(api, lambda: api.wallet("u1", cursor="c" * 65), 422, "invalid_request")
+    assert_refused(api, lambda: api.wallet("u" * 65), 422, "invalid_request")
 
 
 @pytest.mark.parametrize(
@@ -555,7 +566,9 @@ def test_invalid_json_and_query(api: Api) -> None:
 def test_a_body_over_the_limit_is_413(api: Api, app_id: str, path: str) -> None:
     # The hottest routes answer in front of the framework: they keep the same limit.
     body = b'{"pad": "' + b"x" * 2_000_000 + b'"}'
-    refused = _refused(api, lambda: api.post(app_id, path, content=body), 413, "body_too_large")
+    refused = assert_refused(
+        api, lambda: api.post(app_id, path, content=body), 413, "body_too_large"
+    )
     assert refused["request_id"]
 
 

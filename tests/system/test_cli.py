@@ -62,14 +62,15 @@ def test_operator_day_from_import_to_open_round(data_dir: Path) -> None:
     assert approved["approved_by"] == "bob"
 
     run("campaign", "import", str(EXAMPLES / "shanghai-lodging-2024.yaml"), "--as", "alice")
-    assert "imported 6 merchants" in run(
-        "merchant", "import", str(EXAMPLES / "merchants.csv"), "--as", "alice"
-    )
     channel = json.loads(run("channel", "add", "wechat", "--as", "alice", "--json"))
     assert channel["kind"] == "channel"
     assert channel["secret"].startswith("lqs_")
     acquirer = json.loads(run("acquirer", "add", "acq-unionpay", "--as", "alice", "--json"))
     assert acquirer["kind"] == "acquirer"
+    # Each merchant names its acquirer, which must exist first.
+    assert "imported 6 merchants" in run(
+        "merchant", "import", str(EXAMPLES / "merchants.csv"), "--as", "alice"
+    )
     shown = json.loads(run("campaign", "show", "sh-dining-2024", "--json"))
     assert [r["round_id"] for r in shown["rounds"]] == ["r1", "r2", "r3"]
     # The example's rounds are in 2024, so opening one now is refused clearly.

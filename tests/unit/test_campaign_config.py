@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig, Validity
 from lequan.domain.errors import InvalidInput
 from lequan.domain.templates import Percentage, ThresholdDiscount
-from lequan.services.campaigns import CAMPAIGN_FILE_BYTES_MAX, parse_campaign
+from lequan.services.campaigns import CampaignFileLimits, parse_campaign
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DINING = EXAMPLES / "shanghai-dining-2024.yaml"
@@ -379,24 +380,75 @@ def test_file_that_is_not_a_campaign_mapping_is_refused(
     assert message_part in _refusal(text).message
 
 
+# The defaults the CLI reads its own files with: the settings' own.
+BYTES_MAX = Settings.model_construct().campaign_file_bytes_max
+
+
 def test_two_megabyte_file_is_refused_before_it_is_parsed() -> None:
     refused = _refusal(b"#" * 2_000_000)
-    assert "larger than 1 MB" in refused.message
+    assert f"larger than {BYTES_MAX} bytes" in refused.message
 
 
 def test_file_size_limit_is_inclusive() -> None:
     base = DINING.read_bytes()
-    padding = b"\n#" + b"x" * (CAMPAIGN_FILE_BYTES_MAX - len(base) - 2)
+    padding = b"\n#" + b"x" * (BYTES_MAX - len(base) - 2)
     at_limit = base + padding
-    assert len(at_limit) == CAMPAIGN_FILE_BYTES_MAX
+    assert len(at_limit) == BYTES_MAX
     assert parse_campaign(at_limit).id == "sh-dining-2024"
-    assert "larger than 1 MB" in _refusal(at_limit + b"x").message
+    assert f"larger than {BYTES_MAX} bytes" in _refusal(at_limit + b"x").message
 
 
 def test_two_megabyte_file_given_as_text_is_refused() -> None:
     text = "# " + "乐" * 700_000 + "\n" + DINING.read_text(encoding="utf-8")
     assert len(text.encode("utf-8")) > 2_000_000
-    assert "larger than 1 MB" in _refusal(text).message
+    assert f"larger than {BYTES_MAX} bytes" in _refusal(text).message
+
+
+def _limits(**changes: int) -> CampaignFileLimits:
+    return CampaignFileLimits(
+        **{"bytes_max": BYTES_MAX, "depth_max": 32, "nodes_max": 200_000, **changes}
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000 + "]" * 5000,
+        "{a: " * 3000 + "1" + "}" * 3000,
+        "a:\n" + "".join(f"{' ' * n}- \n" for n in range(1, 40)),
+    ],
+)
+def test_a_file_nested_too_deep_is_refused_not_a_recursion_error(text: str) -> None:
+    assert "nests deeper than 32 levels" in _refusal(text).message
+
+
+def test_depth_and_nodes_are_bounded_inclusively() -> None:
+    text = DINING.read_text(encoding="utf-8")
+    parsed = parse_campaign(text)
+    # The example nests six levels deep: the file, rounds, a round, its stock, a
+    # channel's, a count.
+    assert parse_campaign(text, limits=_limits(depth_max=6)) == parsed
+    refused = _refusal_with(text, _limits(depth_max=5))
+    assert "nests deeper than 5 levels" in refused.message
+    assert refused.details == {"errors": [{"field": "(file)", "rule": refused.message}]}
+    refused = _refusal_with(text, _limits(nodes_max=50))
+    assert "more than 50 values" in refused.message
+
+
+def test_aliases_count_as_what_they_expand_to() -> None:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    refused = _refusal("\n".join(lines))
+    assert "more than 200000 values, aliases expanded" in refused.message
+    # A few aliases within the bound are read as YAML reads them.
+    few = "\n".join(lines[:3])
+    assert "must be a mapping" not in _refusal(few).message
+
+
+def _refusal_with(text: str, limits: CampaignFileLimits) -> InvalidInput:
+    with pytest.raises(InvalidInput) as refused:
+        parse_campaign(text, limits=limits)
+    return refused.value
 
 
 @pytest.mark.parametrize(

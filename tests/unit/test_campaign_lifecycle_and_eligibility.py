@@ -17,7 +17,7 @@ from lequan.domain.campaigns import (
     region_covers,
     round_phase,
 )
-from lequan.domain.errors import Conflict
+from lequan.domain.errors import AuthError, Conflict
 
 C = CampaignStatus
 ACTIONS = ("approve", "activate", "pause", "resume", "end")
@@ -71,7 +71,7 @@ def test_every_status_and_action_by_a_checker_moves_or_is_refused_as_campaign_st
 
 
 def test_maker_cannot_approve_their_own_draft() -> None:
-    with pytest.raises(Conflict) as refused:
+    with pytest.raises(AuthError) as refused:
         lifecycle_transition(C.DRAFT, "approve", drafted_by=MAKER, actor=MAKER)
     assert refused.value.code == "maker_cannot_approve"
 

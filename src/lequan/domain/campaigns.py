@@ -25,12 +25,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from lequan.domain.errors import Conflict
+from lequan.domain.errors import AuthError, Conflict
 from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId
 
 __all__ = [
@@ -69,7 +70,7 @@ class _Model(BaseModel):
 class Validity(_Model):
     """How long a voucher may be used: N days from issue, or a fixed window."""
 
-    days_from_issue: Annotated[int, Field(gt=0, le=366)] | None = None
+    days_from_issue: Annotated[int, Field(gt=0, le=366, strict=True)] | None = None
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None
 
@@ -98,9 +99,10 @@ class Scope(_Model):
     """Where a voucher may be spent."""
 
     mcc: tuple[Mcc, ...] = ()  # empty: any category
-    enrolled_only: bool = True  # only merchants enrolled in this campaign
+    enrolled_only: StrictBool = True  # only merchants enrolled in this campaign
     modes: tuple[Mode, ...] = ("online", "in_store")
-    channel_bound: bool = True  # a voucher claimed in Alipay is used when paying with Alipay
+    # A voucher claimed in Alipay is used when paying with Alipay.
+    channel_bound: StrictBool = True
     excluded_order_types: tuple[Annotated[str, Field(max_length=40)], ...] = (
         "gift_card",
         "prepaid_card",
@@ -261,7 +263,8 @@ def lifecycle_transition(
     """The campaign's status after ``action`` by ``actor``; maker-checker on approval."""
     assert action in LIFECYCLE_ACTIONS, action
     if action == "approve" and actor == drafted_by and status is CampaignStatus.DRAFT:
-        raise Conflict(
+        # An authorization refusal, like a role's: no state of the campaign would allow it.
+        raise AuthError(
             "maker_cannot_approve", "the operator who drafted a campaign cannot approve it"
         )
     try:

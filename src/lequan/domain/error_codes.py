@@ -161,7 +161,7 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         422,
         InvalidInput,
         "the body, path or query breaks its schema (`details.errors` lists each field and rule), "
-        "or a value in it cannot be stored",
+        "the body is not JSON (its field is `body`), or a value in it cannot be stored",
     ),
     _C.INTERNAL_ERROR: ErrorSpec(
         500, None, "an unexpected error; it has been logged with the `request_id`"
@@ -170,11 +170,18 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         503, None, "`/readyz`: the store or the claim gate does not answer (`details` says which)"
     ),
     _C.BAD_REQUEST: ErrorSpec(
-        400, None, "the web framework could not parse the body", framework=True
+        400,
+        None,
+        "the web framework refused the request as malformed; a body that is not JSON is "
+        "`invalid_request` instead, on every route",
+        framework=True,
     ),
     _C.NOT_FOUND: ErrorSpec(404, None, "no such path", framework=True),
     _C.METHOD_NOT_ALLOWED: ErrorSpec(
-        405, None, "the path exists, the method does not", framework=True
+        405,
+        None,
+        "the path exists, the method does not; the `Allow` header names those it takes",
+        framework=True,
     ),
     _C.UNSUPPORTED_MEDIA_TYPE: ErrorSpec(
         415, None, "the web framework refused the body's media type", framework=True
@@ -188,7 +195,8 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     _C.BODY_TOO_LARGE: ErrorSpec(
         413,
         InvalidInput,
-        "the body is over `request_body_bytes_max` (or an operator's upload over its own limit)",
+        "the body is over `request_body_bytes_max`, or an operator's upload over its own "
+        "(`campaign_file_bytes_max`, `merchant_file_bytes_max`)",
         framework=True,
     ),
     _C.BATCH_TOO_LARGE: ErrorSpec(
@@ -352,7 +360,10 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     _C.INVALID_APP_KIND: ErrorSpec(422, InvalidInput, "an app is a channel or an acquirer"),
     _C.APP_EXISTS: ErrorSpec(409, Conflict, "an app with this id already exists"),
     _C.INVALID_CAMPAIGN_CONFIG: ErrorSpec(
-        422, InvalidInput, "the campaign's configuration breaks a rule (`details.errors`)"
+        422,
+        InvalidInput,
+        "the campaign's configuration breaks a rule (`details.errors`), or the file is not "
+        "YAML, nests too deep or expands too far (`campaign_file_depth_max`, `_nodes_max`)",
     ),
     _C.CAMPAIGN_EXISTS: ErrorSpec(409, Conflict, "a campaign with this id already exists"),
     _C.CAMPAIGN_STATE: ErrorSpec(
@@ -361,13 +372,14 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "the campaign's status does not allow this step, or it changed meanwhile; look again",
     ),
     _C.MAKER_CANNOT_APPROVE: ErrorSpec(
-        409, Conflict, "the operator who drafted a campaign cannot approve it"
+        403, AuthError, "the operator who drafted a campaign cannot approve it, whatever their role"
     ),
     _C.INVALID_MERCHANT: ErrorSpec(422, InvalidInput, "a merchant's field breaks its rule"),
     _C.INVALID_MERCHANT_FILE: ErrorSpec(
         422,
         InvalidInput,
-        "the merchant file's header, a line or its size is wrong (`details.line`)",
+        "the merchant file's header, a line, its size or its rows are wrong, or a row names "
+        "an acquirer or a campaign that does not exist (`details.line`)",
     ),
     _C.INVALID_REASON: ErrorSpec(422, InvalidInput, "a reason is 1–200 characters"),
     _C.THROTTLED: ErrorSpec(

@@ -20,12 +20,12 @@ kind only says what sort of refusal it is.
     │   ├── redemption: below_threshold, merchant_not_in_scope, channel_mismatch,
     │   │            mode_not_in_scope, order_type_excluded, lock_expired,
     │   │            reversal_window_passed, redemption_state
-    │   └── lifecycle: campaign_state, maker_cannot_approve, account_already_bound,
+    │   └── lifecycle: campaign_state, account_already_bound,
     │                person_already_bound, registration_conflict, *_exists
     ├── AuthError                 401: invalid_signature, missing_signature, invalid_timestamp,
     │                             stale_timestamp, invalid_nonce, nonce_reused, unknown_app,
     │                             unauthenticated, unknown_operator;
-    │                             403: forbidden, wrong_app_kind
+    │                             403: forbidden, wrong_app_kind, maker_cannot_approve
     ├── IdempotencyError          409: idempotency_in_flight; 422: idempotency_mismatch
     └── Unavailable               429: throttled, overloaded; 503: store_unavailable,
                                   commit_timeout, gate_unavailable, gate_rebuilding

@@ -6,6 +6,7 @@ served by the app itself (no CDN at run time).
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,10 +18,12 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 import lequan
 from lequan.bootstrap import Platform
@@ -32,7 +35,19 @@ from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
 from lequan.http.routes import acquirer, admin, channel
-from lequan.http.schemas import BatchClaimIn, ClaimIn, RedeemIn
+from lequan.http.schemas import (
+    AppIn,
+    BatchClaimIn,
+    BlacklistIn,
+    BlacklistRemoveIn,
+    ClaimIn,
+    EmptyIn,
+    ErrorOut,
+    PersonIn,
+    QuoteIn,
+    RedeemIn,
+    RefundIn,
+)
 
 __all__ = ["create_app"]
 
@@ -109,9 +124,34 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: s
     await send({"type": "http.response.body", "body": payload})
 
 
-# The bodies routes parse themselves (``envelope.parse_body``), described in
-# their ``openapi_extra`` by reference to these.
-PARSED_BODIES = (ClaimIn, BatchClaimIn, RedeemIn)
+# The bodies routes parse themselves (``envelope.parse_body``: every JSON body, so that
+# every route reads JSON alike), described in their ``openapi_extra`` by reference to these.
+PARSED_BODIES = (
+    PersonIn,
+    ClaimIn,
+    BatchClaimIn,
+    QuoteIn,
+    RedeemIn,
+    EmptyIn,
+    RefundIn,
+    AppIn,
+    BlacklistIn,
+    BlacklistRemoveIn,
+)
+# The headers that sign a channel's or an acquirer's call (``http/signing.py``), declared as
+# security schemes all four of which a call presents: what the call says, not its fields.
+SIGNING_HEADERS = {
+    "X-Lequan-App": "The calling app's id.",
+    "X-Lequan-Timestamp": (
+        "Unix seconds, a plain decimal integer, within 300 s of the server's clock."
+    ),
+    "X-Lequan-Nonce": "8-64 characters of `[A-Za-z0-9_-]`, new for every request.",
+    "X-Lequan-Signature": (
+        "HMAC-SHA256 of the canonical string (method, target, timestamp, nonce, body "
+        "digest), as 64 lowercase hex digits: see docs/api.md."
+    ),
+}
+_SIGNED_TAGS = frozenset({"channel", "acquirer"})
 # Routes whose requests are counted but not logged: probes and scrapes.
 _QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})
 
@@ -131,8 +171,12 @@ class _LequanAPI(FastAPI):
         return app
 
     def openapi(self) -> dict[str, Any]:
-        """The framework's description, with the models of the bodies routes parse
-        themselves among its schemas."""
+        """The framework's description, completed with what the server does besides:
+        the bodies routes parse themselves among its schemas, the batch limit of this
+        deployment, the signing headers, the operator's token, and the Idempotency-Key
+        the server requires."""
+        if self.openapi_schema is not None:
+            return self.openapi_schema
         spec = super().openapi()
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         missing = [model for model in PARSED_BODIES if model.__name__ not in schemas]
@@ -140,9 +184,86 @@ class _LequanAPI(FastAPI):
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
-        if missing:
-            spec["components"]["schemas"] = dict(sorted(schemas.items()))
+        spec["components"]["schemas"] = dict(sorted(schemas.items()))
+        settings = self.state.platform.rt.settings
+        items = schemas["BatchClaimIn"]["properties"]["items"]
+        items["maxItems"] = settings.claim_batch_items_max
+        items["description"] = (
+            f"At most {settings.claim_batch_items_max} (`claim_batch_items_max`); "
+            "more are refused `422 batch_too_large`, and none is claimed."
+        )
+        security = spec["components"].setdefault("securitySchemes", {})
+        security["operator"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An operator's token (`lequan operator add`).",
+        }
+        for header, text in SIGNING_HEADERS.items():
+            security[header] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": header,
+                "description": text,
+            }
+        for operations in spec["paths"].values():
+            for operation in operations.values():
+                _describe_operation(operation)
+        self.openapi_schema = spec
         return spec
+
+
+def _describe_operation(operation: dict[str, Any]) -> None:
+    """One operation as the server answers it: a signed call declares the signing
+    headers, an operator's call the bearer token, and the Idempotency-Key is
+    required (the server refuses a call without one, ``idempotency_key_required``)."""
+    tags = set(operation.get("tags", ()))
+    parameters = operation.setdefault("parameters", [])
+    for parameter in parameters:
+        if parameter["in"] == "header" and parameter["name"] == "Idempotency-Key":
+            parameter["required"] = True
+            parameter["schema"] = {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "pattern": "^[A-Za-z0-9_.:-]+$",
+            }
+    if tags & _SIGNED_TAGS:
+        operation["security"] = [{header: [] for header in SIGNING_HEADERS}]
+    elif "admin" in tags:
+        operation["security"] = [{"operator": []}]
+        # The header is the security scheme's, not a parameter of its own.
+        parameters[:] = [p for p in parameters if p["name"].lower() != "authorization"]
+    if not parameters:
+        del operation["parameters"]
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods the path's resource takes, as the description has them: Starlette
+    names only the first matching route's (``GET`` and ``POST /v1/admin/campaigns`` are
+    two routes), and a path two templates match (``/v1/redemptions/quote`` and
+    ``/v1/redemptions/{redemption_id}``) is the resource of the one with fewer
+    parameters. A path the description leaves out: every method a route answers there.
+    """
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    documented = [
+        (template, methods)
+        for template, methods in request.app.openapi()["paths"].items()
+        if re.fullmatch(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template)), path)
+    ]
+    if documented:
+        _, methods = min(documented, key=lambda found: found[0].count("{"))
+        return ", ".join(sorted(method.upper() for method in methods))
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 def create_app(
@@ -221,6 +342,16 @@ def create_app(
         return response
 
     install_error_handlers(app)
+
+    async def refused_by_the_framework(request: Request, error: Exception) -> Response:
+        """The framework's own refusals, in the envelope; a 405 says which methods the
+        path takes (``Allow``, RFC 9110)."""
+        status, body, headers = error_answer(error)
+        if status == 405:
+            headers = (*headers, (b"allow", _allowed_methods(request).encode()))
+        return json_response(request, status, body, headers)
+
+    app.add_exception_handler(HTTPException, refused_by_the_framework)
     app.front = (partial(BodyLimit, body_bytes_max=body_max),)
     if fast_path:
         lean = {
@@ -255,7 +386,12 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="The store and the gate answer")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="The store and the gate answer",
+        responses={503: {"model": ErrorOut, "description": "`not_ready`: `details` says which"}},
+    )
     def readyz(request: Request) -> Response:
         problems: dict[str, Any] = {}
         try:
@@ -274,7 +410,13 @@ def create_app(
             )
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics, in the text exposition format",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,7 +1,10 @@
 """Request and response bodies of the public API, every field bounded.
 
 Inputs forbid unknown fields so a typo in an integration fails loudly
-instead of being ignored.
+instead of being ignored, and are strict: an amount, a count or a flag is a
+JSON number or boolean, never ``true`` read as 1 fen, ``"56800"`` or
+``56800.0`` read as an integer, or ``"true"`` read as consent. Every input is
+parsed from its raw JSON by ``envelope.parse_body``, on every route.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from lequan.domain.templates import AMOUNT_FEN_MAX
 
 __all__ = [
+    "OPERATOR_ERRORS",
+    "SIGNED_ERRORS",
     "BatchClaimIn",
     "ClaimIn",
     "ErrorOut",
@@ -20,12 +25,21 @@ __all__ = [
     "QuoteIn",
     "RedeemIn",
     "RefundIn",
+    "error_responses",
 ]
 
 ChannelUserId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 Slug = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 RegionCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
-Fen = Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX)]
+# JSON Schema's "integer" also matches 56800.0: the description says what the server takes.
+Fen = Annotated[
+    int,
+    Field(
+        gt=0,
+        le=AMOUNT_FEN_MAX,
+        description="Integer fen, as a JSON integer: not a string, a fraction or a boolean.",
+    ),
+]
 # Free text never carries control characters (PostgreSQL refuses NUL; logs and
 # files choke on the rest).
 NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
@@ -33,7 +47,7 @@ OpaqueId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ErrorOut(BaseModel):
@@ -41,6 +55,31 @@ class ErrorOut(BaseModel):
     message: str
     request_id: str
     details: dict[str, Any] | None = None
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying (with the same Idempotency-Key).",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route can give, for its OpenAPI ``responses``: each an
+    ``ErrorOut``, and a 429 or 503 says when to come back."""
+    return {
+        status: {"model": ErrorOut, **({"headers": _RETRY_AFTER} if status in (429, 503) else {})}
+        for status in statuses
+    }
+
+
+# A signed call (channel or acquirer): refused unsigned (401), by app kind (403), by the
+# body limit (413), its input (422), throttled or overloaded (429), a dependency down (503).
+SIGNED_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 429, 503)
+# An operator's call: no throttle, no in-flight bound.
+OPERATOR_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
 
 
 class PersonIn(_In):
@@ -52,7 +91,9 @@ class PersonIn(_In):
     location_region: RegionCode | None = Field(
         default=None, description="Where the person is now, as the channel located them."
     )
-    consent: bool = Field(description="The person agreed to the use of their data.")
+    consent: bool = Field(
+        description="The person agreed to the use of their data, as a JSON boolean."
+    )
     consent_version: Annotated[str, Field(max_length=32)] = "2024-01"
 
 
@@ -86,11 +127,18 @@ class ClaimIn(_In):
 
 
 class BatchClaimItemIn(ClaimIn):
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=128)]
+    # The characters are checked as a header's key is (``invalid_idempotency_key``); the
+    # description says which.
+    idempotency_key: Annotated[
+        str,
+        Field(min_length=1, max_length=128, json_schema_extra={"pattern": r"^[A-Za-z0-9_.:-]+$"}),
+    ]
 
 
 class BatchClaimIn(_In):
-    items: Annotated[list[BatchClaimItemIn], Field(min_length=1, max_length=10_000)]
+    # At most ``claim_batch_items_max`` items, refused ``batch_too_large`` beyond: the app's
+    # description states the setting's value (``app.py``); the body limit bounds the parse.
+    items: Annotated[list[BatchClaimItemIn], Field(min_length=1)]
 
 
 class VoucherOut(BaseModel):
@@ -159,7 +207,9 @@ class ProductIn(_In):
     serial_number: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)] | None = (
         None
     )
-    energy_grade: Annotated[int, Field(ge=1, le=5)] | None = None
+    energy_grade: (
+        Annotated[int, Field(ge=1, le=5, description="1 to 5, as a JSON integer.")] | None
+    ) = None
     invoice_number: (
         Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)] | None
     ) = None
@@ -233,3 +283,31 @@ class CampaignOut(BaseModel):
     rounds: list[dict[str, Any]]
     channels: list[str]
     templates: list[dict[str, Any]]
+
+
+class CampaignListOut(BaseModel):
+    items: list[CampaignOut]
+
+
+class CampaignCheckOut(BaseModel):
+    campaign_id: str
+    ok: bool
+    problems: list[str]
+    vouchers_by_state: dict[str, int]
+    issued: int
+    stock_initial: int
+    budget_fen: int
+    committed_fen: int
+    balances: dict[str, int]
+
+
+class MerchantImportOut(BaseModel):
+    imported: int
+
+
+class BlacklistAddOut(BaseModel):
+    added: bool = Field(description="False: the person was blacklisted already.")
+
+
+class BlacklistRemoveOut(BaseModel):
+    removed: bool = Field(description="False: the person was not blacklisted.")

@@ -42,7 +42,6 @@ UNKNOWN_APP_TTL_S = 2.0
 APP_LOOKUPS_WAITING_MAX = 256
 OPERATOR_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
 ROLES = ("maker", "checker", "viewer")
-MERCHANT_ROWS_MAX = 100_000
 MERCHANT_COLUMNS = (
     "merchant_id",
     "name",
@@ -216,39 +215,37 @@ class MerchantImport:
 
 
 def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
-    """Import or update merchants from CSV; all rows or none, errors name the line."""
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or tuple(reader.fieldnames) != MERCHANT_COLUMNS:
+    """Import or update merchants from CSV; all rows or none, errors name the line.
+
+    Bounded by ``merchant_file_bytes_max`` and ``merchant_file_rows_max``; every
+    acquirer and campaign a row names must exist (an acquirer an active app of
+    that kind), or the file is refused at that row's line.
+    """
+    settings = rt.settings
+    size = len(text.encode("utf-8"))
+    if size > settings.merchant_file_bytes_max:
         raise InvalidInput(
-            "invalid_merchant_file", f"the header must be: {','.join(MERCHANT_COLUMNS)}"
+            "invalid_merchant_file",
+            f"a merchant file is at most {settings.merchant_file_bytes_max} bytes",
         )
-    rows: list[_MerchantRecord] = []
-    try:
-        for row in reader:
-            if len(rows) >= MERCHANT_ROWS_MAX:
-                raise InvalidInput(
-                    "invalid_merchant_file", f"at most {MERCHANT_ROWS_MAX} rows per file"
-                )
-            rows.append(_merchant_row(row))
-    except InvalidInput as error:
-        line = reader.line_num
-        raise InvalidInput(
-            "invalid_merchant_file", f"line {line}: {error.message}", details={"line": line}
-        ) from None
-    except csv.Error as error:
-        line = reader.line_num
-        raise InvalidInput(
-            "invalid_merchant_file", f"line {line}: {error}", details={"line": line}
-        ) from None
+    rows = _merchant_rows(text, rows_max=settings.merchant_file_rows_max)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
+        # Asked once per id: a file names a handful of acquirers and campaigns.
+        acquirers: dict[str, bool] = {}
+        campaigns: dict[str, bool] = {}
         for record in rows:
+            acquirer_id = record.acquirer_id
+            if acquirer_id not in acquirers:
+                app = uow.people.get_app(acquirer_id)
+                acquirers[acquirer_id] = app is not None and app.active and app.kind == "acquirer"
+            if not acquirers[acquirer_id]:
+                raise _line_error(record.line, f"no acquirer {acquirer_id}")
             for campaign_id in record.campaign_ids:
-                if not uow.campaigns.campaign_exists(campaign_id):
-                    raise InvalidInput(
-                        "invalid_merchant_file",
-                        f"merchant {record.merchant_id}: no campaign {campaign_id}",
-                    )
+                if campaign_id not in campaigns:
+                    campaigns[campaign_id] = uow.campaigns.campaign_exists(campaign_id)
+                if not campaigns[campaign_id]:
+                    raise _line_error(record.line, f"no campaign {campaign_id}")
             uow.people.upsert_merchant(
                 merchant_id=record.merchant_id,
                 name=record.name,
@@ -271,6 +268,32 @@ def import_merchants(rt: Runtime, text: str, *, actor: str) -> MerchantImport:
     return MerchantImport(len(rows))
 
 
+def _line_error(line: int, message: str) -> InvalidInput:
+    return InvalidInput("invalid_merchant_file", f"line {line}: {message}", details={"line": line})
+
+
+def _merchant_rows(text: str, *, rows_max: int) -> list[_MerchantRecord]:
+    """The file's rows, each checked alone, with their line numbers."""
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        header = reader.fieldnames  # read here: the header line can break the format too
+    except csv.Error:
+        header = None
+    if header is None or tuple(header) != MERCHANT_COLUMNS:
+        raise _line_error(1, f"the header must be: {','.join(MERCHANT_COLUMNS)}")
+    rows: list[_MerchantRecord] = []
+    try:
+        for row in reader:
+            if len(rows) >= rows_max:
+                raise InvalidInput("invalid_merchant_file", f"at most {rows_max} rows per file")
+            rows.append(_merchant_row(row, line=reader.line_num))
+    except InvalidInput as error:
+        raise _line_error(reader.line_num, error.message) from None
+    except csv.Error as error:
+        raise _line_error(reader.line_num, str(error)) from None
+    return rows
+
+
 @dataclass(frozen=True, slots=True)
 class _MerchantRecord:
     merchant_id: str
@@ -280,9 +303,10 @@ class _MerchantRecord:
     modes: list[str]
     acquirer_id: str
     campaign_ids: list[str]
+    line: int
 
 
-def _merchant_row(row: dict[str, str]) -> _MerchantRecord:
+def _merchant_row(row: dict[str, str], *, line: int) -> _MerchantRecord:
     merchant_id = (row.get("merchant_id") or "").strip()
     if not re.match(r"^[A-Za-z0-9_-]{1,64}$", merchant_id):
         raise InvalidInput("invalid_merchant", "merchant_id is 1-64 of letters, digits, _ -")
@@ -301,7 +325,7 @@ def _merchant_row(row: dict[str, str]) -> _MerchantRecord:
         raise InvalidInput("invalid_merchant", "acquirer_id is an app id")
     campaigns = [c.strip() for c in (row.get("campaigns") or "").split(";") if c.strip()]
     assert region is not None
-    return _MerchantRecord(merchant_id, name, mcc, region, modes, acquirer_id, campaigns)
+    return _MerchantRecord(merchant_id, name, mcc, region, modes, acquirer_id, campaigns, line)
 
 
 def blacklist_add(rt: Runtime, *, id_number: str, reason: str, actor: str) -> bool:

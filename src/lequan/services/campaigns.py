@@ -19,6 +19,7 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
+from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus, lifecycle_transition
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import fund_entry
@@ -28,6 +29,7 @@ from lequan.services.runtime import Runtime
 
 __all__ = [
     "CampaignCache",
+    "CampaignFileLimits",
     "change_status",
     "ensure_gate",
     "ensure_gate_all",
@@ -41,7 +43,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-CAMPAIGN_FILE_BYTES_MAX = 1_000_000
 # A checker may draft too; what a checker drafts needs another checker.
 ROLES_THAT_DRAFT = frozenset({"maker", "checker"})
 ROLES_THAT_APPROVE = frozenset({"checker"})
@@ -75,13 +76,85 @@ def _file_error(rule: str) -> InvalidInput:
     )
 
 
-def parse_campaign(text: str | bytes) -> CampaignConfig:
-    """A campaign from its YAML file, or InvalidInput naming every broken field and rule."""
+@dataclass(frozen=True, slots=True)
+class CampaignFileLimits:
+    """How big a campaign file may be: its bytes, how deep it nests, and how many
+    nodes it holds once its YAML aliases are expanded (``campaign_file_*`` settings)."""
+
+    bytes_max: int
+    depth_max: int
+    nodes_max: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> CampaignFileLimits:
+        return cls(
+            bytes_max=settings.campaign_file_bytes_max,
+            depth_max=settings.campaign_file_depth_max,
+            nodes_max=settings.campaign_file_nodes_max,
+        )
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a file that nests too deep or expands too far.
+
+    PyYAML composes a document by recursion, one level of Python calls per level
+    of nesting: a few thousand brackets exhaust the interpreter's stack. An alias
+    is counted as the whole node it names, so a few hundred bytes of aliases of
+    aliases cannot expand into millions of nodes for the validation to walk.
+    """
+
+    def __init__(self, stream: str | bytes, limits: CampaignFileLimits) -> None:
+        super().__init__(stream)
+        self._limits = limits
+        self._depth = 0
+        self._nodes = 0
+        self._sizes: dict[int, int] = {}  # id of an anchored node -> nodes it holds
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._count(self._sizes.get(id(node), 1))
+            return node
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped stub
+        anchor = getattr(event, "anchor", None)
+        self._depth += 1
+        if self._depth > self._limits.depth_max:
+            raise _file_error(f"the file nests deeper than {self._limits.depth_max} levels")
+        first = self._nodes
+        self._count(1)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if anchor is not None:
+            self._sizes[id(node)] = self._nodes - first
+        return node
+
+    def _count(self, nodes: int) -> None:
+        self._nodes += nodes
+        if self._nodes > self._limits.nodes_max:
+            raise _file_error(
+                f"the file holds more than {self._limits.nodes_max} values, aliases expanded"
+            )
+
+
+def parse_campaign(
+    text: str | bytes, *, limits: CampaignFileLimits | None = None
+) -> CampaignConfig:
+    """A campaign from its YAML file, or InvalidInput naming every broken field and rule.
+
+    ``limits`` default to the settings' defaults (the CLI reading a file of its own).
+    """
+    limits = limits or _DEFAULT_LIMITS
     size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
-    if size > CAMPAIGN_FILE_BYTES_MAX:
-        raise _file_error("the campaign file is larger than 1 MB")
+    if size > limits.bytes_max:
+        raise _file_error(f"the campaign file is larger than {limits.bytes_max} bytes")
     try:
-        data = yaml.safe_load(text)
+        loader = _BoundedLoader(text, limits)  # reads a byte string's encoding already
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         raise _file_error(f"not valid YAML: {error}") from None
     if not isinstance(data, dict):
@@ -97,6 +170,9 @@ def parse_campaign(text: str | bytes) -> CampaignConfig:
         raise InvalidInput(
             "invalid_campaign_config", summary, details={"errors": problems}
         ) from None
+
+
+_DEFAULT_LIMITS = CampaignFileLimits.of(Settings.model_construct())
 
 
 def _require_role(uow: UnitOfWork, actor: str, roles: frozenset[str]) -> str:
@@ -143,7 +219,7 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
             raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
         if action == "approve" and actor == row.drafted_by and row.status is CampaignStatus.DRAFT:
             # The most specific answer first: whatever the role, never one's own draft.
-            raise Conflict(
+            raise AuthError(
                 "maker_cannot_approve", "the operator who drafted a campaign cannot approve it"
             )
         roles = ROLES_THAT_APPROVE if action == "approve" else ROLES_THAT_OPERATE

@@ -17,18 +17,29 @@ from lequan.domain.vouchers import VoucherState
 from lequan.http.deps import AcquirerApp, IdempotencyKey, PlatformDep, json_body
 from lequan.http.envelope import parse_body
 from lequan.http.idempotent import answer_response, run_idempotent
-from lequan.http.routes.channel import ERRORS
-from lequan.http.schemas import EmptyIn, QuoteIn, QuoteOut, RedeemIn, RedemptionOut, RefundIn
+from lequan.http.schemas import (
+    SIGNED_ERRORS,
+    EmptyIn,
+    QuoteIn,
+    QuoteOut,
+    RedeemIn,
+    RedemptionOut,
+    RefundIn,
+)
 from lequan.ports import UnitOfWork
 from lequan.rows import RedemptionRow
 from lequan.services import redemption
-from lequan.services.idempotency import Answer, Idempotency
+from lequan.services.idempotency import Answer, Idempotency, request_hash
 from lequan.services.redemption_batches import OneStep
 from lequan.services.views import redemption_body, voucher_body
 
 router = APIRouter(prefix="/v1/redemptions", tags=["acquirer"])
 
 RedemptionId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# The body of a route that takes no fields. No body at all is read as this one, and every
+# body such a route accepts is the same request to its Idempotency-Key: a retry that
+# leaves out the ``{}`` it first sent replays the first answer.
+EMPTY_OBJECT = b"{}"
 
 
 def _order(caller_app: str, body: QuoteIn | RedeemIn) -> redemption.RedeemOrder:
@@ -53,9 +64,14 @@ def _render(status_code: int) -> Callable[[Any], Answer]:
 
 
 @router.post(
-    "/quote", response_model=QuoteOut, responses=ERRORS, summary="Vouchers usable for an order"
+    "/quote",
+    response_model=QuoteOut,
+    responses=SIGNED_ERRORS,
+    openapi_extra=json_body(QuoteIn),
+    summary="Vouchers usable for an order",
 )
-async def quote(body: QuoteIn, caller: AcquirerApp, platform: PlatformDep) -> JSONResponse:
+async def quote(caller: AcquirerApp, platform: PlatformDep) -> JSONResponse:
+    body = parse_body(QuoteIn, caller.body)
     quotes = await run_in_threadpool(redemption.quote, platform.rt, _order(caller.app_id, body))
     return JSONResponse(
         {
@@ -75,7 +91,7 @@ async def quote(body: QuoteIn, caller: AcquirerApp, platform: PlatformDep) -> JS
     "",
     response_model=RedemptionOut,
     status_code=201,
-    responses=ERRORS,
+    responses=SIGNED_ERRORS,
     openapi_extra=json_body(RedeemIn),
     summary="Redeem a voucher in one step, or lock it at authorization",
 )
@@ -113,6 +129,16 @@ async def redeem_answer(
     return await run_in_threadpool(run_idempotent, platform, idem, act, _render(201))
 
 
+# Described, not declared: the route reads its body itself, as the others do.
+_NO_FIELDS_BODY = {
+    "requestBody": {
+        "required": False,
+        "description": "`{}`, or no body at all: the same request either way.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmptyIn"}}},
+    }
+}
+
+
 def _follow_up(
     action: Callable[..., tuple[RedemptionRow, VoucherState]], status_code: int = 200
 ) -> Callable[..., Any]:
@@ -123,13 +149,17 @@ def _follow_up(
         caller: AcquirerApp,
         key: IdempotencyKey,
         platform: PlatformDep,
-        body: EmptyIn | None = None,
     ) -> Response:
+        parse_body(EmptyIn, caller.body if caller.body.strip() else EMPTY_OBJECT)
+        idem = Idempotency(
+            caller.app_id, key, request_hash(caller.method, caller.path_with_query, EMPTY_OBJECT)
+        )
+
         def act(record: Callable[[UnitOfWork, Any], None]) -> None:
             action(platform.rt, redemption_id[:64], acquirer_id=caller.app_id, record=record)
 
         answer, replayed = await run_in_threadpool(
-            run_idempotent, platform, caller.idempotency(key), act, _render(status_code)
+            run_idempotent, platform, idem, act, _render(status_code)
         )
         return answer_response(request, answer, replayed=replayed)
 
@@ -141,8 +171,9 @@ router.add_api_route(
     _follow_up(redemption.confirm),
     methods=["POST"],
     response_model=RedemptionOut,
-    responses=ERRORS,
+    responses=SIGNED_ERRORS,
     summary="Confirm a locked redemption (before the lock times out)",
+    openapi_extra=_NO_FIELDS_BODY,
     name="confirm",
 )
 router.add_api_route(
@@ -150,8 +181,9 @@ router.add_api_route(
     _follow_up(redemption.void),
     methods=["POST"],
     response_model=RedemptionOut,
-    responses=ERRORS,
+    responses=SIGNED_ERRORS,
     summary="Void a lock: the voucher is usable again",
+    openapi_extra=_NO_FIELDS_BODY,
     name="void",
 )
 router.add_api_route(
@@ -159,8 +191,9 @@ router.add_api_route(
     _follow_up(redemption.reverse),
     methods=["POST"],
     response_model=RedemptionOut,
-    responses=ERRORS,
+    responses=SIGNED_ERRORS,
     summary="Reverse a completed redemption within the reversal window",
+    openapi_extra=_NO_FIELDS_BODY,
     name="reverse",
 )
 
@@ -169,18 +202,20 @@ router.add_api_route(
     "/{redemption_id}/refunds",
     response_model=RedemptionOut,
     status_code=201,
-    responses=ERRORS,
+    responses=SIGNED_ERRORS,
+    openapi_extra=json_body(RefundIn),
     summary="Refund the order: the voucher returns while valid (campaign policy), else void",
 )
 async def refund(
     *,
     request: Request,
     redemption_id: RedemptionId,
-    body: RefundIn,
     caller: AcquirerApp,
     key: IdempotencyKey,
     platform: PlatformDep,
 ) -> Response:
+    body = parse_body(RefundIn, caller.body)
+
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
         redemption.refund(
             platform.rt,
@@ -197,7 +232,10 @@ async def refund(
 
 
 @router.get(
-    "/{redemption_id}", response_model=RedemptionOut, responses=ERRORS, summary="One redemption"
+    "/{redemption_id}",
+    response_model=RedemptionOut,
+    responses=SIGNED_ERRORS,
+    summary="One redemption",
 )
 async def get_redemption(
     redemption_id: RedemptionId, caller: AcquirerApp, platform: PlatformDep

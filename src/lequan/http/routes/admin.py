@@ -14,9 +14,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from lequan.domain.errors import AuthError, InvalidInput
-from lequan.http.deps import Operator, PlatformDep
-from lequan.http.routes.channel import ERRORS
-from lequan.http.schemas import AppIn, AppOut, BlacklistIn, BlacklistRemoveIn, CampaignOut
+from lequan.http.deps import Operator, PlatformDep, json_body
+from lequan.http.envelope import parse_body
+from lequan.http.schemas import (
+    OPERATOR_ERRORS,
+    AppIn,
+    AppOut,
+    BlacklistAddOut,
+    BlacklistIn,
+    BlacklistRemoveIn,
+    BlacklistRemoveOut,
+    CampaignCheckOut,
+    CampaignListOut,
+    CampaignOut,
+    MerchantImportOut,
+)
 from lequan.rows import CampaignRow
 from lequan.services import admin, campaigns
 from lequan.services.invariants import check_campaign
@@ -30,14 +42,18 @@ YAML_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/yaml": {"schema": {"type": "string"}}},
-        "description": "The campaign file (see examples/).",
+        "description": "The campaign file (see examples/): at most `campaign_file_bytes_max` "
+        "bytes, nested at most `campaign_file_depth_max` levels, at most "
+        "`campaign_file_nodes_max` values with its aliases expanded.",
     }
 }
 CSV_BODY = {
     "requestBody": {
         "required": True,
         "content": {"text/csv": {"schema": {"type": "string"}}},
-        "description": "merchant_id,name,mcc,region_code,modes,acquirer_id,campaigns",
+        "description": "merchant_id,name,mcc,region_code,modes,acquirer_id,campaigns: at most "
+        "`merchant_file_bytes_max` bytes and `merchant_file_rows_max` rows; every acquirer "
+        "and campaign a row names must exist.",
     }
 }
 
@@ -65,9 +81,10 @@ def campaign_view(row: CampaignRow) -> dict[str, Any]:
 
 
 async def _text_body(request: Request, limit: int) -> str:
+    """An uploaded file as text: at most ``limit`` bytes (413 beyond), UTF-8."""
     raw = await request.body()
     if len(raw) > limit:
-        raise InvalidInput("body_too_large", f"at most {limit} bytes")
+        raise InvalidInput("body_too_large", f"an upload here is at most {limit} bytes")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -78,28 +95,42 @@ async def _text_body(request: Request, limit: int) -> str:
     "/campaigns",
     response_model=CampaignOut,
     status_code=201,
-    responses=ERRORS,
+    responses=OPERATOR_ERRORS,
     openapi_extra=YAML_BODY,
-    summary="Import a campaign file as a draft (maker)",
+    summary="Import a campaign file as a draft (maker or checker)",
 )
 async def import_campaign(
     request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
-    text = await _text_body(request, campaigns.CAMPAIGN_FILE_BYTES_MAX)
-    config = campaigns.parse_campaign(text)
+    settings = platform.rt.settings
+    text = await _text_body(request, settings.campaign_file_bytes_max)
+    # A pure-Python parse of up to a megabyte: off the event loop.
+    config = await run_in_threadpool(
+        lambda: campaigns.parse_campaign(text, limits=campaigns.CampaignFileLimits.of(settings))
+    )
     row = await run_in_threadpool(
         campaigns.import_campaign, platform.rt, config, actor=operator.operator_id
     )
     return JSONResponse(campaign_view(row), status_code=201)
 
 
-@router.get("/campaigns", responses=ERRORS, summary="All campaigns")
+@router.get(
+    "/campaigns",
+    response_model=CampaignListOut,
+    responses=OPERATOR_ERRORS,
+    summary="All campaigns (any role)",
+)
 async def list_campaigns(operator: Operator, platform: PlatformDep) -> JSONResponse:
     rows = await run_in_threadpool(campaigns.list_campaigns, platform.rt)
     return JSONResponse({"items": [campaign_view(r) for r in rows]})
 
 
-@router.get("/campaigns/{campaign_id}", response_model=CampaignOut, responses=ERRORS)
+@router.get(
+    "/campaigns/{campaign_id}",
+    response_model=CampaignOut,
+    responses=OPERATOR_ERRORS,
+    summary="One campaign (any role)",
+)
 async def get_campaign(
     campaign_id: CampaignIdPath, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
@@ -109,8 +140,9 @@ async def get_campaign(
 
 @router.get(
     "/campaigns/{campaign_id}/check",
-    responses=ERRORS,
-    summary="Check the campaign's invariants against the store",
+    response_model=CampaignCheckOut,
+    responses=OPERATOR_ERRORS,
+    summary="Check the campaign's invariants against the store (any role)",
 )
 async def check(
     campaign_id: CampaignIdPath, operator: Operator, platform: PlatformDep
@@ -149,18 +181,18 @@ def _lifecycle(action: str) -> Any:
 
 
 for _action, _summary in (
-    ("approve", "Approve a draft (checker; not the maker)"),
-    ("activate", "Make an approved campaign live"),
-    ("pause", "Pause a live campaign (emergency stop of claims)"),
-    ("resume", "Resume a paused campaign"),
-    ("end", "End a campaign"),
+    ("approve", "Approve a draft (checker; never the operator who drafted it)"),
+    ("activate", "Make an approved campaign live (maker or checker)"),
+    ("pause", "Pause a live campaign: emergency stop of claims (maker or checker)"),
+    ("resume", "Resume a paused campaign (maker or checker)"),
+    ("end", "End a campaign (maker or checker)"),
 ):
     router.add_api_route(
         f"/campaigns/{{campaign_id}}/{_action}",
         _lifecycle(_action),
         methods=["POST"],
         response_model=CampaignOut,
-        responses=ERRORS,
+        responses=OPERATOR_ERRORS,
         summary=_summary,
         name=f"campaign_{_action}",
     )
@@ -169,8 +201,8 @@ for _action, _summary in (
 @router.post(
     "/campaigns/{campaign_id}/rounds/{round_id}/start",
     response_model=CampaignOut,
-    responses=ERRORS,
-    summary="Open a round now",
+    responses=OPERATOR_ERRORS,
+    summary="Open a round now (maker or checker)",
 )
 async def start_round(
     campaign_id: CampaignIdPath, round_id: RoundIdPath, operator: Operator, platform: PlatformDep
@@ -192,7 +224,8 @@ def _require(operator: Any, *roles: str) -> None:
 
 @router.post(
     "/merchants",
-    responses=ERRORS,
+    response_model=MerchantImportOut,
+    responses=OPERATOR_ERRORS,
     openapi_extra=CSV_BODY,
     summary="Import or update merchants from CSV (maker)",
 )
@@ -200,7 +233,7 @@ async def import_merchants(
     request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
     _require(operator, "maker")
-    text = await _text_body(request, 20_000_000)
+    text = await _text_body(request, platform.rt.settings.merchant_file_bytes_max)
     result = await run_in_threadpool(
         admin.import_merchants, platform.rt, text, actor=operator.operator_id
     )
@@ -211,11 +244,13 @@ async def import_merchants(
     "/apps",
     response_model=AppOut,
     status_code=201,
-    responses=ERRORS,
+    responses=OPERATOR_ERRORS,
+    openapi_extra=json_body(AppIn),
     summary="Register a channel or acquirer; returns its signing secret once (maker)",
 )
-async def add_app(body: AppIn, operator: Operator, platform: PlatformDep) -> JSONResponse:
+async def add_app(request: Request, operator: Operator, platform: PlatformDep) -> JSONResponse:
     _require(operator, "maker")
+    body = parse_body(AppIn, await request.body())
     created = await run_in_threadpool(
         lambda: admin.add_app(
             platform.rt,
@@ -236,11 +271,18 @@ async def add_app(body: AppIn, operator: Operator, platform: PlatformDep) -> JSO
     )
 
 
-@router.post("/blacklist", responses=ERRORS, summary="Blacklist a person by ID number")
+@router.post(
+    "/blacklist",
+    response_model=BlacklistAddOut,
+    responses=OPERATOR_ERRORS,
+    openapi_extra=json_body(BlacklistIn),
+    summary="Blacklist a person by ID number (maker or checker)",
+)
 async def blacklist_add(
-    body: BlacklistIn, operator: Operator, platform: PlatformDep
+    request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
     _require(operator, "maker", "checker")
+    body = parse_body(BlacklistIn, await request.body())
     added = await run_in_threadpool(
         lambda: admin.blacklist_add(
             platform.rt, id_number=body.id_number, reason=body.reason, actor=operator.operator_id
@@ -249,11 +291,18 @@ async def blacklist_add(
     return JSONResponse({"added": added})
 
 
-@router.post("/blacklist/remove", responses=ERRORS, summary="Take a person off the blacklist")
+@router.post(
+    "/blacklist/remove",
+    response_model=BlacklistRemoveOut,
+    responses=OPERATOR_ERRORS,
+    openapi_extra=json_body(BlacklistRemoveIn),
+    summary="Take a person off the blacklist (maker or checker)",
+)
 async def blacklist_remove(
-    body: BlacklistRemoveIn, operator: Operator, platform: PlatformDep
+    request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
     _require(operator, "maker", "checker")
+    body = parse_body(BlacklistRemoveIn, await request.body())
     removed = await run_in_threadpool(
         lambda: admin.blacklist_remove(
             platform.rt, id_number=body.id_number, actor=operator.operator_id

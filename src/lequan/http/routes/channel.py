@@ -18,14 +18,15 @@ from lequan.http.envelope import NO_HEADERS, parse_body
 from lequan.http.errors import json_response
 from lequan.http.idempotent import answer_response, run_idempotent
 from lequan.http.schemas import (
+    SIGNED_ERRORS,
     BatchClaimIn,
     BatchClaimOut,
     ClaimIn,
     ClaimOut,
-    ErrorOut,
     PersonIn,
     PersonOut,
     WalletOut,
+    error_responses,
 )
 from lequan.ports import UnitOfWork
 from lequan.services import persons
@@ -34,9 +35,9 @@ from lequan.services.views import voucher_body
 
 router = APIRouter(prefix="/v1", tags=["channel"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorOut} for s in (401, 404, 409, 422, 429, 503)
-}
+# A batch answers each item's refusal in its results: the call itself is refused only
+# whole (unsigned, too large, not a batch, throttled, down).
+BATCH_ERRORS = error_responses(401, 403, 413, 422, 429, 503)
 
 
 def _registration_answer(registration: persons.Registration) -> Answer:
@@ -65,13 +66,15 @@ def _registration_answer(registration: persons.Registration) -> Answer:
     "/persons",
     response_model=PersonOut,
     status_code=201,
-    responses=ERRORS,
+    responses={200: {"model": PersonOut, "description": "Known already"}, **SIGNED_ERRORS},
+    openapi_extra=json_body(PersonIn),
     summary="Register a person (real name, consent) and get their eligibility",
 )
 async def register_person(
-    request: Request, body: PersonIn, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
+    request: Request, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
 ) -> Response:
     rt = platform.rt
+    body = parse_body(PersonIn, caller.body)
 
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
         persons.register(
@@ -98,7 +101,7 @@ async def register_person(
     "/claims",
     response_model=ClaimOut,
     status_code=201,
-    responses=ERRORS,
+    responses=SIGNED_ERRORS,
     openapi_extra=json_body(ClaimIn),
     summary="Claim one voucher for a registered person",
 )
@@ -118,7 +121,7 @@ async def claim(
 @router.post(
     "/claims/batch",
     response_model=BatchClaimOut,
-    responses=ERRORS,
+    responses=BATCH_ERRORS,
     openapi_extra=json_body(BatchClaimIn),
     summary="Claim for many people at once; one result per item, in order",
 )
@@ -135,7 +138,7 @@ async def claim_batch(request: Request, caller: ChannelApp, claims: ClaimsDep) -
 @router.get(
     "/persons/{channel_user_id}/vouchers",
     response_model=WalletOut,
-    responses=ERRORS,
+    responses=SIGNED_ERRORS,
     summary="A person's wallet in this channel (cursor pagination)",
 )
 async def wallet(
