@@ -73,7 +73,13 @@ def build_runtime(
 ) -> Runtime:
     """Adapters from settings; tests pass fakes for the clock, keys or gate."""
     clock = clock or SystemClock()
-    store = SqlStore(create_engine(settings.effective_database_url))
+    store = SqlStore(
+        create_engine(
+            settings.effective_database_url,
+            lock_timeout_ms=settings.store_lock_timeout_ms,
+            statement_timeout_ms=settings.store_statement_timeout_ms,
+        )
+    )
     nonces: NonceStore
     if settings.redis_url:
         import redis

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     redis_connections_max: Annotated[int, Field(ge=1, le=1024)] = 64
     redis_nonce_connections_max: Annotated[int, Field(ge=1, le=1024)] = 32
     redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Every PostgreSQL session of the store: a statement waiting longer than this
+    # for a row lock gives up (a retryable 503) instead of holding its thread and
+    # what queues behind it; no statement runs longer than the second.
+    store_lock_timeout_ms: Annotated[int, Field(ge=10, le=600_000)] = 2000
+    store_statement_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 30_000
     # Key file (JSON) with the field-encryption and blind-index keys. Empty: the
     # embedded default generates data_dir/keys.json on first run.
     key_file: Path | None = None
@@ -62,6 +67,10 @@ class Settings(BaseSettings):
     # Claim items (single or in batches) one process answers at once; beyond, 429.
     claim_inflight_max: Annotated[int, Field(ge=1)] = 50_000
     claim_commit_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Writer threads of the group commit (PostgreSQL; SQLite has one, its writers
+    # queue on one file lock). Each takes one campaign's claims at a time, so a
+    # campaign whose rows are held locked stalls one writer, not every campaign.
+    claim_writers: Annotated[int, Field(ge=1, le=32)] = 4
     # A reservation must be committed within this long after the gate granted
     # it: the group commit refuses older ones, and rolls back rather than
     # commit one that grew older meanwhile. It fences the rebuild of a lost
@@ -120,6 +129,13 @@ class Settings(BaseSettings):
         that started just in time to reach the disk.
         """
         return self.claim_reservation_ttl_s + max(1.0, self.claim_reservation_ttl_s)
+
+    @property
+    def group_commit_writers(self) -> int:
+        """Writer threads of the claims' group commit: ``claim_writers``, but one on
+        SQLite, whose writers queue on one file lock (and would hold the few
+        connections its readers need while they wait)."""
+        return 1 if self.effective_database_url.startswith("sqlite") else self.claim_writers
 
     @property
     def embedded(self) -> bool:

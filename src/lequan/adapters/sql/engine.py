@@ -44,8 +44,21 @@ POOL_OVERFLOW = 16
 POSTGRES_RANDOM_PAGE_COST = 1.1
 
 
-def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> sa.Engine:
-    """An engine for ``url``; ``sqlite://`` (no path) is a private in-memory store."""
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = POOL_SIZE,
+    lock_timeout_ms: int | None = None,
+    statement_timeout_ms: int | None = None,
+) -> sa.Engine:
+    """An engine for ``url``; ``sqlite://`` (no path) is a private in-memory store.
+
+    On PostgreSQL, ``lock_timeout_ms`` and ``statement_timeout_ms`` bound every
+    statement of every session (None: the server's setting, no limit by
+    default). A claim writer waiting on a row someone else holds locked gives
+    up after ``lock_timeout_ms`` (``StoreUnavailable``) instead of holding its
+    writer thread, and the claims queued behind it, for as long as the lock.
+    """
     if url.startswith("sqlite"):
         return _sqlite_engine(url, pool_size=pool_size)
     engine = sa.create_engine(
@@ -56,10 +69,22 @@ def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> sa.Engine:
         pool_timeout=30,
     )
 
+    settings = [("random_page_cost", str(POSTGRES_RANDOM_PAGE_COST))]
+    if lock_timeout_ms is not None:
+        assert lock_timeout_ms > 0, "0 would mean no limit"
+        settings.append(("lock_timeout", f"{lock_timeout_ms}ms"))
+    if statement_timeout_ms is not None:
+        assert statement_timeout_ms > 0, "0 would mean no limit"
+        settings.append(("statement_timeout", f"{statement_timeout_ms}ms"))
+
+    # One round trip for all of them, each for the whole session (is_local false).
+    set_all = "SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings))
+    values = [part for setting in settings for part in setting]
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
-            cursor.execute(f"SET random_page_cost = {POSTGRES_RANDOM_PAGE_COST}")
+            cursor.execute(set_all, values)
         dbapi_connection.commit()
 
     return engine
