@@ -1,7 +1,10 @@
-"""The claim writers under store faults: a row someone else holds locked.
+"""The claim writers under store faults: a row someone else holds locked, and a
+COMMIT whose answer is lost.
 
 A row lock is taken from outside lequan, by another connection, as an
-operator's ad hoc query or a stuck job would.
+operator's ad hoc query or a stuck job would. A lost COMMIT answer is made by
+a fake of the store port wrapping the real store: its COMMIT reaches the
+database, then the call raises as a dropped connection would.
 """
 
 from __future__ import annotations
@@ -9,17 +12,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from lequan.adapters.sql.engine import create_engine
-from lequan.ports import StoreUnavailable
+from lequan.ports import Store, StoreUnavailable, UnitOfWork
+from lequan.services.campaigns import pool_key
 from lequan.services.claim_answers import ClaimResult
+from lequan.services.gatekeeper import reap_stale
 from lequan.services.invariants import check_campaign
 from tests.factories import World, dining_config, make_world
+from tests.integration.conftest import Stack
 from tests.integration.test_claim_invariants import (
     CAMPAIGN,
     TEMPLATE,
@@ -147,6 +154,156 @@ def test_a_statement_past_the_lock_timeout_is_store_unavailable(
             world.rt.store.unit_of_work() as uow,
         ):
             uow.campaigns.take_stock((CAMPAIGN, "r1", "wechat", TEMPLATE), 1)
+
+
+# -- a COMMIT whose answer is lost ----------------------------------------------------
+
+
+class _UnitOfWork:
+    """The real unit of work, whose COMMIT the fake store may make fail."""
+
+    def __init__(self, store: LostCommits, real: UnitOfWork) -> None:
+        self._store = store
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def commit(self) -> None:
+        self._store.commit(self._real)
+
+
+class LostCommits:
+    """The store port over the real store, with COMMITs that fail in flight: the next
+    ``lose`` COMMITs raise ``StoreUnavailable`` as a dropped connection does, after
+    reaching the database (``committed``) or before it; while ``unreadable``, every
+    unit of work fails to begin."""
+
+    def __init__(self, real: Store) -> None:
+        self.real = real
+        self.lose = 0
+        self.committed = True
+        self.unreadable = False
+        self.unreadable_after_loss = False
+
+    def commit(self, uow: UnitOfWork) -> None:
+        if self.lose == 0:
+            uow.commit()
+            return
+        self.lose -= 1
+        if self.committed:
+            uow.commit()
+        else:
+            uow.rollback()
+        self.unreadable = self.unreadable_after_loss
+        raise StoreUnavailable("OperationalError")
+
+    @contextmanager
+    def _unit_of_work(self, readonly: bool) -> Iterator[UnitOfWork]:
+        if self.unreadable:
+            raise StoreUnavailable("OperationalError")
+        with self.real.unit_of_work(readonly=readonly) as uow:
+            yield _UnitOfWork(self, uow)
+
+    def unit_of_work(self, *, readonly: bool = False) -> AbstractContextManager[UnitOfWork]:
+        return self._unit_of_work(readonly)
+
+    def ping(self) -> None:
+        self.real.ping()
+
+    def schema_revisions(self) -> tuple[str | None, str | None]:
+        return self.real.schema_revisions()
+
+    def upgrade(self) -> None:
+        self.real.upgrade()
+
+    def dispose(self) -> None:
+        self.real.dispose()
+
+
+@contextmanager
+def lost_commits(world: World) -> Iterator[LostCommits]:
+    fake = LostCommits(world.rt.store)
+    world.rt.store = fake
+    try:
+        yield fake
+    finally:
+        world.rt.store = fake.real
+
+
+def test_a_commit_whose_answer_was_lost_is_read_back_and_issued(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The connection drops during COMMIT, after the database committed: the writer
+    reads whether the vouchers are there instead of guessing. The claim is issued
+    and its reservation settled, never handed back to be sold again."""
+    with stack.world(tmp_path) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
+        user = world.register(1)
+        with lost_commits(world) as store:
+            store.lose = 1
+            result = claim_one(world, user, "k-1")
+            assert store.lose == 0, "the COMMIT was expected to be lost"
+
+        assert result.outcome == "issued", result
+        [stored] = stored_vouchers(world)
+        assert stored.id == voucher_id(result)
+        assert remaining(world) == 9  # kept: the voucher is committed
+        again = claim_one(world, user, "k-1")
+        assert again.outcome == "replayed"
+        assert voucher_id(again) == stored.id
+        others = [claim_one(world, world.register(n), f"k-{n}") for n in range(2, 11)]
+        assert [r.outcome for r in others] == ["issued"] * 9
+        assert claim_one(world, world.register(11), "k-11").outcome == "sold_out"
+        books_hold(world, CAMPAIGN, issued=10)
+
+
+def test_a_commit_that_failed_in_flight_and_did_not_commit_hands_the_stock_back(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with stack.world(tmp_path) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
+        user = world.register(1)
+        with lost_commits(world) as store:
+            store.lose, store.committed = 1, False
+            result = claim_one(world, user, "k-1")
+
+        assert result.outcome == "store_unavailable", result
+        assert stored_vouchers(world) == []
+        assert remaining(world) == 10
+        retried = claim_one(world, user, "k-1")
+        assert retried.outcome == "issued", retried
+        assert remaining(world) == 9
+        books_hold(world, CAMPAIGN, issued=1)
+
+
+def test_a_lost_commit_the_store_cannot_be_asked_about_stays_pending_until_reaped(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """After the lost COMMIT the store cannot be read until the fence has passed: the
+    claim hears commit_timeout (retry with the same key), the reservation stays
+    pending in the gate, and the GateKeeper settles it once the store answers."""
+    with stack.world(tmp_path, claim_reservation_ttl_s=1, claim_commit_timeout_s=30) as world:
+        world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
+        user = world.register(1)
+        with lost_commits(world) as store:
+            store.lose, store.unreadable_after_loss = 1, True
+            result = claim_one(world, user, "k-1")
+            store.unreadable = False
+
+        assert result.outcome == "commit_timeout", result
+        assert remaining(world) == 9  # neither handed back nor settled: pending
+        pool = pool_key(CAMPAIGN, "r1", "wechat")
+
+        def reaped() -> bool:
+            reap_stale(world.rt)  # the platform's GateKeeper may have been first
+            return not world.rt.gate.stale(pool, older_than_s=0, limit=10)
+
+        wait_until(reaped, timeout_s=10 * world.rt.settings.gate_fence_s)
+        assert remaining(world) == 9  # settled: the voucher is in the store
+        again = claim_one(world, user, "k-1")
+        assert again.outcome == "replayed", again
+        books_hold(world, CAMPAIGN, issued=1)
 
 
 def test_sessions_carry_the_timeouts(fresh_postgres_url: str) -> None:

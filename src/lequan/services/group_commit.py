@@ -3,7 +3,9 @@ transaction, before any of them hears "issued".
 
 Durability rule: an ``issued`` answer means the voucher row is committed.
 Reservations whose commit fails are handed back to the gate, so stock is
-never lost to a failed write and never sold twice.
+never lost to a failed write and never sold twice; a reservation whose
+COMMIT may or may not have happened (the connection was lost during it)
+is handed back only once a read of the store says it did not.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ __all__ = ["GroupCommitter", "PendingClaim", "tell_gate"]
 
 log = structlog.get_logger(__name__)
 
+# Between two reads of a store that lost a COMMIT's answer: the first pause, doubled
+# after each failed read up to the second. The reads stop at ``gate_fence_s``.
+_RESOLVE_PAUSE_S = 0.05
+_RESOLVE_PAUSE_MAX_S = 1.0
+
 
 @dataclass(slots=True)
 class PendingClaim:
@@ -54,6 +61,10 @@ class _TooLate(Exception):
 class _DoesNotFit(Exception):
     """A stock or a budget could not hold every claim of the batch: rolled back, to be
     written again with those rows locked first and only the claims that fit."""
+
+
+class _CommitUnknown(Exception):
+    """The store failed during COMMIT itself: the transaction may have committed."""
 
 
 Outcome = LequanError | Answer | None
@@ -298,10 +309,13 @@ class GroupCommitter:
             for claim, outcome in zip(claims, outcomes, strict=True)
             if outcome is claim.answer
         ]
+        # A claim whose outcome is not known stays pending in the gate: handing it
+        # back could sell a voucher twice. The GateKeeper reaps it after the fence,
+        # once the store can say whether its voucher is there.
         release = [
             (claim.request, claim.claim_seq)
             for claim, outcome in zip(claims, outcomes, strict=True)
-            if outcome is not claim.answer
+            if outcome is not claim.answer and outcome is not _OUTCOME_UNKNOWN
         ]
         # Released before anyone hears: a retry must find the stock and the
         # person's count as if the failed claim had never been.
@@ -363,6 +377,8 @@ class GroupCommitter:
             return self._transaction(claims, now)
         except _TooLate:
             return [self._too_late()] * len(claims)
+        except _CommitUnknown:
+            return self._resolve(claims)
         except ConstraintViolated:
             pass
         except StoreUnavailable as error:
@@ -384,6 +400,8 @@ class GroupCommitter:
             return self._transaction([claim], now)[0]
         except _TooLate:
             return self._too_late()
+        except _CommitUnknown:
+            return self._resolve([claim])[0]
         except ConstraintViolated:
             with self._rt.store.unit_of_work(readonly=True) as uow:
                 stored = answered(uow, claim.key.app_id, [claim.key.key]).get(claim.key.key)
@@ -398,22 +416,74 @@ class GroupCommitter:
         except StoreError:
             return _store_refused()
 
+    def _resolve(self, claims: list[PendingClaim]) -> list[Outcome]:
+        """What became of a transaction whose COMMIT failed in flight, read from the store:
+        a claim whose voucher is there was committed (and is answered ``issued``),
+        one whose voucher is not was not. Read again, a little later each time,
+        while the store cannot answer, until ``gate_fence_s``; then the outcome
+        stays unknown (``_OUTCOME_UNKNOWN``) and the gate keeps the reservations
+        for the GateKeeper, which decides them the same way once it can read.
+
+        Claims are held in flight meanwhile: a retry hears "in flight", not a
+        refusal the reservation still pending in the gate would cause.
+        """
+        deadline = time.monotonic() + self._rt.settings.gate_fence_s
+        pause_s = _RESOLVE_PAUSE_S
+        by_app: dict[str, list[PendingClaim]] = defaultdict(list)
+        for claim in claims:
+            by_app[claim.key.app_id].append(claim)
+        while True:
+            try:
+                with self._rt.store.unit_of_work(readonly=True) as uow:
+                    found = {
+                        (app_id, key): voucher_id
+                        for app_id, alike in by_app.items()
+                        for key, (*_, voucher_id) in uow.idempotency.answered_keys(
+                            app_id, [c.key.key for c in alike]
+                        ).items()
+                    }
+                break
+            except StoreError as error:
+                if time.monotonic() + pause_s > deadline:
+                    log.error(
+                        "group_commit_outcome_unknown",
+                        error_type=type(error).__name__,
+                        claims=len(claims),
+                    )
+                    return [_OUTCOME_UNKNOWN] * len(claims)
+                time.sleep(pause_s)
+                pause_s = min(2 * pause_s, _RESOLVE_PAUSE_MAX_S)
+        committed = [found.get((c.key.app_id, c.key.key)) == c.voucher.id for c in claims]
+        log.warning("group_commit_outcome_read", committed=sum(committed), claims=len(claims))
+        refused = _store_refused()
+        return [c.answer if ok else refused for c, ok in zip(claims, committed, strict=True)]
+
     def _transaction(self, claims: list[PendingClaim], now: datetime) -> list[Outcome]:
         """The claims in one transaction: all of them, counted out of their stocks and
         budgets last (the common case), or, when one of those cannot hold them all,
         again with its rows locked first and only the claims that fit."""
         try:
-            with self._rt.store.unit_of_work() as uow:
-                outcomes = self._write_all(uow, claims, now)
-                self._before_commit(claims)
-                uow.commit()
-            return outcomes
+            return self._attempt(claims, now, fitting=False)
         except _DoesNotFit:
             pass
-        with self._rt.store.unit_of_work() as uow:
-            outcomes = self._write_fitting(uow, claims, now)
-            self._before_commit(claims)
-            uow.commit()
+        return self._attempt(claims, now, fitting=True)
+
+    def _attempt(
+        self, claims: list[PendingClaim], now: datetime, *, fitting: bool
+    ) -> list[Outcome]:
+        """One transaction; ``_CommitUnknown`` when the store failed during its COMMIT."""
+        write = self._write_fitting if fitting else self._write_all
+        committing = False
+        try:
+            with self._rt.store.unit_of_work() as uow:
+                outcomes = write(uow, claims, now)
+                self._before_commit(claims)
+                committing = True
+                uow.commit()
+        except StoreUnavailable as error:
+            if committing:  # the connection went during COMMIT: done or not, unknown
+                raise _CommitUnknown from error
+            raise
         return outcomes
 
     def _write_all(
@@ -528,6 +598,14 @@ class GroupCommitter:
 
 def _store_refused() -> Unavailable:
     return Unavailable("store_unavailable", "the store did not accept the claim; retry")
+
+
+# The answer to a claim whose COMMIT's outcome could not be read back: retry with the
+# same key, which replays the voucher if it was committed.
+_OUTCOME_UNKNOWN = Unavailable(
+    "commit_timeout",
+    "whether the claim was committed is not known yet; retry with the same Idempotency-Key",
+)
 
 
 def _by_campaign(claims: list[PendingClaim]) -> dict[str, list[int]]:
