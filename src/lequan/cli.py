@@ -130,7 +130,7 @@ def serve(
     """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
     import uvicorn
 
-    from lequan.bootstrap import SetupError, load_keyring
+    from lequan.bootstrap import SetupError, load_keyring, require_durable_store
 
     settings = Settings()
     workers = workers or settings.workers
@@ -142,6 +142,7 @@ def serve(
     load_keyring(settings, create=True)  # refuses a missing or example key outside embedded
     if settings.embedded:
         _migrate_embedded(settings)
+    require_durable_store(settings)  # once here, before any worker (each checks again)
     uvicorn.run(
         "lequan.http.asgi:create",
         factory=True,

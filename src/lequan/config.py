@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # what queues behind it; no statement runs longer than the second.
     store_lock_timeout_ms: Annotated[int, Field(ge=10, le=600_000)] = 2000
     store_statement_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 30_000
+    # Start even on a PostgreSQL that may lose a commit it acknowledged (fsync off,
+    # synchronous_commit off, ...): for a throwaway test database only.
+    allow_unsafe_durability: bool = False
     # Key file (JSON) with the field-encryption and blind-index keys. Empty: the
     # embedded default generates data_dir/keys.json on first run.
     key_file: Path | None = None
