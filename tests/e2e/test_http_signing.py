@@ -254,3 +254,13 @@ def test_operator_tokens_do_not_sign_channel_calls(api: Api) -> None:
         "/v1/persons/u1/vouchers", headers={"Authorization": f"Bearer {api.world.tokens['alice']}"}
     )
     assert_error(response, 401, "missing_signature")
+
+
+def test_a_nonce_store_that_cannot_be_reached_is_named_as_such(open_api: OpenApi) -> None:
+    """Redis (the nonce store) down: signed calls are refused 503 with a code of its own
+    and a Retry-After, not store_unavailable, which sends operators to the database."""
+    api = open_api(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.5)
+    body = _claim_body()
+    response = _post(api, "/v1/claims", body, _signed(api, "wechat", "POST", "/v1/claims", body))
+    assert_error(response, 503, "nonce_store_unavailable")
+    assert response.headers["Retry-After"] == "1"

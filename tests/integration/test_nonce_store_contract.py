@@ -302,16 +302,17 @@ def test_redis_a_resent_write_is_not_taken_for_a_replay(redis_url: str, redis_pr
 
 
 def test_redis_down_is_unavailable_not_a_crash() -> None:
-    # Nothing listens on port 1; the store must answer with an operating error.
+    # Nothing listens on port 1; the store must answer with an operating error of its
+    # own, so that a Redis outage does not send operators to the database.
     client = redis.Redis(
         host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )
     try:
         with pytest.raises(Unavailable) as caught:
             RedisNonceStore(client).remember("wechat", NONCE, TTL_S)
-        assert caught.value.code == "store_unavailable"
+        assert caught.value.code == "nonce_store_unavailable"
         with pytest.raises(Unavailable) as caught:
             RedisNonceStore(client).remember_many([("wechat", NONCE)], TTL_S)
-        assert caught.value.code == "store_unavailable"
+        assert caught.value.code == "nonce_store_unavailable"
     finally:
         client.close()

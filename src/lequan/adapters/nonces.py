@@ -24,12 +24,15 @@ import threading
 from collections.abc import Sequence
 
 import redis
+import structlog
 from redis.cluster import RedisCluster
 
 from lequan.domain.errors import Unavailable
 from lequan.ports import Clock
 
 __all__ = ["MemoryNonceStore", "RedisNonceStore"]
+
+log = structlog.get_logger(__name__)
 
 
 class MemoryNonceStore:
@@ -132,8 +135,10 @@ class RedisNonceStore:
                 pipe.set(self.key(app_id, nonce), token, nx=True, ex=ttl_s, get=True)
             replies = pipe.execute()
         except redis.RedisError as error:
+            log.warning("nonce_store_unavailable", error_type=type(error).__name__)
             raise Unavailable(
-                "store_unavailable", "the nonce store does not answer; retry shortly"
+                "nonce_store_unavailable",
+                "the nonce store does not answer; nothing was done, retry shortly",
             ) from error
         return [
             reply is None or reply == token for reply, token in zip(replies, tokens, strict=True)

@@ -134,6 +134,7 @@ class ErrorCode(enum.StrEnum):
     COMMIT_TIMEOUT = "commit_timeout"
     GATE_UNAVAILABLE = "gate_unavailable"
     GATE_REBUILDING = "gate_rebuilding"
+    NONCE_STORE_UNAVAILABLE = "nonce_store_unavailable"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -379,7 +380,7 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     _C.STORE_UNAVAILABLE: ErrorSpec(
         503,
         Unavailable,
-        "the store (or the nonce store) does not answer, or the process is shutting down",
+        "the store (the database) does not answer, or the process is shutting down",
     ),
     _C.COMMIT_TIMEOUT: ErrorSpec(
         503, Unavailable, "the claim is not committed (or not known to be) yet; retry, same key"
@@ -389,6 +390,11 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.GATE_REBUILDING: ErrorSpec(
         503, Unavailable, "the claim gate lost its state and is being rebuilt from the store"
+    ),
+    _C.NONCE_STORE_UNAVAILABLE: ErrorSpec(
+        503,
+        Unavailable,
+        "the nonce store (Redis) cannot be reached, so no signed call is checked; nothing was done",
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,
