@@ -203,7 +203,10 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         401, AuthError, "`X-Lequan-Timestamp` is not a plain decimal integer of unix seconds"
     ),
     _C.STALE_TIMESTAMP: ErrorSpec(
-        401, AuthError, "the timestamp is more than 300 s from the server's clock"
+        401,
+        AuthError,
+        "the timestamp is more than 300 s from the server's clock, or older than the "
+        "nonce store's start (a restart since it was signed)",
     ),
     _C.INVALID_NONCE: ErrorSpec(
         401, AuthError, "`X-Lequan-Nonce` is not 8–64 characters of `[A-Za-z0-9_-]`"
