@@ -131,6 +131,7 @@ def serve(
     import uvicorn
 
     from lequan.bootstrap import SetupError, load_keyring, require_durable_store
+    from lequan.http.server import uvicorn_options
 
     settings = Settings()
     workers = workers or settings.workers
@@ -151,6 +152,7 @@ def serve(
         workers=workers,
         log_level="warning",
         access_log=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     signature_max_skew_s: Annotated[int, Field(ge=1, le=3600)] = 300
     nonce_cache_entries_max: Annotated[int, Field(ge=1000)] = 2_000_000
     request_body_bytes_max: Annotated[int, Field(ge=1024)] = 2_000_000
+    # What an unauthenticated caller can make a process hold (docs/operations.md,
+    # "The edge"): a request's line and headers at most http_header_bytes_max bytes
+    # (431), arriving within http_header_timeout_s (408); its body within
+    # http_body_timeout_s (408); bodies being received at once, before any
+    # signature is checked, at most request_body_buffer_bytes_max bytes in all
+    # (429); keep-alive connections idle longer than http_keep_alive_s closed;
+    # beyond http_connections_max connections and requests at once, 503.
+    http_header_bytes_max: Annotated[int, Field(ge=4096, le=1_048_576)] = 32_768
+    http_header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    http_body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    request_body_buffer_bytes_max: Annotated[int, Field(ge=1024)] = 64_000_000
+    http_keep_alive_s: Annotated[int, Field(ge=1, le=300)] = 5
+    http_connections_max: Annotated[int, Field(ge=16, le=1_000_000)] = 2048
     # Per calling app (channel or acquirer): sustained requests (batch items) a
     # second, and the burst it may save up; beyond them, 429 throttled.
     app_rate_per_s: Annotated[float, Field(gt=0)] = 50_000.0

@@ -44,6 +44,8 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     HTTP_ERROR = "http_error"
     BODY_TOO_LARGE = "body_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     BATCH_TOO_LARGE = "batch_too_large"
     INVALID_ENCODING = "invalid_encoding"
     # Signing and callers (AuthError).
@@ -191,6 +193,15 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         InvalidInput,
         "the body is over `request_body_bytes_max` (or an operator's upload over its own limit)",
         framework=True,
+    ),
+    _C.HEADERS_TOO_LARGE: ErrorSpec(
+        431, None, "the request line and headers are over `http_header_bytes_max`"
+    ),
+    _C.REQUEST_TIMEOUT: ErrorSpec(
+        408,
+        None,
+        "the headers did not arrive within `http_header_timeout_s`, "
+        "or the body within `http_body_timeout_s`",
     ),
     _C.BATCH_TOO_LARGE: ErrorSpec(
         422, InvalidInput, "a claim batch holds more than `claim_batch_items_max` items"
