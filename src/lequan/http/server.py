@@ -55,19 +55,26 @@ def _head_limits() -> tuple[int, float]:
     return settings.http_header_bytes_max, settings.http_header_timeout_s
 
 
-def refusal(status: int, body: dict[str, str]) -> bytes:
-    """A whole HTTP/1.1 answer with lequan's error body, closing the connection."""
+def _answer(status: int, body: dict[str, str]) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """An error answer's headers and payload (lequan's error body), logged."""
     request_id = uuid.uuid4().hex
     log.info("request", status=status, request_id=request_id, code=body["code"])
     payload = json.dumps({**body, "request_id": request_id}).encode()
-    head = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(payload)}\r\n"
-        "connection: close\r\n"
-        f"x-request-id: {request_id}\r\n\r\n"
-    )
-    return head.encode() + payload
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"connection", b"close"),
+        (b"x-request-id", request_id.encode()),
+    ]
+    return headers, payload
+
+
+def refusal(status: int, body: dict[str, str]) -> bytes:
+    """A whole HTTP/1.1 answer, written to a connection no request is being answered on."""
+    headers, payload = _answer(status, body)
+    lines = [f"HTTP/1.1 {status} {_REASONS[status]}".encode()]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
@@ -76,10 +83,13 @@ _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
 class BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a size and a time limit on each request head.
 
-    The head's bytes are counted as they are fed to the parser, from the
-    request's first byte (``on_message_begin``) until its headers are
-    complete; a chunk in which a pipelined request began counts whole, so a
-    head may be refused up to one read (256 KiB) early, never late.
+    A head's size is checked twice: as its bytes arrive, from the request's
+    first byte (``on_message_begin``) while it is unfinished, so one that
+    never ends is cut off once over the limit (a chunk in which a pipelined
+    request began counts whole: refused up to one read early, never late);
+    and exactly, once parsed, by its request target and headers, answered
+    like a request whose answer is the refusal (as uvicorn answers its own
+    ``limit_concurrency``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -104,15 +114,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self._head_bytes_max:
-                self._refuse(
-                    431,
-                    {
-                        "code": "headers_too_large",
-                        "message": (
-                            f"a request's line and headers are at most {self._head_bytes_max} bytes"
-                        ),
-                    },
-                )
+                self._refuse(431, self._too_large())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -122,7 +124,15 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_waiting()
-        super().on_headers_complete()
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size <= self._head_bytes_max:
+            super().on_headers_complete()
+            return
+        app, self.app = self.app, self._refuse_head
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -131,6 +141,18 @@ class BoundedHttpTools(HttpToolsProtocol):
         # its bytes trickle in (each byte stops the keep-alive timer).
         if self.timeout_keep_alive_task is not None:
             self._wait_for_head()
+
+    async def _refuse_head(self, _scope: Any, _receive: Any, send: Any) -> None:
+        """The ASGI app of a request whose head is over the limit."""
+        headers, payload = _answer(431, self._too_large())
+        await send({"type": "http.response.start", "status": 431, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _too_large(self) -> dict[str, str]:
+        return {
+            "code": "headers_too_large",
+            "message": f"a request's line and headers are at most {self._head_bytes_max} bytes",
+        }
 
     def _wait_for_head(self) -> None:
         self._stop_waiting()
@@ -155,11 +177,12 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.transport.close()  # nothing of a request came: just let it go
 
     def _refuse(self, status: int, body: dict[str, str]) -> None:
+        """Answer an unfinished head and close: no request of it reached the app."""
         self._stop_waiting()
         self._in_head = False
         if self.transport.is_closing():
             return
-        # Between responses only: a pipelined head refused while an answer is being
+        # Between answers only: a pipelined head refused while an answer is being
         # written cannot be answered on the same connection.
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(refusal(status, body))
