@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # for a row lock gives up (a retryable 503) instead of holding its thread and
     # what queues behind it; no statement runs longer than the second.
     store_lock_timeout_ms: Annotated[int, Field(ge=10, le=600_000)] = 2000
-    store_statement_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 30_000
+    store_statement_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 60_000
     # Start even on a PostgreSQL that may lose a commit it acknowledged (fsync off,
     # synchronous_commit off, ...): for a throwaway test database only.
     allow_unsafe_durability: bool = False
