@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from lequan.adapters.clock import SystemClock
 from lequan.adapters.crypto import (
     AesGcmKeyRing,
@@ -21,7 +23,7 @@ from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
 from lequan.adapters.sold_out import LocalSoldOut, RedisSoldOut
 from lequan.adapters.sql import migrate
-from lequan.adapters.sql.engine import create_engine
+from lequan.adapters.sql.engine import create_engine, durability_settings, unsafe_durability
 from lequan.adapters.sql.unit_of_work import SqlStore
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
@@ -34,7 +36,16 @@ from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
 
-__all__ = ["Platform", "SetupError", "build_runtime", "load_keyring", "start_platform"]
+__all__ = [
+    "Platform",
+    "SetupError",
+    "build_runtime",
+    "load_keyring",
+    "require_durable_store",
+    "start_platform",
+]
+
+log = structlog.get_logger(__name__)
 
 
 class SetupError(LequanError):
@@ -76,7 +87,13 @@ def build_runtime(
     (``MemoryStore``: the service tests whose store is incidental)."""
     clock = clock or SystemClock()
     if store is None:
-        store = SqlStore(create_engine(settings.effective_database_url))
+        store = SqlStore(
+            create_engine(
+                settings.effective_database_url,
+                lock_timeout_ms=settings.store_lock_timeout_ms,
+                statement_timeout_ms=settings.store_statement_timeout_ms,
+            )
+        )
     nonces: NonceStore
     if settings.redis_url:
         import redis
@@ -178,10 +195,50 @@ def require_current_schema(rt: Runtime) -> None:
         )
 
 
+def require_durable_store(settings: Settings, store: Store | None = None) -> None:
+    """Refuse a PostgreSQL store whose settings let a COMMIT return before it is safe
+    (``unsafe_durability`` says which and why), unless the settings allow it, and
+    then say so loudly: an issued answer must mean a committed voucher.
+
+    ``store``: the running store; None asks the one the settings name, on a
+    connection of its own (``serve``, before it starts any worker).
+    """
+    if store is None:
+        if settings.effective_database_url.startswith("sqlite"):
+            return  # lequan sets synchronous=FULL on every connection itself
+        engine = create_engine(settings.effective_database_url, pool_size=1)
+        try:
+            found = durability_settings(engine)
+        finally:
+            engine.dispose()
+    elif isinstance(store, SqlStore):
+        found = durability_settings(store.engine)
+    else:  # a store of another kind keeps its own promises
+        return
+    problems = unsafe_durability(found)
+    if not problems:
+        return
+    if settings.allow_unsafe_durability:
+        log.critical(
+            "durability_unsafe_allowed",
+            problems=problems,
+            setting="LEQUAN_ALLOW_UNSAFE_DURABILITY",
+        )
+        return
+    raise SetupError(
+        "the database may lose claims it has acknowledged: "
+        + "; ".join(problems)
+        + ". Fix its settings (docs/operations.md), or set "
+        "LEQUAN_ALLOW_UNSAFE_DURABILITY=true for a throwaway database"
+    )
+
+
 def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
-    """Check the schema is current, rebuild the gate from the store, start the workers."""
+    """Check the schema is current and the store durable, rebuild the gate from the
+    store, start the workers."""
     if check_schema:
         require_current_schema(rt)
+    require_durable_store(rt.settings, rt.store)
     cache = CampaignCache(
         rt,
         ttl_s=rt.settings.campaign_cache_ttl_s,

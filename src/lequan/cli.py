@@ -130,7 +130,8 @@ def serve(
     """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
     import uvicorn
 
-    from lequan.bootstrap import SetupError, load_keyring
+    from lequan.bootstrap import SetupError, load_keyring, require_durable_store
+    from lequan.http.server import uvicorn_options
 
     settings = Settings()
     workers = workers or settings.workers
@@ -142,6 +143,7 @@ def serve(
     load_keyring(settings, create=True)  # refuses a missing or example key outside embedded
     if settings.embedded:
         _migrate_embedded(settings)
+    require_durable_store(settings)  # once here, before any worker (each checks again)
     uvicorn.run(
         "lequan.http.asgi:create",
         factory=True,
@@ -150,6 +152,7 @@ def serve(
         workers=workers,
         log_level="warning",
         access_log=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     redis_connections_max: Annotated[int, Field(ge=1, le=1024)] = 64
     redis_nonce_connections_max: Annotated[int, Field(ge=1, le=1024)] = 32
     redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # Every PostgreSQL session of the store: a statement waiting longer than this
+    # for a row lock gives up (a retryable 503) instead of holding its thread and
+    # what queues behind it; no statement runs longer than the second.
+    store_lock_timeout_ms: Annotated[int, Field(ge=10, le=600_000)] = 2000
+    store_statement_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 60_000
+    # Start even on a PostgreSQL that may lose a commit it acknowledged (fsync off,
+    # synchronous_commit off, ...): for a throwaway test database only.
+    allow_unsafe_durability: bool = False
     # Key file (JSON) with the field-encryption and blind-index keys. Empty: the
     # embedded default generates data_dir/keys.json on first run.
     key_file: Path | None = None
@@ -56,6 +64,19 @@ class Settings(BaseSettings):
     campaign_file_nodes_max: Annotated[int, Field(ge=1000, le=10_000_000)] = 200_000
     merchant_file_bytes_max: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 2_000_000
     merchant_file_rows_max: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    # What an unauthenticated caller can make a process hold (docs/operations.md,
+    # "The edge"): a request's line and headers at most http_header_bytes_max bytes
+    # (431), arriving within http_header_timeout_s (408); its body within
+    # http_body_timeout_s (408); bodies being received at once, before any
+    # signature is checked, at most request_body_buffer_bytes_max bytes in all
+    # (429); keep-alive connections idle longer than http_keep_alive_s closed;
+    # beyond http_connections_max connections and requests at once, 503.
+    http_header_bytes_max: Annotated[int, Field(ge=4096, le=1_048_576)] = 32_768
+    http_header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    http_body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    request_body_buffer_bytes_max: Annotated[int, Field(ge=1024)] = 64_000_000
+    http_keep_alive_s: Annotated[int, Field(ge=1, le=300)] = 5
+    http_connections_max: Annotated[int, Field(ge=16, le=1_000_000)] = 2048
     # Per calling app (channel or acquirer): sustained requests (batch items) a
     # second, and the burst it may save up; beyond them, 429 throttled.
     app_rate_per_s: Annotated[float, Field(gt=0)] = 50_000.0
@@ -70,6 +91,10 @@ class Settings(BaseSettings):
     # Claim items (single or in batches) one process answers at once; beyond, 429.
     claim_inflight_max: Annotated[int, Field(ge=1)] = 50_000
     claim_commit_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Writer threads of the group commit (PostgreSQL; SQLite has one, its writers
+    # queue on one file lock). Each takes one campaign's claims at a time, so a
+    # campaign whose rows are held locked stalls one writer, not every campaign.
+    claim_writers: Annotated[int, Field(ge=1, le=32)] = 4
     # A reservation must be committed within this long after the gate granted
     # it: the group commit refuses older ones, and rolls back rather than
     # commit one that grew older meanwhile. It fences the rebuild of a lost
@@ -128,6 +153,13 @@ class Settings(BaseSettings):
         that started just in time to reach the disk.
         """
         return self.claim_reservation_ttl_s + max(1.0, self.claim_reservation_ttl_s)
+
+    @property
+    def group_commit_writers(self) -> int:
+        """Writer threads of the claims' group commit: ``claim_writers``, but one on
+        SQLite, whose writers queue on one file lock (and would hold the few
+        connections its readers need while they wait)."""
+        return 1 if self.effective_database_url.startswith("sqlite") else self.claim_writers
 
     @property
     def embedded(self) -> bool:

@@ -10,11 +10,17 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
+import redis
+from fastapi.testclient import TestClient
 
+from lequan.adapters.clock import SystemClock
+from lequan.adapters.nonces import MemoryNonceStore
 from lequan.client import LequanAuth
+from lequan.http.app import create_app
 from lequan.http.signing import signature_headers
 from tests.e2e.conftest import ACQUIRER, Api, OpenApi, assert_error, person_body
 
@@ -254,3 +260,62 @@ def test_operator_tokens_do_not_sign_channel_calls(api: Api) -> None:
         "/v1/persons/u1/vouchers", headers={"Authorization": f"Bearer {api.world.tokens['alice']}"}
     )
     assert_error(response, 401, "missing_signature")
+
+
+def test_a_nonce_store_that_cannot_be_reached_is_named_as_such(open_api: OpenApi) -> None:
+    """Redis (the nonce store) down: signed calls are refused 503 with a code of its own
+    and a Retry-After, not store_unavailable, which sends operators to the database."""
+    api = open_api(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.5)
+    body = _claim_body()
+    response = _post(api, "/v1/claims", body, _signed(api, "wechat", "POST", "/v1/claims", body))
+    assert_error(response, 503, "nonce_store_unavailable")
+    assert response.headers["Retry-After"] == "1"
+
+
+def _running_for(api: Api, seconds: int) -> None:
+    """The nonce store has been holding nonces for ``seconds`` already (the memory
+    store's clock is the world's, an hour before the sale; Redis's epoch is set)."""
+    settings = api.world.rt.settings
+    if not settings.redis_url:
+        return
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        client.set(f"{settings.redis_key_prefix}nonce-epoch", int(time.time()) - seconds)
+    finally:
+        client.close()
+
+
+def _restarted(api: Api, stack: ExitStack) -> TestClient:
+    """The nonce store starts again, having forgotten every nonce: a new process with
+    its own memory, or a Redis restarted without its data."""
+    rt = api.world.rt
+    if rt.nonces.in_process:
+        rt.nonces = MemoryNonceStore(rt.settings.nonce_cache_entries_max, clock=SystemClock())
+        app = create_app(api.world.platform, close_on_shutdown=False)
+        return stack.enter_context(TestClient(app, raise_server_exceptions=False))
+    client = redis.Redis.from_url(rt.settings.redis_url)
+    try:
+        for key in client.scan_iter(match=rt.settings.redis_key_prefix + "*"):
+            client.delete(key)
+    finally:
+        client.close()
+    return api.client
+
+
+def test_a_request_captured_before_a_restart_is_not_accepted_again(nonce_api: Api) -> None:
+    """A captured request replayed after the nonce store started again, still within its
+    signature window, is refused: it was signed before the store's epoch. A client
+    that signs its retry anew is served."""
+    api = nonce_api
+    _running_for(api, 60)
+    target = "/v1/persons/u1/vouchers"
+    # Signed by a client whose clock is a few seconds behind: well within the window.
+    captured = _signed(api, "wechat", "GET", target, b"", timestamp=int(time.time()) - 5)
+    assert_error(api.client.get(target, headers=captured), 404, "not_registered")
+
+    with ExitStack() as stack:
+        client = _restarted(api, stack)
+        refused = assert_error(client.get(target, headers=captured), 401, "stale_timestamp")
+        assert refused["details"]["nonce_epoch_s"] > int(captured["X-Lequan-Timestamp"])
+        fresh = _signed(api, "wechat", "GET", target, b"")
+        assert_error(client.get(target, headers=fresh), 404, "not_registered")

@@ -9,6 +9,7 @@ Redis store's errors, is tested after the contract.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -135,7 +136,27 @@ def test_racing_batches_let_each_nonce_win_once(subject: Subject) -> None:
         assert [a[n] for a in answers].count(True) == 1, n
 
 
+def test_the_epoch_is_when_the_store_began_to_remember(subject: Subject) -> None:
+    """Every nonce given since the epoch is held; a restart of the store starts a new one."""
+    subject.store.remember("wechat", NONCE, TTL_S)
+    epoch_s = subject.store.epoch_s
+    assert 0 < epoch_s <= time.time()
+    subject.store.remember("wechat", "later-nonce-1", TTL_S)
+    assert subject.store.epoch_s == epoch_s  # remembering moves nothing
+
+
 # -- the memory store ---------------------------------------------------------------
+
+
+def test_memory_epoch_is_the_stores_start() -> None:
+    clock = FakeClock()
+    store = MemoryNonceStore(100, clock=clock)
+    assert store.epoch_s == int(clock.now().timestamp())
+    clock.advance(3600)
+    store.remember("wechat", NONCE, TTL_S)
+    assert store.epoch_s == int(clock.now().timestamp()) - 3600
+    # A process started later (a restart) remembers nothing from before its start.
+    assert MemoryNonceStore(100, clock=clock).epoch_s == int(clock.now().timestamp())
 
 
 def test_memory_forgets_a_nonce_when_its_ttl_ends() -> None:
@@ -238,9 +259,11 @@ def test_redis_keys_expire_with_the_ttl(redis_url: str, redis_prefix: str) -> No
     try:
         store = RedisNonceStore(client, key_prefix=redis_prefix)
         assert store.remember("wechat", NONCE, TTL_S) is True
-        keys = list(client.scan_iter(match=redis_prefix + "*"))
+        keys = list(client.scan_iter(match=redis_prefix + "nonce:*"))
         assert keys == [store.key("wechat", NONCE).encode()]
         assert 0 < client.ttl(keys[0]) <= TTL_S
+        # The epoch is the one key kept for good: it goes only with Redis's data.
+        assert client.ttl(redis_prefix + "nonce-epoch") == -1
 
         # A replay neither succeeds nor extends the window.
         client.expire(keys[0], 5)
@@ -299,17 +322,47 @@ def test_redis_a_resent_write_is_not_taken_for_a_replay(redis_url: str, redis_pr
         client.close()
 
 
+@pytest.mark.redis
+def test_redis_epoch_is_shared_and_starts_again_when_redis_lost_its_data(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        clock = FakeClock()
+        first = RedisNonceStore(client, key_prefix=redis_prefix, clock=clock)
+        assert first.remember("wechat", NONCE, TTL_S) is True
+        started_s = int(clock.now().timestamp())
+        assert first.epoch_s == started_s
+        # Another process, started later, shares the first one's epoch.
+        clock.advance(60)
+        second = RedisNonceStore(client, key_prefix=redis_prefix, clock=clock)
+        assert second.remember("wechat", "other-nonce-1", TTL_S) is True
+        assert second.epoch_s == started_s
+
+        # Redis restarted without its data: the nonces and the epoch are gone together.
+        for key in client.scan_iter(match=redis_prefix + "*"):
+            client.delete(key)
+        clock.advance(60)
+        assert first.remember("wechat", NONCE, TTL_S) is True  # forgotten...
+        assert first.epoch_s == started_s + 120  # ...so its old requests are refused
+        assert second.remember("wechat", "other-nonce-2", TTL_S) is True
+        assert second.epoch_s == started_s + 120
+    finally:
+        client.close()
+
+
 def test_redis_down_is_unavailable_not_a_crash() -> None:
-    # Nothing listens on port 1; the store must answer with an operating error.
+    # Nothing listens on port 1; the store must answer with an operating error of its
+    # own, so that a Redis outage does not send operators to the database.
     client = redis.Redis(
         host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )
     try:
         with pytest.raises(Unavailable) as caught:
             RedisNonceStore(client).remember("wechat", NONCE, TTL_S)
-        assert caught.value.code == "store_unavailable"
+        assert caught.value.code == "nonce_store_unavailable"
         with pytest.raises(Unavailable) as caught:
             RedisNonceStore(client).remember_many([("wechat", NONCE)], TTL_S)
-        assert caught.value.code == "store_unavailable"
+        assert caught.value.code == "nonce_store_unavailable"
     finally:
         client.close()

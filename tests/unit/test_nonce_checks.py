@@ -36,6 +36,10 @@ class RecordingStore:
         self.threads.add(threading.get_ident())
         return self.inner.remember(app_id, nonce, ttl_s)
 
+    @property
+    def epoch_s(self) -> int:
+        return self.inner.epoch_s
+
     def remember_many(self, nonces: Sequence[tuple[str, str]], ttl_s: int) -> list[bool]:
         self.calls.append(("remember_many", len(nonces)))
         self.threads.add(threading.get_ident())

@@ -13,6 +13,13 @@ The caller passes nonces that ``lequan.http.signing.parse_headers`` accepted
 (8-64 characters of ``[A-Za-z0-9_-]``) and a ttl at least as long as the
 accepted clock skew on both sides (2 x ``max_skew_s``), since a timestamp
 may be that far ahead of the server and still be accepted later.
+
+Each store has an *epoch*, the second since which it holds every nonce it
+was given: a store that forgot (a restarted process, a Redis that lost its
+data) would otherwise take a captured request for a new one for the rest of
+its window. The memory store's is its start; the Redis store's is a key set
+once, with ``SET NX``, by the first call that finds it missing, so a Redis
+that lost its keys lost that one too and gets a new epoch.
 """
 
 from __future__ import annotations
@@ -24,12 +31,16 @@ import threading
 from collections.abc import Sequence
 
 import redis
+import structlog
 from redis.cluster import RedisCluster
 
+from lequan.adapters.clock import SystemClock
 from lequan.domain.errors import Unavailable
 from lequan.ports import Clock
 
 __all__ = ["MemoryNonceStore", "RedisNonceStore"]
+
+log = structlog.get_logger(__name__)
 
 
 class MemoryNonceStore:
@@ -41,6 +52,8 @@ class MemoryNonceStore:
         assert max_entries >= 1
         self._max_entries = max_entries
         self._clock = clock
+        # Whatever an earlier process was told is not in this memory.
+        self._epoch_s = math.floor(clock.now().timestamp())
         self._lock = threading.Lock()
         # (app_id, nonce) -> expiry in unix seconds; the heap orders the same
         # entries by expiry so the expired ones are dropped in O(log n) each.
@@ -81,6 +94,11 @@ class MemoryNonceStore:
                 fresh.append(True)
             return fresh
 
+    @property
+    def epoch_s(self) -> int:
+        """The store's start: it holds every nonce given to it since."""
+        return self._epoch_s
+
     def __len__(self) -> int:
         """The nonces held, live or expired but not yet dropped."""
         with self._lock:
@@ -99,9 +117,25 @@ class RedisNonceStore:
 
     in_process = False
 
-    def __init__(self, client: redis.Redis | RedisCluster, key_prefix: str = "lq:") -> None:
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        key_prefix: str = "lq:",
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        """``clock``: where a new epoch's time is read; the wall clock, as signatures'."""
         self._client = client
         self._key_prefix = key_prefix
+        self._clock = clock or SystemClock()
+        self._epoch_key = f"{key_prefix}nonce-epoch"
+        self._epoch_s = 0  # read with every call; only ever moves forward
+
+    @property
+    def epoch_s(self) -> int:
+        """The epoch the latest call read: the second the Redis first held a nonce of
+        lequan's since it last lost its data."""
+        return self._epoch_s
 
     def key(self, app_id: str, nonce: str) -> str:
         """The Redis key of one nonce; the nonce has no ':', so the last ':' splits it off."""
@@ -120,21 +154,31 @@ class RedisNonceStore:
         no value was there, or if the value is its own token. A client that
         sends a command again after a lost reply (the cluster pipeline does,
         on a timeout) so finds its own write rather than a replay. Needs Redis 7.
+
+        The same pipeline reads the epoch, setting it to now if it is missing
+        (``SET NX GET``, no expiry): a Redis that lost its data lost the epoch
+        with the nonces, and the first call after starts a new one.
         """
         assert ttl_s >= 1
         if not nonces:
             return []
         call = secrets.token_hex(8)
         tokens = [f"{call}:{n}".encode() for n in range(len(nonces))]
+        now_s = math.floor(self._clock.now().timestamp())
         try:
             pipe = self._client.pipeline(transaction=False)
+            pipe.set(self._epoch_key, now_s, nx=True, get=True)
             for (app_id, nonce), token in zip(nonces, tokens, strict=True):
                 pipe.set(self.key(app_id, nonce), token, nx=True, ex=ttl_s, get=True)
-            replies = pipe.execute()
+            epoch, *replies = pipe.execute()
         except redis.RedisError as error:
+            log.warning("nonce_store_unavailable", error_type=type(error).__name__)
             raise Unavailable(
-                "store_unavailable", "the nonce store does not answer; retry shortly"
+                "nonce_store_unavailable",
+                "the nonce store does not answer; nothing was done, retry shortly",
             ) from error
+        # Concurrent calls may finish out of order: the epoch never moves back.
+        self._epoch_s = max(self._epoch_s, now_s if epoch is None else int(epoch))
         return [
             reply is None or reply == token for reply, token in zip(replies, tokens, strict=True)
         ]

@@ -44,6 +44,8 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     HTTP_ERROR = "http_error"
     BODY_TOO_LARGE = "body_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     BATCH_TOO_LARGE = "batch_too_large"
     INVALID_ENCODING = "invalid_encoding"
     # Signing and callers (AuthError).
@@ -134,6 +136,7 @@ class ErrorCode(enum.StrEnum):
     COMMIT_TIMEOUT = "commit_timeout"
     GATE_UNAVAILABLE = "gate_unavailable"
     GATE_REBUILDING = "gate_rebuilding"
+    NONCE_STORE_UNAVAILABLE = "nonce_store_unavailable"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -199,6 +202,15 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "(`campaign_file_bytes_max`, `merchant_file_bytes_max`)",
         framework=True,
     ),
+    _C.HEADERS_TOO_LARGE: ErrorSpec(
+        431, None, "the request line and headers are over `http_header_bytes_max`"
+    ),
+    _C.REQUEST_TIMEOUT: ErrorSpec(
+        408,
+        None,
+        "the headers did not arrive within `http_header_timeout_s`, "
+        "or the body within `http_body_timeout_s`",
+    ),
     _C.BATCH_TOO_LARGE: ErrorSpec(
         422, InvalidInput, "a claim batch holds more than `claim_batch_items_max` items"
     ),
@@ -210,7 +222,10 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         401, AuthError, "`X-Lequan-Timestamp` is not a plain decimal integer of unix seconds"
     ),
     _C.STALE_TIMESTAMP: ErrorSpec(
-        401, AuthError, "the timestamp is more than 300 s from the server's clock"
+        401,
+        AuthError,
+        "the timestamp is more than 300 s from the server's clock, or older than the "
+        "nonce store's start (a restart since it was signed)",
     ),
     _C.INVALID_NONCE: ErrorSpec(
         401, AuthError, "`X-Lequan-Nonce` is not 8–64 characters of `[A-Za-z0-9_-]`"
@@ -391,7 +406,7 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     _C.STORE_UNAVAILABLE: ErrorSpec(
         503,
         Unavailable,
-        "the store (or the nonce store) does not answer, or the process is shutting down",
+        "the store (the database) does not answer, or the process is shutting down",
     ),
     _C.COMMIT_TIMEOUT: ErrorSpec(
         503, Unavailable, "the claim is not committed (or not known to be) yet; retry, same key"
@@ -401,6 +416,11 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.GATE_REBUILDING: ErrorSpec(
         503, Unavailable, "the claim gate lost its state and is being rebuilt from the store"
+    ),
+    _C.NONCE_STORE_UNAVAILABLE: ErrorSpec(
+        503,
+        Unavailable,
+        "the nonce store (Redis) cannot be reached, so no signed call is checked; nothing was done",
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,

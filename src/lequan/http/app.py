@@ -5,6 +5,7 @@ served by the app itself (no CDN at run time).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -55,15 +56,32 @@ log = structlog.get_logger("lequan.http")
 
 
 class BodyLimit:
-    """Refuse a body larger than the limit however it is sent (Content-Length or chunked).
+    """Refuse a body larger than the limit however it is sent (Content-Length or chunked),
+    one that does not arrive in time, and one too many at once.
 
     The body is read here, up to the limit, and handed on whole; past the
     limit the answer is ``413 body_too_large`` and the rest is never read.
+    Bodies are read before anyone checked who sent them, so reading one is
+    bounded in time (the whole body within ``body_timeout_s``, else ``408
+    request_timeout``) and all of them in memory: at most
+    ``buffered_bytes_max`` bytes of bodies are being received at once, and a
+    chunk that would go past that is answered ``429 overloaded`` (a body
+    alone is always let reach ``body_bytes_max``).
     """
 
-    def __init__(self, app: Any, *, body_bytes_max: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        body_bytes_max: int,
+        body_timeout_s: float = 30.0,
+        buffered_bytes_max: int = 64_000_000,
+    ) -> None:
         self.app = app
         self.body_bytes_max = body_bytes_max
+        self.body_timeout_s = body_timeout_s
+        self.buffered_bytes_max = buffered_bytes_max
+        self.buffered_bytes = 0  # of every body being received now, in this process
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -71,30 +89,58 @@ class BodyLimit:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away; let the app see it
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.body_bytes_max:
-                request_id = uuid.uuid4().hex
-                log.info("request", status=413, request_id=request_id, code="body_too_large")
-                await _send_json(
-                    send,
-                    413,
-                    {
-                        "code": "body_too_large",
-                        "message": f"a request body is at most {self.body_bytes_max} bytes",
-                        "request_id": request_id,
-                    },
-                    request_id,
-                )
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break  # the client went away; let the app see it
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.body_bytes_max:
+                        await _refuse(
+                            send,
+                            413,
+                            {
+                                "code": "body_too_large",
+                                "message": f"a request body is at most {self.body_bytes_max} bytes",
+                            },
+                        )
+                        return
+                    others = self.buffered_bytes - (size - len(chunk))
+                    if others and self.buffered_bytes + len(chunk) > self.buffered_bytes_max:
+                        await _refuse(
+                            send,
+                            429,
+                            {
+                                "code": "overloaded",
+                                "message": "too many request bodies are being received at once",
+                            },
+                            retry_after_s=1,
+                        )
+                        return
+                    self.buffered_bytes += len(chunk)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        message = {
+                            "type": "http.request",
+                            "body": b"".join(chunks),
+                            "more_body": False,
+                        }
+                        break
+        except TimeoutError:
+            await _refuse(
+                send,
+                408,
+                {
+                    "code": "request_timeout",
+                    "message": f"a request body must arrive within {self.body_timeout_s:g} s",
+                },
+            )
+            return
+        finally:
+            # Counted while it is received: once whole it is the request's, checked next.
+            self.buffered_bytes -= sum(len(chunk) for chunk in chunks)
         delivered = False
 
         async def replay() -> Any:
@@ -107,7 +153,23 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: str) -> None:
+async def _refuse(
+    send: Any, status: int, body: dict[str, Any], *, retry_after_s: int | None = None
+) -> None:
+    """Answer before the app saw the request: the error body, logged, the connection closed."""
+    request_id = uuid.uuid4().hex
+    log.info("request", status=status, request_id=request_id, code=body["code"])
+    extra = () if retry_after_s is None else ((b"retry-after", str(retry_after_s).encode()),)
+    await _send_json(send, status, {**body, "request_id": request_id}, request_id, extra)
+
+
+async def _send_json(
+    send: Any,
+    status: int,
+    body: dict[str, Any],
+    request_id: str,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
@@ -118,6 +180,7 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], request_id: s
                 (b"content-length", str(len(payload)).encode()),
                 (b"connection", b"close"),
                 (b"x-request-id", request_id.encode()),
+                *extra,
             ],
         }
     )
@@ -352,7 +415,14 @@ def create_app(
         return json_response(request, status, body, headers)
 
     app.add_exception_handler(HTTPException, refused_by_the_framework)
-    app.front = (partial(BodyLimit, body_bytes_max=body_max),)
+    app.front = (
+        partial(
+            BodyLimit,
+            body_bytes_max=body_max,
+            body_timeout_s=settings.http_body_timeout_s,
+            buffered_bytes_max=settings.request_body_buffer_bytes_max,
+        ),
+    )
     if fast_path:
         lean = {
             "platform": platform,

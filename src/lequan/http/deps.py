@@ -21,7 +21,7 @@ from lequan.http import envelope
 from lequan.http.admission import TokenBuckets
 from lequan.http.claims import ClaimDesk
 from lequan.http.coalescing import Coalescer
-from lequan.http.signing import parse_headers, verify_signed
+from lequan.http.signing import TIMESTAMP_HEADER, parse_headers, verify_signed
 from lequan.ports import NonceStore
 from lequan.services.admin import authenticate_operator
 from lequan.services.idempotency import Idempotency, request_hash
@@ -122,6 +122,11 @@ class NonceChecks:
             return self._store.remember(app_id, nonce, ttl_s)
         return await self._batches.submit(ttl_s, (app_id, nonce))
 
+    @property
+    def epoch_s(self) -> int:
+        """Since when the store holds every nonce (``NonceStore.epoch_s``)."""
+        return self._store.epoch_s
+
     def close(self) -> None:
         self._batches.close()
 
@@ -137,26 +142,43 @@ async def authenticate(
     headers: Mapping[str, str],
     body: bytes,
 ) -> str:
-    """The app id of a signed call: signature, clock, nonce, kind and allowance, in that order."""
+    """The app id of a signed call: signature, clock, nonce, kind and allowance, in that order.
+
+    A call signed before the nonce store's epoch is refused ``stale_timestamp``:
+    the store may have forgotten its nonce (a restart), so it could be a
+    replay. An honest client signs each retry anew and is not affected.
+    """
     signed = parse_headers(headers)
     found = await platform.apps.lookup(signed.app_id)
     if found is None:
         raise AuthError("unknown_app", "X-Lequan-App names no active app")
     app_kind, secret = found
     settings = platform.rt.settings
+    now_s = int(time.time())
     verified = verify_signed(
         signed,
         secret=secret,
         method=method,
         path_with_query=target,
         body=body,
-        now_s=int(time.time()),
+        now_s=now_s,
         max_skew_s=settings.signature_max_skew_s,
     )
     if not await nonces.remember(
         verified.app_id, verified.nonce, 2 * settings.signature_max_skew_s
     ):
         raise AuthError("nonce_reused", "this nonce was already used; sign each request anew")
+    if verified.timestamp < nonces.epoch_s:
+        raise AuthError(
+            "stale_timestamp",
+            f"{TIMESTAMP_HEADER} is older than the nonce store's start, when it forgot "
+            "earlier nonces; sign the request anew",
+            details={
+                "server_time_s": now_s,
+                "max_skew_s": settings.signature_max_skew_s,
+                "nonce_epoch_s": nonces.epoch_s,
+            },
+        )
     if app_kind != kind:
         raise AuthError("wrong_app_kind", f"this API is for {kind}s; the app is a {app_kind}")
     throttle.take(verified.app_id)

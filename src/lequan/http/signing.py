@@ -20,7 +20,9 @@ This module is pure: no clock, no I/O, no store. The server reads the four
 headers with ``parse_headers``, looks up the app's secret (an unknown app is
 the caller's ``unknown_app``), calls ``verify_signed`` (or ``verify``, which
 parses again) with the time, and only then records the nonce in a
-``NonceStore`` so a replay within the window is refused (``nonce_reused``).
+``NonceStore`` so a replay within the window is refused (``nonce_reused``),
+and refuses a timestamp older than the nonce store's epoch, before which
+it may have forgotten nonces (``stale_timestamp``; ``http/deps.py``).
 The server must pass the request target as received, e.g. from an ASGI scope
 ``raw_path + b"?" + query_string`` decoded as ASCII, never a re-encoded URL.
 

@@ -70,6 +70,16 @@ class NonceStore(Protocol):
         """
         ...
 
+    @property
+    def epoch_s(self) -> int:
+        """The unix second since which the store holds every nonce given to it, as of
+        its latest ``remember`` call: when it started (a process's memory), or
+        when it began again after losing what it held (a Redis restarted without
+        its data). A request signed before it may be a replay the store forgot,
+        so the caller refuses it; ask after recording the request's nonce.
+        """
+        ...
+
 
 class ReserveOutcome(enum.Enum):
     """What the gate answered for one reservation."""

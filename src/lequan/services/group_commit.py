@@ -1,16 +1,18 @@
-"""The group commit: one writer thread that commits the claims of many requests in
-one transaction, before any of them hears "issued".
+"""The group commit: writer threads that commit the claims of many requests in one
+transaction, before any of them hears "issued".
 
 Durability rule: an ``issued`` answer means the voucher row is committed.
 Reservations whose commit fails are handed back to the gate, so stock is
-never lost to a failed write and never sold twice.
+never lost to a failed write and never sold twice; a reservation whose
+COMMIT may or may not have happened (the connection was lost during it)
+is handed back only once a read of the store says it did not.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,7 +30,6 @@ from lequan.ports import (
     UnitOfWork,
 )
 from lequan.rows import StockKey, VoucherRow
-from lequan.services.batching import BatchWriter
 from lequan.services.claim_answers import SOLD_OUT_IN_STORE, answered
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.runtime import Runtime
@@ -36,6 +37,11 @@ from lequan.services.runtime import Runtime
 __all__ = ["GroupCommitter", "PendingClaim", "tell_gate"]
 
 log = structlog.get_logger(__name__)
+
+# Between two reads of a store that lost a COMMIT's answer: the first pause, doubled
+# after each failed read up to the second. The reads stop at ``gate_fence_s``.
+_RESOLVE_PAUSE_S = 0.05
+_RESOLVE_PAUSE_MAX_S = 1.0
 
 
 @dataclass(slots=True)
@@ -57,10 +63,40 @@ class _DoesNotFit(Exception):
     written again with those rows locked first and only the claims that fit."""
 
 
+class _CommitUnknown(Exception):
+    """The store failed during COMMIT itself: the transaction may have committed."""
+
+
+Outcome = LequanError | Answer | None
+
+
 @dataclass(slots=True)
 class _Job:
+    """One caller's claims, answered once the part of every campaign in it is written."""
+
     claims: list[PendingClaim]
-    future: Future[list[LequanError | Answer | None]] = field(default_factory=Future)
+    parts_left: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    future: Future[list[Outcome]] = field(default_factory=Future)
+
+
+@dataclass(slots=True)
+class _Part:
+    """The claims of one job for one campaign: what a campaign's writer takes."""
+
+    job: _Job
+    indexes: list[int]  # into job.claims
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One campaign's parts waiting to be written; at most one writer takes them at a
+    time, so the campaign's stock and budget rows are never contended for by two of
+    this process's own transactions."""
+
+    parts: deque[_Part]
+    arrived: threading.Condition  # the writer gathering this lane waits on it
+    writing: bool = False
 
 
 def tell_gate(
@@ -78,8 +114,8 @@ def tell_gate(
         log.error(f"gate_{what}_failed", error_type=type(error).__name__, claims=len(reservations))
 
 
-class GroupCommitter(BatchWriter[_Job]):
-    """One writer thread that commits the claims of many requests per transaction.
+class GroupCommitter:
+    """Writer threads that commit the claims of many requests per transaction.
 
     Once a claim is submitted the committer owns its consequences, whoever is
     still waiting: it hands a failed reservation back to the gate and lets go
@@ -87,11 +123,19 @@ class GroupCommitter(BatchWriter[_Job]):
     gave up waiting (``commit_timeout``) can retry with the same key and gets
     either "in flight" or the stored answer, never a second voucher.
 
-    Bounded: at most ``queue_max`` claims wait. A caller makes room for its
-    claims (``make_room``) before it asks the gate, waiting up to
-    ``claim_queue_wait_ms`` for the writer to catch up: backpressure costs a
-    short wait, not a reservation handed back and a retry. Beyond the wait,
-    ``overloaded`` (429), with nothing reserved.
+    One campaign per transaction, written by one of ``writers`` threads at a
+    time: a writer takes a campaign's claims that are waiting (up to
+    ``batch_size_max``, waiting up to ``wait_ms`` for more), and the others
+    take other campaigns meanwhile. A campaign whose rows someone holds
+    locked stalls one writer until the store's lock timeout, not every
+    campaign's claims behind it. Campaigns are taken in the order their
+    claims arrived, each going to the back of the line after its batch.
+
+    Bounded: at most ``queue_max`` claims wait, whatever their campaigns. A
+    caller makes room for its claims (``make_room``) before it asks the gate,
+    waiting up to ``claim_queue_wait_ms`` for the writers to catch up:
+    backpressure costs a short wait, not a reservation handed back and a
+    retry. Beyond the wait, ``overloaded`` (429), with nothing reserved.
     """
 
     def __init__(
@@ -103,20 +147,29 @@ class GroupCommitter(BatchWriter[_Job]):
         queue_max: int,
         on_budget_exhausted: Callable[[str, int], None],
         on_sold_out: Callable[[str, str], None],
+        writers: int | None = None,
     ) -> None:
-        super().__init__(
-            name="lequan-group-commit",
-            size_max=batch_size_max,
-            wait_s=wait_ms / 1000,
-            size=lambda job: len(job.claims),
-        )
         self._rt = rt
+        self._size_max = batch_size_max
+        self._wait_s = wait_ms / 1000
         self._queue_max = queue_max
+        self._lock = threading.Lock()
+        self._closed = False
         self._pending = 0  # places taken in the queue: made room for, or submitted
         self._room = threading.Condition(self._lock)
+        self._work = threading.Condition(self._lock)  # idle writers wait on it
+        self._lanes: dict[str, _Lane] = {}
+        self._ready: deque[str] = deque()  # campaigns with parts and no writer
         self._on_budget_exhausted = on_budget_exhausted
         self._on_sold_out = on_sold_out
-        self._start()
+        count = writers if writers is not None else rt.settings.group_commit_writers
+        assert count >= 1
+        self._threads = [
+            threading.Thread(target=self._run, name=f"lequan-group-commit-{n}", daemon=True)
+            for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def waiting(self) -> int:
@@ -154,49 +207,101 @@ class GroupCommitter(BatchWriter[_Job]):
                 assert self._pending >= 0
                 self._room.notify_all()
 
-    def submit(
-        self, claims: list[PendingClaim], *, room: int
-    ) -> Future[list[LequanError | Answer | None]]:
+    def submit(self, claims: list[PendingClaim], *, room: int) -> Future[list[Outcome]]:
         """Queue ``claims`` in the ``room`` places made for them; the rest go back.
 
         The places are the committer's from this call on, whatever it raises.
         """
         assert 0 < len(claims) <= room
-        job = _Job(claims)
+        by_campaign = _by_campaign(claims)
+        job = _Job(claims, parts_left=len(by_campaign), outcomes=[None] * len(claims))
         with self._room:
             closed = self._closed
             self._pending -= room if closed else room - len(claims)
             self._room.notify_all()
             if not closed:
-                # Queued under the lock: ``close`` cannot slip its stop signal in
-                # between and leave this job behind it, never handled.
-                self._put(job)
+                # Queued under the lock: ``close`` cannot slip in between and leave
+                # this job behind the writers' last look, never handled.
+                for campaign_id, indexes in by_campaign.items():
+                    self._queue(campaign_id, _Part(job, indexes))
         if closed:
             raise Unavailable("store_unavailable", "the platform is shutting down")
         return job.future
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what was submitted, then stop; claims waiting for room hear at once."""
-        with self._room:
+        with self._lock:
             self._closed = True
             self._room.notify_all()
-        super().close(timeout_s)
+            self._work.notify_all()
+            for lane in self._lanes.values():
+                lane.arrived.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _handle_batch(self, jobs: list[_Job]) -> None:
-        claims = [c for job in jobs for c in job.claims]
+    def _queue(self, campaign_id: str, part: _Part) -> None:
+        """Add a part to its campaign's lane and wake whoever takes it (under the lock)."""
+        lane = self._lanes.get(campaign_id)
+        if lane is None:
+            lane = self._lanes[campaign_id] = _Lane(deque(), threading.Condition(self._lock))
+        lane.parts.append(part)
+        if lane.writing:
+            lane.arrived.notify()
+        elif len(lane.parts) == 1:  # the lane was empty: it joins the line
+            self._ready.append(campaign_id)
+            self._work.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ready and not self._closed:
+                    self._work.wait()
+                if not self._ready:
+                    return  # closed, and every lane is empty or has its writer
+                campaign_id = self._ready.popleft()
+                lane = self._lanes[campaign_id]
+                lane.writing = True
+                parts = self._gather(lane)
+            try:
+                self._handle_batch(parts)
+            finally:
+                with self._lock:
+                    lane.writing = False
+                    if lane.parts:
+                        self._ready.append(campaign_id)
+                        self._work.notify()
+                    else:
+                        del self._lanes[campaign_id]
+
+    def _gather(self, lane: _Lane) -> list[_Part]:
+        """The lane's parts, and what arrives within ``wait_s``, up to ``size_max``
+        claims (at least one part, whatever its size). Called under the lock."""
+        batch: list[_Part] = []
+        size = 0
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            while lane.parts and (not batch or size < self._size_max):
+                part = lane.parts.popleft()
+                batch.append(part)
+                size += len(part.indexes)
+            left_s = deadline - time.monotonic()
+            if size >= self._size_max or self._closed or left_s <= 0:
+                return batch
+            lane.arrived.wait(left_s)
+
+    def _handle_batch(self, parts: list[_Part]) -> None:
+        claims = [part.job.claims[i] for part in parts for i in part.indexes]
         # The fence of a gate rebuild: a reservation this old is never committed.
         oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
         fresh = [i for i, c in enumerate(claims) if c.reserved_at >= oldest]
-        outcomes: list[LequanError | Answer | None] = [self._too_late()] * len(claims)
+        outcomes: list[Outcome] = [self._too_late()] * len(claims)
         if fresh:
             try:
                 committed = self._commit([claims[i] for i in fresh])
             except Exception as error:  # the writer must never die; every waiter gets an answer
                 log.error("group_commit_failed", error_type=type(error).__name__, claims=len(fresh))
-                failed = Unavailable(
-                    "store_unavailable", "the store did not accept the claim; retry"
-                )
-                committed = [failed] * len(fresh)
+                committed = [_store_refused()] * len(fresh)
             for i, outcome in zip(fresh, committed, strict=True):
                 outcomes[i] = outcome
         settle = [
@@ -204,10 +309,13 @@ class GroupCommitter(BatchWriter[_Job]):
             for claim, outcome in zip(claims, outcomes, strict=True)
             if outcome is claim.answer
         ]
+        # A claim whose outcome is not known stays pending in the gate: handing it
+        # back could sell a voucher twice. The GateKeeper reaps it after the fence,
+        # once the store can say whether its voucher is there.
         release = [
             (claim.request, claim.claim_seq)
             for claim, outcome in zip(claims, outcomes, strict=True)
-            if outcome is not claim.answer
+            if outcome is not claim.answer and outcome is not _OUTCOME_UNKNOWN
         ]
         # Released before anyone hears: a retry must find the stock and the
         # person's count as if the failed claim had never been.
@@ -216,16 +324,26 @@ class GroupCommitter(BatchWriter[_Job]):
         self.give_back(len(claims))
         # Flagged before anyone hears: their next claim is refused from memory.
         self._flag_sold_out(claims, outcomes)
-        offset = 0
-        for job in jobs:
-            job.future.set_result(outcomes[offset : offset + len(job.claims)])
-            offset += len(job.claims)
+        self._answer(parts, outcomes)
         # Settled after: only the gate's journal waits on it.
         tell_gate(self._rt.gate.settle, "settle", settle)
 
-    def _flag_sold_out(
-        self, claims: list[PendingClaim], outcomes: list[LequanError | Answer | None]
-    ) -> None:
+    def _answer(self, parts: list[_Part], outcomes: list[Outcome]) -> None:
+        """Each part's outcomes into its job; a job whose last part this was is answered."""
+        done: list[_Job] = []
+        offset = 0
+        with self._lock:
+            for part in parts:
+                for i in part.indexes:
+                    part.job.outcomes[i] = outcomes[offset]
+                    offset += 1
+                part.job.parts_left -= 1
+                if part.job.parts_left == 0:
+                    done.append(part.job)
+        for job in done:
+            job.future.set_result(job.outcomes)
+
+    def _flag_sold_out(self, claims: list[PendingClaim], outcomes: list[Outcome]) -> None:
         """Stocks the store refused claims of, though the gate had let them through:
         flagged sold out (here and, through the board, everywhere), and logged, since
         it means the gate believed in more stock than there was."""
@@ -252,27 +370,38 @@ class GroupCommitter(BatchWriter[_Job]):
             "the claim waited too long to be committed; retry with the same Idempotency-Key",
         )
 
-    def _commit(self, claims: list[PendingClaim]) -> list[LequanError | Answer | None]:
+    def _commit(self, claims: list[PendingClaim]) -> list[Outcome]:
         """Commit all claims in one transaction; on a conflict, one by one to isolate it."""
         now = self._rt.clock.now()
         try:
             return self._transaction(claims, now)
         except _TooLate:
             return [self._too_late()] * len(claims)
+        except _CommitUnknown:
+            return self._resolve(claims)
         except ConstraintViolated:
             pass
         except StoreUnavailable as error:
-            log.warning("group_commit_retry_single", error_type=type(error).__name__)
-        results: list[LequanError | Answer | None] = []
+            # Nothing was committed. Down, or gave up waiting for a lock someone
+            # holds: one transaction per claim would wait as long again for each.
+            log.warning(
+                "group_commit_store_unavailable",
+                error_type=type(error).__name__,
+                claims=len(claims),
+            )
+            return [_store_refused()] * len(claims)
+        results: list[Outcome] = []
         for claim in claims:
             results.append(self._commit_one(claim, now))
         return results
 
-    def _commit_one(self, claim: PendingClaim, now: datetime) -> LequanError | Answer | None:
+    def _commit_one(self, claim: PendingClaim, now: datetime) -> Outcome:
         try:
             return self._transaction([claim], now)[0]
         except _TooLate:
             return self._too_late()
+        except _CommitUnknown:
+            return self._resolve([claim])[0]
         except ConstraintViolated:
             with self._rt.store.unit_of_work(readonly=True) as uow:
                 stored = answered(uow, claim.key.app_id, [claim.key.key]).get(claim.key.key)
@@ -285,31 +414,81 @@ class GroupCommitter(BatchWriter[_Job]):
                 return replay
             return Conflict("already_claimed", "the person has already claimed in this round")
         except StoreError:
-            return Unavailable("store_unavailable", "the store did not accept the claim; retry")
+            return _store_refused()
 
-    def _transaction(
-        self, claims: list[PendingClaim], now: datetime
-    ) -> list[LequanError | Answer | None]:
+    def _resolve(self, claims: list[PendingClaim]) -> list[Outcome]:
+        """What became of a transaction whose COMMIT failed in flight, read from the store:
+        a claim whose voucher is there was committed (and is answered ``issued``),
+        one whose voucher is not was not. Read again, a little later each time,
+        while the store cannot answer, until ``gate_fence_s``; then the outcome
+        stays unknown (``_OUTCOME_UNKNOWN``) and the gate keeps the reservations
+        for the GateKeeper, which decides them the same way once it can read.
+
+        Claims are held in flight meanwhile: a retry hears "in flight", not a
+        refusal the reservation still pending in the gate would cause.
+        """
+        deadline = time.monotonic() + self._rt.settings.gate_fence_s
+        pause_s = _RESOLVE_PAUSE_S
+        by_app: dict[str, list[PendingClaim]] = defaultdict(list)
+        for claim in claims:
+            by_app[claim.key.app_id].append(claim)
+        while True:
+            try:
+                with self._rt.store.unit_of_work(readonly=True) as uow:
+                    found = {
+                        (app_id, key): voucher_id
+                        for app_id, alike in by_app.items()
+                        for key, (*_, voucher_id) in uow.idempotency.answered_keys(
+                            app_id, [c.key.key for c in alike]
+                        ).items()
+                    }
+                break
+            except StoreError as error:
+                if time.monotonic() + pause_s > deadline:
+                    log.error(
+                        "group_commit_outcome_unknown",
+                        error_type=type(error).__name__,
+                        claims=len(claims),
+                    )
+                    return [_OUTCOME_UNKNOWN] * len(claims)
+                time.sleep(pause_s)
+                pause_s = min(2 * pause_s, _RESOLVE_PAUSE_MAX_S)
+        committed = [found.get((c.key.app_id, c.key.key)) == c.voucher.id for c in claims]
+        log.warning("group_commit_outcome_read", committed=sum(committed), claims=len(claims))
+        refused = _store_refused()
+        return [c.answer if ok else refused for c, ok in zip(claims, committed, strict=True)]
+
+    def _transaction(self, claims: list[PendingClaim], now: datetime) -> list[Outcome]:
         """The claims in one transaction: all of them, counted out of their stocks and
         budgets last (the common case), or, when one of those cannot hold them all,
         again with its rows locked first and only the claims that fit."""
         try:
-            with self._rt.store.unit_of_work() as uow:
-                outcomes = self._write_all(uow, claims, now)
-                self._before_commit(claims)
-                uow.commit()
-            return outcomes
+            return self._attempt(claims, now, fitting=False)
         except _DoesNotFit:
             pass
-        with self._rt.store.unit_of_work() as uow:
-            outcomes = self._write_fitting(uow, claims, now)
-            self._before_commit(claims)
-            uow.commit()
+        return self._attempt(claims, now, fitting=True)
+
+    def _attempt(
+        self, claims: list[PendingClaim], now: datetime, *, fitting: bool
+    ) -> list[Outcome]:
+        """One transaction; ``_CommitUnknown`` when the store failed during its COMMIT."""
+        write = self._write_fitting if fitting else self._write_all
+        committing = False
+        try:
+            with self._rt.store.unit_of_work() as uow:
+                outcomes = write(uow, claims, now)
+                self._before_commit(claims)
+                committing = True
+                uow.commit()
+        except StoreUnavailable as error:
+            if committing:  # the connection went during COMMIT: done or not, unknown
+                raise _CommitUnknown from error
+            raise
         return outcomes
 
     def _write_all(
         self, uow: UnitOfWork, claims: list[PendingClaim], now: datetime
-    ) -> list[LequanError | Answer | None]:
+    ) -> list[Outcome]:
         """Every claim written, then counted out; ``_DoesNotFit`` if one count fails.
 
         The stock and campaign rows are where every process's batches meet
@@ -337,10 +516,10 @@ class GroupCommitter(BatchWriter[_Job]):
 
     def _write_fitting(
         self, uow: UnitOfWork, claims: list[PendingClaim], now: datetime
-    ) -> list[LequanError | Answer | None]:
+    ) -> list[Outcome]:
         """The claims that their stocks and budgets hold, those rows locked first; the
         others refused in order."""
-        outcomes: list[LequanError | Answer | None] = [None] * len(claims)
+        outcomes: list[Outcome] = [None] * len(claims)
         by_campaign = _by_campaign(claims)
         accepted: list[int] = []
         for campaign_id in sorted(by_campaign):  # lock campaign rows in primary-key order
@@ -373,7 +552,7 @@ class GroupCommitter(BatchWriter[_Job]):
         campaign_id: str,
         claims: list[PendingClaim],
         indexes: list[int],
-        outcomes: list[LequanError | Answer | None],
+        outcomes: list[Outcome],
     ) -> list[int]:
         """The claims of one campaign that its stocks and its budget hold, counted
         out of both; each of the others gets its refusal in ``outcomes``.
@@ -415,6 +594,18 @@ class GroupCommitter(BatchWriter[_Job]):
         if short_of_budget:
             self._on_budget_exhausted(campaign_id, budget_room)
         return taken
+
+
+def _store_refused() -> Unavailable:
+    return Unavailable("store_unavailable", "the store did not accept the claim; retry")
+
+
+# The answer to a claim whose COMMIT's outcome could not be read back: retry with the
+# same key, which replays the voucher if it was committed.
+_OUTCOME_UNKNOWN = Unavailable(
+    "commit_timeout",
+    "whether the claim was committed is not known yet; retry with the same Idempotency-Key",
+)
 
 
 def _by_campaign(claims: list[PendingClaim]) -> dict[str, list[int]]:

@@ -8,6 +8,7 @@ writers queue on the lock instead of failing on an upgrade deadlock.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.pool import QueuePool, StaticPool
 
-__all__ = ["create_engine"]
+from lequan.adapters.sql.errors import translated
+
+__all__ = ["create_engine", "durability_settings", "unsafe_durability"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Pages read through a memory map instead of a read() call each: the claim
@@ -44,8 +47,21 @@ POOL_OVERFLOW = 16
 POSTGRES_RANDOM_PAGE_COST = 1.1
 
 
-def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> sa.Engine:
-    """An engine for ``url``; ``sqlite://`` (no path) is a private in-memory store."""
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = POOL_SIZE,
+    lock_timeout_ms: int | None = None,
+    statement_timeout_ms: int | None = None,
+) -> sa.Engine:
+    """An engine for ``url``; ``sqlite://`` (no path) is a private in-memory store.
+
+    On PostgreSQL, ``lock_timeout_ms`` and ``statement_timeout_ms`` bound every
+    statement of every session (None: the server's setting, no limit by
+    default). A claim writer waiting on a row someone else holds locked gives
+    up after ``lock_timeout_ms`` (``StoreUnavailable``) instead of holding its
+    writer thread, and the claims queued behind it, for as long as the lock.
+    """
     if url.startswith("sqlite"):
         return _sqlite_engine(url, pool_size=pool_size)
     engine = sa.create_engine(
@@ -56,13 +72,81 @@ def create_engine(url: str, *, pool_size: int = POOL_SIZE) -> sa.Engine:
         pool_timeout=30,
     )
 
+    settings = [("random_page_cost", str(POSTGRES_RANDOM_PAGE_COST))]
+    if lock_timeout_ms is not None:
+        assert lock_timeout_ms > 0, "0 would mean no limit"
+        settings.append(("lock_timeout", f"{lock_timeout_ms}ms"))
+    if statement_timeout_ms is not None:
+        assert statement_timeout_ms > 0, "0 would mean no limit"
+        settings.append(("statement_timeout", f"{statement_timeout_ms}ms"))
+
+    # One round trip for all of them, each for the whole session (is_local false).
+    set_all = "SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings))
+    values = [part for setting in settings for part in setting]
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
-            cursor.execute(f"SET random_page_cost = {POSTGRES_RANDOM_PAGE_COST}")
+            cursor.execute(set_all, values)
         dbapi_connection.commit()
 
     return engine
+
+
+# The server settings that decide whether a COMMIT that returned is on disk.
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "synchronous_standby_names")
+
+
+def durability_settings(engine: sa.Engine) -> dict[str, str]:
+    """The durability settings as the engine's sessions see them (a role's or a
+    database's own ``synchronous_commit`` included); empty for SQLite, whose
+    ``synchronous=FULL`` lequan sets itself."""
+    if engine.dialect.name != "postgresql":
+        return {}
+    with translated(), engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+            (list(DURABILITY_SETTINGS),),
+        ).all()
+    return {name: setting for name, setting in rows}
+
+
+def unsafe_durability(settings: Mapping[str, str]) -> list[str]:
+    """What in PostgreSQL's settings lets a COMMIT return before the claim it wrote is
+    safe, each said as the loss it allows; empty when a returned COMMIT is durable.
+
+    The durability rule is "an issued answer means the voucher is committed":
+    a voucher lost after its answer is one the person was told they hold, and
+    one the gate, rebuilt from the store, sells again.
+
+    * ``fsync = off``: the server never waits for the disk; a crash of the
+      machine can lose any recent commit, or corrupt the database.
+    * ``synchronous_commit = off``: COMMIT returns before its WAL is flushed;
+      a server crash loses the last commits (up to three times
+      ``wal_writer_delay``) though their claims were answered.
+    * ``synchronous_commit = local`` with synchronous standbys named: COMMIT
+      waits for the primary's disk only, so a failover to a standby loses
+      commits already answered, which is what naming the standbys was to
+      prevent. Without synchronous standbys, ``local`` is the same as ``on``.
+
+    ``on``, ``remote_write`` and ``remote_apply`` all wait for the primary's
+    own flush, and for the standbys as configured: safe.
+    """
+    problems: list[str] = []
+    if settings.get("fsync") == "off":
+        problems.append("fsync is off: a crash of the database's machine can lose committed claims")
+    synchronous_commit = settings.get("synchronous_commit")
+    if synchronous_commit == "off":
+        problems.append(
+            "synchronous_commit is off: COMMIT returns before it is on disk, "
+            "so a crash of the database loses claims already answered"
+        )
+    elif synchronous_commit == "local" and settings.get("synchronous_standby_names"):
+        problems.append(
+            "synchronous_commit is local while synchronous standbys are named: "
+            "a failover to a standby loses claims already answered"
+        )
+    return problems
 
 
 def _sqlite_engine(url: str, *, pool_size: int) -> sa.Engine:

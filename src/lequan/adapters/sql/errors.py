@@ -4,6 +4,9 @@ Everything the SQL adapter runs goes through ``translated()``, so
 ``sqlalchemy.exc`` never leaves ``adapters/sql``. A unique violation is
 told from other constraint failures by its SQLSTATE (PostgreSQL) or its
 message (SQLite), the only place either driver says which rule refused.
+A statement PostgreSQL gave up on (``lock_timeout``, ``statement_timeout``,
+a deadlock or serialization victim) is ``StoreUnavailable``, by SQLSTATE
+too: nothing was done, and the caller may retry.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from lequan.ports.errors import (
 __all__ = ["translate", "translated"]
 
 _UNIQUE_VIOLATION = "23505"
+# lock_not_available (lock_timeout), query_canceled (statement_timeout),
+# deadlock_detected, serialization_failure.
+_GAVE_UP = frozenset({"55P03", "57014", "40P01", "40001"})
 
 
 def _is_unique_violation(error: sa.exc.IntegrityError) -> bool:
@@ -39,6 +45,8 @@ def translate(error: sa.exc.SQLAlchemyError) -> StoreError:
     # Only the driver's exception type: its text can quote the values of the row.
     cause = error.orig if isinstance(error, sa.exc.DBAPIError) else error
     message = type(cause).__name__
+    if getattr(cause, "sqlstate", None) in _GAVE_UP:
+        return StoreUnavailable(message)
     if isinstance(error, sa.exc.IntegrityError):
         if _is_unique_violation(error):
             return DuplicateKey(message)
