@@ -176,7 +176,8 @@ def require_current_schema(rt: Runtime) -> None:
 
 
 def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
-    """Check the schema is current, rebuild the gate from the store, start the workers."""
+    """Check the schema is current, rebuild the gate from the store (what must wait
+    out a fence, in the background), start the workers."""
     if check_schema:
         require_current_schema(rt)
     cache = CampaignCache(
@@ -184,11 +185,12 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
         ttl_s=rt.settings.campaign_cache_ttl_s,
         entries_max=rt.settings.campaign_cache_entries_max,
     )
-    ensure_gate_all(rt)
+    gatekeeper = GateKeeper(rt, interval_s=rt.settings.claim_reservation_ttl_s)
+    # What must wait out a fence is loaded by the keeper: the process listens meanwhile.
+    ensure_gate_all(rt, later=gatekeeper.load_later)
     sweeper = Sweeper(rt) if sweep else None
     if sweeper is not None:
         sweeper.start()
-    gatekeeper = GateKeeper(rt, interval_s=rt.settings.claim_reservation_ttl_s)
     gatekeeper.start()
     sold_out = sold_out_board(rt.settings)
     sold_out.listen(lambda pool, template_id: cache.sold_out.add((pool, template_id)))

@@ -3,9 +3,11 @@
 Two jobs, in one background thread per process:
 
 - **reload what the gate lost.** A claim that finds no stock where the
-  campaign has some asks for it (``request``); the keeper runs
-  ``ensure_gate``, fenced, so no reservation granted before the loss can
-  commit after the store was read.
+  campaign has some asks for it (``request``), and a starting process
+  hands over what it closed (``load_later``); the keeper closes what is
+  lost of every campaign asked for, waits out one fence for all of them,
+  and loads them (``services.campaigns.load_closed``), so no reservation
+  granted before the loss can commit after the store was read.
 - **reap what dead processes left pending.** A process killed between
   reserving and committing leaves its reservations pending in the gate. Once
   older than ``gate_fence_s`` none of them can still commit; the keeper
@@ -24,7 +26,7 @@ import structlog
 
 from lequan.domain.campaigns import CampaignStatus
 from lequan.ports import ReserveRequest
-from lequan.services.campaigns import ensure_gate, pool_key
+from lequan.services.campaigns import ClosedGate, close_all_lost, load_closed, pool_key
 from lequan.services.runtime import Runtime
 
 __all__ = ["GateKeeper", "ReapReport", "reap_stale"]
@@ -79,6 +81,10 @@ def reap_stale(rt: Runtime) -> ReapReport:
     return ReapReport(settled=settled, released=released)
 
 
+class _Stopping(Exception):
+    """The keeper was stopped during a fence: nothing closed is loaded early."""
+
+
 class GateKeeper:
     """The background thread that reloads lost campaigns and reaps stale reservations."""
 
@@ -87,6 +93,7 @@ class GateKeeper:
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._requested: set[str] = set()
+        self._closed: list[ClosedGate] = []  # handed over by ``load_later``
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lequan-gatekeeper", daemon=True)
@@ -108,6 +115,16 @@ class GateKeeper:
             self._requested.add(campaign_id)
         self._wake.set()
 
+    def load_later(self, closed: list[ClosedGate]) -> None:
+        """Load campaigns closed already (under their locks) after their fence; returns at once."""
+        with self._lock:
+            self._closed.extend(closed)
+        self._wake.set()
+
+    def _fence(self, wait_s: float) -> None:
+        if self._stop.wait(wait_s):
+            raise _Stopping
+
     def _run(self) -> None:
         next_reap = time.monotonic() + self._interval_s
         while not self._stop.is_set():
@@ -117,15 +134,12 @@ class GateKeeper:
                 return
             with self._lock:
                 requested, self._requested = self._requested, set()
-            for campaign_id in sorted(requested):
+                closed, self._closed = self._closed, []
+            if requested or closed:
                 try:
-                    ensure_gate(self._rt, campaign_id)
-                except Exception as error:  # asked again by the next claim that finds it lost
-                    log.error(
-                        "gate_reload_failed",
-                        campaign_id=campaign_id,
-                        error_type=type(error).__name__,
-                    )
+                    self._reload(sorted(requested), closed)
+                except _Stopping:
+                    return
             if time.monotonic() < next_reap:
                 continue
             next_reap = time.monotonic() + self._interval_s
@@ -133,3 +147,21 @@ class GateKeeper:
                 reap_stale(self._rt)
             except Exception as error:  # the next pass retries
                 log.error("gate_reap_failed", error_type=type(error).__name__)
+
+    def _reload(self, requested: list[str], closed: list[ClosedGate]) -> None:
+        """Close what is lost of the campaigns asked for, then load them with those
+        handed over: one fence for all. A failure is asked again by the next claim."""
+        try:
+            closed = closed + close_all_lost(self._rt, requested)
+        except Exception as error:
+            log.error("gate_reload_failed", campaigns=requested, error_type=type(error).__name__)
+        try:
+            load_closed(self._rt, closed, sleep=self._fence)
+        except _Stopping:
+            raise
+        except Exception as error:
+            log.error(
+                "gate_reload_failed",
+                campaigns=[c.campaign_id for c in closed],
+                error_type=type(error).__name__,
+            )
