@@ -134,6 +134,7 @@ class ErrorCode(enum.StrEnum):
     COMMIT_TIMEOUT = "commit_timeout"
     GATE_UNAVAILABLE = "gate_unavailable"
     GATE_REBUILDING = "gate_rebuilding"
+    CLAIM_PENDING = "claim_pending"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -389,6 +390,13 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.GATE_REBUILDING: ErrorSpec(
         503, Unavailable, "the claim gate lost its state and is being rebuilt from the store"
+    ),
+    _C.CLAIM_PENDING: ErrorSpec(
+        503,
+        Unavailable,
+        "the gate counts a claim of this person that the store does not hold yet: an "
+        "earlier claim (another key, or a reply lost on the way) may still be committed; "
+        "retry shortly",
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,

@@ -19,6 +19,7 @@ __all__ = [
     "GateUnavailable",
     "KeyRing",
     "NonceStore",
+    "PendingReservation",
     "ReserveOutcome",
     "ReserveRequest",
     "ReserveResult",
@@ -109,6 +110,17 @@ class ReserveResult:
     remaining: int
 
 
+@dataclass(frozen=True, slots=True)
+class PendingReservation:
+    """A reservation the gate journals as pending: granted, neither settled nor released."""
+
+    pool: str
+    template_id: str
+    person_id: str
+    claim_seq: int
+    age_s: float  # how long it has been pending, by the gate's own clock
+
+
 class GateUnavailable(Exception):
     """The gate could not be asked: its server is down, restarting or failing over.
 
@@ -159,6 +171,29 @@ class ClaimGate(Protocol):
         Each is (template_id, person_id, claim_seq). A process that owns a
         reservation settles or releases it well within that age, so these
         belong to a process that died.
+        """
+        ...
+
+    def pending_of(
+        self, pools: Sequence[str], person_ids: Sequence[str]
+    ) -> list[PendingReservation]:
+        """The reservations of these people pending in these pools, with their ages.
+
+        A claim refused as claimed already asks it when the store holds fewer
+        vouchers than the refusal says: what is pending explains the rest.
+        """
+        ...
+
+    def recount(self, campaign_id: str, counts: Mapping[str, int], *, quiet_s: float) -> set[str]:
+        """Lower each person's campaign count to ``counts[person]`` where it is higher;
+        the people whose count stays higher because it was taken less than
+        ``quiet_s`` ago.
+
+        A count taken by a claim whose reservation then failed (its batch
+        broke between steps) stays taken with nothing behind it; the caller
+        passes what the store and the pending reservations account for. A
+        count taken recently may belong to a claim still between its steps,
+        so it is left alone.
         """
         ...
 
