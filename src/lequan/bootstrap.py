@@ -30,6 +30,7 @@ from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
+from lequan.services.idempotency import InFlight
 from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
@@ -79,6 +80,7 @@ def build_runtime(
         import redis
         from redis.cluster import RedisCluster
 
+        from lequan.adapters.key_holds import RedisKeyHolds
         from lequan.adapters.redis_gate import RedisGate
 
         gate = gate or RedisGate.from_url(
@@ -105,9 +107,19 @@ def build_runtime(
             )
             nonce_client = redis.Redis.from_pool(pool)
         nonces = RedisNonceStore(nonce_client, key_prefix=settings.redis_key_prefix)
+        # A claim's key is held for every process until the claim's outcome: at most
+        # its wait for room in the commit queue and the fence later. A process that
+        # dies holding keys lets go of them as long again as a caller waits after.
+        inflight = InFlight(
+            shared=RedisKeyHolds(nonce_client, key_prefix=settings.redis_key_prefix),
+            hold_ttl_s=settings.claim_queue_wait_ms / 1000
+            + settings.gate_fence_s
+            + settings.claim_commit_timeout_s,
+        )
     else:
         gate = gate or MemoryGate()
         nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
+        inflight = InFlight()
     return Runtime(
         settings=settings,
         store=store,
@@ -115,6 +127,7 @@ def build_runtime(
         keyring=keyring or load_keyring(settings, create=create_keys),
         clock=clock,
         nonces=nonces,
+        inflight=inflight,
     )
 
 

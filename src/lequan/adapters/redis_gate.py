@@ -70,64 +70,25 @@ claim service; a campaign count left with nothing behind it is lowered by
 
 from __future__ import annotations
 
-import functools
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, Self
 
 import redis
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
-from redis.exceptions import (
-    ClusterError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    SlotNotCoveredError,
-    TryAgainError,
-)
 
 from lequan.adapters.memory_gate import checked_reset
+from lequan.adapters.redis_scripts import DELETE_IF_LUA, each_key, run_scripts
+from lequan.adapters.redis_scripts import ScriptCall as _Call
+from lequan.adapters.redis_scripts import reaching as _reaching
 from lequan.ports import (
-    GateUnavailable,
     PendingReservation,
     ReserveOutcome,
     ReserveRequest,
     ReserveResult,
 )
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-# What a server that is down, restarting, loading, full or failing over answers
-# (a replica promoted meanwhile answers READONLY or TRYAGAIN for a moment).
-# Anything else (a script's error, a cross-slot call) is a bug and stays one.
-_UNREACHABLE = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    ClusterError,
-    ReadOnlyError,
-    TryAgainError,
-    OutOfMemoryError,
-    SlotNotCoveredError,
-)
-
-
-def _reaching(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """The method, with Redis being out of reach raised as the port's GateUnavailable."""
-
-    @functools.wraps(method)
-    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(*args, **kwargs)
-        except _UNREACHABLE as error:
-            raise GateUnavailable(type(error).__name__) from error
-
-    return call
-
 
 __all__ = ["RedisGate"]
 
@@ -395,25 +356,6 @@ return #ARGV
 """
 
 
-# Letting go of a lock. KEYS[1] the lock, ARGV[1] the holder's token: deleted
-# only if it still holds that token (an expired lock may belong to another).
-_DELETE_IF_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One script call of a phase's pipeline."""
-
-    script: Script
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-
-
 class RedisGate:
     """A ClaimGate on Redis: Lua scripts of one hash slot each, batched per phase."""
 
@@ -451,7 +393,7 @@ class RedisGate:
         self._pool_release = client.register_script(_POOL_RELEASE_LUA)
         self._pool_stale = client.register_script(_POOL_STALE_LUA)
         self._swap_in = client.register_script(_SWAP_IN_LUA)
-        self._delete_if = client.register_script(_DELETE_IF_LUA)
+        self._delete_if = client.register_script(DELETE_IF_LUA)
 
     @classmethod
     def from_url(
@@ -929,80 +871,10 @@ class RedisGate:
         self._run(calls)
 
     def _each_key(self, keys: Sequence[str], command: Any) -> list[Any]:
-        """One command per key, pipelined per server; replies in key order."""
-        by_node: dict[str, tuple[Any, list[int]]] = {}
-        for n, key in enumerate(keys):
-            name, client = self._node_of(key)
-            by_node.setdefault(name, (client, []))[1].append(n)
-        replies: list[Any] = [None] * len(keys)
-        for client, indexes in by_node.values():
-            pipe = client.pipeline(transaction=False)
-            for n in indexes:
-                command(pipe, keys[n])
-            for n, reply in zip(indexes, pipe.execute(), strict=True):
-                replies[n] = reply
-        return replies
-
-    def _node_of(self, key: str) -> tuple[str, Any]:
-        if not isinstance(self._client, RedisCluster):
-            return ("", self._client)
-        node = self._client.get_node_from_key(key)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        return (node.name, self._client.get_redis_connection(node))
+        return each_key(self._client, keys, command)
 
     def _run(self, calls: Sequence[_Call]) -> list[Any]:
-        """Run script calls in one pipeline per server; reload scripts the server forgot.
-
-        ``Script`` objects in a pipeline would ask ``SCRIPT EXISTS`` first,
-        one more round trip for every phase; instead EVALSHA goes out
-        directly, and only the calls that came back NOSCRIPT (a restarted or
-        flushed server) are sent again after a SCRIPT LOAD. A NOSCRIPT call
-        did not run, so sending it again cannot apply it twice.
-        """
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for _attempt in range(2):
-            if not pending:
-                break
-            missing: list[int] = []
-            errors: list[Exception] = []
-            for node, indexes in self._by_node(calls, pending):
-                pipe = node.pipeline(transaction=False)
-                for i in indexes:
-                    call = calls[i]
-                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                for i, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
-                    if isinstance(reply, NoScriptError):
-                        missing.append(i)
-                    elif isinstance(reply, Exception):
-                        errors.append(reply)
-                    else:
-                        replies[i] = reply
-                for script in {
-                    id(calls[i].script): calls[i].script for i in indexes if i in missing
-                }.values():
-                    script.sha = node.script_load(script.script)
-            if errors:
-                raise errors[0]
-            pending = missing
-        if pending:
-            raise NoScriptError(f"scripts still unknown to the server after loading: {pending}")
-        return replies
-
-    def _by_node(
-        self, calls: Sequence[_Call], indexes: Sequence[int]
-    ) -> list[tuple[Any, list[int]]]:
-        """The calls grouped by the server that holds their keys' slot.
-
-        On one Redis that is the one client. On a Redis Cluster each script's
-        keys share one hash slot, so each call goes whole to one primary; the
-        cluster client's own pipeline refuses EVALSHA, so each primary gets a
-        plain pipeline of its own.
-        """
-        groups: dict[str, tuple[Any, list[int]]] = {}
-        for i in indexes:
-            name, client = self._node_of(calls[i].keys[0])
-            groups.setdefault(name, (client, []))[1].append(i)
-        return list(groups.values())
+        return run_scripts(self._client, calls)
 
     def _check_batch_size(self, size: int) -> None:
         if size > self._batch_size_max:

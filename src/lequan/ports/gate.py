@@ -17,6 +17,7 @@ __all__ = [
     "ClaimGate",
     "Clock",
     "GateUnavailable",
+    "KeyHolds",
     "KeyRing",
     "NonceStore",
     "PendingReservation",
@@ -69,6 +70,30 @@ class NonceStore(Protocol):
         A nonce given twice in one call is new only the first time. When the
         store cannot take the call it raises ``Unavailable`` for all of them.
         """
+        ...
+
+
+class KeyHolds(Protocol):
+    """Idempotency keys held by their first request, in whichever process it runs.
+
+    Beside a shared gate, many processes answer one channel's claims: a
+    retry reaching another process while the first request still runs must
+    hear ``idempotency_in_flight``, not what the gate says of the first
+    request's reservation. A hold expires after ``ttl_s``, so the keys of a
+    process that died come free.
+    """
+
+    def hold(self, keys: Sequence[tuple[str, str]], *, ttl_s: float) -> list[bool]:
+        """Hold each ``(app_id, key)`` that no other process holds; True where now held.
+
+        Raises ``GateUnavailable`` when its server cannot be reached (it is the
+        shared gate's).
+        """
+        ...
+
+    def let_go(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Let go of keys this process holds; a hold another took since (ours expired)
+        stays. Raises ``GateUnavailable`` like ``hold``."""
         ...
 
 

@@ -103,6 +103,9 @@ class ClaimService:
         except StoreError as error:
             log.warning("claim_store_unreadable", error_type=type(error).__name__)
             _answer_the_rest(results, _store_unavailable())
+        except GateUnavailable as error:  # the keys' holds live beside the gate
+            log.warning("gate_unavailable", error_type=str(error), claims=len(requests))
+            _answer_the_rest(results, _gate_unavailable())
         finally:
             rt.inflight.release_many(
                 (requests[i].key.app_id, requests[i].key.key) for i in held if i not in handed
