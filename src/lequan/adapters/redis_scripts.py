@@ -1,6 +1,11 @@
 """Calling Redis the way the gate and the key holds do: Lua scripts of one hash slot
 each and plain commands per key, pipelined per server, on one Redis or a Redis
 Cluster alike, with a server out of reach raised as the port's ``GateUnavailable``.
+
+On a cluster the calls go to each primary's own connection, past the
+cluster client, which therefore never sees a primary fail: a call that
+cannot reach its server, or hears that the slot moved, makes the client read
+the cluster's map again, so once a replica is promoted the next calls reach it.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import (
+    AskError,
     ClusterError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -30,8 +37,9 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 # What a server that is down, restarting, loading, full or failing over answers
-# (a replica promoted meanwhile answers READONLY or TRYAGAIN for a moment).
-# Anything else (a script's error, a cross-slot call) is a bug and stays one.
+# (a replica promoted meanwhile answers READONLY or TRYAGAIN for a moment, and a
+# node that lost the slot MOVED or ASK). Anything else (a script's error, a
+# cross-slot call) is a bug and stays one.
 UNREACHABLE = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -40,6 +48,7 @@ UNREACHABLE = (
     TryAgainError,
     OutOfMemoryError,
     SlotNotCoveredError,
+    AskError,
 )
 
 # Letting go of a lock or a hold. KEYS[1] the key, ARGV[1] the holder's token:
@@ -87,7 +96,7 @@ def each_key(
         pipe = node.pipeline(transaction=False)
         for n in indexes:
             command(pipe, keys[n])
-        for n, reply in zip(indexes, pipe.execute(), strict=True):
+        for n, reply in zip(indexes, _execute(client, pipe), strict=True):
             replies[n] = reply
     return replies
 
@@ -113,7 +122,7 @@ def run_scripts(client: redis.Redis | RedisCluster, calls: Sequence[ScriptCall])
             for i in indexes:
                 call = calls[i]
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            for i, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
+            for i, reply in zip(indexes, _execute(client, pipe, raise_on_error=False), strict=True):
                 if isinstance(reply, NoScriptError):
                     missing.append(i)
                 elif isinstance(reply, Exception):
@@ -125,6 +134,8 @@ def run_scripts(client: redis.Redis | RedisCluster, calls: Sequence[ScriptCall])
             }.values():
                 script.sha = node.script_load(script.script)
         if errors:
+            if isinstance(errors[0], UNREACHABLE):
+                _read_the_map_again(client)
             raise errors[0]
         pending = missing
     if pending:
@@ -147,6 +158,30 @@ def _by_node(
         name, node = _node_of(client, calls[i].keys[0])
         groups.setdefault(name, (node, []))[1].append(i)
     return list(groups.values())
+
+
+def _execute(client: redis.Redis | RedisCluster, pipe: Any, **options: Any) -> list[Any]:
+    try:
+        replies: list[Any] = pipe.execute(**options)
+    except UNREACHABLE:
+        _read_the_map_again(client)
+        raise
+    return replies
+
+
+def _read_the_map_again(client: redis.Redis | RedisCluster) -> None:
+    """Have a cluster client ask the cluster which primary holds which slots now.
+
+    Threads failing together read it once (redis-py skips a read another
+    thread finished meanwhile). A cluster that cannot say yet (its failover
+    still running) is asked again by the next failure.
+    """
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        client.nodes_manager.initialize()
+    except (RedisClusterException, redis.RedisError):
+        return
 
 
 def _node_of(client: redis.Redis | RedisCluster, key: str) -> tuple[str, Any]:
