@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 import redis
 
 from lequan.adapters.redis_gate import RedisGate
-from lequan.ports import GateUnavailable, ReserveRequest, ReserveResult
+from lequan.ports import ClaimGate, GateUnavailable, ReserveRequest, ReserveResult
 from lequan.services.gatekeeper import RECOUNT_QUIET_FENCES
 from tests.factories import World, dining_config, make_world
 from tests.integration.conftest import SHARED_STACKS, Stack, _stack
@@ -60,6 +61,15 @@ class LosesReplies(GateInFront):
         return answers
 
 
+@contextmanager
+def mended_by_claims(database_url: str, tmp_path: Path, gate: ClaimGate) -> Iterator[World]:
+    """A platform behind ``gate`` whose reaper is stopped: only its claims mend the gate
+    (and none of the reaper's calls to Redis meets a fault meant for a claim)."""
+    with make_world(database_url=database_url, tmp_path=tmp_path, gate=gate, **FENCED) as world:
+        world.platform.gatekeeper.stop()
+        yield world
+
+
 def one_voucher_per_campaign(**updates: Any) -> Any:
     """The dining campaign in WeChat and Alipay, at most one voucher per person in all."""
     return dining_config(
@@ -85,10 +95,7 @@ def test_a_retry_after_a_lost_reply_is_not_told_already_claimed(
     stack: Stack, tmp_path: Path
 ) -> None:
     gate = LosesReplies(stack.new_gate())
-    with make_world(
-        database_url=stack.database_url, tmp_path=tmp_path, gate=gate, **FENCED
-    ) as world:
-        world.platform.gatekeeper.stop()  # the claims mend the gate here, not the reaper
+    with mended_by_claims(stack.database_url, tmp_path, gate) as world:
         user = world.register(1)
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
         gate.losing = True
@@ -117,10 +124,7 @@ def test_a_claim_in_another_channel_after_a_lost_reply_is_not_told_the_limit_is_
     stack: Stack, tmp_path: Path
 ) -> None:
     gate = LosesReplies(stack.new_gate())
-    with make_world(
-        database_url=stack.database_url, tmp_path=tmp_path, gate=gate, **FENCED
-    ) as world:
-        world.platform.gatekeeper.stop()
+    with mended_by_claims(stack.database_url, tmp_path, gate) as world:
         user = world.register(1, channel="wechat")
         assert world.register(1, channel="alipay") == user  # one person, two accounts
         world.open_campaign(one_voucher_per_campaign())
@@ -206,10 +210,7 @@ def test_a_campaign_count_left_by_a_broken_batch_is_given_back(
     2 was lost): no reservation, no voucher, and a count that no release will give
     back. Told "limit reached" it would stay so until the gate is rebuilt."""
     gate = RedisGate(lossy_redis, key_prefix=redis_prefix)  # type: ignore[arg-type]  # a redis-py client in front of one
-    with make_world(
-        database_url=fresh_postgres_url, tmp_path=tmp_path, gate=gate, **FENCED
-    ) as world:
-        world.platform.gatekeeper.stop()  # its reaper would use the armed client
+    with mended_by_claims(fresh_postgres_url, tmp_path, gate) as world:
         user = world.register(1, channel="wechat")
         world.register(1, channel="alipay")
         world.open_campaign(one_voucher_per_campaign())

@@ -9,7 +9,9 @@ from __future__ import annotations
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +37,26 @@ def database_url(fresh_postgres_url: str) -> str:
     return fresh_postgres_url
 
 
-def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_url: str) -> None:
+@contextmanager
+def prepared(database_url: str, redis_url: str, **options: Any) -> Iterator[scenarios.Stack]:
+    """The bench's store (one live campaign, apps, people) in a scratch directory."""
     with (
         tempfile.TemporaryDirectory() as directory,
         scenarios.prepare_stack(
-            Path(directory),
-            database_url=database_url,
-            redis_url=redis_url,
-            people=PEOPLE,
-            stock_by_channel={scenarios.CHANNEL: STOCK},
-            gate_buckets=4,
+            Path(directory), database_url=database_url, redis_url=redis_url, **options
         ) as stack,
     ):
+        yield stack
+
+
+def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_url: str) -> None:
+    with prepared(
+        database_url,
+        redis_url,
+        people=PEOPLE,
+        stock_by_channel={scenarios.CHANNEL: STOCK},
+        gate_buckets=4,
+    ) as stack:
         port = free_port()
         server = start_lequan(stack.env, port, workers=2)
         base = f"http://127.0.0.1:{port}"
@@ -130,15 +140,7 @@ def test_one_key_sent_to_both_workers_at_once_is_answered_issued_or_in_flight(
     """A channel's retries of one claim, all at once over connections of their own:
     one voucher, and every answer the voucher (replayed) or "still in progress",
     whichever worker took it, never "already claimed"."""
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        scenarios.prepare_stack(
-            Path(directory),
-            database_url=database_url,
-            redis_url=redis_url,
-            people=PEOPLE_SENDING_TWICE,
-        ) as stack,
-    ):
+    with prepared(database_url, redis_url, people=PEOPLE_SENDING_TWICE) as stack:
         port = free_port()
         server = start_lequan(stack.env, port, workers=2)
         auth = LequanAuth(scenarios.CHANNEL, stack.secrets[scenarios.CHANNEL])
