@@ -1,8 +1,8 @@
 """Keeping a shared claim gate whole while many processes use it.
 
-Two jobs, in one background thread per process, and one for the claim path
-(``check_refusals``: a "claimed already" the store does not bear out is
-mended on the spot, the way the reaper would, instead of waiting for it):
+Two jobs run in one background thread per process, and a third serves the
+claim path (``check_refusals``: a "claimed already" the store does not bear
+out is mended on the spot, as the reaper would, rather than at its next pass):
 
 - **reload what the gate lost.** A claim that finds no stock where the
   campaign has some asks for it (``request``), and a starting process
@@ -151,7 +151,7 @@ def check_refusals(rt: Runtime, refusals: Sequence[Refusal]) -> list[Verdict]:
     too recently to tell.
     """
     verdicts = [Verdict.TRUE] * len(refusals)
-    held = _vouchers_held(rt, refusals, _store_slots(rt, refusals))
+    held = _vouchers_held(refusals, _store_slots(rt, refusals))
     doubted = [i for i, r in enumerate(refusals) if held[i] < r.limit]
     if not doubted:
         return verdicts
@@ -163,17 +163,16 @@ def check_refusals(rt: Runtime, refusals: Sequence[Refusal]) -> list[Verdict]:
     _reap_for(rt, doubts, [p for p in pending if p.age_s >= fence_s], slots)
     young = {(p.pool, p.person_id) for p in pending if p.age_s < fence_s}
     recounts: dict[str, dict[str, int]] = defaultdict(dict)
-    for i, r, now_held in zip(doubted, doubts, _vouchers_held(rt, doubts, slots), strict=True):
+    for i, r, now_held in zip(doubted, doubts, _vouchers_held(doubts, slots), strict=True):
         person = r.request.person_id
         if now_held >= r.limit:
             continue  # committed meanwhile: true after all
         if any((pool, person) in young for pool in r.pools):
             verdicts[i] = Verdict.PENDING
-        elif r.outcome is ReserveOutcome.CAMPAIGN_LIMIT:
+            continue
+        verdicts[i] = Verdict.RETRY
+        if r.outcome is ReserveOutcome.CAMPAIGN_LIMIT:
             recounts[r.request.campaign_id][person] = now_held
-            verdicts[i] = Verdict.RETRY
-        else:
-            verdicts[i] = Verdict.RETRY
     quiet_s = RECOUNT_QUIET_FENCES * fence_s
     busy = {
         (campaign_id, person)
@@ -202,7 +201,7 @@ def _store_slots(rt: Runtime, refusals: Sequence[Refusal]) -> dict[str, set[tupl
 
 
 def _vouchers_held(
-    rt: Runtime, refusals: Sequence[Refusal], slots: Mapping[str, set[tuple[str, int]]]
+    refusals: Sequence[Refusal], slots: Mapping[str, set[tuple[str, int]]]
 ) -> list[int]:
     """The vouchers each refusal's person holds in the pools it counts in."""
     per_pool: dict[tuple[str, str], int] = defaultdict(int)
