@@ -32,6 +32,7 @@ from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
+from lequan.services.idempotency import InFlight
 from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
@@ -99,6 +100,7 @@ def build_runtime(
         import redis
         from redis.cluster import RedisCluster
 
+        from lequan.adapters.key_holds import RedisKeyHolds
         from lequan.adapters.redis_gate import RedisGate
 
         gate = gate or RedisGate.from_url(
@@ -125,9 +127,19 @@ def build_runtime(
             )
             nonce_client = redis.Redis.from_pool(pool)
         nonces = RedisNonceStore(nonce_client, key_prefix=settings.redis_key_prefix)
+        # A claim's key is held for every process until the claim's outcome: at most
+        # its wait for room in the commit queue and the fence later. A process that
+        # dies holding keys lets go of them as long again as a caller waits after.
+        inflight = InFlight(
+            shared=RedisKeyHolds(nonce_client, key_prefix=settings.redis_key_prefix),
+            hold_ttl_s=settings.claim_queue_wait_ms / 1000
+            + settings.gate_fence_s
+            + settings.claim_commit_timeout_s,
+        )
     else:
         gate = gate or MemoryGate()
         nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
+        inflight = InFlight()
     return Runtime(
         settings=settings,
         store=store,
@@ -135,6 +147,7 @@ def build_runtime(
         keyring=keyring or load_keyring(settings, create=create_keys),
         clock=clock,
         nonces=nonces,
+        inflight=inflight,
     )
 
 
@@ -235,7 +248,7 @@ def require_durable_store(settings: Settings, store: Store | None = None) -> Non
 
 def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
     """Check the schema is current and the store durable, rebuild the gate from the
-    store, start the workers."""
+    store (what must wait out a fence, in the background), start the workers."""
     if check_schema:
         require_current_schema(rt)
     require_durable_store(rt.settings, rt.store)
@@ -244,11 +257,12 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
         ttl_s=rt.settings.campaign_cache_ttl_s,
         entries_max=rt.settings.campaign_cache_entries_max,
     )
-    ensure_gate_all(rt)
+    gatekeeper = GateKeeper(rt, interval_s=rt.settings.claim_reservation_ttl_s)
+    # What must wait out a fence is loaded by the keeper: the process listens meanwhile.
+    ensure_gate_all(rt, later=gatekeeper.load_later)
     sweeper = Sweeper(rt) if sweep else None
     if sweeper is not None:
         sweeper.start()
-    gatekeeper = GateKeeper(rt, interval_s=rt.settings.claim_reservation_ttl_s)
     gatekeeper.start()
     sold_out = sold_out_board(rt.settings)
     sold_out.listen(lambda pool, template_id: cache.sold_out.add((pool, template_id)))

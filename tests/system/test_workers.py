@@ -1,14 +1,19 @@
 """Two worker processes on PostgreSQL + a bucketed Redis gate, over real HTTP:
 claims and one-step redemptions from many connections at once, each worker
 with its own group committer and redemption writer. Nothing is sold twice,
-no voucher is spent twice, and the books balance."""
+no voucher is spent twice, and the books balance; a claim's key in flight in
+one worker is in flight in the other."""
 
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,18 +37,26 @@ def database_url(migrated_postgres_url: str) -> str:
     return migrated_postgres_url
 
 
-def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_url: str) -> None:
+@contextmanager
+def prepared(database_url: str, redis_url: str, **options: Any) -> Iterator[scenarios.Stack]:
+    """The bench's store (one live campaign, apps, people) in a scratch directory."""
     with (
         tempfile.TemporaryDirectory() as directory,
         scenarios.prepare_stack(
-            Path(directory),
-            database_url=database_url,
-            redis_url=redis_url,
-            people=PEOPLE,
-            stock_by_channel={scenarios.CHANNEL: STOCK},
-            gate_buckets=4,
+            Path(directory), database_url=database_url, redis_url=redis_url, **options
         ) as stack,
     ):
+        yield stack
+
+
+def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_url: str) -> None:
+    with prepared(
+        database_url,
+        redis_url,
+        people=PEOPLE,
+        stock_by_channel={scenarios.CHANNEL: STOCK},
+        gate_buckets=4,
+    ) as stack:
         port = free_port()
         server = start_lequan(stack.env, port, workers=2)
         base = f"http://127.0.0.1:{port}"
@@ -115,3 +128,57 @@ def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_
         assert redeemed == redemptions == STOCK
         check = check_campaign(stack.rt, scenarios.CAMPAIGN_ID)
         assert check.ok, check.problems
+
+
+SENDERS = 12
+PEOPLE_SENDING_TWICE = 8
+
+
+def test_one_key_sent_to_both_workers_at_once_is_answered_issued_or_in_flight(
+    database_url: str, redis_url: str
+) -> None:
+    """A channel's retries of one claim, all at once over connections of their own:
+    one voucher, and every answer the voucher (replayed) or "still in progress",
+    whichever worker took it, never "already claimed"."""
+    with prepared(database_url, redis_url, people=PEOPLE_SENDING_TWICE) as stack:
+        port = free_port()
+        server = start_lequan(stack.env, port, workers=2)
+        auth = LequanAuth(scenarios.CHANNEL, stack.secrets[scenarios.CHANNEL])
+        answers: list[list[tuple[int, dict[str, Any]]]] = []
+        try:
+            for person in range(PEOPLE_SENDING_TWICE):
+                barrier = threading.Barrier(SENDERS)
+
+                def send(_n: int, person: int = person, barrier: Any = barrier) -> Any:
+                    with httpx.Client(
+                        base_url=f"http://127.0.0.1:{port}", auth=auth, timeout=60
+                    ) as client:
+                        client.get("/healthz")  # connected before the others are
+                        barrier.wait(30)
+                        response = client.post(
+                            "/v1/claims",
+                            json=scenarios._claim_item(person),
+                            headers={"Idempotency-Key": f"twice-{person}"},
+                        )
+                    return response.status_code, response.json()
+
+                with ThreadPoolExecutor(SENDERS) as pool:
+                    answers.append(list(pool.map(send, range(SENDERS))))
+        finally:
+            server.terminate()
+            server.wait(15)
+
+        for person_answers in answers:
+            seen = Counter(
+                "issued" if status == 201 else f"{status} {body.get('code')}"
+                for status, body in person_answers
+            )
+            assert set(seen) <= {"issued", "409 idempotency_in_flight"}, seen
+            vouchers = {b["voucher"]["voucher_id"] for s, b in person_answers if s == 201}
+            assert len(vouchers) == 1, person_answers
+        with sql_store(stack.rt.store).engine.connect() as connection:
+            per_person = connection.execute(
+                sa.select(t.vouchers.c.person_id, sa.func.count()).group_by(t.vouchers.c.person_id)
+            ).all()
+        assert len(per_person) == PEOPLE_SENDING_TWICE
+        assert {count for _person, count in per_person} == {1}

@@ -25,7 +25,8 @@ not pending.
 A release gives back a reservation only while it is pending (once: a second
 release, or one after ``settle`` or a reset, gives back nothing).
 
-A campaign count is kept only for requests that carry a campaign limit: a
+A campaign count is taken (and the time of it kept, for ``recount``) only for
+requests that carry a campaign limit: a
 campaign without one would otherwise hold one counter per person that
 nothing ever reads (and the Redis gate would pay a round trip to keep it).
 """
@@ -36,7 +37,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from lequan.ports import ReserveOutcome, ReserveRequest, ReserveResult
+from lequan.ports import PendingReservation, ReserveOutcome, ReserveRequest, ReserveResult
 
 __all__ = ["MemoryGate", "checked_reset"]
 
@@ -57,6 +58,8 @@ class MemoryGate:
         self._pool_claimed: dict[str, dict[str, int]] = {}
         # campaign_id → person_id → claims in the campaign; a person at 0 has no entry
         self._campaign_claimed: dict[str, dict[str, int]] = {}
+        # campaign_id → person_id → when their campaign count was last taken (monotonic s)
+        self._campaign_taken_at: dict[str, dict[str, float]] = {}
         # pool → (template_id, person_id, claim_seq) → when reserved (monotonic s)
         self._pending: dict[str, dict[tuple[str, str, int], float]] = {}
 
@@ -102,6 +105,7 @@ class MemoryGate:
         if request.campaign_limit > 0:
             campaign_claimed = self._campaign_claimed.setdefault(request.campaign_id, {})
             campaign_claimed[request.person_id] = campaign_claimed.get(request.person_id, 0) + 1
+            self._campaign_taken_at.setdefault(request.campaign_id, {})[request.person_id] = now
         pending = self._pending.setdefault(request.pool, {})
         seq = count + 1
         if (request.template_id, request.person_id, seq) in pending:
@@ -149,6 +153,37 @@ class MemoryGate:
             pending = self._pending.get(pool, {})
             return [slot for slot, at in pending.items() if at <= cutoff][:limit]
 
+    def pending_of(
+        self, pools: Sequence[str], person_ids: Sequence[str]
+    ) -> list[PendingReservation]:
+        now = time.monotonic()
+        people = set(person_ids)
+        with self._lock:
+            return [
+                PendingReservation(pool, template_id, person_id, seq, now - at)
+                for pool in pools
+                for (template_id, person_id, seq), at in self._pending.get(pool, {}).items()
+                if person_id in people
+            ]
+
+    def recount(self, campaign_id: str, counts: Mapping[str, int], *, quiet_s: float) -> set[str]:
+        cutoff = time.monotonic() - quiet_s
+        left: set[str] = set()
+        with self._lock:
+            claimed = self._campaign_claimed.get(campaign_id, {})
+            taken_at = self._campaign_taken_at.get(campaign_id, {})
+            for person_id, count in counts.items():
+                assert count >= 0
+                if claimed.get(person_id, 0) <= count:
+                    continue
+                if taken_at.get(person_id, cutoff) > cutoff:
+                    left.add(person_id)
+                elif count:
+                    claimed[person_id] = count
+                else:
+                    del claimed[person_id]
+        return left
+
     def remaining(self, pool: str, template_id: str) -> int | None:
         with self._lock:
             pool_stock = self._stock.get(pool)
@@ -168,6 +203,7 @@ class MemoryGate:
     def forget(self, campaign_id: str, pools: Sequence[str]) -> None:
         with self._lock:
             self._campaign_claimed.pop(campaign_id, None)
+            self._campaign_taken_at.pop(campaign_id, None)
             for pool in pools:
                 self._stock.pop(pool, None)
                 self._pool_claimed.pop(pool, None)

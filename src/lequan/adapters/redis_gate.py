@@ -10,6 +10,8 @@ bucket, ``p:<pool>#<n>`` with several)::
     <prefix>{<tag>}:claimed            HASH person_id → claims in the pool
     <prefix>{<tag>}:pending            HASH template<US>person<US>seq → reserved at (ms)
     <prefix>{c:<campaign_id>}:claimed  HASH person_id → claims in the campaign
+    <prefix>{c:<campaign_id>}:taken    HASH person_id → when their campaign count
+                                       was last taken (ms, the server's time)
     <prefix>{c:<campaign_id>}:loaded   the campaign's state is complete
     <prefix>{c:<campaign_id>}:rebuilding
                                        who is rebuilding it (expires)
@@ -26,8 +28,8 @@ server per phase. A person's campaign count lives in another slot than the
 pool, so a reservation takes up to three phases:
 
 1. per campaign, for the requests that carry a campaign limit: check and
-   increment the person's campaign count atomically (refusal:
-   ``CAMPAIGN_LIMIT``);
+   increment the person's campaign count atomically, stamping when
+   (refusal: ``CAMPAIGN_LIMIT``);
 2. per home bucket, in input order: ``UNKNOWN_STOCK`` / ``ALREADY_CLAIMED``
    / ``SOLD_OUT`` / ``OK``, exactly as :class:`~lequan.adapters.memory_gate.MemoryGate`;
    an ``OK`` is journalled as pending until ``settle`` or ``release``;
@@ -60,64 +62,33 @@ after the other, so the second request sees the first one's compensation.
 The gate is a cache of the store's truth. If a phase fails half-way (a
 dropped connection, or a reply lost after Redis ran the script, which
 redis-py's retry may then run again), the counts it took stay taken: the
-claim is refused or errors, never oversold; a pending reservation left so is
-found by ``stale`` and settled or released by the claim service.
+claim is refused or errors, never oversold. A pending reservation left so
+is found by ``stale`` (or ``pending_of``) and settled or released by the
+claim service; a campaign count left with nothing behind it is lowered by
+``recount`` once its stamp is older than a claim can be between phases.
 """
 
 from __future__ import annotations
 
-import functools
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, Self
 
 import redis
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
-from redis.exceptions import (
-    ClusterError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    SlotNotCoveredError,
-    TryAgainError,
-)
 
 from lequan.adapters.memory_gate import checked_reset
-from lequan.ports import GateUnavailable, ReserveOutcome, ReserveRequest, ReserveResult
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-# What a server that is down, restarting, loading, full or failing over answers
-# (a replica promoted meanwhile answers READONLY or TRYAGAIN for a moment).
-# Anything else (a script's error, a cross-slot call) is a bug and stays one.
-_UNREACHABLE = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    ClusterError,
-    ReadOnlyError,
-    TryAgainError,
-    OutOfMemoryError,
-    SlotNotCoveredError,
+from lequan.adapters.redis_scripts import DELETE_IF_LUA, each_key, run_scripts
+from lequan.adapters.redis_scripts import ScriptCall as _Call
+from lequan.adapters.redis_scripts import reaching as _reaching
+from lequan.ports import (
+    PendingReservation,
+    ReserveOutcome,
+    ReserveRequest,
+    ReserveResult,
 )
-
-
-def _reaching(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """The method, with Redis being out of reach raised as the port's GateUnavailable."""
-
-    @functools.wraps(method)
-    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(*args, **kwargs)
-        except _UNREACHABLE as error:
-            raise GateUnavailable(type(error).__name__) from error
-
-    return call
-
 
 __all__ = ["RedisGate"]
 
@@ -143,9 +114,12 @@ _OUTCOME_BY_CODE = {
     4: ReserveOutcome.UNKNOWN_STOCK,
 }
 
-# Phase 1. KEYS[1] the campaign's claimed hash; ARGV (person_id, campaign_limit)
-# per request. Returns 1 (counted) or 0 (refused) per request, in order.
+# Phase 1. KEYS[1] the campaign's claimed hash, KEYS[2] its taken hash; ARGV
+# (person_id, campaign_limit) per request. Returns 1 (counted) or 0 (refused)
+# per request, in order; a count taken is stamped with the server's time (ms).
 _CAMPAIGN_TAKE_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i = 1, #ARGV, 2 do
   local person = ARGV[i]
@@ -154,8 +128,35 @@ for i = 1, #ARGV, 2 do
     out[#out + 1] = 0
   else
     redis.call('HSET', KEYS[1], person, count + 1)
+    redis.call('HSET', KEYS[2], person, now_ms)
     out[#out + 1] = 1
   end
+end
+return out
+"""
+
+# Recount. KEYS[1] a campaign's claimed hash, KEYS[2] its taken hash; ARGV[1]
+# a quiet time in ms, then (person_id, count) pairs. Lowers each person's
+# count to that count where it is higher, unless it was taken less than the
+# quiet time ago. Returns 1 per person left alone so, else 0, in order.
+_CAMPAIGN_RECOUNT_LUA = """
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 2 do
+  local person, target = ARGV[i], tonumber(ARGV[i + 1])
+  local count = tonumber(redis.call('HGET', KEYS[1], person) or '0')
+  local left = 0
+  if count > target then
+    if tonumber(redis.call('HGET', KEYS[2], person) or '0') > cutoff then
+      left = 1
+    elseif target > 0 then
+      redis.call('HSET', KEYS[1], person, target)
+    else
+      redis.call('HDEL', KEYS[1], person)
+    end
+  end
+  out[#out + 1] = left
 end
 return out
 """
@@ -312,6 +313,28 @@ end
 return out
 """
 
+# Pending of. KEYS[1] a pending hash; ARGV person ids. Returns (field, age in
+# ms) pairs of their reservations pending there.
+_POOL_PENDING_OF_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wanted = {}
+for i = 1, #ARGV do
+  wanted[ARGV[i]] = true
+end
+local out = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local person = string.match(entries[i], '^[^\\31]*\\31([^\\31]*)\\31')
+  if wanted[person] then
+    out[#out + 1] = entries[i]
+    out[#out + 1] = now_ms - tonumber(entries[i + 1])
+  end
+end
+return out
+"""
+
+
 # Reset. KEYS (live, staged) pairs of one slot; ARGV[n] '1' when the n-th
 # staged key must exist. Renames every staged key over its live one at once,
 # so a reader sees the old state or the new one, never a mix; an empty new
@@ -331,25 +354,6 @@ for n = 1, #ARGV do
 end
 return #ARGV
 """
-
-
-# Letting go of a lock. KEYS[1] the lock, ARGV[1] the holder's token: deleted
-# only if it still holds that token (an expired lock may belong to another).
-_DELETE_IF_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One script call of a phase's pipeline."""
-
-    script: Script
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
 
 
 class RedisGate:
@@ -381,13 +385,15 @@ class RedisGate:
         self._batch_size_max = batch_size_max
         self._owns_client = False
         self._campaign_take = client.register_script(_CAMPAIGN_TAKE_LUA)
+        self._campaign_recount = client.register_script(_CAMPAIGN_RECOUNT_LUA)
+        self._pool_pending_of = client.register_script(_POOL_PENDING_OF_LUA)
         self._pool_reserve = client.register_script(_POOL_RESERVE_LUA)
         self._pool_lend = client.register_script(_POOL_LEND_LUA)
         self._count_give_back = client.register_script(_COUNT_GIVE_BACK_LUA)
         self._pool_release = client.register_script(_POOL_RELEASE_LUA)
         self._pool_stale = client.register_script(_POOL_STALE_LUA)
         self._swap_in = client.register_script(_SWAP_IN_LUA)
-        self._delete_if = client.register_script(_DELETE_IF_LUA)
+        self._delete_if = client.register_script(DELETE_IF_LUA)
 
     @classmethod
     def from_url(
@@ -477,7 +483,7 @@ class RedisGate:
         calls = [
             _Call(
                 self._campaign_take,
-                (self._campaign_claimed_key(campaign_id),),
+                (self._campaign_claimed_key(campaign_id), self._campaign_taken_key(campaign_id)),
                 tuple(_flat((requests[i].person_id, requests[i].campaign_limit) for i in members)),
             )
             for campaign_id, members in by_campaign.items()
@@ -705,10 +711,51 @@ class RedisGate:
         found: list[tuple[str, str, int]] = []
         for reply in self._run(calls):
             for raw in reply:
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                template_id, person_id, seq = text.split(_SEP)
+                template_id, person_id, seq = _text(raw).split(_SEP)
                 found.append((template_id, person_id, int(seq)))
         return found[:limit]
+
+    @_reaching
+    def pending_of(
+        self, pools: Sequence[str], person_ids: Sequence[str]
+    ) -> list[PendingReservation]:
+        """One script per home bucket of these people in each pool, pipelined."""
+        homes: dict[int, list[str]] = {}
+        for person_id in dict.fromkeys(person_ids):
+            homes.setdefault(self.bucket_of(person_id), []).append(person_id)
+        where = [(pool, bucket) for pool in pools for bucket in homes]
+        calls = [
+            _Call(
+                self._pool_pending_of, (self._bucket_keys(pool, bucket)[2],), tuple(homes[bucket])
+            )
+            for pool, bucket in where
+        ]
+        found: list[PendingReservation] = []
+        for (pool, _bucket), reply in zip(where, self._run(calls), strict=True):
+            for n in range(0, len(reply), 2):
+                template_id, person_id, seq = _text(reply[n]).split(_SEP)
+                found.append(
+                    PendingReservation(pool, template_id, person_id, int(seq), reply[n + 1] / 1000)
+                )
+        return found
+
+    @_reaching
+    def recount(self, campaign_id: str, counts: Mapping[str, int], *, quiet_s: float) -> set[str]:
+        people = list(counts)
+        assert all(counts[p] >= 0 for p in people)
+        [reply] = self._run(
+            [
+                _Call(
+                    self._campaign_recount,
+                    (
+                        self._campaign_claimed_key(campaign_id),
+                        self._campaign_taken_key(campaign_id),
+                    ),
+                    (int(quiet_s * 1000), *_flat((p, counts[p]) for p in people)),
+                )
+            ]
+        )
+        return {person for person, left in zip(people, reply, strict=True) if left == 1}
 
     @_reaching
     def remaining(self, pool: str, template_id: str) -> int | None:
@@ -741,13 +788,17 @@ class RedisGate:
 
     @_reaching
     def forget(self, campaign_id: str, pools: Sequence[str]) -> None:
-        """Drop the campaign's marker first, then every bucket of its pools."""
+        """Drop the campaign's marker first, then its counts and every bucket of its pools."""
         self._client.delete(self._campaign_loaded_key(campaign_id))
         keys = [
-            key
-            for pool in pools
-            for b in range(self._buckets)
-            for key in self._bucket_keys(pool, b)
+            self._campaign_claimed_key(campaign_id),
+            self._campaign_taken_key(campaign_id),
+            *(
+                key
+                for pool in pools
+                for b in range(self._buckets)
+                for key in self._bucket_keys(pool, b)
+            ),
         ]
         self._each_key(keys, lambda pipe, key: pipe.delete(key))
 
@@ -820,80 +871,10 @@ class RedisGate:
         self._run(calls)
 
     def _each_key(self, keys: Sequence[str], command: Any) -> list[Any]:
-        """One command per key, pipelined per server; replies in key order."""
-        by_node: dict[str, tuple[Any, list[int]]] = {}
-        for n, key in enumerate(keys):
-            name, client = self._node_of(key)
-            by_node.setdefault(name, (client, []))[1].append(n)
-        replies: list[Any] = [None] * len(keys)
-        for client, indexes in by_node.values():
-            pipe = client.pipeline(transaction=False)
-            for n in indexes:
-                command(pipe, keys[n])
-            for n, reply in zip(indexes, pipe.execute(), strict=True):
-                replies[n] = reply
-        return replies
-
-    def _node_of(self, key: str) -> tuple[str, Any]:
-        if not isinstance(self._client, RedisCluster):
-            return ("", self._client)
-        node = self._client.get_node_from_key(key)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        return (node.name, self._client.get_redis_connection(node))
+        return each_key(self._client, keys, command)
 
     def _run(self, calls: Sequence[_Call]) -> list[Any]:
-        """Run script calls in one pipeline per server; reload scripts the server forgot.
-
-        ``Script`` objects in a pipeline would ask ``SCRIPT EXISTS`` first,
-        one more round trip for every phase; instead EVALSHA goes out
-        directly, and only the calls that came back NOSCRIPT (a restarted or
-        flushed server) are sent again after a SCRIPT LOAD. A NOSCRIPT call
-        did not run, so sending it again cannot apply it twice.
-        """
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for _attempt in range(2):
-            if not pending:
-                break
-            missing: list[int] = []
-            errors: list[Exception] = []
-            for node, indexes in self._by_node(calls, pending):
-                pipe = node.pipeline(transaction=False)
-                for i in indexes:
-                    call = calls[i]
-                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                for i, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
-                    if isinstance(reply, NoScriptError):
-                        missing.append(i)
-                    elif isinstance(reply, Exception):
-                        errors.append(reply)
-                    else:
-                        replies[i] = reply
-                for script in {
-                    id(calls[i].script): calls[i].script for i in indexes if i in missing
-                }.values():
-                    script.sha = node.script_load(script.script)
-            if errors:
-                raise errors[0]
-            pending = missing
-        if pending:
-            raise NoScriptError(f"scripts still unknown to the server after loading: {pending}")
-        return replies
-
-    def _by_node(
-        self, calls: Sequence[_Call], indexes: Sequence[int]
-    ) -> list[tuple[Any, list[int]]]:
-        """The calls grouped by the server that holds their keys' slot.
-
-        On one Redis that is the one client. On a Redis Cluster each script's
-        keys share one hash slot, so each call goes whole to one primary; the
-        cluster client's own pipeline refuses EVALSHA, so each primary gets a
-        plain pipeline of its own.
-        """
-        groups: dict[str, tuple[Any, list[int]]] = {}
-        for i in indexes:
-            name, client = self._node_of(calls[i].keys[0])
-            groups.setdefault(name, (client, []))[1].append(i)
-        return list(groups.values())
+        return run_scripts(self._client, calls)
 
     def _check_batch_size(self, size: int) -> None:
         if size > self._batch_size_max:
@@ -910,11 +891,18 @@ class RedisGate:
     def _campaign_claimed_key(self, campaign_id: str) -> str:
         return f"{self._prefix}{{c:{campaign_id}}}:claimed"
 
+    def _campaign_taken_key(self, campaign_id: str) -> str:
+        return f"{self._prefix}{{c:{campaign_id}}}:taken"
+
     def _campaign_loaded_key(self, campaign_id: str) -> str:
         return f"{self._prefix}{{c:{campaign_id}}}:loaded"
 
     def _campaign_rebuild_key(self, campaign_id: str) -> str:
         return f"{self._prefix}{{c:{campaign_id}}}:rebuilding"
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _pending_field(template_id: str, person_id: str, claim_seq: int) -> str:

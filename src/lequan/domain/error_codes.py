@@ -137,6 +137,7 @@ class ErrorCode(enum.StrEnum):
     GATE_UNAVAILABLE = "gate_unavailable"
     GATE_REBUILDING = "gate_rebuilding"
     NONCE_STORE_UNAVAILABLE = "nonce_store_unavailable"
+    CLAIM_PENDING = "claim_pending"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -421,6 +422,13 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         503,
         Unavailable,
         "the nonce store (Redis) cannot be reached, so no signed call is checked; nothing was done",
+    ),
+    _C.CLAIM_PENDING: ErrorSpec(
+        503,
+        Unavailable,
+        "the gate counts a claim of this person that the store does not hold yet: an "
+        "earlier claim (another key, or a reply lost on the way) may still be committed; "
+        "retry shortly",
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,

@@ -17,8 +17,10 @@ __all__ = [
     "ClaimGate",
     "Clock",
     "GateUnavailable",
+    "KeyHolds",
     "KeyRing",
     "NonceStore",
+    "PendingReservation",
     "ReserveOutcome",
     "ReserveRequest",
     "ReserveResult",
@@ -81,6 +83,30 @@ class NonceStore(Protocol):
         ...
 
 
+class KeyHolds(Protocol):
+    """Idempotency keys held by their first request, in whichever process it runs.
+
+    Beside a shared gate, many processes answer one channel's claims: a
+    retry reaching another process while the first request still runs must
+    hear ``idempotency_in_flight``, not what the gate says of the first
+    request's reservation. A hold expires after ``ttl_s``, so the keys of a
+    process that died come free.
+    """
+
+    def hold(self, keys: Sequence[tuple[str, str]], *, ttl_s: float) -> list[bool]:
+        """Hold each ``(app_id, key)`` that no other process holds; True where now held.
+
+        Raises ``GateUnavailable`` when its server cannot be reached (it is the
+        shared gate's).
+        """
+        ...
+
+    def let_go(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Let go of keys this process holds; a hold another took since (ours expired)
+        stays. Raises ``GateUnavailable`` like ``hold``."""
+        ...
+
+
 class ReserveOutcome(enum.Enum):
     """What the gate answered for one reservation."""
 
@@ -117,6 +143,17 @@ class ReserveResult:
     # whole pool, or on a bucketed gate the person's bucket. Only SOLD_OUT
     # says the pool is empty.
     remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReservation:
+    """A reservation the gate journals as pending: granted, neither settled nor released."""
+
+    pool: str
+    template_id: str
+    person_id: str
+    claim_seq: int
+    age_s: float  # how long it has been pending, by the gate's own clock
 
 
 class GateUnavailable(Exception):
@@ -169,6 +206,29 @@ class ClaimGate(Protocol):
         Each is (template_id, person_id, claim_seq). A process that owns a
         reservation settles or releases it well within that age, so these
         belong to a process that died.
+        """
+        ...
+
+    def pending_of(
+        self, pools: Sequence[str], person_ids: Sequence[str]
+    ) -> list[PendingReservation]:
+        """The reservations of these people pending in these pools, with their ages.
+
+        A claim refused as claimed already asks it when the store holds fewer
+        vouchers than the refusal says: what is pending explains the rest.
+        """
+        ...
+
+    def recount(self, campaign_id: str, counts: Mapping[str, int], *, quiet_s: float) -> set[str]:
+        """Lower each person's campaign count to ``counts[person]`` where it is higher;
+        the people whose count stays higher because it was taken less than
+        ``quiet_s`` ago.
+
+        A count taken by a claim whose reservation then failed (its batch
+        broke between steps) stays taken with nothing behind it; the caller
+        passes what the store and the pending reservations account for. A
+        count taken recently may belong to a claim still between its steps,
+        so it is left alone.
         """
         ...
 

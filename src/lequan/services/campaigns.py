@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -30,10 +30,14 @@ from lequan.services.runtime import Runtime
 __all__ = [
     "CampaignCache",
     "CampaignFileLimits",
+    "ClosedGate",
     "change_status",
+    "close_all_lost",
     "ensure_gate",
     "ensure_gate_all",
+    "ensure_gates",
     "import_campaign",
+    "load_closed",
     "parse_campaign",
     "pool_key",
     "rebuild_gate",
@@ -344,6 +348,43 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
     refuses a reservation older than ``claim_reservation_ttl_s``, and rolls
     back rather than COMMIT one that grew older meanwhile).
     """
+    return bool(ensure_gates(rt, [campaign_id], force=force))
+
+
+def ensure_gates(
+    rt: Runtime,
+    campaign_ids: Sequence[str],
+    *,
+    force: bool = False,
+    sleep: Callable[[float], object] = time.sleep,
+) -> list[str]:
+    """``ensure_gate`` for many campaigns, with one fence for all of them; the ids loaded.
+
+    Every lost campaign is closed first, then the fence is waited out once,
+    then each is loaded: a Redis that lost everything costs one fence, not
+    one per live campaign.
+    """
+    return load_closed(rt, close_all_lost(rt, campaign_ids, force=force), sleep=sleep)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedGate:
+    """A campaign whose lost gate state is closed under its rebuild lock (claims
+    answer ``gate_rebuilding``), waiting to be loaded from the store."""
+
+    campaign_id: str
+    token: str
+    initial: list[tuple[str, str, str, int]]
+    pools: frozenset[str]  # the pools to load
+    whole: bool  # the campaign's per-person counts too
+    # A round may be issuing on a shared gate: the store is read a fence after closed_at.
+    fenced: bool
+    closed_at: float  # monotonic s
+
+
+def _close_lost(rt: Runtime, campaign_id: str, *, force: bool = False) -> ClosedGate | None:
+    """Close what the gate lost of a campaign, under its rebuild lock; None when it
+    lost nothing or another process is rebuilding it."""
     gate = rt.gate
     with rt.store.unit_of_work(readonly=True) as uow:
         row = uow.campaigns.get_campaign(campaign_id)
@@ -351,30 +392,100 @@ def ensure_gate(rt: Runtime, campaign_id: str, *, force: bool = False) -> bool:
         initial = uow.campaigns.stock_initial(campaign_id)
     pools = _pools(campaign_id, initial)
     if not force and gate.loaded(campaign_id, pools):  # the common case: one look
-        return False
+        return None
     whole = force or not gate.loaded(campaign_id, [])
     missing = pools if whole else [p for p in pools if not gate.loaded(campaign_id, [p])]
-    fence_s = rt.settings.gate_fence_s
-    token = gate.begin_rebuild(campaign_id, ttl_s=fence_s + REBUILD_LOCK_MARGIN_S)
+    token = gate.begin_rebuild(campaign_id, ttl_s=rt.settings.gate_fence_s + REBUILD_LOCK_MARGIN_S)
     if token is None:
         log.info("gate_rebuild_elsewhere", campaign_id=campaign_id)
-        return False
+        return None
     try:
         if whole:
             gate.forget(campaign_id, pools)
         else:
             for pool in missing:
                 gate.reset_pool(pool, stock={}, claimed={})
-        rounds = {pool_key(campaign_id, r, c): r for r, c, _t, _n in initial}
-        if gate.shared and _may_be_issuing(rt, row, {rounds[p] for p in missing}):
-            log.warning("gate_rebuild_fenced", campaign_id=campaign_id, wait_s=fence_s)
-            time.sleep(fence_s)
-        _load(rt, campaign_id, initial, set(missing), whole=whole)
-    finally:
+    except BaseException:
         gate.end_rebuild(campaign_id, token)
-    log.info("gate_loaded", campaign_id=campaign_id, pools=len(missing), whole=whole)
-    rt.campaign_changed(campaign_id)  # local sold-out flags may be stale now
-    return True
+        raise
+    rounds = {pool_key(campaign_id, r, c): r for r, c, _t, _n in initial}
+    return ClosedGate(
+        campaign_id=campaign_id,
+        token=token,
+        initial=initial,
+        pools=frozenset(missing),
+        whole=whole,
+        fenced=gate.shared and _may_be_issuing(rt, row, {rounds[p] for p in missing}),
+        closed_at=time.monotonic(),
+    )
+
+
+def close_all_lost(
+    rt: Runtime, campaign_ids: Sequence[str], *, force: bool = False
+) -> list[ClosedGate]:
+    """``_close_lost`` for each campaign; if one fails, the locks of those closed
+    already are let go (they stay closed: their next claim asks again)."""
+    closed: list[ClosedGate] = []
+    try:
+        for campaign_id in campaign_ids:
+            found = _close_lost(rt, campaign_id, force=force)
+            if found is not None:
+                closed.append(found)
+    except BaseException:
+        _let_go(rt, closed)
+        raise
+    return closed
+
+
+def load_closed(
+    rt: Runtime, closed: Sequence[ClosedGate], *, sleep: Callable[[float], object] = time.sleep
+) -> list[str]:
+    """Load closed campaigns from the store, a fence after the last fenced one was
+    closed, and let go of their locks; the ids loaded.
+
+    A campaign that fails to load stays closed (its next claim asks again);
+    the others are loaded all the same, and the first error is raised after.
+    """
+    loaded: list[str] = []
+    failure: Exception | None = None
+    try:
+        fenced = [c for c in closed if c.fenced]
+        if fenced:
+            until = max(c.closed_at for c in fenced) + rt.settings.gate_fence_s
+            wait_s = max(0.0, until - time.monotonic())
+            log.warning(
+                "gate_rebuild_fenced",
+                campaigns=[c.campaign_id for c in fenced],
+                wait_s=round(wait_s, 3),
+            )
+            sleep(wait_s)
+        for c in closed:
+            try:
+                _load(rt, c.campaign_id, c.initial, set(c.pools), whole=c.whole)
+            except Exception as error:
+                log.error(
+                    "gate_load_failed", campaign_id=c.campaign_id, error_type=type(error).__name__
+                )
+                failure = failure or error
+                continue
+            log.info("gate_loaded", campaign_id=c.campaign_id, pools=len(c.pools), whole=c.whole)
+            loaded.append(c.campaign_id)
+    finally:
+        _let_go(rt, closed)
+    for campaign_id in loaded:
+        rt.campaign_changed(campaign_id)  # local sold-out flags may be stale now
+    if failure is not None:
+        raise failure
+    return loaded
+
+
+def _let_go(rt: Runtime, closed: Sequence[ClosedGate]) -> None:
+    """End the rebuilds; a lock the gate cannot be told about expires on its own."""
+    for c in closed:
+        try:
+            rt.gate.end_rebuild(c.campaign_id, c.token)
+        except GateUnavailable as error:
+            log.warning("gate_rebuild_unlock_failed", campaign_id=c.campaign_id, error=str(error))
 
 
 def rebuild_gate(rt: Runtime, campaign_id: str, *, actor: str | None = None) -> bool:
@@ -436,14 +547,28 @@ def _load(
         rt.gate.reset_campaign(campaign_id, claimed=per_campaign)  # marks it loaded, last
 
 
-def ensure_gate_all(rt: Runtime) -> int:
-    """Load what the gate misses of every campaign that can still issue; the count loaded."""
+def ensure_gate_all(rt: Runtime, *, later: Callable[[list[ClosedGate]], None] | None = None) -> int:
+    """Load what the gate misses of every campaign that can still issue; the count
+    loaded (or, with ``later``, handed to it).
+
+    With ``later`` (a process starting), what can be loaded at once is, and
+    the campaigns that must wait out the fence are closed now and handed to
+    ``later`` to load after one fence for all of them: the process listens
+    meanwhile and claims for them answer ``gate_rebuilding``.
+    """
     with rt.store.unit_of_work(readonly=True) as uow:
         rows = uow.campaigns.list_campaigns(
             statuses=(CampaignStatus.APPROVED, CampaignStatus.LIVE, CampaignStatus.PAUSED)
         )
     now = rt.clock.now()
-    return sum(1 for row in rows if not _retired(rt, row, now) and ensure_gate(rt, row.id))
+    live = [row.id for row in rows if not _retired(rt, row, now)]
+    if later is None:
+        return len(ensure_gates(rt, live))
+    closed = close_all_lost(rt, live)
+    waiting = [c for c in closed if c.fenced]
+    if waiting:
+        later(waiting)
+    return len(waiting) + len(load_closed(rt, [c for c in closed if not c.fenced]))
 
 
 def _pools(campaign_id: str, initial: Sequence[tuple[str, str, str, int]]) -> list[str]:

@@ -27,6 +27,7 @@ from lequan.ports import (
     GateUnavailable,
     ReserveOutcome,
     ReserveRequest,
+    ReserveResult,
     StoreError,
 )
 from lequan.rows import VoucherRow
@@ -39,6 +40,7 @@ from lequan.services.claim_answers import (
     issued_text,
     refusal_answer,
 )
+from lequan.services.gatekeeper import CLAIMED_ALREADY, Refusal, Verdict, check_refusals
 from lequan.services.group_commit import GroupCommitter, PendingClaim, tell_gate
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
 from lequan.services.runtime import Runtime
@@ -100,10 +102,10 @@ class ClaimService:
             self._claim_held(channel_id, requests, results, now, handed)
         except StoreError as error:
             log.warning("claim_store_unreadable", error_type=type(error).__name__)
-            refusal = Unavailable("store_unavailable", "the store cannot be read; retry")
-            for i, result in enumerate(results):
-                if result is None:
-                    results[i] = refusal_answer(refusal, http_status(refusal))
+            _answer_the_rest(results, _store_unavailable())
+        except GateUnavailable as error:  # the keys' holds live beside the gate
+            log.warning("gate_unavailable", error_type=str(error), claims=len(requests))
+            _answer_the_rest(results, _gate_unavailable())
         finally:
             rt.inflight.release_many(
                 (requests[i].key.app_id, requests[i].key.key) for i in held if i not in handed
@@ -223,9 +225,7 @@ class ClaimService:
         except GateUnavailable as error:
             self.committer.give_back(len(reserve))
             log.warning("gate_unavailable", error_type=str(error), claims=len(reserve))
-            down = Unavailable(
-                "gate_unavailable", "the claim gate cannot be reached; retry shortly"
-            )
+            down = _gate_unavailable()
             refused = refusal_answer(down, http_status(down))
             for i, _, _, _ in reserve:
                 results[i] = refused
@@ -246,11 +246,27 @@ class ClaimService:
     ) -> list[tuple[int, PendingClaim]]:
         rt = self._rt
         reserved_at = time.monotonic()
-        gate_results = rt.gate.reserve([r for _, r, _, _ in reserve])
+        gate_results: list[ReserveResult | LequanError] = list(
+            rt.gate.reserve([r for _, r, _, _ in reserve])
+        )
+        doubted = [
+            n
+            for n, got in enumerate(gate_results)
+            if isinstance(got, ReserveResult) and got.outcome in CLAIMED_ALREADY
+        ]
+        if doubted:
+            self._check_claimed_already(reserve, gate_results, doubted)
         pending: list[tuple[int, PendingClaim]] = []
         voucher_ids = iter(new_ids("v", len(reserve)))
         gate_refusals: dict[tuple[ReserveOutcome, str, str], ClaimResult] = {}
+        answers: dict[int, ClaimResult] = {}  # one per refusal, shared by the claims it refuses
         for (i, reserved, offer, person_id), got in zip(reserve, gate_results, strict=True):
+            if isinstance(got, LequanError):
+                answer = answers.get(id(got))
+                if answer is None:
+                    answer = answers[id(got)] = refusal_answer(got, http_status(got))
+                results[i] = answer
+                continue
             if got.outcome is not ReserveOutcome.OK:
                 alike = (got.outcome, reserved.pool, reserved.template_id)
                 refused = gate_refusals.get(alike)
@@ -275,6 +291,65 @@ class ClaimService:
                 )
             )
         return pending
+
+    def _check_claimed_already(
+        self,
+        reserve: list[tuple[int, ReserveRequest, _Offer, str]],
+        gate_results: list[ReserveResult | LequanError],
+        doubted: list[int],
+    ) -> None:
+        """Keep the gate's "claimed already" refusals the store bears out; reserve again
+        those it mended, and answer the rest retryably (``check_refusals``).
+
+        The claims it reserved already are not touched, whatever fails here:
+        they go on to be committed.
+        """
+        pending = Unavailable(
+            "claim_pending",
+            "an earlier claim of this person is not decided yet; retry shortly",
+        )
+        try:
+            refusals = []
+            for n in doubted:
+                got = gate_results[n]
+                assert isinstance(got, ReserveResult)
+                _i, reserved, offer, _person = reserve[n]
+                pools = self._counted_in(offer, got.outcome)
+                refusals.append(Refusal(reserved, got.outcome, pools))
+            verdicts = check_refusals(self._rt, refusals)
+            again = [n for n, v in zip(doubted, verdicts, strict=True) if v is Verdict.RETRY]
+            retried = self._rt.gate.reserve([reserve[n][1] for n in again]) if again else []
+        except GateUnavailable as error:
+            log.warning("gate_unavailable", error_type=str(error), claims=len(doubted))
+            down = _gate_unavailable()
+            for n in doubted:
+                gate_results[n] = down
+            return
+        except StoreError as error:
+            log.warning("claim_store_unreadable", error_type=type(error).__name__)
+            unread = _store_unavailable()
+            for n in doubted:
+                gate_results[n] = unread
+            return
+        for n, verdict in zip(doubted, verdicts, strict=True):
+            if verdict is Verdict.PENDING:
+                gate_results[n] = pending
+        for n, got in zip(again, retried, strict=True):
+            # Refused as claimed already again: another claim of theirs came between.
+            gate_results[n] = pending if got.outcome in CLAIMED_ALREADY else got
+
+    def _counted_in(self, offer: _Offer, outcome: ReserveOutcome) -> dict[str, tuple[str, str]]:
+        """The pools a refusal counts the person's vouchers in: the offer's own for the
+        pool's limit, every pool of the campaign for the campaign's."""
+        if outcome is ReserveOutcome.ALREADY_CLAIMED:
+            return {offer.pool: (offer.round_id, offer.channel_id)}
+        row = self._cache.get(offer.campaign_id)
+        assert row is not None, "the campaign made the offer a moment ago"
+        return {
+            pool_key(offer.campaign_id, r.id, channel_id): (r.id, channel_id)
+            for r in row.config.rounds
+            for channel_id in r.stock
+        }
 
     def _gate_refusal(
         self, reserved: ReserveRequest, offer: _Offer, outcome: ReserveOutcome
@@ -447,6 +522,21 @@ class _Offer:
         if not self._text:
             self._text.append(issued_text(self.voucher(ID_SLOT, "", 0)))
         return Answer.rendered(201, self._text[0].replace(ID_SLOT, voucher_id, 1))
+
+
+def _answer_the_rest(results: list[ClaimResult | None], refusal: LequanError) -> None:
+    answer = refusal_answer(refusal, http_status(refusal))
+    for i, result in enumerate(results):
+        if result is None:
+            results[i] = answer
+
+
+def _gate_unavailable() -> Unavailable:
+    return Unavailable("gate_unavailable", "the claim gate cannot be reached; retry shortly")
+
+
+def _store_unavailable() -> Unavailable:
+    return Unavailable("store_unavailable", "the store cannot be read; retry")
 
 
 def _ineligible(

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from lequan.domain.errors import IdempotencyError, InvalidInput
-from lequan.ports import UnitOfWork
+from lequan.ports import KeyHolds, UnitOfWork
 
 __all__ = [
     "Answer",
@@ -31,6 +33,8 @@ __all__ = [
     "run_once",
     "validate_key",
 ]
+
+log = structlog.get_logger(__name__)
 
 # Stores the answer for a service's result in the service's own transaction.
 RecordAnswer = Callable[[UnitOfWork, Any], None]
@@ -157,12 +161,31 @@ def in_flight() -> IdempotencyError:
 
 
 class InFlight:
-    """Keys whose first request is still running in this process (bounded)."""
+    """Keys whose first request is still running: in this process (bounded), and a
+    claim's in every process that shares ``shared`` too.
 
-    def __init__(self, entries_max: int = 100_000) -> None:
+    With a shared gate, claims (``acquire_many``) are held in ``shared`` as
+    well, for ``hold_ttl_s`` at most: a claim asks the gate before the store,
+    and the gate counts the first request's reservation, so a retry in
+    another process would hear "already claimed" where it must hear "in
+    flight" or the replay. Single calls (``acquire``: redemptions, operators'
+    calls) are held here only: each writes its effect and its answer in one
+    transaction under its key, so the store refuses a second process's
+    duplicate and the answer is replayed.
+    """
+
+    def __init__(
+        self,
+        entries_max: int = 100_000,
+        *,
+        shared: KeyHolds | None = None,
+        hold_ttl_s: float = 60.0,
+    ) -> None:
         self._lock = threading.Lock()
         self._keys: set[tuple[str, str]] = set()
         self._entries_max = entries_max
+        self._shared = shared
+        self._hold_ttl_s = hold_ttl_s
 
     def acquire(self, app_id: str, key: str) -> None:
         with self._lock:
@@ -176,11 +199,27 @@ class InFlight:
             self._keys.discard((app_id, key))
 
     def acquire_many(self, keys: Sequence[tuple[str, str]]) -> list[bool]:
-        """Hold every (app_id, key) not held yet, under one lock: True where now held.
+        """Hold every (app_id, key) not held yet, here and in ``shared``: True where now held.
 
-        A key held already, or twice in ``keys``, is False there: its request
-        is answered ``idempotency_in_flight`` by the caller.
+        A key held already (here or, in ``shared``, by another process), or
+        twice in ``keys``, is False there: its request is answered
+        ``idempotency_in_flight`` by the caller. Raises ``GateUnavailable``,
+        holding nothing, when ``shared`` cannot be reached.
         """
+        held = self._acquire_here(keys)
+        if self._shared is None or not any(held):
+            return held
+        mine = [entry for entry, now_held in zip(keys, held, strict=True) if now_held]
+        try:
+            shared = self._shared.hold(mine, ttl_s=self._hold_ttl_s)
+        except BaseException:
+            self._release_here(mine)
+            raise
+        self._release_here([entry for entry, ok in zip(mine, shared, strict=True) if not ok])
+        answers = iter(shared)
+        return [now_held and next(answers) for now_held in held]
+
+    def _acquire_here(self, keys: Sequence[tuple[str, str]]) -> list[bool]:
         held: list[bool] = []
         with self._lock:
             assert len(self._keys) + len(keys) <= self._entries_max, (
@@ -195,6 +234,20 @@ class InFlight:
         return held
 
     def release_many(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Let go of keys ``acquire_many`` held; never raises (a shared hold the gate's
+        server cannot be told about expires after ``hold_ttl_s``)."""
+        entries = list(keys)
+        self._release_here(entries)
+        if self._shared is None or not entries:
+            return
+        try:
+            self._shared.let_go(entries)
+        except Exception as error:
+            log.warning(
+                "inflight_let_go_failed", error_type=type(error).__name__, keys=len(entries)
+            )
+
+    def _release_here(self, keys: Iterable[tuple[str, str]]) -> None:
         with self._lock:
             self._keys.difference_update(keys)
 
