@@ -13,6 +13,7 @@ from pathlib import Path
 from lequan.adapters.clock import SystemClock
 from lequan.adapters.crypto import (
     AesGcmKeyRing,
+    KeyRingError,
     generate_key_file,
     is_example_keyring,
     load_key_file,
@@ -34,7 +35,14 @@ from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
 
-__all__ = ["Platform", "SetupError", "build_runtime", "load_keyring", "start_platform"]
+__all__ = [
+    "Platform",
+    "SetupError",
+    "build_runtime",
+    "load_keyring",
+    "private_data_dir",
+    "start_platform",
+]
 
 
 class SetupError(LequanError):
@@ -44,8 +52,30 @@ class SetupError(LequanError):
         super().__init__("setup_error", message)
 
 
+def private_data_dir(settings: Settings) -> None:
+    """Make the data directory its owner's alone (0700) when lequan keeps anything in it.
+
+    It holds the SQLite file of the embedded default and the key file made on
+    first run: every person's record and the keys that open them. One made
+    by an older version (0755) is narrowed here.
+    """
+    if settings.database_url and settings.key_file is not None:
+        return  # nothing of lequan's lives there
+    path = settings.data_dir
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError as error:
+        raise SetupError(
+            f"the data directory {path} cannot be made private ({error.strerror}): "
+            f"make it the lequan user's alone, chmod 700 {path}"
+        ) from None
+
+
 def load_keyring(settings: Settings, *, create: bool) -> AesGcmKeyRing:
     """The key ring from the key file; generated on first run only in the embedded mode."""
+    private_data_dir(settings)
     path = settings.effective_key_file
     if not path.exists():
         if not (create and settings.embedded and settings.key_file is None):
@@ -54,7 +84,10 @@ def load_keyring(settings: Settings, *, create: bool) -> AesGcmKeyRing:
                 "LEQUAN_KEY_FILE (see docs/operations.md)"
             )
         return generate_key_file(path)
-    keyring = load_key_file(path)
+    try:
+        keyring = load_key_file(path)
+    except KeyRingError as error:
+        raise SetupError(str(error)) from None
     if is_example_keyring(keyring) and not settings.embedded:
         raise SetupError(
             f"{path} holds the example key from the docs; generate a real one "
@@ -73,6 +106,7 @@ def build_runtime(
 ) -> Runtime:
     """Adapters from settings; tests pass fakes for the clock, keys or gate."""
     clock = clock or SystemClock()
+    private_data_dir(settings)
     store = SqlStore(create_engine(settings.effective_database_url))
     nonces: NonceStore
     if settings.redis_url:
@@ -149,6 +183,7 @@ class Platform:
 
 def migrate_store(settings: Settings, *, revision: str = "head", downgrade: bool = False) -> str:
     """Move the configured store's schema to ``revision`` (up, or down); the revision now."""
+    private_data_dir(settings)
     engine = create_engine(settings.effective_database_url)
     try:
         if downgrade:

@@ -180,6 +180,7 @@ def test_keys_are_generated_only_for_the_embedded_default(tmp_path: Path) -> Non
 
     example = tmp_path / "example-keys.json"
     example.write_text(EXAMPLE_KEY_FILE_JSON, encoding="utf-8")
+    example.chmod(0o600)
     with pytest.raises(SetupError, match="example key"):
         load_keyring(
             Settings(

@@ -293,6 +293,7 @@ def test_load_key_file_reports_a_missing_file(tmp_path: Path) -> None:
 def test_load_key_file_names_the_file_and_the_problem(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     path.write_text(_key_file_json(keys={"k1": _b64(KEY_A[:16])}), encoding="utf-8")
+    path.chmod(0o600)
     with pytest.raises(KeyRingError, match=r"keys\.json.*must be 32 bytes, got 16"):
         load_key_file(path)
 
@@ -355,4 +356,5 @@ def test_an_example_key_anywhere_in_the_ring_counts() -> None:
 def test_example_key_file_written_to_disk_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "example.json"
     path.write_text(EXAMPLE_KEY_FILE_JSON, encoding="utf-8")
+    path.chmod(0o600)
     assert is_example_keyring(load_key_file(path))

@@ -13,7 +13,8 @@ HMAC-SHA256 under a separate key over ``field + "\\x00" + value``. It is
 deterministic, so it must only ever be computed on normalised values
 (``lequan.domain.identity``).
 
-Keys live in a JSON key file (mode 0600)::
+Keys live in a JSON key file, readable and writable by its owner alone (mode
+0600; ``load_key_file`` refuses one open to anyone else)::
 
     {"version": 1, "active_key_id": "k1",
      "keys": {"k1": "<base64 of 32 bytes>"},
@@ -33,6 +34,7 @@ import hmac
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -250,6 +252,7 @@ def load_key_file(path: str | os.PathLike[str]) -> AesGcmKeyRing:
     file_path = Path(path)
     try:
         with file_path.open("rb") as handle:
+            _check_private(file_path, os.fstat(handle.fileno()).st_mode)
             data = handle.read(_KEY_FILE_SIZE_MAX + 1)
     except FileNotFoundError:
         raise KeyRingError(f"key file {str(file_path)!r} does not exist") from None
@@ -267,6 +270,16 @@ def load_key_file(path: str | os.PathLike[str]) -> AesGcmKeyRing:
         return keyring_from_json(text)
     except KeyRingError as error:
         raise KeyRingError(f"key file {str(file_path)!r}: {error}") from None
+
+
+def _check_private(file_path: Path, mode: int) -> None:
+    """Refuse a key file that anyone but its owner may read or write: its keys open
+    every ID number, and whoever can write it can swap them."""
+    if mode & 0o077:
+        raise KeyRingError(
+            f"key file {str(file_path)!r} is open to others (mode {stat.S_IMODE(mode):04o}); "
+            f"make it its owner's alone: chmod 600 {file_path}"
+        )
 
 
 def generate_key_file(path: str | os.PathLike[str]) -> AesGcmKeyRing:
