@@ -8,6 +8,7 @@ generated local file. With ``LEQUAN_DATABASE_URL`` (PostgreSQL) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from lequan.adapters.clock import SystemClock
@@ -26,11 +27,12 @@ from lequan.adapters.sql.engine import create_engine
 from lequan.adapters.sql.unit_of_work import SqlStore
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
-from lequan.ports import ClaimGate, Clock, NonceStore
+from lequan.ports import ClaimGate, Clock, KeyMismatch, KeyRing, NonceStore, Store
 from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
+from lequan.services.keys import check_keys
 from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
@@ -39,8 +41,10 @@ __all__ = [
     "Platform",
     "SetupError",
     "build_runtime",
+    "check_store",
     "load_keyring",
     "private_data_dir",
+    "require_matching_keys",
     "start_platform",
 ]
 
@@ -202,7 +206,11 @@ def generate_keys(path: Path) -> str:
 
 def require_current_schema(rt: Runtime) -> None:
     """Refuse a store whose schema is not the one this version needs, with the fix."""
-    current, head = rt.store.schema_revisions()
+    _require_schema(rt.store)
+
+
+def _require_schema(store: Store) -> None:
+    current, head = store.schema_revisions()
     if current != head:
         raise SetupError(
             f"the store is at schema {current or 'none'}, this version needs {head}: "
@@ -210,10 +218,40 @@ def require_current_schema(rt: Runtime) -> None:
         )
 
 
+def require_matching_keys(rt: Runtime) -> None:
+    """Refuse a key ring that is not the one the store's data is written under, with the
+    fix; on a store that has none yet, pin this one (``lequan.services.keys``)."""
+    _require_keys(rt.store, rt.keyring, rt.settings, now=rt.clock.now())
+
+
+def _require_keys(store: Store, keyring: KeyRing, settings: Settings, *, now: datetime) -> None:
+    try:
+        check_keys(store, keyring, now=now)
+    except KeyMismatch as error:
+        raise SetupError(
+            f"the key file {settings.effective_key_file} does not match the store's data: "
+            f"{error.message}; start with the key file the data was written with "
+            "(docs/operations.md, Keys)"
+        ) from None
+
+
+def check_store(settings: Settings, keyring: AesGcmKeyRing) -> None:
+    """What ``serve`` makes sure of before it starts a worker: the store's schema is
+    current and the key ring is the one its data is written under."""
+    store = SqlStore(create_engine(settings.effective_database_url, pool_size=1))
+    try:
+        _require_schema(store)
+        _require_keys(store, keyring, settings, now=SystemClock().now())
+    finally:
+        store.dispose()
+
+
 def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
-    """Check the schema is current, rebuild the gate from the store, start the workers."""
+    """Check the schema is current and the keys are the data's, rebuild the gate from
+    the store, start the workers."""
     if check_schema:
         require_current_schema(rt)
+    require_matching_keys(rt)
     cache = CampaignCache(
         rt,
         ttl_s=rt.settings.campaign_cache_ttl_s,

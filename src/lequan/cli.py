@@ -80,9 +80,15 @@ def main() -> None:
 
 
 def _runtime(*, create_keys: bool = True) -> Any:
-    """The store and gate the command acts on, its schema current: the embedded store
-    is migrated as ``serve`` does; any other store must have been (``lequan migrate``)."""
-    from lequan.bootstrap import SetupError, build_runtime, require_current_schema
+    """The store and gate the command acts on, its schema current and its key ring the
+    data's: the embedded store is migrated as ``serve`` does; any other store must have
+    been (``lequan migrate``)."""
+    from lequan.bootstrap import (
+        SetupError,
+        build_runtime,
+        require_current_schema,
+        require_matching_keys,
+    )
 
     settings = Settings()
     if settings.embedded:
@@ -90,6 +96,7 @@ def _runtime(*, create_keys: bool = True) -> Any:
     rt = build_runtime(settings, create_keys=create_keys)
     try:
         require_current_schema(rt)
+        require_matching_keys(rt)
     except SetupError:
         rt.store.dispose()
         raise
@@ -130,7 +137,7 @@ def serve(
     """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
     import uvicorn
 
-    from lequan.bootstrap import SetupError, load_keyring
+    from lequan.bootstrap import SetupError, check_store, load_keyring
 
     settings = Settings()
     workers = workers or settings.workers
@@ -139,9 +146,12 @@ def serve(
             "more than one worker needs a shared claim gate: set LEQUAN_REDIS_URL "
             "(the in-process gate would sell the same stock once per worker)"
         )
-    load_keyring(settings, create=True)  # refuses a missing or example key outside embedded
+    keyring = load_keyring(
+        settings, create=True
+    )  # refuses a missing or example key outside embedded
     if settings.embedded:
         _migrate_embedded(settings)
+    check_store(settings, keyring)  # the schema current, the key file the data's
     uvicorn.run(
         "lequan.http.asgi:create",
         factory=True,

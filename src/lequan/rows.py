@@ -22,6 +22,7 @@ __all__ = [
     "PersonRow",
     "RedemptionReads",
     "RedemptionRow",
+    "SealedSample",
     "StockKey",
     "VoucherRow",
 ]
@@ -62,6 +63,17 @@ class PersonRow:
     phone_enc: bytes
     key_id: str
     residence_region: str
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSample:
+    """A value the store already holds encrypted: its field (the associated data), key
+    id and ciphertext, and for an ID number the blind index it is filed under."""
+
+    field: str
+    key_id: str
+    ciphertext: bytes
+    blind_index: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

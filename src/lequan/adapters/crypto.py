@@ -42,6 +42,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from lequan.ports import KeyMismatch
+
 __all__ = [
     "EXAMPLE_KEY_FILE_JSON",
     "KEY_FILE_VERSION",
@@ -69,11 +71,12 @@ _KEY_FILE_SIZE_MAX = 1 << 20
 
 
 class KeyRingError(Exception):
-    """A key is missing or malformed, or a ciphertext failed authentication.
+    """A key file or key is missing or malformed.
 
-    An operating and security error, not a client's mistake: it means wrong
-    keys, corrupted data or tampering. Its message names the field and the
-    key id, never a plaintext or key material.
+    An operating error, not a client's mistake. Its message names the file,
+    the field or the key id, never key material. A ciphertext that does not
+    open is the port's ``KeyMismatch`` instead (wrong keys, corrupted data or
+    tampering), which the platform answers 503 ``key_mismatch``.
     """
 
 
@@ -131,26 +134,27 @@ class AesGcmKeyRing:
         return self._active_key_id, nonce + sealed
 
     def decrypt(self, field: str, key_id: str, ciphertext: bytes) -> str:
-        """Decrypt what ``encrypt`` made for this same field; ``KeyRingError`` otherwise."""
+        """Decrypt what ``encrypt`` made for this same field; ``KeyMismatch`` otherwise
+        (the port's error: answered 503 ``key_mismatch``, for an operator to act on)."""
         assert field, "a field name is required: it is the associated data"
         aead = self._aeads.get(key_id)
         if aead is None:
-            raise KeyRingError(f"unknown key id {key_id!r} for field {field!r}")
+            raise KeyMismatch(f"unknown key id {key_id!r} for field {field!r}")
         if len(ciphertext) < NONCE_LENGTH + TAG_LENGTH:
-            raise KeyRingError(f"ciphertext for field {field!r} is too short to be one")
+            raise KeyMismatch(f"ciphertext for field {field!r} is too short to be one")
         nonce, sealed = ciphertext[:NONCE_LENGTH], ciphertext[NONCE_LENGTH:]
         try:
             plaintext = aead.decrypt(nonce, sealed, field.encode("utf-8"))
         except InvalidTag:
             # The cause is deliberately dropped: nothing about the data leaks.
-            raise KeyRingError(
+            raise KeyMismatch(
                 f"ciphertext for field {field!r} under key {key_id!r} failed authentication "
                 "(wrong field, wrong key, or altered data)"
             ) from None
         try:
             return plaintext.decode("utf-8")
         except UnicodeDecodeError:
-            raise KeyRingError(
+            raise KeyMismatch(
                 f"ciphertext for field {field!r} under key {key_id!r} is not UTF-8 text"
             ) from None
 

@@ -134,6 +134,7 @@ class ErrorCode(enum.StrEnum):
     COMMIT_TIMEOUT = "commit_timeout"
     GATE_UNAVAILABLE = "gate_unavailable"
     GATE_REBUILDING = "gate_rebuilding"
+    KEY_MISMATCH = "key_mismatch"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -389,6 +390,13 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.GATE_REBUILDING: ErrorSpec(
         503, Unavailable, "the claim gate lost its state and is being rebuilt from the store"
+    ),
+    _C.KEY_MISMATCH: ErrorSpec(
+        503,
+        Unavailable,
+        "a stored value does not open with the server's keys (another key file than the "
+        "data's, or altered data); nothing was done: operators must restart it with the "
+        "right key file",
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,

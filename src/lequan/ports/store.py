@@ -9,6 +9,7 @@ called, and its repositories all act inside it:
     uow.vouchers      vouchers and redemptions
     uow.ledger        postings with the budget counter they move, outbox, audit
     uow.idempotency   answers stored per (app, Idempotency-Key)
+    uow.keys          the key canaries: which key ring the data is written under
 
 Every atomic step is the store's: a conditional update (``take_stock``,
 ``ledger.record``, ``move_voucher``) answers False rather than letting a
@@ -39,6 +40,7 @@ from lequan.rows import (
     PersonRow,
     RedemptionReads,
     RedemptionRow,
+    SealedSample,
     StockKey,
     VoucherRow,
 )
@@ -46,6 +48,7 @@ from lequan.rows import (
 __all__ = [
     "CampaignRepository",
     "IdempotencyRepository",
+    "KeyCheckRepository",
     "LedgerRepository",
     "PeopleRepository",
     "Store",
@@ -344,6 +347,31 @@ class IdempotencyRepository(Protocol):
     def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
 
+class KeyCheckRepository(Protocol):
+    """What the store remembers of the key ring its data is written under (migration 0007).
+
+    A canary is written once and never changed: ``blind_index`` holds the
+    blind-index key's digest of a fixed label, ``key:<key id>`` a fixed text
+    encrypted under that key. A process whose key ring does not reproduce
+    them holds another key file than the data's and is refused at start
+    (``lequan.services.keys``). An in-process store keeps them in a dict.
+    """
+
+    def canaries(self) -> dict[str, bytes]:
+        """Every canary by name (empty before the first start after 0007)."""
+        ...
+
+    def add_canaries(self, canaries: Mapping[str, bytes], *, now: datetime) -> None:
+        """Write new canaries; ``DuplicateKey`` if another process wrote one first."""
+        ...
+
+    def sealed_samples(self, limit: int) -> list[SealedSample]:
+        """Up to ``limit`` values the store already holds encrypted (app secrets, then ID
+        numbers with their blind index), oldest first: what a store written before
+        its canaries is checked against before they are pinned."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every aggregate; rolled back unless committed."""
 
@@ -361,6 +389,9 @@ class UnitOfWork(Protocol):
 
     @property
     def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def keys(self) -> KeyCheckRepository: ...
 
     def commit(self) -> None: ...
 

@@ -327,3 +327,13 @@ audit_log = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
+
+# What the store remembers of the key ring its data is written under (0007):
+# "blind_index" and "key:<key id>" canaries, written once, never changed.
+key_canaries = sa.Table(
+    "key_canaries",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
