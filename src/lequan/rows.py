@@ -56,13 +56,13 @@ class AppRow:
 
 @dataclass(frozen=True, slots=True)
 class PersonRow:
+    """One human, whatever channels they registered through: their ID number. What each
+    channel registered them with (name, phone, residence) is on that channel's account."""
+
     id: str
     id_number_bidx: str
     id_number_enc: bytes
-    name_enc: bytes
-    phone_enc: bytes
     key_id: str
-    residence_region: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,17 +149,34 @@ class PeopleRepository(Protocol):
 
     def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None: ...
 
-    def insert_person(self, values: Mapping[str, Any]) -> None: ...
-
-    def update_person_contact(self, person_id: str, values: Mapping[str, Any]) -> None: ...
+    def insert_person(self, values: Mapping[str, Any]) -> None:
+        """A new person: id, id_number_bidx, id_number_enc, key_id, consent_version,
+        consent_at, created_at. Never changed by a later registration."""
+        ...
 
     def account_person(self, channel_id: str, channel_user_id: str) -> str | None: ...
 
     def person_account_in_channel(self, channel_id: str, person_id: str) -> str | None: ...
 
     def insert_account(
-        self, *, channel_id: str, channel_user_id: str, person_id: str, now: datetime
-    ) -> None: ...
+        self,
+        *,
+        channel_id: str,
+        channel_user_id: str,
+        person_id: str,
+        identity: Mapping[str, Any],
+        now: datetime,
+    ) -> None:
+        """Bind a channel account to a person with what that channel registered them
+        with (``identity``: name_enc, phone_enc, phone_bidx, key_id, residence_region,
+        consent_version, consent_at)."""
+        ...
+
+    def update_account_identity(
+        self, channel_id: str, channel_user_id: str, identity: Mapping[str, Any]
+    ) -> None:
+        """Replace what this channel account registered (its own; no other account's)."""
+        ...
 
     def blacklisted(self, bidxs: Sequence[str]) -> set[str]: ...
 
@@ -170,7 +187,8 @@ class PeopleRepository(Protocol):
     def claimants(
         self, channel_id: str, channel_user_ids: Sequence[str]
     ) -> dict[str, tuple[str, str, bool]]:
-        """channel_user_id -> (person_id, residence_region, blacklisted), one query."""
+        """channel_user_id -> (person_id, residence_region, blacklisted), one query; the
+        region is the one this channel registered the person with."""
         ...
 
 
