@@ -126,6 +126,11 @@ class PeopleRepository(Protocol):
 
     def operator_role(self, operator_id: str) -> str | None: ...
 
+    def any_operator(self) -> bool:
+        """Whether the store has any operator account, active or not (the first one is
+        added without a token)."""
+        ...
+
     def add_app(
         self, *, app_id: str, kind: str, name: str, key_id: str, secret_enc: bytes, now: datetime
     ) -> None: ...

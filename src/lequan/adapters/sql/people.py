@@ -45,6 +45,9 @@ class SqlPeople:
         ).first()
         return row.role if row else None
 
+    def any_operator(self) -> bool:
+        return self._s.exec(sa.select(t.operators.c.id).limit(1)).first() is not None
+
     def add_app(
         self, *, app_id: str, kind: str, name: str, key_id: str, secret_enc: bytes, now: datetime
     ) -> None:
