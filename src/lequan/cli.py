@@ -124,6 +124,12 @@ def _runtime(*, create_keys: bool = True) -> Any:
     return rt
 
 
+def _runtime_as(token: str | None, token_file: Path | None, *roles: str) -> tuple[Any, str]:
+    """The runtime, and the operator acting in it (``_acting``)."""
+    rt = _runtime()
+    return rt, _acting(rt, token, token_file, *roles)
+
+
 def _acting(rt: Any, token: str | None, token_file: Path | None, *roles: str) -> str:
     """The operator the token authenticates, who must hold one of ``roles`` (any role if
     none is named): the audit log names them, not whoever the command line says."""
@@ -283,8 +289,8 @@ def campaign_import(
     from lequan.services import campaigns
 
     config = campaigns.parse_campaign(file.read_bytes())
-    rt = _runtime()
-    row = campaigns.import_campaign(rt, config, actor=_acting(rt, token, token_file))
+    rt, actor = _runtime_as(token, token_file)
+    row = campaigns.import_campaign(rt, config, actor=actor)
     _emit(_campaign_summary(row), as_json, f"imported [bold]{row.id}[/] as draft")
 
 
@@ -297,8 +303,7 @@ def _lifecycle(action: str) -> Any:
     ) -> None:
         from lequan.services import campaigns
 
-        rt = _runtime()
-        actor = _acting(rt, token, token_file)
+        rt, actor = _runtime_as(token, token_file)
         row = campaigns.change_status(rt, campaign_id, action, actor=actor)
         _emit(_campaign_summary(row), as_json, f"{row.id} is now [bold]{row.status.value}[/]")
 
@@ -321,8 +326,7 @@ def campaign_start_round(
     """Open a round now (the campaign goes live if it was approved)."""
     from lequan.services import campaigns
 
-    rt = _runtime()
-    actor = _acting(rt, token, token_file)
+    rt, actor = _runtime_as(token, token_file)
     row = campaigns.start_round(rt, campaign_id, round_id, actor=actor)
     _emit(_campaign_summary(row), as_json, f"round [bold]{round_id}[/] of {row.id} is open")
 
@@ -334,8 +338,7 @@ def campaign_rebuild_gate(
     """Reload a campaign's Redis claim gate from the store (fenced: waits out in-flight claims)."""
     from lequan.services import campaigns
 
-    rt = _runtime()
-    actor = _acting(rt, token, token_file)
+    rt, actor = _runtime_as(token, token_file)
     if not rt.gate.shared:
         err.print(
             "[red]error[/] the embedded default keeps the gate inside the server process; "
@@ -404,8 +407,7 @@ def merchant_import(
     """Import or update merchants from CSV (a maker)."""
     from lequan.services import admin
 
-    rt = _runtime()
-    actor = _acting(rt, token, token_file, "maker")
+    rt, actor = _runtime_as(token, token_file, "maker")
     result = admin.import_merchants(rt, file.read_text(encoding="utf-8"), actor=actor)
     _emit({"imported": result.imported}, as_json, f"imported {result.imported} merchants")
 
@@ -420,8 +422,7 @@ def _add_app(kind: str) -> Any:
     ) -> None:
         from lequan.services import admin
 
-        rt = _runtime()
-        actor = _acting(rt, token, token_file, "maker")
+        rt, actor = _runtime_as(token, token_file, "maker")
         created = admin.add_app(rt, app_id=app_id, kind=kind, name=name or app_id, actor=actor)
         data = {
             "app_id": created.app_id,

@@ -55,7 +55,8 @@ def _claimant(world: World, channel: str, n: int) -> tuple[str, str, bool]:
     """What a claim in ``channel`` decides eligibility on (the claim path's own lookup)."""
     user = f"{channel}-user-{n}"
     with world.rt.store.unit_of_work(readonly=True) as uow:
-        return uow.people.claimants(channel, [user])[user]
+        found: tuple[str, str, bool] = uow.people.claimants(channel, [user])[user]
+    return found
 
 
 def test_another_channel_cannot_change_what_a_channel_registered(world: World) -> None:

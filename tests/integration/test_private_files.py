@@ -11,12 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from lequan.adapters.crypto import generate_key_file
 from lequan.adapters.sql.engine import create_engine
 from lequan.bootstrap import SetupError, build_runtime, load_keyring, migrate_store
-from lequan.cli import app
 from lequan.config import Settings
 
 
@@ -96,18 +94,3 @@ def test_a_key_file_others_may_read_or_write_is_refused_with_the_fix(
         load_keyring(settings, create=False)
     key_file.chmod(0o600)
     assert load_keyring(settings, create=False).active_key_id == "k1"
-
-
-def test_the_cli_refuses_an_open_key_file_in_one_clear_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("LEQUAN_DATABASE_URL", "LEQUAN_REDIS_URL", "LEQUAN_KEY_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LEQUAN_DATA_DIR", str(tmp_path))
-    generate_key_file(tmp_path / "keys.json")
-    (tmp_path / "keys.json").chmod(0o644)
-    result = CliRunner().invoke(app, ["campaign", "list"])
-    assert result.exit_code == 2
-    assert "setup_error" in result.stderr
-    assert "chmod 600" in result.stderr
-    assert "Traceback" not in result.output + result.stderr

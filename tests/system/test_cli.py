@@ -283,3 +283,27 @@ def test_keys_are_generated_only_for_the_embedded_default(tmp_path: Path) -> Non
             ),
             create=False,
         )
+
+
+def test_an_open_key_file_is_refused_in_one_clear_line(data_dir: Path) -> None:
+    run("campaign", "list")  # the first start makes the key file
+    (data_dir / "keys.json").chmod(0o644)
+    result = runner.invoke(app, ["campaign", "list"])
+    assert result.exit_code == 2
+    assert "setup_error" in result.stderr
+    assert "chmod 600" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_serve_and_the_cli_refuse_another_key_file_than_the_datas(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("campaign", "list")  # the first start pins the store's key file
+    generate_key_file(data_dir / "other-keys.json")
+    monkeypatch.setenv("LEQUAN_KEY_FILE", str(data_dir / "other-keys.json"))
+    for command in (["campaign", "list"], ["serve"]):
+        refused = runner.invoke(app, command)
+        assert refused.exit_code == 2, command
+        assert "setup_error" in refused.stderr
+        assert "does not match the store's data" in " ".join(refused.stderr.split())
+        assert "Traceback" not in refused.output + refused.stderr
