@@ -386,7 +386,9 @@ def test_malformed_id_numbers_mask_to_stars(raw: str) -> None:
     assert mask_id_number(raw) == "*" * 18
 
 
-@pytest.mark.parametrize("raw", ["31010119900A011234", "3101011990010112X4", "X10101199001011234"])
+@pytest.mark.parametrize(
+    "raw", ["31010119900A011234", "3101011990010112X4", "X10101199001011234", "31010119900101123A"]
+)
 def test_an_id_number_of_18_characters_with_a_letter_inside_masks_to_stars(raw: str) -> None:
     assert mask_id_number(raw) == "*" * 18
 

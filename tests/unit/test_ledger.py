@@ -118,6 +118,7 @@ def test_expiry_and_revocation_return_the_face_to_the_budget(
     entry = make(9_000)
     assert entry.kind is kind
     assert _lines(entry) == {OUTSTANDING: -9_000, BUDGET: 9_000}
+    assert _lines(make(1)) == {OUTSTANDING: -1, BUDGET: 1}  # the smallest voucher there is
 
 
 def test_payable_is_kept_per_acquirer() -> None:
