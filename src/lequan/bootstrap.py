@@ -27,7 +27,15 @@ from lequan.adapters.sql.engine import create_engine
 from lequan.adapters.sql.unit_of_work import SqlStore
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
-from lequan.ports import ClaimGate, Clock, KeyMismatch, KeyRing, NonceStore, Store
+from lequan.ports import (
+    ClaimGate,
+    Clock,
+    KeyMismatch,
+    KeyRing,
+    NonceStore,
+    Store,
+    StoreUnavailable,
+)
 from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
@@ -242,6 +250,8 @@ def check_store(settings: Settings, keyring: AesGcmKeyRing) -> None:
     try:
         _require_schema(store)
         _require_keys(store, keyring, settings, now=SystemClock().now())
+    except StoreUnavailable as error:
+        raise SetupError(f"the store does not answer ({error}): start it first") from None
     finally:
         store.dispose()
 

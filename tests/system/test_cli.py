@@ -307,3 +307,15 @@ def test_serve_and_the_cli_refuse_another_key_file_than_the_datas(
         assert "setup_error" in refused.stderr
         assert "does not match the store's data" in " ".join(refused.stderr.split())
         assert "Traceback" not in refused.output + refused.stderr
+
+
+def test_serve_refuses_a_store_that_does_not_answer_in_one_clear_line(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generate_key_file(data_dir / "keys-prod.json")
+    monkeypatch.setenv("LEQUAN_KEY_FILE", str(data_dir / "keys-prod.json"))
+    monkeypatch.setenv("LEQUAN_DATABASE_URL", "postgresql+psycopg://lequan@127.0.0.1:1/lequan")
+    refused = runner.invoke(app, ["serve"])
+    assert refused.exit_code == 2
+    assert "the store does not answer" in refused.stderr
+    assert "Traceback" not in refused.output + refused.stderr
