@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check serve bench simulate venv clean lock
+.PHONY: demo test check serve bench simulate mutate venv clean lock
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "lequan needs Python 3.11+"'
@@ -44,10 +44,17 @@ bench: $(STAMP)
 simulate: $(STAMP)
 	$(BIN)/python -m benchmarks simulate $(SIMULATE_ARGS)
 
+## Mutation testing of src/lequan/domain/ against tests/unit (not part of CI: tens of
+## minutes); prints the survivors. Results and the last score in docs/testing.md.
+mutate: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(or $(MUTATE_JOBS),2)
+	$(BIN)/mutmut results
+
 ## Regenerate the lock file after changing pyproject.toml (needs `uv`).
 lock:
 	uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 	  --generate-hashes -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lequan-data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache lequan-data mutants

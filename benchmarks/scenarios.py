@@ -28,7 +28,7 @@ from lequan.adapters.sql import migrate
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.engine import create_engine
 from lequan.adapters.sql.unit_of_work import sql_store
-from lequan.bootstrap import build_runtime
+from lequan.bootstrap import build_runtime, require_matching_keys
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig
 from lequan.examples import example_campaign, example_merchants
@@ -141,6 +141,9 @@ def prepare_stack(
     migrate.upgrade(engine)
     engine.dispose()
     rt = build_runtime(settings, gate=None if redis_url else MemoryGate())
+    # The key canaries pinned first: the people written in bulk below carry placeholder
+    # ID numbers, which a store without canaries would be checked against at start.
+    require_matching_keys(rt)
     now = rt.clock.now()
     admin.add_operator(rt, "bench-maker", role="maker")
     admin.add_operator(rt, "bench-checker", role="checker")
@@ -207,11 +210,7 @@ def _register_in_bulk(rt: Runtime, people: int, now: datetime, channels: tuple[s
                         "id": f"pb{i}",
                         "id_number_bidx": f"bench{i}",
                         "id_number_enc": name_enc,
-                        "name_enc": name_enc,
-                        "phone_enc": name_enc,
-                        "phone_bidx": f"bench{i}",
                         "key_id": name_key,
-                        "residence_region": "310104",
                         "consent_version": "2024-01",
                         "consent_at": now,
                         "created_at": now,
@@ -227,6 +226,13 @@ def _register_in_bulk(rt: Runtime, people: int, now: datetime, channels: tuple[s
                         "channel_user_id": f"b{i}",
                         "person_id": f"pb{i}",
                         "created_at": now,
+                        "name_enc": name_enc,
+                        "phone_enc": name_enc,
+                        "phone_bidx": f"bench{i}",
+                        "key_id": name_key,
+                        "residence_region": "310104",
+                        "consent_version": "2024-01",
+                        "consent_at": now,
                     }
                     for i in rows
                 ],

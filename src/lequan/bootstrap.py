@@ -8,6 +8,7 @@ generated local file. With ``LEQUAN_DATABASE_URL`` (PostgreSQL) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -15,6 +16,7 @@ import structlog
 from lequan.adapters.clock import SystemClock
 from lequan.adapters.crypto import (
     AesGcmKeyRing,
+    KeyRingError,
     generate_key_file,
     is_example_keyring,
     load_key_file,
@@ -27,12 +29,21 @@ from lequan.adapters.sql.engine import create_engine, durability_settings, unsaf
 from lequan.adapters.sql.unit_of_work import SqlStore
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
-from lequan.ports import ClaimGate, Clock, NonceStore, Store
+from lequan.ports import (
+    ClaimGate,
+    Clock,
+    KeyMismatch,
+    KeyRing,
+    NonceStore,
+    Store,
+    StoreUnavailable,
+)
 from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
 from lequan.services.idempotency import InFlight
+from lequan.services.keys import check_keys
 from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
@@ -41,8 +52,11 @@ __all__ = [
     "Platform",
     "SetupError",
     "build_runtime",
+    "check_store",
     "load_keyring",
+    "private_data_dir",
     "require_durable_store",
+    "require_matching_keys",
     "start_platform",
 ]
 
@@ -56,8 +70,30 @@ class SetupError(LequanError):
         super().__init__("setup_error", message)
 
 
+def private_data_dir(settings: Settings) -> None:
+    """Make the data directory its owner's alone (0700) when lequan keeps anything in it.
+
+    It holds the SQLite file of the embedded default and the key file made on
+    first run: every person's record and the keys that open them. One made
+    by an older version (0755) is narrowed here.
+    """
+    if settings.database_url and settings.key_file is not None:
+        return  # nothing of lequan's lives there
+    path = settings.data_dir
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError as error:
+        raise SetupError(
+            f"the data directory {path} cannot be made private ({error.strerror}): "
+            f"make it the lequan user's alone, chmod 700 {path}"
+        ) from None
+
+
 def load_keyring(settings: Settings, *, create: bool) -> AesGcmKeyRing:
     """The key ring from the key file; generated on first run only in the embedded mode."""
+    private_data_dir(settings)
     path = settings.effective_key_file
     if not path.exists():
         if not (create and settings.embedded and settings.key_file is None):
@@ -66,7 +102,10 @@ def load_keyring(settings: Settings, *, create: bool) -> AesGcmKeyRing:
                 "LEQUAN_KEY_FILE (see docs/operations.md)"
             )
         return generate_key_file(path)
-    keyring = load_key_file(path)
+    try:
+        keyring = load_key_file(path)
+    except KeyRingError as error:
+        raise SetupError(str(error)) from None
     if is_example_keyring(keyring) and not settings.embedded:
         raise SetupError(
             f"{path} holds the example key from the docs; generate a real one "
@@ -88,6 +127,7 @@ def build_runtime(
     (``MemoryStore``: the service tests whose store is incidental)."""
     clock = clock or SystemClock()
     if store is None:
+        private_data_dir(settings)
         store = SqlStore(
             create_engine(
                 settings.effective_database_url,
@@ -182,6 +222,7 @@ class Platform:
 
 def migrate_store(settings: Settings, *, revision: str = "head", downgrade: bool = False) -> str:
     """Move the configured store's schema to ``revision`` (up, or down); the revision now."""
+    private_data_dir(settings)
     engine = create_engine(settings.effective_database_url)
     try:
         if downgrade:
@@ -200,7 +241,11 @@ def generate_keys(path: Path) -> str:
 
 def require_current_schema(rt: Runtime) -> None:
     """Refuse a store whose schema is not the one this version needs, with the fix."""
-    current, head = rt.store.schema_revisions()
+    _require_schema(rt.store)
+
+
+def _require_schema(store: Store) -> None:
+    current, head = store.schema_revisions()
     if current != head:
         raise SetupError(
             f"the store is at schema {current or 'none'}, this version needs {head}: "
@@ -246,11 +291,43 @@ def require_durable_store(settings: Settings, store: Store | None = None) -> Non
     )
 
 
+def require_matching_keys(rt: Runtime) -> None:
+    """Refuse a key ring that is not the one the store's data is written under, with the
+    fix; on a store that has none yet, pin this one (``lequan.services.keys``)."""
+    _require_keys(rt.store, rt.keyring, rt.settings, now=rt.clock.now())
+
+
+def _require_keys(store: Store, keyring: KeyRing, settings: Settings, *, now: datetime) -> None:
+    try:
+        check_keys(store, keyring, now=now)
+    except KeyMismatch as error:
+        raise SetupError(
+            f"the key file {settings.effective_key_file} does not match the store's data: "
+            f"{error.message}; start with the key file the data was written with "
+            "(docs/operations.md, Keys)"
+        ) from None
+
+
+def check_store(settings: Settings, keyring: AesGcmKeyRing) -> None:
+    """What ``serve`` makes sure of before it starts a worker: the store's schema is
+    current and the key ring is the one its data is written under."""
+    store = SqlStore(create_engine(settings.effective_database_url, pool_size=1))
+    try:
+        _require_schema(store)
+        _require_keys(store, keyring, settings, now=SystemClock().now())
+    except StoreUnavailable as error:
+        raise SetupError(f"the store does not answer ({error}): start it first") from None
+    finally:
+        store.dispose()
+
+
 def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
-    """Check the schema is current and the store durable, rebuild the gate from the
-    store (what must wait out a fence, in the background), start the workers."""
+    """Check the schema is current, the keys the data's and the store durable, rebuild
+    the gate from the store (what must wait out a fence, in the background), start the
+    workers."""
     if check_schema:
         require_current_schema(rt)
+    require_matching_keys(rt)
     require_durable_store(rt.settings, rt.store)
     cache = CampaignCache(
         rt,

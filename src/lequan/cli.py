@@ -7,6 +7,8 @@ commands print what they created and take ``--json`` for scripts.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,8 +73,27 @@ def _logs_to_stderr() -> None:
     configure_logging(json=settings.log_json, level=settings.log_level)
 
 
-As = Annotated[str, typer.Option("--as", help="The operator acting (audited).")]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="LEQUAN_OPERATOR_TOKEN",
+        show_envvar=True,
+        help="The acting operator's API token; the audit names the operator it belongs to. "
+        "Prefer the variable or --token-file: a command line is visible to other users.",
+    ),
+]
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="A file holding the acting operator's token, readable by its owner alone "
+        "(chmod 600); used before --token and LEQUAN_OPERATOR_TOKEN.",
+    ),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+# A token is 48 characters; a file much larger than that is not a token file.
+TOKEN_FILE_BYTES_MAX = 4096
 
 
 def main() -> None:
@@ -80,9 +101,15 @@ def main() -> None:
 
 
 def _runtime(*, create_keys: bool = True) -> Any:
-    """The store and gate the command acts on, its schema current: the embedded store
-    is migrated as ``serve`` does; any other store must have been (``lequan migrate``)."""
-    from lequan.bootstrap import SetupError, build_runtime, require_current_schema
+    """The store and gate the command acts on, its schema current and its key ring the
+    data's: the embedded store is migrated as ``serve`` does; any other store must have
+    been (``lequan migrate``)."""
+    from lequan.bootstrap import (
+        SetupError,
+        build_runtime,
+        require_current_schema,
+        require_matching_keys,
+    )
 
     settings = Settings()
     if settings.embedded:
@@ -90,10 +117,58 @@ def _runtime(*, create_keys: bool = True) -> Any:
     rt = build_runtime(settings, create_keys=create_keys)
     try:
         require_current_schema(rt)
+        require_matching_keys(rt)
     except SetupError:
         rt.store.dispose()
         raise
     return rt
+
+
+def _runtime_as(token: str | None, token_file: Path | None, *roles: str) -> tuple[Any, str]:
+    """The runtime, and the operator acting in it (``_acting``)."""
+    rt = _runtime()
+    return rt, _acting(rt, token, token_file, *roles)
+
+
+def _acting(rt: Any, token: str | None, token_file: Path | None, *roles: str) -> str:
+    """The operator the token authenticates, who must hold one of ``roles`` (any role if
+    none is named): the audit log names them, not whoever the command line says."""
+    from lequan.services import admin
+
+    operator_id, role = admin.authenticate_operator(rt, _token(token, token_file))
+    if roles:
+        admin.require_role(role, roles)
+    return operator_id
+
+
+def _token(token: str | None, token_file: Path | None) -> str:
+    from lequan.domain.errors import AuthError
+
+    if token_file is None:
+        if not token:
+            raise AuthError(
+                "unauthenticated",
+                "this command acts as an operator: give their token with --token-file PATH, "
+                "LEQUAN_OPERATOR_TOKEN or --token",
+            )
+        return token.strip()
+    try:
+        with token_file.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            data = handle.read(TOKEN_FILE_BYTES_MAX + 1)
+    except OSError as error:
+        raise AuthError(
+            "unauthenticated", f"the token file {token_file} cannot be read: {error.strerror}"
+        ) from None
+    if mode & 0o077:
+        raise AuthError(
+            "unauthenticated",
+            f"the token file {token_file} is open to others (mode {stat.S_IMODE(mode):04o}): "
+            f"make it its owner's alone, chmod 600 {token_file}",
+        )
+    if len(data) > TOKEN_FILE_BYTES_MAX:
+        raise AuthError("unauthenticated", f"the token file {token_file} holds no token")
+    return data.decode("utf-8", errors="replace").strip()
 
 
 def _migrate_embedded(settings: Settings) -> None:
@@ -130,7 +205,7 @@ def serve(
     """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
     import uvicorn
 
-    from lequan.bootstrap import SetupError, load_keyring, require_durable_store
+    from lequan.bootstrap import SetupError, check_store, load_keyring, require_durable_store
     from lequan.http.server import uvicorn_options
 
     settings = Settings()
@@ -140,9 +215,12 @@ def serve(
             "more than one worker needs a shared claim gate: set LEQUAN_REDIS_URL "
             "(the in-process gate would sell the same stock once per worker)"
         )
-    load_keyring(settings, create=True)  # refuses a missing or example key outside embedded
+    keyring = load_keyring(
+        settings, create=True
+    )  # refuses a missing or example key outside embedded
     if settings.embedded:
         _migrate_embedded(settings)
+    check_store(settings, keyring)  # the schema current, the key file the data's
     require_durable_store(settings)  # once here, before any worker (each checks again)
     uvicorn.run(
         "lequan.http.asgi:create",
@@ -206,22 +284,30 @@ def _print_campaign(row: Any) -> None:
 @campaign_app.command("import")
 def campaign_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    actor: As,
+    token: Token = None,
+    token_file: TokenFile = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Import a campaign file as a draft (the maker)."""
     from lequan.services import campaigns
 
     config = campaigns.parse_campaign(file.read_bytes())
-    row = campaigns.import_campaign(_runtime(), config, actor=actor)
+    rt, actor = _runtime_as(token, token_file)
+    row = campaigns.import_campaign(rt, config, actor=actor)
     _emit(_campaign_summary(row), as_json, f"imported [bold]{row.id}[/] as draft")
 
 
 def _lifecycle(action: str) -> Any:
-    def command(campaign_id: str, actor: As, as_json: JsonFlag = False) -> None:
+    def command(
+        campaign_id: str,
+        token: Token = None,
+        token_file: TokenFile = None,
+        as_json: JsonFlag = False,
+    ) -> None:
         from lequan.services import campaigns
 
-        row = campaigns.change_status(_runtime(), campaign_id, action, actor=actor)
+        rt, actor = _runtime_as(token, token_file)
+        row = campaigns.change_status(rt, campaign_id, action, actor=actor)
         _emit(_campaign_summary(row), as_json, f"{row.id} is now [bold]{row.status.value}[/]")
 
     command.__doc__ = f"{action.capitalize()} a campaign."
@@ -234,21 +320,28 @@ for _action in ("approve", "activate", "pause", "resume", "end"):
 
 @campaign_app.command("start-round")
 def campaign_start_round(
-    campaign_id: str, round_id: str, actor: As, as_json: JsonFlag = False
+    campaign_id: str,
+    round_id: str,
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Open a round now (the campaign goes live if it was approved)."""
     from lequan.services import campaigns
 
-    row = campaigns.start_round(_runtime(), campaign_id, round_id, actor=actor)
+    rt, actor = _runtime_as(token, token_file)
+    row = campaigns.start_round(rt, campaign_id, round_id, actor=actor)
     _emit(_campaign_summary(row), as_json, f"round [bold]{round_id}[/] of {row.id} is open")
 
 
 @campaign_app.command("rebuild-gate")
-def campaign_rebuild_gate(campaign_id: str, actor: As) -> None:
+def campaign_rebuild_gate(
+    campaign_id: str, token: Token = None, token_file: TokenFile = None
+) -> None:
     """Reload a campaign's Redis claim gate from the store (fenced: waits out in-flight claims)."""
     from lequan.services import campaigns
 
-    rt = _runtime()
+    rt, actor = _runtime_as(token, token_file)
     if not rt.gate.shared:
         err.print(
             "[red]error[/] the embedded default keeps the gate inside the server process; "
@@ -310,28 +403,30 @@ def campaign_check(campaign_id: str, as_json: JsonFlag = False) -> None:
 @merchant_app.command("import")
 def merchant_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    actor: As,
+    token: Token = None,
+    token_file: TokenFile = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Import or update merchants from CSV."""
+    """Import or update merchants from CSV (a maker)."""
     from lequan.services import admin
 
-    result = admin.import_merchants(_runtime(), file.read_text(encoding="utf-8"), actor=actor)
+    rt, actor = _runtime_as(token, token_file, "maker")
+    result = admin.import_merchants(rt, file.read_text(encoding="utf-8"), actor=actor)
     _emit({"imported": result.imported}, as_json, f"imported {result.imported} merchants")
 
 
 def _add_app(kind: str) -> Any:
     def command(
         app_id: str,
-        actor: As,
         name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+        token: Token = None,
+        token_file: TokenFile = None,
         as_json: JsonFlag = False,
     ) -> None:
         from lequan.services import admin
 
-        created = admin.add_app(
-            _runtime(), app_id=app_id, kind=kind, name=name or app_id, actor=actor
-        )
+        rt, actor = _runtime_as(token, token_file, "maker")
+        created = admin.add_app(rt, app_id=app_id, kind=kind, name=name or app_id, actor=actor)
         data = {
             "app_id": created.app_id,
             "kind": kind,
@@ -345,7 +440,7 @@ def _add_app(kind: str) -> Any:
             "  (shown once: sign every request with it, see docs/api.md)",
         )
 
-    command.__doc__ = f"Register a {kind} and print its signing secret (shown once)."
+    command.__doc__ = f"Register a {kind} and print its signing secret, shown once (a maker)."
     return command
 
 
@@ -357,16 +452,28 @@ acquirer_app.command("add")(_add_app("acquirer"))
 def operator_add(
     operator_id: str,
     role: Annotated[str, typer.Option(help="maker, checker or viewer.")],
+    token: Token = None,
+    token_file: TokenFile = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create an operator account and print its API token (shown once)."""
+    """Create an operator account and print its API token (shown once).
+
+    A maker's or a checker's token is needed, but for the first operator of a
+    store that has none: whoever can open the store adds them (audited as
+    ``bootstrap``).
+    """
     from lequan.services import admin
 
-    token = admin.add_operator(_runtime(), operator_id, role=role)
+    rt = _runtime()
+    if token is None and token_file is None:
+        created = admin.add_first_operator(rt, operator_id, role=role)
+    else:
+        actor = _acting(rt, token, token_file, "maker", "checker")
+        created = admin.add_operator(rt, operator_id, role=role, actor=actor)
     _emit(
-        {"operator_id": operator_id, "role": role, "token": token},
+        {"operator_id": operator_id, "role": role, "token": created},
         as_json,
-        f"operator [bold]{operator_id}[/] ({role})\n  token: [bold]{token}[/]",
+        f"operator [bold]{operator_id}[/] ({role})\n  token: [bold]{created}[/]",
     )
 
 

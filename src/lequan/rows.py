@@ -22,6 +22,7 @@ __all__ = [
     "PersonRow",
     "RedemptionReads",
     "RedemptionRow",
+    "SealedSample",
     "StockKey",
     "VoucherRow",
 ]
@@ -55,13 +56,24 @@ class AppRow:
 
 @dataclass(frozen=True, slots=True)
 class PersonRow:
+    """One human, whatever channels they registered through: their ID number. What each
+    channel registered them with (name, phone, residence) is on that channel's account."""
+
     id: str
     id_number_bidx: str
     id_number_enc: bytes
-    name_enc: bytes
-    phone_enc: bytes
     key_id: str
-    residence_region: str
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSample:
+    """A value the store already holds encrypted: its field (the associated data), key
+    id and ciphertext, and for an ID number the blind index it is filed under."""
+
+    field: str
+    key_id: str
+    ciphertext: bytes
+    blind_index: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,6 +213,18 @@ def person_values(n: int, **updates: Any) -> dict[str, Any]:
         "id": f"p{n}",
         "id_number_bidx": f"bidx-{n}",
         "id_number_enc": f"id-{n}".encode(),
+        "key_id": "k1",
+        "consent_version": "2024-01",
+        "consent_at": T0,
+        "created_at": T0,
+    }
+    values.update(updates)
+    return values
+
+
+def identity_values(n: int, **updates: Any) -> dict[str, Any]:
+    """What a channel registered person ``n`` with, kept on its account."""
+    values: dict[str, Any] = {
         "name_enc": b"name",
         "phone_enc": b"phone",
         "phone_bidx": f"phone-{n}",
@@ -220,7 +232,6 @@ def person_values(n: int, **updates: Any) -> dict[str, Any]:
         "residence_region": "310104",
         "consent_version": "2024-01",
         "consent_at": T0,
-        "created_at": T0,
     }
     values.update(updates)
     return values
@@ -277,7 +288,11 @@ def with_people(store: Store, *numbers: int, channel: str = "wechat") -> None:
         for n in numbers:
             uow.people.insert_person(person_values(n))
             uow.people.insert_account(
-                channel_id=channel, channel_user_id=f"u{n}", person_id=f"p{n}", now=T0
+                channel_id=channel,
+                channel_user_id=f"u{n}",
+                person_id=f"p{n}",
+                identity=identity_values(n),
+                now=T0,
             )
 
     in_own_transaction(store, write)
@@ -745,33 +760,59 @@ def test_a_person_round_trips_and_their_id_and_id_number_are_taken_once(store: S
         assert uow.people.person_by_id_number_bidx("bidx-9") is None
     assert person is not None
     assert (person.id, person.id_number_bidx, person.id_number_enc) == ("p1", "bidx-1", b"id-1")
-    assert (person.name_enc, person.phone_enc, person.key_id) == (b"name", b"phone", "k1")
-    assert person.residence_region == "310104"
+    assert person.key_id == "k1"
     with store.unit_of_work() as uow, pytest.raises(DuplicateKey):
         uow.people.insert_person(person_values(2, id="p1"))
     with store.unit_of_work() as uow, pytest.raises(DuplicateKey):
         uow.people.insert_person(person_values(2, id_number_bidx="bidx-1"))
     with store.unit_of_work() as uow, pytest.raises(ConstraintViolated):
-        uow.people.insert_person(person_values(3, phone_bidx=None))
+        uow.people.insert_person(person_values(3, consent_at=None))
 
 
-def test_a_persons_contact_is_updated(store: Store) -> None:
-    in_own_transaction(store, lambda uow: uow.people.insert_person(person_values(1)))
-    contact = {
-        "name_enc": b"name2",
-        "phone_enc": b"phone2",
-        "phone_bidx": "phone-1b",
-        "key_id": "k2",
-        "residence_region": "320102",
-        "id_number_enc": b"id-1b",
-    }
-    in_own_transaction(store, lambda uow: uow.people.update_person_contact("p1", contact))
-    in_own_transaction(store, lambda uow: uow.people.update_person_contact("p9", contact))
+def test_what_a_channel_registered_is_its_own_account_s(store: Store) -> None:
+    """A person's name, phone and region live on each channel's account: one channel
+    changing them changes nothing another channel registered."""
+    with_people(store, 1)
+    in_own_transaction(
+        store,
+        lambda uow: uow.people.insert_account(
+            channel_id="alipay",
+            channel_user_id="a1",
+            person_id="p1",
+            identity=identity_values(1, residence_region="320102"),
+            now=T0,
+        ),
+    )
+    moved = identity_values(1, residence_region="440305", name_enc=b"name2")
+    in_own_transaction(store, lambda uow: uow.people.update_account_identity("wechat", "u1", moved))
+    in_own_transaction(store, lambda uow: uow.people.update_account_identity("wechat", "u9", moved))
     with committed(store) as uow:
-        person = uow.people.person_by_id_number_bidx("bidx-1")
-    assert person is not None
-    assert (person.name_enc, person.phone_enc, person.key_id) == (b"name2", b"phone2", "k2")
-    assert (person.residence_region, person.id_number_enc) == ("320102", b"id-1b")
+        assert uow.people.claimants("wechat", ["u1"])["u1"][1] == "440305"
+        assert uow.people.claimants("alipay", ["a1"])["a1"][1] == "320102"
+        assert uow.people.claimants("wechat", ["u9"]) == {}
+
+
+def test_whether_any_operator_exists(store: Store) -> None:
+    with committed(store) as uow:
+        assert uow.people.any_operator() is False
+    in_own_transaction(store, lambda uow: operator(uow, "alice"))
+    with committed(store) as uow:
+        assert uow.people.any_operator() is True
+
+
+def test_key_canaries_are_written_once_and_samples_read(store: Store) -> None:
+    with committed(store) as uow:
+        assert uow.keys.canaries() == {}
+        assert uow.keys.sealed_samples(10) == []
+    in_own_transaction(store, lambda uow: uow.keys.add_canaries({"blind_index": b"x"}, now=T0))
+    with store.unit_of_work() as uow, pytest.raises(DuplicateKey):
+        uow.keys.add_canaries({"blind_index": b"y"}, now=T0)
+    with_people(store, 1)
+    with committed(store) as uow:
+        assert uow.keys.canaries() == {"blind_index": b"x"}
+        [sample] = uow.keys.sealed_samples(10)
+    assert (sample.field, sample.key_id, sample.ciphertext) == ("id_number", "k1", b"id-1")
+    assert sample.blind_index == "bidx-1"
 
 
 def test_accounts_bind_one_user_and_one_person_per_channel(store: Store) -> None:
@@ -785,7 +826,11 @@ def test_accounts_bind_one_user_and_one_person_per_channel(store: Store) -> None
 
     def bind(user: str, person: str, channel: str = "wechat") -> Callable[[UnitOfWork], None]:
         return lambda uow: uow.people.insert_account(
-            channel_id=channel, channel_user_id=user, person_id=person, now=T0
+            channel_id=channel,
+            channel_user_id=user,
+            person_id=person,
+            identity=identity_values(1),
+            now=T0,
         )
 
     with store.unit_of_work() as uow, pytest.raises(DuplicateKey):

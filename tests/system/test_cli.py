@@ -4,6 +4,7 @@ the maker-checker rule holds, and mistakes come back as clear errors."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,12 @@ runner = CliRunner()
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("LEQUAN_DATABASE_URL", "LEQUAN_REDIS_URL", "LEQUAN_KEY_FILE"):
+    for name in (
+        "LEQUAN_DATABASE_URL",
+        "LEQUAN_REDIS_URL",
+        "LEQUAN_KEY_FILE",
+        "LEQUAN_OPERATOR_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LEQUAN_DATA_DIR", str(tmp_path))
     result = runner.invoke(app, ["migrate"])
@@ -36,66 +42,153 @@ def run(*args: str) -> str:
     return result.stdout
 
 
-def test_operator_day_from_import_to_open_round(data_dir: Path) -> None:
+def _token_file(directory: Path, name: str, token: str) -> Path:
+    path = directory / f"{name}.token"
+    path.write_text(token + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def test_operator_day_from_import_to_open_round(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first operator needs no token; every later act is an operator's, by token.
     alice = json.loads(run("operator", "add", "alice", "--role", "maker", "--json"))
     assert alice["token"].startswith("lqo_")
-    run("operator", "add", "bob", "--role", "checker")
+    bob = json.loads(
+        run("operator", "add", "bob", "--role", "checker", "--token", alice["token"], "--json")
+    )
+    as_alice = ["--token-file", str(_token_file(data_dir, "alice", alice["token"]))]
+    monkeypatch.setenv("LEQUAN_OPERATOR_TOKEN", bob["token"])  # bob's, unless told otherwise
     imported = json.loads(
         run(
             "campaign",
             "import",
             str(EXAMPLES / "shanghai-dining-2024.yaml"),
-            "--as",
-            "alice",
+            *as_alice,
             "--json",
         )
     )
     assert imported["status"] == "draft"
     assert imported["drafted_by"] == "alice"
 
-    refused = runner.invoke(app, ["campaign", "approve", "sh-dining-2024", "--as", "alice"])
+    refused = runner.invoke(app, ["campaign", "approve", "sh-dining-2024", *as_alice])
     assert refused.exit_code == 2
     assert "maker_cannot_approve" in refused.stderr  # never one's own draft
 
-    approved = json.loads(run("campaign", "approve", "sh-dining-2024", "--as", "bob", "--json"))
+    approved = json.loads(run("campaign", "approve", "sh-dining-2024", "--json"))
     assert approved["status"] == "approved"
     assert approved["approved_by"] == "bob"
 
-    run("campaign", "import", str(EXAMPLES / "shanghai-lodging-2024.yaml"), "--as", "alice")
-    channel = json.loads(run("channel", "add", "wechat", "--as", "alice", "--json"))
+    run("campaign", "import", str(EXAMPLES / "shanghai-lodging-2024.yaml"), *as_alice)
+    channel = json.loads(run("channel", "add", "wechat", *as_alice, "--json"))
     assert channel["kind"] == "channel"
     assert channel["secret"].startswith("lqs_")
-    acquirer = json.loads(run("acquirer", "add", "acq-unionpay", "--as", "alice", "--json"))
+    acquirer = json.loads(run("acquirer", "add", "acq-unionpay", *as_alice, "--json"))
     assert acquirer["kind"] == "acquirer"
     # Each merchant names its acquirer, which must exist first.
     assert "imported 6 merchants" in run(
-        "merchant", "import", str(EXAMPLES / "merchants.csv"), "--as", "alice"
+        "merchant", "import", str(EXAMPLES / "merchants.csv"), *as_alice
     )
     shown = json.loads(run("campaign", "show", "sh-dining-2024", "--json"))
     assert [r["round_id"] for r in shown["rounds"]] == ["r1", "r2", "r3"]
     # The example's rounds are in 2024, so opening one now is refused clearly.
-    late = runner.invoke(app, ["campaign", "start-round", "sh-dining-2024", "r1", "--as", "alice"])
+    late = runner.invoke(app, ["campaign", "start-round", "sh-dining-2024", "r1", *as_alice])
     assert late.exit_code == 2
     assert "round_ended" in late.stderr
-    paused = runner.invoke(app, ["campaign", "pause", "sh-dining-2024", "--as", "bob"])
+    paused = runner.invoke(app, ["campaign", "pause", "sh-dining-2024"])
     assert paused.exit_code == 2
     assert "campaign_state" in paused.stderr  # approved, not live: nothing to pause
     assert "ok" in run("campaign", "check", "sh-dining-2024")
     # The embedded gate lives in the server process: the CLI says so instead of
     # rebuilding a gate nobody uses.
-    local = runner.invoke(app, ["campaign", "rebuild-gate", "sh-dining-2024", "--as", "alice"])
+    local = runner.invoke(app, ["campaign", "rebuild-gate", "sh-dining-2024", *as_alice])
     assert local.exit_code == 2
     assert "the server process" in local.stderr
+    assert _audited(data_dir) == [
+        ("bootstrap", "operator.add", "alice"),
+        ("alice", "operator.add", "bob"),
+        ("alice", "campaign.import", "sh-dining-2024"),
+        ("bob", "campaign.approve", "sh-dining-2024"),
+        ("alice", "campaign.import", "sh-lodging-2024"),
+        ("alice", "channel.add", "wechat"),
+        ("alice", "acquirer.add", "acq-unionpay"),
+        ("alice", "merchant.import", "merchants"),
+    ]
+
+
+def _audited(data_dir: Path) -> list[tuple[str, str, str]]:
+    """(actor, action, target) of the audit log, in order."""
+    with sqlite3.connect(data_dir / "lequan.db") as connection:
+        rows = connection.execute("SELECT actor, action, target FROM audit_log ORDER BY seq")
+        found = [tuple(row) for row in rows]
+    connection.close()
+    return found
+
+
+def test_an_operator_is_whoever_their_token_says_not_a_name(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, `--as bob` made anyone bob in the audit log."""
+    monkeypatch.delenv("LEQUAN_OPERATOR_TOKEN", raising=False)
+    alice = json.loads(run("operator", "add", "alice", "--role", "maker", "--json"))
+    campaign = str(EXAMPLES / "shanghai-dining-2024.yaml")
+
+    named = runner.invoke(app, ["campaign", "import", campaign, "--as", "alice"])
+    assert named.exit_code == 2
+    assert "--as" in named.stderr  # no such option: a name proves nothing
+
+    nameless = runner.invoke(app, ["campaign", "import", campaign])
+    assert nameless.exit_code == 2
+    assert "unauthenticated" in nameless.stderr
+
+    forged = runner.invoke(app, ["campaign", "import", campaign, "--token", "lqo_" + "x" * 43])
+    assert forged.exit_code == 2
+    assert "unauthenticated" in forged.stderr
+
+    # The first operator is added once; after that, only by an operator's token.
+    second = runner.invoke(app, ["operator", "add", "mallory", "--role", "checker"])
+    assert second.exit_code == 2
+    assert "unauthenticated" in second.stderr
+    assert _audited(data_dir) == [("bootstrap", "operator.add", "alice")]
+
+    vera = json.loads(
+        run("operator", "add", "vera", "--role", "viewer", "--token", alice["token"], "--json")
+    )
+    viewer = runner.invoke(
+        app, ["merchant", "import", str(EXAMPLES / "merchants.csv"), "--token", vera["token"]]
+    )
+    assert viewer.exit_code == 2
+    assert "forbidden" in viewer.stderr
+    added = runner.invoke(
+        app, ["operator", "add", "eve", "--role", "maker", "--token", vera["token"]]
+    )
+    assert added.exit_code == 2
+    assert "forbidden" in added.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=oct)
+def test_a_token_file_others_can_read_is_refused_with_the_fix(data_dir: Path, mode: int) -> None:
+    alice = json.loads(run("operator", "add", "alice", "--role", "maker", "--json"))
+    path = _token_file(data_dir, "alice", alice["token"])
+    path.chmod(mode)
+    campaign = str(EXAMPLES / "shanghai-dining-2024.yaml")
+    refused = runner.invoke(app, ["campaign", "import", campaign, "--token-file", str(path)])
+    assert refused.exit_code == 2
+    assert f"chmod 600 {path}" in " ".join(refused.stderr.split())  # as rich wrapped it
+    assert "Traceback" not in refused.output + refused.stderr
+    path.chmod(0o600)
+    run("campaign", "import", campaign, "--token-file", str(path))
 
 
 def test_a_broken_campaign_file_names_the_field_and_the_rule(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    run("operator", "add", "alice", "--role", "maker")
+    alice = json.loads(run("operator", "add", "alice", "--role", "maker", "--json"))
     text = (EXAMPLES / "shanghai-dining-2024.yaml").read_text(encoding="utf-8")
     broken = tmp_path / "broken.yaml"
     broken.write_text(text.replace("discount_fen: 9000}", "discount_fen: 39000}"), encoding="utf-8")
-    result = runner.invoke(app, ["campaign", "import", str(broken), "--as", "alice"])
+    result = runner.invoke(app, ["campaign", "import", str(broken), "--token", alice["token"]])
     assert result.exit_code == 2
     assert "invalid_campaign_config" in result.stderr
     assert "templates[0]" in result.stderr
@@ -181,6 +274,7 @@ def test_keys_are_generated_only_for_the_embedded_default(tmp_path: Path) -> Non
 
     example = tmp_path / "example-keys.json"
     example.write_text(EXAMPLE_KEY_FILE_JSON, encoding="utf-8")
+    example.chmod(0o600)
     with pytest.raises(SetupError, match="example key"):
         load_keyring(
             Settings(
@@ -190,3 +284,39 @@ def test_keys_are_generated_only_for_the_embedded_default(tmp_path: Path) -> Non
             ),
             create=False,
         )
+
+
+def test_an_open_key_file_is_refused_in_one_clear_line(data_dir: Path) -> None:
+    run("campaign", "list")  # the first start makes the key file
+    (data_dir / "keys.json").chmod(0o644)
+    result = runner.invoke(app, ["campaign", "list"])
+    assert result.exit_code == 2
+    assert "setup_error" in result.stderr
+    assert "chmod 600" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_serve_and_the_cli_refuse_another_key_file_than_the_datas(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("campaign", "list")  # the first start pins the store's key file
+    generate_key_file(data_dir / "other-keys.json")
+    monkeypatch.setenv("LEQUAN_KEY_FILE", str(data_dir / "other-keys.json"))
+    for command in (["campaign", "list"], ["serve"]):
+        refused = runner.invoke(app, command)
+        assert refused.exit_code == 2, command
+        assert "setup_error" in refused.stderr
+        assert "does not match the store's data" in " ".join(refused.stderr.split())
+        assert "Traceback" not in refused.output + refused.stderr
+
+
+def test_serve_refuses_a_store_that_does_not_answer_in_one_clear_line(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generate_key_file(data_dir / "keys-prod.json")
+    monkeypatch.setenv("LEQUAN_KEY_FILE", str(data_dir / "keys-prod.json"))
+    monkeypatch.setenv("LEQUAN_DATABASE_URL", "postgresql+psycopg://lequan@127.0.0.1:1/lequan")
+    refused = runner.invoke(app, ["serve"])
+    assert refused.exit_code == 2
+    assert "the store does not answer" in refused.stderr
+    assert "Traceback" not in refused.output + refused.stderr

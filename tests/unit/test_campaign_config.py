@@ -292,6 +292,12 @@ BROKEN: dict[str, tuple[Callable[[Data], None], str | None, str, str]] = {
         "eligibility.regions[0]",
     ),
     "bad campaign id": (_set("id", value="SH dining"), "id", "pattern", "id"),
+    "no voucher per person and round": (
+        _set("limits", "per_person_per_round_per_channel", value=0),
+        "limits.per_person_per_round_per_channel",
+        "greater than or equal to 1",
+        "per_person_per_round_per_channel",
+    ),
     "validity over a year": (
         _set("validity", "days_from_issue", value=367),
         "validity.days_from_issue",

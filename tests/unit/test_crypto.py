@@ -26,7 +26,7 @@ from lequan.adapters.crypto import (
     keyring_to_json,
     load_key_file,
 )
-from lequan.ports import KeyRing
+from lequan.ports import KeyMismatch, KeyRing
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(32, 64))
@@ -97,7 +97,7 @@ def test_two_encryptions_of_one_value_differ() -> None:
 def test_ciphertext_moved_to_another_field_fails() -> None:
     keyring = _ring()
     key_id, ciphertext = keyring.encrypt("phone", "13812345678")
-    with pytest.raises(KeyRingError, match="failed authentication") as error:
+    with pytest.raises(KeyMismatch, match="failed authentication") as error:
         keyring.decrypt("id_number", key_id, ciphertext)
     assert "13812345678" not in str(error.value)
 
@@ -108,7 +108,7 @@ def test_tampered_ciphertext_fails(position: int) -> None:
     key_id, ciphertext = keyring.encrypt("name", "张三")
     tampered = bytearray(ciphertext)
     tampered[position] ^= 0x01
-    with pytest.raises(KeyRingError) as error:
+    with pytest.raises(KeyMismatch) as error:
         keyring.decrypt("name", key_id, bytes(tampered))
     assert "张三" not in str(error.value)
     assert error.value.__cause__ is None
@@ -119,20 +119,20 @@ def test_tampered_ciphertext_fails(position: int) -> None:
 def test_truncated_ciphertext_fails(length: int) -> None:
     keyring = _ring()
     key_id, ciphertext = keyring.encrypt("name", "张三")
-    with pytest.raises(KeyRingError):
+    with pytest.raises(KeyMismatch):
         keyring.decrypt("name", key_id, ciphertext[:length])
 
 
 def test_unknown_key_id_fails() -> None:
     keyring = _ring()
     _, ciphertext = keyring.encrypt("name", "张三")
-    with pytest.raises(KeyRingError, match="unknown key id 'k9'"):
+    with pytest.raises(KeyMismatch, match="unknown key id 'k9'"):
         keyring.decrypt("name", "k9", ciphertext)
 
 
 def test_another_key_under_the_same_id_fails() -> None:
     key_id, ciphertext = _ring({"k1": KEY_A}).encrypt("name", "张三")
-    with pytest.raises(KeyRingError, match="failed authentication"):
+    with pytest.raises(KeyMismatch, match="failed authentication"):
         _ring({"k1": KEY_B}).decrypt("name", key_id, ciphertext)
 
 
@@ -148,7 +148,7 @@ def test_rotation_keeps_old_data_readable() -> None:
 
     assert rotated.decrypt("phone", old_key_id, old_ciphertext) == "13812345678"
     assert rotated.decrypt("phone", new_key_id, new_ciphertext) == "13912345678"
-    with pytest.raises(KeyRingError, match="unknown key id 'k2'"):
+    with pytest.raises(KeyMismatch, match="unknown key id 'k2'"):
         old.decrypt("phone", new_key_id, new_ciphertext)
 
 
@@ -223,7 +223,7 @@ def test_generated_key_rings_are_random() -> None:
     one, two = generate_keyring(), generate_keyring()
     assert one.blind_index("phone", "13812345678") != two.blind_index("phone", "13812345678")
     key_id, ciphertext = one.encrypt("phone", "13812345678")
-    with pytest.raises(KeyRingError):
+    with pytest.raises(KeyMismatch):
         two.decrypt("phone", key_id, ciphertext)
 
 
@@ -293,6 +293,7 @@ def test_load_key_file_reports_a_missing_file(tmp_path: Path) -> None:
 def test_load_key_file_names_the_file_and_the_problem(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     path.write_text(_key_file_json(keys={"k1": _b64(KEY_A[:16])}), encoding="utf-8")
+    path.chmod(0o600)
     with pytest.raises(KeyRingError, match=r"keys\.json.*must be 32 bytes, got 16"):
         load_key_file(path)
 
@@ -355,4 +356,5 @@ def test_an_example_key_anywhere_in_the_ring_counts() -> None:
 def test_example_key_file_written_to_disk_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "example.json"
     path.write_text(EXAMPLE_KEY_FILE_JSON, encoding="utf-8")
+    path.chmod(0o600)
     assert is_example_keyring(load_key_file(path))

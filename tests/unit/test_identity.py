@@ -50,6 +50,43 @@ def test_known_id_numbers_validate() -> None:
     assert normalize_id_number(VALID_X_ID) == VALID_X_ID
 
 
+# GB 11643's check table, pinned by numbers built without it: the property tests
+# below make their numbers with the module's own table, so a table with two
+# check characters swapped would pass them all.
+_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("id_number", "remainder"),
+    [
+        ("11010519491231002X", 2),  # the standard's worked example
+        ("310104198001010041", 0),  # remainder 0: check character 1
+        ("310104198001010180", 1),  # remainder 1: check character 0
+        ("310101199001011234", 8),
+    ],
+)
+def test_id_numbers_of_every_kind_of_remainder_validate(id_number: str, remainder: int) -> None:
+    total = sum(int(d) * w for d, w in zip(id_number[:17], _WEIGHTS, strict=True))
+    assert total % 11 == remainder
+    # ISO 7064 MOD 11-2 written another way: the check value is (12 - remainder) mod 11.
+    value = (12 - remainder) % 11
+    assert id_number[-1] == ("X" if value == 10 else str(value))
+    assert normalize_id_number(id_number) == id_number
+    assert id_number_check_digit(id_number[:17]) == id_number[-1]
+
+
+def test_the_standards_other_example_has_its_published_check_digit() -> None:
+    # Born in 1880, before the birth years a registration accepts: the table alone.
+    assert id_number_check_digit("44052418800101001") == "4"
+
+
+@pytest.mark.parametrize("id_number", ["310104198001010040", "310104198001010181"])
+def test_check_characters_of_remainders_0_and_1_are_not_interchangeable(id_number: str) -> None:
+    with pytest.raises(InvalidInput) as error:
+        normalize_id_number(id_number)
+    assert _rule(error) == "check_digit"
+
+
 def test_id_number_is_trimmed_and_its_x_uppercased() -> None:
     assert normalize_id_number("  31010119900101008x\t\n") == VALID_X_ID
 
@@ -242,6 +279,15 @@ def test_every_mobile_prefix_is_accepted(second: str) -> None:
     assert normalize_phone(f"1{second}012345678") == f"1{second}012345678"
 
 
+def test_a_phone_of_exactly_the_raw_length_limit_is_read() -> None:
+    padded = "+86 138-1234-5678".center(32)
+    assert len(padded) == 32
+    assert normalize_phone(padded) == "13812345678"
+    with pytest.raises(InvalidInput) as error:
+        normalize_phone(padded + " ")
+    assert _rule(error) == "length"
+
+
 @pytest.mark.parametrize(
     ("raw", "rule"),
     [
@@ -337,6 +383,13 @@ def test_masks_have_the_documented_shapes() -> None:
     ],
 )
 def test_malformed_id_numbers_mask_to_stars(raw: str) -> None:
+    assert mask_id_number(raw) == "*" * 18
+
+
+@pytest.mark.parametrize(
+    "raw", ["31010119900A011234", "3101011990010112X4", "X10101199001011234", "31010119900101123A"]
+)
+def test_an_id_number_of_18_characters_with_a_letter_inside_masks_to_stars(raw: str) -> None:
     assert mask_id_number(raw) == "*" * 18
 
 

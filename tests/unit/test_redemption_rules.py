@@ -294,6 +294,29 @@ def test_digital_product_above_6000_yuan_gets_no_subsidy() -> None:
     assert refused.code == "below_threshold"
 
 
+@pytest.mark.parametrize(
+    ("discount_fen", "amount_fen"),
+    [
+        (35_000, 35_000),  # the whole order: the person pays nothing
+        (1, 35_000),  # the smallest discount there is
+        (1, 1),
+    ],
+)
+def test_discounts_at_the_edges_of_the_order_are_given(discount_fen: int, amount_fen: int) -> None:
+    given = discount_for_order(
+        voucher=VOUCHER,
+        template_modes=None,
+        template_discount_fen=discount_fen,
+        template_minimum_order_fen=0,
+        scope=DINING.scope,
+        merchant=RESTAURANT,
+        order=replace(DINNER, amount_fen=amount_fen),
+        action=Action.REDEEM,
+        now=NOW,
+    )
+    assert given == discount_fen
+
+
 def test_inconsistent_template_discount_is_a_programmer_error() -> None:
     with pytest.raises(AssertionError):
         discount_for_order(

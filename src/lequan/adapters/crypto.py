@@ -13,7 +13,8 @@ HMAC-SHA256 under a separate key over ``field + "\\x00" + value``. It is
 deterministic, so it must only ever be computed on normalised values
 (``lequan.domain.identity``).
 
-Keys live in a JSON key file (mode 0600)::
+Keys live in a JSON key file, readable and writable by its owner alone (mode
+0600; ``load_key_file`` refuses one open to anyone else)::
 
     {"version": 1, "active_key_id": "k1",
      "keys": {"k1": "<base64 of 32 bytes>"},
@@ -33,12 +34,15 @@ import hmac
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from lequan.ports import KeyMismatch
 
 __all__ = [
     "EXAMPLE_KEY_FILE_JSON",
@@ -67,11 +71,12 @@ _KEY_FILE_SIZE_MAX = 1 << 20
 
 
 class KeyRingError(Exception):
-    """A key is missing or malformed, or a ciphertext failed authentication.
+    """A key file or key is missing or malformed.
 
-    An operating and security error, not a client's mistake: it means wrong
-    keys, corrupted data or tampering. Its message names the field and the
-    key id, never a plaintext or key material.
+    An operating error, not a client's mistake. Its message names the file,
+    the field or the key id, never key material. A ciphertext that does not
+    open is the port's ``KeyMismatch`` instead (wrong keys, corrupted data or
+    tampering), which the platform answers 503 ``key_mismatch``.
     """
 
 
@@ -129,26 +134,27 @@ class AesGcmKeyRing:
         return self._active_key_id, nonce + sealed
 
     def decrypt(self, field: str, key_id: str, ciphertext: bytes) -> str:
-        """Decrypt what ``encrypt`` made for this same field; ``KeyRingError`` otherwise."""
+        """Decrypt what ``encrypt`` made for this same field; ``KeyMismatch`` otherwise
+        (the port's error: answered 503 ``key_mismatch``, for an operator to act on)."""
         assert field, "a field name is required: it is the associated data"
         aead = self._aeads.get(key_id)
         if aead is None:
-            raise KeyRingError(f"unknown key id {key_id!r} for field {field!r}")
+            raise KeyMismatch(f"unknown key id {key_id!r} for field {field!r}")
         if len(ciphertext) < NONCE_LENGTH + TAG_LENGTH:
-            raise KeyRingError(f"ciphertext for field {field!r} is too short to be one")
+            raise KeyMismatch(f"ciphertext for field {field!r} is too short to be one")
         nonce, sealed = ciphertext[:NONCE_LENGTH], ciphertext[NONCE_LENGTH:]
         try:
             plaintext = aead.decrypt(nonce, sealed, field.encode("utf-8"))
         except InvalidTag:
             # The cause is deliberately dropped: nothing about the data leaks.
-            raise KeyRingError(
+            raise KeyMismatch(
                 f"ciphertext for field {field!r} under key {key_id!r} failed authentication "
                 "(wrong field, wrong key, or altered data)"
             ) from None
         try:
             return plaintext.decode("utf-8")
         except UnicodeDecodeError:
-            raise KeyRingError(
+            raise KeyMismatch(
                 f"ciphertext for field {field!r} under key {key_id!r} is not UTF-8 text"
             ) from None
 
@@ -250,6 +256,7 @@ def load_key_file(path: str | os.PathLike[str]) -> AesGcmKeyRing:
     file_path = Path(path)
     try:
         with file_path.open("rb") as handle:
+            _check_private(file_path, os.fstat(handle.fileno()).st_mode)
             data = handle.read(_KEY_FILE_SIZE_MAX + 1)
     except FileNotFoundError:
         raise KeyRingError(f"key file {str(file_path)!r} does not exist") from None
@@ -267,6 +274,16 @@ def load_key_file(path: str | os.PathLike[str]) -> AesGcmKeyRing:
         return keyring_from_json(text)
     except KeyRingError as error:
         raise KeyRingError(f"key file {str(file_path)!r}: {error}") from None
+
+
+def _check_private(file_path: Path, mode: int) -> None:
+    """Refuse a key file that anyone but its owner may read or write: its keys open
+    every ID number, and whoever can write it can swap them."""
+    if mode & 0o077:
+        raise KeyRingError(
+            f"key file {str(file_path)!r} is open to others (mode {stat.S_IMODE(mode):04o}); "
+            f"make it its owner's alone: chmod 600 {file_path}"
+        )
 
 
 def generate_key_file(path: str | os.PathLike[str]) -> AesGcmKeyRing:

@@ -64,6 +64,7 @@ from lequan.rows import (
     PersonRow,
     RedemptionReads,
     RedemptionRow,
+    SealedSample,
     StockKey,
     VoucherRow,
 )
@@ -88,6 +89,13 @@ _PERSON_COLUMNS = (
     "id",
     "id_number_bidx",
     "id_number_enc",
+    "key_id",
+    "consent_version",
+    "consent_at",
+    "created_at",
+)
+# What a channel registered a person with, kept on that channel's account.
+_ACCOUNT_IDENTITY_COLUMNS = (
     "name_enc",
     "phone_enc",
     "phone_bidx",
@@ -95,7 +103,6 @@ _PERSON_COLUMNS = (
     "residence_region",
     "consent_version",
     "consent_at",
-    "created_at",
 )
 
 _REDEMPTION_REQUIRED = (
@@ -210,9 +217,15 @@ class _Merchant:
 @dataclass(frozen=True, slots=True)
 class _Person:
     row: PersonRow
-    phone_bidx: str
     consent_version: str
     consent_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    person_id: str
+    identity: Mapping[str, Any]  # _ACCOUNT_IDENTITY_COLUMNS
     created_at: datetime
 
 
@@ -272,7 +285,7 @@ class _Tables:
     merchants: _Table[str, _Merchant]
     persons: _Table[str, _Person]
     person_by_bidx: _Table[str, str]  # uq_persons_id_number_bidx
-    accounts: _Table[tuple[str, str], str]  # (channel, channel user) -> person
+    accounts: _Table[tuple[str, str], _Account]  # (channel, channel user) -> account
     account_of_person: _Table[tuple[str, str], str]  # (channel, person) -> channel user
     blacklist: _Table[str, tuple[str, str, datetime]]  # bidx -> (reason, by, at)
     vouchers: _Table[str, _Voucher]
@@ -284,6 +297,7 @@ class _Tables:
     answers: _Table[tuple[str, str], _Answer]  # (key, app_id)
     outbox: _Table[str, _OutboxEvent]
     audit: _Table[int, AuditLine]  # seq 1, 2, ...
+    key_canaries: _Table[str, bytes]
 
     @classmethod
     def empty(cls) -> _Tables:
@@ -312,6 +326,7 @@ class MemoryUnitOfWork:
         self.vouchers = MemoryVouchers(self)
         self.ledger = MemoryLedger(self)
         self.idempotency = MemoryIdempotency(self)
+        self.keys = MemoryKeyChecks(self)
 
     def read(self, *, pipelined: bool = False) -> _Tables:
         """The transaction's tables, begun now if need be."""
@@ -633,39 +648,47 @@ class MemoryPeople(_Repository):
         t.persons.put(v["id"], _person(v))
         t.person_by_bidx.put(v["id_number_bidx"], v["id"])
 
-    def update_person_contact(self, person_id: str, values: Mapping[str, Any]) -> None:
-        t = self._u.write()
-        assert "id" not in values, "a person's id never changes"
-        found = t.persons.get(person_id)
-        if found is None:
-            return
-        v = self._columns("persons", {**_person_columns(found), **values}, _PERSON_COLUMNS, {})
-        old_bidx, new_bidx = found.row.id_number_bidx, v["id_number_bidx"]
-        if new_bidx != old_bidx:
-            if new_bidx in t.person_by_bidx:
-                raise self._u.refused(DuplicateKey("persons.id_number_bidx"))
-            t.person_by_bidx.delete(old_bidx)
-            t.person_by_bidx.put(new_bidx, person_id)
-        t.persons.put(person_id, _person(v))
-
     def account_person(self, channel_id: str, channel_user_id: str) -> str | None:
-        return self._u.read().accounts.get((channel_id, channel_user_id))
+        found = self._u.read().accounts.get((channel_id, channel_user_id))
+        return None if found is None else found.person_id
 
     def person_account_in_channel(self, channel_id: str, person_id: str) -> str | None:
         return self._u.read().account_of_person.get((channel_id, person_id))
 
     def insert_account(
-        self, *, channel_id: str, channel_user_id: str, person_id: str, now: datetime
+        self,
+        *,
+        channel_id: str,
+        channel_user_id: str,
+        person_id: str,
+        identity: Mapping[str, Any],
+        now: datetime,
     ) -> None:
         t = self._u.write()
+        kept = self._columns("person_accounts", identity, _ACCOUNT_IDENTITY_COLUMNS, {})
         if (channel_id, channel_user_id) in t.accounts:
             raise self._u.refused(DuplicateKey("person_accounts.(channel_id, channel_user_id)"))
         if (channel_id, person_id) in t.account_of_person:
             raise self._u.refused(DuplicateKey("person_accounts.(channel_id, person_id)"))
         if person_id not in t.persons:
             raise self._u.refused(ConstraintViolated("person_accounts: person_id"))
-        t.accounts.put((channel_id, channel_user_id), person_id)
+        t.accounts.put((channel_id, channel_user_id), _Account(person_id, kept, _utc(now)))
         t.account_of_person.put((channel_id, person_id), channel_user_id)
+
+    def update_account_identity(
+        self, channel_id: str, channel_user_id: str, identity: Mapping[str, Any]
+    ) -> None:
+        t = self._u.write()
+        found = t.accounts.get((channel_id, channel_user_id))
+        if found is None:
+            return
+        kept = self._columns(
+            "person_accounts", {**found.identity, **identity}, _ACCOUNT_IDENTITY_COLUMNS, {}
+        )
+        t.accounts.put((channel_id, channel_user_id), replace(found, identity=kept))
+
+    def any_operator(self) -> bool:
+        return len(self._u.read().operators) > 0
 
     def blacklisted(self, bidxs: Sequence[str]) -> set[str]:
         t = self._u.read()
@@ -692,14 +715,14 @@ class MemoryPeople(_Repository):
         t = self._u.read()
         found: dict[str, tuple[str, str, bool]] = {}
         for user in channel_user_ids:
-            person_id = t.accounts.get((channel_id, user))
-            if person_id is None:
+            account = t.accounts.get((channel_id, user))
+            if account is None:
                 continue
-            person = t.persons.get(person_id)
+            person = t.persons.get(account.person_id)
             assert person is not None
             found[user] = (
-                person_id,
-                person.row.residence_region,
+                account.person_id,
+                account.identity["residence_region"],
                 person.row.id_number_bidx in t.blacklist,
             )
         return found
@@ -711,26 +734,12 @@ def _person(v: Mapping[str, Any]) -> _Person:
             id=v["id"],
             id_number_bidx=v["id_number_bidx"],
             id_number_enc=bytes(v["id_number_enc"]),
-            name_enc=bytes(v["name_enc"]),
-            phone_enc=bytes(v["phone_enc"]),
             key_id=v["key_id"],
-            residence_region=v["residence_region"],
         ),
-        phone_bidx=v["phone_bidx"],
         consent_version=v["consent_version"],
         consent_at=v["consent_at"],
         created_at=v["created_at"],
     )
-
-
-def _person_columns(found: _Person) -> dict[str, Any]:
-    return {
-        **{f.name: getattr(found.row, f.name) for f in fields(found.row)},
-        "phone_bidx": found.phone_bidx,
-        "consent_version": found.consent_version,
-        "consent_at": found.consent_at,
-        "created_at": found.created_at,
-    }
 
 
 class MemoryVouchers(_Repository):
@@ -823,9 +832,9 @@ class MemoryVouchers(_Repository):
                     answer.response_json,
                 )
         for account in accounts:
-            person_id = t.accounts.get(account)
-            if person_id is not None:
-                reads.persons[account] = person_id
+            found = t.accounts.get(account)
+            if found is not None:
+                reads.persons[account] = found.person_id
         return reads
 
     def move_vouchers(
@@ -1176,6 +1185,32 @@ class MemoryLedger(_Repository):
             prev_hash=last.hash if last else GENESIS_HASH,
         )
         t.audit.put(line.seq, replace(line, at=_utc(line.at)))
+
+
+class MemoryKeyChecks(_Repository):
+    """The key canaries, and samples of what the store holds encrypted."""
+
+    def canaries(self) -> dict[str, bytes]:
+        return dict(self._u.read().key_canaries.items())
+
+    def add_canaries(self, canaries: Mapping[str, bytes], *, now: datetime) -> None:
+        t = self._u.write()
+        for name in sorted(canaries):
+            if name in t.key_canaries:
+                raise self._u.refused(DuplicateKey(f"key_canaries.name {name}"))
+        for name, value in canaries.items():
+            t.key_canaries.put(name, bytes(value))
+
+    def sealed_samples(self, limit: int) -> list[SealedSample]:
+        t = self._u.read()
+        apps = sorted(t.apps.values(), key=lambda a: a.id)[: limit // 2]
+        samples = [SealedSample("app_secret", a.secret_key_id, a.secret_enc) for a in apps]
+        people = sorted(t.persons.values(), key=lambda p: (p.created_at, p.row.id))
+        samples += [
+            SealedSample("id_number", p.row.key_id, p.row.id_number_enc, p.row.id_number_bidx)
+            for p in people[: max(0, limit - len(samples))]
+        ]
+        return samples
 
 
 class MemoryIdempotency(_Repository):

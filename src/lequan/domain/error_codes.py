@@ -138,6 +138,7 @@ class ErrorCode(enum.StrEnum):
     GATE_REBUILDING = "gate_rebuilding"
     NONCE_STORE_UNAVAILABLE = "nonce_store_unavailable"
     CLAIM_PENDING = "claim_pending"
+    KEY_MISMATCH = "key_mismatch"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -429,6 +430,13 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "the gate counts a claim of this person that the store does not hold yet: an "
         "earlier claim (another key, or a reply lost on the way) may still be committed; "
         "retry shortly",
+    ),
+    _C.KEY_MISMATCH: ErrorSpec(
+        503,
+        Unavailable,
+        "a stored value does not open with the server's keys (another key file than the "
+        "data's, or altered data); nothing was done: operators must restart it with the "
+        "right key file",
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,

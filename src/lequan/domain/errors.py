@@ -28,7 +28,8 @@ kind only says what sort of refusal it is.
     │                             403: forbidden, wrong_app_kind, maker_cannot_approve
     ├── IdempotencyError          409: idempotency_in_flight; 422: idempotency_mismatch
     └── Unavailable               429: throttled, overloaded; 503: store_unavailable,
-                                  commit_timeout, gate_unavailable, gate_rebuilding
+                                  commit_timeout, gate_unavailable, gate_rebuilding,
+                                  key_mismatch (ports.KeyMismatch)
 """
 
 from __future__ import annotations

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from lequan.domain.errors import Unavailable
+
 __all__ = [
     "ClaimGate",
     "Clock",
     "GateUnavailable",
     "KeyHolds",
+    "KeyMismatch",
     "KeyRing",
     "NonceStore",
     "PendingReservation",
@@ -27,12 +30,29 @@ __all__ = [
 ]
 
 
+# A key file is not swapped in a second: a caller told to come back sooner only adds load.
+KEY_MISMATCH_RETRY_AFTER_S = 60
+
+
 class Clock(Protocol):
     """Where services read the time; the domain never does."""
 
     def now(self) -> datetime:
         """The current instant, timezone-aware UTC."""
         ...
+
+
+class KeyMismatch(Unavailable):
+    """A stored value does not open under this process's keys: another key file than the
+    one the data was written with, a key missing from it, or altered data.
+
+    The platform cannot serve until an operator gives it the right key file, so
+    it is answered ``503 key_mismatch``, never a 500; ``serve`` and the CLI
+    refuse to start on it (the store's key canaries, ``services/keys.py``).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("key_mismatch", message, retry_after_s=KEY_MISMATCH_RETRY_AFTER_S)
 
 
 class KeyRing(Protocol):
@@ -45,7 +65,9 @@ class KeyRing(Protocol):
         """Encrypt one field value; returns (key_id, ciphertext). ``field`` is bound as AAD."""
         ...
 
-    def decrypt(self, field: str, key_id: str, ciphertext: bytes) -> str: ...
+    def decrypt(self, field: str, key_id: str, ciphertext: bytes) -> str:
+        """What ``encrypt`` sealed for this field; ``KeyMismatch`` when it does not open."""
+        ...
 
     def blind_index(self, field: str, value: str) -> str:
         """A keyed, deterministic digest for equality lookups without the clear value."""

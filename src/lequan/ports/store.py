@@ -9,6 +9,7 @@ called, and its repositories all act inside it:
     uow.vouchers      vouchers and redemptions
     uow.ledger        postings with the budget counter they move, outbox, audit
     uow.idempotency   answers stored per (app, Idempotency-Key)
+    uow.keys          the key canaries: which key ring the data is written under
 
 Every atomic step is the store's: a conditional update (``take_stock``,
 ``ledger.record``, ``move_voucher``) answers False rather than letting a
@@ -39,6 +40,7 @@ from lequan.rows import (
     PersonRow,
     RedemptionReads,
     RedemptionRow,
+    SealedSample,
     StockKey,
     VoucherRow,
 )
@@ -46,6 +48,7 @@ from lequan.rows import (
 __all__ = [
     "CampaignRepository",
     "IdempotencyRepository",
+    "KeyCheckRepository",
     "LedgerRepository",
     "PeopleRepository",
     "Store",
@@ -123,6 +126,11 @@ class PeopleRepository(Protocol):
 
     def operator_role(self, operator_id: str) -> str | None: ...
 
+    def any_operator(self) -> bool:
+        """Whether the store has any operator account, active or not (the first one is
+        added without a token)."""
+        ...
+
     def add_app(
         self, *, app_id: str, kind: str, name: str, key_id: str, secret_enc: bytes, now: datetime
     ) -> None: ...
@@ -146,17 +154,34 @@ class PeopleRepository(Protocol):
 
     def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None: ...
 
-    def insert_person(self, values: Mapping[str, Any]) -> None: ...
-
-    def update_person_contact(self, person_id: str, values: Mapping[str, Any]) -> None: ...
+    def insert_person(self, values: Mapping[str, Any]) -> None:
+        """A new person: id, id_number_bidx, id_number_enc, key_id, consent_version,
+        consent_at, created_at. Never changed by a later registration."""
+        ...
 
     def account_person(self, channel_id: str, channel_user_id: str) -> str | None: ...
 
     def person_account_in_channel(self, channel_id: str, person_id: str) -> str | None: ...
 
     def insert_account(
-        self, *, channel_id: str, channel_user_id: str, person_id: str, now: datetime
-    ) -> None: ...
+        self,
+        *,
+        channel_id: str,
+        channel_user_id: str,
+        person_id: str,
+        identity: Mapping[str, Any],
+        now: datetime,
+    ) -> None:
+        """Bind a channel account to a person with what that channel registered them
+        with (``identity``: name_enc, phone_enc, phone_bidx, key_id, residence_region,
+        consent_version, consent_at)."""
+        ...
+
+    def update_account_identity(
+        self, channel_id: str, channel_user_id: str, identity: Mapping[str, Any]
+    ) -> None:
+        """Replace what this channel account registered (its own; no other account's)."""
+        ...
 
     def blacklisted(self, bidxs: Sequence[str]) -> set[str]: ...
 
@@ -167,7 +192,8 @@ class PeopleRepository(Protocol):
     def claimants(
         self, channel_id: str, channel_user_ids: Sequence[str]
     ) -> dict[str, tuple[str, str, bool]]:
-        """channel_user_id -> (person_id, residence_region, blacklisted), one query."""
+        """channel_user_id -> (person_id, residence_region, blacklisted), one query; the
+        region is the one this channel registered the person with."""
         ...
 
 
@@ -344,6 +370,31 @@ class IdempotencyRepository(Protocol):
     def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
 
+class KeyCheckRepository(Protocol):
+    """What the store remembers of the key ring its data is written under (migration 0007).
+
+    A canary is written once and never changed: ``blind_index`` holds the
+    blind-index key's digest of a fixed label, ``key:<key id>`` a fixed text
+    encrypted under that key. A process whose key ring does not reproduce
+    them holds another key file than the data's and is refused at start
+    (``lequan.services.keys``). An in-process store keeps them in a dict.
+    """
+
+    def canaries(self) -> dict[str, bytes]:
+        """Every canary by name (empty before the first start after 0007)."""
+        ...
+
+    def add_canaries(self, canaries: Mapping[str, bytes], *, now: datetime) -> None:
+        """Write new canaries; ``DuplicateKey`` if another process wrote one first."""
+        ...
+
+    def sealed_samples(self, limit: int) -> list[SealedSample]:
+        """Up to ``limit`` values the store already holds encrypted (app secrets, then ID
+        numbers with their blind index), oldest first: what a store written before
+        its canaries is checked against before they are pinned."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every aggregate; rolled back unless committed."""
 
@@ -361,6 +412,9 @@ class UnitOfWork(Protocol):
 
     @property
     def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def keys(self) -> KeyCheckRepository: ...
 
     def commit(self) -> None: ...
 

@@ -14,6 +14,7 @@ import io
 import re
 import secrets
 import threading
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,11 +29,13 @@ __all__ = [
     "AppCredentials",
     "AppSecrets",
     "add_app",
+    "add_first_operator",
     "add_operator",
     "authenticate_operator",
     "blacklist_add",
     "blacklist_remove",
     "import_merchants",
+    "require_role",
 ]
 
 APP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
@@ -57,8 +60,28 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# The audit log's actor for the first operator of a store, added without a token.
+BOOTSTRAP_ACTOR = "bootstrap"
+
+
 def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli") -> str:
-    """Create an operator account; returns its bearer token (shown once)."""
+    """Create an operator account on behalf of ``actor``; returns its bearer token (shown
+    once). The CLI names the operator its token authenticated; in-process seeding (the
+    demo, tests) may leave the default."""
+    return _add_operator(rt, operator_id, role=role, actor=actor, first=False)
+
+
+def add_first_operator(rt: Runtime, operator_id: str, *, role: str) -> str:
+    """Create the first operator of a store that has none, with no one to vouch for
+    them (audited as ``bootstrap``); ``unauthenticated`` once any operator exists.
+
+    Whoever can open the store (its files or its URL, and the key file) can do
+    this once; every later operator is added with an operator's token.
+    """
+    return _add_operator(rt, operator_id, role=role, actor=BOOTSTRAP_ACTOR, first=True)
+
+
+def _add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str, first: bool) -> str:
     if not OPERATOR_ID.match(operator_id):
         raise InvalidInput("invalid_operator_id", "an operator id is 2-32 of a-z 0-9 . _ -")
     if role not in ROLES:
@@ -66,6 +89,12 @@ def add_operator(rt: Runtime, operator_id: str, *, role: str, actor: str = "cli"
     token = "lqo_" + secrets.token_urlsafe(32)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
+        if first and uow.people.any_operator():
+            raise AuthError(
+                "unauthenticated",
+                "the store has operators: add one with an operator's token "
+                "(--token-file PATH, LEQUAN_OPERATOR_TOKEN or --token)",
+            )
         if uow.people.operator_role(operator_id) is not None:
             raise Conflict("operator_exists", f"operator {operator_id} already exists")
         try:
@@ -88,6 +117,14 @@ def authenticate_operator(rt: Runtime, token: str) -> tuple[str, str]:
     if found is None:
         raise AuthError("unauthenticated", "a valid operator token is required")
     return found
+
+
+def require_role(role: str, roles: Collection[str]) -> None:
+    """Refuse an operator whose role is not among ``roles`` (``forbidden``)."""
+    if role not in roles:
+        raise AuthError(
+            "forbidden", f"a {role} cannot do this; it needs {' or '.join(sorted(roles))}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,14 @@ eligibility verdict with reasons, and a person's wallet.
 A person is one human, found by the blind index of their ID number, however
 many channel accounts they use; each channel binds one account to a person,
 so limits per person cannot be dodged with a second account.
+
+What a channel registers a person with (name, phone, residence region) is
+that channel's account's own: another channel that knows the ID number
+registers its own account and cannot change it, and eligibility in a
+channel is decided on what that channel registered. A channel never learns
+whether another registered the person: ``created`` says whether *its*
+account is new, and it is answered an id of the person its own
+(``channel_person_id``), never the internal one other channels share.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from lequan.domain.identity import (
     normalize_name,
     normalize_phone,
 )
-from lequan.ports import DuplicateKey, UnitOfWork
+from lequan.ports import DuplicateKey, KeyRing, UnitOfWork
 from lequan.rows import VoucherRow
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.runtime import Runtime
@@ -29,6 +37,7 @@ from lequan.services.runtime import Runtime
 __all__ = [
     "Registration",
     "Verdict",
+    "channel_person_id",
     "person_id_for",
     "register",
     "validate_region",
@@ -48,6 +57,8 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Registration:
+    # The person as this channel knows them (``channel_person_id``), and whether this
+    # channel's account is new: nothing about other channels.
     person_id: str
     created: bool
     id_number_masked: str
@@ -71,8 +82,17 @@ def validate_region(code: str | None, *, field: str) -> str | None:
 
 
 def person_id_for(bidx: str) -> str:
-    """A stable, non-identifying person id derived from the blind index."""
+    """A stable, non-identifying person id derived from the blind index (internal:
+    vouchers and limits are kept per person by it; no channel is told it)."""
     return PERSON_ID_PREFIX + bidx[:24]
+
+
+def channel_person_id(keyring: KeyRing, *, channel_id: str, person_id: str) -> str:
+    """The id a channel knows a person by: stable within the channel, and without the
+    blind-index key nobody can tell whether two channels' ids are the same human."""
+    return (
+        PERSON_ID_PREFIX + keyring.blind_index("channel_person", f"{channel_id}:{person_id}")[:24]
+    )
 
 
 def register(
@@ -121,7 +141,9 @@ def register(
                 )
                 verdicts = _verdicts(uow, rt, bidx=bidx, region=region, location=location)
                 registration = Registration(
-                    person_id=person_id,
+                    person_id=channel_person_id(
+                        keyring, channel_id=channel_id, person_id=person_id
+                    ),
                     created=created,
                     id_number_masked=mask_id_number(id_number),
                     name_masked=mask_name(name),
@@ -156,49 +178,53 @@ def _bind(
     region: str,
     consent_version: str,
 ) -> bool:
+    """Find or file the person, and bind this channel account to them with what this
+    channel registered; True when the account is new."""
     now = rt.clock.now()
     bound = uow.people.account_person(channel_id, channel_user_id)
     if bound is not None and bound != person_id:
         raise Conflict("account_already_bound", "this channel account is bound to another person")
-    person = uow.people.person_by_id_number_bidx(bidx)
-    created = person is None
-    key_id, name_enc = rt.keyring.encrypt("name", name)
-    _, phone_enc = rt.keyring.encrypt("phone", phone)
-    contact = {
-        "name_enc": name_enc,
-        "phone_enc": phone_enc,
-        "phone_bidx": rt.keyring.blind_index("phone", phone),
-        "key_id": key_id,
-        "residence_region": region,
-    }
-    if person is None:
-        _, id_enc = rt.keyring.encrypt("id_number", id_number)
+    if uow.people.person_by_id_number_bidx(bidx) is None:
+        key_id, id_enc = rt.keyring.encrypt("id_number", id_number)
         uow.people.insert_person(
             {
                 "id": person_id,
                 "id_number_bidx": bidx,
                 "id_number_enc": id_enc,
+                "key_id": key_id,
                 "consent_version": consent_version,
                 "consent_at": now,
                 "created_at": now,
-                **contact,
             }
         )
-    else:
-        # Re-registering refreshes contact details; all fields share one key id.
-        _, id_enc = rt.keyring.encrypt("id_number", id_number)
-        uow.people.update_person_contact(person_id, {**contact, "id_number_enc": id_enc})
-    if bound is None:
-        other = uow.people.person_account_in_channel(channel_id, person_id)
-        if other is not None:
-            raise Conflict(
-                "person_already_bound",
-                "this person is already registered in this channel with another account",
-            )
-        uow.people.insert_account(
-            channel_id=channel_id, channel_user_id=channel_user_id, person_id=person_id, now=now
+    key_id, name_enc = rt.keyring.encrypt("name", name)
+    _, phone_enc = rt.keyring.encrypt("phone", phone)
+    identity = {
+        "name_enc": name_enc,
+        "phone_enc": phone_enc,
+        "phone_bidx": rt.keyring.blind_index("phone", phone),
+        "key_id": key_id,  # all of an account's fields share one key id
+        "residence_region": region,
+        "consent_version": consent_version,
+        "consent_at": now,
+    }
+    if bound is not None:
+        # The account that gave these attributes may change them; no other can.
+        uow.people.update_account_identity(channel_id, channel_user_id, identity)
+        return False
+    if uow.people.person_account_in_channel(channel_id, person_id) is not None:
+        raise Conflict(
+            "person_already_bound",
+            "this person is already registered in this channel with another account",
         )
-    return created
+    uow.people.insert_account(
+        channel_id=channel_id,
+        channel_user_id=channel_user_id,
+        person_id=person_id,
+        identity=identity,
+        now=now,
+    )
+    return True
 
 
 def _verdicts(

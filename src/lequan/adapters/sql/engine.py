@@ -7,6 +7,8 @@ writers queue on the lock instead of failing on an upgrade deadlock.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -149,6 +151,24 @@ def unsafe_durability(settings: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def _private_database(path: Path) -> None:
+    """The database file and its WAL companions readable by their owner alone (0600),
+    in a directory made 0700 if lequan makes it: they hold every person's record.
+
+    A file made by an older version (0644) is narrowed here. SQLite gives the
+    -wal and -shm files it creates the database file's mode.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if each.stat().st_mode & 0o077:
+                each.chmod(0o600)
+        except FileNotFoundError:
+            continue
+
+
 def _sqlite_engine(url: str, *, pool_size: int) -> sa.Engine:
     memory = url in ("sqlite://", "sqlite:///:memory:")
     if memory:
@@ -160,7 +180,7 @@ def _sqlite_engine(url: str, *, pool_size: int) -> sa.Engine:
     else:
         path = sa.engine.make_url(url).database
         assert path
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _private_database(Path(path))
         # WAL is a property of the file: set once here, not on every connection
         # (switching needs a lock that would queue behind the writer).
         with sqlite3.connect(path) as first:

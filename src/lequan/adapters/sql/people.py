@@ -45,6 +45,9 @@ class SqlPeople:
         ).first()
         return row.role if row else None
 
+    def any_operator(self) -> bool:
+        return self._s.exec(sa.select(t.operators.c.id).limit(1)).first() is not None
+
     def add_app(
         self, *, app_id: str, kind: str, name: str, key_id: str, secret_enc: bytes, now: datetime
     ) -> None:
@@ -134,8 +137,15 @@ class SqlPeople:
     def insert_person(self, values: Mapping[str, Any]) -> None:
         self._s.exec(sa.insert(t.persons).values(**values))
 
-    def update_person_contact(self, person_id: str, values: Mapping[str, Any]) -> None:
-        self._s.exec(sa.update(t.persons).where(t.persons.c.id == person_id).values(**values))
+    def update_account_identity(
+        self, channel_id: str, channel_user_id: str, identity: Mapping[str, Any]
+    ) -> None:
+        a = t.person_accounts.c
+        self._s.exec(
+            sa.update(t.person_accounts)
+            .where(a.channel_id == channel_id, a.channel_user_id == channel_user_id)
+            .values(**identity)
+        )
 
     def account_person(self, channel_id: str, channel_user_id: str) -> str | None:
         a = t.person_accounts.c
@@ -152,7 +162,13 @@ class SqlPeople:
         ).scalar_one_or_none()
 
     def insert_account(
-        self, *, channel_id: str, channel_user_id: str, person_id: str, now: datetime
+        self,
+        *,
+        channel_id: str,
+        channel_user_id: str,
+        person_id: str,
+        identity: Mapping[str, Any],
+        now: datetime,
     ) -> None:
         self._s.exec(
             sa.insert(t.person_accounts).values(
@@ -160,6 +176,7 @@ class SqlPeople:
                 channel_user_id=channel_user_id,
                 person_id=person_id,
                 created_at=now,
+                **identity,
             )
         )
 
@@ -189,9 +206,10 @@ class SqlPeople:
     def claimants(
         self, channel_id: str, channel_user_ids: Sequence[str]
     ) -> dict[str, tuple[str, str, bool]]:
-        """channel_user_id -> (person_id, residence_region, blacklisted), one query."""
+        """channel_user_id -> (person_id, residence_region, blacklisted), one query; the
+        region is the one this channel registered the person with."""
         sql = (
-            "SELECT a.channel_user_id, a.person_id, p.residence_region, "  # noqa: S608
+            "SELECT a.channel_user_id, a.person_id, a.residence_region, "  # noqa: S608
             "b.id_number_bidx IS NOT NULL "
             "FROM person_accounts a JOIN persons p ON p.id = a.person_id "
             "LEFT JOIN blacklist b ON b.id_number_bidx = p.id_number_bidx "

@@ -141,17 +141,14 @@ persons = sa.Table(
     sa.Column("id", Id, primary_key=True),
     sa.Column("id_number_bidx", sa.String(64), nullable=False, unique=True),
     sa.Column("id_number_enc", sa.LargeBinary, nullable=False),
-    sa.Column("name_enc", sa.LargeBinary, nullable=False),
-    sa.Column("phone_enc", sa.LargeBinary, nullable=False),
-    sa.Column("phone_bidx", sa.String(64), nullable=False, index=True),
-    sa.Column("key_id", sa.String(32), nullable=False),
-    sa.Column("residence_region", sa.String(6), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),  # the ID number's
+    # When the ID number was first registered, and under which consent text.
     sa.Column("consent_version", sa.String(32), nullable=False),
     sa.Column("consent_at", UtcDateTime, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    # The claimants lookup reads these two by id from the index, never the wide row
-    # (migration 0004).
-    sa.Index(None, "id", "residence_region", "id_number_bidx"),
+    # The claimants lookup reads the blind index (for the blacklist) by id from the
+    # index, never the row (migrations 0004, 0008).
+    sa.Index(None, "id", "id_number_bidx"),
 )
 
 person_accounts = sa.Table(
@@ -161,6 +158,15 @@ person_accounts = sa.Table(
     sa.Column("channel_user_id", sa.String(64), primary_key=True),
     sa.Column("person_id", Id, sa.ForeignKey("persons.id"), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # What this channel registered the person with: its own to change, never another
+    # channel's, and what eligibility in this channel is decided on (migration 0008).
+    sa.Column("name_enc", sa.LargeBinary, nullable=False),
+    sa.Column("phone_enc", sa.LargeBinary, nullable=False),
+    sa.Column("phone_bidx", sa.String(64), nullable=False, index=True),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("residence_region", sa.String(6), nullable=False),
+    sa.Column("consent_version", sa.String(32), nullable=False),
+    sa.Column("consent_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("channel_id", "person_id"),
 )
 
@@ -326,4 +332,14 @@ audit_log = sa.Table(
     sa.Column("details_json", sa.Text, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# What the store remembers of the key ring its data is written under (0007):
+# "blind_index" and "key:<key id>" canaries, written once, never changed.
+key_canaries = sa.Table(
+    "key_canaries",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
 )

@@ -17,6 +17,7 @@ from lequan.adapters.sql.campaigns import SqlCampaigns
 from lequan.adapters.sql.core import SqlSession
 from lequan.adapters.sql.errors import translated
 from lequan.adapters.sql.idempotency import SqlIdempotency
+from lequan.adapters.sql.keys import SqlKeyChecks
 from lequan.adapters.sql.ledger import SqlLedger
 from lequan.adapters.sql.people import SqlPeople
 from lequan.adapters.sql.vouchers import SqlVouchers
@@ -35,6 +36,7 @@ class SqlUnitOfWork:
         self.vouchers = SqlVouchers(self._session)
         self.ledger = SqlLedger(self._session, self.campaigns)
         self.idempotency = SqlIdempotency(self._session)
+        self.keys = SqlKeyChecks(self._session)
 
     @property
     def connection(self) -> sa.Connection:
