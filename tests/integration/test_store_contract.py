@@ -78,18 +78,6 @@ STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memor
 
 
 @pytest.fixture(scope="session")
-def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file migrated once; each test's store starts from a copy."""
-    path = tmp_path_factory.mktemp("store-contract") / "template.db"
-    engine = create_engine(f"sqlite:///{path}")
-    try:
-        migrate.upgrade(engine)
-    finally:
-        engine.dispose()
-    return path
-
-
-@pytest.fixture(scope="session")
 def migrated_postgres(postgres_url: str) -> Iterator[SqlStore]:
     """One migrated PostgreSQL database for the whole run; each test empties it first."""
     url, drop = postgres_database(postgres_url)
@@ -119,7 +107,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield _emptied(request.getfixturevalue("migrated_postgres"))
         return
     path = tmp_path / "lequan.db"
-    shutil.copyfile(request.getfixturevalue("migrated_sqlite_file"), path)
+    shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)  # tests/conftest.py
     sqlite = SqlStore(create_engine(f"sqlite:///{path}"))
     try:
         yield sqlite
