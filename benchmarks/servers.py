@@ -36,10 +36,15 @@ def _wait_until_up(process: subprocess.Popen[bytes], port: int, path: str) -> No
         if process.poll() is not None:
             raise RuntimeError(f"the server on port {port} exited with {process.returncode}")
         try:
-            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1.0)
-            return
+            answer = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1.0)
+            # /healthz: the process answers. /readyz: its store and gate answer and no
+            # campaign's gate is still waiting out a fence (the load would hear
+            # gate_rebuilding and measure nothing).
+            if path != "/readyz" or answer.status_code == 200:
+                return
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise RuntimeError(f"the server on port {port} did not start")
 
 
@@ -105,7 +110,7 @@ def serve_lequan(env: dict[str, str], *, workers: int = 1) -> Iterator[int]:
     """``lequan`` on a free port with the given LEQUAN_* settings."""
     port = free_port()
     with _process(
-        lequan_args(port, workers=workers), {**os.environ, **env}, port, "/healthz"
+        lequan_args(port, workers=workers), {**os.environ, **env}, port, "/readyz"
     ) as bound:
         yield bound
 

@@ -10,6 +10,7 @@ not one per live campaign.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import structlog
 
 from lequan.bootstrap import build_runtime, start_platform
 from lequan.config import Settings
+from lequan.http.app import create_app
 from lequan.services.claim_answers import ClaimResult
 from tests.factories import World, dining_config
 from tests.integration.conftest import Stack
@@ -30,6 +32,10 @@ from tests.integration.test_claim_invariants import (
     register_many,
 )
 from tests.waiting import wait_until
+
+with warnings.catch_warnings():  # as in tests/e2e/conftest.py: plain httpx is what we use
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 CAMPAIGNS = [CAMPAIGN, f"{CAMPAIGN}-b", f"{CAMPAIGN}-c"]
 
@@ -77,9 +83,20 @@ def test_a_start_after_the_gate_lost_every_campaign_waits_one_fence_for_all(
             blind = claim_in(other, late, CAMPAIGNS[-1], "blind")
             assert blind.outcome == "gate_rebuilding", blind
             assert blind.answer.status_code == 503
+            # Not ready meanwhile: /readyz names the campaigns a balancer would send
+            # to a process that can only answer "being rebuilt".
+            assert other.platform.gatekeeper.rebuilding() == sorted(CAMPAIGNS)
+            # No lifespan (no ``with``): its shutdown would stop this platform's keeper.
+            waiting = TestClient(create_app(other.platform)).get("/readyz")
+            assert waiting.status_code == 503
+            assert waiting.json()["details"]["gate_rebuilding"] == sorted(CAMPAIGNS)
             wait_until(
                 lambda: all(other.rt.gate.loaded(c, []) for c in CAMPAIGNS),
                 what="every campaign is loaded in the gate",
+            )
+            wait_until(
+                lambda: other.platform.gatekeeper.rebuilding() == [],
+                what="the keeper says nothing is being rebuilt",
             )
 
             # One fence for all of them, not one after another.

@@ -472,6 +472,9 @@ def create_app(
             platform.rt.gate.remaining("readyz:probe", "probe")
         except Exception as error:
             problems["gate"] = type(error).__name__
+        rebuilding = platform.gatekeeper.rebuilding()
+        if rebuilding:  # claims to these answer gate_rebuilding until their fence passes
+            problems["gate_rebuilding"] = rebuilding
         if problems:
             return json_response(
                 request,

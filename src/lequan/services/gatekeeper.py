@@ -273,6 +273,8 @@ class GateKeeper:
         self._lock = threading.Lock()
         self._requested: set[str] = set()
         self._closed: list[ClosedGate] = []  # handed over by ``load_later``
+        # Campaigns handed over whose gate is not loaded yet: what readiness reports.
+        self._loading: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lequan-gatekeeper", daemon=True)
@@ -298,7 +300,14 @@ class GateKeeper:
         """Load campaigns closed already (under their locks) after their fence; returns at once."""
         with self._lock:
             self._closed.extend(closed)
+            self._loading.update(c.campaign_id for c in closed)
         self._wake.set()
+
+    def rebuilding(self) -> list[str]:
+        """The campaigns whose gate is waiting out its fence before it is loaded: claims
+        to them answer ``gate_rebuilding`` until then (``/readyz`` says so)."""
+        with self._lock:
+            return sorted(self._loading)
 
     def _fence(self, wait_s: float) -> None:
         if self._stop.wait(wait_s):
@@ -319,6 +328,9 @@ class GateKeeper:
                     self._reload(sorted(requested), closed)
                 except _Stopping:
                     return
+                finally:
+                    with self._lock:
+                        self._loading.difference_update(c.campaign_id for c in closed)
             if time.monotonic() < next_reap:
                 continue
             next_reap = time.monotonic() + self._interval_s
