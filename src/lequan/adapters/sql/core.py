@@ -153,8 +153,9 @@ class SqlSession:
     @contextmanager
     def driver_cursor(self, statement: str) -> Iterator[Any]:
         """A driver cursor on this transaction's connection whose errors come back as
-        SQLAlchemy's, as from any other statement: a unique violation is an
-        ``IntegrityError``, an unreachable or broken store an ``OperationalError``.
+        the port's, as from any other statement: a unique violation is a
+        ``DuplicateKey``, an unreachable or broken store ``StoreUnavailable``; the
+        transaction is begun first, so ``commit()`` keeps what the cursor wrote.
 
         Inside ``pipeline()`` the cursor stays open until the pipeline's results
         are in."""
@@ -178,10 +179,11 @@ class SqlSession:
         """The writes of the block sent one after the other without waiting for each
         answer (psycopg's pipeline mode on PostgreSQL): one round trip for the
         block instead of one per statement. A statement's failure comes back as
-        SQLAlchemy's error at the end of the block and the transaction is then
+        the port's error at the end of the block and the transaction is then
         lost, as with any failed statement. Only the pipeline-aware writes may
-        run inside (``move_vouchers``, ``post_many``, ``release_budget`` and the
-        inserts); elsewhere than on PostgreSQL the block runs as it is.
+        run inside (``move_vouchers``, ``ledger.record_many``, the budget
+        release and the inserts); elsewhere than on PostgreSQL the block runs
+        as it is.
         """
         if not self.postgres:
             yield
