@@ -38,6 +38,7 @@ from lequan.ports import (
     Store,
     StoreUnavailable,
 )
+from lequan.ports.central import CentralPlatform
 from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
@@ -45,6 +46,7 @@ from lequan.services.gatekeeper import GateKeeper
 from lequan.services.idempotency import InFlight
 from lequan.services.keys import check_keys
 from lequan.services.redemption_batches import RedemptionWriter
+from lequan.services.relay import Relay
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
 
@@ -122,10 +124,13 @@ def build_runtime(
     gate: ClaimGate | None = None,
     store: Store | None = None,
     create_keys: bool = True,
+    central: CentralPlatform | None = None,
 ) -> Runtime:
-    """Adapters from settings; tests pass fakes for the clock, keys, gate or store
-    (``MemoryStore``: the service tests whose store is incidental)."""
+    """Adapters from settings; tests pass fakes for the clock, keys, gate, store or
+    central (``MemoryStore``: the service tests whose store is incidental)."""
     clock = clock or SystemClock()
+    if central is None and settings.central_url:
+        central = central_platform(settings)
     if store is None:
         private_data_dir(settings)
         store = SqlStore(
@@ -188,6 +193,20 @@ def build_runtime(
         clock=clock,
         nonces=nonces,
         inflight=inflight,
+        central=central,
+    )
+
+
+def central_platform(settings: Settings) -> CentralPlatform:
+    """The central platform this province talks to, over its signed HTTP API."""
+    from lequan.adapters.central_http import HttpCentral
+
+    return HttpCentral(
+        base_url=settings.central_url,
+        app_id=settings.central_app_id,
+        secret=settings.central_secret.get_secret_value(),
+        public_key_hex=settings.central_public_key,
+        timeout_s=settings.central_timeout_s,
     )
 
 
@@ -203,9 +222,12 @@ class Platform:
     gatekeeper: GateKeeper
     sold_out: LocalSoldOut | RedisSoldOut
     redemptions: RedemptionWriter
+    relay: Relay | None = None
 
     def stop_workers(self) -> None:
         """Stop the background threads; the runtime (store, gate) stays open."""
+        if self.relay is not None:
+            self.relay.stop()
         if self.sweeper is not None:
             self.sweeper.stop()
         self.gatekeeper.stop()
@@ -321,7 +343,9 @@ def check_store(settings: Settings, keyring: AesGcmKeyRing) -> None:
         store.dispose()
 
 
-def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True) -> Platform:
+def start_platform(
+    rt: Runtime, *, sweep: bool = True, check_schema: bool = True, relay: bool = True
+) -> Platform:
     """Check the schema is current, the keys the data's and the store durable, rebuild
     the gate from the store (what must wait out a fence, in the background), start the
     workers."""
@@ -344,7 +368,12 @@ def start_platform(rt: Runtime, *, sweep: bool = True, check_schema: bool = True
     sold_out = sold_out_board(rt.settings)
     sold_out.listen(lambda pool, template_id: cache.sold_out.add((pool, template_id)))
     claims = ClaimService(rt, cache, on_gate_lost=gatekeeper.request, on_sold_out=sold_out.publish)
+    # Every process relays: leases keep two relays off one event.
+    relayer = Relay(rt, rt.central) if relay and rt.central is not None else None
+    if relayer is not None:
+        relayer.start()
     return Platform(
+        relay=relayer,
         rt=rt,
         campaigns=cache,
         claims=claims,

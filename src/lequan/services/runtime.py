@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from lequan.config import Settings
 from lequan.ports import ClaimGate, Clock, KeyRing, NonceStore, Store
+from lequan.ports.central import CentralPlatform
 from lequan.services.idempotency import InFlight
 
 __all__ = ["Runtime"]
@@ -21,6 +22,8 @@ class Runtime:
     clock: Clock
     nonces: NonceStore
     inflight: InFlight = field(default_factory=InFlight)
+    # The central (national) platform, when this province is connected to one.
+    central: CentralPlatform | None = None
     # Told the id of every campaign an operator changed (caches drop it).
     campaign_listeners: list[Callable[[str], None]] = field(default_factory=list)
 

@@ -18,6 +18,7 @@ from lequan.domain.ledger import expire_entry
 from lequan.domain.redemption_states import RedemptionAction, next_status
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.services.campaigns import retire_gates
+from lequan.services.qualification import release_for_voucher, release_stale
 from lequan.services.runtime import Runtime
 
 __all__ = ["SweepReport", "Sweeper", "sweep"]
@@ -76,8 +77,13 @@ def sweep(rt: Runtime) -> SweepReport:
                 now=now,
                 voucher_id=voucher_now.id,
             )
+            # An unused trade-in voucher gives its qualification back.
+            release_for_voucher(uow, voucher_now, topic="voucher.expired", now=now)
             uow.commit()
             expired += 1
+    if rt.central is not None:
+        # Locks whose application died between central's lock and the voucher's commit.
+        release_stale(rt, older_than_s=rt.settings.trade_in_hold_s, limit=limit)
     gates_retired = len(retire_gates(rt))
     if expired or timed_out or gates_retired:
         log.info("sweep", expired=expired, locks_timed_out=timed_out, gates_retired=gates_retired)

@@ -29,8 +29,9 @@ from lequan.http.schemas import (
     error_responses,
 )
 from lequan.ports import UnitOfWork
-from lequan.services import persons
-from lequan.services.idempotency import Answer
+from lequan.services import persons, qualification
+from lequan.services.claim_answers import answered, issued_answer
+from lequan.services.idempotency import Answer, run_once
 from lequan.services.views import voucher_body
 
 router = APIRouter(prefix="/v1", tags=["channel"])
@@ -133,6 +134,53 @@ async def claim_batch(request: Request, caller: ChannelApp, claims: ClaimsDep) -
     request.state.outcome = f"batch:{len(batch.items)}"
     request.state.claim_outcomes = counts
     return json_response(request, 200, body, NO_HEADERS)
+
+
+@router.post(
+    "/trade-in/applications",
+    response_model=ClaimOut,
+    status_code=201,
+    responses=SIGNED_ERRORS,
+    openapi_extra=json_body(ClaimIn),
+    summary="Apply for a trade-in voucher: issued once central locks the qualification",
+)
+async def apply_trade_in(
+    request: Request, caller: ChannelApp, key: IdempotencyKey, platform: PlatformDep
+) -> Response:
+    """A trade-in template is applied for, not claimed: the platform first asks the
+    central platform to verify and lock the person's qualification for the category
+    nationwide. Refusals: ``qualification_used_elsewhere``,
+    ``qualification_limit_reached``, ``qualification_revoked``; when central does not
+    answer, 503 ``central_unavailable`` with nothing issued (retry with the same
+    Idempotency-Key). A retry replays the first answer."""
+    rt = platform.rt
+    body = parse_body(ClaimIn, caller.body)
+    idem = caller.idempotency(key)
+    acted: list[bool] = []
+
+    def lookup() -> tuple[str, int, str] | None:
+        with rt.store.unit_of_work(readonly=True) as uow:
+            return answered(uow, idem.app_id, [idem.key]).get(idem.key)
+
+    def act() -> Answer:
+        acted.append(True)
+        voucher = qualification.apply(
+            rt,
+            idem,
+            qualification.Application(
+                channel_user_id=body.channel_user_id,
+                campaign_id=body.campaign_id,
+                round_id=body.round_id,
+                template_id=body.template_id,
+                location_region=body.location_region,
+            ),
+        )
+        return issued_answer(voucher)
+
+    answer = await run_in_threadpool(
+        lambda: run_once(inflight=rt.inflight, key=idem, lookup=lookup, act=act)
+    )
+    return answer_response(request, answer, replayed=not acted)
 
 
 @router.get(
