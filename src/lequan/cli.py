@@ -56,12 +56,16 @@ acquirer_app = typer.Typer(
 )
 operator_app = typer.Typer(help="Operator accounts for the admin API.", no_args_is_help=True)
 keys_app = typer.Typer(help="Field-encryption key files.", no_args_is_help=True)
+outbox_app = typer.Typer(
+    help="The outbox of facts delivered to the central platform.", no_args_is_help=True
+)
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(merchant_app, name="merchant")
 app.add_typer(channel_app, name="channel")
 app.add_typer(acquirer_app, name="acquirer")
 app.add_typer(operator_app, name="operator")
 app.add_typer(keys_app, name="keys")
+app.add_typer(outbox_app, name="outbox")
 
 
 @app.callback()
@@ -395,6 +399,107 @@ def campaign_check(campaign_id: str, as_json: JsonFlag = False) -> None:
     _emit(data, as_json, f"{campaign_id}: {verdict}")
     if not result.ok:
         raise typer.Exit(1)
+
+
+# -- the outbox and its relay ---------------------------------------------------------
+
+
+@outbox_app.command("status")
+def outbox_status(as_json: JsonFlag = False) -> None:
+    """Events waiting for central, dead-lettered and delivered."""
+    from lequan.services import relay
+
+    counts = relay.backlog(_runtime())
+    data = {"pending": counts.pending, "dead": counts.dead, "delivered": counts.delivered}
+    _emit(
+        data,
+        as_json,
+        f"pending {counts.pending:,} · dead {counts.dead:,} · delivered {counts.delivered:,}",
+    )
+
+
+@outbox_app.command("dead")
+def outbox_dead(
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    after: Annotated[str | None, typer.Option(help="List after this event id.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The dead-lettered events: what central refused or never took, and why."""
+    from lequan.services import relay
+
+    rows = relay.dead_letters(_runtime(), after_id=after, limit=limit)
+    items = [
+        {
+            "event_id": r.id,
+            "topic": r.topic,
+            "voucher_id": r.voucher_id,
+            "seq": r.seq,
+            "attempts": r.attempts,
+            "last_error": r.last_error,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]
+    if as_json:
+        typer.echo(json.dumps({"items": items}, ensure_ascii=False, indent=2))
+        return
+    table = Table("event", "topic", "voucher", "attempts", "last error")
+    for item in items:
+        table.add_row(
+            str(item["event_id"]),
+            str(item["topic"]),
+            str(item["voucher_id"] or ""),
+            str(item["attempts"]),
+            str(item["last_error"] or ""),
+        )
+    console.print(table)
+
+
+@outbox_app.command("replay")
+def outbox_replay(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Dead events to replay.")] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Every dead event.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 10_000,
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Give dead events back to the relay (a maker or checker; audited)."""
+    from lequan.services import relay
+
+    if bool(event_ids) == replay_all:
+        console.print("[red]name the events to replay, or give --all[/]")
+        raise typer.Exit(2)
+    rt, actor = _runtime_as(token, token_file, "maker", "checker")
+    moved = relay.replay(rt, None if replay_all else event_ids, actor=actor, limit=limit)
+    _emit({"replayed": moved}, as_json, f"{moved} event(s) back to the relay")
+
+
+@app.command("relay")
+def relay_run() -> None:
+    """Deliver the outbox to central until stopped (a worker process of its own; every
+    API process connected to central also relays)."""
+    import signal
+    import threading
+
+    from lequan.bootstrap import SetupError
+    from lequan.services.relay import Relay
+
+    rt = _runtime()
+    if rt.central is None:
+        raise SetupError("no central platform is configured: set LEQUAN_CENTRAL_URL and its keys")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    relay = Relay(rt, rt.central)
+    relay.start()
+    console.print("relaying the outbox to central; Ctrl-C stops")
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        relay.stop()
+        rt.store.dispose()
 
 
 # -- merchants, apps, operators, keys ------------------------------------------------

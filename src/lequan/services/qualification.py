@@ -153,7 +153,14 @@ def apply(rt: Runtime, idem: Idempotency, application: Application) -> VoucherRo
         )
     pseudonym = pseudonym_of(rt, person_id)
     if existing is None:
-        _record_lock(rt, lock_id, person_id, campaign, template, now)
+        _record_lock(
+            rt,
+            lock_id=lock_id,
+            person_id=person_id,
+            campaign=campaign,
+            template=template,
+            now=now,
+        )
     elif existing.state not in ("held", "refused"):
         raise Conflict("qualification_lock_settled", "this application was settled already")
     try:
@@ -179,7 +186,15 @@ def apply(rt: Runtime, idem: Idempotency, application: Application) -> VoucherRo
     voucher: VoucherRow | None = None
     for attempt in range(_ISSUE_ATTEMPTS):
         try:
-            voucher = _issue(rt, idem, campaign, template, lock_id, person_id, application)
+            voucher = _issue(
+                rt,
+                idem,
+                campaign=campaign,
+                template=template,
+                lock_id=lock_id,
+                person_id=person_id,
+                application=application,
+            )
             break
         except DuplicateKey:
             # The person's other application in this pool took the same claim slot at
@@ -240,6 +255,7 @@ def _eligible_person(
 
 def _record_lock(
     rt: Runtime,
+    *,
     lock_id: str,
     person_id: str,
     campaign: CampaignRow,
@@ -269,6 +285,7 @@ def _record_lock(
 def _issue(
     rt: Runtime,
     idem: Idempotency,
+    *,
     campaign: CampaignRow,
     template: TradeIn,
     lock_id: str,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,7 +34,16 @@ from lequan.ports.central import (
 from lequan.rows import OutboxRow
 from lequan.services.runtime import Runtime
 
-__all__ = ["Relay", "RelayRound", "backoff_s", "relay_round"]
+__all__ = [
+    "Backlog",
+    "Relay",
+    "RelayRound",
+    "backlog",
+    "backoff_s",
+    "dead_letters",
+    "relay_round",
+    "replay",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -155,3 +165,48 @@ class Relay:
                 done = RelayRound(leased=0)
             full = done.leased == self._rt.settings.relay_batch_max and not done.central_down
             pause_s = 0.0 if full else self._rt.settings.relay_idle_s
+
+
+# -- what operators see and do --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    pending: int
+    dead: int
+    delivered: int
+
+
+def backlog(rt: Runtime) -> Backlog:
+    with rt.store.unit_of_work(readonly=True) as uow:
+        counts = uow.outbox.backlog()
+    return Backlog(
+        pending=counts.get("pending", 0),
+        dead=counts.get("dead", 0),
+        delivered=counts.get("delivered", 0),
+    )
+
+
+def dead_letters(rt: Runtime, *, after_id: str | None, limit: int) -> list[OutboxRow]:
+    with rt.store.unit_of_work(readonly=True) as uow:
+        return uow.outbox.dead_letters(after_id=after_id, limit=limit)
+
+
+def replay(rt: Runtime, event_ids: Sequence[str] | None, *, actor: str, limit: int) -> int:
+    """Dead events back to the relay (all of them, up to ``limit``, when ``event_ids`` is
+    None), audited with the operator's name."""
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        moved = uow.outbox.replay(event_ids, now=now, limit=limit)
+        uow.ledger.append_audit(
+            actor=actor,
+            action="outbox.replay",
+            target="outbox",
+            details={
+                "event_ids": list(event_ids) if event_ids is not None else "all",
+                "moved": moved,
+            },
+            now=now,
+        )
+        uow.commit()
+    return moved

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from lequan.domain.errors import AuthError, InvalidInput
 from lequan.http.deps import Operator, PlatformDep, json_body
@@ -30,7 +31,7 @@ from lequan.http.schemas import (
     MerchantImportOut,
 )
 from lequan.rows import CampaignRow
-from lequan.services import admin, campaigns
+from lequan.services import admin, campaigns, relay
 from lequan.services.invariants import check_campaign
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -309,3 +310,105 @@ async def blacklist_remove(
         )
     )
     return JSONResponse({"removed": removed})
+
+
+# -- the outbox delivered to central ---------------------------------------------------------
+
+
+class OutboxOut(BaseModel):
+    pending: int
+    dead: int
+    delivered: int
+
+
+class OutboxEventOut(BaseModel):
+    event_id: str
+    topic: str
+    voucher_id: str | None
+    seq: int | None
+    attempts: int
+    last_error: str | None
+    created_at: str
+
+
+class OutboxDeadOut(BaseModel):
+    items: list[OutboxEventOut]
+    next_cursor: str | None
+
+
+class OutboxReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # The events to replay, or every dead one (at most ``limit``) when omitted.
+    event_ids: (
+        Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=1000)] | None
+    ) = None
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+class OutboxReplayOut(BaseModel):
+    replayed: int
+
+
+@router.get(
+    "/outbox",
+    response_model=OutboxOut,
+    responses=OPERATOR_ERRORS,
+    summary="The events waiting for central, dead-lettered and delivered (any role)",
+)
+async def outbox_backlog(operator: Operator, platform: PlatformDep) -> JSONResponse:
+    counts = await run_in_threadpool(relay.backlog, platform.rt)
+    return JSONResponse(
+        {"pending": counts.pending, "dead": counts.dead, "delivered": counts.delivered}
+    )
+
+
+@router.get(
+    "/outbox/dead",
+    response_model=OutboxDeadOut,
+    responses=OPERATOR_ERRORS,
+    summary="Dead-lettered events with why, oldest first (any role; cursor pagination)",
+)
+async def outbox_dead(
+    operator: Operator,
+    platform: PlatformDep,
+    cursor: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSONResponse:
+    rows = await run_in_threadpool(
+        lambda: relay.dead_letters(platform.rt, after_id=cursor, limit=limit)
+    )
+    items = [
+        {
+            "event_id": r.id,
+            "topic": r.topic,
+            "voucher_id": r.voucher_id,
+            "seq": r.seq,
+            "attempts": r.attempts,
+            "last_error": r.last_error,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]
+    next_cursor = rows[-1].id if len(rows) == limit else None
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
+
+
+@router.post(
+    "/outbox/replay",
+    response_model=OutboxReplayOut,
+    responses=OPERATOR_ERRORS,
+    openapi_extra=json_body(OutboxReplayIn),
+    summary="Give dead events back to the relay (maker or checker; audited)",
+)
+async def outbox_replay(
+    request: Request, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    _require(operator, "maker", "checker")
+    body = parse_body(OutboxReplayIn, await request.body())
+    moved = await run_in_threadpool(
+        lambda: relay.replay(
+            platform.rt, body.event_ids, actor=operator.operator_id, limit=body.limit
+        )
+    )
+    return JSONResponse({"replayed": moved})
