@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
@@ -22,7 +22,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -49,6 +51,9 @@ from lequan.http.schemas import (
     RedeemIn,
     RefundIn,
 )
+from lequan.ports import StoreError
+from lequan.services import relay
+from lequan.services.runtime import Runtime
 
 __all__ = ["create_app"]
 
@@ -329,6 +334,28 @@ def _allowed_methods(request: Request) -> str:
     )
 
 
+class OutboxCollector(Collector):
+    """The outbox's backlog, read from the store at each scrape: what every process's
+    relay has left, the same figure from any process."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "lequan_outbox_events",
+            "Outbox events by status (pending: not yet delivered to central)",
+            labels=["status"],
+        )
+        try:
+            counts = relay.backlog(self._rt)
+        except StoreError:
+            return  # the scrape goes on without it; /readyz says why
+        gauge.add_metric(["pending"], counts.pending)
+        gauge.add_metric(["dead"], counts.dead)
+        yield gauge
+
+
 def create_app(
     platform: Platform, *, close_on_shutdown: bool = True, fast_path: bool = True
 ) -> FastAPI:
@@ -364,6 +391,7 @@ def create_app(
     )
     app.state.platform = platform
     metrics = Metrics()
+    metrics.registry.register(OutboxCollector(platform.rt))
     app.state.metrics = metrics
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
