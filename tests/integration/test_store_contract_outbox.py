@@ -229,3 +229,13 @@ def test_a_person_keeps_the_pseudonym_central_gave(store: Store) -> None:
         assert person is not None
         assert person.pseudonym == "n" * 64
         assert uow.people.get_person("p2") is None
+
+
+def test_events_of_a_day_are_listed_by_id_with_a_cursor(store: Store) -> None:
+    _add(store, [("e1", "t", {}), ("e2", "t", {"voucher_id": "v1"})], T0)
+    _add(store, [("e3", "t", {})], T0 + timedelta(hours=1))
+    with store.unit_of_work(readonly=True) as uow:
+        day = uow.outbox.events_between(T0, T0 + timedelta(hours=1), after_id=None, limit=10)
+        assert [(r.id, r.voucher_id, r.seq) for r in day] == [("e1", None, None), ("e2", "v1", 1)]
+        rest = uow.outbox.events_between(T0, T0 + timedelta(days=1), after_id="e1", limit=1)
+        assert [r.id for r in rest] == ["e2"]

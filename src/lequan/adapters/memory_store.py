@@ -1303,6 +1303,17 @@ class MemoryOutbox(_Repository):
             counts[e.status] += 1
         return dict(counts)
 
+    def events_between(
+        self, start: datetime, end: datetime, *, after_id: str | None, limit: int
+    ) -> list[OutboxRow]:
+        start, end = _utc(start), _utc(end)
+        found = sorted(
+            (event_id, e)
+            for event_id, e in self._u.read().outbox.items()
+            if start <= e.created_at < end and (after_id is None or event_id > after_id)
+        )[:limit]
+        return [_outbox_row(event_id, e) for event_id, e in found]
+
 
 _LIVE_LOCKS = frozenset({"held", "issued"})
 _LOCK_STATES = frozenset({"held", "issued", "released", "refused"})

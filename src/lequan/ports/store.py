@@ -395,6 +395,12 @@ class OutboxRepository(Protocol):
         """status -> events."""
         ...
 
+    def events_between(
+        self, start: datetime, end: datetime, *, after_id: str | None, limit: int
+    ) -> list[OutboxRow]:
+        """Events written in [start, end), by id (for reconciliation)."""
+        ...
+
 
 class QualificationRepository(Protocol):
     """Trade-in qualification locks, one row per lock asked of central."""

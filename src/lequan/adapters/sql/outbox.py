@@ -111,3 +111,14 @@ class SqlOutbox:
         o = t.outbox.c
         rows = self._s.exec(sa.select(o.status, sa.func.count()).group_by(o.status))
         return {status: int(n) for status, n in rows}
+
+    def events_between(
+        self, start: datetime, end: datetime, *, after_id: str | None, limit: int
+    ) -> list[OutboxRow]:
+        o = t.outbox.c
+        query = sa.select(*(o[c] for c in _COLUMNS)).where(
+            o.created_at >= start, o.created_at < end
+        )
+        if after_id is not None:
+            query = query.where(o.id > after_id)
+        return [_row(r) for r in self._s.exec(query.order_by(o.id).limit(limit))]
