@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -132,6 +132,28 @@ class Settings(BaseSettings):
     reversal_window_s: Annotated[int, Field(ge=60, le=7 * 86_400)] = 86_400
     sweep_interval_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     sweep_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+    # The central (national) platform this province talks to (docs/central.md):
+    # empty central_url, no trade-in claims and no delivery of the outbox.
+    province_code: Annotated[str, Field(pattern=r"^([1-9][0-9]0000)?$")] = ""
+    central_url: Annotated[str, Field(max_length=200)] = ""
+    central_app_id: Annotated[str, Field(max_length=64)] = ""
+    central_secret: SecretStr = SecretStr("")
+    # Central's OPRF public key (hex), to verify the pseudonyms it evaluates.
+    central_public_key: Annotated[str, Field(max_length=200)] = ""
+    central_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # How long central holds a trade-in lock for a voucher this province has not yet
+    # committed; past it the slot is free again (a crash between lock and commit).
+    trade_in_hold_s: Annotated[int, Field(ge=10, le=86_400)] = 600
+    # The relay that delivers the outbox to central: events per call, how long a
+    # leased batch is its own, attempts before an event is dead-lettered, and the
+    # backoff between attempts (doubling from the first, at most the max).
+    relay_batch_max: Annotated[int, Field(ge=1, le=1000)] = 500
+    relay_lease_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    relay_attempts_max: Annotated[int, Field(ge=1, le=1000)] = 60
+    relay_backoff_first_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
+    relay_backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    relay_idle_s: Annotated[float, Field(gt=0, le=60)] = 0.5
 
     page_size_max: Annotated[int, Field(ge=1, le=1000)] = 200
     idempotency_key_chars_max: Annotated[int, Field(ge=8, le=128)] = 128

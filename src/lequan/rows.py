@@ -19,7 +19,9 @@ __all__ = [
     "AppRow",
     "CampaignRow",
     "MerchantRow",
+    "OutboxRow",
     "PersonRow",
+    "QualificationLockRow",
     "RedemptionReads",
     "RedemptionRow",
     "SealedSample",
@@ -63,6 +65,7 @@ class PersonRow:
     id_number_bidx: str
     id_number_enc: bytes
     key_id: str
+    pseudonym: str | None = None  # national, from central (OPRF), set at first use
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +138,38 @@ class RedemptionRow:
     created_at: datetime
     updated_at: datetime
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A fact another system must learn, as the relay leases it."""
+
+    id: str
+    topic: str
+    payload_json: str
+    created_at: datetime
+    status: str  # pending | delivered | dead
+    attempts: int
+    voucher_id: str | None
+    seq: int | None  # 1, 2, ... among the voucher's events
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QualificationLockRow:
+    """One lock of a person's trade-in qualification asked of central.
+
+    ``held`` from before central is asked until the voucher commits (``issued``)
+    or the application fails (``refused``); ``released`` once given back (an
+    expired or void voucher, a revocation, a lock whose voucher never came).
+    """
+
+    id: str
+    person_id: str
+    campaign_id: str
+    template_id: str
+    category: str
+    state: str
+    voucher_id: str | None
+    created_at: datetime
+    updated_at: datetime

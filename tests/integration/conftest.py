@@ -16,9 +16,14 @@ import redis
 from redis.cluster import RedisCluster
 
 from lequan.adapters.memory_gate import MemoryGate
+from lequan.adapters.memory_store import MemoryStore
 from lequan.adapters.redis_gate import RedisGate
-from lequan.ports import ClaimGate
-from tests.factories import World, make_world
+from lequan.adapters.sql import migrate
+from lequan.adapters.sql import tables as t
+from lequan.adapters.sql.engine import create_engine
+from lequan.adapters.sql.unit_of_work import SqlStore
+from lequan.ports import ClaimGate, Store
+from tests.factories import World, make_world, postgres_database
 
 
 @dataclass
@@ -115,3 +120,46 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
 def shared_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     """Only the stacks whose gate many processes share (and can lose mid-sale)."""
     yield from _stack(request, tmp_path)
+
+
+# -- the store contract's stores (tests/integration/test_store_contract*.py) ---------------
+
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"]
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_url: str) -> Iterator[SqlStore]:
+    """One migrated PostgreSQL database for the whole run; each test empties it first."""
+    url, drop = postgres_database(postgres_url)
+    engine = create_engine(url, pool_size=16)
+    try:
+        migrate.upgrade(engine)
+        yield SqlStore(engine)
+    finally:
+        engine.dispose()
+        drop()
+
+
+def _emptied(store: SqlStore) -> SqlStore:
+    with store.engine.begin() as connection:
+        for table in reversed(t.metadata.sorted_tables):
+            connection.execute(table.delete())
+    return store
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty store with the current schema, of each implementation."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    if request.param == "postgres":
+        yield _emptied(request.getfixturevalue("migrated_postgres"))
+        return
+    path = tmp_path / "lequan.db"
+    shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)  # tests/conftest.py
+    sqlite = SqlStore(create_engine(f"sqlite:///{path}"))
+    try:
+        yield sqlite
+    finally:
+        sqlite.dispose()

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,9 +40,7 @@ from hypothesis.stateful import (
 )
 
 from lequan.adapters.memory_store import MemoryStore
-from lequan.adapters.sql import migrate
 from lequan.adapters.sql import tables as t
-from lequan.adapters.sql.engine import create_engine
 from lequan.adapters.sql.unit_of_work import SqlStore
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.ledger import (
@@ -60,7 +56,7 @@ from lequan.domain.redemption_states import RedemptionStatus
 from lequan.domain.vouchers import VoucherState
 from lequan.ports import ConstraintViolated, DuplicateKey, Store, StoreError, UnitOfWork
 from lequan.rows import RedemptionRow, StockKey, VoucherRow
-from tests.factories import dining_config, postgres_database
+from tests.factories import dining_config
 
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 CAMPAIGN = "sh-dining-2024"
@@ -70,49 +66,6 @@ STOCK: StockKey = (CAMPAIGN, "r1", "wechat", TEMPLATE)
 THREAD_JOIN_TIMEOUT_S = 30.0
 # How long a writer is watched to see that it waits for a lock (it would be done in 1 ms).
 WAITS_S = 0.2
-
-STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"]
-
-
-# -- the stores -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def migrated_postgres(postgres_url: str) -> Iterator[SqlStore]:
-    """One migrated PostgreSQL database for the whole run; each test empties it first."""
-    url, drop = postgres_database(postgres_url)
-    engine = create_engine(url, pool_size=16)
-    try:
-        migrate.upgrade(engine)
-        yield SqlStore(engine)
-    finally:
-        engine.dispose()
-        drop()
-
-
-def _emptied(store: SqlStore) -> SqlStore:
-    with store.engine.begin() as connection:
-        for table in reversed(t.metadata.sorted_tables):
-            connection.execute(table.delete())
-    return store
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """An empty store with the current schema, of each implementation."""
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "postgres":
-        yield _emptied(request.getfixturevalue("migrated_postgres"))
-        return
-    path = tmp_path / "lequan.db"
-    shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)  # tests/conftest.py
-    sqlite = SqlStore(create_engine(f"sqlite:///{path}"))
-    try:
-        yield sqlite
-    finally:
-        sqlite.dispose()
 
 
 def is_sqlite(store: Store) -> bool:

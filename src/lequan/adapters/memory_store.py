@@ -61,7 +61,9 @@ from lequan.rows import (
     AppRow,
     CampaignRow,
     MerchantRow,
+    OutboxRow,
     PersonRow,
+    QualificationLockRow,
     RedemptionReads,
     RedemptionRow,
     SealedSample,
@@ -266,6 +268,13 @@ class _OutboxEvent:
     topic: str
     payload_json: str
     created_at: datetime
+    voucher_id: str | None = None
+    seq: int | None = None
+    status: str = "pending"
+    attempts: int = 0
+    next_attempt_at: datetime | None = None  # None: created_at
+    last_error: str | None = None
+    delivered_at: datetime | None = None
 
 
 def _new_table() -> _Table[Any, Any]:
@@ -296,6 +305,8 @@ class _Tables:
     ledger: _Table[int, _LedgerEntry]  # ids 1, 2, ... as the store gave them
     answers: _Table[tuple[str, str], _Answer]  # (key, app_id)
     outbox: _Table[str, _OutboxEvent]
+    outbox_seqs: _Table[str, int]  # voucher -> its last event's seq (ux_outbox_voucher_seq)
+    qualification_locks: _Table[str, QualificationLockRow]
     audit: _Table[int, AuditLine]  # seq 1, 2, ...
     key_canaries: _Table[str, bytes]
 
@@ -327,6 +338,8 @@ class MemoryUnitOfWork:
         self.ledger = MemoryLedger(self)
         self.idempotency = MemoryIdempotency(self)
         self.keys = MemoryKeyChecks(self)
+        self.outbox = MemoryOutbox(self)
+        self.qualifications = MemoryQualifications(self)
 
     def read(self, *, pipelined: bool = False) -> _Tables:
         """The transaction's tables, begun now if need be."""
@@ -628,6 +641,16 @@ class MemoryPeople(_Repository):
             active=found.active,
             enrolled_campaigns=found.enrolled,
         )
+
+    def get_person(self, person_id: str) -> PersonRow | None:
+        found = self._u.read().persons.get(person_id)
+        return found.row if found else None
+
+    def set_pseudonym(self, person_id: str, pseudonym: str) -> None:
+        t = self._u.write()
+        found = t.persons.get(person_id)
+        if found is not None:
+            t.persons.put(person_id, replace(found, row=replace(found.row, pseudonym=pseudonym)))
 
     def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None:
         t = self._u.read()
@@ -1159,9 +1182,16 @@ class MemoryLedger(_Repository):
         ids = [event_id for event_id, _, _ in events]
         if len(set(ids)) != len(ids) or any(event_id in t.outbox for event_id in ids):
             raise self._u.refused(DuplicateKey("outbox.id"))
-        for event_id, topic, payload in events:
+        vouchers = [payload.get("voucher_id") for _, _, payload in events]
+        named = [v for v in vouchers if v is not None]
+        assert len(set(named)) == len(named), "one event per voucher per call"
+        for (event_id, topic, payload), voucher_id in zip(events, vouchers, strict=True):
             payload_json = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-            t.outbox.put(event_id, _OutboxEvent(topic, payload_json, _utc(now)))
+            seq = None
+            if voucher_id is not None:
+                seq = (t.outbox_seqs.get(voucher_id) or 0) + 1
+                t.outbox_seqs.put(voucher_id, seq)
+            t.outbox.put(event_id, _OutboxEvent(topic, payload_json, _utc(now), voucher_id, seq))
 
     def outbox_topics(self) -> dict[str, int]:
         topics: dict[str, int] = defaultdict(int)
@@ -1185,6 +1215,187 @@ class MemoryLedger(_Repository):
             prev_hash=last.hash if last else GENESIS_HASH,
         )
         t.audit.put(line.seq, replace(line, at=_utc(line.at)))
+
+
+def _outbox_row(event_id: str, e: _OutboxEvent) -> OutboxRow:
+    return OutboxRow(
+        id=event_id,
+        topic=e.topic,
+        payload_json=e.payload_json,
+        created_at=e.created_at,
+        status=e.status,
+        attempts=e.attempts,
+        voucher_id=e.voucher_id,
+        seq=e.seq,
+        last_error=e.last_error,
+    )
+
+
+class MemoryOutbox(_Repository):
+    """The relay's side of the outbox (one writer at a time: no lease is contended)."""
+
+    def lease_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[OutboxRow]:
+        t = self._u.write()
+        now = _utc(now)
+        due = sorted(
+            (
+                (e.next_attempt_at or e.created_at, event_id)
+                for event_id, e in t.outbox.items()
+                if e.status == "pending" and (e.next_attempt_at or e.created_at) <= now
+            )
+        )[:limit]
+        leased = []
+        for _, event_id in due:
+            e = t.outbox.get(event_id)
+            assert e is not None
+            e = replace(e, attempts=e.attempts + 1, next_attempt_at=_utc(lease_until))
+            t.outbox.put(event_id, e)
+            leased.append(_outbox_row(event_id, e))
+        return sorted(leased, key=lambda r: (r.created_at, r.id))
+
+    def _update(self, event_id: str, **changes: Any) -> None:
+        t = self._u.write()
+        e = t.outbox.get(event_id)
+        if e is not None:
+            t.outbox.put(event_id, replace(e, **changes))
+
+    def mark_delivered(self, event_ids: Sequence[str], *, now: datetime) -> None:
+        for event_id in event_ids:
+            self._update(event_id, status="delivered", delivered_at=_utc(now), last_error=None)
+
+    def retry_later(self, retries: Sequence[tuple[str, datetime]], *, error: str) -> None:
+        t = self._u.write()
+        for event_id, at in retries:
+            e = t.outbox.get(event_id)
+            if e is not None and e.status == "pending":
+                t.outbox.put(event_id, replace(e, next_attempt_at=_utc(at), last_error=error[:200]))
+
+    def mark_dead(self, dead: Sequence[tuple[str, str]], *, now: datetime) -> None:
+        for event_id, reason in dead:
+            self._update(
+                event_id, status="dead", last_error=reason[:200], next_attempt_at=_utc(now)
+            )
+
+    def dead_letters(self, *, after_id: str | None, limit: int) -> list[OutboxRow]:
+        t = self._u.read()
+        found = sorted(
+            (event_id, e)
+            for event_id, e in t.outbox.items()
+            if e.status == "dead" and (after_id is None or event_id > after_id)
+        )[:limit]
+        return [_outbox_row(event_id, e) for event_id, e in found]
+
+    def replay(self, event_ids: Sequence[str] | None, *, now: datetime, limit: int) -> int:
+        t = self._u.write()
+        wanted = None if event_ids is None else set(event_ids)
+        chosen = sorted(
+            event_id
+            for event_id, e in t.outbox.items()
+            if e.status == "dead" and (wanted is None or event_id in wanted)
+        )[:limit]
+        for event_id in chosen:
+            self._update(event_id, status="pending", attempts=0, next_attempt_at=_utc(now))
+        return len(chosen)
+
+    def backlog(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for e in self._u.read().outbox.values():
+            counts[e.status] += 1
+        return dict(counts)
+
+
+_LIVE_LOCKS = frozenset({"held", "issued"})
+_LOCK_STATES = frozenset({"held", "issued", "released", "refused"})
+
+
+class MemoryQualifications(_Repository):
+    """Trade-in qualification locks."""
+
+    def add_lock(self, row: QualificationLockRow) -> None:
+        t = self._u.write()
+        if row.id in t.qualification_locks:
+            raise self._u.refused(DuplicateKey("qualification_locks.id"))
+        if row.state not in _LOCK_STATES:
+            raise self._u.refused(ConstraintViolated("ck_qualification_locks_state"))
+        if row.voucher_id is not None and self._voucher_taken(t, row.voucher_id):
+            raise self._u.refused(DuplicateKey("qualification_locks.voucher_id"))
+        t.qualification_locks.put(
+            row.id, replace(row, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+        )
+
+    @staticmethod
+    def _voucher_taken(t: _Tables, voucher_id: str) -> bool:
+        return any(q.voucher_id == voucher_id for q in t.qualification_locks.values())
+
+    def get_lock(self, lock_id: str) -> QualificationLockRow | None:
+        return self._u.read().qualification_locks.get(lock_id)
+
+    def move_lock(
+        self,
+        lock_id: str,
+        *,
+        from_states: Sequence[str],
+        to: str,
+        now: datetime,
+        voucher_id: str | None = None,
+    ) -> bool:
+        t = self._u.write()
+        found = t.qualification_locks.get(lock_id)
+        if found is None or found.state not in from_states:
+            return False
+        if to not in _LOCK_STATES:
+            raise self._u.refused(ConstraintViolated("ck_qualification_locks_state"))
+        if (
+            voucher_id is not None
+            and voucher_id != found.voucher_id
+            and self._voucher_taken(t, voucher_id)
+        ):
+            raise self._u.refused(DuplicateKey("qualification_locks.voucher_id"))
+        t.qualification_locks.put(
+            lock_id,
+            replace(
+                found,
+                state=to,
+                updated_at=_utc(now),
+                voucher_id=found.voucher_id if voucher_id is None else voucher_id,
+            ),
+        )
+        return True
+
+    def live_locks(self, person_id: str, category: str) -> int:
+        return sum(
+            1
+            for q in self._u.read().qualification_locks.values()
+            if q.person_id == person_id and q.category == category and q.state in _LIVE_LOCKS
+        )
+
+    def locks_held_since(self, before: datetime, limit: int) -> list[QualificationLockRow]:
+        before = _utc(before)
+        held = sorted(
+            (q for q in self._u.read().qualification_locks.values() if q.state == "held"),
+            key=lambda q: (q.created_at, q.id),
+        )
+        return [q for q in held if q.created_at < before][:limit]
+
+    def lock_of_voucher(self, voucher_id: str) -> QualificationLockRow | None:
+        for q in self._u.read().qualification_locks.values():
+            if q.voucher_id == voucher_id:
+                return q
+        return None
+
+    def locks_between(
+        self, start: datetime, end: datetime, *, after_id: str | None, limit: int
+    ) -> list[QualificationLockRow]:
+        start, end = _utc(start), _utc(end)
+        found = sorted(
+            (
+                q
+                for q in self._u.read().qualification_locks.values()
+                if start <= q.created_at < end and (after_id is None or q.id > after_id)
+            ),
+            key=lambda q: q.id,
+        )
+        return found[:limit]
 
 
 class MemoryKeyChecks(_Repository):

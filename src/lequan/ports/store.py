@@ -8,6 +8,8 @@ called, and its repositories all act inside it:
     uow.people        persons and accounts, operators, apps, merchants, blacklist
     uow.vouchers      vouchers and redemptions
     uow.ledger        postings with the budget counter they move, outbox, audit
+    uow.outbox        the relay's side of the outbox: lease what is due, settle it
+    uow.qualifications  trade-in qualification locks asked of central
     uow.idempotency   answers stored per (app, Idempotency-Key)
     uow.keys          the key canaries: which key ring the data is written under
 
@@ -37,7 +39,9 @@ from lequan.rows import (
     AppRow,
     CampaignRow,
     MerchantRow,
+    OutboxRow,
     PersonRow,
+    QualificationLockRow,
     RedemptionReads,
     RedemptionRow,
     SealedSample,
@@ -50,7 +54,9 @@ __all__ = [
     "IdempotencyRepository",
     "KeyCheckRepository",
     "LedgerRepository",
+    "OutboxRepository",
     "PeopleRepository",
+    "QualificationRepository",
     "Store",
     "UnitOfWork",
     "VoucherRepository",
@@ -153,6 +159,12 @@ class PeopleRepository(Protocol):
     def get_merchant(self, merchant_id: str) -> MerchantRow | None: ...
 
     def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None: ...
+
+    def get_person(self, person_id: str) -> PersonRow | None: ...
+
+    def set_pseudonym(self, person_id: str, pseudonym: str) -> None:
+        """Keep the national pseudonym central evaluated for the person."""
+        ...
 
     def insert_person(self, values: Mapping[str, Any]) -> None:
         """A new person: id, id_number_bidx, id_number_enc, key_id, consent_version,
@@ -331,12 +343,16 @@ class LedgerRepository(Protocol):
 
     def add_outbox(
         self, *, event_id: str, topic: str, payload: Mapping[str, Any], now: datetime
-    ) -> None: ...
+    ) -> None:
+        """An event for the relay to deliver. When the payload names a ``voucher_id``,
+        the store numbers the event among that voucher's (``seq`` 1, 2, ...); a
+        second writer giving the same number collides (``DuplicateKey``)."""
+        ...
 
     def add_outbox_many(
         self, events: Sequence[tuple[str, str, Mapping[str, Any]]], *, now: datetime
     ) -> None:
-        """``add_outbox`` for many (event_id, topic, payload)."""
+        """``add_outbox`` for many (event_id, topic, payload), at most one per voucher."""
         ...
 
     def outbox_topics(self) -> dict[str, int]: ...
@@ -345,6 +361,77 @@ class LedgerRepository(Protocol):
         self, *, actor: str, action: str, target: str, details: Mapping[str, Any], now: datetime
     ) -> None:
         """Append to the hash-chained audit log; a concurrent append collides on ``seq``."""
+        ...
+
+
+class OutboxRepository(Protocol):
+    """The relay's side of the outbox. An event is ``pending`` until delivered or,
+    after its last attempt, ``dead`` (an operator replays it)."""
+
+    def lease_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[OutboxRow]:
+        """Up to ``limit`` pending events due at ``now``, oldest first, each counted as
+        one more attempt and not due again before ``lease_until``. Two relays never
+        lease one event at once (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)."""
+        ...
+
+    def mark_delivered(self, event_ids: Sequence[str], *, now: datetime) -> None: ...
+
+    def retry_later(self, retries: Sequence[tuple[str, datetime]], *, error: str) -> None:
+        """Each (event_id, next_attempt_at): still pending, with why it failed."""
+        ...
+
+    def mark_dead(self, dead: Sequence[tuple[str, str]], *, now: datetime) -> None:
+        """Each (event_id, reason): no further attempt until replayed."""
+        ...
+
+    def dead_letters(self, *, after_id: str | None, limit: int) -> list[OutboxRow]: ...
+
+    def replay(self, event_ids: Sequence[str] | None, *, now: datetime, limit: int) -> int:
+        """Dead events back to pending with no attempts (all of them, up to ``limit``,
+        when ``event_ids`` is None); how many moved."""
+        ...
+
+    def backlog(self) -> dict[str, int]:
+        """status -> events."""
+        ...
+
+
+class QualificationRepository(Protocol):
+    """Trade-in qualification locks, one row per lock asked of central."""
+
+    def add_lock(self, row: QualificationLockRow) -> None:
+        """A new lock (``DuplicateKey`` if its id is taken)."""
+        ...
+
+    def get_lock(self, lock_id: str) -> QualificationLockRow | None: ...
+
+    def move_lock(
+        self,
+        lock_id: str,
+        *,
+        from_states: Sequence[str],
+        to: str,
+        now: datetime,
+        voucher_id: str | None = None,
+    ) -> bool:
+        """Move a lock from one of ``from_states`` to ``to`` (setting its voucher when
+        given); False, with nothing written, when it is in none of them."""
+        ...
+
+    def live_locks(self, person_id: str, category: str) -> int:
+        """The person's held and issued locks of ``category``."""
+        ...
+
+    def locks_held_since(self, before: datetime, limit: int) -> list[QualificationLockRow]:
+        """Locks still ``held`` that were created before ``before``, oldest first."""
+        ...
+
+    def lock_of_voucher(self, voucher_id: str) -> QualificationLockRow | None: ...
+
+    def locks_between(
+        self, start: datetime, end: datetime, *, after_id: str | None, limit: int
+    ) -> list[QualificationLockRow]:
+        """Locks created in [start, end), by id, for reconciliation."""
         ...
 
 
@@ -415,6 +502,12 @@ class UnitOfWork(Protocol):
 
     @property
     def keys(self) -> KeyCheckRepository: ...
+
+    @property
+    def outbox(self) -> OutboxRepository: ...
+
+    @property
+    def qualifications(self) -> QualificationRepository: ...
 
     def commit(self) -> None: ...
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.campaigns import SqlCampaigns
-from lequan.adapters.sql.core import SqlSession
+from lequan.adapters.sql.core import SqlSession, sqlite_time
 from lequan.domain.audit import GENESIS_HASH, audit_line
 from lequan.domain.ledger import Entry, committed_change_fen
 
@@ -263,36 +263,51 @@ class SqlLedger:
     def add_outbox(
         self, *, event_id: str, topic: str, payload: Mapping[str, Any], now: datetime
     ) -> None:
-        self._s.exec(
-            sa.insert(t.outbox).values(
-                id=event_id,
-                topic=topic,
-                payload_json=json.dumps(payload, sort_keys=True, separators=(",", ":")),
-                status="pending",
-                attempts=0,
-                created_at=now,
-                next_attempt_at=now,
-            )
-        )
+        self.add_outbox_many([(event_id, topic, payload)], now=now)
 
     def add_outbox_many(
         self, events: Sequence[tuple[str, str, Mapping[str, Any]]], *, now: datetime
     ) -> None:
-        """``add_outbox`` for many (event_id, topic, payload)."""
-        self._s.insert_many(
-            t.outbox,
-            [
-                {
-                    "id": event_id,
-                    "topic": topic,
-                    "payload_json": json.dumps(payload, sort_keys=True, separators=(",", ":")),
-                    "status": "pending",
-                    "attempts": 0,
-                    "created_at": now,
-                    "next_attempt_at": now,
-                }
-                for event_id, topic, payload in events
-            ],
+        """``add_outbox`` for many (event_id, topic, payload), at most one per voucher.
+
+        Each event of a voucher is numbered in the statement that inserts it
+        (one more than the voucher's last), so the number needs no read first and
+        the statement can go in a pipeline; ``ux_outbox_voucher_seq`` refuses a
+        number two writers both took."""
+        if not events:
+            return
+        vouchers = [payload.get("voucher_id") for _, _, payload in events]
+        named = [v for v in vouchers if v is not None]
+        assert len(set(named)) == len(named), "one event per voucher per call"
+        rows = [
+            (
+                event_id,
+                topic,
+                json.dumps(payload, sort_keys=True, separators=(",", ":")),
+                voucher_id,
+            )
+            for (event_id, topic, payload), voucher_id in zip(events, vouchers, strict=True)
+        ]
+        if self._s.postgres:
+            sql = (
+                "INSERT INTO outbox (id, topic, payload_json, status, attempts, created_at, "
+                "next_attempt_at, voucher_id, seq) "
+                "SELECT u.id, u.topic, u.payload_json, 'pending', 0, %b, %b, u.voucher_id, "
+                "CASE WHEN u.voucher_id IS NULL THEN NULL ELSE 1 + COALESCE(("
+                "SELECT max(o.seq) FROM outbox o WHERE o.voucher_id = u.voucher_id), 0) END "
+                "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) "
+                "AS u(id, topic, payload_json, voucher_id)"
+            )
+            with self._s.driver_cursor(sql) as cursor:
+                cursor.execute(sql, [now, now, *([row[i] for row in rows] for i in range(4))])
+            return
+        stamp = sqlite_time(now)
+        self._s.driver_sql(
+            "INSERT INTO outbox (id, topic, payload_json, status, attempts, created_at, "
+            "next_attempt_at, voucher_id, seq) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, "
+            "CASE WHEN ? IS NULL THEN NULL ELSE 1 + COALESCE(("
+            "SELECT max(seq) FROM outbox WHERE voucher_id = ?), 0) END)",
+            [(e, tp, pj, stamp, stamp, v, v, v) for e, tp, pj, v in rows],
         )
 
     def outbox_topics(self) -> dict[str, int]:

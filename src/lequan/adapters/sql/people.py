@@ -129,6 +129,14 @@ class SqlPeople:
         row = self._s.exec(sa.select(t.persons).where(t.persons.c.id_number_bidx == bidx)).first()
         return self._person(row) if row else None
 
+    def get_person(self, person_id: str) -> PersonRow | None:
+        row = self._s.exec(sa.select(t.persons).where(t.persons.c.id == person_id)).first()
+        return self._person(row) if row else None
+
+    def set_pseudonym(self, person_id: str, pseudonym: str) -> None:
+        p = t.persons.c
+        self._s.exec(sa.update(t.persons).where(p.id == person_id).values(pseudonym=pseudonym))
+
     @staticmethod
     def _person(row: sa.Row[Any]) -> PersonRow:
         m = row._mapping

@@ -146,6 +146,8 @@ persons = sa.Table(
     sa.Column("consent_version", sa.String(32), nullable=False),
     sa.Column("consent_at", UtcDateTime, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # The national pseudonym central evaluated for the person (OPRF), at first use.
+    sa.Column("pseudonym", sa.String(64)),
     # The claimants lookup reads the blind index (for the blacklist) by id from the
     # index, never the row (migrations 0004, 0008).
     sa.Index(None, "id", "id_number_bidx"),
@@ -313,7 +315,32 @@ outbox = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("next_attempt_at", UtcDateTime, nullable=False),
     sa.Column("delivered_at", UtcDateTime),
-    sa.Index("ix_outbox_status_next", "status", "next_attempt_at"),
+    # The voucher the event concerns, and its number among that voucher's events
+    # (1, 2, ...): central applies one voucher's events in this order (migration 0009).
+    sa.Column("voucher_id", Id),
+    sa.Column("seq", sa.Integer),
+    sa.Column("last_error", sa.String(200)),
+    sa.Index("ix_outbox_status_next", "status", "next_attempt_at", "id"),
+    sa.Index("ux_outbox_voucher_seq", "voucher_id", "seq", unique=True),
+)
+
+# Each trade-in qualification lock asked of central, recorded before the asking so
+# that a lock whose voucher never committed is found and released (migration 0009).
+qualification_locks = sa.Table(
+    "qualification_locks",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("person_id", Id, nullable=False),
+    sa.Column("campaign_id", Id, nullable=False),
+    sa.Column("template_id", sa.String(40), nullable=False),
+    sa.Column("category", sa.String(40), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("voucher_id", Id, unique=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("state IN ('held','issued','released','refused')", name="state"),
+    sa.Index("ix_qualification_locks_person", "person_id", "category", "state"),
+    sa.Index("ix_qualification_locks_state", "state", "created_at"),
 )
 
 audit_log = sa.Table(

@@ -19,7 +19,9 @@ from lequan.adapters.sql.errors import translated
 from lequan.adapters.sql.idempotency import SqlIdempotency
 from lequan.adapters.sql.keys import SqlKeyChecks
 from lequan.adapters.sql.ledger import SqlLedger
+from lequan.adapters.sql.outbox import SqlOutbox
 from lequan.adapters.sql.people import SqlPeople
+from lequan.adapters.sql.qualifications import SqlQualifications
 from lequan.adapters.sql.vouchers import SqlVouchers
 from lequan.ports import Store
 
@@ -37,6 +39,8 @@ class SqlUnitOfWork:
         self.ledger = SqlLedger(self._session, self.campaigns)
         self.idempotency = SqlIdempotency(self._session)
         self.keys = SqlKeyChecks(self._session)
+        self.outbox = SqlOutbox(self._session)
+        self.qualifications = SqlQualifications(self._session)
 
     @property
     def connection(self) -> sa.Connection:

@@ -1,0 +1,157 @@
+"""The outbox relay: every fact written to the outbox reaches central once in effect.
+
+Each round leases up to ``relay_batch_max`` due events (oldest first; a
+lease keeps another relay off them), delivers them in one call, and settles
+each by central's answer::
+
+    applied · duplicate · waiting   delivered (central keeps a waiting one until
+                                    the voucher's earlier events arrive)
+    rejected                        dead: listed for an operator, replayed by hand
+    central unavailable             pending again after a backoff that doubles per
+                                    attempt; dead after ``relay_attempts_max``
+
+A relay that dies mid-round loses nothing: its leased events fall due again
+when the lease ends and are delivered again, which central answers as
+duplicates. Any number of relays (one per API process) may run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from lequan.ports.central import (
+    CentralPlatform,
+    CentralUnavailable,
+    EventOutcome,
+    SyncEvent,
+)
+from lequan.rows import OutboxRow
+from lequan.services.runtime import Runtime
+
+__all__ = ["Relay", "RelayRound", "backoff_s", "relay_round"]
+
+log = structlog.get_logger(__name__)
+
+_DELIVERED = frozenset({EventOutcome.APPLIED, EventOutcome.DUPLICATE, EventOutcome.WAITING})
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRound:
+    leased: int
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    central_down: bool = False
+
+
+def backoff_s(attempts: int, *, first_s: float, max_s: float) -> float:
+    """The pause after the ``attempts``-th failed attempt: first_s, 2·first_s, ... ≤ max_s."""
+    assert attempts >= 1, attempts
+    return float(min(max_s, first_s * 2 ** min(attempts - 1, 32)))
+
+
+def _wire(row: OutboxRow) -> SyncEvent:
+    return SyncEvent(
+        event_id=row.id,
+        topic=row.topic,
+        at=row.created_at,
+        payload=json.loads(row.payload_json),
+        voucher_id=row.voucher_id,
+        seq=row.seq,
+    )
+
+
+def relay_round(rt: Runtime, central: CentralPlatform) -> RelayRound:
+    """Lease, deliver and settle one batch of due events."""
+    settings = rt.settings
+    now = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        leased = uow.outbox.lease_due(
+            now=now,
+            lease_until=now + timedelta(seconds=settings.relay_lease_s),
+            limit=settings.relay_batch_max,
+        )
+        uow.commit()
+    if not leased:
+        return RelayRound(leased=0)
+    try:
+        results = central.deliver([_wire(row) for row in leased])
+        if [r.event_id for r in results] != [row.id for row in leased]:
+            # Central answered for other events than were sent: trust none of it.
+            log.error("relay_answer_mismatch", sent=len(leased), answered=len(results))
+            raise CentralUnavailable("central answered for other events than were sent")
+    except CentralUnavailable as error:
+        return _later(rt, leased, str(error) or "central unavailable")
+    delivered = [r.event_id for r in results if r.outcome in _DELIVERED]
+    dead = [
+        (r.event_id, f"rejected: {r.reason or 'no reason given'}")
+        for r in results
+        if r.outcome not in _DELIVERED
+    ]
+    settled_at = rt.clock.now()
+    with rt.store.unit_of_work() as uow:
+        uow.outbox.mark_delivered(delivered, now=settled_at)
+        uow.outbox.mark_dead(dead, now=settled_at)
+        uow.commit()
+    if dead:
+        log.warning("relay_dead_letters", events=[event_id for event_id, _ in dead])
+    return RelayRound(leased=len(leased), delivered=len(delivered), dead=len(dead))
+
+
+def _later(rt: Runtime, leased: list[OutboxRow], error: str) -> RelayRound:
+    """Every leased event pending again after its backoff, or dead past the last attempt."""
+    settings = rt.settings
+    now = rt.clock.now()
+    retries = []
+    dead = []
+    for row in leased:
+        if row.attempts >= settings.relay_attempts_max:
+            dead.append((row.id, f"{row.attempts} attempts: {error}"))
+            continue
+        pause_s = backoff_s(
+            row.attempts,
+            first_s=settings.relay_backoff_first_s,
+            max_s=settings.relay_backoff_max_s,
+        )
+        retries.append((row.id, now + timedelta(seconds=pause_s)))
+    with rt.store.unit_of_work() as uow:
+        uow.outbox.retry_later(retries, error=error)
+        uow.outbox.mark_dead(dead, now=now)
+        uow.commit()
+    log.warning("relay_central_unavailable", events=len(leased), dead=len(dead), error=error)
+    return RelayRound(leased=len(leased), retried=len(retries), dead=len(dead), central_down=True)
+
+
+class Relay:
+    """Runs ``relay_round`` in a background thread: at once again after a full batch,
+    after ``relay_idle_s`` otherwise."""
+
+    def __init__(self, rt: Runtime, central: CentralPlatform) -> None:
+        self._rt = rt
+        self._central = central
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lequan-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        pause_s = 0.0
+        while not self._stop.wait(pause_s):
+            try:
+                done = relay_round(self._rt, self._central)
+            except Exception as error:  # the store failed: the leases run out, retried
+                log.error("relay_round_failed", error_type=type(error).__name__)
+                done = RelayRound(leased=0)
+            full = done.leased == self._rt.settings.relay_batch_max and not done.central_down
+            pause_s = 0.0 if full else self._rt.settings.relay_idle_s
