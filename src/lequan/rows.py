@@ -13,6 +13,7 @@ from datetime import datetime
 
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.redemption_states import RedemptionStatus
+from lequan.domain.trade_in import Product
 from lequan.domain.vouchers import VoucherState
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MerchantRow",
     "OutboxRow",
     "PersonRow",
+    "ProductRow",
     "QualificationLockRow",
     "RedemptionReads",
     "RedemptionRow",
@@ -173,3 +175,18 @@ class QualificationLockRow:
     voucher_id: str | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRow:
+    """A trade-in product subsidised by one redemption (migration 0010); its serial
+    number, IMEI and invoice number are held until ``released_at`` (a refund, a
+    reversal, a void or a lock that timed out)."""
+
+    redemption_id: str
+    voucher_id: str
+    campaign_id: str
+    product: Product
+    subsidy_fen: int
+    created_at: datetime
+    released_at: datetime | None

@@ -61,7 +61,7 @@ def _discount(
     return discount_for_order(
         voucher=voucher,
         template_modes=template.modes,
-        template_discount_fen=template.discount_for(order.amount_fen),
+        template_discount=lambda: template.discount_for(order.amount_fen),
         template_minimum_order_fen=template.minimum_order_fen,
         scope=scope,
         merchant=merchant,
@@ -306,7 +306,7 @@ def test_discounts_at_the_edges_of_the_order_are_given(discount_fen: int, amount
     given = discount_for_order(
         voucher=VOUCHER,
         template_modes=None,
-        template_discount_fen=discount_fen,
+        template_discount=lambda: discount_fen,
         template_minimum_order_fen=0,
         scope=DINING.scope,
         merchant=RESTAURANT,
@@ -322,7 +322,7 @@ def test_inconsistent_template_discount_is_a_programmer_error() -> None:
         discount_for_order(
             voucher=VOUCHER,
             template_modes=None,
-            template_discount_fen=9_000,
+            template_discount=lambda: 9_000,
             template_minimum_order_fen=30_000,
             scope=DINING.scope,
             merchant=RESTAURANT,

@@ -55,6 +55,7 @@ from lequan.domain.audit import GENESIS_HASH, AuditLine, audit_line
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.ledger import Entry, committed_change_fen
 from lequan.domain.redemption_states import RedemptionStatus
+from lequan.domain.trade_in import Category, Product
 from lequan.domain.vouchers import VoucherState
 from lequan.ports.errors import ConstraintViolated, DuplicateKey, StoreError, StoreUnavailable
 from lequan.rows import (
@@ -63,6 +64,7 @@ from lequan.rows import (
     MerchantRow,
     OutboxRow,
     PersonRow,
+    ProductRow,
     QualificationLockRow,
     RedemptionReads,
     RedemptionRow,
@@ -307,6 +309,8 @@ class _Tables:
     outbox: _Table[str, _OutboxEvent]
     outbox_seqs: _Table[str, int]  # voucher -> its last event's seq (ux_outbox_voucher_seq)
     qualification_locks: _Table[str, QualificationLockRow]
+    products: _Table[str, ProductRow]  # redemption_products, by redemption
+    held_identifiers: _Table[tuple[str, str], str]  # uq_redemption_products_*: unreleased
     audit: _Table[int, AuditLine]  # seq 1, 2, ...
     key_canaries: _Table[str, bytes]
 
@@ -340,6 +344,7 @@ class MemoryUnitOfWork:
         self.keys = MemoryKeyChecks(self)
         self.outbox = MemoryOutbox(self)
         self.qualifications = MemoryQualifications(self)
+        self.products = MemoryProducts(self)
 
     def read(self, *, pipelined: bool = False) -> _Tables:
         """The transaction's tables, begun now if need be."""
@@ -1475,6 +1480,92 @@ class MemoryIdempotency(_Repository):
                 key,
                 _Answer(r["request_hash"], r["status_code"], r["response_json"], r["created_at"]),
             )
+
+
+_PRODUCT_REQUIRED = (
+    "redemption_id",
+    "voucher_id",
+    "campaign_id",
+    "category",
+    "price_fen",
+    "invoice_number",
+    "subsidy_fen",
+    "created_at",
+)
+_PRODUCT_OPTIONAL: Mapping[str, Any] = dict.fromkeys(
+    ("brand", "model", "sku", "energy_grade", "serial_number", "imei", "old_appliance_handed_in")
+)
+_HELD_FIELDS = ("serial_number", "imei", "invoice_number")
+
+
+class MemoryProducts(_Repository):
+    """Subsidised trade-in products; an identifier held by one unreleased row at most."""
+
+    def add_products(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        t = self._u.write(pipelined=True)
+        checked = [
+            self._columns("redemption_products", r, _PRODUCT_REQUIRED, _PRODUCT_OPTIONAL)
+            for r in rows
+        ]
+        ids = [r["redemption_id"] for r in checked]
+        if len(set(ids)) != len(ids) or any(i in t.products for i in ids):
+            raise self._u.refused(DuplicateKey("redemption_products.redemption_id"))
+        held = [(f, r[f]) for r in checked for f in _HELD_FIELDS if r[f] is not None]
+        if len(set(held)) != len(held) or any(h in t.held_identifiers for h in held):
+            raise self._u.refused(DuplicateKey("uq_redemption_products"))
+        for r in checked:
+            if r["serial_number"] is None and r["imei"] is None:
+                raise self._u.refused(ConstraintViolated("ck_redemption_products_identified"))
+            if not 0 < r["subsidy_fen"] <= r["price_fen"]:
+                raise self._u.refused(ConstraintViolated("ck_redemption_products_amounts"))
+            if r["energy_grade"] is not None and not 1 <= r["energy_grade"] <= 5:
+                raise self._u.refused(ConstraintViolated("ck_redemption_products_energy_grade"))
+        for r in checked:
+            product = Product(
+                **{f: r[f] for f in Product.__dataclass_fields__ if f != "category"},
+                category=Category(r["category"]),
+            )
+            t.products.put(
+                r["redemption_id"],
+                ProductRow(
+                    redemption_id=r["redemption_id"],
+                    voucher_id=r["voucher_id"],
+                    campaign_id=r["campaign_id"],
+                    product=product,
+                    subsidy_fen=r["subsidy_fen"],
+                    created_at=r["created_at"],
+                    released_at=None,
+                ),
+            )
+            for f in _HELD_FIELDS:
+                if r[f] is not None:
+                    t.held_identifiers.put((f, r[f]), r["redemption_id"])
+
+    def held(
+        self,
+        *,
+        serial_numbers: Sequence[str],
+        imeis: Sequence[str],
+        invoice_numbers: Sequence[str],
+    ) -> set[tuple[str, str]]:
+        t = self._u.read()
+        wanted = zip(_HELD_FIELDS, (serial_numbers, imeis, invoice_numbers), strict=True)
+        return {(f, v) for f, values in wanted for v in values if (f, v) in t.held_identifiers}
+
+    def get_product(self, redemption_id: str) -> ProductRow | None:
+        return self._u.read().products.get(redemption_id)
+
+    def release_product(self, redemption_id: str, *, now: datetime) -> bool:
+        t = self._u.write()
+        found = t.products.get(redemption_id)
+        if found is None or found.released_at is not None:
+            return False
+        t.products.put(redemption_id, replace(found, released_at=_utc(now)))
+        for f in _HELD_FIELDS:
+            value = getattr(found.product, f)
+            if value is not None:
+                t.held_identifiers.delete((f, value))
+        return True
 
 
 # -- the store ----------------------------------------------------------------------------

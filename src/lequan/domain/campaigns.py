@@ -32,7 +32,8 @@ from pydantic import (
 )
 
 from lequan.domain.errors import AuthError, Conflict
-from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId
+from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId, TradeIn
+from lequan.domain.trade_in import Category
 
 __all__ = [
     "CampaignConfig",
@@ -163,6 +164,11 @@ class CampaignConfig(_Model):
     eligibility: Eligibility = Eligibility()
     rounds: Annotated[tuple[RoundConfig, ...], Field(min_length=1, max_length=ROUNDS_MAX)]
     refund_policy: Literal["restore_if_valid", "always_void"] = "restore_if_valid"
+    # A trade-in campaign's money per category (optional): each category's stock at its
+    # cap must fit in its budget, and the budgets in the campaign's.
+    category_budgets_fen: dict[
+        Category, Annotated[int, Field(gt=0, le=AMOUNT_FEN_MAX * 100, strict=True)]
+    ] = Field(default_factory=dict)
 
     @field_validator("channels")
     @classmethod
@@ -176,6 +182,14 @@ class CampaignConfig(_Model):
         cls, templates: tuple[Template, ...], info: ValidationInfo
     ) -> tuple[Template, ...]:
         _unique("template ids", [t.id for t in templates])
+        trade_in = [isinstance(t, TradeIn) for t in templates]
+        if any(trade_in) and not all(trade_in):
+            # A qualification campaign (资格制) issues only against a central lock; a
+            # threshold voucher beside it would be issued without one.
+            raise ValueError(
+                "a trade-in campaign's templates are all of kind trade_in: "
+                "put the other templates in a campaign of their own"
+            )
         scope = info.data.get("scope")
         if isinstance(scope, Scope):
             for t in templates:
@@ -207,6 +221,47 @@ class CampaignConfig(_Model):
             if later.release_at < earlier.ends_at:
                 raise ValueError(f"round {later.id} must not start before round {earlier.id} ends")
         return rounds
+
+    @field_validator("category_budgets_fen")
+    @classmethod
+    def _category_budgets_fit(
+        cls, budgets: dict[Category, int], info: ValidationInfo
+    ) -> dict[Category, int]:
+        if not budgets:
+            return budgets
+        templates = info.data.get("templates")
+        rounds = info.data.get("rounds")
+        budget_fen = info.data.get("budget_fen")
+        if templates is None or rounds is None or budget_fen is None:
+            return budgets  # reported on their own fields
+        if not all(isinstance(t, TradeIn) for t in templates):
+            raise ValueError("only a trade-in campaign has budgets per category")
+        face = {t.id: (t.category, t.face_fen) for t in templates if isinstance(t, TradeIn)}
+        stock_fen = dict.fromkeys(Category, 0)
+        for r in rounds:
+            for per_template in r.stock.values():
+                for template_id, count in per_template.items():
+                    category, face_fen = face[template_id]
+                    stock_fen[category] += face_fen * count
+        for category, budget in budgets.items():
+            if category not in {c for c, _ in face.values()}:
+                raise ValueError(f"{category.value}: no template of this category")
+            if stock_fen[category] > budget:
+                raise ValueError(
+                    f"{category.value}: its stock at its cap ({stock_fen[category]} fen) "
+                    f"is more than its budget ({budget} fen)"
+                )
+        if sum(budgets.values()) > budget_fen:
+            raise ValueError(
+                f"the budgets per category ({sum(budgets.values())} fen) are more than "
+                f"the campaign's budget_fen ({budget_fen} fen)"
+            )
+        return budgets
+
+    @property
+    def trade_in(self) -> bool:
+        """A qualification campaign (资格制): every template is a trade-in one."""
+        return isinstance(self.templates[0], TradeIn)
 
     def template(self, template_id: str) -> Template | None:
         for t in self.templates:

@@ -115,6 +115,15 @@ class ErrorCode(enum.StrEnum):
     LOCK_EXPIRED = "lock_expired"
     REVERSAL_WINDOW_PASSED = "reversal_window_passed"
     PARTIAL_REFUND_UNSUPPORTED = "partial_refund_unsupported"
+    # Trade-in redemptions: the product (domain/trade_in.py).
+    PRODUCT_REQUIRED = "product_required"
+    PRODUCT_CATEGORY_MISMATCH = "product_category_mismatch"
+    ENERGY_GRADE_REQUIRED = "energy_grade_required"
+    ENERGY_GRADE_NOT_SUBSIDISED = "energy_grade_not_subsidised"
+    PRICE_ABOVE_CATEGORY_LIMIT = "price_above_category_limit"
+    SERIAL_ALREADY_SUBSIDISED = "serial_already_subsidised"
+    INVOICE_ALREADY_SUBSIDISED = "invoice_already_subsidised"
+    SERIAL_REUSED_IN_REQUEST = "serial_reused_in_request"
     # Operators' console and CLI.
     INVALID_OPERATOR_ID = "invalid_operator_id"
     INVALID_ROLE = "invalid_role"
@@ -367,6 +376,42 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.PARTIAL_REFUND_UNSUPPORTED: ErrorSpec(
         422, InvalidInput, "a refund of anything but the whole order amount"
+    ),
+    _C.PRODUCT_REQUIRED: ErrorSpec(
+        422, InvalidInput, "a trade-in voucher is redeemed (or quoted) with its `product`"
+    ),
+    _C.PRODUCT_CATEGORY_MISMATCH: ErrorSpec(
+        409,
+        Conflict,
+        "the product's category is not the trade-in voucher's (`details.voucher_category`)",
+    ),
+    _C.ENERGY_GRADE_REQUIRED: ErrorSpec(
+        422, InvalidInput, "an appliance is subsidised by its `product.energy_grade`: give it"
+    ),
+    _C.ENERGY_GRADE_NOT_SUBSIDISED: ErrorSpec(
+        409,
+        Conflict,
+        "the campaign subsidises no product of this energy grade (`details.subsidised`)",
+    ),
+    _C.PRICE_ABOVE_CATEGORY_LIMIT: ErrorSpec(
+        409,
+        Conflict,
+        "the product's price is above its category's limit (`details.price_max_fen`: "
+        "digital products at most 6,000 yuan)",
+    ),
+    _C.SERIAL_ALREADY_SUBSIDISED: ErrorSpec(
+        409,
+        Conflict,
+        "this serial number or IMEI is subsidised already in this province (`details.field`); "
+        "a refund or reversal frees it",
+    ),
+    _C.INVOICE_ALREADY_SUBSIDISED: ErrorSpec(
+        409, Conflict, "this invoice number is subsidised already in this province"
+    ),
+    _C.SERIAL_REUSED_IN_REQUEST: ErrorSpec(
+        422,
+        InvalidInput,
+        "one request gives one identifier twice (a product's `serial_number` equal to its `imei`)",
     ),
     _C.INVALID_OPERATOR_ID: ErrorSpec(
         422, InvalidInput, "an operator id is 2–32 of `a-z 0-9 . _ -`"

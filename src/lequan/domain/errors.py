@@ -7,7 +7,9 @@ kind only says what sort of refusal it is.
 
     LequanError                   (bootstrap.SetupError: setup_error, shown by the CLI)
     ├── InvalidInput              422: invalid_*, consent_required, idempotency_key_required,
-    │                             batch_too_large, partial_refund_unsupported;
+    │                             batch_too_large, partial_refund_unsupported,
+    │                             product_required, energy_grade_required,
+    │                             serial_reused_in_request;
     │                             413: body_too_large
     ├── NotFound                  404: *_not_found, not_registered
     ├── Conflict                  409: the state of things forbids it
@@ -20,6 +22,9 @@ kind only says what sort of refusal it is.
     │   ├── redemption: below_threshold, merchant_not_in_scope, channel_mismatch,
     │   │            mode_not_in_scope, order_type_excluded, lock_expired,
     │   │            reversal_window_passed, redemption_state
+    │   ├── trade-in: product_category_mismatch, energy_grade_not_subsidised,
+    │   │            price_above_category_limit, serial_already_subsidised,
+    │   │            invoice_already_subsidised
     │   └── lifecycle: campaign_state, account_already_bound,
     │                person_already_bound, registration_conflict, *_exists
     ├── AuthError                 401: invalid_signature, missing_signature, invalid_timestamp,

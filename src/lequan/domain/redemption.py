@@ -2,12 +2,13 @@
 
 Checked in the order a cashier would explain it: the voucher's own state
 and validity, then where it is being spent (channel, merchant, mode), then
-the order itself (excluded types, threshold). One voucher per order, used
-whole: no change is given.
+the order itself (excluded types, threshold; a trade-in voucher's product).
+One voucher per order, used whole: no change is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -48,7 +49,7 @@ def discount_for_order(
     *,
     voucher: VoucherView,
     template_modes: tuple[str, ...] | None,
-    template_discount_fen: int,
+    template_discount: Callable[[], int],
     template_minimum_order_fen: int,
     scope: Scope,
     merchant: MerchantView,
@@ -58,9 +59,10 @@ def discount_for_order(
 ) -> int:
     """The discount this voucher gives on this order, or a Conflict saying why not.
 
-    ``template_discount_fen`` is the template's discount for this order's amount
-    (0 when the order does not qualify); passing it in keeps this function free
-    of the template kinds.
+    ``template_discount`` gives the template's discount for this order (0 when
+    the order does not qualify), or raises the template's own refusal (a
+    trade-in voucher's product); it is asked last, once the voucher may be
+    spent here, and passing it in keeps this function free of the template kinds.
     """
     next_state(voucher.state, action)
     check_usable(valid_from=voucher.valid_from, valid_until=voucher.valid_until, now=now)
@@ -81,6 +83,7 @@ def discount_for_order(
         )
     if order.order_type in scope.excluded_order_types:
         raise Conflict("order_type_excluded", f"{order.order_type} orders are excluded")
+    template_discount_fen = template_discount()
     if template_discount_fen <= 0:
         raise Conflict(
             "below_threshold",

@@ -1,8 +1,10 @@
 """Voucher templates and their discount arithmetic, in integer fen.
 
 A template is what a voucher is worth: a threshold discount (满减: spend
-300 get 90 off), a percentage with a cap (trade-in: 15% of the price, at most
-2,000 yuan) or a fixed amount with no threshold. Whatever the kind, the
+300 get 90 off), a percentage with a cap (15% of the order, at most 2,000
+yuan), a fixed amount with no threshold, or a trade-in subsidy (以旧换新: a
+share of one product's price by its category and energy grade, capped;
+the rules in ``domain/trade_in.py``). Whatever the kind, the
 discount never exceeds the order, so the amount to pay is never negative.
 
 Templates are validated models so that a campaign file naming an impossible
@@ -16,6 +18,16 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lequan.domain.trade_in import (
+    APPLIANCES,
+    DIGITAL,
+    ENERGY_GRADES,
+    ITEMS_PER_PERSON_MAX,
+    Category,
+    Product,
+    subsidy_for,
+)
+
 __all__ = [
     "AMOUNT_FEN_MAX",
     "FixedAmount",
@@ -23,6 +35,7 @@ __all__ = [
     "Template",
     "TemplateId",
     "ThresholdDiscount",
+    "TradeIn",
 ]
 
 # The largest order or face value we accept: 100 million yuan. Anything above
@@ -126,4 +139,82 @@ class FixedAmount(_Template):
         return min(self.amount_fen, order_fen)
 
 
-Template = Annotated[ThresholdDiscount | Percentage | FixedAmount, Field(discriminator="kind")]
+BasisPoints = Annotated[int, Field(gt=0, le=10_000, strict=True)]
+EnergyGrade = Annotated[int, Field(ge=ENERGY_GRADES.start, le=ENERGY_GRADES.stop - 1, strict=True)]
+
+
+class TradeIn(_Template):
+    """以旧换新: a share of one product's price, by its energy grade, at most ``cap_fen``.
+
+    Appliances are subsidised by grade (``rates_bp``: ``{1: 2000, 2: 1500}``
+    is 20% for grade 1, 15% for grade 2; a grade not named gets nothing);
+    digital products, which have no grade, at one rate (``rate_bp``), only
+    when priced at most ``price_max_fen``. A voucher's face value, what it
+    commits of the budget, is its cap. ``items_per_person`` is how many of
+    the category one person may have subsidised nationwide (the central
+    platform's qualification), at most the national rule's (three air
+    conditioners, one of anything else); by default the national rule's.
+    """
+
+    kind: Literal["trade_in"] = "trade_in"
+    category: Category
+    rates_bp: Annotated[dict[EnergyGrade, BasisPoints], Field(min_length=1)] | None = None
+    rate_bp: BasisPoints | None = None
+    cap_fen: PositiveFen
+    price_max_fen: PositiveFen | None = None
+    items_per_person: Annotated[int, Field(ge=1, le=3, strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _rates_fit_the_category(self) -> Self:
+        if self.category in APPLIANCES and (self.rates_bp is None or self.rate_bp is not None):
+            raise ValueError(
+                f"a {self.category.value} is subsidised by energy grade: give rates_bp "
+                "(e.g. {1: 2000, 2: 1500}), not rate_bp"
+            )
+        if self.category in DIGITAL and (self.rate_bp is None or self.rates_bp is not None):
+            raise ValueError(
+                f"a {self.category.value} has no energy grade: give rate_bp, not rates_bp"
+            )
+        national = ITEMS_PER_PERSON_MAX[self.category]
+        if self.items_per_person is not None and self.items_per_person > national:
+            raise ValueError(
+                f"items_per_person: the national rule allows {national} {self.category.value} "
+                "per person"
+            )
+        return self
+
+    @property
+    def face_fen(self) -> int:
+        return self.cap_fen
+
+    @property
+    def minimum_order_fen(self) -> int:
+        return 1
+
+    @property
+    def items_max(self) -> int:
+        """How many of the category one person may have subsidised nationwide."""
+        return self.items_per_person or ITEMS_PER_PERSON_MAX[self.category]
+
+    def discount_for(self, order_fen: int) -> int:
+        """Nothing without a product: a trade-in voucher is spent by ``subsidy_for``."""
+        assert 0 <= order_fen <= AMOUNT_FEN_MAX, order_fen
+        return 0
+
+    def subsidy_for(self, product: Product | None, *, order_amount_fen: int) -> int:
+        """The subsidy on ``product`` within an order of ``order_amount_fen``, or the
+        refusal saying why not (``trade_in.subsidy_for``)."""
+        return subsidy_for(
+            category=self.category,
+            rates_bp=self.rates_bp,
+            rate_bp=self.rate_bp,
+            cap_fen=self.cap_fen,
+            price_max_fen=self.price_max_fen,
+            product=product,
+            order_amount_fen=order_amount_fen,
+        )
+
+
+Template = Annotated[
+    ThresholdDiscount | Percentage | FixedAmount | TradeIn, Field(discriminator="kind")
+]

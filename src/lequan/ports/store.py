@@ -10,6 +10,7 @@ called, and its repositories all act inside it:
     uow.ledger        postings with the budget counter they move, outbox, audit
     uow.outbox        the relay's side of the outbox: lease what is due, settle it
     uow.qualifications  trade-in qualification locks asked of central
+    uow.products      trade-in products subsidised here: serial numbers, IMEIs, invoices
     uow.idempotency   answers stored per (app, Idempotency-Key)
     uow.keys          the key canaries: which key ring the data is written under
 
@@ -41,6 +42,7 @@ from lequan.rows import (
     MerchantRow,
     OutboxRow,
     PersonRow,
+    ProductRow,
     QualificationLockRow,
     RedemptionReads,
     RedemptionRow,
@@ -56,6 +58,7 @@ __all__ = [
     "LedgerRepository",
     "OutboxRepository",
     "PeopleRepository",
+    "ProductRepository",
     "QualificationRepository",
     "Store",
     "UnitOfWork",
@@ -488,6 +491,41 @@ class KeyCheckRepository(Protocol):
         ...
 
 
+class ProductRepository(Protocol):
+    """The trade-in products subsidised in this province, one per redemption.
+
+    A serial number, an IMEI and an invoice number is held by one unreleased
+    product at most: the store's unique keys refuse a second (``DuplicateKey``),
+    so two redemptions of one product at once cannot both be subsidised.
+    Released (a refund, a reversal, a void, a lock timed out), it may be
+    subsidised again. Identifiers are stored as ``domain.trade_in`` normalised them.
+    """
+
+    def add_products(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Register products: redemption_id, voucher_id, campaign_id, category, brand,
+        model, sku, energy_grade, price_fen, serial_number, imei, invoice_number,
+        old_appliance_handed_in, subsidy_fen, created_at. ``DuplicateKey`` when an
+        identifier is held already (or twice among ``rows``); a pipelined write."""
+        ...
+
+    def held(
+        self,
+        *,
+        serial_numbers: Sequence[str],
+        imeis: Sequence[str],
+        invoice_numbers: Sequence[str],
+    ) -> set[tuple[str, str]]:
+        """(field, value) of the given identifiers an unreleased product holds, the
+        field one of serial_number, imei, invoice_number; one query."""
+        ...
+
+    def get_product(self, redemption_id: str) -> ProductRow | None: ...
+
+    def release_product(self, redemption_id: str, *, now: datetime) -> bool:
+        """Let go of the redemption's product; False when it has none, or let go already."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every aggregate; rolled back unless committed."""
 
@@ -514,6 +552,9 @@ class UnitOfWork(Protocol):
 
     @property
     def qualifications(self) -> QualificationRepository: ...
+
+    @property
+    def products(self) -> ProductRepository: ...
 
     def commit(self) -> None: ...
 

@@ -58,7 +58,7 @@ def pool_key(campaign_id: str, round_id: str, channel_id: str) -> str:
     return f"{campaign_id}:{round_id}:{channel_id}"
 
 
-_TEMPLATE_KINDS = frozenset({"threshold", "percentage", "fixed"})
+_TEMPLATE_KINDS = frozenset({"threshold", "percentage", "fixed", "trade_in"})
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

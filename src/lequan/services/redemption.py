@@ -27,7 +27,8 @@ from lequan.domain.redemption_states import (
     next_status,
     opening_status,
 )
-from lequan.domain.templates import AMOUNT_FEN_MAX
+from lequan.domain.templates import AMOUNT_FEN_MAX, TradeIn
+from lequan.domain.trade_in import Product
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.ports import UnitOfWork
 from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
@@ -97,9 +98,18 @@ def discount_of(
     order: RedeemOrder,
     action: Action,
     now: datetime,
+    product: Product | None = None,
 ) -> int:
+    """The voucher's discount on this order, or the refusal saying why not. A trade-in
+    voucher's is its subsidy on ``product``; any other voucher ignores a product."""
     template = campaign.config.template(voucher.template_id)
     assert template is not None, "a voucher's template is part of its campaign"
+
+    def template_discount() -> int:
+        if isinstance(template, TradeIn):
+            return template.subsidy_for(product, order_amount_fen=order.order_amount_fen)
+        return template.discount_for(order.order_amount_fen)
+
     return discount_for_order(
         voucher=VoucherView(
             state=voucher.state,
@@ -109,7 +119,7 @@ def discount_of(
             valid_until=voucher.valid_until,
         ),
         template_modes=template.modes,
-        template_discount_fen=template.discount_for(order.order_amount_fen),
+        template_discount=template_discount,
         template_minimum_order_fen=template.minimum_order_fen,
         scope=campaign.config.scope,
         merchant=MerchantView(

@@ -370,3 +370,54 @@ key_canaries = sa.Table(
     sa.Column("value", sa.LargeBinary, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+# Trade-in products subsidised in this province (0010): one per redemption. A serial
+# number, IMEI or invoice number is held by one unreleased row at most (partial
+# unique indexes), so two redemptions of one product at once cannot both commit.
+_UNRELEASED = sa.text("released_at IS NULL")
+redemption_products = sa.Table(
+    "redemption_products",
+    metadata,
+    sa.Column("redemption_id", Id, primary_key=True),
+    sa.Column("voucher_id", Id, nullable=False),
+    sa.Column("campaign_id", Id, nullable=False),
+    sa.Column("category", sa.String(32), nullable=False),
+    sa.Column("brand", sa.String(64)),
+    sa.Column("model", sa.String(64)),
+    sa.Column("sku", sa.String(64)),
+    sa.Column("energy_grade", sa.SmallInteger),
+    sa.Column("price_fen", Money, nullable=False),
+    sa.Column("serial_number", sa.String(40)),
+    sa.Column("imei", sa.String(15)),
+    sa.Column("invoice_number", sa.String(40), nullable=False),
+    sa.Column("old_appliance_handed_in", sa.Boolean),
+    sa.Column("subsidy_fen", Money, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("released_at", UtcDateTime),
+    sa.CheckConstraint("serial_number IS NOT NULL OR imei IS NOT NULL", name="identified"),
+    sa.CheckConstraint(
+        "price_fen > 0 AND subsidy_fen > 0 AND subsidy_fen <= price_fen", name="amounts"
+    ),
+    sa.CheckConstraint("energy_grade BETWEEN 1 AND 5", name="energy_grade"),
+    sa.Index(
+        "uq_redemption_products_serial_number",
+        "serial_number",
+        unique=True,
+        sqlite_where=_UNRELEASED,
+        postgresql_where=_UNRELEASED,
+    ),
+    sa.Index(
+        "uq_redemption_products_imei",
+        "imei",
+        unique=True,
+        sqlite_where=_UNRELEASED,
+        postgresql_where=_UNRELEASED,
+    ),
+    sa.Index(
+        "uq_redemption_products_invoice_number",
+        "invoice_number",
+        unique=True,
+        sqlite_where=_UNRELEASED,
+        postgresql_where=_UNRELEASED,
+    ),
+)

@@ -21,6 +21,7 @@ from lequan.adapters.sql.keys import SqlKeyChecks
 from lequan.adapters.sql.ledger import SqlLedger
 from lequan.adapters.sql.outbox import SqlOutbox
 from lequan.adapters.sql.people import SqlPeople
+from lequan.adapters.sql.products import SqlProducts
 from lequan.adapters.sql.qualifications import SqlQualifications
 from lequan.adapters.sql.vouchers import SqlVouchers
 from lequan.ports import Store
@@ -41,6 +42,7 @@ class SqlUnitOfWork:
         self.keys = SqlKeyChecks(self._session)
         self.outbox = SqlOutbox(self._session)
         self.qualifications = SqlQualifications(self._session)
+        self.products = SqlProducts(self._session)
 
     @property
     def connection(self) -> sa.Connection:
