@@ -7,6 +7,7 @@ commands print what they created and take ``--json`` for scripts.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import os
 import stat
 from pathlib import Path
@@ -473,6 +474,46 @@ def outbox_replay(
     rt, actor = _runtime_as(token, token_file, "maker", "checker")
     moved = relay.replay(rt, None if replay_all else event_ids, actor=actor, limit=limit)
     _emit({"replayed": moved}, as_json, f"{moved} event(s) back to the relay")
+
+
+@app.command("reconcile")
+def reconcile_day(
+    day: Annotated[datetime, typer.Option("--date", formats=["%Y-%m-%d"], help="The day (UTC+8).")],
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write the mismatches to this CSV file.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare a day's trade-in facts with central's, per category and per voucher
+    (exit 1 when they disagree)."""
+    from lequan.services.reconcile import FACTS, reconcile
+
+    result = reconcile(_runtime(), day.date())
+    if csv_path is not None:
+        csv_path.write_text(result.csv(), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), ensure_ascii=False, indent=2))
+    else:
+        table = Table("category", *FACTS)
+        for row in result.as_json()["categories"]:
+            cells = []
+            for fact in FACTS:
+                ours, theirs = row[fact]["province"], row[fact]["central"]
+                mark = "" if ours == theirs else " [red]≠[/]"
+                cells.append(f"{ours[0]} / {ours[1] / 100:,.2f}{mark}")
+            table.add_row(row["category"], *cells)
+        console.print(table)
+        for m in result.mismatches:
+            console.print(
+                f"[red]{m.category} {m.fact}[/] {m.voucher_id or ''}: "
+                f"province {m.province}, central {m.central}"
+            )
+        verdict = (
+            "[green]clean[/]" if result.ok else f"[red]{len(result.mismatches)} mismatch(es)[/]"
+        )
+        console.print(f"{result.day}: {result.vouchers} voucher(s) compared, {verdict}")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command("relay")

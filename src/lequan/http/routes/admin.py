@@ -7,6 +7,7 @@ Roles: a *maker* drafts (imports campaigns, merchants, credentials), a
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -31,7 +32,7 @@ from lequan.http.schemas import (
     MerchantImportOut,
 )
 from lequan.rows import CampaignRow
-from lequan.services import admin, campaigns, relay
+from lequan.services import admin, campaigns, reconcile, relay
 from lequan.services.invariants import check_campaign
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -412,3 +413,17 @@ async def outbox_replay(
         )
     )
     return JSONResponse({"replayed": moved})
+
+
+@router.get(
+    "/reconciliation/{day}",
+    responses=OPERATOR_ERRORS,
+    summary="A day's trade-in facts against central's, per category and voucher (any role)",
+)
+async def reconciliation(
+    day: Annotated[date, Path(description="The day, YYYY-MM-DD (UTC+8)")],
+    operator: Operator,
+    platform: PlatformDep,
+) -> JSONResponse:
+    result = await run_in_threadpool(reconcile.reconcile, platform.rt, day)
+    return JSONResponse(result.as_json())
