@@ -7,9 +7,9 @@ commands print what they created and take ``--json`` for scripts.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 import os
 import stat
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
