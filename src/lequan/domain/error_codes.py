@@ -148,6 +148,26 @@ class ErrorCode(enum.StrEnum):
     NONCE_STORE_UNAVAILABLE = "nonce_store_unavailable"
     CLAIM_PENDING = "claim_pending"
     KEY_MISMATCH = "key_mismatch"
+    # Central (the national platform, issue 14): its signed API and operator tools.
+    CENTRAL_BATCH_TOO_LARGE = "central_batch_too_large"
+    CENTRAL_INVALID_BATCH = "central_invalid_batch"
+    CENTRAL_INVALID_ID = "central_invalid_id"
+    CENTRAL_DUPLICATE_ITEM = "central_duplicate_item"
+    CENTRAL_INVALID_PSEUDONYM = "central_invalid_pseudonym"
+    CENTRAL_INVALID_BLINDED_INPUT = "central_invalid_blinded_input"
+    CENTRAL_INVALID_CATEGORY = "central_invalid_category"
+    CENTRAL_INVALID_LOCK = "central_invalid_lock"
+    CENTRAL_LOCK_ID_MISMATCH = "central_lock_id_mismatch"
+    CENTRAL_CATEGORY_MISMATCH = "central_category_mismatch"
+    CENTRAL_INVALID_SERIAL = "central_invalid_serial"
+    CENTRAL_INVALID_PRODUCT = "central_invalid_product"
+    CENTRAL_INVALID_AMOUNT = "central_invalid_amount"
+    CENTRAL_INVALID_EVENT = "central_invalid_event"
+    CENTRAL_INVALID_REASON = "central_invalid_reason"
+    CENTRAL_INVALID_DAY = "central_invalid_day"
+    CENTRAL_INVALID_PROVINCE_CODE = "central_invalid_province_code"
+    CENTRAL_PROVINCE_EXISTS = "central_province_exists"
+    CENTRAL_NO_LIVE_LOCK = "central_no_live_lock"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -482,6 +502,66 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "a stored value does not open with the server's keys (another key file than the "
         "data's, or altered data); nothing was done: operators must restart it with the "
         "right key file",
+    ),
+    # Central (issue 14): docs/central.md.
+    _C.CENTRAL_BATCH_TOO_LARGE: ErrorSpec(
+        422, InvalidInput, "a batch to central holds more than 1,000 items (`details.items_max`)"
+    ),
+    _C.CENTRAL_INVALID_BATCH: ErrorSpec(422, InvalidInput, "a batch to central holds no item"),
+    _C.CENTRAL_INVALID_ID: ErrorSpec(
+        422,
+        InvalidInput,
+        "a lock, voucher, redemption or event id is not 1-64 of `A-Z a-z 0-9 _ . : -` "
+        "(`details.index` names the item)",
+    ),
+    _C.CENTRAL_DUPLICATE_ITEM: ErrorSpec(
+        422, InvalidInput, "the same lock or event id twice in one batch"
+    ),
+    _C.CENTRAL_INVALID_PSEUDONYM: ErrorSpec(
+        422, InvalidInput, "a national pseudonym is not 64 lowercase hex characters"
+    ),
+    _C.CENTRAL_INVALID_BLINDED_INPUT: ErrorSpec(
+        422, InvalidInput, "a blinded input is not the base64 of a ristretto255 element"
+    ),
+    _C.CENTRAL_INVALID_CATEGORY: ErrorSpec(
+        422, InvalidInput, "a category is not 1-40 of `a-z 0-9 _` starting with a letter"
+    ),
+    _C.CENTRAL_INVALID_LOCK: ErrorSpec(
+        422, InvalidInput, "a lock's `items_max` or `hold_s` is out of range"
+    ),
+    _C.CENTRAL_LOCK_ID_MISMATCH: ErrorSpec(
+        422, InvalidInput, "a lock id already names a lock of another person, category or province"
+    ),
+    _C.CENTRAL_CATEGORY_MISMATCH: ErrorSpec(
+        422, InvalidInput, "a consumption's category is not its lock's"
+    ),
+    _C.CENTRAL_INVALID_SERIAL: ErrorSpec(
+        422,
+        InvalidInput,
+        "a product has neither serial number nor IMEI, or one breaks its form (a serial "
+        "number 1-64 of `A-Z 0-9 . / _`, an IMEI 14-16 digits)",
+    ),
+    _C.CENTRAL_INVALID_PRODUCT: ErrorSpec(
+        422, InvalidInput, "a product's invoice number or fields are missing or malformed"
+    ),
+    _C.CENTRAL_INVALID_AMOUNT: ErrorSpec(
+        422, InvalidInput, "a price is not 1 fen to 1,000,000 yuan, or the subsidy exceeds it"
+    ),
+    _C.CENTRAL_INVALID_EVENT: ErrorSpec(
+        422, InvalidInput, "an event's topic, time, voucher, seq or lock id breaks its form"
+    ),
+    _C.CENTRAL_INVALID_REASON: ErrorSpec(
+        422, InvalidInput, "a release, revocation or move reason is not 1-200 printable characters"
+    ),
+    _C.CENTRAL_INVALID_DAY: ErrorSpec(422, InvalidInput, "a day is not a `YYYY-MM-DD` date"),
+    _C.CENTRAL_INVALID_PROVINCE_CODE: ErrorSpec(
+        422, InvalidInput, "a province code is not 2-32 of `a-z 0-9 _ -`"
+    ),
+    _C.CENTRAL_PROVINCE_EXISTS: ErrorSpec(
+        409, Conflict, "central already has a province with this code"
+    ),
+    _C.CENTRAL_NO_LIVE_LOCK: ErrorSpec(
+        404, NotFound, "the province holds no unused slot of this qualification to move"
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,
