@@ -23,6 +23,7 @@ from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.identity import synthetic_id_number
 from lequan.examples import EXAMPLES_DIR, example_campaign, example_merchants
 from lequan.ports import ClaimGate, Store
+from lequan.ports.central import CentralPlatform
 from lequan.services import admin, campaigns, persons
 
 EXAMPLES = EXAMPLES_DIR
@@ -159,6 +160,8 @@ def make_world(
     gate: ClaimGate | None = None,
     tmp_path: Path,
     clock_at: datetime = T0 - timedelta(hours=1),
+    central: CentralPlatform | None = None,
+    relay: bool = False,
     **settings: Any,
 ) -> Iterator[World]:
     """A started platform on the SQL store at ``database_url`` (migrated here) or on
@@ -175,9 +178,14 @@ def make_world(
         data_dir=tmp_path, database_url=database_url or "", sweep_interval_s=3600, **settings
     )
     rt = build_runtime(
-        config, clock=clock, keyring=generate_keyring(), gate=gate or MemoryGate(), store=store
+        config,
+        clock=clock,
+        keyring=generate_keyring(),
+        gate=gate or MemoryGate(),
+        store=store,
+        central=central,
     )
-    platform = start_platform(rt, sweep=False)
+    platform = start_platform(rt, sweep=False, relay=relay)
     world = World(platform=platform, clock=clock)
     try:
         world.tokens["alice"] = admin.add_operator(rt, "alice", role="maker")
