@@ -168,6 +168,16 @@ class ErrorCode(enum.StrEnum):
     CENTRAL_INVALID_PROVINCE_CODE = "central_invalid_province_code"
     CENTRAL_PROVINCE_EXISTS = "central_province_exists"
     CENTRAL_NO_LIVE_LOCK = "central_no_live_lock"
+    # Trade-in applications and the province's link to central (issue 14).
+    QUALIFICATION_USED_ELSEWHERE = "qualification_used_elsewhere"
+    QUALIFICATION_LIMIT_REACHED = "qualification_limit_reached"
+    QUALIFICATION_REVOKED = "qualification_revoked"
+    QUALIFICATION_LOCK_SETTLED = "qualification_lock_settled"
+    NOT_A_TRADE_IN_TEMPLATE = "not_a_trade_in_template"
+    TRADE_IN_IS_APPLIED_FOR = "trade_in_is_applied_for"
+    CENTRAL_UNAVAILABLE = "central_unavailable"
+    CENTRAL_NOT_CONFIGURED = "central_not_configured"
+    RECONCILIATION_TOO_LARGE = "reconciliation_too_large"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -562,6 +572,45 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.CENTRAL_NO_LIVE_LOCK: ErrorSpec(
         404, NotFound, "the province holds no unused slot of this qualification to move"
+    ),
+    # Trade-in applications (issue 14): docs/central.md.
+    _C.QUALIFICATION_USED_ELSEWHERE: ErrorSpec(
+        409,
+        Conflict,
+        "the person's qualification for the category is held or used in another province",
+    ),
+    _C.QUALIFICATION_LIMIT_REACHED: ErrorSpec(
+        409,
+        Conflict,
+        "the person has used every subsidy of the category a person may have nationwide "
+        "(one; air conditioners three)",
+    ),
+    _C.QUALIFICATION_REVOKED: ErrorSpec(
+        409, Conflict, "an operator revoked the person's qualification for the category"
+    ),
+    _C.QUALIFICATION_LOCK_SETTLED: ErrorSpec(
+        409, Conflict, "this application's lock was settled already; use a new Idempotency-Key"
+    ),
+    _C.NOT_A_TRADE_IN_TEMPLATE: ErrorSpec(
+        409, Conflict, "the template is a consumption voucher: claim it at /v1/claims"
+    ),
+    _C.TRADE_IN_IS_APPLIED_FOR: ErrorSpec(
+        409,
+        Conflict,
+        "a trade-in voucher is applied for at /v1/trade-in/applications (central locks the "
+        "qualification first), never claimed",
+    ),
+    _C.CENTRAL_UNAVAILABLE: ErrorSpec(
+        503,
+        Unavailable,
+        "the central platform did not answer; nothing was issued: retry with the same "
+        "Idempotency-Key",
+    ),
+    _C.CENTRAL_NOT_CONFIGURED: ErrorSpec(
+        503, Unavailable, "this province is not connected to a central platform"
+    ),
+    _C.RECONCILIATION_TOO_LARGE: ErrorSpec(
+        503, Unavailable, "more vouchers in one day than one reconciliation compares"
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,

@@ -22,6 +22,7 @@ from lequan.domain.campaigns import (
 )
 from lequan.domain.claims import offered_template
 from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
+from lequan.domain.templates import TradeIn
 from lequan.domain.vouchers import VoucherState
 from lequan.ports import (
     GateUnavailable,
@@ -444,6 +445,8 @@ class ClaimService:
             )
         except LequanError as refusal:
             return refusal
+        if isinstance(template, TradeIn):
+            return _TRADE_IN_IS_APPLIED_FOR
         valid_from, valid_until = config.validity.window(now)
         stocked = any(
             r.id == request.round_id and template.id in r.stock.get(channel_id, {})
@@ -529,6 +532,12 @@ def _answer_the_rest(results: list[ClaimResult | None], refusal: LequanError) ->
     for i, result in enumerate(results):
         if result is None:
             results[i] = answer
+
+
+_TRADE_IN_IS_APPLIED_FOR = Conflict(
+    "trade_in_is_applied_for",
+    "a trade-in voucher is applied for at /v1/trade-in/applications, never claimed",
+)
 
 
 def _gate_unavailable() -> Unavailable:
