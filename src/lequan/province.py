@@ -50,6 +50,7 @@ __all__ = ["CREDENTIALS_FILE", "InitReport", "init_province", "serve_env"]
 CREDENTIALS_FILE = "credentials.json"
 # A credentials file of a province with at most 80 apps is a few kilobytes.
 CREDENTIALS_FILE_BYTES_MAX = 1_000_000
+ENV_FILE_BYTES_MAX = 64 * 1024
 
 
 @dataclass
@@ -125,6 +126,19 @@ def _write_private(path: Path, text: str) -> str:
     return "written"
 
 
+def _read_bounded(path: Path, bytes_max: int) -> str:
+    """The text of ``path``, of which at most ``bytes_max`` + 1 bytes are read: one that
+    long is refused by whoever checks the size (the merchant import), or here."""
+    with path.open("rb") as handle:
+        raw = handle.read(bytes_max + 1)
+    if len(raw) > bytes_max:  # too long anyway: a character cut at the end is no matter
+        return raw.decode("utf-8", errors="replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SetupError(f"{path} is not UTF-8 (byte {error.start})") from None
+
+
 def _read_credentials(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -152,9 +166,9 @@ def init_province(path: Path) -> InitReport:
     province = load_province_file(path)
     config = province.config
     merchants_csv = None
-    if province.merchants_file is not None:
-        merchants_csv = province.merchants_file.read_text(encoding="utf-8")
     settings = _settings(province)
+    if province.merchants_file is not None:
+        merchants_csv = _read_bounded(province.merchants_file, settings.merchant_file_bytes_max)
     report = InitReport(
         province_code=config.code,
         province_name=config.name,
@@ -252,12 +266,15 @@ def serve_env(path: Path) -> dict[str, str]:
     province = load_province_file(path)
     env_path = province.data_dir / PROVINCE_ENV_FILE
     try:
-        written = read_env_file(env_path.read_text(encoding="utf-8"))
+        text = _read_bounded(env_path, ENV_FILE_BYTES_MAX)
     except FileNotFoundError:
         raise SetupError(
             f"province {province.config.code} is not initialised (no {env_path}): "
             f"run `lequan province init {path}` first"
         ) from None
+    if len(text.encode("utf-8")) > ENV_FILE_BYTES_MAX:
+        raise SetupError(f"{env_path} is not a settings file lequan wrote: run init again")
+    written = read_env_file(text)
     wanted = province_env(province)
     if written != wanted:
         differ = sorted(

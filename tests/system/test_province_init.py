@@ -149,6 +149,12 @@ def test_a_broken_file_creates_nothing_and_names_the_field(examples: Path) -> No
     assert "• operator.rank: Extra inputs are not permitted" in said
     assert not _data_dir(examples, "guangdong").exists()
     assert not (examples.parent.parent / "lequan-data").exists()
+    # `check` says the same of a broken file, and of a good one that it is good.
+    assert runner.invoke(app, ["province", "check", str(broken)]).exit_code == 2
+    checked = runner.invoke(app, ["province", "check", str(examples / "guangdong.yaml")])
+    assert checked.exit_code == 0, checked.output
+    assert "province 440000 广东省消费券与以旧换新平台 is valid" in " ".join(checked.stdout.split())
+    assert not (examples.parent.parent / "lequan-data").exists()
 
 
 def test_a_merchant_outside_the_province_is_refused_at_its_line(examples: Path) -> None:
