@@ -641,5 +641,81 @@ def sweep() -> None:
     console.print(f"expired {report.expired}, locks timed out {report.locks_timed_out}")
 
 
+# -- provinces ------------------------------------------------------------------------
+
+province_app = typer.Typer(
+    help="A province from one configuration file: init, serve (docs/operations.md).",
+    no_args_is_help=True,
+)
+app.add_typer(province_app, name="province")
+ProvinceFileArg = Annotated[
+    Path, typer.Argument(help="The province's configuration file (YAML, see examples/provinces/).")
+]
+
+
+@province_app.command("check")
+def province_check(file: ProvinceFileArg) -> None:
+    """Check a province file and create nothing (exit 2 naming each broken field)."""
+    from lequan.province_file import load_province_file
+
+    province = load_province_file(file)
+    config = province.config
+    console.print(
+        f"{file}: province [bold]{config.code}[/] {config.name} is valid "
+        f"({len(config.channels)} channels, {len(config.acquirers)} acquirers, "
+        f"{'central ' + config.central.url if config.central else 'no central'})"
+    )
+
+
+@province_app.command("init")
+def province_init(file: ProvinceFileArg, as_json: JsonFlag = False) -> None:
+    """Stand a province up from its file: data directory, keys, store, apps, merchants,
+    first operator and the settings that serve it. Run again, it changes nothing."""
+    from lequan.province import init_province
+
+    report = init_province(file)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+        return
+    table = Table(
+        title=f"province {report.province_code} {report.province_name}", show_header=False
+    )
+    table.add_row("data directory", f"{report.data_dir} ({report.steps['data_dir']})")
+    table.add_row("key file", report.steps["key_file"])
+    table.add_row("store", f"{report.store}: {report.steps['store']}")
+    for entry in report.apps:
+        table.add_row(
+            entry["kind"], f"{entry['app_id']} {entry['outcome']}, secret {entry['secret']}"
+        )
+    table.add_row(
+        "merchants",
+        f"{report.merchants.get('written', 0)} written, "
+        f"{report.merchants.get('unchanged', 0)} unchanged",
+    )
+    table.add_row("first operator", report.steps["operator"])
+    table.add_row("central", report.central or "none: consumption vouchers only")
+    for name, path in report.files.items():
+        table.add_row(f"{name} file", path)
+    console.print(table)
+    if report.changed:
+        console.print(
+            f"province {report.province_code} is ready: [bold]lequan province serve {file}[/]"
+        )
+    else:
+        console.print(f"nothing changed: province {report.province_code} was already initialised")
+
+
+@province_app.command("serve")
+def province_serve(
+    file: ProvinceFileArg,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (Redis gate only).")] = None,
+) -> None:
+    """Run the platform of the province the file names, with the settings init wrote."""
+    from lequan.province import serve_env
+
+    os.environ.update(serve_env(file))
+    serve(host=None, port=None, workers=workers)
+
+
 if __name__ == "__main__":
     main()

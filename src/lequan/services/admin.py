@@ -394,3 +394,10 @@ def blacklist_remove(rt: Runtime, *, id_number: str, actor: str) -> bool:
         )
         uow.commit()
     return removed
+
+
+# The merchant file's parser, for the province's init (services/province.py), which
+# checks and writes the rows itself so that merchants already there stay untouched.
+MerchantRecord = _MerchantRecord
+merchant_rows = _merchant_rows
+line_error = _line_error
