@@ -90,7 +90,7 @@ class CentralProcess:
 
     def start(self) -> None:
         assert self.process is None, "already running"
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the process
         self.process = subprocess.Popen(  # our own interpreter and arguments
             [sys.executable, "-m", "lequan.cli", "central", "serve"],
             env=self.env(),
