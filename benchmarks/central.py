@@ -103,6 +103,7 @@ class CentralProcess:
                 self._stderr.seek(0)
                 said = self._stderr.read()[-2000:].decode(errors="replace")
                 self.process = None
+                self._close_stderr()
                 raise RuntimeError(f"central exited at start; it said:\n{said}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
@@ -118,6 +119,12 @@ class CentralProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(15)
         self.process = None
+        self._close_stderr()
+
+    def _close_stderr(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     def stop(self) -> None:
         if self.process is None:
@@ -129,6 +136,7 @@ class CentralProcess:
             self.process.kill()
             self.process.wait()
         self.process = None
+        self._close_stderr()
 
     def province(self, code: str, **options: Any) -> HttpCentral:
         """Register a province (in this process, on central's store: what ``lequan
