@@ -205,7 +205,7 @@ def central_platform(settings: Settings) -> CentralPlatform:
         base_url=settings.central_url,
         app_id=settings.central_app_id,
         secret=settings.central_secret.get_secret_value(),
-        public_key_hex=settings.central_public_key,
+        public_key=settings.central_public_key,
         timeout_s=settings.central_timeout_s,
     )
 

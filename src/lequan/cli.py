@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from lequan.central.cli import central_app
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
 
@@ -67,6 +68,7 @@ app.add_typer(acquirer_app, name="acquirer")
 app.add_typer(operator_app, name="operator")
 app.add_typer(keys_app, name="keys")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(central_app, name="central")
 
 
 @app.callback()

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from lequan.central.oprf import PseudonymKey, decode_blinded
 from lequan.central.ports import CentralStore, CentralTx, EventRow, Fact, LockRow, qualification_id
 from lequan.domain import qualification as q
+from lequan.domain.error_codes import ErrorCode
 from lequan.domain.errors import InvalidInput, NotFound
 from lequan.domain.qualification import Action, SerialKey, SlotState, Step
 from lequan.ports import Clock
@@ -65,7 +66,7 @@ SEQ_MAX = 1_000_000
 ATTEMPTS_MAX = 3
 
 
-def _invalid(code: str, message: str, index: int | None = None) -> InvalidInput:
+def _invalid(code: ErrorCode, message: str, index: int | None = None) -> InvalidInput:
     details = {"index": index} if index is not None else None
     return InvalidInput(code, message, details=details)
 
@@ -83,11 +84,13 @@ def _check_batch(items: Sequence[Any], ids: Sequence[str], what: str) -> None:
     for index, item_id in enumerate(ids):
         if not ID_PATTERN.fullmatch(item_id):
             raise _invalid(
-                "central_invalid_id", "an id is 1-64 of A-Z a-z 0-9 _ . : -", index=index
+                ErrorCode.CENTRAL_INVALID_ID, "an id is 1-64 of A-Z a-z 0-9 _ . : -", index=index
             )
         if item_id in seen:
             raise _invalid(
-                "central_duplicate_item", f"{item_id!r} appears twice in the batch", index=index
+                ErrorCode.CENTRAL_DUPLICATE_ITEM,
+                f"{item_id!r} appears twice in the batch",
+                index=index,
             )
         seen.add(item_id)
 
@@ -95,14 +98,14 @@ def _check_batch(items: Sequence[Any], ids: Sequence[str], what: str) -> None:
 def check_pseudonym(pseudonym: str, index: int | None = None) -> None:
     if not q.PSEUDONYM_PATTERN.fullmatch(pseudonym):
         raise _invalid(
-            "central_invalid_pseudonym", "a pseudonym is 64 lowercase hex characters", index
+            ErrorCode.CENTRAL_INVALID_PSEUDONYM, "a pseudonym is 64 lowercase hex characters", index
         )
 
 
 def check_category(category: str, index: int | None = None) -> None:
     if not q.CATEGORY_PATTERN.fullmatch(category):
         raise _invalid(
-            "central_invalid_category",
+            ErrorCode.CENTRAL_INVALID_CATEGORY,
             "a category is 1-40 of a-z 0-9 _, starting with a letter",
             index,
         )
@@ -111,7 +114,7 @@ def check_category(category: str, index: int | None = None) -> None:
 def check_reason(reason: str, index: int | None = None) -> None:
     if not (1 <= len(reason) <= REASON_CHARS_MAX) or not reason.isprintable():
         raise _invalid(
-            "central_invalid_reason",
+            ErrorCode.CENTRAL_INVALID_REASON,
             f"a reason is 1-{REASON_CHARS_MAX} printable characters",
             index,
         )
@@ -146,14 +149,18 @@ def _product(
         raise
     if not (1 <= len(invoice_no) <= INVOICE_CHARS_MAX) or not invoice_no.isprintable():
         raise _invalid(
-            "central_invalid_product",
+            ErrorCode.CENTRAL_INVALID_PRODUCT,
             f"an invoice number is 1-{INVOICE_CHARS_MAX} printable characters",
             index,
         )
     if not (1 <= price_fen <= PRICE_FEN_MAX):
-        raise _invalid("central_invalid_amount", f"price_fen is 1 to {PRICE_FEN_MAX} (fen)", index)
+        raise _invalid(
+            ErrorCode.CENTRAL_INVALID_AMOUNT, f"price_fen is 1 to {PRICE_FEN_MAX} (fen)", index
+        )
     if not (0 <= subsidy_fen <= price_fen):
-        raise _invalid("central_invalid_amount", "subsidy_fen is 0 to the price, in fen", index)
+        raise _invalid(
+            ErrorCode.CENTRAL_INVALID_AMOUNT, "subsidy_fen is 0 to the price, in fen", index
+        )
     return _Product(category, keys, invoice_no, price_fen, subsidy_fen)
 
 
@@ -380,10 +387,12 @@ class CentralService:
             check_pseudonym(request.pseudonym, index)
             check_category(request.category, index)
             if not (1 <= request.items_max <= q.ITEMS_MAX):
-                raise _invalid("central_invalid_lock", f"items_max is 1 to {q.ITEMS_MAX}", index)
+                raise _invalid(
+                    ErrorCode.CENTRAL_INVALID_LOCK, f"items_max is 1 to {q.ITEMS_MAX}", index
+                )
             if not (HOLD_S_MIN <= request.hold_s <= HOLD_S_MAX):
                 raise _invalid(
-                    "central_invalid_lock", f"hold_s is {HOLD_S_MIN} to {HOLD_S_MAX}", index
+                    ErrorCode.CENTRAL_INVALID_LOCK, f"hold_s is {HOLD_S_MIN} to {HOLD_S_MAX}", index
                 )
         now = self.clock.now()
         with self.store.transaction() as tx:
@@ -398,7 +407,7 @@ class CentralService:
                     request.category,
                 ):
                     raise _invalid(
-                        "central_lock_id_mismatch",
+                        ErrorCode.CENTRAL_LOCK_ID_MISMATCH,
                         "this lock_id was used for another person, category or province",
                         index,
                     )
@@ -462,7 +471,9 @@ class CentralService:
             for name in ("voucher_id", "redemption_id"):
                 if not ID_PATTERN.fullmatch(getattr(request, name)):
                     raise _invalid(
-                        "central_invalid_id", f"{name} is 1-64 of A-Z a-z 0-9 _ . : -", index
+                        ErrorCode.CENTRAL_INVALID_ID,
+                        f"{name} is 1-64 of A-Z a-z 0-9 _ . : -",
+                        index,
                     )
             products.append(
                 _product(
@@ -485,7 +496,7 @@ class CentralService:
                     continue
                 if lock.category != product.category:
                     raise _invalid(
-                        "central_category_mismatch",
+                        ErrorCode.CENTRAL_CATEGORY_MISMATCH,
                         f"the lock is for {lock.category}, the product a {product.category}",
                         index,
                     )
@@ -572,24 +583,32 @@ class CentralService:
         _check_batch(events, [e.event_id for e in events], "events")
         for index, event in enumerate(events):
             if not TOPIC_PATTERN.fullmatch(event.topic):
-                raise _invalid("central_invalid_event", "a topic is 1-64 of a-z 0-9 _ .", index)
+                raise _invalid(
+                    ErrorCode.CENTRAL_INVALID_EVENT, "a topic is 1-64 of a-z 0-9 _ .", index
+                )
             if event.at.tzinfo is None:
-                raise _invalid("central_invalid_event", "at is an instant with its zone", index)
+                raise _invalid(
+                    ErrorCode.CENTRAL_INVALID_EVENT, "at is an instant with its zone", index
+                )
             if event.voucher_id is not None and not ID_PATTERN.fullmatch(event.voucher_id):
                 raise _invalid(
-                    "central_invalid_event", "voucher_id is 1-64 of A-Z a-z 0-9 _ . : -", index
+                    ErrorCode.CENTRAL_INVALID_EVENT,
+                    "voucher_id is 1-64 of A-Z a-z 0-9 _ . : -",
+                    index,
                 )
             if event.seq is not None and (
                 event.voucher_id is None or not 1 <= event.seq <= SEQ_MAX
             ):
                 raise _invalid(
-                    "central_invalid_event", f"seq is 1 to {SEQ_MAX}, with a voucher_id", index
+                    ErrorCode.CENTRAL_INVALID_EVENT,
+                    f"seq is 1 to {SEQ_MAX}, with a voucher_id",
+                    index,
                 )
             lock_id = event.payload.get("lock_id")
             if lock_id is not None and not (
                 isinstance(lock_id, str) and ID_PATTERN.fullmatch(lock_id)
             ):
-                raise _invalid("central_invalid_event", "payload.lock_id is an id", index)
+                raise _invalid(ErrorCode.CENTRAL_INVALID_EVENT, "payload.lock_id is an id", index)
         for attempt in range(1, ATTEMPTS_MAX + 1):
             try:
                 return self._deliver(province, events)
@@ -710,8 +729,18 @@ class CentralService:
             lock = work.locks.get(lock_id)
             if lock is None or lock.province != work.province:
                 return "unknown_lock"
+        elif row.voucher_id is not None:
+            # Its lock, or the one an earlier event of this batch gave the voucher to.
+            lock = by_voucher.get(row.voucher_id) or next(
+                (
+                    found
+                    for found in work.locks.values()
+                    if found.province == work.province and found.voucher_id == row.voucher_id
+                ),
+                None,
+            )
         else:
-            lock = by_voucher.get(row.voucher_id) if row.voucher_id is not None else None
+            lock = None
         if lock is None:
             _record_lockless(work, row)
             return None

@@ -1,0 +1,1 @@
+"""Central's signed HTTP API (``app``) and its ASGI entry point (``asgi``)."""
