@@ -117,6 +117,8 @@ def _events(world: World) -> list[tuple[str, dict[str, Any]]]:
         rows = uow.outbox.events_between(
             T0 - timedelta(days=1), T0 + timedelta(days=400), after_id=None, limit=1000
         )
+    # In the order written (ids order events of one millisecond at random).
+    rows = sorted(rows, key=lambda r: (r.created_at, r.seq or 0))
     return [(r.topic, json.loads(r.payload_json)) for r in rows]
 
 
