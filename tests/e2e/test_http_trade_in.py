@@ -14,6 +14,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from lequan.examples import EXAMPLES_DIR, example_campaign
 from lequan.http.app import create_app
 from lequan.services import admin, campaigns, redemption
 from lequan.services.redemption import RedeemOrder
+from lequan.services.sweeper import sweep
 from tests.e2e.conftest import ACQUIRER, Api, OpenApi, assert_error, person_body
 from tests.factories import T0
 
@@ -472,3 +474,12 @@ def test_two_redemptions_of_one_serial_at_once_subsidise_it_once(
         ).scalar_one()
     assert held == rounds
     assert api.check(CAMPAIGN)["ok"]
+
+
+def test_a_lock_that_times_out_lets_go_of_its_product(trade_in: Api) -> None:
+    first, second = claim(trade_in, 1), claim(trade_in, 2)
+    assert redeem(trade_in, first, "u1", fridge(), capture="lock").status_code == 201
+    lock_timeout_s = trade_in.world.rt.settings.lock_timeout_s
+    trade_in.clock.set(T0 + timedelta(seconds=lock_timeout_s + 1))
+    assert sweep(trade_in.world.rt).locks_timed_out == 1
+    assert redeem(trade_in, second, "u2", fridge()).status_code == 201
