@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from lequan.domain.templates import AMOUNT_FEN_MAX
+from lequan.domain.trade_in import (
+    PRICE_FEN_MAX,
+    Category,
+    Product,
+    normalise_imei,
+    normalise_invoice_number,
+    normalise_serial_number,
+)
 
 __all__ = [
     "OPERATOR_ERRORS",
@@ -22,6 +30,7 @@ __all__ = [
     "ClaimIn",
     "ErrorOut",
     "PersonIn",
+    "ProductIn",
     "QuoteIn",
     "RedeemIn",
     "RefundIn",
@@ -188,8 +197,67 @@ class OrderIn(_In):
     order_type: Slug = "goods"
 
 
+ProductText = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
+
+
+class ProductIn(_In):
+    """A trade-in product, as the acquirer describes it. Identifiers are normalised as
+    the registry compares them (letters and digits, upper-case; an IMEI's 15 digits
+    with a valid check digit); what a trade-in voucher needs of the rest is checked
+    against its template (``domain/trade_in.py``)."""
+
+    category: Category = Field(description="One of the national trade-in categories.")
+    brand: ProductText | None = None
+    model: ProductText | None = None
+    sku: ProductText | None = None
+    energy_grade: (
+        Annotated[int, Field(ge=1, le=5, description="1 to 5, as a JSON integer.")] | None
+    ) = None
+    price_fen: (
+        Annotated[
+            int,
+            Field(
+                gt=0,
+                le=PRICE_FEN_MAX,
+                description="The product's final price in integer fen, within the order.",
+            ),
+        ]
+        | None
+    ) = None
+    serial_number: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=64, description="4–40 letters and digits."),
+            AfterValidator(normalise_serial_number),
+        ]
+        | None
+    ) = None
+    imei: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=32, description="15 digits, the last a Luhn check."),
+            AfterValidator(normalise_imei),
+        ]
+        | None
+    ) = None
+    invoice_number: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=64, description="6–40 letters and digits."),
+            AfterValidator(normalise_invoice_number),
+        ]
+        | None
+    ) = None
+    old_appliance_handed_in: bool | None = None
+
+    def product(self) -> Product:
+        return Product(**self.model_dump())
+
+
 class QuoteIn(OrderIn):
-    pass
+    product: ProductIn | None = Field(
+        default=None, description="A trade-in voucher is quoted only with its product."
+    )
 
 
 class QuoteItemOut(BaseModel):
@@ -200,19 +268,6 @@ class QuoteItemOut(BaseModel):
 
 class QuoteOut(BaseModel):
     quotes: list[QuoteItemOut]
-
-
-class ProductIn(_In):
-    category: Slug
-    serial_number: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)] | None = (
-        None
-    )
-    energy_grade: (
-        Annotated[int, Field(ge=1, le=5, description="1 to 5, as a JSON integer.")] | None
-    ) = None
-    invoice_number: (
-        Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)] | None
-    ) = None
 
 
 class RedeemIn(OrderIn):

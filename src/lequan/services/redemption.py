@@ -3,13 +3,21 @@ void, reverse, refund. Every change is one transaction that moves the
 voucher and the redemption conditionally (the store refuses a second
 writer), posts the ledger and writes the outbox event the central platform
 will receive.
+
+A trade-in voucher is spent on one product (``domain/trade_in.py``): its
+subsidy is the template's, and the product is registered in the same
+transaction (``uow.products``: one subsidy per serial number, IMEI and
+invoice number in the province) and released by a void, a lock timing out,
+a reversal or a refund. ``ProductCheck`` is the one place a product is
+checked against those subsidised before it. A product sent with any other
+voucher is kept with the redemption and checked against nothing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -30,13 +38,14 @@ from lequan.domain.redemption_states import (
 from lequan.domain.templates import AMOUNT_FEN_MAX, TradeIn
 from lequan.domain.trade_in import Product
 from lequan.domain.vouchers import Action, VoucherState, next_state
-from lequan.ports import UnitOfWork
+from lequan.ports import DuplicateKey, UnitOfWork
 from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_id, redemption_body
 
 __all__ = [
+    "ProductCheck",
     "Quote",
     "RedeemOrder",
     "check_amount",
@@ -44,6 +53,7 @@ __all__ = [
     "confirm",
     "discount_of",
     "event_payload",
+    "product_values",
     "quote",
     "redeem",
     "redemption_values",
@@ -88,6 +98,95 @@ def checked_merchant(merchant: MerchantRow | None, order: RedeemOrder) -> Mercha
     if merchant.acquirer_id != order.acquirer_id:
         raise AuthError("forbidden", "the merchant is not served by this acquirer")
     return merchant
+
+
+@dataclass(slots=True)
+class ProductCheck:
+    """Whether trade-in products may be subsidised: the one place a product is checked
+    against the products subsidised before it.
+
+    ``read`` asks the province's registry about every identifier of a request, or
+    of a batch, in one query; ``take`` refuses a product one of whose identifiers
+    is held (``serial_already_subsidised``, ``invoice_already_subsidised``) and
+    holds the others' for the products after it, as the store's unique keys
+    will when they are written. The central platform's national serial
+    registry (its consume call, issue 14) belongs here too.
+    """
+
+    held: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, uow: UnitOfWork, products: Iterable[Product | None]) -> ProductCheck:
+        wanted = [p for p in products if p is not None]
+        if not wanted:
+            return cls()
+        return cls(
+            uow.products.held(
+                serial_numbers=[p.serial_number for p in wanted if p.serial_number],
+                imeis=[p.imei for p in wanted if p.imei],
+                invoice_numbers=[p.invoice_number for p in wanted if p.invoice_number],
+            )
+        )
+
+    def refusal(self, product: Product) -> Conflict | None:
+        """Why the product may not be subsidised now, if it may not."""
+        for name in ("serial_number", "imei"):
+            value = getattr(product, name)
+            if value is not None and (name, value) in self.held:
+                return Conflict(
+                    "serial_already_subsidised",
+                    f"this {'IMEI' if name == 'imei' else 'serial number'} is subsidised already",
+                    details={"field": f"product.{name}"},
+                )
+        if (("invoice_number", product.invoice_number)) in self.held:
+            return Conflict(
+                "invoice_already_subsidised",
+                "this invoice is subsidised already",
+                details={"field": "product.invoice_number"},
+            )
+        return None
+
+    def take(self, product: Product) -> None:
+        """Hold the product's identifiers for the products after it, or raise why not."""
+        refusal = self.refusal(product)
+        if refusal is not None:
+            raise refusal
+        for name in ("serial_number", "imei", "invoice_number"):
+            value = getattr(product, name)
+            if value is not None:
+                self.held.add((name, value))
+
+
+def trade_in_product(
+    campaign: CampaignRow, voucher: VoucherRow, product: Product | None
+) -> Product | None:
+    """The product a redemption of ``voucher`` registers: its own for a trade-in
+    voucher (checked by its template already), none for any other."""
+    template = campaign.config.template(voucher.template_id)
+    return product if isinstance(template, TradeIn) else None
+
+
+def product_values(
+    redemption_id: str, voucher: VoucherRow, product: Product, subsidy_fen: int, now: datetime
+) -> dict[str, Any]:
+    """The registry's row of a trade-in product subsidised by ``redemption_id``."""
+    return {
+        "redemption_id": redemption_id,
+        "voucher_id": voucher.id,
+        "campaign_id": voucher.campaign_id,
+        "category": product.category.value,
+        "brand": product.brand,
+        "model": product.model,
+        "sku": product.sku,
+        "energy_grade": product.energy_grade,
+        "price_fen": product.price_fen,
+        "serial_number": product.serial_number,
+        "imei": product.imei,
+        "invoice_number": product.invoice_number,
+        "old_appliance_handed_in": product.old_appliance_handed_in,
+        "subsidy_fen": subsidy_fen,
+        "created_at": now,
+    }
 
 
 def discount_of(
@@ -140,8 +239,14 @@ def discount_of(
     )
 
 
-def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
-    """The person's vouchers usable for this order, the biggest discount first."""
+# A trade-in voucher quoted without its product (or an appliance's grade) is not usable
+# for the order as described: left out of the quote, as any voucher that does not fit.
+_NOT_QUOTED = frozenset({"product_required", "energy_grade_required"})
+
+
+def quote(rt: Runtime, order: RedeemOrder, *, product: Product | None = None) -> list[Quote]:
+    """The person's vouchers usable for this order, the biggest discount first; a
+    trade-in voucher only with a ``product`` it may subsidise."""
     check_amount(order.order_amount_fen)
     now = rt.clock.now()
     with rt.store.unit_of_work(readonly=True) as uow:
@@ -157,6 +262,7 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
             states=[VoucherState.ISSUED.value],
         )
         campaigns: dict[str, CampaignRow | None] = {}
+        check = ProductCheck.read(uow, [product])
         quotes = []
         for v in vouchers:
             if v.campaign_id not in campaigns:
@@ -171,8 +277,16 @@ def quote(rt: Runtime, order: RedeemOrder) -> list[Quote]:
                     order=order,
                     action=Action.REDEEM,
                     now=now,
+                    product=product,
                 )
+                registered = trade_in_product(campaign, v, product)
+                if registered is not None and check.refusal(registered) is not None:
+                    continue
             except Conflict:
+                continue
+            except InvalidInput as error:
+                if error.code not in _NOT_QUOTED:
+                    raise
                 continue
             quotes.append(Quote(v, discount, order.order_amount_fen - discount))
     quotes.sort(key=lambda q: (-q.discount_fen, q.voucher.valid_until, q.voucher.id))
@@ -210,10 +324,11 @@ def redeem(
     voucher_id: str,
     order: RedeemOrder,
     lock: bool,
-    product: dict[str, str] | None = None,
+    product: Product | None = None,
     record: RecordAnswer | None = None,
 ) -> tuple[RedemptionRow, VoucherState]:
-    """Redeem in one step, or lock at authorization (confirm or void later)."""
+    """Redeem in one step, or lock at authorization (confirm or void later); a
+    trade-in voucher's product is registered at once, whether locked or redeemed."""
     check_amount(order.order_amount_fen)
     now = rt.clock.now()
     action = Action.LOCK if lock else Action.REDEEM
@@ -235,7 +350,11 @@ def redeem(
             order=order,
             action=action,
             now=now,
+            product=product,
         )
+        registered = trade_in_product(campaign, voucher, product)
+        if registered is not None:
+            ProductCheck.read(uow, [registered]).take(registered)
         state = next_state(voucher.state, action)
         redemption_id = new_id("r")
         values = redemption_values(
@@ -253,8 +372,15 @@ def redeem(
             raise _lost_race(uow, voucher_id)
         uow.vouchers.insert_redemption(values)
         redemption = redemption_row(values)
+        if registered is not None:
+            try:
+                uow.products.add_products(
+                    [product_values(redemption_id, voucher, registered, discount, now)]
+                )
+            except DuplicateKey:
+                raise _product_race(uow, registered) from None
         if not lock:
-            _post_redeem(uow, redemption, voucher, now)
+            _post_redeem(uow, redemption, voucher, now, registered)
         if record is not None:
             record(uow, (redemption, state))
         uow.commit()
@@ -274,7 +400,7 @@ def redemption_values(
     voucher: VoucherRow,
     order: RedeemOrder,
     discount: int,
-    product: dict[str, str] | None,
+    product: Product | None,
     *,
     now: datetime,
     lock_expires_at: datetime | None,
@@ -292,7 +418,7 @@ def redemption_values(
         "pay_fen": order.order_amount_fen - discount,
         "status": opening_status(two_phase=lock_expires_at is not None).value,
         "lock_expires_at": lock_expires_at,
-        "product_json": json.dumps(product, ensure_ascii=False) if product else None,
+        "product_json": json.dumps(product.payload(), ensure_ascii=False) if product else None,
         "created_at": now,
         "updated_at": now,
         "version": 1,
@@ -311,8 +437,25 @@ def _lost_race(uow: UnitOfWork, voucher_id: str) -> Conflict:
     return Conflict("voucher_busy", "the voucher changed meanwhile; retry")
 
 
+def _product_race(uow: UnitOfWork, product: Product) -> Conflict:
+    """Another redemption registered one of the product's identifiers first (it
+    committed while this one waited on the store's unique key); say which."""
+    uow.rollback()
+    refusal = ProductCheck.read(uow, [product]).refusal(product)
+    return refusal or Conflict("voucher_busy", "the product changed meanwhile; retry")
+
+
+def completed_extra(product: Product | None) -> dict[str, Any]:
+    """What a redemption.completed event adds for a trade-in product: its details."""
+    return {"product": product.payload()} if product is not None else {}
+
+
 def _post_redeem(
-    uow: UnitOfWork, redemption: RedemptionRow, voucher: VoucherRow, now: datetime
+    uow: UnitOfWork,
+    redemption: RedemptionRow,
+    voucher: VoucherRow,
+    now: datetime,
+    product: Product | None,
 ) -> None:
     uow.ledger.record(
         redeem_entry(
@@ -325,7 +468,7 @@ def _post_redeem(
         voucher_id=voucher.id,
         redemption_id=redemption.id,
     )
-    _event(uow, "redemption.completed", redemption, now)
+    _event(uow, "redemption.completed", redemption, now, **completed_extra(product))
 
 
 def _load(
@@ -374,7 +517,8 @@ def confirm(
         moved = _move_both(
             uow, redemption, voucher, status=status, state=state, now=now, keep_lock=True
         )
-        _post_redeem(uow, moved, voucher, now)
+        registered = uow.products.get_product(redemption.id)
+        _post_redeem(uow, moved, voucher, now, registered.product if registered else None)
         if record is not None:
             record(uow, (moved, state))
         uow.commit()
@@ -391,6 +535,7 @@ def void(
         status = next_status(redemption.status, RedemptionAction.VOID)
         state = next_state(voucher.state, Action.RELEASE)
         moved = _move_both(uow, redemption, voucher, status=status, state=state, now=now)
+        uow.products.release_product(redemption.id, now=now)
         if record is not None:
             record(uow, (moved, state))
         uow.commit()
@@ -413,11 +558,22 @@ def reverse(
         moved = _move_both(uow, redemption, voucher, status=status, state=state, now=now)
         if not _undo_redeem(uow, moved, voucher, now, EntryKind.REVERSE):
             raise Conflict("budget_exhausted", "the budget cannot take the voucher back")
-        _event(uow, "redemption.reversed", moved, now)
+        _event(uow, "redemption.reversed", moved, now, **_released(uow, moved, now))
         if record is not None:
             record(uow, (moved, state))
         uow.commit()
     return moved, state
+
+
+def _released(uow: UnitOfWork, redemption: RedemptionRow, now: datetime) -> dict[str, Any]:
+    """Let go of the redemption's trade-in product, so it may be subsidised again;
+    what its event adds: the product's category."""
+    registered = uow.products.get_product(redemption.id)
+    if registered is None:
+        return {}
+    released = uow.products.release_product(redemption.id, now=now)
+    assert released, "a redemption is reversed or refunded once"
+    return {"category": registered.product.category.value}
 
 
 def _undo_redeem(
@@ -490,7 +646,14 @@ def refund(
             )
         moved_back = uow.vouchers.move_voucher(after_refund, state=state, now=now)
         assert moved_back, "the voucher is locked by this transaction"
-        _event(uow, "redemption.refunded", moved, now, voucher_state=state.value)
+        _event(
+            uow,
+            "redemption.refunded",
+            moved,
+            now,
+            voucher_state=state.value,
+            **_released(uow, moved, now),
+        )
         if record is not None:
             record(uow, (moved, state))
         uow.commit()

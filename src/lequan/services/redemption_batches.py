@@ -11,7 +11,9 @@ campaigns read once, the domain deciding each redemption exactly as
 
 Each request still gets its own answer: a refusal (wrong person, out of
 scope, already redeemed — a second redemption of the same voucher in the
-same batch sees the first) is that request's answer alone. If the batch
+same batch sees the first; a trade-in product already subsidised — a
+second request with the same serial number in the same batch sees the
+first's) is that request's answer alone. If the batch
 transaction fails in the store, every request is retried alone through
 ``redemption.redeem``, so the batch never decides anything the single path
 would not.
@@ -30,6 +32,7 @@ import structlog
 
 from lequan.domain.errors import LequanError, NotFound, Unavailable
 from lequan.domain.ledger import Entry, redeem_entry
+from lequan.domain.trade_in import Product
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.ports import StoreError, UnitOfWork
 from lequan.rows import MerchantRow, RedemptionReads, RedemptionRow, VoucherRow
@@ -37,14 +40,18 @@ from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.redemption import (
+    ProductCheck,
     RedeemOrder,
     check_amount,
     checked_merchant,
+    completed_extra,
     discount_of,
     event_payload,
+    product_values,
     redeem,
     redemption_row,
     redemption_values,
+    trade_in_product,
 )
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_ids, redemption_body
@@ -60,7 +67,7 @@ class OneStep:
 
     voucher_id: str
     order: RedeemOrder
-    product: dict[str, str] | None
+    product: Product | None
     key: Idempotency
     future: Future[tuple[Answer, bool]] = field(default_factory=Future)
 
@@ -72,6 +79,7 @@ class _Accepted:
     values: dict[str, Any]
     row: RedemptionRow
     answer: Answer
+    product: Product | None  # a trade-in voucher's, registered with the redemption
 
 
 class MerchantCache:
@@ -247,6 +255,8 @@ class RedemptionWriter(BatchWriter[OneStep]):
     ) -> list[_Accepted]:
         """Each new request decided as ``redemption.redeem`` would, in order."""
         vouchers, persons = reads.vouchers, reads.persons
+        # One query for the batch's trade-in products, none for a batch without.
+        products = ProductCheck.read(uow, [batch[i].product for i in todo])
         redemption_ids = iter(new_ids("r", len(todo)))
         accepted: list[_Accepted] = []
         for i in todo:
@@ -269,8 +279,12 @@ class RedemptionWriter(BatchWriter[OneStep]):
                     order=order,
                     action=Action.REDEEM,
                     now=now,
+                    product=item.product,
                 )
                 state = next_state(voucher.state, Action.REDEEM)
+                registered = trade_in_product(campaign, voucher, item.product)
+                if registered is not None:
+                    products.take(registered)
             except LequanError as error:
                 outcomes[i] = error
                 continue
@@ -285,7 +299,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
             )
             row = redemption_row(values)
             answer = Answer(201, redemption_body(row, voucher_state=state.value))
-            accepted.append(_Accepted(i, voucher, values, row, answer))
+            accepted.append(_Accepted(i, voucher, values, row, answer, registered))
             # A later request for the same voucher in this batch sees it redeemed.
             vouchers[voucher.id] = VoucherRow(
                 **{
@@ -315,6 +329,13 @@ class RedemptionWriter(BatchWriter[OneStep]):
             [(a.voucher, VoucherState.REDEEMED, a.row.id) for a in accepted], now=now
         )
         uow.vouchers.insert_redemptions([a.values for a in accepted])
+        uow.products.add_products(
+            [
+                product_values(a.row.id, a.voucher, a.product, a.row.discount_fen, now)
+                for a in accepted
+                if a.product is not None
+            ]
+        )
         posts: list[tuple[Entry, dict[str, Any]]] = [
             (
                 redeem_entry(
@@ -337,7 +358,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
                 (
                     event_id,
                     "redemption.completed",
-                    event_payload("redemption.completed", a.row, now),
+                    event_payload("redemption.completed", a.row, now, **completed_extra(a.product)),
                 )
                 for event_id, a in zip(event_ids, accepted, strict=True)
             ],

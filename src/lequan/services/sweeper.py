@@ -51,6 +51,8 @@ def sweep(rt: Runtime) -> SweepReport:
                 continue  # confirmed, voided or timed out meanwhile
             if not uow.vouchers.move_redemption(current, status=status, now=now):
                 continue
+            # A trade-in product held by the lock may be subsidised by another now.
+            uow.products.release_product(redemption.id, now=now)
             if voucher.state is VoucherState.LOCKED and voucher.redemption_id == redemption.id:
                 state = next_state(voucher.state, Action.LOCK_TIMEOUT)
                 if not uow.vouchers.move_voucher(voucher, state=state, now=now):

@@ -72,7 +72,10 @@ def _render(status_code: int) -> Callable[[Any], Answer]:
 )
 async def quote(caller: AcquirerApp, platform: PlatformDep) -> JSONResponse:
     body = parse_body(QuoteIn, caller.body)
-    quotes = await run_in_threadpool(redemption.quote, platform.rt, _order(caller.app_id, body))
+    product = body.product.product() if body.product else None
+    quotes = await run_in_threadpool(
+        lambda: redemption.quote(platform.rt, _order(caller.app_id, body), product=product)
+    )
     return JSONResponse(
         {
             "quotes": [
@@ -110,7 +113,7 @@ async def redeem_answer(
 ) -> tuple[Answer, bool]:
     """(answer, replayed) of one redemption request, however it arrived."""
     order = _order(app_id, body)
-    product = body.product.model_dump(exclude_none=True) if body.product else None
+    product = body.product.product() if body.product else None
     if body.capture == "one_step":
         # Batched with other acquirers' one-step redemptions (services/redemption_batches.py).
         item = OneStep(body.voucher_id, order, product, idem)
