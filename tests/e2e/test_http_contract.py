@@ -55,6 +55,7 @@ FUZZ_EXAMPLES = 5
 KEYED = {
     ("post", "/v1/persons"),
     ("post", "/v1/claims"),
+    ("post", "/v1/trade-in/applications"),
     ("post", "/v1/redemptions"),
     ("post", "/v1/redemptions/{redemption_id}/confirm"),
     ("post", "/v1/redemptions/{redemption_id}/void"),

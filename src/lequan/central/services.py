@@ -173,9 +173,10 @@ def _event_product(event: SyncEvent, lock: LockRow) -> _Product:
         raise InvalidInput("central_invalid_product", "the payload has no product")
     fields = {
         "category": product.get("category", lock.category),
-        "serial": product.get("serial"),
+        # A province's redemption names them serial_number and invoice_number.
+        "serial": product.get("serial", product.get("serial_number")),
         "imei": product.get("imei"),
-        "invoice_no": product.get("invoice_no"),
+        "invoice_no": product.get("invoice_no", product.get("invoice_number")),
         "price_fen": product.get("price_fen"),
         "subsidy_fen": payload.get("discount_fen", payload.get("subsidy_fen")),
     }

@@ -173,6 +173,7 @@ class ErrorCode(enum.StrEnum):
     QUALIFICATION_LIMIT_REACHED = "qualification_limit_reached"
     QUALIFICATION_REVOKED = "qualification_revoked"
     QUALIFICATION_LOCK_SETTLED = "qualification_lock_settled"
+    QUALIFICATION_NOT_HELD = "qualification_not_held"
     NOT_A_TRADE_IN_TEMPLATE = "not_a_trade_in_template"
     TRADE_IN_IS_APPLIED_FOR = "trade_in_is_applied_for"
     CENTRAL_UNAVAILABLE = "central_unavailable"
@@ -590,6 +591,12 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.QUALIFICATION_LOCK_SETTLED: ErrorSpec(
         409, Conflict, "this application's lock was settled already; use a new Idempotency-Key"
+    ),
+    _C.QUALIFICATION_NOT_HELD: ErrorSpec(
+        409,
+        Conflict,
+        "the qualification a trade-in voucher stands for is no longer held at central "
+        "(revoked or moved): the voucher cannot be spent",
     ),
     _C.NOT_A_TRADE_IN_TEMPLATE: ErrorSpec(
         409, Conflict, "the template is a consumption voucher: claim it at /v1/claims"

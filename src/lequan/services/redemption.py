@@ -16,10 +16,12 @@ voucher is kept with the redemption and checked against nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
+
+import structlog
 
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import (
@@ -39,18 +41,23 @@ from lequan.domain.templates import AMOUNT_FEN_MAX, TradeIn
 from lequan.domain.trade_in import Product
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.ports import DuplicateKey, UnitOfWork
+from lequan.ports.central import CentralUnavailable, ConsumeOutcome, ConsumeRequest
 from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_id, redemption_body
 
+log = structlog.get_logger(__name__)
+
 __all__ = [
+    "NationalItem",
     "ProductCheck",
     "Quote",
     "RedeemOrder",
     "check_amount",
     "checked_merchant",
     "confirm",
+    "consume_nationally",
     "discount_of",
     "event_payload",
     "product_values",
@@ -155,6 +162,81 @@ class ProductCheck:
             value = getattr(product, name)
             if value is not None:
                 self.held.add((name, value))
+
+
+@dataclass(frozen=True, slots=True)
+class NationalItem:
+    """A trade-in redemption about to be written, as central's consume call needs it."""
+
+    voucher: VoucherRow
+    redemption_id: str
+    product: Product
+    subsidy_fen: int
+
+
+def consume_nationally(
+    rt: Runtime, uow: UnitOfWork, items: Sequence[NationalItem]
+) -> list[Conflict | None]:
+    """Ask central to consume each item's qualification and check its serial number or
+    IMEI against the national registry: for each, None, or why it is refused
+    (``serial_already_subsidised`` anywhere in the country, or
+    ``qualification_not_held`` when its lock at central is gone).
+
+    Redemptions of issued vouchers go on when central does not answer: each is
+    consumed when its ``redemption.completed`` event is delivered (docs/central.md).
+    """
+    if not items or rt.central is None:
+        return [None] * len(items)
+    requests: list[ConsumeRequest | None] = []
+    for item in items:
+        lock = uow.qualifications.lock_of_voucher(item.voucher.id)
+        if lock is None:
+            requests.append(None)  # a voucher issued before the province joined central
+            continue
+        requests.append(
+            ConsumeRequest(
+                lock_id=lock.id,
+                voucher_id=item.voucher.id,
+                redemption_id=item.redemption_id,
+                category=item.product.category.value,
+                serial=item.product.serial_number,
+                imei=item.product.imei,
+                invoice_no=item.product.invoice_number or "",
+                price_fen=item.product.price_fen or 0,
+                subsidy_fen=item.subsidy_fen,
+            )
+        )
+    asked = [r for r in requests if r is not None]
+    try:
+        answers = iter(rt.central.consume(asked) if asked else [])
+    except CentralUnavailable:
+        log.warning("central_consume_deferred", redemptions=len(asked))
+        return [None] * len(items)
+    refusals: list[Conflict | None] = []
+    for request in requests:
+        if request is None:
+            refusals.append(None)
+            continue
+        outcome = next(answers).outcome
+        if outcome is ConsumeOutcome.SERIAL_USED:
+            refusals.append(
+                Conflict(
+                    "serial_already_subsidised",
+                    "this serial number or IMEI is subsidised already (national registry)",
+                    details={"field": "product", "registry": "national"},
+                )
+            )
+        elif outcome is ConsumeOutcome.NOT_LOCKED:
+            refusals.append(
+                Conflict(
+                    "qualification_not_held",
+                    "the qualification this voucher stands for is no longer held at central "
+                    "(revoked or moved)",
+                )
+            )
+        else:
+            refusals.append(None)
+    return refusals
 
 
 def trade_in_product(
@@ -383,6 +465,15 @@ def redeem(
             _post_redeem(uow, redemption, voucher, now, registered)
         if record is not None:
             record(uow, (redemption, state))
+        if registered is not None and not lock:
+            # Last, with every local rule passed: the national registry and the lock. A
+            # two-phase redemption is consumed at central when confirmed, as it is
+            # completed (the product is held here from its lock).
+            (refusal,) = consume_nationally(
+                rt, uow, [NationalItem(voucher, redemption_id, registered, discount)]
+            )
+            if refusal is not None:
+                raise refusal
         uow.commit()
     return redemption, state
 
@@ -521,6 +612,14 @@ def confirm(
         _post_redeem(uow, moved, voucher, now, registered.product if registered else None)
         if record is not None:
             record(uow, (moved, state))
+        if registered is not None:
+            (refusal,) = consume_nationally(
+                rt,
+                uow,
+                [NationalItem(voucher, redemption.id, registered.product, moved.discount_fen)],
+            )
+            if refusal is not None:
+                raise refusal
         uow.commit()
     return moved, state
 

@@ -40,11 +40,13 @@ from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
 from lequan.services.redemption import (
+    NationalItem,
     ProductCheck,
     RedeemOrder,
     check_amount,
     checked_merchant,
     completed_extra,
+    consume_nationally,
     discount_of,
     event_payload,
     product_values,
@@ -310,7 +312,33 @@ class RedemptionWriter(BatchWriter[OneStep]):
                 }
             )
             outcomes[i] = (answer, False)
-        return accepted
+        return self._national(uow, accepted, outcomes)
+
+    def _national(
+        self,
+        uow: UnitOfWork,
+        accepted: list[_Accepted],
+        outcomes: list[tuple[Answer, bool] | BaseException | None],
+    ) -> list[_Accepted]:
+        """The batch's trade-in redemptions consumed at central in one call; those it
+        refuses leave the batch with their refusal."""
+        trade_ins = [a for a in accepted if a.product is not None]
+        if not trade_ins:
+            return accepted
+        refusals = consume_nationally(
+            self._rt,
+            uow,
+            [
+                NationalItem(a.voucher, a.row.id, a.product, a.row.discount_fen)
+                for a in trade_ins
+                if a.product is not None
+            ],
+        )
+        refused = {a.index for a, r in zip(trade_ins, refusals, strict=True) if r is not None}
+        for a, refusal in zip(trade_ins, refusals, strict=True):
+            if refusal is not None:
+                outcomes[a.index] = refusal
+        return [a for a in accepted if a.index not in refused]
 
     def _write(
         self, uow: UnitOfWork, batch: list[OneStep], accepted: list[_Accepted], now: datetime
