@@ -323,13 +323,23 @@ class SqlCentralStore:
         self.engine.dispose()
 
 
+def _among(connection: sa.Connection, column: Any, values: Sequence[str]) -> Any:
+    """``column IN values``: on PostgreSQL ``= ANY(array)``, one parameter, where a
+    thousand-item IN list costs milliseconds to render and parse for each query."""
+    if connection.dialect.name == "postgresql":
+        return column == sa.any_(
+            sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String))
+        )
+    return column.in_(list(values))
+
+
 def _live(connection: sa.Connection, ids: Sequence[str], now: datetime) -> list[LockRow]:
     c = t.locks.c
     rows: list[LockRow] = []
     for start in range(0, len(ids), 1000):
         chunk = list(ids[start : start + 1000])
         query = sa.select(t.locks).where(
-            c.qualification_id.in_(chunk),
+            _among(connection, c.qualification_id, chunk),
             sa.or_(
                 c.state.in_(_LIVE_ALWAYS),
                 sa.and_(c.state == SlotState.HELD.value, c.expires_at > now),
@@ -411,14 +421,14 @@ class _SqlTx:
         if self.store._postgres:
             self.c.execute(
                 sa.select(t.qualifications.c.id)
-                .where(t.qualifications.c.id.in_(ids))
+                .where(_among(self.c, t.qualifications.c.id, ids))
                 .order_by(t.qualifications.c.id)
                 .with_for_update()
             ).all()
         return set(
             self.c.execute(
                 sa.select(t.revocations.c.qualification_id).where(
-                    t.revocations.c.qualification_id.in_(ids)
+                    _among(self.c, t.revocations.c.qualification_id, ids)
                 )
             ).scalars()
         )
@@ -429,7 +439,7 @@ class _SqlTx:
     def locks(self, lock_ids: Sequence[str]) -> dict[str, LockRow]:
         if not lock_ids:
             return {}
-        rows = self.c.execute(sa.select(t.locks).where(t.locks.c.lock_id.in_(list(lock_ids))))
+        rows = self.c.execute(sa.select(t.locks).where(_among(self.c, t.locks.c.lock_id, lock_ids)))
         return {row.lock_id: _lock_row(row) for row in rows}
 
     def locks_of_vouchers(self, province: str, voucher_ids: Sequence[str]) -> dict[str, LockRow]:
@@ -525,7 +535,9 @@ class _SqlTx:
     def events(self, event_ids: Sequence[str]) -> dict[str, EventRow]:
         if not event_ids:
             return {}
-        rows = self.c.execute(sa.select(t.events).where(t.events.c.event_id.in_(list(event_ids))))
+        rows = self.c.execute(
+            sa.select(t.events).where(_among(self.c, t.events.c.event_id, event_ids))
+        )
         return {row.event_id: _event_row(row) for row in rows}
 
     def put_events(self, rows: Sequence[EventRow]) -> None:
