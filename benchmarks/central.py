@@ -227,3 +227,19 @@ def central_batch_locks(
     rate = sum(locked) / elapsed_s
     note = f"{clients} provinces x batches of {batch}, distinct people, one process"
     return rate, latencies_ms, note
+
+
+def central_lock_figure(database_url: str, *, duration_s: float) -> Any:
+    """``central_batch_locks`` as the bench table's figure: 4 provinces, batches of 1,000."""
+    import statistics
+
+    from benchmarks.scenarios import Figure
+
+    rate, latencies_ms, _ = central_batch_locks(
+        database_url, clients=4, batch=1000, duration_s=duration_s
+    )
+    ordered = sorted(latencies_ms)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else None
+    return Figure(
+        rate, statistics.median(ordered) if ordered else None, p99, {"batches": len(ordered)}
+    )

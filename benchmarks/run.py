@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from benchmarks import baselines, scenarios
+from benchmarks import baselines, central, scenarios
 from benchmarks.cluster import ClusterUnavailable, local_cluster
 from benchmarks.servers import serve_bare, serve_lequan
 from lequan.adapters.memory_gate import MemoryGate
@@ -173,6 +173,18 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                         ),
                         "same server, same load generator, 1 worker",
                     )
+        if want("central_batch_locks_pg"):
+            progress(f"run {run}/{config.runs}: central")
+            central_url, drop_central = fresh_postgres(config.postgres_url)
+            try:
+                add(
+                    "central_batch_locks_pg",
+                    "locks/s",
+                    central.central_lock_figure(central_url, duration_s=config.duration_s),
+                    "central's signed batch lock API on PostgreSQL; 4 provinces, 1,000 per call",
+                )
+            finally:
+                drop_central()
         progress(f"run {run}/{config.runs}: gate")
         if want("gate_memory"):
             add(
