@@ -19,7 +19,7 @@ import yaml
 from lequan.adapters.central_memory import MemoryCentral
 from lequan.adapters.memory_store import MemoryStore
 from lequan.domain.campaigns import CampaignConfig
-from lequan.domain.errors import Conflict, LequanError, Unavailable
+from lequan.domain.errors import Conflict, LequanError
 from lequan.rows import VoucherRow
 from lequan.services import qualification
 from lequan.services.idempotency import Idempotency
@@ -275,7 +275,7 @@ def test_a_province_without_central_issues_no_trade_in_voucher(tmp_path: Path) -
     with make_world(store=MemoryStore(), tmp_path=tmp_path, clock_at=T0) as world:
         world.open_campaign(trade_in_config(), merchants=False)
         world.register(1, channel="unionpay")
-        with pytest.raises(Unavailable) as caught:
+        with pytest.raises(Conflict) as caught:
             apply(world, 1)
         assert caught.value.code == "central_not_configured"
 

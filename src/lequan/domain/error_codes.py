@@ -614,7 +614,10 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "Idempotency-Key",
     ),
     _C.CENTRAL_NOT_CONFIGURED: ErrorSpec(
-        503, Unavailable, "this province is not connected to a central platform"
+        409,
+        Conflict,
+        "this province is not connected to a central platform (`LEQUAN_CENTRAL_URL`): no "
+        "trade-in voucher, no reconciliation",
     ),
     _C.RECONCILIATION_TOO_LARGE: ErrorSpec(
         503, Unavailable, "more vouchers in one day than one reconciliation compares"

@@ -46,6 +46,7 @@ from lequan.http.schemas import (
     ClaimIn,
     EmptyIn,
     ErrorOut,
+    OutboxReplayIn,
     PersonIn,
     QuoteIn,
     RedeemIn,
@@ -205,6 +206,7 @@ PARSED_BODIES = (
     AppIn,
     BlacklistIn,
     BlacklistRemoveIn,
+    OutboxReplayIn,
 )
 # The headers that sign a channel's or an acquirer's call (``http/signing.py``), declared as
 # security schemes all four of which a call presents: what the call says, not its fields.

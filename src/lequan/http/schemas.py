@@ -366,3 +366,39 @@ class BlacklistAddOut(BaseModel):
 
 class BlacklistRemoveOut(BaseModel):
     removed: bool = Field(description="False: the person was not blacklisted.")
+
+
+# -- the outbox delivered to central (admin) ---------------------------------------------
+
+
+class OutboxOut(BaseModel):
+    pending: int
+    dead: int
+    delivered: int
+
+
+class OutboxEventOut(BaseModel):
+    event_id: str
+    topic: str
+    voucher_id: str | None
+    seq: int | None
+    attempts: int
+    last_error: str | None
+    created_at: str
+
+
+class OutboxDeadOut(BaseModel):
+    items: list[OutboxEventOut]
+    next_cursor: str | None
+
+
+class OutboxReplayIn(_In):
+    # The events to replay, or every dead one (at most ``limit``) when omitted.
+    event_ids: (
+        Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=1000)] | None
+    ) = None
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+class OutboxReplayOut(BaseModel):
+    replayed: int

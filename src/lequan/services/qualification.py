@@ -96,10 +96,9 @@ def lock_id_for(province_code: str, app_id: str, key: str) -> str:
 
 def _central(rt: Runtime) -> CentralPlatform:
     if rt.central is None:
-        raise Unavailable(
+        raise Conflict(
             "central_not_configured",
             "this province is not connected to the central platform: no trade-in vouchers",
-            retry_after_s=60,
         )
     return rt.central
 
@@ -134,7 +133,6 @@ def _central_down() -> Unavailable:
 
 def apply(rt: Runtime, idem: Idempotency, application: Application) -> VoucherRow:
     """Issue a trade-in voucher once central locked the qualification; raise the refusal."""
-    central = _central(rt)
     now = rt.clock.now()
     lock_id = lock_id_for(rt.settings.province_code, idem.app_id, idem.key)
     with rt.store.unit_of_work(readonly=True) as uow:
@@ -145,6 +143,7 @@ def apply(rt: Runtime, idem: Idempotency, application: Application) -> VoucherRo
         person_id = _eligible_person(uow, campaign, idem.app_id, application)
         existing = uow.qualifications.get_lock(lock_id)
         live = uow.qualifications.live_locks(person_id, template.category.value)
+    central = _central(rt)  # asked only for what is applied for, and may be
     if existing is None and live >= template.items_max:
         raise Conflict(
             "qualification_limit_reached",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 
-from lequan.domain.errors import Unavailable
+from lequan.domain.errors import Conflict, Unavailable
 from lequan.ports.central import CentralUnavailable
 from lequan.rows import OutboxRow
 from lequan.services.runtime import Runtime
@@ -199,7 +199,7 @@ def _voucher_view(rt: Runtime, voucher_id: str) -> tuple[str, str, int] | None:
 def reconcile(rt: Runtime, day: date) -> Reconciliation:
     """Compare the province's record of ``day`` with central's."""
     if rt.central is None:
-        raise Unavailable(
+        raise Conflict(
             "central_not_configured", "this province is not connected to a central platform"
         )
     province, vouchers = province_facts(rt, day)

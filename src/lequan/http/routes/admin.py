@@ -13,7 +13,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from lequan.domain.errors import AuthError, InvalidInput
 from lequan.http.deps import Operator, PlatformDep, json_body
@@ -30,6 +29,10 @@ from lequan.http.schemas import (
     CampaignListOut,
     CampaignOut,
     MerchantImportOut,
+    OutboxDeadOut,
+    OutboxOut,
+    OutboxReplayIn,
+    OutboxReplayOut,
 )
 from lequan.rows import CampaignRow
 from lequan.services import admin, campaigns, reconcile, relay
@@ -314,41 +317,6 @@ async def blacklist_remove(
 
 
 # -- the outbox delivered to central ---------------------------------------------------------
-
-
-class OutboxOut(BaseModel):
-    pending: int
-    dead: int
-    delivered: int
-
-
-class OutboxEventOut(BaseModel):
-    event_id: str
-    topic: str
-    voucher_id: str | None
-    seq: int | None
-    attempts: int
-    last_error: str | None
-    created_at: str
-
-
-class OutboxDeadOut(BaseModel):
-    items: list[OutboxEventOut]
-    next_cursor: str | None
-
-
-class OutboxReplayIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    # The events to replay, or every dead one (at most ``limit``) when omitted.
-    event_ids: (
-        Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=1000)] | None
-    ) = None
-    limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
-
-
-class OutboxReplayOut(BaseModel):
-    replayed: int
 
 
 @router.get(
