@@ -239,3 +239,21 @@ def test_events_of_a_day_are_listed_by_id_with_a_cursor(store: Store) -> None:
         assert [(r.id, r.voucher_id, r.seq) for r in day] == [("e1", None, None), ("e2", "v1", 1)]
         rest = uow.outbox.events_between(T0, T0 + timedelta(days=1), after_id="e1", limit=1)
         assert [r.id for r in rest] == ["e2"]
+
+
+def test_a_vouchers_pending_events_in_seq_order(store: Store) -> None:
+    _add(
+        store,
+        [("a1", "voucher.issued", {"voucher_id": "v1"}), ("b1", "t", {"voucher_id": "v2"})],
+        T0,
+    )
+    _add(store, [("a2", "redemption.completed", {"voucher_id": "v1"})], T0)
+    _add(store, [("a3", "redemption.refunded", {"voucher_id": "v1"})], T0)
+    with store.unit_of_work() as uow:
+        uow.outbox.mark_delivered(["a1"], now=T0)
+        uow.commit()
+    with store.unit_of_work(readonly=True) as uow:
+        pending = uow.outbox.pending_of_voucher("v1", 10)
+        assert [(r.id, r.seq) for r in pending] == [("a2", 2), ("a3", 3)]
+        assert [r.id for r in uow.outbox.pending_of_voucher("v1", 1)] == ["a2"]
+        assert uow.outbox.pending_of_voucher("v9", 10) == []

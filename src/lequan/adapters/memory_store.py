@@ -1308,6 +1308,16 @@ class MemoryOutbox(_Repository):
             counts[e.status] += 1
         return dict(counts)
 
+    def pending_of_voucher(self, voucher_id: str, limit: int) -> list[OutboxRow]:
+        found = sorted(
+            (
+                (e.seq or 0, event_id, e)
+                for event_id, e in self._u.read().outbox.items()
+                if e.voucher_id == voucher_id and e.status == "pending"
+            ),
+        )[:limit]
+        return [_outbox_row(event_id, e) for _, event_id, e in found]
+
     def events_between(
         self, start: datetime, end: datetime, *, after_id: str | None, limit: int
     ) -> list[OutboxRow]:

@@ -404,6 +404,10 @@ class OutboxRepository(Protocol):
         """Events written in [start, end), by id (for reconciliation)."""
         ...
 
+    def pending_of_voucher(self, voucher_id: str, limit: int) -> list[OutboxRow]:
+        """The voucher's events not delivered yet (pending), in seq order."""
+        ...
+
 
 class QualificationRepository(Protocol):
     """Trade-in qualification locks, one row per lock asked of central."""

@@ -41,7 +41,14 @@ from lequan.domain.templates import AMOUNT_FEN_MAX, TradeIn
 from lequan.domain.trade_in import Product
 from lequan.domain.vouchers import Action, VoucherState, next_state
 from lequan.ports import DuplicateKey, UnitOfWork
-from lequan.ports.central import CentralUnavailable, ConsumeOutcome, ConsumeRequest
+from lequan.ports.central import (
+    CentralPlatform,
+    CentralUnavailable,
+    ConsumeOutcome,
+    ConsumeRequest,
+    EventOutcome,
+    SyncEvent,
+)
 from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.runtime import Runtime
@@ -208,6 +215,9 @@ def consume_nationally(
         )
     asked = [r for r in requests if r is not None]
     try:
+        # What central has not heard of a voucher yet (a refund that gave it back)
+        # goes first, so central sees the voucher as this province does.
+        _deliver_pending(rt.central, uow, [r.voucher_id for r in asked], now=rt.clock.now())
         answers = iter(rt.central.consume(asked) if asked else [])
     except CentralUnavailable:
         log.warning("central_consume_deferred", redemptions=len(asked))
@@ -237,6 +247,41 @@ def consume_nationally(
         else:
             refusals.append(None)
     return refusals
+
+
+# A voucher's events a redemption sends ahead of itself, at most.
+_PENDING_AHEAD_MAX = 50
+
+
+def _deliver_pending(
+    central: CentralPlatform, uow: UnitOfWork, voucher_ids: Sequence[str], *, now: datetime
+) -> None:
+    """Deliver the vouchers' pending events now, in order, and mark them delivered in
+    the caller's transaction (rolled back with it: the relay sends them again, and
+    central answers duplicates)."""
+    pending = [
+        row
+        for voucher_id in voucher_ids
+        for row in uow.outbox.pending_of_voucher(voucher_id, _PENDING_AHEAD_MAX)
+    ]
+    if not pending:
+        return
+    results = central.deliver(
+        [
+            SyncEvent(
+                event_id=row.id,
+                topic=row.topic,
+                at=row.created_at,
+                payload=json.loads(row.payload_json),
+                voucher_id=row.voucher_id,
+                seq=row.seq,
+            )
+            for row in pending
+        ]
+    )
+    uow.outbox.mark_delivered(
+        [r.event_id for r in results if r.outcome is not EventOutcome.REJECTED], now=now
+    )
 
 
 def trade_in_product(
@@ -666,13 +711,17 @@ def reverse(
 
 def _released(uow: UnitOfWork, redemption: RedemptionRow, now: datetime) -> dict[str, Any]:
     """Let go of the redemption's trade-in product, so it may be subsidised again;
-    what its event adds: the product's category."""
+    what its event adds: the product's category and price (central and the
+    reconciliation take the price back out of the day's consumptions)."""
     registered = uow.products.get_product(redemption.id)
     if registered is None:
         return {}
     released = uow.products.release_product(redemption.id, now=now)
     assert released, "a redemption is reversed or refunded once"
-    return {"category": registered.product.category.value}
+    return {
+        "category": registered.product.category.value,
+        "price_fen": registered.product.price_fen,
+    }
 
 
 def _undo_redeem(

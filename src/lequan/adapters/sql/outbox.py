@@ -122,3 +122,13 @@ class SqlOutbox:
         if after_id is not None:
             query = query.where(o.id > after_id)
         return [_row(r) for r in self._s.exec(query.order_by(o.id).limit(limit))]
+
+    def pending_of_voucher(self, voucher_id: str, limit: int) -> list[OutboxRow]:
+        o = t.outbox.c
+        query = (
+            sa.select(*(o[c] for c in _COLUMNS))
+            .where(o.voucher_id == voucher_id, o.status == "pending")
+            .order_by(o.seq)
+            .limit(limit)
+        )
+        return [_row(r) for r in self._s.exec(query)]
