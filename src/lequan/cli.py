@@ -254,12 +254,25 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="Where the demo's store lives (wiped).")] = Path(
         "lequan-data/demo"
     ),
+    trade_in: Annotated[
+        bool,
+        typer.Option(
+            "--trade-in/--no-trade-in",
+            help="Then the trade-in act: central and two provinces, each its own process.",
+        ),
+    ] = True,
 ) -> None:
-    """Run a real-shaped campaign end to end on the embedded default, then keep serving."""
+    """Run a real-shaped campaign end to end on the embedded default, then trade-in
+    subsidies across a central platform and two provinces, then keep serving."""
     from lequan.demo import run_demo
 
     ok = run_demo(
-        people=people, port=port, serve_after=serve_after, as_json=as_json, data_dir=data_dir
+        people=people,
+        port=port,
+        serve_after=serve_after,
+        as_json=as_json,
+        data_dir=data_dir,
+        trade_in=trade_in,
     )
     if not ok:
         raise typer.Exit(1)

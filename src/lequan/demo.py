@@ -34,6 +34,7 @@ from rich.table import Table
 from lequan.bootstrap import Platform, build_runtime, start_platform
 from lequan.client import LequanAuth
 from lequan.config import Settings
+from lequan.demo_trade_in import TradeInSummary, run_trade_in_demo
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.identity import synthetic_id_number
 from lequan.examples import EXAMPLES_DIR, example_campaign, example_merchants
@@ -174,7 +175,15 @@ def _serve(platform: Platform, port: int) -> tuple[uvicorn.Server, threading.Thr
     return server, thread
 
 
-def run_demo(*, people: int, port: int, serve_after: bool, as_json: bool, data_dir: Path) -> bool:
+def run_demo(  # the CLI's options, by name
+    *,
+    people: int,
+    port: int,
+    serve_after: bool,
+    as_json: bool,
+    data_dir: Path,
+    trade_in: bool = True,
+) -> bool:
     console = Console(stderr=as_json)
     configure_logging(json=True, level="WARNING")
     if data_dir.exists():
@@ -219,7 +228,16 @@ def run_demo(*, people: int, port: int, serve_after: bool, as_json: bool, data_d
         thread.join(10)
         platform.close()
         raise
-    _report(summary, console, as_json)
+    acted: TradeInSummary | None = None
+    if trade_in:
+        try:
+            acted = run_trade_in_demo(home=data_dir / "trade-in", console=console)
+        except BaseException:
+            server.should_exit = True
+            thread.join(10)
+            platform.close()
+            raise
+    _report(summary, console, as_json, trade_in=acted)
     if serve_after:
         console.print(
             f"\n[bold]Serving on {base_url}[/] — API docs {base_url}/docs · "
@@ -238,7 +256,7 @@ def run_demo(*, people: int, port: int, serve_after: bool, as_json: bool, data_d
     server.should_exit = True
     thread.join(10)
     platform.close()
-    return summary.invariants_ok
+    return summary.invariants_ok and (acted is None or acted.ok)
 
 
 def _replay(  # noqa: PLR0917  # one call site; the names read better than a bag
@@ -475,9 +493,14 @@ def _redeem(
     return outcomes, discount_fen, orders_fen
 
 
-def _report(summary: DemoSummary, console: Console, as_json: bool) -> None:
+def _report(
+    summary: DemoSummary, console: Console, as_json: bool, *, trade_in: TradeInSummary | None
+) -> None:
     if as_json:
-        print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=2))
+        shown = summary.as_dict()
+        if trade_in is not None:
+            shown["trade_in"] = trade_in.as_dict()
+        print(json.dumps(shown, ensure_ascii=False, indent=2))
         return
     table = Table(title="claims by outcome")
     table.add_column("outcome")

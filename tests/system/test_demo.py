@@ -49,6 +49,17 @@ def test_demo_replays_a_crowd_and_every_invariant_holds(tmp_path: Path) -> None:
     assert redemptions.get("refunded_voucher_issued", 0) == 1
     assert 0 < summary["discount_paid_fen"] < summary["orders_fen"]
     assert summary["committed_fen"] <= summary["budget_fen"]
+    # The trade-in act: central and two provinces, each its own process.
+    trade_in = summary["trade_in"]
+    assert trade_in["ok"] is True, trade_in
+    steps = {s["step"]: (s["status"], s["code"]) for s in trade_in["steps"]}
+    assert (409, "qualification_used_elsewhere") in steps.values()
+    assert (503, "central_unavailable") in steps.values()
+    assert steps["relays caught up"] == (0, "")
+    assert {code for code, r in trade_in["reconciliations"].items() if r["ok"]} == {
+        "310000",
+        "330000",
+    }
 
 
 @pytest.mark.slow
@@ -71,6 +82,7 @@ def test_demo_under_python_O_still_writes_everything(tmp_path: Path) -> None:
             "--port",
             "0",
             "--no-serve",
+            "--no-trade-in",  # its provinces are processes of their own, run without -O
             "--json",
             "--data-dir",
             str(tmp_path / "demo"),

@@ -132,8 +132,17 @@ def province_add(
     url: Annotated[
         str | None, typer.Option(help="Central's URL as provinces reach it (printed back).")
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="JSON, as ever: the form `lequan province init` reads (credentials_file).",
+        ),
+    ] = True,
 ) -> None:
-    """Register a province; prints its app id, secret and central's public key as JSON."""
+    """Register a province; prints its app id, secret and central's public key as JSON
+    (save it, mode 600, as the province file's ``central.credentials_file``)."""
+    del as_json  # the output is the province's credentials file: JSON in every case
     from lequan.central.ports import ProvinceRow
     from lequan.ports.errors import DuplicateKey
 
