@@ -57,6 +57,12 @@ def test_a_day_reconciles_once_its_events_are_delivered(open_api: OpenApi) -> No
     assert fact(body, "refrigerator", "consumed") == ([1, 599_900], [1, 599_900])
     assert fact(body, "refrigerator", "subsidy") == ([1, 119_980], [1, 119_980])
     assert fact(body, "refrigerator", "released") == ([0, 0], [0, 0])
+    # The ledger owes the acquirer the same subsidy, in the category's own account, and
+    # every invariant of the campaign holds.
+    checked = api.check("sh-trade-in-2024")
+    assert checked["ok"], checked["problems"]
+    assert checked["balances"]["payable:acq-unionpay:refrigerator"] == 119_980
+    assert "payable:acq-unionpay" not in checked["balances"]
 
 
 def test_an_event_central_never_got_is_a_mismatch_with_its_voucher(open_api: OpenApi) -> None:

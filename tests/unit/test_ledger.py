@@ -400,3 +400,24 @@ def test_each_entry_moves_the_budget_counter_by_what_it_commits() -> None:
     # A voucher used whole gives nothing back.
     whole = redeem_entry(face_fen=9_000, discount_fen=9_000, acquirer_id="acq")
     assert committed_change_fen(whole) == 0
+
+
+def test_a_trade_in_subsidy_is_owed_in_its_categorys_own_account() -> None:
+    from lequan.domain.ledger import payable_account, refund_void_entry, reverse_entry
+
+    redeem = redeem_entry(
+        face_fen=200_000, discount_fen=119_980, acquirer_id="acq-jd", category="refrigerator"
+    )
+    assert balances([redeem]) == {
+        "outstanding": -200_000,
+        "payable:acq-jd:refrigerator": 119_980,
+        "budget": 80_020,
+    }
+    undone = reverse_entry(
+        face_fen=200_000, discount_fen=119_980, acquirer_id="acq-jd", category="refrigerator"
+    )
+    assert all(v == 0 for v in balances([redeem, undone]).values())
+    void = refund_void_entry(discount_fen=119_980, acquirer_id="acq-jd", category="refrigerator")
+    assert balances([redeem, void])["payable:acq-jd:refrigerator"] == 0
+    assert payable_account("acq-jd").startswith("payable:acq-jd")
+    assert payable_account("acq-jd", "tv") == "payable:acq-jd:tv"

@@ -5,7 +5,9 @@ Accounts of one campaign:
 - ``funding``        the issuer's money before it is given to the campaign (goes negative);
 - ``budget``         money still free to commit to new vouchers (never below zero);
 - ``outstanding``    the face value of vouchers issued and not yet used, expired or revoked;
-- ``payable:<acq>``  the discounts redeemed through an acquirer, owed until settlement.
+- ``payable:<acq>``  the discounts redeemed through an acquirer, owed until settlement;
+- ``payable:<acq>:<category>``  a trade-in subsidy, owed to the acquirer as above and
+  kept apart by product category (the figure reconciled with central, per category).
 
 Every entry sums to zero. With these postings, at every commit and per
 campaign: budget + outstanding + Σ payable = the funded amount, and
@@ -42,8 +44,11 @@ class Account(enum.StrEnum):
     OUTSTANDING = "outstanding"
 
 
-def payable_account(acquirer_id: str) -> str:
-    return f"payable:{acquirer_id}"
+def payable_account(acquirer_id: str, category: str | None = None) -> str:
+    """What an acquirer is owed: for a trade-in subsidy, in the product category's own
+    account (acquirer ids have no ``:``, so ``payable:<acq>`` prefixes both)."""
+    assert ":" not in acquirer_id, acquirer_id
+    return f"payable:{acquirer_id}" if category is None else f"payable:{acquirer_id}:{category}"
 
 
 class EntryKind(enum.StrEnum):
@@ -92,32 +97,42 @@ def issue_entry(face_total_fen: int) -> Entry:
     )
 
 
-def redeem_entry(*, face_fen: int, discount_fen: int, acquirer_id: str) -> Entry:
-    """The discount becomes payable; what the voucher did not use returns to the budget."""
+def redeem_entry(
+    *, face_fen: int, discount_fen: int, acquirer_id: str, category: str | None = None
+) -> Entry:
+    """The discount becomes payable (a trade-in subsidy by its product ``category``);
+    what the voucher did not use returns to the budget."""
     assert 0 < discount_fen <= face_fen
     return _entry(
         EntryKind.REDEEM,
         (Account.OUTSTANDING, -face_fen),
-        (payable_account(acquirer_id), discount_fen),
+        (payable_account(acquirer_id, category), discount_fen),
         (Account.BUDGET, face_fen - discount_fen),
     )
 
 
 def reverse_entry(
-    *, face_fen: int, discount_fen: int, acquirer_id: str, kind: EntryKind = EntryKind.REVERSE
+    *,
+    face_fen: int,
+    discount_fen: int,
+    acquirer_id: str,
+    category: str | None = None,
+    kind: EntryKind = EntryKind.REVERSE,
 ) -> Entry:
     """Undo a redemption exactly (reversal, or a refund that gives the voucher back)."""
     assert kind in (EntryKind.REVERSE, EntryKind.REFUND_RESTORE)
-    redeem = redeem_entry(face_fen=face_fen, discount_fen=discount_fen, acquirer_id=acquirer_id)
+    redeem = redeem_entry(
+        face_fen=face_fen, discount_fen=discount_fen, acquirer_id=acquirer_id, category=category
+    )
     return Entry(kind, tuple(Posting(p.account, -p.amount_fen) for p in redeem.postings))
 
 
-def refund_void_entry(*, discount_fen: int, acquirer_id: str) -> Entry:
+def refund_void_entry(*, discount_fen: int, acquirer_id: str, category: str | None = None) -> Entry:
     """A refunded voucher that is not given back: the discount returns to the budget."""
     assert discount_fen > 0
     return _entry(
         EntryKind.REFUND_VOID,
-        (payable_account(acquirer_id), -discount_fen),
+        (payable_account(acquirer_id, category), -discount_fen),
         (Account.BUDGET, discount_fen),
     )
 

@@ -598,6 +598,7 @@ def _post_redeem(
             face_fen=voucher.face_fen,
             discount_fen=redemption.discount_fen,
             acquirer_id=redemption.acquirer_id,
+            category=product.category.value if product is not None else None,
         ),
         campaign_id=voucher.campaign_id,
         now=now,
@@ -724,6 +725,12 @@ def _released(uow: UnitOfWork, redemption: RedemptionRow, now: datetime) -> dict
     }
 
 
+def _category_of(uow: UnitOfWork, redemption: RedemptionRow) -> str | None:
+    """The product category of a trade-in redemption (its payable account's), or None."""
+    registered = uow.products.get_product(redemption.id)
+    return registered.product.category.value if registered is not None else None
+
+
 def _undo_redeem(
     uow: UnitOfWork,
     redemption: RedemptionRow,
@@ -738,6 +745,7 @@ def _undo_redeem(
             face_fen=voucher.face_fen,
             discount_fen=redemption.discount_fen,
             acquirer_id=redemption.acquirer_id,
+            category=_category_of(uow, redemption),
             kind=kind,
         ),
         campaign_id=voucher.campaign_id,
@@ -786,7 +794,11 @@ def refund(
         else:
             state = next_state(refunded, Action.VOID)
             uow.ledger.record(
-                refund_void_entry(discount_fen=moved.discount_fen, acquirer_id=moved.acquirer_id),
+                refund_void_entry(
+                    discount_fen=moved.discount_fen,
+                    acquirer_id=moved.acquirer_id,
+                    category=_category_of(uow, moved),
+                ),
                 campaign_id=voucher.campaign_id,
                 now=now,
                 voucher_id=voucher.id,

@@ -370,6 +370,7 @@ class RedemptionWriter(BatchWriter[OneStep]):
                     face_fen=a.voucher.face_fen,
                     discount_fen=a.row.discount_fen,
                     acquirer_id=a.row.acquirer_id,
+                    category=a.product.category.value if a.product is not None else None,
                 ),
                 {
                     "campaign_id": a.voucher.campaign_id,
