@@ -442,20 +442,10 @@ def outbox_dead(
 ) -> None:
     """The dead-lettered events: what central refused or never took, and why."""
     from lequan.services import relay
+    from lequan.services.views import outbox_event_body
 
     rows = relay.dead_letters(_runtime(), after_id=after, limit=limit)
-    items = [
-        {
-            "event_id": r.id,
-            "topic": r.topic,
-            "voucher_id": r.voucher_id,
-            "seq": r.seq,
-            "attempts": r.attempts,
-            "last_error": r.last_error,
-            "created_at": r.created_at.isoformat(),
-        }
-        for r in rows
-    ]
+    items = [outbox_event_body(r) for r in rows]
     if as_json:
         typer.echo(json.dumps({"items": items}, ensure_ascii=False, indent=2))
         return

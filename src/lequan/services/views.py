@@ -20,9 +20,17 @@ from lequan.domain.errors import (
     NotFound,
     Unavailable,
 )
-from lequan.rows import RedemptionRow, VoucherRow
+from lequan.rows import OutboxRow, RedemptionRow, VoucherRow
 
-__all__ = ["error_body", "http_status", "new_id", "new_ids", "redemption_body", "voucher_body"]
+__all__ = [
+    "error_body",
+    "http_status",
+    "new_id",
+    "new_ids",
+    "outbox_event_body",
+    "redemption_body",
+    "voucher_body",
+]
 
 
 def new_id(prefix: str) -> str:
@@ -103,3 +111,17 @@ def http_status(error: LequanError) -> int:
         if isinstance(error, kind):
             return kind_status
     return 400
+
+
+def outbox_event_body(row: OutboxRow) -> dict[str, Any]:
+    """An outbox event as operators see it (without its payload: it may hold product
+    details, and is central's business)."""
+    return {
+        "event_id": row.id,
+        "topic": row.topic,
+        "voucher_id": row.voucher_id,
+        "seq": row.seq,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "created_at": row.created_at.isoformat(),
+    }

@@ -37,6 +37,7 @@ from lequan.http.schemas import (
 from lequan.rows import CampaignRow
 from lequan.services import admin, campaigns, reconcile, relay
 from lequan.services.invariants import check_campaign
+from lequan.services.views import outbox_event_body
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -347,18 +348,7 @@ async def outbox_dead(
     rows = await run_in_threadpool(
         lambda: relay.dead_letters(platform.rt, after_id=cursor, limit=limit)
     )
-    items = [
-        {
-            "event_id": r.id,
-            "topic": r.topic,
-            "voucher_id": r.voucher_id,
-            "seq": r.seq,
-            "attempts": r.attempts,
-            "last_error": r.last_error,
-            "created_at": r.created_at.isoformat(),
-        }
-        for r in rows
-    ]
+    items = [outbox_event_body(r) for r in rows]
     next_cursor = rows[-1].id if len(rows) == limit else None
     return JSONResponse({"items": items, "next_cursor": next_cursor})
 
