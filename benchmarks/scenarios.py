@@ -32,10 +32,10 @@ from lequan.bootstrap import build_runtime, require_matching_keys
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig
 from lequan.examples import example_campaign, example_merchants
-from lequan.http.signing import signature_headers
 from lequan.ports import ClaimGate, ReserveRequest
 from lequan.services import admin, campaigns
 from lequan.services.runtime import Runtime
+from lequan.signing import signature_headers
 
 __all__ = ["Figure", "Stack", "gate_rate", "prepare_stack"]
 

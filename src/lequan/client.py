@@ -1,7 +1,7 @@
 """Signed calls to the lequan API for channels, acquirers, the demo and the tests.
 
 ``LequanAuth`` is an ``httpx.Auth``: give it to a client and every request
-leaves with the four signature headers of ``lequan.http.signing``::
+leaves with the four signature headers of ``lequan.signing``::
 
     import httpx
     from lequan.client import LequanAuth
@@ -26,7 +26,7 @@ from collections.abc import Callable, Generator
 
 import httpx
 
-from lequan.http.signing import signature_headers
+from lequan.signing import signature_headers
 
 __all__ = ["LequanAuth"]
 

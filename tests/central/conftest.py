@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.central import CentralProcess
 from lequan.adapters.central_http import CentralRefused, HttpCentral
-from lequan.adapters.central_memory import MemoryCentral
 from lequan.adapters.clock import ManualClock
+from lequan.central.in_process import MemoryCentral
 from lequan.domain.errors import InvalidInput
 from lequan.domain.qualification import day_of
 from lequan.ports.central import CentralPlatform

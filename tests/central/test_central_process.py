@@ -14,8 +14,7 @@ import pytest
 
 from benchmarks.central import CentralProcess
 from lequan.adapters.central_http import HttpCentral
-from lequan.central.oprf import PseudonymKey
-from lequan.http.signing import signature_headers
+from lequan.oprf import PseudonymKey
 from lequan.ports.central import (
     CentralUnavailable,
     ConsumeOutcome,
@@ -25,6 +24,7 @@ from lequan.ports.central import (
     LockRequest,
     SyncEvent,
 )
+from lequan.signing import signature_headers
 
 
 def _signed_post(

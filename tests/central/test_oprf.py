@@ -1,4 +1,4 @@
-"""The OPRF behind national pseudonyms (``central/oprf.py`` over ``voprf``), checked
+"""The OPRF behind national pseudonyms (``oprf.py`` over ``voprf``), checked
 before it is relied on: RFC 9497's own test vectors, then the protocol's promises."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from lequan.central import oprf
+from lequan import oprf
 from lequan.domain.errors import InvalidInput
 
 # RFC 9497, Appendix A.1.2: VOPRF(ristretto255, SHA-512), Test Vector 1 (Batch Size 1).

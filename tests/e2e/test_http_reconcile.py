@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lequan.adapters.central_memory import MemoryCentral
+from lequan.central.in_process import MemoryCentral
 from lequan.services.relay import relay_round
 from tests.e2e.conftest import Api, OpenApi, assert_error
 from tests.e2e.test_http_trade_in import _ApiClock, _open, claim, fridge, redeem, sync

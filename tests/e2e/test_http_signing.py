@@ -21,7 +21,7 @@ from lequan.adapters.clock import SystemClock
 from lequan.adapters.nonces import MemoryNonceStore
 from lequan.client import LequanAuth
 from lequan.http.app import create_app
-from lequan.http.signing import signature_headers
+from lequan.signing import signature_headers
 from tests.e2e.conftest import ACQUIRER, Api, OpenApi, assert_error, person_body
 
 

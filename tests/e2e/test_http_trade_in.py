@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from lequan.adapters.central_memory import MemoryCentral
+from lequan.central.in_process import MemoryCentral
 from lequan.domain.errors import LequanError
 from lequan.domain.trade_in import Category, Product
 from lequan.examples import EXAMPLES_DIR, example_campaign

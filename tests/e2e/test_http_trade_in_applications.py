@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lequan.adapters.central_memory import MemoryCentral
+from lequan.central.in_process import MemoryCentral
 from tests.e2e.conftest import Api, OpenApi, assert_error, assert_refused
 from tests.unit.test_trade_in_applications import trade_in_config
 

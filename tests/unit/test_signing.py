@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from lequan.client import LequanAuth
 from lequan.domain.errors import AuthError
-from lequan.http.signing import (
+from lequan.signing import (
     SignedHeaders,
     VerifiedRequest,
     body_digest,

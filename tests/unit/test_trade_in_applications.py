@@ -1,6 +1,6 @@
 """Trade-in applications: a voucher only once central locked the qualification.
 
-Central is the in-process one (``adapters/central_memory.py``: central's own
+Central is the in-process one (``central/in_process.py``: central's own
 services and rules over an in-memory store, shared by two provinces here); the
 province runs on the in-memory store. The same flows against real central
 and province processes are in tests/system.
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from lequan.adapters.central_memory import MemoryCentral
 from lequan.adapters.memory_store import MemoryStore
+from lequan.central.in_process import MemoryCentral
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.errors import Conflict, LequanError
 from lequan.rows import VoucherRow

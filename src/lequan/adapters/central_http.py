@@ -13,7 +13,7 @@ raises ``CentralRefused`` with central's code (never retried).
 Calls larger than ``BATCH_MAX`` are split into batches, in order.
 ``pseudonyms`` blinds each ID number, has central evaluate the batch,
 verifies central's proof against the public key the province was given
-with its credentials, and finalizes (``lequan.central.oprf``).
+with its credentials, and finalizes (``lequan.oprf``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from lequan.central import oprf
-from lequan.http.signing import signature_headers
+from lequan import oprf
 from lequan.ports.central import (
     BATCH_MAX,
     CentralDay,
@@ -44,6 +43,7 @@ from lequan.ports.central import (
     LockResult,
     SyncEvent,
 )
+from lequan.signing import signature_headers
 
 __all__ = ["CentralRefused", "HttpCentral"]
 

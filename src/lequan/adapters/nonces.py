@@ -9,7 +9,7 @@ Two implementations of ``lequan.ports.NonceStore``:
 * ``RedisNonceStore`` for a fleet of API processes: one ``SET NX GET EX``
   per request, atomic on the server, forgotten by Redis when the window ends.
 
-The caller passes nonces that ``lequan.http.signing.parse_headers`` accepted
+The caller passes nonces that ``lequan.signing.parse_headers`` accepted
 (8-64 characters of ``[A-Za-z0-9_-]``) and a ttl at least as long as the
 accepted clock skew on both sides (2 x ``max_skew_s``), since a timestamp
 may be that far ahead of the server and still be accepted later.

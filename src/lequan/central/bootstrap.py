@@ -24,11 +24,11 @@ from lequan.adapters.crypto import (
 from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
 from lequan.adapters.sql.engine import create_engine
 from lequan.central.config import CentralSettings
-from lequan.central.oprf import SEED_BYTES, PseudonymKey
 from lequan.central.services import CentralService
 from lequan.central.store import SqlCentralStore
 from lequan.central.store import migrate as central_migrate
 from lequan.domain.errors import LequanError
+from lequan.oprf import SEED_BYTES, PseudonymKey
 from lequan.ports import Clock, NonceStore
 
 __all__ = [

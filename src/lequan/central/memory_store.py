@@ -1,5 +1,5 @@
 """Central's store in one process's memory: the in-process fake of central
-(``lequan.adapters.central_memory``) and the services' unit tests.
+(``lequan.central.in_process``) and the services' unit tests.
 
 One transaction at a time (a lock held from begin to end, as SQLite's
 write lock does), each write undone if the block fails, and every row

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
-from lequan.central.oprf import PseudonymKey, decode_blinded
 from lequan.central.ports import CentralStore, CentralTx, EventRow, Fact, LockRow, qualification_id
 from lequan.domain import qualification as q
 from lequan.domain.error_codes import ErrorCode
 from lequan.domain.errors import InvalidInput, NotFound
 from lequan.domain.qualification import Action, SerialKey, SlotState, Step
+from lequan.oprf import PseudonymKey, decode_blinded
 from lequan.ports import Clock
 from lequan.ports.central import (
     BATCH_MAX,

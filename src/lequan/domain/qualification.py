@@ -3,7 +3,7 @@ which order a voucher's events apply, and how serial numbers and IMEIs are keyed
 
 Pure: no clock (the caller passes ``now``), no store. Central's services
 (``lequan.central.services``) and the in-process fake of the port
-(``lequan.adapters.central_memory``) both decide through these functions,
+(``lequan.central.in_process``) both decide through these functions,
 so the fake cannot drift from the real thing.
 
 A qualification is one (pseudonym, category) with ``items_max`` slots

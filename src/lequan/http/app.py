@@ -208,7 +208,7 @@ PARSED_BODIES = (
     BlacklistRemoveIn,
     OutboxReplayIn,
 )
-# The headers that sign a channel's or an acquirer's call (``http/signing.py``), declared as
+# The headers that sign a channel's or an acquirer's call (``signing.py``), declared as
 # security schemes all four of which a call presents: what the call says, not its fields.
 SIGNING_HEADERS = {
     "X-Lequan-App": "The calling app's id.",

@@ -21,10 +21,10 @@ from lequan.http import envelope
 from lequan.http.admission import TokenBuckets
 from lequan.http.claims import ClaimDesk
 from lequan.http.coalescing import Coalescer
-from lequan.http.signing import TIMESTAMP_HEADER, parse_headers, verify_signed
 from lequan.ports import NonceStore
 from lequan.services.admin import authenticate_operator
 from lequan.services.idempotency import Idempotency, request_hash
+from lequan.signing import TIMESTAMP_HEADER, parse_headers, verify_signed
 
 __all__ = [
     "AcquirerApp",

@@ -1,9 +1,9 @@
 """Central's signed HTTP API (docs/central.md): a province is an app, and signs every
-call with the X-Lequan-* scheme of ``lequan.http.signing``.
+call with the X-Lequan-* scheme of ``lequan.signing``.
 
 Every route takes a batch (at most ``ports.central.BATCH_MAX`` items), is
 idempotent, and answers each item in order. The pieces are the province's:
-``http/signing.py`` for the signature, a ``NonceStore`` for replays,
+``signing.py`` for the signature, a ``NonceStore`` for replays,
 ``http/envelope.py`` for every error's status and body, ``http.app.BodyLimit``
 for bodies. Bad input is a 4xx with a stable code and changes nothing; a
 store that does not answer is ``503 store_unavailable``.
@@ -34,13 +34,13 @@ from lequan.domain.errors import AuthError, InvalidInput
 from lequan.http import envelope
 from lequan.http.app import BodyLimit
 from lequan.http.deps import raw_target
-from lequan.http.signing import TIMESTAMP_HEADER, parse_headers, verify_signed
 from lequan.ports import NonceStore, StoreUnavailable
 from lequan.ports.central import (
     ConsumeRequest,
     LockRequest,
     SyncEvent,
 )
+from lequan.signing import TIMESTAMP_HEADER, parse_headers, verify_signed
 
 __all__ = ["CentralApp", "bounded", "create_app"]
 

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from datetime import date
 
 from lequan.central.memory_store import MemoryCentralStore
-from lequan.central.oprf import PseudonymKey
 from lequan.central.services import CentralService
+from lequan.oprf import PseudonymKey
 from lequan.ports import Clock
 from lequan.ports.central import (
     CentralDay,
@@ -87,7 +87,7 @@ class MemoryCentral:
             raise CentralUnavailable("central is down (MemoryCentral.down)")
 
     def pseudonyms(self, id_numbers: Sequence[str]) -> list[str]:
-        from lequan.central import oprf
+        from lequan import oprf
 
         self._call("pseudonyms")
         if not id_numbers:
