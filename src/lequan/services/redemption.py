@@ -47,10 +47,10 @@ from lequan.ports.central import (
     ConsumeOutcome,
     ConsumeRequest,
     EventOutcome,
-    SyncEvent,
 )
 from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
+from lequan.services.relay import sync_event
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_id, redemption_body
 
@@ -266,19 +266,7 @@ def _deliver_pending(
     ]
     if not pending:
         return
-    results = central.deliver(
-        [
-            SyncEvent(
-                event_id=row.id,
-                topic=row.topic,
-                at=row.created_at,
-                payload=json.loads(row.payload_json),
-                voucher_id=row.voucher_id,
-                seq=row.seq,
-            )
-            for row in pending
-        ]
-    )
+    results = central.deliver([sync_event(row) for row in pending])
     uow.outbox.mark_delivered(
         [r.event_id for r in results if r.outcome is not EventOutcome.REJECTED], now=now
     )

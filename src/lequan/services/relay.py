@@ -18,7 +18,6 @@ duplicates. Any number of relays (one per API process) may run at once.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +31,7 @@ from lequan.ports.central import (
     SyncEvent,
 )
 from lequan.rows import OutboxRow
+from lequan.services.background import Loop
 from lequan.services.runtime import Runtime
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "dead_letters",
     "relay_round",
     "replay",
+    "sync_event",
 ]
 
 log = structlog.get_logger(__name__)
@@ -65,7 +66,8 @@ def backoff_s(attempts: int, *, first_s: float, max_s: float) -> float:
     return float(min(max_s, first_s * 2 ** min(attempts - 1, 32)))
 
 
-def _wire(row: OutboxRow) -> SyncEvent:
+def sync_event(row: OutboxRow) -> SyncEvent:
+    """An outbox row as central receives it."""
     return SyncEvent(
         event_id=row.id,
         topic=row.topic,
@@ -90,7 +92,7 @@ def relay_round(rt: Runtime, central: CentralPlatform) -> RelayRound:
     if not leased:
         return RelayRound(leased=0)
     try:
-        results = central.deliver([_wire(row) for row in leased])
+        results = central.deliver([sync_event(row) for row in leased])
         if [r.event_id for r in results] != [row.id for row in leased]:
             # Central answered for other events than were sent: trust none of it.
             log.error("relay_answer_mismatch", sent=len(leased), answered=len(results))
@@ -137,34 +139,22 @@ def _later(rt: Runtime, leased: list[OutboxRow], error: str) -> RelayRound:
     return RelayRound(leased=len(leased), retried=len(retries), dead=len(dead), central_down=True)
 
 
-class Relay:
+class Relay(Loop):
     """Runs ``relay_round`` in a background thread: at once again after a full batch,
-    after ``relay_idle_s`` otherwise."""
+    after ``relay_idle_s`` otherwise (a failed round, too: the leases run out)."""
 
     def __init__(self, rt: Runtime, central: CentralPlatform) -> None:
-        self._rt = rt
-        self._central = central
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lequan-relay", daemon=True)
+        def step() -> float:
+            done = relay_round(rt, central)
+            full = done.leased == rt.settings.relay_batch_max and not done.central_down
+            return 0.0 if full else rt.settings.relay_idle_s
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        pause_s = 0.0
-        while not self._stop.wait(pause_s):
-            try:
-                done = relay_round(self._rt, self._central)
-            except Exception as error:  # the store failed: the leases run out, retried
-                log.error("relay_round_failed", error_type=type(error).__name__)
-                done = RelayRound(leased=0)
-            full = done.leased == self._rt.settings.relay_batch_max and not done.central_down
-            pause_s = 0.0 if full else self._rt.settings.relay_idle_s
+        super().__init__(
+            "lequan-relay",
+            step,
+            first_pause_s=0.0,
+            retry_pause_s=rt.settings.relay_idle_s,
+        )
 
 
 # -- what operators see and do --------------------------------------------------------------

@@ -8,7 +8,6 @@ per voucher so a long pass never holds locks the claim path needs.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import structlog
@@ -17,6 +16,7 @@ from lequan.domain.errors import Conflict
 from lequan.domain.ledger import expire_entry
 from lequan.domain.redemption_states import RedemptionAction, next_status
 from lequan.domain.vouchers import Action, VoucherState, next_state
+from lequan.services.background import Loop
 from lequan.services.campaigns import retire_gates
 from lequan.services.qualification import release_for_voucher, release_stale
 from lequan.services.runtime import Runtime
@@ -92,25 +92,14 @@ def sweep(rt: Runtime) -> SweepReport:
     return SweepReport(expired=expired, locks_timed_out=timed_out, gates_retired=gates_retired)
 
 
-class Sweeper:
+class Sweeper(Loop):
     """Runs ``sweep`` every ``sweep_interval_s`` in a background thread."""
 
     def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lequan-sweeper", daemon=True)
+        interval_s = rt.settings.sweep_interval_s
 
-    def start(self) -> None:
-        self._thread.start()
+        def step() -> float:
+            sweep(rt)
+            return interval_s
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._rt.settings.sweep_interval_s):
-            try:
-                sweep(self._rt)
-            except Exception as error:  # keep sweeping; the next pass retries
-                log.error("sweep_failed", error_type=type(error).__name__)
+        super().__init__("lequan-sweep", step, first_pause_s=interval_s, retry_pause_s=interval_s)
