@@ -132,6 +132,9 @@ def province_add(
     url: Annotated[
         str | None, typer.Option(help="Central's URL as provinces reach it (printed back).")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON (the only output; accepted as the docs write it).")
+    ] = True,
 ) -> None:
     """Register a province; prints its app id, secret and central's public key as JSON."""
     from lequan.central.ports import ProvinceRow
