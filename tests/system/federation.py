@@ -280,6 +280,11 @@ class Province:
     # The process.
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """``lequan province serve FILE`` started; ``wait_ready`` waits for it."""
         assert self.process is None, "already running"
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the process
         self.process = subprocess.Popen(  # our own interpreter and arguments
@@ -288,6 +293,10 @@ class Province:
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
         )
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        assert self._stderr is not None
         wait_until(self._ready_or_gone, what=f"{self.name} answers /readyz", timeout_s=60)
         if self.process.poll() is not None:
             self._stderr.seek(0)
@@ -378,9 +387,9 @@ class Province:
             self._engine = sa.create_engine(self.database_url, poolclass=sa.pool.NullPool)
         return self._engine
 
-    def rows(self, sql: str, **params: Any) -> list[sa.Row[Any]]:
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.engine.connect() as connection:
-            return list(connection.execute(sa.text(sql), params))
+            return [tuple(r) for r in connection.execute(sa.text(sql), params)]
 
     # Residents, campaigns and redemptions.
 
@@ -496,9 +505,9 @@ class Federation:
             self._central_engine = sa.create_engine(self.central_url, poolclass=sa.pool.NullPool)
         return self._central_engine
 
-    def central_rows(self, sql: str, **params: Any) -> list[sa.Row[Any]]:
+    def central_rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.central_engine.connect() as connection:
-            return list(connection.execute(sa.text(sql), params))
+            return [tuple(r) for r in connection.execute(sa.text(sql), params)]
 
     def restart_what_is_down(self) -> None:
         if self.central.process is None:
@@ -574,12 +583,13 @@ def _stand_up(province: Province, central: CentralProcess) -> None:
     credentials_json = json.loads((province.data_dir / "credentials.json").read_text("utf-8"))
     province.secrets = {app: entry["secret"] for app, entry in credentials_json.items()}
     province.maker_token = province.maker_token_file.read_text(encoding="utf-8").strip()
+    province.launch()  # starting while the checker is added
     checker = province.cli(
         *("operator", "add", f"{province.name[:2]}-checker", "--role", "checker"),
         *("--token-file", str(province.maker_token_file), "--json"),
     )
     province.checker_token = json.loads(checker.stdout)["token"]
-    province.start()
+    province.wait_ready()
 
 
 @contextmanager
@@ -598,7 +608,6 @@ def federation(postgres_url: str, template: str | None = None) -> Iterator[Feder
             extra_env={"LEQUAN_CENTRAL_SWEEP_INTERVAL_S": "0.5"},
         )
         central.cli("migrate")
-        central.start()
         stack.callback(central.stop)
         provinces = {}
         for name, code, region in _PROVINCES:
@@ -619,9 +628,12 @@ def federation(postgres_url: str, template: str | None = None) -> Iterator[Feder
             )
             stack.callback(province.stop)
             provinces[name] = province
-        with ThreadPoolExecutor(len(provinces)) as pool:
-            for done in [pool.submit(_stand_up, p, central) for p in provinces.values()]:
-                done.result()
+        # Central starts while the provinces are stood up (on its migrated store).
+        with ThreadPoolExecutor(1 + len(provinces)) as pool:
+            steps = [pool.submit(central.start)]
+            steps += [pool.submit(_stand_up, p, central) for p in provinces.values()]
+            for step in steps:
+                step.result()
         fed = Federation(central, central_url, provinces)
         try:
             yield fed
@@ -636,10 +648,11 @@ def federation(postgres_url: str, template: str | None = None) -> Iterator[Feder
 ITEMS_MAX = {"air_conditioner": 3}
 
 
-def assert_invariants(fed: Federation) -> None:
+def assert_invariants(fed: Federation, *, cli: bool = False) -> None:
     """Once every outbox is delivered (none dead): nobody subsidised twice per category
     nationwide, no serial number subsidised twice, every event of every province at
-    central exactly once and applied, and ``lequan reconcile`` clean in both provinces."""
+    central exactly once and applied, and the day's reconciliation clean in both
+    provinces: through the admin API, or ``lequan reconcile`` (exit 0) with ``cli``."""
     fed.synced()
     for province in fed.provinces.values():
         assert province.outbox()["dead"] == 0, (province.name, _dead(province))
@@ -727,8 +740,14 @@ def assert_invariants(fed: Federation) -> None:
             )
             assert [tuple(r) for r in at_central] == [("consumed", redemption_id)], voucher_id
 
-    # `lequan reconcile` is clean in both provinces, for today (UTC+8).
+    # The day's reconciliation is clean in both provinces, for today (UTC+8).
     day = (datetime.now(UTC) + timedelta(hours=8)).date().isoformat()
+    if not cli:
+        for province in fed.provinces.values():
+            answer = province.admin("GET", f"/v1/admin/reconciliation/{day}")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["ok"] is True, (province.name, answer.json()["mismatches"])
+        return
     with ThreadPoolExecutor(len(fed.provinces)) as pool:
         runs = {
             p.name: pool.submit(p.cli, "reconcile", "--date", day, "--json", check=False)

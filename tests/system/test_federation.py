@@ -187,7 +187,7 @@ def test_central_killed_mid_sale_and_restarted_loses_nothing(fed: Federation) ->
         answer = province.apply(campaign, users[n], "refrigerator", key=keys[n])
         assert answer.status_code == 201, answer.text
     assert (vouchers_of(gd, "s2-gd"), vouchers_of(zj, "s2-zj")) == (3, 2)
-    assert_invariants(fed)
+    assert_invariants(fed, cli=True)
 
 
 # -- 3. two provinces racing for one person ----------------------------------------------------
@@ -400,15 +400,8 @@ def test_duplicated_and_late_deliveries_take_effect_once(fed: Federation) -> Non
     # Reordered and duplicated: the same events again straight through the adapter, newest
     # first. Central answers each as a duplicate.
     events = [
-        SyncEvent(
-            event_id=row.id,
-            topic=row.topic,
-            at=row.created_at,
-            payload=json.loads(row.payload_json),
-            voucher_id=row.voucher_id,
-            seq=row.seq,
-        )
-        for row in gd.rows(
+        SyncEvent(event_id, topic, at, json.loads(payload), voucher_id, seq)
+        for event_id, topic, at, payload, voucher_id, seq in gd.rows(
             "SELECT id, topic, created_at, payload_json, voucher_id, seq FROM outbox"
             " WHERE voucher_id IN (SELECT id FROM vouchers WHERE campaign_id = 's5-gd')"
             " ORDER BY created_at DESC"
@@ -424,4 +417,4 @@ def test_duplicated_and_late_deliveries_take_effect_once(fed: Federation) -> Non
         answers = adapter.deliver(events)
     assert {a.outcome for a in answers} == {EventOutcome.DUPLICATE}
     assert _central_state(fed, gd.code) == before
-    assert_invariants(fed)
+    assert_invariants(fed, cli=True)  # the whole day: every scenario's events
