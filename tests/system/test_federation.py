@@ -164,28 +164,30 @@ def test_central_killed_mid_sale_and_restarted_loses_nothing(fed: Federation) ->
     fed.synced()
 
     fed.central.kill()
-    # Applications need central's lock: 503, nothing issued, however often retried.
-    keys = {203: uuid.uuid4().hex, 212: uuid.uuid4().hex}
-    for _ in range(2):
-        for n, province, campaign in ((203, gd, "s2-gd"), (212, zj, "s2-zj")):
-            answer = province.apply(campaign, users[n], "refrigerator", key=keys[n])
-            assert code_of(answer) == (503, "central_unavailable"), answer.text
-    assert (vouchers_of(gd, "s2-gd"), vouchers_of(zj, "s2-zj")) == (2, 1)
     # Redemptions of vouchers already issued go on; their events wait in the outbox.
     for n, voucher_id in sold_before.items():
         province, campaign = (gd, "s2-gd") if n < 210 else (zj, "s2-zj")
         redeemed(province, campaign, voucher_id, users[n], fridge(f"S2-FRIDGE-{n}"))
     assert gd.outbox()["pending"] >= 2
     assert zj.outbox()["pending"] >= 1
+    # Applications need central's lock: 503, nothing issued, however often retried.
+    # (Last before the restart: a lock left held longer than LEQUAN_TRADE_IN_HOLD_S
+    # would be given back by the sweep, and its retry refused as settled.)
+    keys = {203: uuid.uuid4().hex, 212: uuid.uuid4().hex}
+    for _ in range(2):
+        for n, province, campaign in ((203, gd, "s2-gd"), (212, zj, "s2-zj")):
+            answer = province.apply(campaign, users[n], "refrigerator", key=keys[n])
+            assert code_of(answer) == (503, "central_unavailable"), answer.text
+    assert (vouchers_of(gd, "s2-gd"), vouchers_of(zj, "s2-zj")) == (2, 1)
 
     fed.central.start()
-    fed.synced("the backlog drained after central came back")
-    status = json.loads(gd.cli("outbox", "status", "--json").stdout)
-    assert (status["pending"], status["dead"]) == (0, 0)
     # The same applications, retried with their keys, are issued now, once.
     for n, province, campaign in ((203, gd, "s2-gd"), (212, zj, "s2-zj")):
         answer = province.apply(campaign, users[n], "refrigerator", key=keys[n])
         assert answer.status_code == 201, answer.text
+    fed.synced("the backlog drained after central came back")
+    status = json.loads(gd.cli("outbox", "status", "--json").stdout)
+    assert (status["pending"], status["dead"]) == (0, 0)
     assert (vouchers_of(gd, "s2-gd"), vouchers_of(zj, "s2-zj")) == (3, 2)
     assert_invariants(fed, cli=True)
 
@@ -307,14 +309,19 @@ def test_a_province_killed_between_centrals_lock_and_its_commit_leaks_no_lock(
     assert vouchers_of(gd, "s4-gd") == 0
 
     gd.start()
+    # Resident 401 retries with the same key. Settled: the same lock, one voucher. (On a
+    # machine so slow that Guangdong's restart outlasted the hold, its sweep has given
+    # the lock back first, and the retry is refused as settled: no leak either way.)
     retried = gd.apply("s4-gd", users[401], "refrigerator", key=keys[401])
-    assert retried.status_code == 201, retried.text
+    settled = retried.status_code == 201
+    if not settled:
+        assert code_of(retried) == (409, "qualification_lock_settled"), retried.text
 
     def given_back() -> bool:
         central = dict(
             fed.central_rows(
                 "SELECT lock_id, state FROM central_locks WHERE lock_id = :l"
-                " AND (state <> 'held' OR expires_at > now())",
+                " AND (state IN ('locked', 'consumed') OR (state = 'held' AND expires_at > now()))",
                 l=locks[402],
             )
         )
@@ -326,11 +333,12 @@ def test_a_province_killed_between_centrals_lock_and_its_commit_leaks_no_lock(
     wait_until(given_back, what="the abandoned locks given back", timeout_s=HOLD_S + 30)
     assert issued(zj, "s4-zj", users[402], "refrigerator")
     assert issued(zj, "s4-zj", users[403], "refrigerator")
-    assert code_of(zj.apply("s4-zj", users[401], "refrigerator")) == (
-        409,
-        "qualification_used_elsewhere",
-    )
-    assert vouchers_of(gd, "s4-gd") == 1
+    in_zhejiang = zj.apply("s4-zj", users[401], "refrigerator")
+    if settled:
+        assert code_of(in_zhejiang) == (409, "qualification_used_elsewhere")
+    else:
+        assert in_zhejiang.status_code == 201, in_zhejiang.text
+    assert vouchers_of(gd, "s4-gd") == int(settled)
     assert_invariants(fed)
 
 
