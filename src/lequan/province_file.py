@@ -112,6 +112,7 @@ class CentralCredentials(BaseModel):
     public_key: PublicKey
     code: str | None = None
     province_code: str | None = None
+    province: str | None = None  # the key ``province add`` prints
 
     _secret_printable = field_validator("secret")(_printable)
 
@@ -336,7 +337,7 @@ def _read_central(
                 where = _loc(e["loc"])
                 problems.append(_problem(field, f"{path}: {where}: {rule}" if e["loc"] else rule))
             return None
-        said = found.province_code or found.code
+        said = found.province or found.province_code or found.code
         if said is not None and said != code:
             problems.append(_problem(field, f"{path} holds the credentials of {said}, not {code}"))
             return None

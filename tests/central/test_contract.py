@@ -248,6 +248,25 @@ def test_an_expired_voucher_gives_the_qualification_back(pair: Pair) -> None:
     assert other.outcome is LockOutcome.LOCKED
 
 
+def test_releasing_a_lock_central_never_took_is_no_error(pair: Pair) -> None:
+    """The province recorded a lock, then its lock call never reached central; when it
+    gives the lock back, central has nothing to release and says so without a
+    rejection (which would be a dead letter for an operator). Another province's
+    lock is still not this one's to name."""
+
+    def released(name: str, lock: str) -> SyncEvent:
+        payload = {"lock_id": pair.id(lock), "reason": "abandoned"}
+        return SyncEvent(pair.id(name), "qualification.released", pair.now(), payload)
+
+    never = released("e1", "gone")
+    assert pair.a.deliver([never])[0].outcome is EventOutcome.APPLIED
+    assert pair.a.deliver([never])[0].outcome is EventOutcome.DUPLICATE
+    pair.b.lock([_lock(pair, "b1", _person())])
+    theirs = released("e2", "b1")
+    [answer] = pair.a.deliver([theirs])
+    assert (answer.outcome, answer.reason) == (EventOutcome.REJECTED, "unknown_lock")
+
+
 def test_events_of_consumption_vouchers_are_recorded_and_counted(pair: Pair) -> None:
     before = pair.a.day(pair.today()).categories.get("consumption", {}).get("subsidy", (0, 0))
     event = _event(

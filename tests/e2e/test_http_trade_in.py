@@ -548,3 +548,33 @@ def test_a_serial_subsidised_in_one_province_is_refused_in_another(open_api: Ope
         "serial_already_subsidised",
     )
     assert body["details"]["registry"] == "national"
+
+
+def test_a_reversed_redemption_keeps_the_qualification_at_central(open_api: OpenApi) -> None:
+    """冲正 gives the voucher back to its holder: central keeps the slot locked (the
+    event says the voucher is usable), so no other province may lock it meanwhile."""
+    clock = _ApiClock()
+    central = MemoryCentral.start(clock=clock, province="310000", seed=b"r" * 32)
+    shanghai = _open(open_api, central=central)
+    clock.api = shanghai
+    zhejiang = _open(open_api, central=central.as_province("330000"))
+    bought = redeem(shanghai, claim(shanghai, 1), "u1", fridge())
+    assert bought.status_code == 201, bought.text
+    reversed_ = shanghai.follow_up(bought.json()["redemption_id"], "reverse")
+    assert reversed_.status_code == 200, reversed_.text
+    [event] = events(shanghai, "redemption.reversed")
+    assert (event["voucher_state"], event["price_fen"]) == ("issued", 599_900)
+    sync(shanghai)
+    zhejiang.post("wechat", "/v1/persons", person_body(1))
+    application = {
+        "channel_user_id": "u1",
+        "campaign_id": CAMPAIGN,
+        "round_id": "r1",
+        "template_id": "refrigerator",
+        "location_region": "310104",
+    }
+    assert_error(
+        zhejiang.post("wechat", "/v1/trade-in/applications", application),
+        409,
+        "qualification_used_elsewhere",
+    )

@@ -21,7 +21,8 @@ from lequan.province_file import (
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "provinces"
-PUBLIC_KEY = "ab" * 32
+# The ristretto255 generator: a valid point, as central's public key must be.
+PUBLIC_KEY = "e2f2ae0a6abc4e71a884a961c500515f58e30b6aa582dd8db6a65945e08d2d76"
 SECRET = "lqs_" + "s" * 40
 
 

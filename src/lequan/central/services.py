@@ -728,6 +728,10 @@ class CentralService:
         lock: LockRow | None
         if isinstance(lock_id, str):
             lock = work.locks.get(lock_id)
+            if lock is None and row.topic == "qualification.released":
+                # A lock the province recorded but central never took (its lock call
+                # failed on the way): nothing is held, so nothing to give back.
+                return None
             if lock is None or lock.province != work.province:
                 return "unknown_lock"
         elif row.voucher_id is not None:

@@ -691,7 +691,14 @@ def reverse(
         moved = _move_both(uow, redemption, voucher, status=status, state=state, now=now)
         if not _undo_redeem(uow, moved, voucher, now, EntryKind.REVERSE):
             raise Conflict("budget_exhausted", "the budget cannot take the voucher back")
-        _event(uow, "redemption.reversed", moved, now, **_released(uow, moved, now))
+        _event(
+            uow,
+            "redemption.reversed",
+            moved,
+            now,
+            voucher_state=state.value,  # usable again: central keeps the slot locked
+            **_released(uow, moved, now),
+        )
         if record is not None:
             record(uow, (moved, state))
         uow.commit()
@@ -707,6 +714,7 @@ def _released(uow: UnitOfWork, redemption: RedemptionRow, now: datetime) -> dict
         return {}
     released = uow.products.release_product(redemption.id, now=now)
     assert released, "a redemption is reversed or refunded once"
+    # The price, as central takes it off the day's consumptions (reconciliation).
     return {
         "category": registered.product.category.value,
         "price_fen": registered.product.price_fen,
@@ -717,6 +725,12 @@ def _category_of(uow: UnitOfWork, redemption: RedemptionRow) -> str | None:
     """The product category of a trade-in redemption (its payable account's), or None."""
     registered = uow.products.get_product(redemption.id)
     return registered.product.category.value if registered is not None else None
+
+
+def _release_qualification(uow: UnitOfWork, voucher_id: str, now: datetime) -> None:
+    lock = uow.qualifications.lock_of_voucher(voucher_id)
+    if lock is not None and lock.state == "issued":
+        uow.qualifications.move_lock(lock.id, from_states=["issued"], to="released", now=now)
 
 
 def _undo_redeem(
@@ -794,6 +808,9 @@ def refund(
             )
         moved_back = uow.vouchers.move_voucher(after_refund, state=state, now=now)
         assert moved_back, "the voucher is locked by this transaction"
+        if state is VoucherState.VOID:
+            # Its event gives the qualification back to central: no longer held here.
+            _release_qualification(uow, voucher.id, now)
         _event(
             uow,
             "redemption.refunded",
