@@ -5,6 +5,7 @@ the field."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from lequan.adapters.memory_store import MemoryStore
+from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.errors import InvalidInput
 from lequan.domain.templates import TradeIn
 from lequan.domain.trade_in import APPLIANCES, DIGITAL, Category
@@ -152,3 +154,18 @@ def test_a_budget_per_category_needs_a_trade_in_campaign_with_that_category() ->
     dining = yaml.safe_load((EXAMPLES / "shanghai-dining-2024.yaml").read_text(encoding="utf-8"))
     dining["category_budgets_fen"] = {"tv": 1_000}
     assert any("only a trade-in campaign" in e["rule"] for e in _refused(dining))
+
+
+def test_a_campaign_exported_as_json_imports_again() -> None:
+    """The admin API answers templates as JSON, whose object keys are strings: an
+    operator who saves a campaign that way and imports it gets the same campaign."""
+    config = CampaignConfig.model_validate(_example())
+    again = CampaignConfig.model_validate(json.loads(config.model_dump_json()))
+    assert again == config
+    fridge = again.template("refrigerator")
+    assert fridge is not None
+    assert fridge.model_dump()["rates_bp"] == {1: 2000, 2: 1500}
+    for bad in ({"x": 2000}, {"01": 2000}, {"6": 2000}, {True: 2000}):
+        data = _example()
+        data["templates"][0]["rates_bp"] = bad
+        assert _refused(data)

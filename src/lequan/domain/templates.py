@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lequan.domain.trade_in import (
     APPLIANCES,
@@ -163,6 +163,20 @@ class TradeIn(_Template):
     cap_fen: PositiveFen
     price_max_fen: PositiveFen | None = None
     items_per_person: Annotated[int, Field(ge=1, le=3, strict=True)] | None = None
+
+    @field_validator("rates_bp", mode="before")
+    @classmethod
+    def _grades_as_json_writes_them(cls, value: object) -> object:
+        """A JSON object's keys are strings: ``{"1": 2000}`` is the grade map as JSON
+        (and the admin API) writes it, the same as YAML's ``{1: 2000}``."""
+        if isinstance(value, dict):
+            return {
+                int(k)
+                if isinstance(k, str) and k.isascii() and k.isdigit() and len(k) == 1
+                else k: v
+                for k, v in value.items()
+            }
+        return value
 
     @model_validator(mode="after")
     def _rates_fit_the_category(self) -> Self:
