@@ -406,7 +406,7 @@ def _insert_unnest(
             selected.append(f"%s::{kind}")
             params.append(column[0])
         else:
-            arrays.append(f"%s::{kind}[]")
+            arrays.append(f"%b::{kind}[]")
             selected.append(f"u.c{len(arrays)}")
             params.append(column)
     aliases = ", ".join(f"c{n + 1}" for n in range(len(arrays)))
@@ -627,29 +627,29 @@ class _SqlTx:
         keys = sorted(set(keys))
         v = t.voucher_seqs.c
         if self.store._postgres:
-            _insert_unnest(
-                self.c,
-                "central_voucher_seqs",
-                {"voucher_id": "varchar", "province": "varchar", "last_seq": "integer"},
-                [{"province": p, "voucher_id": voucher, "last_seq": 0} for p, voucher in keys],
-                suffix=" ON CONFLICT DO NOTHING",
+            # One statement inserts the missing rows and locks them all, in key order, by
+            # the key's own index: a select of a thousand keys was planned once, while
+            # the table was small, as a scan, and kept that plan as the table grew.
+            found_rows = self.c.exec_driver_sql(
+                "INSERT INTO central_voucher_seqs (province, voucher_id, last_seq) "
+                "SELECT u.p, u.v, 0 FROM unnest(%s::varchar[], %s::varchar[]) AS u(p, v) "
+                "ORDER BY u.p, u.v "
+                "ON CONFLICT (province, voucher_id) "
+                "DO UPDATE SET last_seq = central_voucher_seqs.last_seq "
+                "RETURNING province, voucher_id, last_seq",
+                ([p for p, _ in keys], [voucher for _, voucher in keys]),
             )
-        else:
-            self.c.execute(
-                self.store._insert(t.voucher_seqs).on_conflict_do_nothing(),
-                [{"province": p, "voucher_id": voucher, "last_seq": 0} for p, voucher in keys],
-            )
+            return {(p, voucher): int(seq) for p, voucher, seq in found_rows}
+        # SQLite: the transaction holds the whole file already.
+        self.c.execute(
+            self.store._insert(t.voucher_seqs).on_conflict_do_nothing(),
+            [{"province": p, "voucher_id": voucher, "last_seq": 0} for p, voucher in keys],
+        )
         found: dict[tuple[str, str], int] = {}
-        # Per province, the vouchers as one array: the key's index, where (province,
-        # voucher_id) IN a thousand pairs is a scan of the whole table on PostgreSQL.
         for province, vouchers in sorted(_grouped(keys).items()):
-            query = (
-                sa.select(v.voucher_id, v.last_seq)
-                .where(v.province == province, _among(self.c, v.voucher_id, vouchers))
-                .order_by(v.voucher_id)
+            query = sa.select(v.voucher_id, v.last_seq).where(
+                v.province == province, v.voucher_id.in_(vouchers)
             )
-            if self.store._postgres:
-                query = query.with_for_update()
             found.update({(province, voucher): int(seq) for voucher, seq in self.c.execute(query)})
         return found
 
