@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import secrets
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -53,7 +52,7 @@ from lequan.ports.central import (
 )
 from lequan.services.relay import Relay
 
-__all__ = ["DrainResult", "relay_drain"]
+__all__ = ["DrainResult", "relay_drain", "relay_figure"]
 
 DRAIN_TIMEOUT_S = 600.0
 POLL_S = 0.1
@@ -197,9 +196,7 @@ def _prepare_trade_in(
             "template_id": "refrigerator",
             "face_fen": 200_000,
         }
-        issued.append(
-            SyncEvent(f"e-{run}-i{n}", "voucher.issued", now, payload, vouchers[n], 1)
-        )
+        issued.append(SyncEvent(f"e-{run}-i{n}", "voucher.issued", now, payload, vouchers[n], 1))
     for start in range(0, count, 1000):
         answers = platform.deliver(issued[start : start + 1000])
         assert all(a.outcome.value == "applied" for a in answers), "voucher.issued not applied"
@@ -213,7 +210,23 @@ def _prepare_trade_in(
     return vouchers
 
 
-def _register(central: CentralProcess, code: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class _Credentials:
+    app_id: str
+    secret: str
+    public_key: str
+
+    def client(self, url: str, *, timeout_s: float = 10.0) -> HttpCentral:
+        return HttpCentral(
+            url,
+            app_id=self.app_id,
+            secret=self.secret,
+            public_key=self.public_key,
+            timeout_s=timeout_s,
+        )
+
+
+def _register(central: CentralProcess, code: str) -> _Credentials:
     """Register a province on central's store; its client's credentials."""
     from lequan.central.bootstrap import build_central
     from lequan.central.config import CentralSettings
@@ -227,7 +240,7 @@ def _register(central: CentralProcess, code: str) -> dict[str, str]:
         public_key = built.service.key.public_key_hex
     finally:
         built.close()
-    return {"app_id": row.app_id, "secret": row.secret, "public_key": public_key}
+    return _Credentials(row.app_id, row.secret, public_key)
 
 
 def relay_drain(
@@ -259,7 +272,7 @@ def relay_drain(
             central.cli("migrate")
             # Every relay is the same province's: one set of credentials.
             credentials = _register(central, "bench")
-            platform = HttpCentral(central.url, **credentials)
+            platform = credentials.client(central.url)
             now = datetime.now(UTC)
             trade_in = round(events * trade_in_share)
             central.start()
@@ -272,7 +285,11 @@ def relay_drain(
             for n in range(events):
                 at = now + timedelta(microseconds=n)
                 if n < trade_in:
-                    payload, voucher, seq = _trade_in_payload(n, vouchers[n], at, run), vouchers[n], 2
+                    payload, voucher, seq = (
+                        _trade_in_payload(n, vouchers[n], at, run),
+                        vouchers[n],
+                        2,
+                    )
                 else:
                     voucher, seq = f"v-{run}-c{n}", 1
                     payload = _consumption_payload(n, voucher, at)
@@ -298,12 +315,12 @@ def relay_drain(
                 log_level="WARNING",
             )
             settings.data_dir.mkdir()
-            generate_key_file(settings.key_file)
+            generate_key_file(Path(directory) / "province-keys.json")
             for _ in range(relays):
-                port = _Timed(HttpCentral(central.url, timeout_s=60.0, **credentials))
+                port = _Timed(credentials.client(central.url, timeout_s=60.0))
                 timed.append(port)
-                rt = build_runtime(settings, gate=MemoryGate(), central=port)  # type: ignore[arg-type]
-                relay = Relay(rt, port)  # type: ignore[arg-type]
+                rt = build_runtime(settings, gate=MemoryGate(), central=port)
+                relay = Relay(rt, port)
                 running.append(relay)
                 relay.start()
             time.sleep(outage_s)  # the relays fail and back off, as in an outage
@@ -342,18 +359,18 @@ def relay_drain(
 
 def _checks(engine: sa.Engine, central_url: str, events: int, trade_in: int) -> dict[str, Any]:
     with engine.connect() as connection:
-        province = dict(
+        province: dict[str, int] = dict(
             connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").all()
         )
     central_engine = create_engine(central_url)
     try:
         with central_engine.connect() as connection:
-            applied = dict(
+            applied: dict[str, int] = dict(
                 connection.exec_driver_sql(
                     "SELECT state, count(*) FROM central_events GROUP BY state"
                 ).all()
             )
-            locks = dict(
+            locks: dict[str, int] = dict(
                 connection.exec_driver_sql(
                     "SELECT state, count(*) FROM central_locks GROUP BY state"
                 ).all()
@@ -378,3 +395,21 @@ def _checks(engine: sa.Engine, central_url: str, events: int, trade_in: int) -> 
     ):
         raise AssertionError(f"the backlog did not arrive whole: {checks}")
     return checks
+
+
+def relay_figure(postgres_url: str, *, events: int, relays: int) -> Any:
+    """``relay_drain`` as the bench table's figure: events a second, from central back
+    to the backlog drained; 20% of the events trade-in, batches of 1,000."""
+    from benchmarks.scenarios import Figure
+
+    result = relay_drain(postgres_url, events=events, relays=relays, batch_max=1000)
+    return Figure(
+        result.rate,
+        checks={
+            **result.checks,
+            "drain_s": round(result.drain_s, 2),
+            "deliver_s": round(result.deliver_s, 2),
+            "store_s": round(result.store_s, 2),
+            "rounds": result.rounds,
+        },
+    )
