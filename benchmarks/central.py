@@ -164,9 +164,11 @@ class CentralProcess:
 
 
 @contextmanager
-def serve_central(database_url: str = "") -> Iterator[CentralProcess]:
+def serve_central(
+    database_url: str = "", extra_env: dict[str, str] | None = None
+) -> Iterator[CentralProcess]:
     with tempfile.TemporaryDirectory() as data_dir:
-        central = CentralProcess(Path(data_dir), database_url)
+        central = CentralProcess(Path(data_dir), database_url, extra_env=extra_env or {})
         if database_url:
             central.cli("migrate")
         central.start()
@@ -177,11 +179,26 @@ def serve_central(database_url: str = "") -> Iterator[CentralProcess]:
 
 
 def central_batch_locks(
-    database_url: str, *, clients: int, batch: int, duration_s: float
+    database_url: str,
+    *,
+    clients: int,
+    batch: int,
+    duration_s: float,
+    workers: int = 1,
+    redis_url: str = "",
 ) -> tuple[float, list[float], str]:
     """Locks a second through central's batch API, the batches' latencies (ms) and a
-    note; fails if any person got two locks."""
-    with serve_central(database_url) as central:
+    note; fails if any person got two locks. ``workers`` > 1 needs ``redis_url`` (the
+    workers share their nonces there)."""
+    extra_env = {}
+    if workers > 1:
+        assert redis_url, "central's workers share nonces through Redis"
+        extra_env = {
+            "LEQUAN_CENTRAL_WORKERS": str(workers),
+            "LEQUAN_CENTRAL_REDIS_URL": redis_url,
+            "LEQUAN_CENTRAL_REDIS_KEY_PREFIX": f"lqcb:{uuid.uuid4().hex[:8]}:",
+        }
+    with serve_central(database_url, extra_env) as central:
         provinces = [central.province(f"bench{n}") for n in range(clients)]
         locked = [0] * clients
         latencies_ms: list[float] = []
@@ -225,18 +242,25 @@ def central_batch_locks(
         for platform in provinces:
             platform.close()
     rate = sum(locked) / elapsed_s
-    note = f"{clients} provinces x batches of {batch}, distinct people, one process"
+    note = f"{clients} provinces x batches of {batch}, distinct people, {workers} process(es)"
     return rate, latencies_ms, note
 
 
-def central_lock_figure(database_url: str, *, duration_s: float) -> Any:
+def central_lock_figure(
+    database_url: str, *, duration_s: float, workers: int = 1, redis_url: str = ""
+) -> Any:
     """``central_batch_locks`` as the bench table's figure: 4 provinces, batches of 1,000."""
     import statistics
 
     from benchmarks.scenarios import Figure
 
     rate, latencies_ms, _ = central_batch_locks(
-        database_url, clients=4, batch=1000, duration_s=duration_s
+        database_url,
+        clients=4,
+        batch=1000,
+        duration_s=duration_s,
+        workers=workers,
+        redis_url=redis_url,
     )
     ordered = sorted(latencies_ms)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else None

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from benchmarks import baselines, central, scenarios
+from benchmarks import baselines, central, relay, scenarios
 from benchmarks.cluster import ClusterUnavailable, local_cluster
 from benchmarks.servers import serve_bare, serve_lequan
 from lequan.adapters.memory_gate import MemoryGate
@@ -39,6 +39,7 @@ class BenchConfig:
     service_claims: int = 30_000  # per run
     single_claims: int = 20_000  # per run
     redemptions: int = 5_000  # per run
+    relay_events: int = 100_000  # the backlog drained per run
     only: frozenset[str] = frozenset()
 
 
@@ -185,6 +186,36 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                 )
             finally:
                 drop_central()
+        if want("central_batch_locks_pg_2w"):
+            central_url, drop_central = fresh_postgres(config.postgres_url)
+            try:
+                add(
+                    "central_batch_locks_pg_2w",
+                    "locks/s",
+                    central.central_lock_figure(
+                        central_url,
+                        duration_s=config.duration_s,
+                        workers=2,
+                        redis_url=config.redis_url,
+                    ),
+                    "the same with central in 2 worker processes (nonces in Redis)",
+                )
+            finally:
+                drop_central()
+        for relays in (1, 2):
+            name = f"relay_drain_{relays}r"
+            if want(name):
+                progress(f"run {run}/{config.runs}: relay ({relays})")
+                add(
+                    name,
+                    "events/s",
+                    relay.relay_figure(
+                        config.postgres_url, events=config.relay_events, relays=relays
+                    ),
+                    f"{config.relay_events:,} outbox events written during an outage, drained "
+                    f"into central (PostgreSQL) by {relays} relay(s), 1,000 per call; "
+                    f"the drain takes {config.relay_events:,} / this rate seconds",
+                )
         progress(f"run {run}/{config.runs}: gate")
         if want("gate_memory"):
             add(

@@ -671,6 +671,9 @@ class CentralService:
             revoked = tx.lock_qualifications(qids)
             locks = tx.locks(sorted({*lock_ids, *(row.lock_id for row in by_voucher.values())}))
             by_voucher = {v: locks[row.lock_id] for v, row in by_voucher.items()}
+            # The locks an event names by lock_id: the only ones an earlier event of this
+            # batch can give a voucher to (the others were found by their voucher).
+            named = [locks[lock_id] for lock_id in lock_ids if lock_id in locks]
             work = _Work(tx, now, province, revoked, locks)
             serials = sorted({key for e in candidates for key in _keys_or_none(e)})
             work.serial_owners = tx.serial_owners(serials) if serials else {}
@@ -681,7 +684,7 @@ class CentralService:
                 final[row.event_id] = row
 
             def apply(row: EventRow) -> None:
-                reason = self._apply(work, row, by_voucher)
+                reason = self._apply(work, row, by_voucher, named)
                 settle(
                     replace(row, state="applied" if reason is None else "rejected", reason=reason)
                 )
@@ -722,7 +725,13 @@ class CentralService:
                 tx.set_voucher_seqs(seqs)
         return [answers[e.event_id] for e in events]
 
-    def _apply(self, work: _Work, row: EventRow, by_voucher: Mapping[str, LockRow]) -> str | None:
+    def _apply(
+        self,
+        work: _Work,
+        row: EventRow,
+        by_voucher: Mapping[str, LockRow],
+        named: Sequence[LockRow],
+    ) -> str | None:
         """Apply one event's effect: None, or why it was rejected."""
         lock_id = row.payload.get("lock_id")
         lock: LockRow | None
@@ -739,7 +748,7 @@ class CentralService:
             lock = by_voucher.get(row.voucher_id) or next(
                 (
                     found
-                    for found in work.locks.values()
+                    for found in named
                     if found.province == work.province and found.voucher_id == row.voucher_id
                 ),
                 None,

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.core import SqlSession
@@ -60,12 +61,19 @@ class SqlOutbox:
 
     def mark_delivered(self, event_ids: Sequence[str], *, now: datetime) -> None:
         if event_ids:
-            o = t.outbox.c
             self._s.exec(
                 sa.update(t.outbox)
-                .where(o.id.in_(list(event_ids)))
+                .where(self._among(list(event_ids)))
                 .values(status="delivered", delivered_at=now, last_error=None)
             )
+
+    def _among(self, event_ids: list[str]) -> Any:
+        """``id IN event_ids``: on PostgreSQL ``= ANY(array)``, one parameter, where a
+        thousand-item IN list costs more to render and parse than the update takes."""
+        o = t.outbox.c
+        if self._s.postgres:
+            return o.id == sa.any_(sa.bindparam(None, event_ids, type_=postgresql.ARRAY(sa.String)))
+        return o.id.in_(event_ids)
 
     def retry_later(self, retries: Sequence[tuple[str, datetime]], *, error: str) -> None:
         if retries:

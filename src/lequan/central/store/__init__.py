@@ -15,8 +15,9 @@ encrypted under central's key file, as the province stores app secrets.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any
@@ -68,6 +69,29 @@ _LOCK_ARRAY_TYPES = {
     "reason": "varchar",
     "created_at": "timestamptz",
     "updated_at": "timestamptz",
+}
+_FACT_ARRAY_TYPES = {
+    "province": "varchar",
+    "day": "date",
+    "category": "varchar",
+    "fact": "varchar",
+    "count": "integer",
+    "amount_fen": "bigint",
+    "lock_id": "varchar",
+    "voucher_id": "varchar",
+    "at": "timestamptz",
+}
+_EVENT_ARRAY_TYPES = {
+    "event_id": "varchar",
+    "province": "varchar",
+    "topic": "varchar",
+    "at": "timestamptz",
+    "payload": "json",
+    "voucher_id": "varchar",
+    "seq": "integer",
+    "state": "varchar",
+    "reason": "varchar",
+    "received_at": "timestamptz",
 }
 
 
@@ -333,6 +357,14 @@ def _among(connection: sa.Connection, column: Any, values: Sequence[str]) -> Any
     return column.in_(list(values))
 
 
+def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(a, b) pairs as each a's list of b, to query b against an array per a."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for a, b in pairs:
+        grouped[a].append(b)
+    return grouped
+
+
 def _live(connection: sa.Connection, ids: Sequence[str], now: datetime) -> list[LockRow]:
     c = t.locks.c
     rows: list[LockRow] = []
@@ -374,7 +406,7 @@ def _insert_unnest(
             selected.append(f"%s::{kind}")
             params.append(column[0])
         else:
-            arrays.append(f"%s::{kind}[]")
+            arrays.append(f"%b::{kind}[]")
             selected.append(f"u.c{len(arrays)}")
             params.append(column)
     aliases = ", ".join(f"c{n + 1}" for n in range(len(arrays)))
@@ -447,7 +479,9 @@ class _SqlTx:
             return {}
         rows = self.c.execute(
             sa.select(t.locks)
-            .where(t.locks.c.province == province, t.locks.c.voucher_id.in_(list(voucher_ids)))
+            .where(
+                t.locks.c.province == province, _among(self.c, t.locks.c.voucher_id, voucher_ids)
+            )
             .order_by(t.locks.c.created_at)
         )
         return {row.voucher_id: _lock_row(row) for row in rows}
@@ -488,12 +522,15 @@ class _SqlTx:
         if not keys:
             return {}
         s = t.serials.c
-        rows = self.c.execute(
-            sa.select(s.kind, s.value, s.lock_id).where(
-                sa.tuple_(s.kind, s.value).in_([(k.kind, k.value) for k in keys])
+        found: dict[SerialKey, str] = {}
+        # One query per kind: ``value`` against an array uses the key's index, where a
+        # thousand (kind, value) pairs are a thousand ORs PostgreSQL scans the table for.
+        for kind, values in sorted(_grouped((k.kind, k.value) for k in keys).items()):
+            rows = self.c.execute(
+                sa.select(s.value, s.lock_id).where(s.kind == kind, _among(self.c, s.value, values))
             )
-        )
-        return {SerialKey(kind, value): lock_id for kind, value, lock_id in rows}
+            found.update({SerialKey(kind, value): lock_id for value, lock_id in rows})
+        return found
 
     def add_serials(self, entries: Sequence[tuple[SerialKey, str, str]], at: datetime) -> None:
         self.c.execute(
@@ -514,6 +551,23 @@ class _SqlTx:
         self.c.execute(t.serials.delete().where(t.serials.c.lock_id.in_(list(lock_ids))))
 
     def add_facts(self, facts: Sequence[Fact]) -> None:
+        values = [
+            {
+                "province": f.province,
+                "day": f.day,
+                "category": f.category,
+                "fact": f.fact,
+                "count": f.count,
+                "amount_fen": f.amount_fen,
+                "lock_id": f.lock_id,
+                "voucher_id": f.voucher_id,
+                "at": f.at,
+            }
+            for f in facts
+        ]
+        if self.store._postgres:
+            _insert_unnest(self.c, "central_facts", _FACT_ARRAY_TYPES, values)
+            return
         self.c.execute(
             t.facts.insert(),
             [
@@ -544,12 +598,16 @@ class _SqlTx:
         stored = set(
             self.c.execute(
                 sa.select(t.events.c.event_id).where(
-                    t.events.c.event_id.in_([row.event_id for row in rows])
+                    _among(self.c, t.events.c.event_id, [row.event_id for row in rows])
                 )
             ).scalars()
         )
         new = [_event_values(row) for row in rows if row.event_id not in stored]
-        if new:
+        if new and self.store._postgres:
+            for value in new:
+                value["payload"] = json.dumps(value["payload"], separators=(",", ":"))
+            _insert_unnest(self.c, "central_events", _EVENT_ARRAY_TYPES, new)
+        elif new:
             self.c.execute(t.events.insert(), new)
         again = [row for row in rows if row.event_id in stored]
         if again:
@@ -568,21 +626,48 @@ class _SqlTx:
             return {}
         keys = sorted(set(keys))
         v = t.voucher_seqs.c
+        if self.store._postgres:
+            # One statement inserts the missing rows and locks them all, in key order, by
+            # the key's own index: a select of a thousand keys was planned once, while
+            # the table was small, as a scan, and kept that plan as the table grew.
+            found_rows = self.c.exec_driver_sql(
+                "INSERT INTO central_voucher_seqs (province, voucher_id, last_seq) "
+                "SELECT u.p, u.v, 0 FROM unnest(%s::varchar[], %s::varchar[]) AS u(p, v) "
+                "ORDER BY u.p, u.v "
+                "ON CONFLICT (province, voucher_id) "
+                "DO UPDATE SET last_seq = central_voucher_seqs.last_seq "
+                "RETURNING province, voucher_id, last_seq",
+                ([p for p, _ in keys], [voucher for _, voucher in keys]),
+            )
+            return {(p, voucher): int(seq) for p, voucher, seq in found_rows}
+        # SQLite: the transaction holds the whole file already.
         self.c.execute(
             self.store._insert(t.voucher_seqs).on_conflict_do_nothing(),
             [{"province": p, "voucher_id": voucher, "last_seq": 0} for p, voucher in keys],
         )
-        query = (
-            sa.select(v.province, v.voucher_id, v.last_seq)
-            .where(sa.tuple_(v.province, v.voucher_id).in_(keys))
-            .order_by(v.province, v.voucher_id)
-        )
-        if self.store._postgres:
-            query = query.with_for_update()
-        return {(p, voucher): int(seq) for p, voucher, seq in self.c.execute(query)}
+        found: dict[tuple[str, str], int] = {}
+        for province, vouchers in sorted(_grouped(keys).items()):
+            query = sa.select(v.voucher_id, v.last_seq).where(
+                v.province == province, v.voucher_id.in_(vouchers)
+            )
+            found.update({(province, voucher): int(seq) for voucher, seq in self.c.execute(query)})
+        return found
 
     def set_voucher_seqs(self, seqs: Mapping[tuple[str, str], int]) -> None:
         v = t.voucher_seqs.c
+        ordered = sorted(seqs.items())
+        if self.store._postgres and ordered:
+            self.c.exec_driver_sql(
+                "UPDATE central_voucher_seqs AS s SET last_seq = u.seq "
+                "FROM unnest(%s::varchar[], %s::varchar[], %s::integer[]) AS u(p, v, seq) "
+                "WHERE s.province = u.p AND s.voucher_id = u.v",
+                (
+                    [p for (p, _), _ in ordered],
+                    [voucher for (_, voucher), _ in ordered],
+                    [seq for _, seq in ordered],
+                ),
+            )
+            return
         self.c.execute(
             t.voucher_seqs.update()
             .where(
@@ -591,7 +676,7 @@ class _SqlTx:
             .values(last_seq=sa.bindparam("b_seq")),
             [
                 {"b_province": p, "b_voucher": voucher, "b_seq": seq}
-                for (p, voucher), seq in sorted(seqs.items())
+                for (p, voucher), seq in ordered
             ],
         )
 
@@ -599,12 +684,19 @@ class _SqlTx:
         if not keys:
             return []
         e = t.events.c
-        rows = self.c.execute(
-            sa.select(t.events).where(
-                e.state == "waiting", sa.tuple_(e.province, e.voucher_id).in_(list(keys))
-            )
-        )
-        return [_event_row(row) for row in rows]
+        rows: list[EventRow] = []
+        for province, vouchers in sorted(_grouped(keys).items()):
+            rows += [
+                _event_row(row)
+                for row in self.c.execute(
+                    sa.select(t.events).where(
+                        e.state == "waiting",
+                        e.province == province,
+                        _among(self.c, e.voucher_id, vouchers),
+                    )
+                )
+            ]
+        return rows
 
     def revoke(self, qualification: str, *, reason: str, by: str, at: datetime) -> bool:
         result = self.c.execute(
