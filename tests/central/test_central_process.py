@@ -166,10 +166,13 @@ def test_killed_and_restarted_central_loses_nothing(tmp_path: object, postgres_u
                 2,
             )
             assert p.deliver([early])[0].outcome is EventOutcome.WAITING
+            assert p.ready()
             central.kill()
+            assert not p.ready()  # what a relay asks while it backs off
             with pytest.raises(CentralUnavailable):
                 p.lock([LockRequest("crash-2", person, "phone", 1, 600)])
             central.start()
+            assert p.ready()
             # The same pseudonym (the key survived), the same lock, serial and waiting event.
             assert p.pseudonyms(["110101199003077777"]) == [pseudonym]
             assert (

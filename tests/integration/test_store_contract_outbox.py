@@ -257,3 +257,23 @@ def test_a_vouchers_pending_events_in_seq_order(store: Store) -> None:
         assert [(r.id, r.seq) for r in pending] == [("a2", 2), ("a3", 3)]
         assert [r.id for r in uow.outbox.pending_of_voucher("v1", 1)] == ["a2"]
         assert uow.outbox.pending_of_voucher("v9", 10) == []
+
+
+def test_events_backing_off_are_woken_and_no_other(store: Store) -> None:
+    _add(store, [(f"e{n}", "t", {}) for n in range(4)], T0)
+    now = T0 + timedelta(seconds=1)
+    _lease(store, now)  # all four leased
+    with store.unit_of_work() as uow:
+        uow.outbox.retry_later(
+            [("e0", now + timedelta(seconds=30)), ("e1", now + timedelta(seconds=60))],
+            error="central down",
+        )
+        uow.outbox.mark_delivered(["e2"], now=now)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        # e3 is leased without an error: another relay's, left alone.
+        assert uow.outbox.wake(now=now, limit=1) == 1
+        assert uow.outbox.wake(now=now, limit=10) == 1
+        assert uow.outbox.wake(now=now, limit=10) == 0
+        uow.commit()
+    assert _lease(store, now) == ["e0", "e1"]

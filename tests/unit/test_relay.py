@@ -26,7 +26,7 @@ from lequan.ports.central import (
     LockResult,
     SyncEvent,
 )
-from lequan.services.relay import backoff_s, relay_round
+from lequan.services.relay import Relay, backoff_s, relay_round
 from tests.factories import World, make_world
 
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -71,6 +71,9 @@ class ScriptedCentral:
 
     def day(self, day: object) -> CentralDay:
         raise AssertionError("the relay only delivers")
+
+    def ready(self) -> bool:
+        return not self.down
 
 
 @pytest.fixture
@@ -211,3 +214,21 @@ def test_backoff_doubles_up_to_its_max() -> None:
         60.0,
         60.0,
     ]
+
+
+def test_central_back_makes_what_backed_off_due_at_once(world: World) -> None:
+    central = ScriptedCentral()
+    ids = _write(world, 3)
+    relay = Relay(world.rt, central)  # its rounds run here, not in its thread
+    central.down = True
+    relay.step()
+    world.clock.advance(timedelta(seconds=1))
+    relay.step()  # second attempt: each event now waits 2 s
+    assert relay.central_down
+    central.down = False
+    # Nothing is due, yet central answers: everything waiting goes now, not in 2 s.
+    assert relay.step() == 0.0
+    assert not relay.central_down
+    relay.step()
+    assert sorted(central.applied) == ids
+    assert _backlog(world) == {}

@@ -55,6 +55,10 @@ BACKOFF_S = 0.05
 BACKOFF_MAX_S = 1.0
 
 
+# How long the readiness probe waits: a relay asks it once per idle pause.
+READY_TIMEOUT_S = 2.0
+
+
 class CentralRefused(Exception):
     """Central refused the call as malformed (4xx): a bug in the caller, never retried.
     ``code`` is central's stable error code (docs/central.md)."""
@@ -109,6 +113,13 @@ class HttpCentral:
         self.close()
 
     # The calls.
+
+    def ready(self) -> bool:
+        try:
+            response = self._client.get("/readyz", timeout=READY_TIMEOUT_S)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     def pseudonyms(self, id_numbers: Sequence[str]) -> list[str]:
         def batch(chunk: Sequence[str]) -> list[str]:

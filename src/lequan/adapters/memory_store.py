@@ -1268,6 +1268,22 @@ class MemoryOutbox(_Repository):
         for event_id in event_ids:
             self._update(event_id, status="delivered", delivered_at=_utc(now), last_error=None)
 
+    def wake(self, *, now: datetime, limit: int) -> int:
+        t = self._u.write()
+        now = _utc(now)
+        waiting = sorted(
+            (
+                (e.next_attempt_at or e.created_at, event_id)
+                for event_id, e in t.outbox.items()
+                if e.status == "pending"
+                and e.last_error is not None
+                and (e.next_attempt_at or e.created_at) > now
+            )
+        )[:limit]
+        for _, event_id in waiting:
+            self._update(event_id, next_attempt_at=now)
+        return len(waiting)
+
     def retry_later(self, retries: Sequence[tuple[str, datetime]], *, error: str) -> None:
         t = self._u.write()
         for event_id, at in retries:

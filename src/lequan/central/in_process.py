@@ -124,6 +124,10 @@ class MemoryCentral:
             return []
         return self.service.deliver(self.province, events)
 
+    def ready(self) -> bool:
+        self.calls["ready"] += 1
+        return self._switch.up
+
     def day(self, day: date) -> CentralDay:
         self._call("day")
         return self.service.day(self.province, day)

@@ -175,3 +175,8 @@ class CentralPlatform(Protocol):
     def day(self, day: date) -> CentralDay:
         """What central recorded of this province on ``day`` (UTC+8 calendar day)."""
         ...
+
+    def ready(self) -> bool:
+        """Whether central answers now (one quick question; never raises): how a relay
+        that backed off learns that central is back."""
+        ...

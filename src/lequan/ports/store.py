@@ -379,6 +379,11 @@ class OutboxRepository(Protocol):
 
     def mark_delivered(self, event_ids: Sequence[str], *, now: datetime) -> None: ...
 
+    def wake(self, *, now: datetime, limit: int) -> int:
+        """Pending events waiting out a backoff (they failed before: ``last_error``) due
+        at ``now`` again, up to ``limit``; how many. For when central is back."""
+        ...
+
     def retry_later(self, retries: Sequence[tuple[str, datetime]], *, error: str) -> None:
         """Each (event_id, next_attempt_at): still pending, with why it failed."""
         ...

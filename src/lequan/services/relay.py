@@ -44,6 +44,7 @@ __all__ = [
     "relay_round",
     "replay",
     "sync_event",
+    "wake_backoffs",
 ]
 
 log = structlog.get_logger(__name__)
@@ -139,22 +140,55 @@ def _later(rt: Runtime, leased: list[OutboxRow], error: str) -> RelayRound:
     return RelayRound(leased=len(leased), retried=len(retries), dead=len(dead), central_down=True)
 
 
+# Events made due at once per statement when central is back.
+WAKE_BATCH = 10_000
+
+
+def wake_backoffs(rt: Runtime) -> int:
+    """Central is back: every event waiting out a backoff is due now, not when its
+    backoff (up to ``relay_backoff_max_s``) ends. How many."""
+    woken = 0
+    while True:
+        with rt.store.unit_of_work() as uow:
+            done = uow.outbox.wake(now=rt.clock.now(), limit=WAKE_BATCH)
+            uow.commit()
+        woken += done
+        if done < WAKE_BATCH:
+            break
+    if woken:
+        log.info("relay_central_back", events_due_now=woken)
+    return woken
+
+
 class Relay(Loop):
     """Runs ``relay_round`` in a background thread: at once again after a full batch,
-    after ``relay_idle_s`` otherwise (a failed round, too: the leases run out)."""
+    after ``relay_idle_s`` otherwise (a failed round, too: the leases run out). Once
+    central failed, each idle pause asks whether it is back (``ready``); when it is,
+    whatever backed off goes at once."""
 
     def __init__(self, rt: Runtime, central: CentralPlatform) -> None:
-        def step() -> float:
-            done = relay_round(rt, central)
-            full = done.leased == rt.settings.relay_batch_max and not done.central_down
-            return 0.0 if full else rt.settings.relay_idle_s
-
+        self._rt = rt
+        self._central = central
+        self.central_down = False
         super().__init__(
             "lequan-relay",
-            step,
+            self.step,
             first_pause_s=0.0,
             retry_pause_s=rt.settings.relay_idle_s,
         )
+
+    def step(self) -> float:
+        """One round; the pause before the next."""
+        rt = self._rt
+        done = relay_round(rt, self._central)
+        if done.central_down:
+            self.central_down = True
+        elif self.central_down and (done.delivered or self._central.ready()):
+            self.central_down = False
+            wake_backoffs(rt)
+            return 0.0
+        full = done.leased == rt.settings.relay_batch_max and not done.central_down
+        return 0.0 if full else rt.settings.relay_idle_s
 
 
 # -- what operators see and do --------------------------------------------------------------

@@ -140,3 +140,18 @@ class SqlOutbox:
             .limit(limit)
         )
         return [_row(r) for r in self._s.exec(query)]
+
+    def wake(self, *, now: datetime, limit: int) -> int:
+        o = t.outbox.c
+        waiting = (
+            sa.select(o.id)
+            .where(o.status == "pending", o.next_attempt_at > now, o.last_error.is_not(None))
+            .order_by(o.next_attempt_at, o.id)
+            .limit(limit)
+        )
+        result = self._s.exec(
+            sa.update(t.outbox)
+            .where(o.id.in_(waiting.scalar_subquery()))
+            .values(next_attempt_at=now)
+        )
+        return int(result.rowcount)
