@@ -188,8 +188,7 @@ def _province_file(
     placed = [lines[0]] + [",".join(line.split(",")[:6]) + "," for line in lines[1:] if line]
     (folder / "merchants.csv").write_text("\n".join(placed) + "\n", encoding="utf-8")
     acquirers = sorted({line.split(",")[5] for line in lines[1:] if line})
-    config = {
-        "code": code,
+    config: dict[str, Any] = {
         "name": f"{NAMES[code]}以旧换新平台 (demo)",
         "data_dir": "data",
         "host": "127.0.0.1",
@@ -200,6 +199,8 @@ def _province_file(
         "merchants_file": "merchants.csv",
         "operator": {"id": f"op-{code}", "role": "maker"},
     }
+    # The province's region code first, as the examples have it.
+    config = dict([("code", code), *config.items()])
     path = folder / "province.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), "utf-8")
     return path
@@ -265,7 +266,7 @@ class _Story:
 
     def step(self, what: str, response: httpx.Response, expected: int, code: str = "") -> Any:
         body = response.json()
-        got = body.get("code", "") if response.status_code >= 400 else ""
+        got = str(body.get("code", "")) if response.status_code >= 400 else ""
         as_expected = response.status_code == expected and got == code
         mark = "[green]✓[/]" if as_expected else "[red]✗[/]"
         answer = f"{response.status_code} {got}".strip()
@@ -275,7 +276,12 @@ class _Story:
                 self.console.print(f"      [red]{body.get('message', '')}[/]")
             raise DemoStepFailed(what)
         self.summary.steps.append(
-            {"step": what, "status": response.status_code, "code": got, "as_expected": as_expected}
+            {
+                "step": what,
+                "status": response.status_code,
+                "refusal": got,
+                "as_expected": as_expected,
+            }
         )
         return body
 
@@ -553,7 +559,7 @@ def _act(home: Path, console: Console, story: _Story, summary: TradeInSummary) -
             else "  [red]the relays did not catch up[/]"
         )
         summary.steps.append(
-            {"step": "relays caught up", "status": 0, "code": "", "as_expected": caught_up}
+            {"step": "relays caught up", "status": 0, "refusal": "", "as_expected": caught_up}
         )
         for province in (shanghai, zhejiang):
             _reconcile(province, console, summary)

@@ -52,7 +52,7 @@ def test_demo_replays_a_crowd_and_every_invariant_holds(tmp_path: Path) -> None:
     # The trade-in act: central and two provinces, each its own process.
     trade_in = summary["trade_in"]
     assert trade_in["ok"] is True, trade_in
-    steps = {s["step"]: (s["status"], s["code"]) for s in trade_in["steps"]}
+    steps = {s["step"]: (s["status"], s["refusal"]) for s in trade_in["steps"]}
     assert (409, "qualification_used_elsewhere") in steps.values()
     assert (503, "central_unavailable") in steps.values()
     assert steps["relays caught up"] == (0, "")
