@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     central_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     # How long central holds a trade-in lock for a voucher this province has not yet
     # committed; past it the slot is free again (a crash between lock and commit).
-    trade_in_hold_s: Annotated[int, Field(ge=10, le=86_400)] = 600
+    trade_in_hold_s: Annotated[int, Field(ge=2, le=86_400)] = 600
     # The relay that delivers the outbox to central: events per call, how long a
     # leased batch is its own, attempts before an event is dead-lettered, and the
     # backoff between attempts (doubling from the first, at most the max).

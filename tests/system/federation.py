@@ -62,13 +62,13 @@ ACQUIRER = "acq-unionpay"
 START_TIMEOUT_S = 60.0
 # The province's background work, fast for tests: the relay polls every 50 ms and
 # retries after 50 ms (doubling to 200 ms); the sweep runs twice a second. Central's
-# hold (LEQUAN_TRADE_IN_HOLD_S) is the shortest the settings allow, 10 s.
+# hold (LEQUAN_TRADE_IN_HOLD_S) is short: 5 s, still well above an application's time.
 TUNING = {
     "LEQUAN_RELAY_IDLE_S": "0.05",
     "LEQUAN_RELAY_BACKOFF_FIRST_S": "0.05",
     "LEQUAN_RELAY_BACKOFF_MAX_S": "0.2",
     "LEQUAN_SWEEP_INTERVAL_S": "0.5",
-    "LEQUAN_TRADE_IN_HOLD_S": "10",
+    "LEQUAN_TRADE_IN_HOLD_S": "5",
     "LEQUAN_CENTRAL_TIMEOUT_S": "5",
     "LEQUAN_LOG_LEVEL": "WARNING",
 }

@@ -292,3 +292,20 @@ def test_a_consumption_template_is_not_applied_for(shanghai: World) -> None:
             qualification.Application("u1", "sh-dining-2024", "r1", "d300-90", "310104"),
         )
     assert caught.value.code == "not_a_trade_in_template"
+
+
+def test_a_retry_after_the_sweep_gave_the_lock_back_asks_for_it_again(
+    shanghai: World, central: MemoryCentral
+) -> None:
+    shanghai.register(1, channel="unionpay")
+    central.down()
+    assert refusal(shanghai, 1, key="slow") == "central_unavailable"
+    # The application never came back for longer than the hold: the sweep gives it back.
+    shanghai.clock.advance(timedelta(seconds=shanghai.rt.settings.trade_in_hold_s + 1))
+    sweep(shanghai.rt)
+    central.up()
+    voucher = apply(shanghai, 1, key="slow")  # the same request, the same lock again
+    with shanghai.rt.store.unit_of_work(readonly=True) as uow:
+        lock = uow.qualifications.lock_of_voucher(voucher.id)
+    assert lock is not None
+    assert lock.state == "issued"

@@ -174,6 +174,7 @@ class ErrorCode(enum.StrEnum):
     QUALIFICATION_REVOKED = "qualification_revoked"
     QUALIFICATION_LOCK_SETTLED = "qualification_lock_settled"
     QUALIFICATION_NOT_HELD = "qualification_not_held"
+    QUALIFICATION_HOLD_EXPIRED = "qualification_hold_expired"
     NOT_A_TRADE_IN_TEMPLATE = "not_a_trade_in_template"
     TRADE_IN_IS_APPLIED_FOR = "trade_in_is_applied_for"
     CENTRAL_UNAVAILABLE = "central_unavailable"
@@ -597,6 +598,12 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         Conflict,
         "the qualification a trade-in voucher stands for is no longer held at central "
         "(revoked or moved): the voucher cannot be spent",
+    ),
+    _C.QUALIFICATION_HOLD_EXPIRED: ErrorSpec(
+        503,
+        Unavailable,
+        "the qualification's hold at central ran out before the voucher was issued; nothing "
+        "was issued: retry with the same Idempotency-Key",
     ),
     _C.NOT_A_TRADE_IN_TEMPLATE: ErrorSpec(
         409, Conflict, "the template is a consumption voucher: claim it at /v1/claims"

@@ -160,6 +160,10 @@ def apply(rt: Runtime, idem: Idempotency, application: Application) -> VoucherRo
             template=template,
             now=now,
         )
+    elif existing.state == "released":
+        # Given back meanwhile (its hold ran out, or the sweep released it): the same
+        # request asks central for the same lock again, which central takes if it may.
+        _record_again(rt, lock_id, now)
     elif existing.state not in ("held", "refused"):
         raise Conflict("qualification_lock_settled", "this application was settled already")
     try:
@@ -281,6 +285,12 @@ def _record_lock(
         pass  # the same request, retried at the same moment: one row is enough
 
 
+def _record_again(rt: Runtime, lock_id: str, now: datetime) -> None:
+    with rt.store.unit_of_work() as uow:
+        uow.qualifications.move_lock(lock_id, from_states=["released"], to="held", now=now)
+        uow.commit()
+
+
 def _issue(
     rt: Runtime,
     idem: Idempotency,
@@ -321,10 +331,17 @@ def _issue(
             return None
         if not uow.ledger.record(issue_entry(voucher.face_fen), campaign_id=campaign.id, now=now):
             return None
-        moved = uow.qualifications.move_lock(
+        if not uow.qualifications.move_lock(
             lock_id, from_states=["held", "refused"], to="issued", now=now, voucher_id=voucher.id
-        )
-        assert moved, "the lock was recorded before central was asked"
+        ):
+            # The sweep gave the lock back while this application waited (longer than
+            # trade_in_hold_s): nothing is issued; the same request asks again.
+            raise Unavailable(
+                "qualification_hold_expired",
+                "the qualification's hold ran out before the voucher was issued; nothing was "
+                "issued: retry with the same Idempotency-Key",
+                retry_after_s=1,
+            )
         uow.ledger.add_outbox(
             event_id=new_id("e"),
             topic="voucher.issued",
