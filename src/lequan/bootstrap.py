@@ -171,7 +171,9 @@ def build_runtime(
                 socket_timeout=settings.redis_timeout_s,
             )
             nonce_client = redis.Redis.from_pool(pool)
-        nonces = RedisNonceStore(nonce_client, key_prefix=settings.redis_key_prefix)
+        redis_nonces = RedisNonceStore(nonce_client, key_prefix=settings.redis_key_prefix)
+        redis_nonces.open_epoch()
+        nonces = redis_nonces
         # A claim's key is held for every process until the claim's outcome: at most
         # its wait for room in the commit queue and the fence later. A process that
         # dies holding keys lets go of them as long again as a caller waits after.

@@ -81,7 +81,8 @@ def test_a_tampered_or_short_answer_is_refused() -> None:
     key = oprf.PseudonymKey(os.urandom(32))
     clients, blinded = oprf.blind(["110101199003077777", "44030119851201002X"])
     answer = bytearray(key.evaluate(blinded))
-    answer[0], answer[32] = answer[32], answer[0]
+    # The two evaluated elements swapped: each a valid point, neither the right one.
+    answer[0:32], answer[32:64] = answer[32:64], answer[0:32]
     public_key = oprf.public_key_from_hex(key.public_key_hex)
     with pytest.raises(oprf.ProofInvalid):
         oprf.finalize(clients, bytes(answer), public_key)

@@ -351,6 +351,31 @@ def test_redis_epoch_is_shared_and_starts_again_when_redis_lost_its_data(
         client.close()
 
 
+@pytest.mark.redis
+def test_a_new_redis_epoch_starts_with_the_process_not_its_first_call(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A request signed in the second before a new store's first call must pass: the
+    epoch starts when the process starts (``open_epoch``), not at that call."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        clock = FakeClock()
+        store = RedisNonceStore(client, key_prefix=redis_prefix, clock=clock)
+        store.open_epoch()
+        started_s = int(clock.now().timestamp())
+        clock.advance(1)
+        assert store.remember("wechat", NONCE, TTL_S) is True
+        assert store.epoch_s == started_s  # a call signed at started_s is not stale
+        # Another process starting later keeps the store's epoch.
+        clock.advance(30)
+        later = RedisNonceStore(client, key_prefix=redis_prefix, clock=clock)
+        later.open_epoch()
+        assert later.remember("wechat", "other-nonce-1", TTL_S) is True
+        assert later.epoch_s == started_s
+    finally:
+        client.close()
+
+
 def test_redis_down_is_unavailable_not_a_crash() -> None:
     # Nothing listens on port 1; the store must answer with an operating error of its
     # own, so that a Redis outage does not send operators to the database.

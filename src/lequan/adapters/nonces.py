@@ -137,6 +137,17 @@ class RedisNonceStore:
         lequan's since it last lost its data."""
         return self._epoch_s
 
+    def open_epoch(self) -> None:
+        """Start the epoch now if the Redis has none (a new deployment, or one that lost
+        its data), before the process takes its first call: otherwise a new store's
+        first call, signed in the second before it arrived, would start the epoch
+        after its own timestamp and be refused ``stale_timestamp``. An unreachable
+        Redis is left for the first call to report."""
+        try:
+            self._client.set(self._epoch_key, math.floor(self._clock.now().timestamp()), nx=True)
+        except redis.RedisError as error:
+            log.warning("nonce_store_unavailable", error_type=type(error).__name__)
+
     def key(self, app_id: str, nonce: str) -> str:
         """The Redis key of one nonce; the nonce has no ':', so the last ':' splits it off."""
         assert ":" not in nonce, "nonces are checked by parse_headers before they are stored"
