@@ -26,10 +26,11 @@ demo: $(STAMP)
 ## Run the whole test suite (PostgreSQL and Redis tests run when their servers answer;
 ## LEQUAN_TEST_REQUIRE_SERVICES=1 makes them mandatory, as CI does).
 ## The suite runs in TEST_WORKERS processes (pytest-xdist), a file's tests together
-## (they share its fixtures); TEST_WORKERS=0 runs it in this process.
+## (they share its fixtures), then the `serial` tests alone (scripts/test);
+## TEST_WORKERS=0 runs it all in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	TEST_WORKERS=$(TEST_WORKERS) PYTHON=$(BIN)/python scripts/test $(PYTEST_ARGS)
 
 check: $(STAMP)
 	PATH=$(BIN):$$PATH scripts/check

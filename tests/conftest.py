@@ -168,3 +168,27 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         yield node
     finally:
         cluster.__exit__(None, None, None)
+
+
+# Tests whose figures depend on having the machine to themselves (claim races under lock
+# timeouts, failovers, outages, crashes, whole crowds): `make test` (scripts/test) runs
+# them alone, after the others have run in parallel.
+SERIAL_FILES = frozenset(
+    {
+        "tests/integration/test_claim_invariants.py",
+        "tests/integration/test_cluster_failover.py",
+        "tests/integration/test_gate_outage.py",
+        "tests/integration/test_store_faults.py",
+        "tests/integration/test_true_refusals.py",
+        "tests/system/test_crash.py",
+        "tests/system/test_simulate.py",
+        "tests/system/test_workers.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        if item.path.relative_to(root).as_posix() in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
