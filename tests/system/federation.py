@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import redis
 import sqlalchemy as sa
 import yaml
 
@@ -242,6 +243,8 @@ class Province:
     secrets: dict[str, str] = field(default_factory=dict)
     maker_token: str = ""
     checker_token: str = ""
+    # Settings of its server process beyond the file's (LEQUAN_WORKERS).
+    serve_env: dict[str, str] = field(default_factory=dict)
     _stderr: IO[bytes] | None = None
     _client: httpx.Client | None = None
     _engine: sa.Engine | None = None
@@ -289,7 +292,7 @@ class Province:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the process
         self.process = subprocess.Popen(  # our own interpreter and arguments
             [sys.executable, "-m", "lequan.cli", "province", "serve", str(self.file)],
-            env={**_shell_env(), **TUNING},
+            env={**_shell_env(), **TUNING, **self.serve_env},
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
         )
@@ -532,12 +535,15 @@ _PROVINCES = (
 )
 
 
-def _province_file(directory: Path, name: str, code: str, database_url: str, port: int) -> Path:
+def _province_file(  # the file's fields, by name
+    directory: Path, name: str, code: str, database_url: str, port: int, redis_url: str = ""
+) -> Path:
     data = {
         "code": code,
         "name": f"{name} trade-in platform",
         "data_dir": f"data/{name}",
         "database_url": database_url,
+        "redis_url": redis_url,
         "port": port,
         "central": {"url": "", "credentials_file": f"{name}-central.json"},
         "channels": [{"id": CHANNEL, "name": "微信支付"}, {"id": "alipay", "name": "支付宝"}],
@@ -593,11 +599,15 @@ def _stand_up(province: Province, central: CentralProcess) -> None:
 
 
 @contextmanager
-def federation(postgres_url: str, template: str | None = None) -> Iterator[Federation]:
+def federation(
+    postgres_url: str, template: str | None = None, *, redis_url: str | None = None
+) -> Iterator[Federation]:
     """Central and two provinces, each on its own fresh PostgreSQL database, served.
 
     The provinces' databases are copies of ``template`` (a store at head) when given,
-    to spare each init the whole migration history; init runs all the same."""
+    to spare each init the whole migration history; init runs all the same. With
+    ``redis_url``, Zhejiang runs as production does: two worker processes
+    (``serve --workers 2``) sharing the Redis gate and nonces, each relaying."""
     with ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         central_url, drop = postgres_database(postgres_url)
@@ -616,15 +626,23 @@ def federation(postgres_url: str, template: str | None = None) -> Iterator[Feder
             proxy = FaultProxy(central.url)
             stack.callback(proxy.close)
             port = free_port()
+            # Zhejiang: Guangdong is the one a scenario SIGKILLs as a single process.
+            workers = redis_url is not None and code == "330000"
+            if workers:
+                assert redis_url is not None
+                _forget_province_keys(redis_url, code)
             province = Province(
                 name=name,
                 code=code,
                 region=region,
-                file=_province_file(directory, name, code, url, port),
+                file=_province_file(
+                    directory, name, code, url, port, redis_url if workers and redis_url else ""
+                ),
                 data_dir=directory / "data" / name,
                 database_url=url,
                 port=port,
                 proxy=proxy,
+                serve_env={"LEQUAN_WORKERS": "2"} if workers else {},
             )
             stack.callback(province.stop)
             provinces[name] = province
@@ -640,6 +658,17 @@ def federation(postgres_url: str, template: str | None = None) -> Iterator[Feder
         finally:
             if fed._central_engine is not None:
                 fed._central_engine.dispose()
+
+
+def _forget_province_keys(redis_url: str, code: str) -> None:
+    """A province's Redis keys (prefix ``lq:<code>:``) left by an earlier run: its
+    campaigns' gates would outlive the databases they counted."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"lq:{code}:*"):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 # -- what must hold after every scenario ------------------------------------------------------

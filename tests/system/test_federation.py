@@ -35,12 +35,13 @@ from tests.system.federation import (
 )
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 @pytest.fixture(scope="module")
-def federated(postgres_url: str, postgres_template: str) -> Iterator[Federation]:
-    with federation(postgres_url, postgres_template) as started:
+def federated(postgres_url: str, postgres_template: str, redis_url: str) -> Iterator[Federation]:
+    # Zhejiang serves with two worker processes on Redis, as in production.
+    with federation(postgres_url, postgres_template, redis_url=redis_url) as started:
         yield started
 
 
