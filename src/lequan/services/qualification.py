@@ -52,6 +52,7 @@ __all__ = [
     "lock_id_for",
     "pseudonym_of",
     "release_for_voucher",
+    "release_lock_of",
     "release_stale",
 ]
 
@@ -390,13 +391,24 @@ def release_stale(rt: Runtime, *, older_than_s: float, limit: int) -> int:
     return released
 
 
+def release_lock_of(
+    uow: UnitOfWork, voucher_id: str, *, now: datetime
+) -> QualificationLockRow | None:
+    """In the caller's transaction: the voucher's issued lock released here, and returned
+    (None for a voucher that holds none). Central learns it from the caller's event."""
+    lock = uow.qualifications.lock_of_voucher(voucher_id)
+    if lock is None or lock.state != "issued":
+        return None
+    uow.qualifications.move_lock(lock.id, from_states=["issued"], to="released", now=now)
+    return lock
+
+
 def release_for_voucher(uow: UnitOfWork, voucher: VoucherRow, *, topic: str, now: datetime) -> bool:
     """In the caller's transaction (the voucher expired or was voided unused): its lock
     released and central told. False for a voucher that holds no qualification."""
-    lock = uow.qualifications.lock_of_voucher(voucher.id)
-    if lock is None or lock.state != "issued":
+    lock = release_lock_of(uow, voucher.id, now=now)
+    if lock is None:
         return False
-    uow.qualifications.move_lock(lock.id, from_states=["issued"], to="released", now=now)
     uow.ledger.add_outbox(
         event_id=new_id("e"),
         topic=topic,

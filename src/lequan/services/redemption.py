@@ -50,6 +50,7 @@ from lequan.ports.central import (
 )
 from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
+from lequan.services.qualification import release_lock_of
 from lequan.services.relay import sync_event
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_id, redemption_body
@@ -727,12 +728,6 @@ def _category_of(uow: UnitOfWork, redemption: RedemptionRow) -> str | None:
     return registered.product.category.value if registered is not None else None
 
 
-def _release_qualification(uow: UnitOfWork, voucher_id: str, now: datetime) -> None:
-    lock = uow.qualifications.lock_of_voucher(voucher_id)
-    if lock is not None and lock.state == "issued":
-        uow.qualifications.move_lock(lock.id, from_states=["issued"], to="released", now=now)
-
-
 def _undo_redeem(
     uow: UnitOfWork,
     redemption: RedemptionRow,
@@ -810,7 +805,7 @@ def refund(
         assert moved_back, "the voucher is locked by this transaction"
         if state is VoucherState.VOID:
             # Its event gives the qualification back to central: no longer held here.
-            _release_qualification(uow, voucher.id, now)
+            release_lock_of(uow, voucher.id, now=now)  # the refund event tells central
         _event(
             uow,
             "redemption.refunded",
