@@ -22,6 +22,7 @@ from lequan.adapters.crypto import (
     load_key_file,
 )
 from lequan.adapters.memory_gate import MemoryGate
+from lequan.adapters.memory_pulse import MemoryPulse
 from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
 from lequan.adapters.sold_out import LocalSoldOut, RedisSoldOut
 from lequan.adapters.sql import migrate
@@ -39,12 +40,14 @@ from lequan.ports import (
     StoreUnavailable,
 )
 from lequan.ports.central import CentralPlatform
+from lequan.ports.pulse import Pulse
 from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
 from lequan.services.gatekeeper import GateKeeper
 from lequan.services.idempotency import InFlight
 from lequan.services.keys import check_keys
+from lequan.services.live import PulseFlusher, record_sold_out
 from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.relay import Relay
 from lequan.services.runtime import Runtime
@@ -147,6 +150,7 @@ def build_runtime(
 
         from lequan.adapters.key_holds import RedisKeyHolds
         from lequan.adapters.redis_gate import RedisGate
+        from lequan.adapters.redis_pulse import RedisPulse
 
         gate = gate or RedisGate.from_url(
             settings.redis_url,
@@ -174,6 +178,7 @@ def build_runtime(
         redis_nonces = RedisNonceStore(nonce_client, key_prefix=settings.redis_key_prefix)
         redis_nonces.open_epoch()
         nonces = redis_nonces
+        pulse: Pulse = RedisPulse(nonce_client, key_prefix=settings.redis_key_prefix)
         # A claim's key is held for every process until the claim's outcome: at most
         # its wait for room in the commit queue and the fence later. A process that
         # dies holding keys lets go of them as long again as a caller waits after.
@@ -187,6 +192,7 @@ def build_runtime(
         gate = gate or MemoryGate()
         nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
         inflight = InFlight()
+        pulse = MemoryPulse()
     return Runtime(
         settings=settings,
         store=store,
@@ -194,6 +200,7 @@ def build_runtime(
         keyring=keyring or load_keyring(settings, create=create_keys),
         clock=clock,
         nonces=nonces,
+        pulse=pulse,
         inflight=inflight,
         central=central,
     )
@@ -225,9 +232,12 @@ class Platform:
     sold_out: LocalSoldOut | RedisSoldOut
     redemptions: RedemptionWriter
     relay: Relay | None = None
+    pulse_flusher: PulseFlusher | None = None
 
     def stop_workers(self) -> None:
         """Stop the background threads; the runtime (store, gate) stays open."""
+        if self.pulse_flusher is not None:
+            self.pulse_flusher.stop()
         if self.relay is not None:
             self.relay.stop()
         if self.sweeper is not None:
@@ -369,13 +379,22 @@ def start_platform(
     gatekeeper.start()
     sold_out = sold_out_board(rt.settings)
     sold_out.listen(lambda pool, template_id: cache.sold_out.add((pool, template_id)))
-    claims = ClaimService(rt, cache, on_gate_lost=gatekeeper.request, on_sold_out=sold_out.publish)
+
+    def sold_out_now(pool: str, template_id: str) -> None:
+        record_sold_out(rt.pulse, rt.clock.now(), pool, template_id)
+        sold_out.publish(pool, template_id)
+
+    claims = ClaimService(rt, cache, on_gate_lost=gatekeeper.request, on_sold_out=sold_out_now)
+    flusher = PulseFlusher(rt.pulse, interval_s=rt.settings.pulse_flush_s)
+    if rt.pulse.shared:
+        flusher.start()
     # Every process relays: leases keep two relays off one event.
     relayer = Relay(rt, rt.central) if relay and rt.central is not None else None
     if relayer is not None:
         relayer.start()
     return Platform(
         relay=relayer,
+        pulse_flusher=flusher if rt.pulse.shared else None,
         rt=rt,
         campaigns=cache,
         claims=claims,

@@ -54,6 +54,7 @@ from lequan.http.schemas import (
 )
 from lequan.ports import StoreError
 from lequan.services import relay
+from lequan.services.live import record_answer
 from lequan.services.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -431,6 +432,15 @@ def create_app(
             outcome=getattr(state, "outcome", None),
             counts=getattr(state, "claim_outcomes", envelope.NO_COUNTS),
         )
+        app_id = getattr(state, "app_id", None)
+        if app_id is not None:
+            record_answer(
+                platform.rt.pulse,
+                int(time.time()),
+                app_id,
+                response.status_code,
+                getattr(state, "error_code", None),
+            )
         structlog.contextvars.clear_contextvars()
         return response
 

@@ -38,6 +38,7 @@ from lequan.http.envelope import (
 from lequan.http.routes.acquirer import redeem_answer
 from lequan.http.schemas import BatchClaimIn, ClaimIn, RedeemIn
 from lequan.services.idempotency import Idempotency, request_hash
+from lequan.services.live import record_answer
 
 __all__ = ["FastBatchClaims", "FastClaims", "FastRedemptions"]
 
@@ -111,6 +112,9 @@ class _LeanRoute:
             outcome=outcome,
             counts=counts,
         )
+        if app_id is not None:
+            code = body.get("code") if status >= 400 and isinstance(body, dict) else None
+            record_answer(self.platform.rt.pulse, int(time.time()), app_id, status, code)
 
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         """The answer to one request body (see ``_Answered``)."""

@@ -44,6 +44,7 @@ from lequan.services.claim_answers import (
 from lequan.services.gatekeeper import CLAIMED_ALREADY, Refusal, Verdict, check_refusals
 from lequan.services.group_commit import GroupCommitter, PendingClaim, tell_gate
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
+from lequan.services.live import record_claims
 from lequan.services.runtime import Runtime
 from lequan.services.views import http_status, new_ids
 
@@ -111,8 +112,19 @@ class ClaimService:
             rt.inflight.release_many(
                 (requests[i].key.app_id, requests[i].key.key) for i in held if i not in handed
             )
-        assert all(r is not None for r in results)
-        return [r for r in results if r is not None]
+        answered = [r for r in results if r is not None]
+        assert len(answered) == len(requests)
+        record_claims(
+            rt.pulse,
+            now,
+            channel_id,
+            (
+                (request.campaign_id, result.outcome)
+                for request, result in zip(requests, answered, strict=True)
+                if not result.replayed
+            ),
+        )
+        return answered
 
     def _hold_or_replay(
         self,

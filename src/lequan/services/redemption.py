@@ -50,6 +50,7 @@ from lequan.ports.central import (
 )
 from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
+from lequan.services.live import Redeemed, record_redemptions
 from lequan.services.qualification import release_lock_of
 from lequan.services.relay import sync_event
 from lequan.services.runtime import Runtime
@@ -509,6 +510,8 @@ def redeem(
             if refusal is not None:
                 raise refusal
         uow.commit()
+    if not lock:
+        record_redemptions(rt.pulse, now, [Redeemed(redemption, voucher.channel_id, merchant)])
     return redemption, state
 
 
@@ -655,7 +658,9 @@ def confirm(
             )
             if refusal is not None:
                 raise refusal
+        counted = _counted(uow, moved, voucher, 1)
         uow.commit()
+    record_redemptions(rt.pulse, now, [counted])
     return moved, state
 
 
@@ -702,7 +707,9 @@ def reverse(
         )
         if record is not None:
             record(uow, (moved, state))
+        counted = _counted(uow, moved, voucher, -1)
         uow.commit()
+    record_redemptions(rt.pulse, now, [counted])
     return moved, state
 
 
@@ -816,8 +823,15 @@ def refund(
         )
         if record is not None:
             record(uow, (moved, state))
+        counted = _counted(uow, moved, voucher, -1)
         uow.commit()
+    record_redemptions(rt.pulse, now, [counted])
     return moved, state
+
+
+def _counted(uow: UnitOfWork, row: RedemptionRow, voucher: VoucherRow, sign: int) -> Redeemed:
+    """A redemption as the big screen counts it (by its merchant's region and category)."""
+    return Redeemed(row, voucher.channel_id, uow.people.get_merchant(row.merchant_id), sign)
 
 
 def get(rt: Runtime, redemption_id: str, *, acquirer_id: str) -> dict[str, Any]:

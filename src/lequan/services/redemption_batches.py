@@ -39,6 +39,7 @@ from lequan.rows import MerchantRow, RedemptionReads, RedemptionRow, VoucherRow
 from lequan.services.batching import BatchWriter
 from lequan.services.campaigns import CampaignCache
 from lequan.services.idempotency import Answer, Idempotency, replay_or_refuse
+from lequan.services.live import Redeemed, record_redemptions
 from lequan.services.redemption import (
     NationalItem,
     ProductCheck,
@@ -221,7 +222,12 @@ class RedemptionWriter(BatchWriter[OneStep]):
             todo = self._replays(batch, reads.answers, outcomes)
             accepted = self._decide(uow, batch, todo, outcomes, reads=reads, now=now)
             self._write(uow, batch, accepted, now)
+            counted = [
+                Redeemed(a.row, a.voucher.channel_id, self._merchants.get(uow, a.row.merchant_id))
+                for a in accepted
+            ]
             uow.commit()
+        record_redemptions(rt.pulse, now, counted)
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
 

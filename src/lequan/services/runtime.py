@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from lequan.config import Settings
 from lequan.ports import ClaimGate, Clock, KeyRing, NonceStore, Store
 from lequan.ports.central import CentralPlatform
+from lequan.ports.pulse import Pulse
 from lequan.services.idempotency import InFlight
 
 __all__ = ["Runtime"]
@@ -21,6 +22,8 @@ class Runtime:
     keyring: KeyRing
     clock: Clock
     nonces: NonceStore
+    # Live figures every process adds to and the big screen reads (``services/live.py``).
+    pulse: Pulse
     inflight: InFlight = field(default_factory=InFlight)
     # The central (national) platform, when this province is connected to one.
     central: CentralPlatform | None = None
