@@ -102,8 +102,13 @@ def test_the_description_requires_what_the_server_requires(api: Api) -> None:
             keyed.add((method, path))
         statuses = set(operation["responses"])
         if path.startswith("/v1/admin/"):
-            assert operation["security"] == [{"operator": []}], path
+            assert operation["security"] == [{"operator": []}, {"screen_session": []}], path
             assert {"401", "403", "413", "422", "503"} <= statuses, path
+        elif path in ("/v1/screen/whoami", "/v1/screen/snapshot", "/v1/screen/stream"):
+            assert operation["security"] == [{"screen_session": []}], path
+            assert "401" in statuses, path
+        elif path.startswith(("/v1/screen/session", "/v1/public/")):
+            assert "security" not in operation, path
         elif path.startswith("/v1/"):
             assert operation["security"] == [{header: [] for header in SIGNING}], path
             assert {"401", "403", "413", "422", "429", "503"} <= statuses, path
@@ -176,7 +181,7 @@ def test_the_api_keeps_to_its_description(api: Api) -> None:
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result  # the description is valid OpenAPI
         operations.append(result.ok())
-    assert len(operations) == 33
+    assert len(operations) == 39
     for operation in operations:
         for case in schema.iter_coverage_cases(
             operation, generation_modes=modes, generation_config=schema.config.generation

@@ -138,9 +138,11 @@ class ErrorCode(enum.StrEnum):
     INVALID_MERCHANT = "invalid_merchant"
     INVALID_MERCHANT_FILE = "invalid_merchant_file"
     INVALID_REASON = "invalid_reason"
+    CSRF_HEADER_REQUIRED = "csrf_header_required"
     # Retry later (Unavailable, with Retry-After).
     THROTTLED = "throttled"
     OVERLOADED = "overloaded"
+    TOO_MANY_STREAMS = "too_many_streams"
     STORE_UNAVAILABLE = "store_unavailable"
     COMMIT_TIMEOUT = "commit_timeout"
     GATE_UNAVAILABLE = "gate_unavailable"
@@ -476,11 +478,22 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "an acquirer or a campaign that does not exist (`details.line`)",
     ),
     _C.INVALID_REASON: ErrorSpec(422, InvalidInput, "a reason is 1–200 characters"),
+    _C.CSRF_HEADER_REQUIRED: ErrorSpec(
+        403,
+        AuthError,
+        "a change made with the screen's session cookie must carry the header "
+        "`X-Lequan-CSRF: 1` (a page of another site cannot send it)",
+    ),
     _C.THROTTLED: ErrorSpec(
         429, Unavailable, "this app sends faster than its allowance; slow down"
     ),
     _C.OVERLOADED: ErrorSpec(
         429, Unavailable, "the platform sheds load; retry after `Retry-After` with the same key"
+    ),
+    _C.TOO_MANY_STREAMS: ErrorSpec(
+        429,
+        Unavailable,
+        "this process serves as many screen streams as it may, in all or to this operator",
     ),
     _C.STORE_UNAVAILABLE: ErrorSpec(
         503,

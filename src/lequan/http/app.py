@@ -37,7 +37,7 @@ from lequan.http.deps import NonceChecks
 from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
-from lequan.http.routes import acquirer, admin, channel
+from lequan.http.routes import acquirer, admin, channel, screen
 from lequan.http.schemas import (
     AppIn,
     BatchClaimIn,
@@ -56,6 +56,7 @@ from lequan.ports import StoreError
 from lequan.services import relay
 from lequan.services.live import record_answer
 from lequan.services.runtime import Runtime
+from lequan.services.screen import Screen
 
 __all__ = ["create_app"]
 
@@ -208,6 +209,7 @@ PARSED_BODIES = (
     BlacklistIn,
     BlacklistRemoveIn,
     OutboxReplayIn,
+    screen.SessionIn,
 )
 # The headers that sign a channel's or an acquirer's call (``signing.py``), declared as
 # security schemes all four of which a call presents: what the call says, not its fields.
@@ -269,6 +271,13 @@ class _LequanAPI(FastAPI):
             "scheme": "bearer",
             "description": "An operator's token (`lequan operator add`).",
         }
+        security["screen_session"] = {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "lequan_session",
+            "description": "The big screen's session (`POST /v1/screen/session` with an "
+            "operator's token); a change made with it also needs `X-Lequan-CSRF: 1`.",
+        }
         for header, text in SIGNING_HEADERS.items():
             security[header] = {
                 "type": "apiKey",
@@ -301,7 +310,12 @@ def _describe_operation(operation: dict[str, Any]) -> None:
     if tags & _SIGNED_TAGS:
         operation["security"] = [{header: [] for header in SIGNING_HEADERS}]
     elif "admin" in tags:
-        operation["security"] = [{"operator": []}]
+        # The token, or the big screen's session (a change then needs X-Lequan-CSRF: 1).
+        operation["security"] = [{"operator": []}, {"screen_session": []}]
+    elif "screen" in tags and operation.get("operationId", "").startswith(
+        ("whoami", "snapshot", "stream")
+    ):
+        operation["security"] = [{"screen_session": []}]
         # The header is the security scheme's, not a parameter of its own.
         parameters[:] = [p for p in parameters if p["name"].lower() != "authorization"]
     if not parameters:
@@ -478,6 +492,12 @@ def create_app(
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)
+    app.include_router(screen.router)
+    app.state.screen = Screen(platform.rt)
+    app.state.stream_slots = screen.StreamSlots(
+        total_max=settings.screen_streams_max,
+        per_operator_max=settings.screen_streams_per_operator_max,
+    )
 
     static = resources.files("lequan.web").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

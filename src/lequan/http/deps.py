@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
-from lequan.http import envelope
+from lequan.http import envelope, session
 from lequan.http.admission import TokenBuckets
 from lequan.http.claims import ClaimDesk
 from lequan.http.coalescing import Coalescer
@@ -243,6 +243,20 @@ def _operator(
     platform: PlatformDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> OperatorIdentity:
+    cookie = request.cookies.get(session.COOKIE)
+    if (not authorization or not authorization.startswith("Bearer ")) and cookie:
+        # The big screen's session (http/session.py): a change must prove it is the page's.
+        if (
+            request.method not in ("GET", "HEAD")
+            and request.headers.get(session.CSRF_HEADER) != "1"
+        ):
+            raise AuthError(
+                "csrf_header_required",
+                "a change made with the screen's session needs the header X-Lequan-CSRF: 1",
+            )
+        found = session.read_session(platform.rt, cookie)
+        request.state.operator_id = found.operator_id
+        return OperatorIdentity(found.operator_id, found.role)
     if not authorization or not authorization.startswith("Bearer "):
         raise AuthError(
             "unauthenticated", "an operator token is required: Authorization: Bearer ..."
