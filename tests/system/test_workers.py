@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from benchmarks.servers import free_port, start_lequan
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth
+from lequan.services import admin
 from lequan.services.invariants import check_campaign
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
@@ -57,6 +59,7 @@ def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_
         stock_by_channel={scenarios.CHANNEL: STOCK},
         gate_buckets=4,
     ) as stack:
+        viewer = admin.add_operator(stack.rt, "vera", role="viewer")
         port = free_port()
         server = start_lequan(stack.env, port, workers=2)
         base = f"http://127.0.0.1:{port}"
@@ -111,11 +114,21 @@ def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_
             jobs = [(u, v, till) for u, v in issued.items() for till in ("a", "b")]
             with ThreadPoolExecutor(32) as pool:
                 answers = Counter(pool.map(redeem, jobs))
+            screens = screen_figures(base, viewer)
         finally:
             server.terminate()
             server.wait(15)
 
         assert answers == {(201, "redeemed"): STOCK, (409, "already_redeemed"): STOCK}, answers
+        # The big screen, asked of either worker, shows both workers' work.
+        for figures in screens:
+            assert figures == {
+                "issued": STOCK,
+                "sold_out": PEOPLE - STOCK,
+                "redemptions": STOCK,
+                "pool_issued": STOCK,
+                "redeemed_in_region": STOCK,
+            }
         with sql_store(stack.rt.store).engine.connect() as connection:
             redeemed = connection.execute(
                 sa.select(sa.func.count())
@@ -128,6 +141,31 @@ def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_
         assert redeemed == redemptions == STOCK
         check = check_campaign(stack.rt, scenarios.CAMPAIGN_ID)
         assert check.ok, check.problems
+
+
+def screen_figures(base: str, token: str, *, asks: int = 6) -> list[dict[str, int]]:
+    """What the screen shows, asked ``asks`` times on new connections (so of both
+    workers), once every process's counts have reached the pulse (a flush later)."""
+
+    def figures() -> dict[str, int]:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            signed_in = client.post("/v1/screen/session", json={"token": token})
+            assert signed_in.status_code == 204, signed_in.text
+            body = client.get("/v1/screen/snapshot").json()
+        (campaign,) = body["campaigns"]
+        return {
+            "issued": sum(body["series"]["issued"]),
+            "sold_out": body["outcomes"]["sold_out"],
+            "redemptions": sum(body["series"]["redemptions"]),
+            "pool_issued": sum(pool["issued"] for pool in campaign["pools"]),
+            "redeemed_in_region": sum(region["redemptions"] for region in body["regions"]),
+        }
+
+    deadline = time.monotonic() + 20
+    while figures()["redemptions"] < STOCK and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.5)  # every process's last flush, and a snapshot built after it
+    return [figures() for _ in range(asks)]
 
 
 SENDERS = 12
