@@ -261,6 +261,15 @@ def demo(
             help="Then the trade-in act: central and two provinces, each its own process.",
         ),
     ] = True,
+    pace: Annotated[
+        float,
+        typer.Option(
+            help="Replay the crowd over about this many seconds, to watch it on the big "
+            "screen (0: as fast as it goes).",
+            min=0,
+            max=3600,
+        ),
+    ] = 0.0,
 ) -> None:
     """Run a real-shaped campaign end to end on the embedded default, then trade-in
     subsidies across a central platform and two provinces, then keep serving."""
@@ -273,6 +282,7 @@ def demo(
         as_json=as_json,
         data_dir=data_dir,
         trade_in=trade_in,
+        pace_s=pace,
     )
     if not ok:
         raise typer.Exit(1)

@@ -61,6 +61,8 @@ SHANGHAI_DISTRICTS = (
 )
 ELSEWHERE = ("320100", "330100", "110101")
 BATCH_ITEMS = 200
+# With --pace: time to open the screen before the crowd arrives.
+PACE_LEAD_S = 10.0
 HTTP_TIMEOUT_S = 30.0
 
 
@@ -183,6 +185,7 @@ def run_demo(  # the CLI's options, by name
     as_json: bool,
     data_dir: Path,
     trade_in: bool = True,
+    pace_s: float = 0.0,
 ) -> bool:
     console = Console(stderr=as_json)
     configure_logging(json=True, level="WARNING")
@@ -195,6 +198,7 @@ def run_demo(  # the CLI's options, by name
 
     maker = admin.add_operator(rt, "alice", role="maker")
     admin.add_operator(rt, "bob", role="checker")
+    viewer = admin.add_operator(rt, "vera", role="viewer")
     secrets_by_app = {
         c: admin.add_app(rt, app_id=c, kind="channel", name=c, actor="alice").secret
         for c in CHANNELS
@@ -219,9 +223,18 @@ def run_demo(  # the CLI's options, by name
     port = port or _free_port()
     server, thread = _serve(platform, port)
     base_url = f"http://127.0.0.1:{port}"
+    screen_url = f"{base_url}/screen/login#token={viewer}"
+    console.print(
+        f"[bold]The big screen[/]: {screen_url}  (vera, viewer; the maker alice can pull the "
+        f"switches: {base_url}/screen/login#token={maker})\n"
+        f"The public page: {base_url}/public"
+    )
+    if pace_s:
+        console.print(f"the crowd starts in {PACE_LEAD_S:g} s and runs for about {pace_s:g} s")
+        time.sleep(PACE_LEAD_S)
     try:
         summary = _replay(
-            platform, base_url, people, secrets_by_app, acquirer_secret, stock, console
+            platform, base_url, people, secrets_by_app, acquirer_secret, stock, console, pace_s
         )
     except BaseException:
         server.should_exit = True
@@ -242,6 +255,8 @@ def run_demo(  # the CLI's options, by name
         console.print(
             f"\n[bold]Serving on {base_url}[/] — API docs {base_url}/docs · "
             f"metrics {base_url}/metrics\n"
+            f"  the big screen {screen_url}\n"
+            f"  the public page {base_url}/public\n"
             f"  channel app [bold]wechat[/] secret {secrets_by_app['wechat']}\n"
             f"  acquirer app [bold]{ACQUIRER}[/] secret {acquirer_secret}\n"
             f"  operator token (alice, maker) {maker}\n"
@@ -267,6 +282,7 @@ def _replay(  # noqa: PLR0917  # one call site; the names read better than a bag
     acquirer_secret: str,
     stock: int,
     console: Console,
+    pace_s: float = 0.0,
 ) -> DemoSummary:
     rng = random.Random(2024)  # noqa: S311  # a reproducible crowd, not a secret
     crowd = _crowd(people, rng)
@@ -282,9 +298,11 @@ def _replay(  # noqa: PLR0917  # one call site; the names read better than a bag
     try:
         registered = _register(clients, crowd)
         console.print(f"registered {registered} people through {len(CHANNELS)} channels")
-        claims, acknowledged = _claim(clients, crowd, rng)
+        claims, acknowledged = _claim(clients, crowd, rng, pace_s=pace_s * 0.4)
         console.print("claims: " + ", ".join(f"{k} {v}" for k, v in sorted(claims.items())))
-        redemptions, discount_fen, orders_fen = _redeem(acquirer, crowd, acknowledged, rng)
+        redemptions, discount_fen, orders_fen = _redeem(
+            acquirer, crowd, acknowledged, rng, pace_s=pace_s * 0.6
+        )
     finally:
         for client in [*clients.values(), acquirer]:
             client.close()
@@ -343,9 +361,14 @@ def _register(clients: dict[str, httpx.Client], crowd: list[_Person]) -> int:
 
 
 def _claim(
-    clients: dict[str, httpx.Client], crowd: list[_Person], rng: random.Random
+    clients: dict[str, httpx.Client],
+    crowd: list[_Person],
+    rng: random.Random,
+    *,
+    pace_s: float = 0.0,
 ) -> tuple[Counter[str], dict[str, _Person]]:
-    """Each channel batches its users' claims; then a few singles, retries and second tries."""
+    """Each channel batches its users' claims; then a few singles, retries and second tries.
+    With ``pace_s`` the batches are spread over about that many seconds, to be watched."""
     templates = ("d300-90", "d300-90", "d500-150", "d800-240", "d1000-300")
     wanted = {p.user_id: rng.choice(templates) for p in crowd}
     outcomes: Counter[str] = Counter()
@@ -379,8 +402,15 @@ def _claim(
             (channel, members[i : i + BATCH_ITEMS]) for i in range(0, len(members), BATCH_ITEMS)
         ]
     rng.shuffle(jobs)
-    with ThreadPoolExecutor(6) as pool:
-        list(pool.map(lambda job: batch(*job), jobs))
+    if pace_s:
+        # Smaller batches, one at a time: the screen shows a crowd arriving, not a wall.
+        jobs = [(c, m[i : i + 5]) for c, m in jobs for i in range(0, len(m), 5)]
+        for job in jobs:
+            batch(*job)
+            time.sleep(pace_s / len(jobs))
+    else:
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda job: batch(*job), jobs))
 
     # A tenth of the people press again: half retry with the same key (the
     # answer is replayed), half make a fresh claim (already claimed).
@@ -408,14 +438,19 @@ def _redeem(
     crowd: list[_Person],
     acknowledged: dict[str, _Person],
     rng: random.Random,
+    *,
+    pace_s: float = 0.0,
 ) -> tuple[Counter[str], int, int]:
-    """About 70% of vouchers are spent (Hangzhou 2020 saw 70%); some two-phase, one refund."""
+    """About 70% of vouchers are spent (Hangzhou 2020 saw 70%); some two-phase, one refund.
+    With ``pace_s`` the redemptions are spread over about that many seconds."""
     outcomes: Counter[str] = Counter()
     discount_fen = orders_fen = 0
     merchants = ("m-cafe-001", "m-noodle-002", "m-burger-003")
     spent = [vid for vid in acknowledged if rng.random() < 0.7]
     refunded_one = False
     for n, voucher_id in enumerate(spent):
+        if pace_s:
+            time.sleep(pace_s / len(spent))
         p = acknowledged[voucher_id]
         merchant = rng.choice(merchants)
         order = {
