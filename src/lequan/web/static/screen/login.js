@@ -71,9 +71,15 @@ form.addEventListener("submit", (event) => {
     signIn(token);
   }
 });
-const token = tokenFromFragment();
-if (token) {
-  signIn(token);
-} else {
-  input.focus();
+function signInFromFragment() {
+  const token = tokenFromFragment();
+  if (token) {
+    signIn(token);
+  } else {
+    input.focus();
+  }
 }
+
+// A link followed while the page is open changes only the fragment: no reload.
+window.addEventListener("hashchange", signInFromFragment);
+signInFromFragment();

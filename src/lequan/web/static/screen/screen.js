@@ -617,6 +617,17 @@ function renderOutcomes(snapshot) {
   });
 }
 
+/** ECharts' title, used as a "no data yet" note over an empty chart. */
+function emptyNote(rows) {
+  return {
+    show: rows.length === 0,
+    text: t("no_data"),
+    left: "center",
+    top: "middle",
+    textStyle: { color: "#7f93b3", fontSize: 14, fontWeight: 400 },
+  };
+}
+
 function renderChannels(snapshot) {
   const rows = snapshot.channels;
   const bar = (key, field) => ({
@@ -629,6 +640,7 @@ function renderChannels(snapshot) {
   chart("channels").setOption(
     {
       textStyle: { fontFamily: fontFamily() },
+      title: emptyNote(rows),
       tooltip: { trigger: "axis" },
       legend: { top: 0, textStyle: { color: "#dce6f5", fontSize: 12 }, itemWidth: 10, itemHeight: 10 },
       grid: { left: 46, right: 8, top: 30, bottom: 24 },
@@ -645,6 +657,7 @@ function renderCategories(snapshot) {
   chart("categories").setOption(
     {
       textStyle: { fontFamily: fontFamily() },
+      title: emptyNote(rows),
       tooltip: {
         trigger: "axis",
         axisPointer: { type: "shadow" },
