@@ -498,7 +498,7 @@ function renderControls(snapshot) {
             <span>${esc(t(kind))}${esc(t("colon"))}<span class="state" data-paused="${paused}">${esc(t(paused ? "state_paused" : "state_running"))}</span></span>
             <button type="button" class="${paused ? "resume" : "danger"}" ${off}
               data-action="${verb}-${kind}" data-id="${esc(c.id)}" data-name="${esc(c.name)}"
-              data-i18n-title="${canAct() ? "" : "viewer_readonly"}">${esc(t(`btn_${verb}_${kind}`))}</button>
+              title="${canAct() ? "" : esc(t("viewer_readonly"))}">${esc(t(`btn_${verb}_${kind}`))}</button>
           </div>`;
       };
       return `<div class="campaign" data-campaign="${esc(c.id)}" data-status="${esc(c.status)}"
