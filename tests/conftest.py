@@ -175,6 +175,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 # them alone, after the others have run in parallel.
 SERIAL_FILES = frozenset(
     {
+        "tests/browser/test_screen.py",
         "tests/integration/test_claim_invariants.py",
         "tests/integration/test_cluster_failover.py",
         "tests/integration/test_gate_outage.py",
