@@ -221,6 +221,8 @@ class _SnapshotStream(Response):
 
     def __init__(self, screen: Screen, slots: StreamSlots, operator_id: str, every_s: float):
         super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        # A stream has no length: the framework counted the empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._screen = screen
         self._slots = slots
         self._operator_id = operator_id
