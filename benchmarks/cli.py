@@ -94,6 +94,12 @@ def bench(
             return None
         return row.median / baseline.median
 
+    def screen_ratio(row_name: str) -> float | None:
+        """A row measured with the big screen open, against the same row without it."""
+        if not row_name.endswith("_screen"):
+            return None
+        return ratio(row_name, row_name.removesuffix("_screen"))
+
     if as_json:
         typer.echo(
             json.dumps(
@@ -106,6 +112,7 @@ def bench(
                             "vs_pg_hot_row": ratio(row.name, "baseline_pg_hot_row"),
                             "vs_bare_fastapi": ratio(row.name, "baseline_bare_fastapi"),
                             "vs_bare_asgi": ratio(row.name, "baseline_bare_asgi"),
+                            "vs_without_screen": screen_ratio(row.name),
                         }
                         for row in rows
                     ],
@@ -149,6 +156,13 @@ def bench(
         console.print(
             f"  [bold]{row.name}[/]: {row.note}; runs {', '.join(f'{v:,.0f}' for v in row.values)}"
         )
+    for row in rows:
+        kept = screen_ratio(row.name)
+        if kept is not None:
+            console.print(
+                f"  with the screen open, {row.name.removesuffix('_screen')} keeps "
+                f"{kept:.1%} of its rate (same run)"
+            )
     console.print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
 
 

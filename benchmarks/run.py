@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from benchmarks import baselines, central, relay, scenarios
+from benchmarks import baselines, central, relay, scenarios, screen
 from benchmarks.cluster import ClusterUnavailable, local_cluster
 from benchmarks.servers import serve_bare, serve_lequan
 from lequan.adapters.memory_gate import MemoryGate
@@ -268,6 +268,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
         for stack_name, database in (("embedded", "sqlite"), ("pg_redis", "postgres")):
             names = [f"http_batch_claims_{stack_name}", f"http_single_claims_{stack_name}"]
             names.append(f"service_batch_claims_{stack_name}")
+            # The same two HTTP paths with the big screen open (an SSE client reading).
+            names += [f"{names[0]}_screen", f"{names[1]}_screen"]
             if database == "postgres":
                 names.extend(
                     [
@@ -287,8 +289,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                     url, drop = fresh_postgres(config.postgres_url)
                     redis_url = config.redis_url
                 people = (
-                    2 * config.batch_claims
-                    + config.single_claims
+                    3 * config.batch_claims
+                    + 2 * config.single_claims
                     + 2 * config.redemptions
                     + config.service_claims
                 )
@@ -332,6 +334,37 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                                     duration_s=config.duration_s,
                                 ),
                                 "durable, signed, idempotent; 64 connections",
+                            )
+                        if want(names[3]):
+                            with screen.watched(stack, port) as received:
+                                figure = scenarios.batch_claims(
+                                    stack,
+                                    port,
+                                    claims=config.batch_claims,
+                                    batch=1000,
+                                    connections=4,
+                                    duration_s=config.duration_s * 4,
+                                )
+                            add(
+                                names[3],
+                                "claims/s",
+                                screen.with_screen(figure, received),
+                                "as the batch row, with the big screen's event stream open",
+                            )
+                        if want(names[4]):
+                            with screen.watched(stack, port) as received:
+                                figure = scenarios.single_claims(
+                                    stack,
+                                    port,
+                                    claims=config.single_claims,
+                                    connections=64,
+                                    duration_s=config.duration_s,
+                                )
+                            add(
+                                names[4],
+                                "claims/s",
+                                screen.with_screen(figure, received),
+                                "as the single-claim row, with the big screen's event stream open",
                             )
                         if database == "postgres" and want("service_redemptions_pg"):
                             add(
