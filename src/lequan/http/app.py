@@ -46,10 +46,12 @@ from lequan.http.schemas import (
     ClaimIn,
     EmptyIn,
     ErrorOut,
+    MerchantSwitchIn,
     OutboxReplayIn,
     PersonIn,
     QuoteIn,
     RedeemIn,
+    RedemptionSwitchIn,
     RefundIn,
 )
 from lequan.ports import StoreError
@@ -207,6 +209,8 @@ PARSED_BODIES = (
     BlacklistIn,
     BlacklistRemoveIn,
     OutboxReplayIn,
+    RedemptionSwitchIn,
+    MerchantSwitchIn,
 )
 # The headers that sign a channel's or an acquirer's call (``signing.py``), declared as
 # security schemes all four of which a call presents: what the call says, not its fields.
