@@ -434,9 +434,15 @@ def campaign_list() -> None:
     """List campaigns."""
     from lequan.services import campaigns
 
-    table = Table("id", "name", "status", "budget (yuan)")
+    table = Table("id", "name", "status", "redemptions", "budget (yuan)")
     for row in campaigns.list_campaigns(_runtime()):
-        table.add_row(row.id, row.config.name, row.status.value, f"{row.budget_fen / 100:,.2f}")
+        table.add_row(
+            row.id,
+            row.config.name,
+            row.status.value,
+            "paused" if row.redemptions_paused else "open",
+            f"{row.budget_fen / 100:,.2f}",
+        )
     console.print(table)
 
 
