@@ -51,7 +51,13 @@ app = typer.Typer(
 campaign_app = typer.Typer(
     help="Campaigns: import, approve, open rounds, pause, end.", no_args_is_help=True
 )
-merchant_app = typer.Typer(help="Merchants.", no_args_is_help=True)
+redemptions_app = typer.Typer(
+    help="A campaign's redemption switch, apart from its claims (pause/resume).",
+    no_args_is_help=True,
+)
+merchant_app = typer.Typer(
+    help="Merchants: import, show, suspend, reinstate.", no_args_is_help=True
+)
 channel_app = typer.Typer(help="Channels (payment apps that issue vouchers).", no_args_is_help=True)
 acquirer_app = typer.Typer(
     help="Acquirers (who redeem vouchers for merchants).", no_args_is_help=True
@@ -62,6 +68,7 @@ outbox_app = typer.Typer(
     help="The outbox of facts delivered to the central platform.", no_args_is_help=True
 )
 app.add_typer(campaign_app, name="campaign")
+campaign_app.add_typer(redemptions_app, name="redemptions")
 app.add_typer(merchant_app, name="merchant")
 app.add_typer(channel_app, name="channel")
 app.add_typer(acquirer_app, name="acquirer")
@@ -300,6 +307,7 @@ def _campaign_summary(row: Any) -> dict[str, Any]:
 def _print_campaign(row: Any) -> None:
     table = Table(title=f"{row.id} — {row.config.name}", show_header=False)
     table.add_row("status", row.status.value)
+    table.add_row("redemptions", "paused" if row.redemptions_paused else "open")
     table.add_row(
         "budget", f"{row.budget_fen / 100:,.2f} yuan ({row.committed_fen / 100:,.2f} committed)"
     )
@@ -346,6 +354,40 @@ def _lifecycle(action: str) -> Any:
 
 for _action in ("approve", "activate", "pause", "resume", "end"):
     campaign_app.command(_action)(_lifecycle(_action))
+
+
+ReasonOption = Annotated[
+    str | None,
+    typer.Option("--reason", help="Why (1-200 characters), for the audit log."),
+]
+
+
+def _redemption_switch(paused: bool) -> Any:
+    def command(
+        campaign_id: str,
+        reason: ReasonOption = None,
+        token: Token = None,
+        token_file: TokenFile = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        from lequan.services import switches
+
+        rt, actor = _runtime_as(token, token_file)
+        act = switches.pause_redemptions if paused else switches.resume_redemptions
+        row = act(rt, campaign_id, actor=actor, reason=reason)
+        state = "paused" if row.redemptions_paused else "open"
+        _emit(_campaign_summary(row), as_json, f"{row.id}: redemptions [bold]{state}[/]")
+
+    command.__doc__ = (
+        "Stop the spending of a campaign's vouchers (its claims are `campaign pause`)."
+        if paused
+        else "Let a campaign's vouchers be spent again."
+    )
+    return command
+
+
+redemptions_app.command("pause")(_redemption_switch(True))
+redemptions_app.command("resume")(_redemption_switch(False))
 
 
 @campaign_app.command("start-round")
@@ -402,9 +444,15 @@ def campaign_list() -> None:
     """List campaigns."""
     from lequan.services import campaigns
 
-    table = Table("id", "name", "status", "budget (yuan)")
+    table = Table("id", "name", "status", "redemptions", "budget (yuan)")
     for row in campaigns.list_campaigns(_runtime()):
-        table.add_row(row.id, row.config.name, row.status.value, f"{row.budget_fen / 100:,.2f}")
+        table.add_row(
+            row.id,
+            row.config.name,
+            row.status.value,
+            "paused" if row.redemptions_paused else "open",
+            f"{row.budget_fen / 100:,.2f}",
+        )
     console.print(table)
 
 
@@ -574,6 +622,61 @@ def merchant_import(
     rt, actor = _runtime_as(token, token_file, "maker")
     result = admin.import_merchants(rt, file.read_text(encoding="utf-8"), actor=actor)
     _emit({"imported": result.imported}, as_json, f"imported {result.imported} merchants")
+
+
+def _merchant_summary(row: Any) -> dict[str, Any]:
+    from lequan.http.routes.admin import merchant_view
+
+    return merchant_view(row)
+
+
+def _merchant_line(row: Any) -> str:
+    if row.suspension is None:
+        return f"{row.id} ({row.name}) takes vouchers"
+    s = row.suspension
+    return (
+        f"{row.id} ({row.name}) is [bold]suspended[/] since {s.suspended_at.isoformat()} "
+        f"by {s.suspended_by}: {s.reason}"
+    )
+
+
+@merchant_app.command("show")
+def merchant_show(merchant_id: str, as_json: JsonFlag = False) -> None:
+    """Show one merchant, with its suspension if any."""
+    from lequan.services import switches
+
+    row = switches.get_merchant(_runtime(), merchant_id)
+    _emit(_merchant_summary(row), as_json, _merchant_line(row))
+
+
+def _merchant_switch(suspend: bool) -> Any:
+    def command(
+        merchant_id: str,
+        reason: Annotated[
+            str, typer.Option("--reason", help="Why (1-200 characters), for the audit log.")
+        ],
+        token: Token = None,
+        token_file: TokenFile = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        from lequan.services import switches
+
+        rt, actor = _runtime_as(token, token_file)
+        act = switches.suspend_merchant if suspend else switches.reinstate_merchant
+        row = act(rt, merchant_id, reason=reason, actor=actor)
+        _emit(_merchant_summary(row), as_json, _merchant_line(row))
+
+    command.__doc__ = (
+        "Suspend a merchant: its redemptions and captures are refused until reinstated "
+        "(a merchant import does not reinstate it)."
+        if suspend
+        else "Lift a merchant's suspension."
+    )
+    return command
+
+
+merchant_app.command("suspend")(_merchant_switch(True))
+merchant_app.command("reinstate")(_merchant_switch(False))
 
 
 def _add_app(kind: str) -> Any:

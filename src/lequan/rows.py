@@ -20,6 +20,7 @@ __all__ = [
     "AppRow",
     "CampaignRow",
     "MerchantRow",
+    "MerchantSuspension",
     "OutboxRow",
     "PersonRow",
     "ProductRow",
@@ -46,6 +47,8 @@ class CampaignRow:
     drafted_by: str
     approved_by: str | None
     rounds: Mapping[str, tuple[datetime, datetime]]  # round_id -> (release_at, ends_at)
+    # The operators' redemption switch, apart from the status (which stops claims).
+    redemptions_paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,15 @@ class SealedSample:
 
 
 @dataclass(frozen=True, slots=True)
+class MerchantSuspension:
+    """Why, by whom and since when operators suspended a merchant."""
+
+    reason: str
+    suspended_by: str
+    suspended_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MerchantRow:
     id: str
     name: str
@@ -89,8 +101,13 @@ class MerchantRow:
     region_code: str
     modes: frozenset[str]
     acquirer_id: str
-    active: bool
     enrolled_campaigns: frozenset[str]
+    # Set by an operator, and only an operator lifts it: a merchant import never does.
+    suspension: MerchantSuspension | None = None
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspension is not None
 
 
 @dataclass(frozen=True, slots=True)

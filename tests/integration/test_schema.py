@@ -62,3 +62,68 @@ def test_idempotency_keys_survive_a_downgrade_and_upgrade(empty_database_url: st
                 connection.execute(sa.insert(t.idempotency_keys).values(**row, created_at=NOW))
     finally:
         engine.dispose()
+
+
+def test_an_inactive_merchant_is_suspended_by_0011_and_a_suspended_one_inactive_below_it(
+    empty_database_url: str,
+) -> None:
+    engine = create_engine(empty_database_url)
+
+    def merchant(merchant_id: str, **values: object) -> dict[str, object]:
+        return {
+            "id": merchant_id,
+            "name": merchant_id,
+            "mcc": "5812",
+            "region_code": "310104",
+            "modes": "in_store",
+            "acquirer_id": "acq-1",
+            "created_at": NOW,
+            **values,
+        }
+
+    try:
+        migrate.upgrade(engine, "0010")
+        with engine.begin() as connection:
+            before = sa.table(
+                "merchants",
+                *(sa.column(c) for c in merchant("x", active=True)),
+            )
+            connection.execute(
+                sa.insert(before),
+                [merchant("m-open", active=True), merchant("m-stopped", active=False)],
+            )
+        migrate.upgrade(engine)
+        with engine.begin() as connection:
+            m = t.merchants.c
+            rows = {
+                r.id: (r.suspended_by, r.suspension_reason is not None, r.suspended_at is not None)
+                for r in connection.execute(sa.select(t.merchants))
+            }
+            assert rows == {
+                "m-open": (None, False, False),
+                "m-stopped": ("migration-0011", True, True),
+            }
+            # A suspension is whole or not at all.
+            with pytest.raises(sa.exc.IntegrityError), connection.begin_nested():
+                connection.execute(
+                    sa.update(t.merchants).where(m.id == "m-open").values(suspended_by="bob")
+                )
+            connection.execute(
+                sa.update(t.merchants)
+                .where(m.id == "m-open")
+                .values(suspended_at=NOW, suspended_by="bob", suspension_reason="why")
+            )
+            connection.execute(
+                sa.update(t.merchants)
+                .where(m.id == "m-stopped")
+                .values(suspended_at=None, suspended_by=None, suspension_reason=None)
+            )
+        migrate.downgrade(engine, "0010")
+        with engine.connect() as connection:
+            active = {
+                r.id: bool(r.active)
+                for r in connection.execute(sa.text("SELECT id, active FROM merchants"))
+            }
+        assert active == {"m-open": False, "m-stopped": True}
+    finally:
+        engine.dispose()

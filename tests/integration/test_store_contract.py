@@ -55,7 +55,7 @@ from lequan.domain.ledger import (
 from lequan.domain.redemption_states import RedemptionStatus
 from lequan.domain.vouchers import VoucherState
 from lequan.ports import ConstraintViolated, DuplicateKey, Store, StoreError, UnitOfWork
-from lequan.rows import RedemptionRow, StockKey, VoucherRow
+from lequan.rows import MerchantRow, MerchantSuspension, RedemptionRow, StockKey, VoucherRow
 from tests.factories import dining_config
 
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
@@ -558,6 +558,51 @@ def test_a_status_moves_only_from_the_status_expected(store: Store) -> None:
     assert (row.status, row.approved_by) == (CampaignStatus.LIVE, "bob")  # kept when not given
 
 
+def test_the_redemption_switch_turns_only_when_it_is_not_there_yet(store: Store) -> None:
+    with_campaign(store)
+    with_campaign(store, config(id="c-other"))
+
+    def paused(campaign_id: str = CAMPAIGN) -> bool:
+        with committed(store) as uow:
+            row = uow.campaigns.get_campaign(campaign_id)
+        assert row is not None
+        return row.redemptions_paused
+
+    assert not paused()  # a new campaign's vouchers may be spent
+    later = T0 + timedelta(minutes=5)
+    with store.unit_of_work() as uow:
+        c = uow.campaigns
+        assert not c.set_redemptions_paused(CAMPAIGN, paused=False, now=later)  # open already
+        assert c.set_redemptions_paused(CAMPAIGN, paused=True, now=later)
+        assert not c.set_redemptions_paused(CAMPAIGN, paused=True, now=later)
+        assert not c.set_redemptions_paused("nope", paused=True, now=later)
+        uow.commit()
+    assert paused()
+    assert not paused("c-other")  # one campaign's switch alone
+    with committed(store) as uow:
+        listed = {r.id: r.redemptions_paused for r in uow.campaigns.list_campaigns()}
+        row = uow.campaigns.get_campaign(CAMPAIGN)
+    assert listed == {CAMPAIGN: True, "c-other": False}
+    assert row is not None
+    assert row.status is CampaignStatus.DRAFT  # the claims' switch is another
+    # Apart from the status: moving it leaves the redemption switch alone, and back.
+    in_own_transaction(
+        store,
+        lambda uow: uow.campaigns.set_campaign_status(
+            CAMPAIGN, expected=CampaignStatus.DRAFT, status=CampaignStatus.APPROVED, now=later
+        ),
+    )
+    assert paused()
+    with store.unit_of_work() as uow:
+        assert uow.campaigns.set_redemptions_paused(CAMPAIGN, paused=False, now=later)
+        # Not committed: a switch rolls back with its transaction.
+    assert paused()
+    in_own_transaction(
+        store, lambda uow: uow.campaigns.set_redemptions_paused(CAMPAIGN, paused=False, now=later)
+    )
+    assert not paused()
+
+
 def test_round_times_move_and_an_unknown_round_is_left_alone(store: Store) -> None:
     c = with_campaign(store)
     start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
@@ -679,11 +724,11 @@ def test_a_merchant_is_inserted_then_updated_with_its_campaigns(store: Store) ->
         frozenset({"online", "in_store"}),
         frozenset({CAMPAIGN}),
     )
-    assert (first.mcc, first.region_code, first.acquirer_id, first.active) == (
+    assert (first.mcc, first.region_code, first.acquirer_id, first.suspension) == (
         "5812",
         "310104",
         "acq-unionpay",
-        True,
+        None,
     )
     assert (second.name, second.modes, second.enrolled_campaigns) == (
         "café",
@@ -692,6 +737,57 @@ def test_a_merchant_is_inserted_then_updated_with_its_campaigns(store: Store) ->
     )
     with store.unit_of_work() as uow, pytest.raises(ConstraintViolated):
         upsert("cafe", ["in_store"], ["no-such-campaign"])(uow)
+
+
+def test_a_merchant_is_suspended_once_reinstated_once_and_an_import_keeps_it_suspended(
+    store: Store,
+) -> None:
+    with_campaign(store)
+
+    def upsert(uow: UnitOfWork) -> None:
+        uow.people.upsert_merchant(
+            merchant_id="m1",
+            name="cafe",
+            mcc="5812",
+            region_code="310104",
+            modes=["in_store"],
+            acquirer_id="acq-unionpay",
+            campaign_ids=[CAMPAIGN],
+            now=T0,
+        )
+
+    def merchant() -> MerchantRow:
+        with committed(store) as uow:
+            found = uow.people.get_merchant("m1")
+        assert found is not None
+        return found
+
+    in_own_transaction(store, upsert)
+    assert not merchant().suspended
+    at = T0 + timedelta(hours=1)
+    with store.unit_of_work() as uow:
+        p = uow.people
+        assert not p.reinstate_merchant("m1")  # nothing to lift
+        assert p.suspend_merchant("m1", reason="套现 suspected", suspended_by="bob", now=at)
+        # Suspended already: the first suspension stays as it was.
+        assert not p.suspend_merchant("m1", reason="again", suspended_by="carol", now=T0)
+        assert not p.suspend_merchant("nope", reason="x", suspended_by="bob", now=at)
+        assert not p.reinstate_merchant("nope")
+        uow.commit()
+    suspended = merchant()
+    assert suspended.suspension == MerchantSuspension("套现 suspected", "bob", at)
+    assert suspended.suspended
+    # A merchant import replaces the fields, never the operator's suspension.
+    in_own_transaction(store, upsert)
+    assert merchant().suspension == MerchantSuspension("套现 suspected", "bob", at)
+    with store.unit_of_work() as uow:
+        assert uow.people.reinstate_merchant("m1")
+        assert not uow.people.reinstate_merchant("m1")
+        uow.commit()
+    reinstated = merchant()
+    assert reinstated.suspension is None
+    assert not reinstated.suspended
+    assert (reinstated.name, reinstated.enrolled_campaigns) == ("cafe", frozenset({CAMPAIGN}))
 
 
 def test_a_person_round_trips_and_their_id_and_id_number_are_taken_once(store: Store) -> None:

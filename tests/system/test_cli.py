@@ -321,3 +321,60 @@ def test_serve_refuses_a_store_that_does_not_answer_in_one_clear_line(
     assert refused.exit_code == 2
     assert "the store does not answer" in refused.stderr
     assert "Traceback" not in refused.output + refused.stderr
+
+
+def test_the_switches_from_the_command_line(data_dir: Path) -> None:
+    """`campaign redemptions pause|resume` and `merchant suspend|reinstate --reason`:
+    a maker or a checker, by token; a viewer is refused; each pull audited."""
+    alice = json.loads(run("operator", "add", "alice", "--role", "maker", "--json"))
+    token = ["--token", alice["token"]]
+    vera = json.loads(run("operator", "add", "vera", "--role", "viewer", *token, "--json"))
+    for campaign in ("shanghai-dining-2024.yaml", "shanghai-lodging-2024.yaml"):
+        run("campaign", "import", str(EXAMPLES / campaign), *token)
+    run("acquirer", "add", "acq-unionpay", *token)
+    run("merchant", "import", str(EXAMPLES / "merchants.csv"), *token)
+
+    paused = json.loads(
+        run("campaign", "redemptions", "pause", "sh-dining-2024", "--reason", "drill", *token,
+            "--json")
+    )  # fmt: skip
+    assert (paused["redemptions_paused"], paused["status"]) == (True, "draft")
+    assert "redemptions" in run("campaign", "show", "sh-dining-2024")
+    shown = json.loads(run("campaign", "show", "sh-dining-2024", "--json"))
+    assert shown["redemptions_paused"] is True
+    assert "open" in run("campaign", "redemptions", "resume", "sh-dining-2024", *token)
+
+    suspended = runner.invoke(
+        app, ["merchant", "suspend", "m-cafe-001", "--reason", "套现 suspected", *token]
+    )
+    assert suspended.exit_code == 0, suspended.output
+    assert "suspended" in suspended.stdout
+    merchant = json.loads(run("merchant", "show", "m-cafe-001", "--json"))
+    assert merchant["suspension"]["reason"] == "套现 suspected"
+    assert merchant["suspension"]["suspended_by"] == "alice"
+    reasonless = runner.invoke(app, ["merchant", "reinstate", "m-cafe-001", *token])
+    assert reasonless.exit_code == 2
+    assert "--reason" in reasonless.output + reasonless.stderr
+    viewer = runner.invoke(
+        app, ["merchant", "reinstate", "m-cafe-001", "--reason", "x", "--token", vera["token"]]
+    )
+    assert viewer.exit_code == 2
+    assert "forbidden" in viewer.stderr
+    unknown = runner.invoke(app, ["merchant", "suspend", "m-nope", "--reason", "x", *token])
+    assert unknown.exit_code == 2
+    assert "merchant_not_found" in unknown.stderr
+    bad = runner.invoke(app, ["merchant", "suspend", "m cafe", "--reason", "x", *token])
+    assert bad.exit_code == 2
+    assert "invalid_merchant" in bad.stderr
+    blank = runner.invoke(app, ["merchant", "suspend", "m-cafe-001", "--reason", " ", *token])
+    assert blank.exit_code == 2
+    assert "invalid_reason" in blank.stderr
+    assert "takes vouchers" in run(
+        "merchant", "reinstate", "m-cafe-001", "--reason", "cleared", *token
+    )
+    assert _audited(data_dir)[-4:] == [
+        ("alice", "campaign.redemptions_pause", "sh-dining-2024"),
+        ("alice", "campaign.redemptions_resume", "sh-dining-2024"),
+        ("alice", "merchant.suspend", "m-cafe-001"),
+        ("alice", "merchant.reinstate", "m-cafe-001"),
+    ]

@@ -72,7 +72,7 @@ class _ReadsMerchant:
 def test_a_merchant_read_while_merchants_are_imported_is_not_kept() -> None:
     cache = MerchantCache(ttl_s=3600)
     enrolled = MerchantRow(
-        "m-cafe-001", "cafe", "5812", "310106", frozenset({"in_store"}), "acq", True,
+        "m-cafe-001", "cafe", "5812", "310106", frozenset({"in_store"}), "acq",
         frozenset({CAMPAIGN}),
     )  # fmt: skip
     unenrolled = replace(enrolled, enrolled_campaigns=frozenset())

@@ -1,8 +1,10 @@
 """Whether a voucher pays for an order, and the one reason a cashier is told when it does not.
 
-The checks run in a fixed order (voucher state, validity, channel, merchant,
-mode, order type, threshold); when several rules are broken the first one in
-that order is the answer, so the same order always gets the same explanation.
+The checks run in a fixed order (voucher state, validity, the campaign's
+redemption switch, channel, merchant, mode, order type, threshold); when
+several rules are broken the first one in that order is the answer, so the
+same order always gets the same explanation. A merchant's suspension is asked
+before any of them, and of every spending action (``check_merchant_not_suspended``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import pytest
 
 from lequan.domain.campaigns import CampaignConfig, Scope
 from lequan.domain.errors import Conflict
-from lequan.domain.redemption import MerchantView, OrderView, VoucherView, discount_for_order
+from lequan.domain.redemption import (
+    MerchantView,
+    OrderView,
+    VoucherView,
+    check_merchant_not_suspended,
+    check_redemptions_open,
+    discount_for_order,
+)
 from lequan.domain.templates import FixedAmount, Percentage, ThresholdDiscount
 from lequan.domain.vouchers import Action, VoucherState
 from lequan.services.campaigns import parse_campaign
@@ -57,9 +66,11 @@ def _discount(
     order: OrderView = DINNER,
     action: Action = Action.REDEEM,
     now: datetime = NOW,
+    redemptions_paused: bool = False,
 ) -> int:
     return discount_for_order(
         voucher=voucher,
+        redemptions_paused=redemptions_paused,
         template_modes=template.modes,
         template_discount=lambda: template.discount_for(order.amount_fen),
         template_minimum_order_fen=template.minimum_order_fen,
@@ -169,13 +180,12 @@ def test_voucher_not_bound_to_a_channel_pays_in_any_channel() -> None:
 @pytest.mark.parametrize(
     ("merchant", "message_part"),
     [
-        (replace(RESTAURANT, active=False), "suspended"),
         (replace(RESTAURANT, enrolled_campaigns=frozenset()), "not enrolled"),
         (replace(RESTAURANT, enrolled_campaigns=frozenset({"other-campaign"})), "not enrolled"),
         (replace(RESTAURANT, mcc="7011"), "category"),  # a hotel is not a restaurant
         (replace(RESTAURANT, mcc="5411"), "category"),  # nor a supermarket
     ],
-    ids=["inactive", "not-enrolled", "enrolled-elsewhere", "hotel-mcc", "grocery-mcc"],
+    ids=["not-enrolled", "enrolled-elsewhere", "hotel-mcc", "grocery-mcc"],
 )
 def test_merchant_outside_the_scope_is_refused(merchant: MerchantView, message_part: str) -> None:
     refused = _refusal(merchant=merchant)
@@ -193,10 +203,49 @@ def test_open_scope_accepts_any_merchant_category_and_unenrolled_merchants() -> 
     assert _discount(scope=open_scope, merchant=stranger) == 9_000
 
 
-def test_suspended_merchant_is_refused_even_in_an_open_scope() -> None:
-    open_scope = Scope(mcc=(), enrolled_only=False)
-    refused = _refusal(scope=open_scope, merchant=replace(RESTAURANT, active=False))
-    assert refused.code == "merchant_not_in_scope"
+# The operators' switches
+
+
+@pytest.mark.parametrize("action", [Action.REDEEM, Action.LOCK])
+def test_a_campaign_whose_redemptions_are_paused_spends_no_voucher(action: Action) -> None:
+    refused = _refusal(redemptions_paused=True, action=action)
+    assert refused.code == "redemptions_paused"
+
+
+def test_a_capture_of_an_earlier_authorization_goes_through_while_redemptions_are_paused() -> None:
+    locked = replace(VOUCHER, state=VoucherState.LOCKED)
+    assert _discount(voucher=locked, action=Action.CONFIRM, redemptions_paused=True) == 9_000
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_the_redemption_switch_refuses_exactly_the_new_spending(action: Action) -> None:
+    """Every action of the state machine: only a redemption and an authorization are
+    new decisions to spend; what gives back (release, reversal, refund...) goes on."""
+    if action in (Action.REDEEM, Action.LOCK):
+        with pytest.raises(Conflict) as refused:
+            check_redemptions_open(redemptions_paused=True, action=action)
+        assert refused.value.code == "redemptions_paused"
+    else:
+        check_redemptions_open(redemptions_paused=True, action=action)
+    check_redemptions_open(redemptions_paused=False, action=action)
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_a_suspended_merchant_neither_spends_nor_captures_but_gives_back(action: Action) -> None:
+    if action in (Action.REDEEM, Action.LOCK, Action.CONFIRM):
+        with pytest.raises(Conflict) as refused:
+            check_merchant_not_suspended(suspended=True, action=action)
+        assert refused.value.code == "merchant_suspended"
+    else:
+        check_merchant_not_suspended(suspended=True, action=action)
+    check_merchant_not_suspended(suspended=False, action=action)
+
+
+def test_a_paused_campaign_tells_a_spent_or_expired_voucher_what_it_is() -> None:
+    """The voucher's own state and validity are permanent facts; the switch is not."""
+    redeemed = replace(VOUCHER, state=VoucherState.REDEEMED)
+    assert _refusal(voucher=redeemed, redemptions_paused=True).code == "already_redeemed"
+    assert _refusal(now=VALID_UNTIL, redemptions_paused=True).code == "voucher_expired"
 
 
 # Online booking versus in-store counters (lodging)
@@ -305,6 +354,7 @@ def test_digital_product_above_6000_yuan_gets_no_subsidy() -> None:
 def test_discounts_at_the_edges_of_the_order_are_given(discount_fen: int, amount_fen: int) -> None:
     given = discount_for_order(
         voucher=VOUCHER,
+        redemptions_paused=False,
         template_modes=None,
         template_discount=lambda: discount_fen,
         template_minimum_order_fen=0,
@@ -321,6 +371,7 @@ def test_inconsistent_template_discount_is_a_programmer_error() -> None:
     with pytest.raises(AssertionError):
         discount_for_order(
             voucher=VOUCHER,
+            redemptions_paused=False,
             template_modes=None,
             template_discount=lambda: 9_000,
             template_minimum_order_fen=30_000,
@@ -348,16 +399,16 @@ def test_the_first_broken_rule_in_check_order_is_the_answer() -> None:
             mcc="5411",
             modes=frozenset({"in_store"}),
             enrolled_campaigns=frozenset(),
-            active=False,
         ),
+        "redemptions_paused": True,
     }
     order: OrderView = case["order"]
     merchant: MerchantView = case["merchant"]
     steps: list[tuple[str, dict[str, Any]]] = [
         ("already_redeemed", {"voucher": VOUCHER}),
         ("voucher_expired", {"now": NOW}),
+        ("redemptions_paused", {"redemptions_paused": False}),
         ("channel_mismatch", {"order": (order := replace(order, channel_id="alipay"))}),
-        ("merchant_not_in_scope", {"merchant": (merchant := replace(merchant, active=True))}),
         (
             "merchant_not_in_scope",
             {

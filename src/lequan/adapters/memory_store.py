@@ -62,6 +62,7 @@ from lequan.rows import (
     AppRow,
     CampaignRow,
     MerchantRow,
+    MerchantSuspension,
     OutboxRow,
     PersonRow,
     ProductRow,
@@ -213,9 +214,9 @@ class _Merchant:
     region_code: str
     modes: str  # comma-joined, sorted, as the SQL column keeps them
     acquirer_id: str
-    active: bool
     created_at: datetime
     enrolled: frozenset[str]
+    suspension: MerchantSuspension | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +509,15 @@ class MemoryCampaigns(_Repository):
         t.campaigns.put(campaign_id, replace(found, row=row, updated_at=_utc(now)))
         return True
 
+    def set_redemptions_paused(self, campaign_id: str, *, paused: bool, now: datetime) -> bool:
+        t = self._u.write()
+        found = t.campaigns.get(campaign_id)
+        if found is None or found.row.redemptions_paused is paused:
+            return False
+        row = replace(found.row, redemptions_paused=paused)
+        t.campaigns.put(campaign_id, replace(found, row=row, updated_at=_utc(now)))
+        return True
+
     def set_round_times(
         self, campaign_id: str, round_id: str, *, release_at: datetime, ends_at: datetime
     ) -> None:
@@ -626,9 +636,9 @@ class MemoryPeople(_Repository):
                 region_code=region_code,
                 modes=",".join(sorted(modes)),
                 acquirer_id=acquirer_id,
-                active=True,
                 created_at=_utc(now) if before is None else before.created_at,
                 enrolled=frozenset(campaign_ids),
+                suspension=None if before is None else before.suspension,
             ),
         )
 
@@ -643,9 +653,28 @@ class MemoryPeople(_Repository):
             region_code=found.region_code,
             modes=frozenset(found.modes.split(",")),
             acquirer_id=found.acquirer_id,
-            active=found.active,
             enrolled_campaigns=found.enrolled,
+            suspension=found.suspension,
         )
+
+    def suspend_merchant(
+        self, merchant_id: str, *, reason: str, suspended_by: str, now: datetime
+    ) -> bool:
+        t = self._u.write()
+        found = t.merchants.get(merchant_id)
+        if found is None or found.suspension is not None:
+            return False
+        suspension = MerchantSuspension(reason, suspended_by, _utc(now))
+        t.merchants.put(merchant_id, replace(found, suspension=suspension))
+        return True
+
+    def reinstate_merchant(self, merchant_id: str) -> bool:
+        t = self._u.write()
+        found = t.merchants.get(merchant_id)
+        if found is None or found.suspension is None:
+            return False
+        t.merchants.put(merchant_id, replace(found, suspension=None))
+        return True
 
     def get_person(self, person_id: str) -> PersonRow | None:
         found = self._u.read().persons.get(person_id)

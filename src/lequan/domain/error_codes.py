@@ -107,6 +107,8 @@ class ErrorCode(enum.StrEnum):
     MERCHANT_NOT_FOUND = "merchant_not_found"
     CHANNEL_MISMATCH = "channel_mismatch"
     MERCHANT_NOT_IN_SCOPE = "merchant_not_in_scope"
+    MERCHANT_SUSPENDED = "merchant_suspended"
+    REDEMPTIONS_PAUSED = "redemptions_paused"
     MODE_NOT_IN_SCOPE = "mode_not_in_scope"
     ORDER_TYPE_EXCLUDED = "order_type_excluded"
     BELOW_THRESHOLD = "below_threshold"
@@ -385,9 +387,19 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         409, Conflict, "a voucher is used with the channel it was claimed in"
     ),
     _C.MERCHANT_NOT_IN_SCOPE: ErrorSpec(
+        409, Conflict, "the merchant is not enrolled, or its category is outside the campaign"
+    ),
+    _C.MERCHANT_SUSPENDED: ErrorSpec(
         409,
         Conflict,
-        "the merchant is suspended, not enrolled, or its category is outside the campaign",
+        "operators suspended the merchant: it takes no voucher and captures no authorization "
+        "until reinstated",
+    ),
+    _C.REDEMPTIONS_PAUSED: ErrorSpec(
+        409,
+        Conflict,
+        "operators paused the redemptions of the voucher's campaign: nothing was spent; "
+        "an authorization taken before may still be confirmed",
     ),
     _C.MODE_NOT_IN_SCOPE: ErrorSpec(
         409, Conflict, "the voucher is not for this mode (online or in store) here"

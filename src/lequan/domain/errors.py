@@ -21,7 +21,8 @@ kind only says what sort of refusal it is.
     │   │            voucher_revoked, voucher_void, invalid_transition, voucher_busy
     │   ├── redemption: below_threshold, merchant_not_in_scope, channel_mismatch,
     │   │            mode_not_in_scope, order_type_excluded, lock_expired,
-    │   │            reversal_window_passed, redemption_state
+    │   │            reversal_window_passed, redemption_state, merchant_suspended,
+    │   │            redemptions_paused
     │   ├── trade-in: product_category_mismatch, energy_grade_not_subsidised,
     │   │            price_above_category_limit, serial_already_subsidised,
     │   │            invoice_already_subsidised

@@ -46,10 +46,12 @@ from lequan.http.schemas import (
     ClaimIn,
     EmptyIn,
     ErrorOut,
+    MerchantSwitchIn,
     OutboxReplayIn,
     PersonIn,
     QuoteIn,
     RedeemIn,
+    RedemptionSwitchIn,
     RefundIn,
 )
 from lequan.ports import StoreError
@@ -209,6 +211,8 @@ PARSED_BODIES = (
     BlacklistIn,
     BlacklistRemoveIn,
     OutboxReplayIn,
+    RedemptionSwitchIn,
+    MerchantSwitchIn,
     screen.SessionIn,
 )
 # The headers that sign a channel's or an acquirer's call (``signing.py``), declared as

@@ -29,10 +29,13 @@ __all__ = [
     "BatchClaimIn",
     "ClaimIn",
     "ErrorOut",
+    "MerchantOut",
+    "MerchantSwitchIn",
     "PersonIn",
     "ProductIn",
     "QuoteIn",
     "RedeemIn",
+    "RedemptionSwitchIn",
     "RefundIn",
     "error_responses",
 ]
@@ -338,6 +341,10 @@ class CampaignOut(BaseModel):
     rounds: list[dict[str, Any]]
     channels: list[str]
     templates: list[dict[str, Any]]
+    redemptions_paused: bool = Field(
+        description="Operators stopped the spending of its vouchers: a switch of its own, "
+        "apart from `status` (`paused` stops claims)."
+    )
 
 
 class CampaignListOut(BaseModel):
@@ -358,6 +365,42 @@ class CampaignCheckOut(BaseModel):
 
 class MerchantImportOut(BaseModel):
     imported: int
+
+
+# An operator's reason for pulling a switch, kept in the audit log.
+Reason = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_CONTROL)]
+
+
+class RedemptionSwitchIn(_In):
+    """The body of pausing or resuming a campaign's redemptions: optional, as is its reason."""
+
+    reason: Reason | None = None
+
+
+class MerchantSwitchIn(_In):
+    """Why a merchant is suspended or reinstated: the audit log keeps it."""
+
+    reason: Reason
+
+
+class MerchantSuspensionOut(BaseModel):
+    reason: str
+    suspended_by: str
+    suspended_at: str
+
+
+class MerchantOut(BaseModel):
+    id: str
+    name: str
+    mcc: str
+    region_code: str
+    modes: list[str]
+    acquirer_id: str
+    campaigns: list[str] = Field(description="The campaigns it is enrolled in.")
+    suspended: bool = Field(description="Operators suspended it: it takes no voucher.")
+    suspension: MerchantSuspensionOut | None = Field(
+        description="Why, by whom and since when; null when not suspended."
+    )
 
 
 class BlacklistAddOut(BaseModel):

@@ -85,6 +85,7 @@ class BreakdownOut(_Out):
     order_fen: int
     claims: int = Field(0, description="Channels only: claims answered.")
     issued: int = Field(0, description="Channels only: vouchers issued.")
+    suspended: bool = Field(False, description="Merchants only: suspended by an operator.")
 
 
 class LeverageOut(_Out):

@@ -93,6 +93,11 @@ class CampaignRepository(Protocol):
         """Move the status only if nobody else moved it first."""
         ...
 
+    def set_redemptions_paused(self, campaign_id: str, *, paused: bool, now: datetime) -> bool:
+        """Turn the campaign's redemption switch to ``paused``; False, with nothing
+        written, when it is so already (or there is no such campaign)."""
+        ...
+
     def set_round_times(
         self, campaign_id: str, round_id: str, *, release_at: datetime, ends_at: datetime
     ) -> None: ...
@@ -157,9 +162,23 @@ class PeopleRepository(Protocol):
         acquirer_id: str,
         campaign_ids: Sequence[str],
         now: datetime,
-    ) -> None: ...
+    ) -> None:
+        """Insert a merchant, or replace its fields and campaigns; a suspension is left
+        as it is (only an operator lifts one)."""
+        ...
 
     def get_merchant(self, merchant_id: str) -> MerchantRow | None: ...
+
+    def suspend_merchant(
+        self, merchant_id: str, *, reason: str, suspended_by: str, now: datetime
+    ) -> bool:
+        """Suspend a merchant; False, with nothing written, when it is suspended already
+        (the first suspension's reason stays) or there is no such merchant."""
+        ...
+
+    def reinstate_merchant(self, merchant_id: str) -> bool:
+        """Lift a merchant's suspension; False, with nothing written, when it has none."""
+        ...
 
     def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None: ...
 

@@ -41,6 +41,7 @@ __all__ = [
     "parse_campaign",
     "pool_key",
     "rebuild_gate",
+    "require_operator_role",
     "retire_gates",
     "start_round",
 ]
@@ -179,7 +180,8 @@ def parse_campaign(
 _DEFAULT_LIMITS = CampaignFileLimits.of(Settings.model_construct())
 
 
-def _require_role(uow: UnitOfWork, actor: str, roles: frozenset[str]) -> str:
+def require_operator_role(uow: UnitOfWork, actor: str, roles: frozenset[str]) -> str:
+    """The role of the operator ``actor`` as the store knows it now, if among ``roles``."""
     role = uow.people.operator_role(actor)
     if role is None:
         raise AuthError("unknown_operator", f"no active operator named {actor!r}")
@@ -194,7 +196,7 @@ def import_campaign(rt: Runtime, config: CampaignConfig, *, actor: str) -> Campa
     """Store a new campaign as a draft drafted by ``actor`` (a maker)."""
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        _require_role(uow, actor, ROLES_THAT_DRAFT)
+        require_operator_role(uow, actor, ROLES_THAT_DRAFT)
         if uow.campaigns.campaign_exists(config.id):
             raise Conflict("campaign_exists", f"campaign {config.id} already exists")
         try:
@@ -227,7 +229,7 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
                 "maker_cannot_approve", "the operator who drafted a campaign cannot approve it"
             )
         roles = ROLES_THAT_APPROVE if action == "approve" else ROLES_THAT_OPERATE
-        _require_role(uow, actor, roles)
+        require_operator_role(uow, actor, roles)
         status = lifecycle_transition(row.status, action, drafted_by=row.drafted_by, actor=actor)
         moved = uow.campaigns.set_campaign_status(
             campaign_id,
@@ -266,7 +268,7 @@ def start_round(rt: Runtime, campaign_id: str, round_id: str, *, actor: str) -> 
     """Open a round now (release time = now), making the campaign live if approved."""
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
-        _require_role(uow, actor, ROLES_THAT_OPERATE)
+        require_operator_role(uow, actor, ROLES_THAT_OPERATE)
         row = uow.campaigns.get_campaign(campaign_id)
         if row is None:
             raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
@@ -496,7 +498,7 @@ def rebuild_gate(rt: Runtime, campaign_id: str, *, actor: str | None = None) -> 
     """
     if actor is not None:
         with rt.store.unit_of_work() as uow:
-            _require_role(uow, actor, ROLES_THAT_OPERATE)
+            require_operator_role(uow, actor, ROLES_THAT_OPERATE)
             if uow.campaigns.get_campaign(campaign_id) is None:
                 raise NotFound("campaign_not_found", f"no campaign {campaign_id}")
             uow.ledger.append_audit(

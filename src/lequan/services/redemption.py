@@ -30,7 +30,13 @@ from lequan.domain.ledger import (
     refund_void_entry,
     reverse_entry,
 )
-from lequan.domain.redemption import MerchantView, OrderView, VoucherView, discount_for_order
+from lequan.domain.redemption import (
+    MerchantView,
+    OrderView,
+    VoucherView,
+    check_merchant_not_suspended,
+    discount_for_order,
+)
 from lequan.domain.redemption_states import (
     RedemptionAction,
     RedemptionStatus,
@@ -103,16 +109,20 @@ def check_amount(amount_fen: int) -> None:
         raise InvalidInput("invalid_amount", f"order_amount_fen must be 1 to {AMOUNT_FEN_MAX}")
 
 
-def _merchant(uow: UnitOfWork, order: RedeemOrder) -> MerchantRow:
-    return checked_merchant(uow.people.get_merchant(order.merchant_id), order)
+def _merchant(uow: UnitOfWork, order: RedeemOrder, action: Action = Action.REDEEM) -> MerchantRow:
+    return checked_merchant(uow.people.get_merchant(order.merchant_id), order, action)
 
 
-def checked_merchant(merchant: MerchantRow | None, order: RedeemOrder) -> MerchantRow:
-    """The order's merchant, if it exists and this acquirer serves it."""
+def checked_merchant(
+    merchant: MerchantRow | None, order: RedeemOrder, action: Action = Action.REDEEM
+) -> MerchantRow:
+    """The order's merchant, if it exists, this acquirer serves it and operators have
+    not suspended it (asked before any voucher)."""
     if merchant is None:
         raise NotFound("merchant_not_found", f"no merchant {order.merchant_id}")
     if merchant.acquirer_id != order.acquirer_id:
         raise AuthError("forbidden", "the merchant is not served by this acquirer")
+    check_merchant_not_suspended(suspended=merchant.suspended, action=action)
     return merchant
 
 
@@ -334,6 +344,7 @@ def discount_of(
             valid_from=voucher.valid_from,
             valid_until=voucher.valid_until,
         ),
+        redemptions_paused=campaign.redemptions_paused,
         template_modes=template.modes,
         template_discount=template_discount,
         template_minimum_order_fen=template.minimum_order_fen,
@@ -343,7 +354,6 @@ def discount_of(
             mcc=merchant.mcc,
             modes=merchant.modes,
             enrolled_campaigns=merchant.enrolled_campaigns,
-            active=merchant.active,
         ),
         order=OrderView(
             amount_fen=order.order_amount_fen,
@@ -450,7 +460,7 @@ def redeem(
     now = rt.clock.now()
     action = Action.LOCK if lock else Action.REDEEM
     with rt.store.unit_of_work() as uow:
-        merchant = _merchant(uow, order)
+        merchant = _merchant(uow, order, action)
         voucher = uow.vouchers.lock_voucher(voucher_id)
         if voucher is None:
             raise NotFound("voucher_not_found", f"no voucher {voucher_id}")
@@ -634,11 +644,16 @@ def _move_both(
 def confirm(
     rt: Runtime, redemption_id: str, *, acquirer_id: str, record: RecordAnswer | None = None
 ) -> tuple[RedemptionRow, VoucherState]:
-    """Complete a locked redemption (capture); refused once the lock has timed out."""
+    """Complete a locked redemption (capture); refused once the lock has timed out, or
+    while operators have its merchant suspended. A campaign's paused redemptions do not
+    refuse it: the voucher was accepted before (``domain/redemption.py``)."""
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
         status = next_status(redemption.status, RedemptionAction.CONFIRM)
+        merchant = uow.people.get_merchant(redemption.merchant_id)
+        assert merchant is not None, "a merchant is never deleted"
+        check_merchant_not_suspended(suspended=merchant.suspended, action=Action.CONFIRM)
         assert redemption.lock_expires_at is not None
         if now >= redemption.lock_expires_at or voucher.redemption_id != redemption.id:
             raise Conflict("lock_expired", "the lock has timed out; redeem again")

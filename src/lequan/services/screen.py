@@ -313,7 +313,7 @@ class Screen:
             "name": row.config.name,
             "status": row.status.value,
             "claims_paused": row.status is CampaignStatus.PAUSED,
-            "redemptions_paused": bool(getattr(row, "redemptions_paused", False)),
+            "redemptions_paused": row.redemptions_paused,
             "release_at": _iso(release_ms),
             "sold_out_at": _iso(sold_out_at),
             "first_redemption_at": _iso(first_redemption),
@@ -369,12 +369,24 @@ class Screen:
                 merchant_id, _, figure = name.rpartition("|")
                 into = merged.setdefault(merchant_id, {})
                 into[figure] = into.get(figure, 0) + value
-        top = sorted(merged.items(), key=lambda kv: -kv[1].get("n", 0))[:TOP_MERCHANTS]
-        return [
-            _row(merchant_id, *self._merchant_name(merchant_id), figures)
-            for merchant_id, figures in top
+        top = [
+            (merchant_id, figures)
+            for merchant_id, figures in sorted(merged.items(), key=lambda kv: -kv[1].get("n", 0))
             if figures.get("n", 0) > 0
-        ]
+        ][:TOP_MERCHANTS]
+        try:  # read now, not cached: a suspension from the screen shows at the next snapshot
+            with self._rt.store.unit_of_work(readonly=True) as uow:
+                merchants = {m: uow.people.get_merchant(m) for m, _figures in top}
+        except StoreError:
+            merchants = {}
+        rows = []
+        for merchant_id, figures in top:
+            merchant = merchants.get(merchant_id)
+            name = merchant.name if merchant is not None else merchant_id
+            row = _row(merchant_id, name, name, figures)
+            row["suspended"] = merchant is not None and merchant.suspension is not None
+            rows.append(row)
+        return rows
 
     def _merchant_name(self, merchant_id: str) -> tuple[str, str]:
         known = self._merchants.get(merchant_id)
@@ -609,4 +621,5 @@ def _row(key: str, name: str, name_en: str, figures: Mapping[str, int]) -> dict[
         "order_fen": figures.get("ord", 0),
         "claims": 0,
         "issued": 0,
+        "suspended": False,
     }

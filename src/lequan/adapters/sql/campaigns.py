@@ -120,6 +120,7 @@ class SqlCampaigns:
             drafted_by=m["drafted_by"],
             approved_by=m["approved_by"],
             rounds={r.round_id: (r.release_at, r.ends_at) for r in round_rows},
+            redemptions_paused=m["redemptions_paused"],
         )
 
     def list_campaigns(
@@ -147,6 +148,15 @@ class SqlCampaigns:
             sa.update(t.campaigns)
             .where(t.campaigns.c.id == campaign_id, t.campaigns.c.status == expected.value)
             .values(**values)
+        )
+        return result.rowcount == 1
+
+    def set_redemptions_paused(self, campaign_id: str, *, paused: bool, now: datetime) -> bool:
+        c = t.campaigns.c
+        result = self._s.exec(
+            sa.update(t.campaigns)
+            .where(c.id == campaign_id, c.redemptions_paused.is_(not paused))
+            .values(redemptions_paused=paused, updated_at=now)
         )
         return result.rowcount == 1
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.core import SqlSession
-from lequan.rows import AppRow, MerchantRow, PersonRow
+from lequan.rows import AppRow, MerchantRow, MerchantSuspension, PersonRow
 
 __all__ = ["SqlPeople"]
 
@@ -88,7 +88,6 @@ class SqlPeople:
             "region_code": region_code,
             "modes": ",".join(sorted(modes)),
             "acquirer_id": acquirer_id,
-            "active": True,
         }
         updated = self._s.exec(
             sa.update(t.merchants).where(t.merchants.c.id == merchant_id).values(**values)
@@ -114,6 +113,13 @@ class SqlPeople:
             )
         ).scalars()
         m = row._mapping
+        suspension = None
+        if m["suspended_at"] is not None:
+            suspension = MerchantSuspension(
+                reason=m["suspension_reason"],
+                suspended_by=m["suspended_by"],
+                suspended_at=m["suspended_at"],
+            )
         return MerchantRow(
             id=m["id"],
             name=m["name"],
@@ -121,9 +127,29 @@ class SqlPeople:
             region_code=m["region_code"],
             modes=frozenset(m["modes"].split(",")),
             acquirer_id=m["acquirer_id"],
-            active=m["active"],
             enrolled_campaigns=frozenset(enrolled),
+            suspension=suspension,
         )
+
+    def suspend_merchant(
+        self, merchant_id: str, *, reason: str, suspended_by: str, now: datetime
+    ) -> bool:
+        m = t.merchants.c
+        result = self._s.exec(
+            sa.update(t.merchants)
+            .where(m.id == merchant_id, m.suspended_at.is_(None))
+            .values(suspended_at=now, suspended_by=suspended_by, suspension_reason=reason)
+        )
+        return result.rowcount == 1
+
+    def reinstate_merchant(self, merchant_id: str) -> bool:
+        m = t.merchants.c
+        result = self._s.exec(
+            sa.update(t.merchants)
+            .where(m.id == merchant_id, m.suspended_at.is_not(None))
+            .values(suspended_at=None, suspended_by=None, suspension_reason=None)
+        )
+        return result.rowcount == 1
 
     def person_by_id_number_bidx(self, bidx: str) -> PersonRow | None:
         row = self._s.exec(sa.select(t.persons).where(t.persons.c.id_number_bidx == bidx)).first()

@@ -88,6 +88,8 @@ campaigns = sa.Table(
     sa.Column("approved_by", Id),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # The operators' redemption switch, apart from ``status`` (which stops claims) (0011).
+    sa.Column("redemptions_paused", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.CheckConstraint("committed_fen >= 0 AND committed_fen <= budget_fen", name="within_budget"),
 )
 
@@ -124,8 +126,17 @@ merchants = sa.Table(
     sa.Column("region_code", sa.String(6), nullable=False),
     sa.Column("modes", sa.String(32), nullable=False),
     sa.Column("acquirer_id", Id, nullable=False),
-    sa.Column("active", sa.Boolean, nullable=False, default=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # An operator's suspension, whole or not at all; a merchant import never lifts it (0011).
+    sa.Column("suspended_at", UtcDateTime),
+    sa.Column("suspended_by", Id),
+    sa.Column("suspension_reason", sa.String(200)),
+    sa.CheckConstraint(
+        "(suspended_at IS NULL AND suspended_by IS NULL AND suspension_reason IS NULL) OR "
+        "(suspended_at IS NOT NULL AND suspended_by IS NOT NULL "
+        "AND suspension_reason IS NOT NULL)",
+        name="suspension_whole",
+    ),
 )
 
 merchant_campaigns = sa.Table(

@@ -2,7 +2,8 @@
 
 Roles: a *maker* drafts (imports campaigns, merchants, credentials), a
 *checker* approves what a maker drafted (never their own), both operate
-(pause, resume, end, start a round); a *viewer* only reads.
+(pause, resume, end, start a round, pause a campaign's redemptions, suspend
+a merchant); a *viewer* only reads.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ from lequan.http.schemas import (
     CampaignListOut,
     CampaignOut,
     MerchantImportOut,
+    MerchantOut,
+    MerchantSwitchIn,
     OutboxDeadOut,
     OutboxOut,
     OutboxReplayIn,
     OutboxReplayOut,
+    RedemptionSwitchIn,
 )
-from lequan.rows import CampaignRow
-from lequan.services import admin, campaigns, reconcile, relay
+from lequan.rows import CampaignRow, MerchantRow
+from lequan.services import admin, campaigns, reconcile, relay, switches
 from lequan.services.invariants import check_campaign
 from lequan.services.views import outbox_event_body
 
@@ -43,6 +47,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 CampaignIdPath = Annotated[str, Path(max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 RoundIdPath = Annotated[str, Path(max_length=20, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+MerchantIdPath = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 YAML_BODY = {
     "requestBody": {
@@ -83,6 +88,28 @@ def campaign_view(row: CampaignRow) -> dict[str, Any]:
             }
             for round_id, (release_at, ends_at) in sorted(row.rounds.items())
         ],
+        "redemptions_paused": row.redemptions_paused,
+    }
+
+
+def merchant_view(row: MerchantRow) -> dict[str, Any]:
+    suspension = row.suspension
+    return {
+        "id": row.id,
+        "name": row.name,
+        "mcc": row.mcc,
+        "region_code": row.region_code,
+        "modes": sorted(row.modes),
+        "acquirer_id": row.acquirer_id,
+        "campaigns": sorted(row.enrolled_campaigns),
+        "suspended": suspension is not None,
+        "suspension": None
+        if suspension is None
+        else {
+            "reason": suspension.reason,
+            "suspended_by": suspension.suspended_by,
+            "suspended_at": suspension.suspended_at.isoformat(),
+        },
     }
 
 
@@ -226,6 +253,111 @@ async def start_round(
 def _require(operator: Any, *roles: str) -> None:
     if operator.role not in roles:
         raise AuthError("forbidden", f"a {operator.role} cannot do this")
+
+
+# -- the operators' switches (services/switches.py) -----------------------------------------
+
+# Optional: an empty body is the same as ``{}``.
+SWITCH_BODY = {
+    "requestBody": {
+        "required": False,
+        "description": '`{}`, `{"reason": "..."}` or no body at all; the reason (1-200 '
+        "characters) goes to the audit log.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/RedemptionSwitchIn"}}
+        },
+    }
+}
+
+
+def _redemption_switch(paused: bool) -> Any:
+    async def handler(
+        campaign_id: CampaignIdPath, request: Request, operator: Operator, platform: PlatformDep
+    ) -> JSONResponse:
+        _require(operator, "maker", "checker")
+        raw = await request.body()
+        body = parse_body(RedemptionSwitchIn, raw if raw.strip() else b"{}")
+        act = switches.pause_redemptions if paused else switches.resume_redemptions
+        row = await run_in_threadpool(
+            lambda: act(
+                platform.rt, campaign_id[:40], actor=operator.operator_id, reason=body.reason
+            )
+        )
+        return JSONResponse(campaign_view(row))
+
+    return handler
+
+
+for _paused, _verb, _summary in (
+    (
+        True,
+        "pause",
+        "Stop the spending of a campaign's vouchers; claims are the other switch "
+        "(maker or checker; audited)",
+    ),
+    (False, "resume", "Let a campaign's vouchers be spent again (maker or checker; audited)"),
+):
+    router.add_api_route(
+        f"/campaigns/{{campaign_id}}/redemptions/{_verb}",
+        _redemption_switch(_paused),
+        methods=["POST"],
+        response_model=CampaignOut,
+        responses=OPERATOR_ERRORS,
+        openapi_extra=SWITCH_BODY,
+        summary=_summary,
+        name=f"campaign_redemptions_{_verb}",
+    )
+
+
+@router.get(
+    "/merchants/{merchant_id}",
+    response_model=MerchantOut,
+    responses=OPERATOR_ERRORS,
+    summary="One merchant, with its suspension if any (any role)",
+)
+async def get_merchant(
+    merchant_id: MerchantIdPath, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    row = await run_in_threadpool(switches.get_merchant, platform.rt, merchant_id[:64])
+    return JSONResponse(merchant_view(row))
+
+
+def _merchant_switch(suspend: bool) -> Any:
+    async def handler(
+        merchant_id: MerchantIdPath, request: Request, operator: Operator, platform: PlatformDep
+    ) -> JSONResponse:
+        _require(operator, "maker", "checker")
+        body = parse_body(MerchantSwitchIn, await request.body())
+        act = switches.suspend_merchant if suspend else switches.reinstate_merchant
+        row = await run_in_threadpool(
+            lambda: act(
+                platform.rt, merchant_id[:64], reason=body.reason, actor=operator.operator_id
+            )
+        )
+        return JSONResponse(merchant_view(row))
+
+    return handler
+
+
+for _suspend, _verb, _summary in (
+    (
+        True,
+        "suspend",
+        "Suspend a merchant: its quotes, redemptions and captures are refused "
+        "(maker or checker; audited)",
+    ),
+    (False, "reinstate", "Lift a merchant's suspension (maker or checker; audited)"),
+):
+    router.add_api_route(
+        f"/merchants/{{merchant_id}}/{_verb}",
+        _merchant_switch(_suspend),
+        methods=["POST"],
+        response_model=MerchantOut,
+        responses=OPERATOR_ERRORS,
+        openapi_extra=json_body(MerchantSwitchIn),
+        summary=_summary,
+        name=f"merchant_{_verb}",
+    )
 
 
 @router.post(
