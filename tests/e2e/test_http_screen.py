@@ -185,3 +185,27 @@ def test_a_viewer_cannot_pull_the_switch_from_the_screen(api: Api) -> None:
     )
     assert_error(refused, 403, "forbidden")
     assert snapshot(api)["campaigns"][0]["claims_paused"] is False
+
+
+def test_the_screen_shows_the_switches_an_operator_pulls_from_it(api: Api) -> None:
+    user = api.register(1)
+    voucher = api.claim_voucher(user)
+    paid = api.redeem(voucher["voucher_id"], user, amount_fen=31000)
+    assert paid.status_code == 201, paid.text
+    sign_in(api, "bob")
+    (merchant,) = snapshot(api)["top_merchants"]
+    assert merchant["suspended"] is False
+    csrf = {"X-Lequan-CSRF": "1"}
+    suspended = api.client.post(
+        f"/v1/admin/merchants/{merchant['key']}/suspend",
+        json={"reason": "redemptions far above its baseline"},
+        headers=csrf,
+    )
+    assert suspended.status_code == 200, suspended.text
+    paused = api.client.post(f"/v1/admin/campaigns/{CAMPAIGN}/redemptions/pause", headers=csrf)
+    assert paused.status_code == 200, paused.text
+    body = snapshot(api)
+    assert body["top_merchants"][0]["suspended"] is True
+    (campaign,) = body["campaigns"]
+    assert campaign["redemptions_paused"] is True
+    assert campaign["claims_paused"] is False

@@ -123,9 +123,10 @@ class Screen:
         self._merchants = _Names()
         self._apps: dict[str, tuple[str, str]] = {}  # app id -> (kind, name)
         rt.campaign_listeners.append(lambda _campaign_id: self._forget())
+        rt.merchant_listeners.append(self._forget)
 
     def _forget(self) -> None:
-        """A campaign changed in this process: the next ask builds anew."""
+        """A campaign or a merchant changed in this process: the next ask builds anew."""
         self._latest = None
 
     def latest(self) -> dict[str, Any]:
