@@ -187,7 +187,8 @@ def run_demo(  # the CLI's options, by name
     trade_in: bool = True,
     pace_s: float = 0.0,
 ) -> bool:
-    console = Console(stderr=as_json)
+    # Soft wrap: a URL, a token or a secret must survive a copy from a narrow terminal.
+    console = Console(stderr=as_json, soft_wrap=True)
     configure_logging(json=True, level="WARNING")
     if data_dir.exists():
         shutil.rmtree(data_dir)

@@ -48,6 +48,12 @@ class PoolLiveOut(_Out):
     sold_out_at: str | None = Field(description="When the last voucher went; null if not yet.")
 
 
+class RoundOut(_Out):
+    round_id: str
+    release_at: str
+    ends_at: str
+
+
 class CampaignLiveOut(_Out):
     id: str
     name: str
@@ -61,6 +67,7 @@ class CampaignLiveOut(_Out):
     first_redemption_after_s: float | None = Field(
         description="From release to the first voucher spent."
     )
+    rounds: list[RoundOut] = Field(description="Each round's release and end, in order.")
     pools: list[PoolLiveOut]
 
 
@@ -148,6 +155,7 @@ class PublicCampaignOut(_Out):
     first_redemption_at: str | None
     sold_out_after_s: float | None
     first_redemption_after_s: float | None
+    rounds: list[RoundOut]
     pools: list[PoolLiveOut]
 
 

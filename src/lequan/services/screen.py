@@ -160,6 +160,7 @@ class Screen:
             "first_redemption_at",
             "sold_out_after_s",
             "first_redemption_after_s",
+            "rounds",
             "pools",
         )
         return {
@@ -265,7 +266,10 @@ class Screen:
     def _campaign(
         self, row: CampaignRow, marks: Mapping[str, int], now: datetime
     ) -> dict[str, Any]:
-        initial = self._campaigns.initial.get(row.id, [])
+        initial = sorted(
+            self._campaigns.initial.get(row.id, []),
+            key=lambda pool: (row.rounds.get(pool[0], (_NEVER,))[0], pool[1], pool[2]),
+        )
         try:
             with self._rt.store.unit_of_work(readonly=True) as uow:
                 issued = uow.campaigns.stock_issued(row.id)
@@ -320,6 +324,16 @@ class Screen:
             "first_redemption_at": _iso(first_redemption),
             "sold_out_after_s": _after(release_ms, sold_out_at),
             "first_redemption_after_s": _after(release_ms, first_redemption),
+            "rounds": [
+                {
+                    "round_id": round_id,
+                    "release_at": release_at.astimezone(CST).isoformat(timespec="seconds"),
+                    "ends_at": ends_at.astimezone(CST).isoformat(timespec="seconds"),
+                }
+                for round_id, (release_at, ends_at) in sorted(
+                    row.rounds.items(), key=lambda kv: kv[1][0]
+                )
+            ],
             "pools": pools,
         }
 

@@ -49,14 +49,22 @@ function render() {
   }
   main.innerHTML = latest.campaigns
     .map((c) => {
+      const releases = new Map((c.rounds ?? []).map((r) => [r.round_id, r.release_at]));
+      let shownRound = null;
       const pools = c.pools
         .map((pool) => {
+          let heading = "";
+          if (pool.round_id !== shownRound) {
+            shownRound = pool.round_id;
+            const at = releases.get(pool.round_id);
+            heading = `<h3 class="round" data-round="${esc(pool.round_id)}">${esc(t("public_round", { round: pool.round_id, at: at ? formatDateTime(at) : "—" }))}</h3>`;
+          }
           const left = pool.remaining ?? Math.max(pool.stock_initial - pool.issued, 0);
           const pct = pool.stock_initial ? (100 * left) / pool.stock_initial : 0;
           const soldOut = pool.sold_out_at
             ? ` <span class="soldout">${esc(t("public_sold_out_at"))} ${esc(formatClock(pool.sold_out_at))}</span>`
             : "";
-          return `<div class="pool${pool.sold_out_at ? " sold-out" : ""}" data-pool="${esc(pool.pool)}" data-remaining="${left}">
+          return `${heading}<div class="pool${pool.sold_out_at ? " sold-out" : ""}" data-pool="${esc(pool.pool)}" data-remaining="${left}">
             <div class="label">
               <span>${esc(pool.template_name)} · ${esc(channelName(pool.channel_id))}</span>
               <span class="left">${esc(t("public_remaining", { left: formatCount(left), total: formatCount(pool.stock_initial) }))}${soldOut}</span>
