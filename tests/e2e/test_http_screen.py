@@ -4,6 +4,7 @@ crowd claimed and spent, and that no person is in it."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -163,6 +164,14 @@ def test_streams_per_operator_are_bounded(api: Api) -> None:
     finally:
         for s in streams:
             s.__exit__(None, None, None)
+    # A client that went away gives its slot back.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with api.client.stream("GET", "/v1/screen/stream") as again:
+            if again.status_code == 200:
+                break
+        time.sleep(0.2)
+    assert again.status_code == 200
 
 
 def test_a_change_with_the_cookie_needs_the_csrf_header(api: Api) -> None:
