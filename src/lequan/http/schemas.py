@@ -9,6 +9,7 @@ parsed from its raw JSON by ``envelope.parse_body``, on every route.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -130,12 +131,57 @@ class PersonOut(BaseModel):
     eligibility: list[VerdictOut]
 
 
+def _ip_address(value: str) -> str:
+    """An IPv4 or IPv6 address, in its canonical text (``::ffff:1.2.3.4`` as 1.2.3.4)."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+IpAddress = Annotated[str, Field(min_length=2, max_length=45), AfterValidator(_ip_address)]
+DeviceId = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The channel's stable id of the device, opaque (a hash of its own id).",
+    ),
+]
+
+
+class ClaimSignalsIn(_In):
+    """What the channel knows of the claim besides the person: every field optional, a
+    missing one counts as unknown to the risk rules (docs/risk.md), never as a failure."""
+
+    device_id: DeviceId | None = None
+    ip: IpAddress | None = Field(None, description="The client's address as the channel saw it.")
+    account_age_s: Annotated[int, Field(ge=0, le=30 * 365 * 86_400)] | None = Field(
+        None, description="Seconds since the person's account with the channel was opened."
+    )
+    network_region: RegionCode | None = Field(
+        None,
+        description="Where the channel places the client's network (IP geolocation), "
+        "against the declared `location_region`.",
+    )
+    channel_risk: Literal["low", "medium", "high"] | None = Field(
+        None, description="The channel's own risk level for this account."
+    )
+
+
 class ClaimIn(_In):
     channel_user_id: ChannelUserId
     campaign_id: Slug
     round_id: Slug
     template_id: Slug
     location_region: RegionCode | None = None
+    signals: ClaimSignalsIn | None = Field(
+        None, description="Risk signals (docs/risk.md); not part of the claim's identity."
+    )
 
 
 class BatchClaimItemIn(ClaimIn):
@@ -273,6 +319,19 @@ class QuoteOut(BaseModel):
     quotes: list[QuoteItemOut]
 
 
+class RedemptionSignalsIn(_In):
+    """What the acquirer knows of the payment besides the order: every field optional."""
+
+    payer_id: (
+        Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+    ) = Field(
+        None,
+        description="The paying card or account as the acquirer's own opaque token (a keyed "
+        "hash, never the card number): the same payer, the same token.",
+    )
+    terminal_id: OpaqueId | None = Field(None, description="The till or POS terminal.")
+
+
 class RedeemIn(OrderIn):
     voucher_id: OpaqueId
     order_id: Annotated[str, Field(min_length=1, max_length=64, pattern=NO_CONTROL)]
@@ -281,6 +340,7 @@ class RedeemIn(OrderIn):
         description="one_step redeems now; lock holds the voucher until confirm or void.",
     )
     product: ProductIn | None = None
+    signals: RedemptionSignalsIn | None = Field(None, description="Risk signals (docs/risk.md).")
 
 
 class RedemptionOut(BaseModel):
