@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -210,13 +212,42 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes (Redis gate only).")] = None,
 ) -> None:
     """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
+    settings = Settings()
+    # Set before anything imports prometheus-client, which picks at import where a
+    # process keeps its figures: every worker (and this process, with one worker)
+    # writes them to files in this directory, so /metrics sums all of them.
+    figures, made = _metrics_dir(settings)
+    before = os.environ.get(_MULTIPROC_ENV)
+    os.environ[_MULTIPROC_ENV] = str(figures)
+    try:
+        _serve(settings, host=host, port=port, workers=workers or settings.workers)
+    finally:  # as it was: serve may be called in a process that goes on (tests)
+        if before is None:
+            del os.environ[_MULTIPROC_ENV]
+        else:
+            os.environ[_MULTIPROC_ENV] = before
+        if made:
+            shutil.rmtree(figures, ignore_errors=True)
+
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # lequan.metrics.MULTIPROC_ENV, not imported yet
+
+
+def _metrics_dir(settings: Settings) -> tuple[Path, bool]:
+    """Where the workers write their figures, and whether it was made for this run."""
+    if settings.metrics_dir is not None:
+        return settings.metrics_dir, False
+    return Path(tempfile.mkdtemp(prefix="lequan-metrics-")), True
+
+
+def _serve(settings: Settings, *, host: str | None, port: int | None, workers: int) -> None:
     import uvicorn
 
     from lequan.bootstrap import SetupError, check_store, load_keyring, require_durable_store
     from lequan.http.server import uvicorn_options
+    from lequan.metrics import multiprocess_dir, prepare_multiprocess_dir
 
-    settings = Settings()
-    workers = workers or settings.workers
+    prepare_multiprocess_dir(Path(os.environ[_MULTIPROC_ENV]))  # a past run's must not count
     if workers > 1 and not settings.redis_url:
         raise SetupError(
             "more than one worker needs a shared claim gate: set LEQUAN_REDIS_URL "
@@ -229,6 +260,7 @@ def serve(
         _migrate_embedded(settings)
     check_store(settings, keyring)  # the schema current, the key file the data's
     require_durable_store(settings)  # once here, before any worker (each checks again)
+    multiprocess_dir()  # refuses a process that imported prometheus-client too early
     uvicorn.run(
         "lequan.http.asgi:create",
         factory=True,

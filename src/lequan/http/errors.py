@@ -24,6 +24,8 @@ def json_response(
 ) -> Response:
     """An answer as the framework sends it: the envelope's bytes and headers."""
     request_id = str(getattr(request.state, "request_id", "") or "")
+    # For the request's metrics: an error's code, a redemption's status (envelope.py).
+    request.state.answered = body
     response = Response(
         render(status, body, request_id), status_code=status, media_type="application/json"
     )

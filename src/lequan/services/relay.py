@@ -50,6 +50,10 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _DELIVERED = frozenset({EventOutcome.APPLIED, EventOutcome.DUPLICATE, EventOutcome.WAITING})
+# How a relay round ended (lequan_relay_rounds_total{outcome}): nothing was due, events
+# were settled by central's answers, central could not be reached, or the round failed
+# (the store, most likely; the loop logs it).
+_ROUND_OUTCOMES = ("idle", "delivered", "central_down", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,11 @@ class Relay(Loop):
         self._rt = rt
         self._central = central
         self.central_down = False
+        rounds, events = rt.metrics.relay_rounds, rt.metrics.relay_events
+        self._rounds = {outcome: rounds.labels(outcome) for outcome in _ROUND_OUTCOMES}
+        self._delivered = events.labels("delivered")
+        self._retried = events.labels("retried")
+        self._dead = events.labels("dead")
         super().__init__(
             "lequan-relay",
             self.step,
@@ -178,9 +187,14 @@ class Relay(Loop):
         )
 
     def step(self) -> float:
-        """One round; the pause before the next."""
+        """One round; the pause before the next. Counted by outcome, its events too."""
         rt = self._rt
-        done = relay_round(rt, self._central)
+        try:
+            done = relay_round(rt, self._central)
+        except Exception:
+            self._rounds["failed"].inc()
+            raise  # logged by the loop, which tries again
+        self._count(done)
         if done.central_down:
             self.central_down = True
         elif self.central_down and (done.delivered or self._central.ready()):
@@ -189,6 +203,18 @@ class Relay(Loop):
             return 0.0
         full = done.leased == rt.settings.relay_batch_max and not done.central_down
         return 0.0 if full else rt.settings.relay_idle_s
+
+    def _count(self, done: RelayRound) -> None:
+        if done.central_down:
+            outcome = "central_down"
+        elif done.leased:
+            outcome = "delivered"
+        else:
+            outcome = "idle"
+        self._rounds[outcome].inc()
+        self._delivered.inc(done.delivered)
+        self._retried.inc(done.retried)
+        self._dead.inc(done.dead)
 
 
 # -- what operators see and do --------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lequan.config import Settings
+from lequan.metrics import Instruments, runtime_instruments
 from lequan.ports import ClaimGate, Clock, KeyRing, NonceStore, Store
 from lequan.ports.central import CentralPlatform
 from lequan.services.idempotency import InFlight
@@ -22,6 +23,8 @@ class Runtime:
     clock: Clock
     nonces: NonceStore
     inflight: InFlight = field(default_factory=InFlight)
+    # What the services and the HTTP layer count and time (lequan.metrics).
+    metrics: Instruments = field(default_factory=runtime_instruments)
     # The central (national) platform, when this province is connected to one.
     central: CentralPlatform | None = None
     # Told the id of every campaign an operator changed (caches drop it).
