@@ -41,7 +41,12 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "GATE_CALLS",
     "MULTIPROC_ENV",
+    "RELAY_EVENT_OUTCOMES",
+    "RELAY_ROUND_OUTCOMES",
+    "SWEEP_OUTCOMES",
+    "SWEPT",
     "Exposition",
     "Instruments",
     "MultiprocessMisconfigured",
@@ -169,6 +174,27 @@ class Instruments:
             ["outcome"],
             registry=registry,
         )
+        # The series of closed label sets exist from the start, at 0: a rate or an
+        # alert reads "none yet" rather than no series at all.
+        for family, closed in (
+            (self.gate_seconds, GATE_CALLS),
+            (self.gate_failures, GATE_CALLS),
+            (self.sweeps, SWEEP_OUTCOMES),
+            (self.swept, SWEPT),
+            (self.relay_rounds, RELAY_ROUND_OUTCOMES),
+            (self.relay_events, RELAY_EVENT_OUTCOMES),
+        ):
+            for value in closed:
+                family.labels(value)
+
+
+GATE_CALLS = ("reserve", "settle", "release")
+SWEEP_OUTCOMES = ("ok", "failed")
+SWEPT = ("expired", "locks_timed_out", "gates_retired")
+# How a relay round ended: nothing was due, events were settled by central's answers,
+# central could not be reached, or the round failed (the store, most likely).
+RELAY_ROUND_OUTCOMES = ("idle", "delivered", "central_down", "failed")
+RELAY_EVENT_OUTCOMES = ("delivered", "retried", "dead")
 
 
 # In multiprocess mode, the one set of instruments of each process, by pid.

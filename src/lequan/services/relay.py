@@ -24,6 +24,7 @@ from datetime import timedelta
 
 import structlog
 
+from lequan.metrics import RELAY_ROUND_OUTCOMES
 from lequan.ports.central import (
     CentralPlatform,
     CentralUnavailable,
@@ -50,10 +51,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _DELIVERED = frozenset({EventOutcome.APPLIED, EventOutcome.DUPLICATE, EventOutcome.WAITING})
-# How a relay round ended (lequan_relay_rounds_total{outcome}): nothing was due, events
-# were settled by central's answers, central could not be reached, or the round failed
-# (the store, most likely; the loop logs it).
-_ROUND_OUTCOMES = ("idle", "delivered", "central_down", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +172,7 @@ class Relay(Loop):
         self._central = central
         self.central_down = False
         rounds, events = rt.metrics.relay_rounds, rt.metrics.relay_events
-        self._rounds = {outcome: rounds.labels(outcome) for outcome in _ROUND_OUTCOMES}
+        self._rounds = {outcome: rounds.labels(outcome) for outcome in RELAY_ROUND_OUTCOMES}
         self._delivered = events.labels("delivered")
         self._retried = events.labels("retried")
         self._dead = events.labels("dead")
