@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import tempfile
 from datetime import datetime
@@ -219,6 +220,7 @@ def serve(
     figures, made = _metrics_dir(settings)
     before = os.environ.get(_MULTIPROC_ENV)
     os.environ[_MULTIPROC_ENV] = str(figures)
+    handlers = _remove_on_signals(figures) if made else {}
     try:
         _serve(settings, host=host, port=port, workers=workers or settings.workers)
     finally:  # as it was: serve may be called in a process that goes on (tests)
@@ -226,11 +228,29 @@ def serve(
             del os.environ[_MULTIPROC_ENV]
         else:
             os.environ[_MULTIPROC_ENV] = before
+        for caught, handler in handlers.items():
+            signal.signal(caught, handler)
         if made:
             shutil.rmtree(figures, ignore_errors=True)
 
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # lequan.metrics.MULTIPROC_ENV, not imported yet
+
+
+def _remove_on_signals(figures: Path) -> dict[signal.Signals, Any]:
+    """Remove the figures directory made for this run when a signal stops serve, then
+    die of the signal as before; the handlers it replaced. uvicorn, serving in this
+    process, shuts down on SIGTERM or SIGINT and then raises the signal again, to this
+    handler: the process would otherwise end there, before any ``finally``."""
+
+    def remove_then_die(signum: int, _frame: object) -> None:
+        shutil.rmtree(figures, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    return {
+        caught: signal.signal(caught, remove_then_die) for caught in (signal.SIGTERM, signal.SIGINT)
+    }
 
 
 def _metrics_dir(settings: Settings) -> tuple[Path, bool]:

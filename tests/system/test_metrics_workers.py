@@ -1,7 +1,8 @@
 """``lequan serve --workers 2`` on PostgreSQL + Redis, over real HTTP: ``/metrics``
 is one view of both workers. Requests land on both; every scrape, whichever
 worker answers it, counts each request exactly once; a worker that dies and
-is started again leaves its counts and takes its queue with it."""
+is started again leaves its counts and takes its queue with it. And one worker
+on the embedded default: the figures directory serve made goes when it stops."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from benchmarks.servers import free_port
 from lequan.client import LequanAuth
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 PEOPLE = 240
 CLAIMED_TWICE = 30  # of them: their second claim is refused already_claimed
@@ -140,6 +141,8 @@ def _watched(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> l
     return [_the(scraped, name, **labels) for name, labels in WATCHED]
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_every_scrape_counts_both_workers_requests_exactly_once(
     database_url: str, redis_url: str
 ) -> None:
@@ -226,3 +229,37 @@ def _started(figures: Path) -> set[int]:
         ):
             started.add(int(file.stem.rsplit("_", 1)[1]))
     return started
+
+
+def test_serve_removes_the_figures_directory_it_made_when_stopped(tmp_path: Path) -> None:
+    """One worker, the embedded default, no LEQUAN_METRICS_DIR: the figures go to a
+    directory of serve's own, in the temporary directory, gone once a signal stops
+    serve (which still dies of it)."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("LEQUAN_") and key != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env |= {"LEQUAN_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(temporary)}
+    args = [sys.executable, "-m", "lequan.cli", "serve", "--port", str(port)]
+    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ready(base, server), what="the server answers /readyz", timeout_s=60)
+        httpx.get(f"{base}/healthz")
+        scraped = _scrape(base)
+        healthz = (
+            "lequan_http_requests_total",
+            (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+        )
+        assert scraped[healthz] == 1
+        (figures,) = temporary.glob("lequan-metrics-*")
+        assert list(figures.glob("counter_*.db"))
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert server.returncode == -signal.SIGTERM
+    assert not list(temporary.iterdir())
