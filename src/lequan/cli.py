@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
 import tempfile
 from datetime import datetime
@@ -214,43 +213,29 @@ def serve(
 ) -> None:
     """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
     settings = Settings()
-    # Set before anything imports prometheus-client, which picks at import where a
-    # process keeps its figures: every worker (and this process, with one worker)
-    # writes them to files in this directory, so /metrics sums all of them.
+    workers = workers or settings.workers
+    if workers == 1:  # one process: its own figures are the whole view
+        _serve(settings, host=host, port=port, workers=1)
+        return
+    # Several: each worker writes its figures to files in one directory, so that any
+    # worker's /metrics sums them all. Set before the workers start: prometheus-client
+    # picks at import where a process keeps its figures (uvicorn spawns the workers,
+    # fresh interpreters that inherit this environment).
     figures, made = _metrics_dir(settings)
     before = os.environ.get(_MULTIPROC_ENV)
     os.environ[_MULTIPROC_ENV] = str(figures)
-    handlers = _remove_on_signals(figures) if made else {}
     try:
-        _serve(settings, host=host, port=port, workers=workers or settings.workers)
+        _serve(settings, host=host, port=port, workers=workers, figures=figures)
     finally:  # as it was: serve may be called in a process that goes on (tests)
         if before is None:
             del os.environ[_MULTIPROC_ENV]
         else:
             os.environ[_MULTIPROC_ENV] = before
-        for caught, handler in handlers.items():
-            signal.signal(caught, handler)
         if made:
             shutil.rmtree(figures, ignore_errors=True)
 
 
-_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # lequan.metrics.MULTIPROC_ENV, not imported yet
-
-
-def _remove_on_signals(figures: Path) -> dict[signal.Signals, Any]:
-    """Remove the figures directory made for this run when a signal stops serve, then
-    die of the signal as before; the handlers it replaced. uvicorn, serving in this
-    process, shuts down on SIGTERM or SIGINT and then raises the signal again, to this
-    handler: the process would otherwise end there, before any ``finally``."""
-
-    def remove_then_die(signum: int, _frame: object) -> None:
-        shutil.rmtree(figures, ignore_errors=True)
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
-
-    return {
-        caught: signal.signal(caught, remove_then_die) for caught in (signal.SIGTERM, signal.SIGINT)
-    }
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # lequan.metrics.MULTIPROC_ENV
 
 
 def _metrics_dir(settings: Settings) -> tuple[Path, bool]:
@@ -260,14 +245,22 @@ def _metrics_dir(settings: Settings) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="lequan-metrics-")), True
 
 
-def _serve(settings: Settings, *, host: str | None, port: int | None, workers: int) -> None:
+def _serve(
+    settings: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    figures: Path | None = None,
+) -> None:
     import uvicorn
 
     from lequan.bootstrap import SetupError, check_store, load_keyring, require_durable_store
     from lequan.http.server import uvicorn_options
-    from lequan.metrics import multiprocess_dir, prepare_multiprocess_dir
+    from lequan.metrics import prepare_multiprocess_dir
 
-    prepare_multiprocess_dir(Path(os.environ[_MULTIPROC_ENV]))  # a past run's must not count
+    if figures is not None:
+        prepare_multiprocess_dir(figures)  # a past run's workers must not count
     if workers > 1 and not settings.redis_url:
         raise SetupError(
             "more than one worker needs a shared claim gate: set LEQUAN_REDIS_URL "
@@ -280,7 +273,6 @@ def _serve(settings: Settings, *, host: str | None, port: int | None, workers: i
         _migrate_embedded(settings)
     check_store(settings, keyring)  # the schema current, the key file the data's
     require_durable_store(settings)  # once here, before any worker (each checks again)
-    multiprocess_dir()  # refuses a process that imported prometheus-client too early
     uvicorn.run(
         "lequan.http.asgi:create",
         factory=True,

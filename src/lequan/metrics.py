@@ -12,11 +12,12 @@ observer interface would cost a call per event on the claim path and name
 the same figures twice.
 
 Several worker processes (``lequan serve --workers N``) are one view:
-``serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports
-prometheus-client, each worker writes its figures to files of its own in
-that directory (the library's multiprocess mode), and a scrape answered by
-any worker sums them all (``Exposition``). Without it, a scrape reads the
-runtime's own registry. Gauges say how workers' values combine
+``serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before it starts the workers
+(uvicorn spawns them: fresh interpreters, which import prometheus-client
+with it set), each worker writes its figures to files of its own in that
+directory (the library's multiprocess mode), and a scrape answered by any
+worker sums them all (``Exposition``). Without it (one process, tests), a
+scrape reads the runtime's own registry. Gauges say how workers' values combine
 (``multiprocess_mode``): the commit queue is summed over the workers alive.
 Figures that live in shared state (the outbox backlog, the stock in the
 gate) are not instruments but collectors, read at each scrape.

@@ -231,35 +231,70 @@ def _started(figures: Path) -> set[int]:
     return started
 
 
-def test_serve_removes_the_figures_directory_it_made_when_stopped(tmp_path: Path) -> None:
-    """One worker, the embedded default, no LEQUAN_METRICS_DIR: the figures go to a
-    directory of serve's own, in the temporary directory, gone once a signal stops
-    serve (which still dies of it)."""
+def _serve_env(tmp_path: Path, **settings: str) -> tuple[dict[str, str], Path]:
+    """The environment of a serve of this test's own, with a temporary directory of its own."""
     temporary = tmp_path / "tmp"
     temporary.mkdir()
-    port = free_port()
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("LEQUAN_") and key != "PROMETHEUS_MULTIPROC_DIR"
     }
-    env |= {"LEQUAN_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(temporary)}
+    return env | settings | {"TMPDIR": str(temporary)}, temporary
+
+
+HEALTHZ = (
+    "lequan_http_requests_total",
+    (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+)
+
+
+def test_one_worker_counts_in_its_own_memory(tmp_path: Path) -> None:
+    """The embedded default, one process: its own figures are the whole view, and no
+    figures directory is made."""
+    env, temporary = _serve_env(tmp_path, LEQUAN_DATA_DIR=str(tmp_path / "data"))
+    port = free_port()
     args = [sys.executable, "-m", "lequan.cli", "serve", "--port", str(port)]
     server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ready(base, server), what="the server answers /readyz", timeout_s=60)
         httpx.get(f"{base}/healthz")
-        scraped = _scrape(base)
-        healthz = (
-            "lequan_http_requests_total",
-            (("method", "GET"), ("route", "/healthz"), ("status", "200")),
-        )
-        assert scraped[healthz] == 1
-        (figures,) = temporary.glob("lequan-metrics-*")
-        assert list(figures.glob("counter_*.db"))
+        assert _scrape(base)[HEALTHZ] == 1
+        assert not list(temporary.iterdir())
     finally:
         server.terminate()
         server.wait(30)
-    assert server.returncode == -signal.SIGTERM
-    assert not list(temporary.iterdir())
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_serve_removes_the_figures_directory_it_made_when_stopped(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Workers without LEQUAN_METRICS_DIR: their figures go to a directory of serve's
+    own, in the temporary directory, gone once serve is stopped."""
+    with scenarios.prepare_stack(
+        tmp_path, database_url=database_url, redis_url=redis_url, people=10
+    ) as stack:
+        env, temporary = _serve_env(tmp_path, **stack.env)
+        port = free_port()
+        args = [sys.executable, "-m", "lequan.cli", "serve", "--port", str(port)]
+        args += ["--workers", "2"]
+        server = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _ready(base, server), what="serve answers /readyz", timeout_s=60)
+            (figures,) = temporary.glob("lequan-metrics-*")
+            wait_until(
+                lambda: len(list(figures.glob("counter_*.db"))) == 2,
+                what="both workers write their figures",
+            )
+            httpx.get(f"{base}/healthz")
+            assert _scrape(base)[HEALTHZ] == 1
+        finally:
+            server.terminate()  # serve itself: it stops its workers
+            server.wait(30)
+        assert not list(temporary.iterdir())
