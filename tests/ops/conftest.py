@@ -16,6 +16,7 @@ from tests.e2e.conftest import Api, OpenApi, open_api  # noqa: F401  # the e2e s
 # screen's collectors (issue 15) add them. Tested on synthetic series meanwhile; drop
 # them from here once a scrape has them.
 
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """Prometheus's promtool (Debian's `prometheus` package; .ci/run installs it)."""
