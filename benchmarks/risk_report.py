@@ -186,13 +186,14 @@ def risk_report(
     blocked: dict[Kind, Counter[str]] = defaultdict(Counter)
     flag_reasons: dict[Kind, Counter[str]] = defaultdict(Counter)
     spent: dict[Kind, set[str]] = defaultdict(set)
-    fake_attempts = fake_completed = fake_caught = refunds = 0
+    refunds: dict[Kind, int] = Counter()
+    fake_attempts = fake_completed = fake_caught = 0
     redemption_pairs: list[tuple[bool, bool]] = []
     for r in redemptions:
         kind = population.kind(r.person)
         attempts[kind] += 1
         answered[kind][r.outcome] += 1
-        refunds += r.refunded
+        refunds[kind] += r.refunded
         caught = False
         if r.outcome == "redeemed":
             completed[kind] += 1
@@ -230,13 +231,13 @@ def risk_report(
             "redemptions_flagged": flagged[kind],
             "redemptions_flagged_by_reason": dict(flag_reasons[kind].most_common()),
             "redemptions_stopped": dict(blocked[kind]),
+            "refunds": refunds[kind],
         }
         by_kind[kind.label] = entry
     by_kind["ring"] |= {
         "fake_order_attempts": fake_attempts,
         "fake_redemptions": fake_completed,
         "fake_orders_caught": fake_caught,
-        "refunds": refunds,
     }
 
     adversaries = population.people - people[Kind.HONEST]

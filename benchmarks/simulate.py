@@ -479,6 +479,7 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                 stored = _stored_vouchers(stack)
                 summary = _summary(config, answers, elapsed_s, resent, stored, population)
                 progress("the winners spend their vouchers; the ring fakes its orders")
+                spending_started = time.perf_counter()
                 spent = asyncio.run(
                     spend(
                         population,
@@ -490,6 +491,7 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                         duration_s_max=config.duration_s_max,
                     )
                 )
+                spending_s = time.perf_counter() - spending_started
                 flags = asyncio.run(
                     read_flags(port=port, token=token, wait_s=config.adversaries.flag_wait_s)
                 )
@@ -503,6 +505,7 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                 report["kinds"]["ring"]["fake_redemptions_stored"] = _fake_redemptions_stored(
                     stack, population
                 )
+            report["redemption_phase_s"] = round(spending_s, 2)
             summary["risk"] = report
             summary["targets"] = report.pop("targets")
             summary["targets_met"] = report.pop("targets_met")
