@@ -359,7 +359,11 @@ def _print_risk(summary: dict[str, Any]) -> None:
             f"(tp {flags['tp']}, fp {flags['fp']}, fn {flags['fn']}, tn {flags['tn']}; "
             f"over {flags['over']})"
         )
-    console.print(f"  review queue: {risk['redemption_flags']['review_queue']}")
+    console.print(
+        f"  orders: {risk['redemption_phase_s']} s from "
+        f"{risk['redemption_phase_started_at']} (the server's clock stamps them); "
+        f"review queue: {risk['redemption_flags']['review_queue']}"
+    )
     marks = {"pass": "[green]pass[/]", "fail": "[red]fail[/]", "n/a": "[dim]n/a[/]"}
     for target in summary["targets"]:
         console.print(

@@ -33,6 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ RETRY_AFTER_S = 1.0  # the Retry-After lequan gives with 429 and 503
 RESENDS_MAX = 10
 ARRIVALS_PER_YIELD_MAX = 1000  # the channels get the loop at least this often
 HTTP_TIMEOUT_S = 60.0
+SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
 @dataclass(frozen=True)
@@ -480,6 +482,9 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                 summary = _summary(config, answers, elapsed_s, resent, stored, population)
                 progress("the winners spend their vouchers; the ring fakes its orders")
                 spending_started = time.perf_counter()
+                # The server stamps every redemption with its own clock: whether the
+                # ring's orders fall "at odd hours" is this hour's, in Shanghai.
+                spending_at = datetime.now(SHANGHAI).isoformat(timespec="seconds")
                 spent = asyncio.run(
                     spend(
                         population,
@@ -506,6 +511,7 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                     stack, population
                 )
             report["redemption_phase_s"] = round(spending_s, 2)
+            report["redemption_phase_started_at"] = spending_at
             summary["risk"] = report
             summary["targets"] = report.pop("targets")
             summary["targets_met"] = report.pop("targets_met")
