@@ -432,7 +432,7 @@ def create_app(
         if app_id is not None:
             record_answer(
                 platform.rt.pulse,
-                int(time.time()),
+                int(platform.rt.clock.now().timestamp()),
                 app_id,
                 response.status_code,
                 getattr(state, "error_code", None),

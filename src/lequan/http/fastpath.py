@@ -117,7 +117,8 @@ class _LeanRoute:
         )
         if app_id is not None:
             code = body.get("code") if status >= 400 and isinstance(body, dict) else None
-            record_answer(self.platform.rt.pulse, int(time.time()), app_id, status, code)
+            rt = self.platform.rt  # the runtime's clock: the pulse's seconds are its own
+            record_answer(rt.pulse, int(rt.clock.now().timestamp()), app_id, status, code)
 
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         """The answer to one request body (see ``_Answered``)."""
