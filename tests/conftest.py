@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.factories import PostgresStores
 
 POSTGRES_URL = os.environ.get(
     "LEQUAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -99,9 +103,33 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
         drop()
 
 
+@pytest.fixture(scope="session")
+def postgres_stores(postgres_url: str, postgres_template: str) -> Iterator[PostgresStores]:
+    """This process's stores at head: taken by one test at a time, emptied in between."""
+    from tests.factories import PostgresStores
+
+    stores = PostgresStores(postgres_url, postgres_template)
+    try:
+        yield stores
+    finally:
+        stores.close()
+
+
 @pytest.fixture
-def migrated_postgres_url(postgres_url: str, postgres_template: str) -> Iterator[str]:
-    """A new PostgreSQL database at head (a copy of the run's template), dropped afterwards."""
+def migrated_postgres_url(postgres_stores: PostgresStores) -> Iterator[str]:
+    """A PostgreSQL database at head with no rows, this test's alone: a copy of the run's
+    template, or one an earlier test had, emptied (``tests.factories.PostgresStores``)."""
+    url = postgres_stores.take()
+    try:
+        yield url
+    finally:
+        postgres_stores.give_back(url)
+
+
+@pytest.fixture
+def pristine_postgres_url(postgres_url: str, postgres_template: str) -> Iterator[str]:
+    """A new copy of the run's template, dropped afterwards: no other test's rows were
+    ever in it, so the planner has no statistics of them (the tests of query plans)."""
     from tests.factories import postgres_database
 
     url, drop = postgres_database(postgres_url, template=postgres_template)
