@@ -71,13 +71,13 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def test_a_primary_killed_mid_sale_fails_over_and_nothing_is_sold_twice(
-    cluster: LocalCluster, fresh_postgres_url: str, tmp_path: Path
+    cluster: LocalCluster, migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     prefix = f"lqtest:{uuid.uuid4().hex[:8]}:"
     client = RedisCluster(host=cluster.host, port=cluster.ports[0])
     gate = RedisGate(client, key_prefix=prefix, buckets=BUCKETS)
     with make_world(
-        database_url=fresh_postgres_url, tmp_path=tmp_path, gate=gate, **FENCED
+        database_url=migrated_postgres_url, tmp_path=tmp_path, gate=gate, **FENCED
     ) as world:
         world.rt.inflight = InFlight(shared=RedisKeyHolds(client, key_prefix=prefix))
         users = register_many(world, range(PEOPLE))
