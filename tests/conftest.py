@@ -209,9 +209,27 @@ SERIAL_FILES = frozenset(
         "tests/integration/test_store_faults.py",
         "tests/integration/test_true_refusals.py",
         "tests/system/test_crash.py",
-        "tests/system/test_simulate.py",
         "tests/system/test_workers.py",
     }
+)
+
+
+# The files that take longest, longest first: collected first, so the parallel run hands
+# them out first (scripts/test turns off xdist's own order, by number of tests, which
+# left the long files with few tests to the end) and the short ones fill in around them
+# instead of one worker finishing the run alone on a long file (docs/testing.md).
+LONG_FILES = (
+    "tests/system/test_federation.py",
+    "tests/e2e/test_http_contract.py",
+    "tests/system/test_demo.py",
+    "tests/integration/test_redemption_invariants.py",
+    "tests/central/test_contract.py",
+    "tests/central/test_central_process.py",
+    "tests/integration/test_redemption_batches.py",
+    "tests/e2e/test_http_input.py",
+    "tests/integration/test_stock_in_store.py",
+    "tests/system/test_province_init.py",
+    "tests/system/test_bench.py",
 )
 
 
@@ -220,3 +238,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.relative_to(root).as_posix() in SERIAL_FILES:
             item.add_marker(pytest.mark.serial)
+    rank = {path: n for n, path in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))

@@ -2,7 +2,10 @@
 
 Small crowds here (the million is for the benchmark); what is asserted is
 what a pipeline would check in the JSON: every voucher issued once, to
-nobody twice, every acknowledged voucher stored; never a speed.
+nobody twice, every acknowledged voucher stored; never a speed. So these
+run beside other tests (not ``serial``): the simulator sends every "retry
+later" answer again with its key, as a channel does, and a busy machine
+only makes the crowd slower.
 """
 
 from __future__ import annotations
@@ -56,14 +59,14 @@ def stack_args(request: pytest.FixtureRequest) -> list[str]:
 @pytest.mark.slow
 def test_a_small_crowd_sells_out_exactly_and_the_summary_says_so(stack_args: list[str]) -> None:
     result = CliRunner().invoke(
-        app, ["simulate", "--people", "3000", "--stock", "600", *stack_args, "--json"]
+        app, ["simulate", "--people", "1500", "--stock", "300", *stack_args, "--json"]
     )
 
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert set(summary) >= KEYS
-    assert summary["people"] == 3000
-    assert summary["issued"] == summary["stock"] == 600
+    assert summary["people"] == 1500
+    assert summary["issued"] == summary["stock"] == 300
     assert summary["oversold"] == summary["duplicates"] == summary["acknowledged_missing"] == 0
     assert summary["invariants_ok"] is True
     assert summary["sold_out_after_s"] is not None
