@@ -31,6 +31,22 @@ def _unreachable(what: str, error: Exception) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """structlog's configuration put back after each test.
+
+    A command run in this process (Typer's CliRunner: ``lequan demo``, ``serve``)
+    configures structlog for the whole process, its level filter included; a
+    later test capturing log events (``structlog.testing.capture_logs``) would
+    then see none below that level, depending on which tests ran before it.
+    """
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A Redis URL that answers PING, or the test is skipped (failed in CI)."""
