@@ -151,8 +151,8 @@ class PostgresStores:
     A copy of the template costs a CREATE DATABASE, and dropping it a DROP DATABASE,
     which makes the server checkpoint (every dirty page of every database written
     out, while the other tests wait on the disk). An emptied store is what a new
-    copy is to a test: the template's schema, no rows, every sequence at its start
-    (``TRUNCATE ... RESTART IDENTITY``), nobody connected. One whose schema a test
+    copy is to a test: the template's schema, no rows, every sequence at its start,
+    nobody connected. One whose schema a test
     changed is dropped instead. What an emptied store keeps is the planner's
     statistics of the rows it held: the tests of query plans take a new copy
     (``pristine_postgres_url``).
@@ -207,14 +207,21 @@ class PostgresStores:
         )
         if self._schema_digest(url) != self._digest:
             return False
+        from lequan.adapters.sql import tables as t
+
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         try:
             with engine.begin() as connection:
-                tables = connection.exec_driver_sql(
-                    "SELECT quote_ident(tablename) FROM pg_tables"
-                    " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                # DELETE, not TRUNCATE: a test's few rows go in milliseconds, where
+                # TRUNCATE makes every table and index new files.
+                for table in reversed(t.metadata.sorted_tables):
+                    connection.execute(table.delete())
+                sequences = connection.exec_driver_sql(
+                    "SELECT oid::regclass::text FROM pg_class"
+                    " WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace"
                 ).scalars()
-                connection.exec_driver_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+                for sequence in list(sequences):
+                    connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} RESTART")
         finally:
             engine.dispose()
         return True
