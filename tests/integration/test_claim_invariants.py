@@ -11,6 +11,11 @@ Store failures are made outside lequan, never by patching it: the ledger's
 entries table is renamed away by another connection (the store loses a
 table the writer needs while every read of the claim path still works),
 then renamed back.
+
+The races, and the tests whose claims must commit within a short reservation
+ttl or wait out a fence or a held lock, are marked ``serial``: ``make test``
+runs them alone, after the others (a busy machine turned their commits into
+timeouts). The rest run beside other tests.
 """
 
 from __future__ import annotations
@@ -247,6 +252,7 @@ def claim_writes_fail(database_url: str) -> AbstractContextManager[None]:
 # -- the flash sale -----------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_a_crowd_four_times_the_stock_gets_exactly_the_stock(stack: Stack, tmp_path: Path) -> None:
     """200 claimers released at once, racing for 50 vouchers."""
     claimers, stock = 200, 50
@@ -274,6 +280,7 @@ def test_a_crowd_four_times_the_stock_gets_exactly_the_stock(stack: Stack, tmp_p
         assert remaining(world) == 0
 
 
+@pytest.mark.serial
 def test_one_person_50_concurrent_claims_gets_one(stack: Stack, tmp_path: Path) -> None:
     with stack.world(tmp_path) as world:
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 1000}}))
@@ -294,6 +301,7 @@ def test_one_person_50_concurrent_claims_gets_one(stack: Stack, tmp_path: Path) 
         assert assert_books(world).issued == 1
 
 
+@pytest.mark.serial
 def test_same_person_gets_one_voucher_per_channel(stack: Stack, tmp_path: Path) -> None:
     """The limit is per round per channel: one in WeChat and one in Alipay, never two in one."""
     with stack.world(tmp_path) as world:
@@ -323,6 +331,7 @@ def test_same_person_gets_one_voucher_per_channel(stack: Stack, tmp_path: Path) 
         assert assert_books(world).issued == 2
 
 
+@pytest.mark.serial
 def test_concurrent_batches_over_three_channels_sell_exactly_the_stock(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -375,6 +384,7 @@ def test_concurrent_batches_over_three_channels_sell_exactly_the_stock(
 # -- idempotency ----------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_retry_replays_the_same_voucher_and_creates_nothing(stack: Stack, tmp_path: Path) -> None:
     with stack.world(tmp_path) as world:
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 100}}))
@@ -426,6 +436,7 @@ def test_retry_replays_the_same_voucher_and_creates_nothing(stack: Stack, tmp_pa
 # -- budget ---------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_budget_covers_exactly_n_vouchers(stack: Stack, tmp_path: Path) -> None:
     n, stock, claimers = 20, 200, 60
     with stack.world(tmp_path) as world:
@@ -460,6 +471,7 @@ def test_budget_covers_exactly_n_vouchers(stack: Stack, tmp_path: Path) -> None:
 FENCED: dict[str, Any] = {"claim_reservation_ttl_s": 0.5}
 
 
+@pytest.mark.serial
 def test_lost_gate_is_rebuilt_from_the_store(stack: Stack, tmp_path: Path) -> None:
     stock = 40
     # A ttl of 0: a local flag raised while the gate was empty would be
@@ -500,6 +512,7 @@ def test_lost_gate_is_rebuilt_from_the_store(stack: Stack, tmp_path: Path) -> No
         assert assert_books(world).issued == stock
 
 
+@pytest.mark.serial
 def test_shared_gate_lost_mid_crowd_is_rebuilt_without_oversell(
     shared_stack: Stack, tmp_path: Path
 ) -> None:
@@ -567,6 +580,7 @@ def test_shared_gate_lost_mid_crowd_is_rebuilt_without_oversell(
 # -- the durability rule -------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_failed_commit_answers_503_and_hands_the_stock_back(stack: Stack, tmp_path: Path) -> None:
     with stack.world(tmp_path) as world:
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
@@ -601,6 +615,7 @@ def test_failed_commit_answers_503_and_hands_the_stock_back(stack: Stack, tmp_pa
         assert assert_books(world).issued == 4
 
 
+@pytest.mark.serial
 def test_a_transaction_that_outlives_the_reservation_ttl_is_rolled_back_not_committed(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -628,6 +643,7 @@ def test_a_transaction_that_outlives_the_reservation_ttl_is_rolled_back_not_comm
         assert remaining(world) == 4
 
 
+@pytest.mark.serial
 def test_commit_timeout_holds_the_stock_and_the_retry_replays(stack: Stack, tmp_path: Path) -> None:
     """A commit slower than claim_commit_timeout_s: 503 commit_timeout, stock held.
 
@@ -654,6 +670,7 @@ def test_commit_timeout_holds_the_stock_and_the_retry_replays(stack: Stack, tmp_
         assert assert_books(world).issued == 1
 
 
+@pytest.mark.serial
 def test_commit_timeout_then_failed_commit_hands_the_stock_back(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -685,6 +702,7 @@ def test_commit_timeout_then_failed_commit_hands_the_stock_back(
         assert voucher_id(final) == stored.id
 
 
+@pytest.mark.serial
 def test_retry_while_the_commit_is_pending_is_not_refused_already_claimed(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -823,6 +841,7 @@ class SlowToAnswer(GateInFront):
         return answers
 
 
+@pytest.mark.serial
 def test_reservations_left_by_a_dead_process_are_settled_or_released(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -868,6 +887,7 @@ def test_reservations_left_by_a_dead_process_are_settled_or_released(
         assert assert_books(world).issued == 5
 
 
+@pytest.mark.serial
 def test_a_reservation_older_than_its_ttl_is_never_committed(stack: Stack, tmp_path: Path) -> None:
     gate = SlowToAnswer(stack.new_gate())
     with make_world(
@@ -936,6 +956,7 @@ def test_a_store_the_claim_path_cannot_read_answers_503_and_takes_nothing(
 # -- the commit queue's bound: wait for room, then 429 with nothing reserved ----------
 
 
+@pytest.mark.serial
 def test_a_claim_waits_for_room_in_the_commit_queue_and_is_issued(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -962,6 +983,7 @@ def test_a_claim_waits_for_room_in_the_commit_queue_and_is_issued(
         assert world.platform.claims.committer.waiting == 0
 
 
+@pytest.mark.serial
 def test_a_claim_beyond_the_commit_queue_is_429_with_nothing_reserved(
     stack: Stack, tmp_path: Path
 ) -> None:
