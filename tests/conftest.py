@@ -217,12 +217,11 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 # Tests whose figures depend on having the machine to themselves (claim races under lock
 # timeouts, failovers, outages, crashes, whole crowds): `make test` (scripts/test) runs
 # them alone, after the others have run in parallel. A file here is serial as a whole;
-# elsewhere a test can be marked `serial` itself (tests/integration/test_claim_invariants.py).
+# elsewhere a test can be marked `serial` itself (test_claim_invariants.py, test_store_faults.py).
 SERIAL_FILES = frozenset(
     {
         "tests/integration/test_cluster_failover.py",
         "tests/integration/test_gate_outage.py",
-        "tests/integration/test_store_faults.py",
         "tests/integration/test_true_refusals.py",
         "tests/system/test_crash.py",
         "tests/system/test_workers.py",

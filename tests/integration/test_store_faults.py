@@ -5,6 +5,10 @@ A row lock is taken from outside lequan, by another connection, as an
 operator's ad hoc query or a stuck job would. A lost COMMIT answer is made by
 a fake of the store port wrapping the real store: its COMMIT reaches the
 database, then the call raises as a dropped connection would.
+
+The stalled campaign's test is ``serial`` (run alone): its refusal must come
+from the lock timeout, well before the caller's own. The others wait for
+nothing but a fence, with a generous deadline, and run beside other tests.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def stock_row_locked(database_url: str, campaign_id: str) -> Iterator[Callable[[
 
 
 @pytest.mark.postgres
+@pytest.mark.serial
 def test_a_locked_stock_row_stalls_its_campaign_not_the_others(
     migrated_postgres_url: str, tmp_path: Path
 ) -> None:
