@@ -98,19 +98,22 @@ class CentralProcess:
             stderr=self._stderr,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self._stderr.seek(0)
-                said = self._stderr.read()[-2000:].decode(errors="replace")
-                self.process = None
-                self._close_stderr()
-                raise RuntimeError(f"central exited at start; it said:\n{said}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        # One client for every probe: httpx makes each new client a TLS context (CPU the
+        # starting server needs), and these probes are plain HTTP.
+        with httpx.Client(base_url=self.url, timeout=1.0) as probe:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    self._stderr.seek(0)
+                    said = self._stderr.read()[-2000:].decode(errors="replace")
+                    self.process = None
+                    self._close_stderr()
+                    raise RuntimeError(f"central exited at start; it said:\n{said}")
+                try:
+                    if probe.get("/readyz").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
         raise RuntimeError("central did not start")
 
     def kill(self) -> None:

@@ -180,10 +180,7 @@ class LocalRedis:
         _stop(self._cli, [self.port])
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            try:
-                with redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1) as c:
-                    c.ping()
-            except redis.RedisError:
+            if not _answers("127.0.0.1", self.port):
                 return
             time.sleep(0.05)
         raise ClusterUnavailable(f"the server on port {self.port} did not stop")

@@ -32,19 +32,22 @@ def free_port() -> int:
 
 def _wait_until_up(process: subprocess.Popen[bytes], port: int, path: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server on port {port} exited with {process.returncode}")
-        try:
-            answer = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1.0)
-            # /healthz: the process answers. /readyz: its store and gate answer and no
-            # campaign's gate is still waiting out a fence (the load would hear
-            # gate_rebuilding and measure nothing).
-            if path != "/readyz" or answer.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    # One client for every probe: httpx makes each new client a TLS context (CPU the
+    # starting server needs), and these probes are plain HTTP.
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1.0) as probe:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server on port {port} exited with {process.returncode}")
+            try:
+                answer = probe.get(path)
+                # /healthz: the process answers. /readyz: its store and gate answer and no
+                # campaign's gate is still waiting out a fence (the load would hear
+                # gate_rebuilding and measure nothing).
+                if path != "/readyz" or answer.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
     raise RuntimeError(f"the server on port {port} did not start")
 
 

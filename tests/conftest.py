@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.factories import PostgresStores
 
 POSTGRES_URL = os.environ.get(
     "LEQUAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -25,6 +29,22 @@ def _unreachable(what: str, error: Exception) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(message + " (LEQUAN_TEST_REQUIRE_SERVICES=1: required)", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """structlog's configuration put back after each test.
+
+    A command run in this process (Typer's CliRunner: ``lequan demo``, ``serve``)
+    configures structlog for the whole process, its level filter included; a
+    later test capturing log events (``structlog.testing.capture_logs``) would
+    then see none below that level, depending on which tests ran before it.
+    """
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
@@ -99,9 +119,33 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
         drop()
 
 
+@pytest.fixture(scope="session")
+def postgres_stores(postgres_url: str, postgres_template: str) -> Iterator[PostgresStores]:
+    """This process's stores at head: taken by one test at a time, emptied in between."""
+    from tests.factories import PostgresStores
+
+    stores = PostgresStores(postgres_url, postgres_template)
+    try:
+        yield stores
+    finally:
+        stores.close()
+
+
 @pytest.fixture
-def migrated_postgres_url(postgres_url: str, postgres_template: str) -> Iterator[str]:
-    """A new PostgreSQL database at head (a copy of the run's template), dropped afterwards."""
+def migrated_postgres_url(postgres_stores: PostgresStores) -> Iterator[str]:
+    """A PostgreSQL database at head with no rows, this test's alone: a copy of the run's
+    template, or one an earlier test had, emptied (``tests.factories.PostgresStores``)."""
+    url = postgres_stores.take()
+    try:
+        yield url
+    finally:
+        postgres_stores.give_back(url)
+
+
+@pytest.fixture
+def pristine_postgres_url(postgres_url: str, postgres_template: str) -> Iterator[str]:
+    """A new copy of the run's template, dropped afterwards: no other test's rows were
+    ever in it, so the planner has no statistics of them (the tests of query plans)."""
     from tests.factories import postgres_database
 
     url, drop = postgres_database(postgres_url, template=postgres_template)
@@ -172,19 +216,36 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 
 # Tests whose figures depend on having the machine to themselves (claim races under lock
 # timeouts, failovers, outages, crashes, whole crowds): `make test` (scripts/test) runs
-# them alone, after the others have run in parallel.
+# them alone, after the others have run in parallel. A file here is serial as a whole;
+# elsewhere a test can be marked `serial` itself (test_claim_invariants.py, test_store_faults.py).
 SERIAL_FILES = frozenset(
     {
         "tests/browser/test_screen.py",
-        "tests/integration/test_claim_invariants.py",
         "tests/integration/test_cluster_failover.py",
         "tests/integration/test_gate_outage.py",
-        "tests/integration/test_store_faults.py",
         "tests/integration/test_true_refusals.py",
         "tests/system/test_crash.py",
-        "tests/system/test_simulate.py",
         "tests/system/test_workers.py",
     }
+)
+
+
+# The files that take longest, longest first: collected first, so the parallel run hands
+# them out first (scripts/test turns off xdist's own order, by number of tests, which
+# left the long files with few tests to the end) and the short ones fill in around them
+# instead of one worker finishing the run alone on a long file (docs/testing.md).
+LONG_FILES = (
+    "tests/system/test_federation.py",
+    "tests/e2e/test_http_contract.py",
+    "tests/system/test_demo.py",
+    "tests/integration/test_redemption_invariants.py",
+    "tests/central/test_contract.py",
+    "tests/central/test_central_process.py",
+    "tests/integration/test_redemption_batches.py",
+    "tests/e2e/test_http_input.py",
+    "tests/integration/test_stock_in_store.py",
+    "tests/system/test_province_init.py",
+    "tests/system/test_bench.py",
 )
 
 
@@ -193,3 +254,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.relative_to(root).as_posix() in SERIAL_FILES:
             item.add_marker(pytest.mark.serial)
+    rank = {path: n for n, path in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))

@@ -126,6 +126,119 @@ def postgres_template(base_url: str) -> tuple[str, Any]:
     return name, drop
 
 
+# What a database's schema is, as one digest: its columns, indexes, constraints, its
+# settings and the migration it is at. A store a test left at another digest (a
+# downgrade, a table renamed and not back, a setting changed) is not handed out again.
+_SCHEMA_DIGEST = """
+SELECT md5(string_agg(part, E'\\n' ORDER BY part)) FROM (
+    SELECT format('%s.%s %s %s %s', table_name, column_name, data_type, is_nullable,
+                  column_default) AS part
+      FROM information_schema.columns WHERE table_schema = 'public'
+    UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'
+    UNION ALL SELECT conrelid::regclass || ' ' || pg_get_constraintdef(oid)
+      FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+    UNION ALL SELECT 'setting ' || array_to_string(setconfig, ' ') FROM pg_db_role_setting
+      WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+    UNION ALL SELECT 'at ' || version_num FROM alembic_version
+) AS schema
+"""
+
+
+class PostgresStores:
+    """PostgreSQL databases at head for one test process: each test has one to itself,
+    emptied after it rather than dropped, and handed to a later test.
+
+    A copy of the template costs a CREATE DATABASE, and dropping it a DROP DATABASE,
+    which makes the server checkpoint (every dirty page of every database written
+    out, while the other tests wait on the disk). An emptied store is what a new
+    copy is to a test: the template's schema, no rows, every sequence at its start,
+    nobody connected. One whose schema a test
+    changed is dropped instead. What an emptied store keeps is the planner's
+    statistics of the rows it held: the tests of query plans take a new copy
+    (``pristine_postgres_url``).
+    """
+
+    def __init__(self, base_url: str, template: str) -> None:
+        self._base_url = base_url
+        self._template = template
+        self._idle: list[tuple[str, Any]] = []  # (url, drop)
+        self._drops: dict[str, Any] = {}
+        self._digest: str | None = None
+
+    def take(self) -> str:
+        """An empty store at head, this caller's until ``give_back``."""
+        if self._idle:
+            url, drop = self._idle.pop()
+        else:
+            url, drop = postgres_database(self._base_url, template=self._template)
+            if self._digest is None:
+                self._digest = self._schema_digest(url)
+        self._drops[url] = drop
+        return url
+
+    def give_back(self, url: str) -> None:
+        """Empty the store for the next test, or drop it if its schema was changed."""
+        drop = self._drops.pop(url)
+        try:
+            emptied = self._emptied(url)
+        except Exception:
+            drop()
+            raise
+        if emptied:
+            self._idle.append((url, drop))
+        else:
+            drop()
+
+    def close(self) -> None:
+        for _url, drop in self._idle:
+            drop()
+        self._idle.clear()
+
+    def _emptied(self, url: str) -> bool:
+        import sqlalchemy as sa
+
+        name = sa.engine.make_url(url).database
+        # Whoever the test left connected goes, as DROP DATABASE ... WITH (FORCE) would
+        # make them; waiting (up to 5 s each) until they are gone.
+        _on_server(
+            self._base_url,
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            f" WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+        if self._schema_digest(url) != self._digest:
+            return False
+        from lequan.adapters.sql import tables as t
+
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as connection:
+                # DELETE, not TRUNCATE: a test's few rows go in milliseconds, where
+                # TRUNCATE makes every table and index new files.
+                for table in reversed(t.metadata.sorted_tables):
+                    connection.execute(table.delete())
+                sequences = connection.exec_driver_sql(
+                    "SELECT oid::regclass::text FROM pg_class"
+                    " WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace"
+                ).scalars()
+                for sequence in list(sequences):
+                    connection.exec_driver_sql(f"ALTER SEQUENCE {sequence} RESTART")
+        finally:
+            engine.dispose()
+        return True
+
+    @staticmethod
+    def _schema_digest(url: str) -> str:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as connection:
+                digest: str = connection.exec_driver_sql(_SCHEMA_DIGEST).scalar_one()
+        finally:
+            engine.dispose()
+        return digest
+
+
 def _new_postgres(base_url: str, name: str, *, template: str | None) -> tuple[str, Any]:
     import sqlalchemy as sa
 

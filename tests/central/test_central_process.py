@@ -25,6 +25,7 @@ from lequan.ports.central import (
     SyncEvent,
 )
 from lequan.signing import signature_headers
+from tests.loopback import loopback_client
 
 
 def _signed_post(
@@ -45,7 +46,8 @@ def _signed_post(
         timestamp=int(time.time()),
         nonce=nonce or secrets.token_hex(8),
     )
-    return httpx.post(central.url + path, content=body, headers=headers, timeout=10)
+    with loopback_client(central.url, timeout=10) as client:
+        return client.post(path, content=body, headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,8 @@ def test_unsigned_forged_and_replayed_calls_are_refused(
 ) -> None:
     central, creds = province
     body = json.dumps({"locks": []}).encode()
-    unsigned = httpx.post(central.url + "/v1/locks", content=body, timeout=10)
+    with loopback_client(central.url, timeout=10) as client:
+        unsigned = client.post("/v1/locks", content=body)
     assert (unsigned.status_code, unsigned.json()["code"]) == (401, "missing_signature")
     forged = _signed_post(central, creds["app_id"], "not-the-secret", "/v1/locks", body)
     assert (forged.status_code, forged.json()["code"]) == (401, "invalid_signature")
@@ -88,9 +91,11 @@ def test_malformed_bodies_are_422_never_500(
         path = "/v1/pseudonyms" if b"blinded" in body else "/v1/locks"
         answer = _signed_post(central, creds["app_id"], creds["secret"], path, body)
         assert (answer.status_code, answer.json()["code"]) == (422, code), body
-    day = httpx.get(central.url + "/v1/days/2025-02-30", timeout=10)
+    with loopback_client(central.url, timeout=10) as client:
+        day = client.get("/v1/days/2025-02-30")
     assert day.status_code == 401  # unsigned first
-    assert httpx.get(central.url + "/healthz", timeout=10).json() == {"status": "ok"}
+    with loopback_client(central.url, timeout=10) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
 
 
 def test_two_provinces_racing_for_one_person(central_postgres: CentralProcess) -> None:

@@ -243,8 +243,10 @@ def test_a_merchant_file_with_an_oversized_field_is_refused(api: Api) -> None:
     assert_error(response, 422, "invalid_merchant_file")
 
 
-def test_nul_characters_are_refused_on_postgres(fresh_postgres_url: str, open_api: OpenApi) -> None:
-    api = open_api(database_url=fresh_postgres_url)
+def test_nul_characters_are_refused_on_postgres(
+    migrated_postgres_url: str, open_api: OpenApi
+) -> None:
+    api = open_api(database_url=migrated_postgres_url)
     user = api.register(1)
     voucher = api.claim_voucher(user)
     header = merchants_csv().splitlines()[0]

@@ -5,6 +5,10 @@ A row lock is taken from outside lequan, by another connection, as an
 operator's ad hoc query or a stuck job would. A lost COMMIT answer is made by
 a fake of the store port wrapping the real store: its COMMIT reaches the
 database, then the call raises as a dropped connection would.
+
+The stalled campaign's test is ``serial`` (run alone): its refusal must come
+from the lock timeout, well before the caller's own. The others wait for
+nothing but a fence, with a generous deadline, and run beside other tests.
 """
 
 from __future__ import annotations
@@ -81,15 +85,16 @@ def stock_row_locked(database_url: str, campaign_id: str) -> Iterator[Callable[[
 
 
 @pytest.mark.postgres
+@pytest.mark.serial
 def test_a_locked_stock_row_stalls_its_campaign_not_the_others(
-    fresh_postgres_url: str, tmp_path: Path
+    migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     """One campaign's stock row held locked from outside: claims to another campaign
     are issued meanwhile; the locked campaign's claims answer 503 store_unavailable
     once the lock timeout passes (not when the caller gives up), with their stock
     handed back; after the lock is let go they are issued, nothing sold twice."""
     with make_world(
-        database_url=fresh_postgres_url,
+        database_url=migrated_postgres_url,
         tmp_path=tmp_path,
         store_lock_timeout_ms=1500,
         claim_commit_timeout_s=4,
@@ -102,7 +107,7 @@ def test_a_locked_stock_row_stalls_its_campaign_not_the_others(
         free_users = [world.register(n) for n in range(4, 7)]
 
         stalled: list[ClaimResult] = []
-        with stock_row_locked(fresh_postgres_url, CAMPAIGN) as lock_waiters:
+        with stock_row_locked(migrated_postgres_url, CAMPAIGN) as lock_waiters:
 
             def claim_locked_campaign() -> None:
                 requests = [claim_request(u, f"k-{u}") for u in locked_users]
@@ -141,16 +146,16 @@ def test_a_locked_stock_row_stalls_its_campaign_not_the_others(
 
 @pytest.mark.postgres
 def test_a_statement_past_the_lock_timeout_is_store_unavailable(
-    fresh_postgres_url: str, tmp_path: Path
+    migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     """The store's sessions carry the lock timeout: a write waiting on a row held
     from outside gives up and says so as the port's StoreUnavailable."""
     with make_world(
-        database_url=fresh_postgres_url, tmp_path=tmp_path, store_lock_timeout_ms=100
+        database_url=migrated_postgres_url, tmp_path=tmp_path, store_lock_timeout_ms=100
     ) as world:
         world.open_campaign(dining_config(stock={"wechat": {TEMPLATE: 10}}))
         with (
-            stock_row_locked(fresh_postgres_url, CAMPAIGN),
+            stock_row_locked(migrated_postgres_url, CAMPAIGN),
             pytest.raises(StoreUnavailable),
             world.rt.store.unit_of_work() as uow,
         ):
@@ -311,8 +316,8 @@ def test_a_lost_commit_the_store_cannot_be_asked_about_stays_pending_until_reape
         books_hold(world, CAMPAIGN, issued=1)
 
 
-def test_sessions_carry_the_timeouts(fresh_postgres_url: str) -> None:
-    engine = create_engine(fresh_postgres_url, lock_timeout_ms=1234, statement_timeout_ms=56789)
+def test_sessions_carry_the_timeouts(migrated_postgres_url: str) -> None:
+    engine = create_engine(migrated_postgres_url, lock_timeout_ms=1234, statement_timeout_ms=56789)
     try:
         with engine.connect() as connection:
             lock = connection.execute(sa.text("SHOW lock_timeout")).scalar_one()

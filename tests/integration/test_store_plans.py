@@ -20,9 +20,9 @@ YOUNG_ROWS = 30_000
 
 
 @pytest.fixture
-def store(migrated_postgres_url: str) -> Iterator[sa.Engine]:
+def store(pristine_postgres_url: str) -> Iterator[sa.Engine]:
     """A new, migrated PostgreSQL store; its rows are the test's to insert."""
-    engine = create_engine(migrated_postgres_url)
+    engine = create_engine(pristine_postgres_url)
     try:
         yield engine
     finally:

@@ -204,13 +204,13 @@ def lossy_redis(redis_url: str) -> Iterator[LosesPipelines]:
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_campaign_count_left_by_a_broken_batch_is_given_back(
-    lossy_redis: LosesPipelines, redis_prefix: str, fresh_postgres_url: str, tmp_path: Path
+    lossy_redis: LosesPipelines, redis_prefix: str, migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     """The person's campaign count was taken (step 1) and the pool never reserved (step
     2 was lost): no reservation, no voucher, and a count that no release will give
     back. Told "limit reached" it would stay so until the gate is rebuilt."""
     gate = RedisGate(lossy_redis, key_prefix=redis_prefix)  # type: ignore[arg-type]  # a redis-py client in front of one
-    with mended_by_claims(fresh_postgres_url, tmp_path, gate) as world:
+    with mended_by_claims(migrated_postgres_url, tmp_path, gate) as world:
         user = world.register(1, channel="wechat")
         world.register(1, channel="alipay")
         world.open_campaign(one_voucher_per_campaign())

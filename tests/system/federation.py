@@ -46,6 +46,7 @@ from lequan.client import LequanAuth
 from lequan.examples import example_campaign
 from lequan.province_file import read_env_file
 from tests.factories import id_number, postgres_database
+from tests.loopback import loopback_client
 from tests.waiting import wait_until
 
 __all__ = [
@@ -154,7 +155,7 @@ class FaultProxy:
     """A loopback forwarder to central for one province (see the module's docstring)."""
 
     def __init__(self, upstream_url: str) -> None:
-        self.upstream = httpx.Client(base_url=upstream_url, timeout=30.0)
+        self.upstream = loopback_client(upstream_url, timeout=30.0)
         self.drop_lock_requests = False
         self._lost_event_answers = 0
         self._withhold: _Withhold | None = None
@@ -312,7 +313,7 @@ class Province:
         if self.process.poll() is not None:
             return True
         try:
-            return httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200
+            return self.client.get("/readyz", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -349,7 +350,7 @@ class Province:
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(base_url=self.url, timeout=30.0)
+            self._client = loopback_client(self.url, timeout=30.0)
         return self._client
 
     def post(self, app_id: str, path: str, body: Any, *, key: str | None = None) -> httpx.Response:

@@ -22,8 +22,8 @@ from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth
 
-PEOPLE = 6000
-STOCK = 4000
+PEOPLE = 3000
+STOCK = 2000
 
 
 def _batch(client: httpx.Client, people: range, attempt: str) -> dict[str, str]:

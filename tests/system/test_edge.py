@@ -27,6 +27,7 @@ from benchmarks.servers import _process as serving
 from benchmarks.servers import free_port
 from lequan.client import LequanAuth
 from tests.conftest import REQUIRE_SERVICES
+from tests.loopback import loopback_client
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "lequan.conf"
@@ -36,7 +37,8 @@ HEADER_TIMEOUT_S = 1.0
 
 def _up(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200
+        with loopback_client(timeout=1.0) as probe:
+            return probe.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
     except httpx.HTTPError:
         return False
 

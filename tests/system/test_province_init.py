@@ -29,6 +29,7 @@ from lequan.cli import app
 from lequan.client import LequanAuth
 from lequan.config import Settings
 from lequan.province_file import read_env_file
+from tests.loopback import loopback_client
 from tests.unit.test_province_file import EXAMPLES, central_credentials
 from tests.waiting import wait_until
 
@@ -211,7 +212,8 @@ def _serving(path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 def _ready(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200
+        with loopback_client(timeout=1.0) as probe:
+            return probe.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -4,7 +4,10 @@ Small crowds here (the million is for the benchmark); what is asserted is
 what a pipeline would check in the JSON: every voucher issued once, to
 nobody twice, every acknowledged voucher stored; the issue 16 report's
 shape and its ground truth (what the simulator did is what it counts);
-never a speed, and never which target the platform meets today.
+never a speed, and never which target the platform meets today. So these
+run beside other tests (not ``serial``): the simulator sends every "retry
+later" answer again with its key, as a channel does, and a busy machine
+only makes the crowd slower.
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ def test_a_small_crowd_sells_out_exactly_and_the_summary_says_so(stack: dict[str
 
     summary = json.loads(result.stdout)
     assert set(summary) >= KEYS
-    assert summary["people"] == 3000
-    assert summary["issued"] == summary["stock"] == 600
+    assert summary["people"] == 1500
+    assert summary["issued"] == summary["stock"] == 300
     assert summary["oversold"] == summary["duplicates"] == summary["acknowledged_missing"] == 0
     assert summary["invariants_ok"] is True
     assert summary["sold_out_after_s"] is not None

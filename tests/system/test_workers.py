@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -27,6 +26,7 @@ from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth
 from lequan.services import admin
 from lequan.services.invariants import check_campaign
+from tests.loopback import loopback_client
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -70,8 +70,8 @@ def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_
                     {**scenarios._claim_item(i), "idempotency_key": f"w-{i}"}
                     for i in range(start, start + 50)
                 ]
-                with httpx.Client(
-                    base_url=base,
+                with loopback_client(
+                    base,
                     auth=LequanAuth(scenarios.CHANNEL, stack.secrets[scenarios.CHANNEL]),
                     timeout=60,
                 ) as client:
@@ -101,8 +101,8 @@ def test_two_workers_sell_and_redeem_each_voucher_once(database_url: str, redis_
                     "order_amount_fen": 32000,
                     "mode": "in_store",
                 }
-                with httpx.Client(
-                    base_url=base,
+                with loopback_client(
+                    base,
                     auth=LequanAuth(scenarios.ACQUIRER, stack.secrets[scenarios.ACQUIRER]),
                     timeout=60,
                 ) as client:
@@ -188,8 +188,8 @@ def test_one_key_sent_to_both_workers_at_once_is_answered_issued_or_in_flight(
                 barrier = threading.Barrier(SENDERS)
 
                 def send(_n: int, person: int = person, barrier: Any = barrier) -> Any:
-                    with httpx.Client(
-                        base_url=f"http://127.0.0.1:{port}", auth=auth, timeout=60
+                    with loopback_client(
+                        f"http://127.0.0.1:{port}", auth=auth, timeout=60
                     ) as client:
                         client.get("/healthz")  # connected before the others are
                         barrier.wait(30)
