@@ -148,7 +148,7 @@ def screen_figures(base: str, token: str, *, asks: int = 6) -> list[dict[str, in
     workers), once every process's counts have reached the pulse (a flush later)."""
 
     def figures() -> dict[str, int]:
-        with httpx.Client(base_url=base, timeout=30) as client:
+        with loopback_client(base, timeout=30) as client:
             signed_in = client.post("/v1/screen/session", json={"token": token})
             assert signed_in.status_code == 204, signed_in.text
             body = client.get("/v1/screen/snapshot").json()
