@@ -715,7 +715,7 @@ acquirer_app.command("add")(_add_app("acquirer"))
 @operator_app.command("add")
 def operator_add(
     operator_id: str,
-    role: Annotated[str, typer.Option(help="maker, checker or viewer.")],
+    role: Annotated[str, typer.Option(help="maker, checker, viewer or analyst.")],
     token: Token = None,
     token_file: TokenFile = None,
     as_json: JsonFlag = False,

@@ -37,7 +37,8 @@ from lequan.http.deps import NonceChecks
 from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
-from lequan.http.routes import acquirer, admin, channel, screen
+from lequan.http.risk_schemas import ReviewDecisionIn, RiskBlacklistIn
+from lequan.http.routes import acquirer, admin, channel, risk, screen
 from lequan.http.schemas import (
     AppIn,
     BatchClaimIn,
@@ -214,6 +215,8 @@ PARSED_BODIES = (
     RedemptionSwitchIn,
     MerchantSwitchIn,
     screen.SessionIn,
+    ReviewDecisionIn,
+    RiskBlacklistIn,
 )
 # The headers that sign a channel's or an acquirer's call (``signing.py``), declared as
 # security schemes all four of which a call presents: what the call says, not its fields.
@@ -496,6 +499,7 @@ def create_app(
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)
+    app.include_router(risk.router)
     app.include_router(screen.router)
     app.state.screen = Screen(platform.rt)
     app.state.stream_slots = screen.StreamSlots(
