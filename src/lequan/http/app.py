@@ -416,6 +416,8 @@ def create_app(
     app.state.platform = platform
     metrics = Metrics()
     metrics.registry.register(OutboxCollector(platform.rt))
+    if platform.risk is not None:
+        metrics.registry.register(risk.RulesCollector(platform.risk))
     app.state.metrics = metrics
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)

@@ -4,11 +4,14 @@ the device and phone blacklists. Who may do what is in ``services/reviews.py`` a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from lequan.domain.errors import LequanError
 from lequan.http.deps import Operator, PlatformDep, json_body
@@ -27,8 +30,9 @@ from lequan.http.schemas import OPERATOR_ERRORS, BlacklistAddOut, BlacklistRemov
 from lequan.rows import ReviewRow, RiskRulesRow
 from lequan.services import reviews, risk_rules
 from lequan.services.campaigns import CampaignFileLimits
+from lequan.services.risk_rules import RiskRulebook
 
-__all__ = ["review_view", "router", "rules_view"]
+__all__ = ["RulesCollector", "review_view", "router", "rules_view"]
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -43,6 +47,21 @@ RULES_BODY = {
         "a campaign file is (`campaign_file_bytes_max`, `_depth_max`, `_nodes_max`).",
     }
 }
+
+
+class RulesCollector(Collector):
+    """The version of the risk rules in force in this process (0: none): after an
+    approval, every process's figure shows when it swapped the new rules in."""
+
+    def __init__(self, rulebook: RiskRulebook) -> None:
+        self._rulebook = rulebook
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "lequan_risk_rules_version", "The version of the risk rules in force here"
+        )
+        gauge.add_metric([], self._rulebook.current.version or 0)
+        yield gauge
 
 
 def rules_view(
