@@ -36,19 +36,21 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ACTIONS",
     "Action",
+    "ClaimBatch",
     "ClaimFeatures",
     "ClaimReason",
     "ClaimRules",
     "ClaimVerdict",
+    "CompiledClaimRules",
     "CountedRule",
     "Fired",
     "RedemptionReason",
@@ -58,6 +60,9 @@ __all__ = [
     "regions_differ",
     "subnet_of",
 ]
+
+
+_T = TypeVar("_T")
 
 
 class ClaimReason(enum.StrEnum):
@@ -189,7 +194,7 @@ class RulesFile(_Model):
 _SECTIONS = frozenset({"claim", "redemption"})
 
 
-# -- the features a claim is judged on ---------------------------------------------------
+# -- the features claims are judged on ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +225,46 @@ class ClaimFeatures:
     channel_risk: str | None = None
 
 
+FEATURES = tuple(ClaimFeatures.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    """The features of a batch of claims, one column per feature with one entry per
+    claim (None: unknown), as ``ClaimFeatures`` names them.
+
+    The services fill the columns the rules in force read, and may leave the
+    others empty: a batch of a thousand claims is judged column by column,
+    never made into a thousand objects.
+    """
+
+    size: int
+    device_id: Sequence[str | None] = ()
+    ip: Sequence[str | None] = ()
+    subnet: Sequence[str | None] = ()
+    device_claims: Sequence[int | None] = ()
+    ip_claims: Sequence[int | None] = ()
+    subnet_claims: Sequence[int | None] = ()
+    device_identities: Sequence[int | None] = ()
+    identity_devices: Sequence[int | None] = ()
+    local_only: Sequence[bool] = ()
+    declared_region: Sequence[str | None] = ()
+    network_region: Sequence[str | None] = ()
+    person_blacklisted: Sequence[bool | None] = ()
+    device_blacklisted: Sequence[bool | None] = ()
+    phone_blacklisted: Sequence[bool | None] = ()
+    account_age_s: Sequence[int | None] = ()
+    opened_before_release_s: Sequence[int | None] = ()
+    channel_risk: Sequence[str | None] = ()
+
+    @classmethod
+    def of(cls, claims: Sequence[ClaimFeatures]) -> ClaimBatch:
+        columns: dict[str, list[Any]] = {
+            name: [getattr(c, name) for c in claims] for name in FEATURES
+        }
+        return cls(len(claims), **columns)
+
+
 Figure = int | str
 Figures = Mapping[str, Figure]
 
@@ -245,8 +290,8 @@ class ClaimVerdict:
         return [f.code.value for f in self.fired]
 
 
-# A compiled rule: the Fired it makes of a claim's features, or None.
-Check = Callable[[ClaimFeatures], Fired | None]
+# A compiled rule: the claims of a batch it fires on, by position, with what it saw.
+Check = Callable[[ClaimBatch], Iterable[tuple[int, Fired]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +300,7 @@ class CompiledClaimRules:
     only those: a rule that is off costs nothing)."""
 
     checks: tuple[Check, ...]
-    # Counted features: (feature, window_s) for each counting rule that is on.
+    # The window of each counted feature whose rule is on (None: off, not counted).
     device_window_s: int | None
     ip_window_s: int | None
     subnet_window_s: int | None
@@ -263,44 +308,54 @@ class CompiledClaimRules:
     identity_devices_window_s: int | None
     ipv4_prefix: int
     ipv6_prefix: int
+    region: bool
     person_blacklist: bool
     device_blacklist: bool
     phone_blacklist: bool
+    new_account: bool
+    channel_risk: bool
+
+    def judge_batch(self, batch: ClaimBatch) -> list[ClaimVerdict | None]:
+        """The verdict on each claim of a batch, in order: None allows it."""
+        fired: dict[int, list[Fired]] = {}
+        for check in self.checks:
+            for n, one in check(batch):
+                fired.setdefault(n, []).append(one)
+        verdicts: list[ClaimVerdict | None] = [None] * batch.size
+        for n, all_fired in fired.items():
+            refuse = any(f.action == "refuse" for f in all_fired)
+            verdicts[n] = ClaimVerdict("refuse" if refuse else "review", tuple(all_fired))
+        return verdicts
 
     def judge(self, features: ClaimFeatures) -> ClaimVerdict | None:
         """The verdict on one claim: None allows it."""
-        fired = None
-        for check in self.checks:
-            found = check(features)
-            if found is not None:
-                if fired is None:
-                    fired = [found]
-                else:
-                    fired.append(found)
-        if fired is None:
-            return None
-        action: Action = "refuse" if any(f.action == "refuse" for f in fired) else "review"
-        return ClaimVerdict(action, tuple(fired))
+        return self.judge_batch(ClaimBatch.of([features]))[0]
+
+
+def _value(column: Sequence[_T], n: int) -> _T | None:
+    return column[n] if column else None
 
 
 def _over(
     code: ClaimReason,
     rule: CountedRule,
-    read: Callable[[ClaimFeatures], int | None],
+    read: Callable[[ClaimBatch], Sequence[int | None]],
     what: str,
-    subject: Callable[[ClaimFeatures], tuple[str, str | None]],
+    subject: tuple[str, Callable[[ClaimBatch], Sequence[str | None]]],
 ) -> Check:
     limit, window_s, action = rule.limit, rule.window_s, rule.action
+    name, column = subject
 
-    def check(features: ClaimFeatures) -> Fired | None:
-        seen = read(features)
-        if seen is None or seen <= limit:
-            return None
-        figures: dict[str, Figure] = {what: seen, "limit": limit, "window_s": window_s}
-        name, value = subject(features)
-        if value is not None:
-            figures[name] = value
-        return Fired(code, action, figures)
+    def check(batch: ClaimBatch) -> Iterator[tuple[int, Fired]]:
+        seen = read(batch)
+        for n in [n for n, count in enumerate(seen) if count is not None and count > limit]:
+            count = seen[n]
+            assert count is not None
+            figures: dict[str, Figure] = {what: count, "limit": limit, "window_s": window_s}
+            value = _value(column(batch), n)
+            if value is not None:
+                figures[name] = value
+            yield n, Fired(code, action, figures)
 
     return check
 
@@ -308,17 +363,27 @@ def _over(
 def _flag(
     code: ClaimReason,
     rule: FlagRule,
-    read: Callable[[ClaimFeatures], bool | None],
-    figures: Callable[[ClaimFeatures], dict[str, Figure]],
+    read: Callable[[ClaimBatch], Sequence[object]],
+    fires_on: object,
+    figures: Callable[[ClaimBatch, int], dict[str, Figure]],
 ) -> Check:
     action = rule.action
 
-    def check(features: ClaimFeatures) -> Fired | None:
-        if read(features) is not True:
-            return None
-        return Fired(code, action, figures(features))
+    def check(batch: ClaimBatch) -> Iterator[tuple[int, Fired]]:
+        column = read(batch)
+        for n in [n for n, value in enumerate(column) if value == fires_on]:
+            yield n, Fired(code, action, figures(batch, n))
 
     return check
+
+
+def _nothing(batch: ClaimBatch, n: int) -> dict[str, Figure]:
+    return {}
+
+
+def _the_device(batch: ClaimBatch, n: int) -> dict[str, Figure]:
+    device = _value(batch.device_id, n)
+    return {} if device is None else {"device_id": device}
 
 
 def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
@@ -327,21 +392,18 @@ def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
     if rules.empty:
         return None
     checks: list[Check] = []
-
-    def _with_device(f: ClaimFeatures) -> dict[str, Figure]:
-        return {} if f.device_id is None else {"device_id": f.device_id}
-
-    def device(f: ClaimFeatures) -> tuple[str, str | None]:
-        return "device_id", f.device_id
-
+    device: tuple[str, Callable[[ClaimBatch], Sequence[str | None]]] = (
+        "device_id",
+        lambda b: b.device_id,
+    )
     if (r := rules.velocity_device) is not None:
         checks.append(
-            _over(ClaimReason.VELOCITY_DEVICE, r, lambda f: f.device_claims, "claims", device)
+            _over(ClaimReason.VELOCITY_DEVICE, r, lambda b: b.device_claims, "claims", device)
         )
     if (r := rules.velocity_ip) is not None:
         checks.append(
             _over(
-                ClaimReason.VELOCITY_IP, r, lambda f: f.ip_claims, "claims", lambda f: ("ip", f.ip)
+                ClaimReason.VELOCITY_IP, r, lambda b: b.ip_claims, "claims", ("ip", lambda b: b.ip)
             )
         )
     if (s := rules.velocity_subnet) is not None:
@@ -349,9 +411,9 @@ def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
             _over(
                 ClaimReason.VELOCITY_SUBNET,
                 s,
-                lambda f: f.subnet_claims,
+                lambda b: b.subnet_claims,
                 "claims",
-                lambda f: ("subnet", f.subnet),
+                ("subnet", lambda b: b.subnet),
             )
         )
     if (r := rules.identities_per_device) is not None:
@@ -359,7 +421,7 @@ def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
             _over(
                 ClaimReason.IDENTITIES_PER_DEVICE,
                 r,
-                lambda f: f.device_identities,
+                lambda b: b.device_identities,
                 "identities",
                 device,
             )
@@ -369,7 +431,7 @@ def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
             _over(
                 ClaimReason.DEVICES_PER_IDENTITY,
                 r,
-                lambda f: f.identity_devices,
+                lambda b: b.identity_devices,
                 "devices",
                 device,
             )
@@ -378,15 +440,17 @@ def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
         checks.append(_region_check(g))
     if (b := rules.blacklisted_person) is not None:
         checks.append(
-            _flag(ClaimReason.BLACKLISTED_PERSON, b, lambda f: f.person_blacklisted, lambda f: {})
+            _flag(ClaimReason.BLACKLISTED_PERSON, b, lambda c: c.person_blacklisted, True, _nothing)
         )
     if (b := rules.blacklisted_device) is not None:
         checks.append(
-            _flag(ClaimReason.BLACKLISTED_DEVICE, b, lambda f: f.device_blacklisted, _with_device)
+            _flag(
+                ClaimReason.BLACKLISTED_DEVICE, b, lambda c: c.device_blacklisted, True, _the_device
+            )
         )
     if (b := rules.blacklisted_phone) is not None:
         checks.append(
-            _flag(ClaimReason.BLACKLISTED_PHONE, b, lambda f: f.phone_blacklisted, lambda f: {})
+            _flag(ClaimReason.BLACKLISTED_PHONE, b, lambda c: c.phone_blacklisted, True, _nothing)
         )
     if (n := rules.new_account) is not None:
         checks.append(_new_account_check(n))
@@ -395,8 +459,9 @@ def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
             _flag(
                 ClaimReason.CHANNEL_RISK_HIGH,
                 b,
-                lambda f: None if f.channel_risk is None else f.channel_risk == "high",
-                lambda f: {"channel_risk": "high"},
+                lambda c: c.channel_risk,
+                "high",
+                lambda c, n: {"channel_risk": "high"},
             )
         )
     subnet = rules.velocity_subnet
@@ -409,9 +474,12 @@ def compile_claim_rules(rules: ClaimRules) -> CompiledClaimRules | None:
         identity_devices_window_s=_window(rules.devices_per_identity),
         ipv4_prefix=24 if subnet is None else subnet.ipv4_prefix,
         ipv6_prefix=64 if subnet is None else subnet.ipv6_prefix,
+        region=rules.region_mismatch is not None,
         person_blacklist=rules.blacklisted_person is not None,
         device_blacklist=rules.blacklisted_device is not None,
         phone_blacklist=rules.blacklisted_phone is not None,
+        new_account=rules.new_account is not None,
+        channel_risk=rules.channel_risk_high is not None,
     )
 
 
@@ -422,20 +490,24 @@ def _window(rule: CountedRule | None) -> int | None:
 def _region_check(rule: RegionRule) -> Check:
     level, action = rule.level, rule.action
 
-    def check(f: ClaimFeatures) -> Fired | None:
-        if not f.local_only or f.declared_region is None or f.network_region is None:
-            return None
-        if not regions_differ(f.declared_region, f.network_region, level):
-            return None
-        return Fired(
-            ClaimReason.REGION_MISMATCH,
-            action,
-            {
-                "declared_region": f.declared_region,
-                "network_region": f.network_region,
-                "level": level,
-            },
-        )
+    def check(batch: ClaimBatch) -> Iterator[tuple[int, Fired]]:
+        local, declared, network = batch.local_only, batch.declared_region, batch.network_region
+        differ: dict[tuple[str, str], bool] = {}  # a batch's claims share a few pairs
+        for n in [n for n, d in enumerate(declared) if d is not None and local[n]]:
+            here, there = declared[n], network[n]
+            if here is None or there is None:
+                continue
+            pair = (here, there)
+            found = differ.get(pair)
+            if found is None:
+                found = differ[pair] = regions_differ(here, there, level)
+            if found:
+                figures: dict[str, Figure] = {
+                    "declared_region": here,
+                    "network_region": there,
+                    "level": level,
+                }
+                yield n, Fired(ClaimReason.REGION_MISMATCH, action, figures)
 
     return check
 
@@ -443,14 +515,16 @@ def _region_check(rule: RegionRule) -> Check:
 def _new_account_check(rule: NewAccountRule) -> Check:
     min_s, action = rule.min_before_release_s, rule.action
 
-    def check(f: ClaimFeatures) -> Fired | None:
-        before_s = f.opened_before_release_s
-        if before_s is None or before_s >= min_s:
-            return None
-        figures: dict[str, Figure] = {"opened_before_release_s": before_s, "min_s": min_s}
-        if f.account_age_s is not None:
-            figures["account_age_s"] = f.account_age_s
-        return Fired(ClaimReason.NEW_ACCOUNT, action, figures)
+    def check(batch: ClaimBatch) -> Iterator[tuple[int, Fired]]:
+        before = batch.opened_before_release_s
+        for n in [n for n, s in enumerate(before) if s is not None and s < min_s]:
+            before_s = before[n]
+            assert before_s is not None
+            figures: dict[str, Figure] = {"opened_before_release_s": before_s, "min_s": min_s}
+            age_s = _value(batch.account_age_s, n)
+            if age_s is not None:
+                figures["account_age_s"] = age_s
+            yield n, Fired(ClaimReason.NEW_ACCOUNT, action, figures)
 
     return check
 

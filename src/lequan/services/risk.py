@@ -18,7 +18,7 @@ is unknown: a rule that needs it does not fire.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ import structlog
 from lequan.domain.error_codes import ErrorCode
 from lequan.domain.errors import AuthError, LequanError, Unavailable
 from lequan.domain.risk import (
-    ClaimFeatures,
+    ClaimBatch,
     ClaimVerdict,
     CompiledClaimRules,
     Fired,
@@ -74,7 +74,7 @@ class ClaimSignals:
 _NO_SIGNALS = ClaimSignals()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a thousand a batch, and a frozen one is slower to make
 class Candidate:
     """A claim about to be reserved, with what the claim service knows of it."""
 
@@ -113,36 +113,7 @@ class ClaimScreen:
     ) -> list[ClaimResult | None]:
         """Each candidate's answer when a rule held or refused it; None where allowed."""
         signals = [c.request.signals or _NO_SIGNALS for c in candidates]
-        counted = self._counted(rules, candidates, signals, now)
-        devices, phones = self._blacklisted(channel_id, rules, candidates, signals)
-        verdicts: list[ClaimVerdict | None] = []
-        for n, (candidate, signal) in enumerate(zip(candidates, signals, strict=True)):
-            request = candidate.request
-            device = signal.device_id
-            age_s = signal.account_age_s
-            opened_before_release_s = (
-                None if age_s is None else age_s - int((now - candidate.release_at).total_seconds())
-            )
-            features = ClaimFeatures(
-                device_id=device,
-                ip=signal.ip,
-                subnet=counted.subnets[n],
-                device_claims=counted.device_claims[n],
-                ip_claims=counted.ip_claims[n],
-                subnet_claims=counted.subnet_claims[n],
-                device_identities=counted.device_identities[n],
-                identity_devices=counted.identity_devices[n],
-                local_only=candidate.local_only,
-                declared_region=request.location_region,
-                network_region=signal.network_region,
-                person_blacklisted=candidate.person_blacklisted,
-                device_blacklisted=None if device is None or devices is None else device in devices,
-                phone_blacklisted=None if phones is None else request.channel_user_id in phones,
-                account_age_s=age_s,
-                opened_before_release_s=opened_before_release_s,
-                channel_risk=signal.channel_risk,
-            )
-            verdicts.append(rules.judge(features))
+        verdicts = rules.judge_batch(self._features(channel_id, rules, candidates, signals, now))
         if not any(verdicts):
             return [None] * len(candidates)
         batch = _Batch(channel_id, candidates, signals, self._rulebook.current.version or 0, now)
@@ -150,75 +121,100 @@ class ClaimScreen:
 
     # -- the features --------------------------------------------------------------------
 
-    def _counted(
+    def _features(
         self,
+        channel_id: str,
         rules: CompiledClaimRules,
         candidates: Sequence[Candidate],
         signals: Sequence[ClaimSignals],
         now: datetime,
-    ) -> _Counted:
-        """The counted features of every candidate, from one call of the counters."""
+    ) -> ClaimBatch:
+        """The features the rules in force read, a column each; the others left out."""
         size = len(candidates)
-        counted = _Counted.unknown(size)
+        devices = [s.device_id for s in signals]
+        columns: dict[str, Sequence[Any]] = {"device_id": devices}
+        if rules.ip_window_s is not None or rules.subnet_window_s is not None:
+            columns["ip"] = [s.ip for s in signals]
+        if rules.subnet_window_s is not None:
+            v4, v6 = rules.ipv4_prefix, rules.ipv6_prefix
+            columns["subnet"] = [
+                None if s.ip is None else subnet_of(s.ip, ipv4_prefix=v4, ipv6_prefix=v6)
+                for s in signals
+            ]
+        columns |= self._counted(rules, candidates, columns, now)
+        if rules.region:
+            columns["local_only"] = [c.local_only for c in candidates]
+            columns["declared_region"] = [c.request.location_region for c in candidates]
+            columns["network_region"] = [s.network_region for s in signals]
+        if rules.person_blacklist:
+            columns["person_blacklisted"] = [c.person_blacklisted for c in candidates]
+        if rules.device_blacklist or rules.phone_blacklist:
+            listed_devices, phones = self._blacklisted(channel_id, rules, candidates, devices)
+            if listed_devices is not None:
+                columns["device_blacklisted"] = [
+                    None if d is None else d in listed_devices for d in devices
+                ]
+            if phones is not None:
+                columns["phone_blacklisted"] = [
+                    c.request.channel_user_id in phones for c in candidates
+                ]
+        if rules.new_account:
+            ages = [s.account_age_s for s in signals]
+            # Seconds since each round's release: a batch's claims share a round or two.
+            since: dict[datetime, int] = {}
+            for c in candidates:
+                if c.release_at not in since:
+                    since[c.release_at] = int((now - c.release_at).total_seconds())
+            columns["account_age_s"] = ages
+            columns["opened_before_release_s"] = [
+                None if age is None else age - since[c.release_at]
+                for age, c in zip(ages, candidates, strict=True)
+            ]
+        if rules.channel_risk:
+            columns["channel_risk"] = [s.channel_risk for s in signals]
+        return ClaimBatch(size, **columns)
+
+    def _counted(
+        self,
+        rules: CompiledClaimRules,
+        candidates: Sequence[Candidate],
+        columns: Mapping[str, Sequence[Any]],
+        now: datetime,
+    ) -> dict[str, list[int | None]]:
+        """The counted features of every candidate, from one call of the counters; a
+        claim without the signal a count needs is left unknown."""
+        size = len(candidates)
         groups: list[Tallies] = []
-        places: list[tuple[list[int | None], list[int]]] = []
+        places: list[tuple[str, list[int]]] = []
 
         def tally(
+            feature: str,
             window_s: int | None,
-            into: list[int | None],
-            name: Callable[[int], str | None],
-            member: Callable[[int], str | None] | None = None,
+            prefix: str,
+            keys: Sequence[str | None],
+            members: Sequence[str | None] | None = None,
         ) -> None:
             if window_s is None:
                 return
-            names: list[str] = []
-            members: list[str] = []
-            at: list[int] = []
-            for n in range(size):
-                found = name(n)
-                other = None if member is None else member(n)
-                if found is None or (member is not None and other is None):
-                    continue
-                names.append(found)
-                if other is not None:
-                    members.append(other)
-                at.append(n)
-            if names:
-                groups.append(Tallies(window_s, names, None if member is None else members))
-                places.append((into, at))
+            if members is None:
+                at = [n for n, key in enumerate(keys) if key is not None]
+            else:
+                at = [n for n, key in enumerate(keys) if key is not None and members[n]]
+            if not at:
+                return
+            names = [prefix + str(keys[n]) for n in at]
+            given = None if members is None else [str(members[n]) for n in at]
+            groups.append(Tallies(window_s, names, given))
+            places.append((feature, at))
 
-        def device(n: int) -> str | None:
-            return signals[n].device_id
-
-        def prefixed(prefix: str, value: str | None) -> str | None:
-            return None if value is None else prefix + value
-
-        if rules.subnet_window_s is not None:
-            counted.subnets[:] = [
-                None
-                if s.ip is None
-                else subnet_of(s.ip, ipv4_prefix=rules.ipv4_prefix, ipv6_prefix=rules.ipv6_prefix)
-                for s in signals
-            ]
-        tally(rules.device_window_s, counted.device_claims, lambda n: prefixed("vd:", device(n)))
-        tally(rules.ip_window_s, counted.ip_claims, lambda n: prefixed("vi:", signals[n].ip))
-        tally(
-            rules.subnet_window_s,
-            counted.subnet_claims,
-            lambda n: prefixed("vn:", counted.subnets[n]),
-        )
-        tally(
-            rules.device_identities_window_s,
-            counted.device_identities,
-            lambda n: prefixed("dp:", device(n)),
-            lambda n: candidates[n].person_id,
-        )
-        tally(
-            rules.identity_devices_window_s,
-            counted.identity_devices,
-            lambda n: "pd:" + candidates[n].person_id,
-            device,
-        )
+        devices = columns["device_id"]
+        persons = [c.person_id for c in candidates]
+        tally("device_claims", rules.device_window_s, "vd:", devices)
+        tally("ip_claims", rules.ip_window_s, "vi:", columns.get("ip", ()))
+        tally("subnet_claims", rules.subnet_window_s, "vn:", columns.get("subnet", ()))
+        tally("device_identities", rules.device_identities_window_s, "dp:", devices, persons)
+        tally("identity_devices", rules.identity_devices_window_s, "pd:", persons, devices)
+        counted: dict[str, list[int | None]] = {}
         if not groups:
             return counted
         try:
@@ -226,9 +222,11 @@ class ClaimScreen:
         except RiskCountersUnavailable as error:
             log.warning("risk_counters_unavailable", error_type=str(error), claims=size)
             return counted
-        for (into, at), found in zip(places, figures, strict=True):
+        for (feature, at), found in zip(places, figures, strict=True):
+            column: list[int | None] = [None] * size
             for n, figure in zip(at, found, strict=True):
-                into[n] = figure
+                column[n] = figure
+            counted[feature] = column
         return counted
 
     def _blacklisted(
@@ -236,20 +234,16 @@ class ClaimScreen:
         channel_id: str,
         rules: CompiledClaimRules,
         candidates: Sequence[Candidate],
-        signals: Sequence[ClaimSignals],
+        devices: Sequence[str | None],
     ) -> tuple[set[str] | None, set[str] | None]:
         """(blacklisted devices among the candidates', accounts whose phone is
         blacklisted), each None when its rule is off or the store could not say."""
-        device_ids = (
-            sorted({s.device_id for s in signals if s.device_id is not None})
-            if rules.device_blacklist
-            else []
-        )
+        device_ids = sorted({d for d in devices if d is not None}) if rules.device_blacklist else []
         if not device_ids and not rules.phone_blacklist:
             return None, None
         try:
             with self._rt.store.unit_of_work(readonly=True) as uow:
-                devices = uow.risk.blacklisted_devices(device_ids) if device_ids else set()
+                listed = uow.risk.blacklisted_devices(device_ids) if device_ids else set()
                 phones = (
                     uow.risk.blacklisted_phones(
                         channel_id, [c.request.channel_user_id for c in candidates]
@@ -260,7 +254,7 @@ class ClaimScreen:
         except StoreError as error:
             log.warning("risk_blacklists_unread", error_type=type(error).__name__)
             return None, None
-        return (devices if rules.device_blacklist else None), phones
+        return (listed if rules.device_blacklist else None), phones
 
     # -- the answers ----------------------------------------------------------------------
 
@@ -342,29 +336,6 @@ class _Batch:
     signals: Sequence[ClaimSignals]
     version: int  # the rules' (0: none approved, which cannot hold anything)
     now: datetime
-
-
-@dataclass(slots=True)
-class _Counted:
-    """The counted features of a batch, one list per feature, by candidate."""
-
-    subnets: list[str | None]
-    device_claims: list[int | None]
-    ip_claims: list[int | None]
-    subnet_claims: list[int | None]
-    device_identities: list[int | None]
-    identity_devices: list[int | None]
-
-    @classmethod
-    def unknown(cls, size: int) -> _Counted:
-        return cls(
-            subnets=[None] * size,
-            device_claims=[None] * size,
-            ip_claims=[None] * size,
-            subnet_claims=[None] * size,
-            device_identities=[None] * size,
-            identity_devices=[None] * size,
-        )
 
 
 def _fired_json(fired: Fired) -> dict[str, Any]:
