@@ -220,8 +220,11 @@ def held(response: httpx.Response) -> str:
     return review_id
 
 
-def test_a_held_claim_is_issued_when_an_analyst_approves(risky: Api) -> None:
-    api = risky
+def test_a_held_claim_is_issued_when_an_analyst_approves(
+    open_api: OpenApi, database_url: str
+) -> None:
+    api = open_api(database_url=database_url, risk_rules_poll_s=0.05)
+    api.world.tokens["ana"] = admin.add_operator(api.world.rt, "ana", role="analyst")
     put_rules(api, 1, channel_risk_high={"action": "review"})
     user = api.register(1)
     first = claim(api, user, key="k-held", channel_risk="high", device_id=DEVICE)
