@@ -94,6 +94,12 @@ def bench(
             return None
         return row.median / baseline.median
 
+    def risk_ratio(row_name: str) -> float | None:
+        """A row measured with every risk rule on, against the same with none."""
+        if not row_name.endswith("_risk"):
+            return None
+        return ratio(row_name, row_name.removesuffix("_risk") + "_signals")
+
     def screen_ratio(row_name: str) -> float | None:
         """A row measured with the big screen open, against the same row without it."""
         if not row_name.endswith("_screen"):
@@ -113,6 +119,7 @@ def bench(
                             "vs_bare_fastapi": ratio(row.name, "baseline_bare_fastapi"),
                             "vs_bare_asgi": ratio(row.name, "baseline_bare_asgi"),
                             "vs_without_screen": screen_ratio(row.name),
+                            "vs_without_risk_rules": risk_ratio(row.name),
                         }
                         for row in rows
                     ],
@@ -162,6 +169,13 @@ def bench(
             console.print(
                 f"  with the screen open, {row.name.removesuffix('_screen')} keeps "
                 f"{kept:.1%} of its rate (same run)"
+            )
+    for row in rows:
+        kept = risk_ratio(row.name)
+        if kept is not None:
+            console.print(
+                f"  with every risk rule on, {row.name.removesuffix('_risk')} keeps "
+                f"{kept:.1%} of its rate with none (same run, same signals)"
             )
     console.print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
 

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from benchmarks import baselines, central, relay, scenarios, screen
+from benchmarks import baselines, central, relay, risk, scenarios, screen
 from benchmarks.cluster import ClusterUnavailable, local_cluster
 from benchmarks.servers import serve_bare, serve_lequan
 from lequan.adapters.memory_gate import MemoryGate
@@ -270,6 +270,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
             names.append(f"service_batch_claims_{stack_name}")
             # The same two HTTP paths with the big screen open (an SSE client reading).
             names += [f"{names[0]}_screen", f"{names[1]}_screen"]
+            # The batch path with the channel's signals, every risk rule off, then on.
+            risk_names = risk.risk_row_names(stack_name)
+            names += risk_names
             if database == "postgres":
                 names.extend(
                     [
@@ -289,7 +292,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                     url, drop = fresh_postgres(config.postgres_url)
                     redis_url = config.redis_url
                 people = (
-                    3 * config.batch_claims
+                    (5 if any(want(n) for n in risk_names) else 3) * config.batch_claims
                     + 2 * config.single_claims
                     + 2 * config.redemptions
                     + config.service_claims
@@ -365,6 +368,29 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                                 "claims/s",
                                 screen.with_screen(figure, received),
                                 "as the single-claim row, with the big screen's event stream open",
+                            )
+                        if any(want(n) for n in risk_names):
+                            figures = risk.risk_rows(
+                                stack,
+                                port,
+                                run=run,
+                                claims=config.batch_claims,
+                                duration_s=config.duration_s * 4,
+                            )
+                            add(
+                                risk_names[0],
+                                "claims/s",
+                                figures["off"],
+                                "as the batch row, each item with the channel's signals; "
+                                "no risk rule on",
+                            )
+                            add(
+                                risk_names[1],
+                                "claims/s",
+                                figures["on"],
+                                "the same with every claim-time risk rule on "
+                                "(examples/risk-rules.yaml), 1,000 devices and phones "
+                                "blacklisted",
                             )
                         if database == "postgres" and want("service_redemptions_pg"):
                             add(

@@ -128,6 +128,9 @@ def prepare_stack(
         "LEQUAN_APP_RATE_PER_S": "10000000",
         "LEQUAN_APP_BURST": "10000000",
         "LEQUAN_GATE_BUCKETS": str(gate_buckets),
+        # An approved version of the risk rules is in force within this long (bench rows
+        # switch the rules on and off between two measurements).
+        "LEQUAN_RISK_RULES_POLL_S": "0.2",
     }
     settings = Settings(
         data_dir=directory,
@@ -272,14 +275,22 @@ def _claim_item(i: int) -> dict[str, Any]:
 
 
 def batch_claims(
-    stack: Stack, port: int, *, claims: int, batch: int, connections: int, duration_s: float
+    stack: Stack,
+    port: int,
+    *,
+    claims: int,
+    batch: int,
+    connections: int,
+    duration_s: float,
+    extra: Callable[[int], dict[str, Any]] | None = None,
 ) -> Figure:
-    """Durable claims per second through POST /v1/claims/batch."""
+    """Durable claims per second through POST /v1/claims/batch; ``extra`` adds fields to
+    person ``i``'s item (the risk signals, ``benchmarks/risk.py``)."""
     people = stack.take_people(claims)
     requests = []
     for start in range(people.start, people.stop, batch):
         items = [
-            {**_claim_item(i), "idempotency_key": f"bk-{i}"}
+            {**_claim_item(i), "idempotency_key": f"bk-{i}", **(extra(i) if extra else {})}
             for i in range(start, min(people.stop, start + batch))
         ]
         body = json.dumps({"items": items}, separators=(",", ":")).encode()

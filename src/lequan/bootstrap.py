@@ -23,6 +23,7 @@ from lequan.adapters.crypto import (
 )
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.memory_pulse import MemoryPulse
+from lequan.adapters.memory_risk_counters import MemoryRiskCounters
 from lequan.adapters.nonces import MemoryNonceStore, RedisNonceStore
 from lequan.adapters.sold_out import LocalSoldOut, RedisSoldOut
 from lequan.adapters.sql import migrate
@@ -43,6 +44,7 @@ from lequan.ports import (
 )
 from lequan.ports.central import CentralPlatform
 from lequan.ports.pulse import Pulse
+from lequan.ports.risk_counters import RiskCounters
 from lequan.services.admin import AppSecrets
 from lequan.services.campaigns import CampaignCache, ensure_gate_all
 from lequan.services.claiming import ClaimService
@@ -52,6 +54,8 @@ from lequan.services.keys import check_keys
 from lequan.services.live import PulseFlusher, record_sold_out
 from lequan.services.redemption_batches import RedemptionWriter
 from lequan.services.relay import Relay
+from lequan.services.risk import ClaimScreen
+from lequan.services.risk_rules import RiskRulebook
 from lequan.services.runtime import Runtime
 from lequan.services.sweeper import Sweeper
 
@@ -237,9 +241,16 @@ class Platform:
     redemptions: RedemptionWriter
     relay: Relay | None = None
     pulse_flusher: PulseFlusher | None = None
+    # The risk rules in force here, and the counters their features are counted in.
+    risk: RiskRulebook | None = None
+    risk_counters: RiskCounters | None = None
 
     def stop_workers(self) -> None:
         """Stop the background threads; the runtime (store, gate) stays open."""
+        if self.risk is not None:
+            self.risk.stop()
+        if self.risk_counters is not None:
+            self.risk_counters.close()
         if self.pulse_flusher is not None:
             self.pulse_flusher.stop()
         if self.relay is not None:
@@ -388,7 +399,18 @@ def start_platform(
         record_sold_out(rt.pulse, rt.clock.now(), pool, template_id)
         sold_out.publish(pool, template_id)
 
-    claims = ClaimService(rt, cache, on_gate_lost=gatekeeper.request, on_sold_out=sold_out_now)
+    # The rules in force from the first claim on, then kept in step with the store.
+    rulebook = RiskRulebook.of(rt, rt.settings)
+    rulebook.refresh()
+    rulebook.start()
+    counters = risk_counters(rt.settings)
+    claims = ClaimService(
+        rt,
+        cache,
+        on_gate_lost=gatekeeper.request,
+        on_sold_out=sold_out_now,
+        screen=ClaimScreen(rt, rulebook, counters),
+    )
     flusher = PulseFlusher(rt.pulse, interval_s=rt.settings.pulse_flush_s)
     if rt.pulse.shared:
         flusher.start()
@@ -397,6 +419,8 @@ def start_platform(
     if relayer is not None:
         relayer.start()
     return Platform(
+        risk=rulebook,
+        risk_counters=counters,
         relay=relayer,
         pulse_flusher=flusher if rt.pulse.shared else None,
         rt=rt,
@@ -416,6 +440,33 @@ def start_platform(
             wait_ms=rt.settings.redeem_batch_wait_ms,
             queue_max=rt.settings.redeem_queue_max,
         ),
+    )
+
+
+def risk_counters(settings: Settings) -> RiskCounters:
+    """Where the risk rules count claims: Redis when every process shares it (names
+    spread over 16 hash slots on a cluster), else this process's bounded memory."""
+    if not settings.redis_url:
+        return MemoryRiskCounters(entries_max=settings.risk_counter_entries_max)
+    import redis
+    from redis.cluster import RedisCluster
+
+    from lequan.adapters.redis_risk_counters import RedisRiskCounters
+
+    client: redis.Redis | RedisCluster
+    if settings.redis_cluster:
+        client = RedisCluster.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s)
+    else:
+        # A blocking pool, as the gate's: a burst of batches waits for a connection.
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_connections_max,
+            timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+        )
+        client = redis.Redis.from_pool(pool)
+    return RedisRiskCounters(
+        client, key_prefix=settings.redis_key_prefix, shards=16 if settings.redis_cluster else 1
     )
 
 

@@ -759,7 +759,7 @@ acquirer_app.command("add")(_add_app("acquirer"))
 @operator_app.command("add")
 def operator_add(
     operator_id: str,
-    role: Annotated[str, typer.Option(help="maker, checker or viewer.")],
+    role: Annotated[str, typer.Option(help="maker, checker, viewer or analyst.")],
     token: Token = None,
     token_file: TokenFile = None,
     as_json: JsonFlag = False,
@@ -877,6 +877,300 @@ def province_serve(
 
     os.environ.update(serve_env(file))
     serve(host=None, port=None, workers=workers)
+
+
+# -- risk control: the rules file, the review queue, the blacklists (docs/risk.md) -----
+
+risk_app = typer.Typer(
+    help="Risk control: the rules file (maker-checker) and the device and phone blacklists.",
+    no_args_is_help=True,
+)
+rules_app = typer.Typer(help="The risk rules file's versions.", no_args_is_help=True)
+risk_blacklist_app = typer.Typer(
+    help="The device and phone blacklists (persons: `lequan` admin API /blacklist).",
+    no_args_is_help=True,
+)
+review_app = typer.Typer(
+    help="The review queue: claims a risk rule held, for an analyst to decide.",
+    no_args_is_help=True,
+)
+app.add_typer(risk_app, name="risk")
+risk_app.add_typer(rules_app, name="rules")
+risk_app.add_typer(risk_blacklist_app, name="blacklist")
+app.add_typer(review_app, name="review")
+
+
+def _rules_summary(rt: Any, row: Any) -> dict[str, Any]:
+    from lequan.http.routes.risk import rules_view
+    from lequan.services.campaigns import CampaignFileLimits
+
+    return rules_view(row, CampaignFileLimits.of(rt.settings))
+
+
+@rules_app.command("draft")
+def risk_rules_draft(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Draft a version of the rules from a file (a maker, checker or analyst); an invalid
+    file is refused whole, each broken field named."""
+    from lequan.services import risk_rules
+
+    text = file.read_text(encoding="utf-8")
+    rt, actor = _runtime_as(token, token_file)
+    row = risk_rules.draft_rules(rt, text, actor=actor)
+    _emit(_rules_summary(rt, row), as_json, f"drafted version [bold]{row.version}[/]")
+
+
+@rules_app.command("approve")
+def risk_rules_approve(
+    version: int,
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Put a drafted version in force (a checker who did not draft it); every serving
+    process swaps it in within LEQUAN_RISK_RULES_POLL_S, without a restart."""
+    from lequan.services import risk_rules
+
+    rt, actor = _runtime_as(token, token_file)
+    row = risk_rules.approve_rules(rt, version, actor=actor)
+    _emit(_rules_summary(rt, row), as_json, f"version [bold]{row.version}[/] is active")
+
+
+@rules_app.command("list")
+def risk_rules_list(as_json: JsonFlag = False) -> None:
+    """The versions of the rules, newest first, and the one in force."""
+    from lequan.services import risk_rules
+
+    rt = _runtime()
+    rows = [_rules_summary(rt, r) for r in risk_rules.list_rules(rt)]
+    if as_json:
+        typer.echo(json.dumps({"versions": rows}, ensure_ascii=False, indent=2))
+        return
+    table = Table("version", "status", "drafted by", "approved by", "claim rules")
+    for r in rows:
+        table.add_row(
+            str(r["version"]),
+            r["status"],
+            r["drafted_by"],
+            r["approved_by"] or "",
+            ", ".join(r["claim_rules"]) or "(none)",
+        )
+    console.print(table)
+
+
+KindOption = Annotated[str, typer.Option("--kind", help="device or phone.")]
+
+
+def _blacklist_kind(kind: str) -> str:
+    if kind not in ("device", "phone"):
+        err.print("[red]--kind is device or phone[/]")
+        raise typer.Exit(2)
+    return kind
+
+
+@risk_blacklist_app.command("add")
+def risk_blacklist_add(
+    value: Annotated[str, typer.Argument(help="The device id, or the phone number.")],
+    kind: KindOption,
+    reason: Annotated[str, typer.Option("--reason", help="Why (1-200 characters).")],
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Blacklist a device or a phone (a maker, checker or analyst; audited)."""
+    from lequan.services import reviews
+
+    rt, actor = _runtime_as(token, token_file)
+    added = reviews.blacklist_add(
+        rt, kind=_blacklist_kind(kind), value=value, reason=reason, actor=actor
+    )
+    _emit({"added": added}, as_json, "added" if added else "on the list already")
+
+
+@risk_blacklist_app.command("remove")
+def risk_blacklist_remove(
+    value: Annotated[str, typer.Argument(help="The device id, or the phone number.")],
+    kind: KindOption,
+    reason: Annotated[str, typer.Option("--reason", help="Why (1-200 characters).")],
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Take a device or a phone off its blacklist (audited)."""
+    from lequan.services import reviews
+
+    rt, actor = _runtime_as(token, token_file)
+    removed = reviews.blacklist_remove(
+        rt, kind=_blacklist_kind(kind), value=value, reason=reason, actor=actor
+    )
+    _emit({"removed": removed}, as_json, "removed" if removed else "was not on the list")
+
+
+@risk_blacklist_app.command("list")
+def risk_blacklist_list(
+    kind: KindOption,
+    after: Annotated[str | None, typer.Option(help="List after this value.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One blacklist's entries (a phone's as its blind index)."""
+    from lequan.services import reviews
+
+    rt, actor = _runtime_as(token, token_file)
+    rows = reviews.blacklist_list(
+        rt, kind=_blacklist_kind(kind), actor=actor, after=after, limit=limit
+    )
+    items = [
+        {
+            "value": r.value,
+            "reason": r.reason,
+            "created_by": r.created_by,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]
+    if as_json:
+        typer.echo(json.dumps({"items": items}, ensure_ascii=False, indent=2))
+        return
+    table = Table(kind, "reason", "by", "at")
+    for item in items:
+        table.add_row(item["value"], item["reason"], item["created_by"], item["created_at"])
+    console.print(table)
+
+
+def _print_review(data: dict[str, Any]) -> None:
+    table = Table(title=f"review {data['review_id']} ({data['kind']})", show_header=False)
+    table.add_row("status", data["status"])
+    table.add_row("created", data["created_at"])
+    table.add_row("campaign / rules", f"{data['campaign_id']} / version {data['rules_version']}")
+    subject = data["subject"]
+    if data["kind"] == "claim":
+        table.add_row(
+            "claim",
+            f"{subject['channel_id']} · {subject['channel_user_id']} · "
+            f"{subject['round_id']} · {subject['template_id']}",
+        )
+        table.add_row("signals", json.dumps(subject.get("signals", {}), ensure_ascii=False))
+    for fired in data["reasons"]:
+        figures = ", ".join(f"{k}={v}" for k, v in sorted(fired["figures"].items()))
+        table.add_row(f"{fired['code']} ({fired['action']})", figures)
+    if data["decided_by"]:
+        table.add_row("decided", f"{data['decided_by']}: {data['decision_reason']}")
+    if data["outcome"]:
+        table.add_row("outcome", f"{data['outcome']} {data['outcome_detail'] or ''}")
+    console.print(table)
+
+
+@review_app.command("list")
+def review_list(
+    status: Annotated[str | None, typer.Option(help="pending, approved or rejected.")] = "pending",
+    kind: Annotated[str | None, typer.Option(help="claim or redemption.")] = None,
+    after: Annotated[str | None, typer.Option(help="List after this review id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The review queue, oldest first (an analyst or a checker)."""
+    from lequan.http.routes.risk import review_view
+    from lequan.services import reviews
+
+    if status not in (None, "pending", "approved", "rejected") or kind not in (
+        None,
+        "claim",
+        "redemption",
+    ):
+        err.print("[red]--status is pending, approved or rejected; --kind claim or redemption[/]")
+        raise typer.Exit(2)
+    rt, actor = _runtime_as(token, token_file)
+    limit = min(limit, rt.settings.page_size_max)
+    rows = reviews.list_reviews(
+        rt, actor=actor, status=status, kind=kind, after_id=after, limit=limit
+    )
+    items = [review_view(r) for r in rows]
+    if as_json:
+        typer.echo(json.dumps({"items": items}, ensure_ascii=False, indent=2))
+        return
+    table = Table("review", "kind", "status", "created", "campaign", "rules that fired")
+    for item in items:
+        table.add_row(
+            item["review_id"],
+            item["kind"],
+            item["status"],
+            item["created_at"],
+            item["campaign_id"] or "",
+            ", ".join(f["code"] for f in item["reasons"]),
+        )
+    console.print(table)
+
+
+@review_app.command("show")
+def review_show(
+    review_id: str,
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One review item: each rule that fired, with its figures."""
+    from lequan.http.routes.risk import review_view
+    from lequan.services import reviews
+
+    rt, actor = _runtime_as(token, token_file)
+    data = review_view(reviews.get_review(rt, review_id, actor=actor))
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    else:
+        _print_review(data)
+
+
+def _review_decision(approve: bool) -> Any:
+    def command(
+        review_id: str,
+        reason: Annotated[str, typer.Option("--reason", help="Why (1-200 characters).")],
+        token: Token = None,
+        token_file: TokenFile = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        from lequan.bootstrap import start_platform
+        from lequan.http.routes.risk import review_view
+        from lequan.services import reviews
+
+        rt, actor = _runtime_as(token, token_file)
+        if not approve:
+            row = reviews.reject_review(rt, review_id, actor=actor, reason=reason)
+        else:
+            # The held claim goes through the claim path: this process's own, its gate
+            # rebuilt from the store (with Redis, the gate every server shares).
+            platform = start_platform(rt, sweep=False, relay=False)
+            try:
+                row = reviews.approve_review(
+                    rt, platform.claims, review_id, actor=actor, reason=reason
+                )
+            finally:
+                platform.close()
+        data = review_view(row)
+        if as_json:
+            typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        else:
+            _print_review(data)
+
+    command.__doc__ = (
+        "Approve a held claim: it is issued through the claim path, or refused as it would "
+        "be now (sold out, claimed meanwhile); the outcome is recorded (an analyst)."
+        if approve
+        else "Reject a held claim: it is refused for good (an analyst)."
+    )
+    return command
+
+
+review_app.command("approve")(_review_decision(True))
+review_app.command("reject")(_review_decision(False))
 
 
 if __name__ == "__main__":

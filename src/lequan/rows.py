@@ -7,9 +7,10 @@ no behaviour: the rules about them live in ``lequan.domain``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus
 from lequan.domain.redemption_states import RedemptionStatus
@@ -27,6 +28,9 @@ __all__ = [
     "QualificationLockRow",
     "RedemptionReads",
     "RedemptionRow",
+    "ReviewRow",
+    "RiskBlacklistRow",
+    "RiskRulesRow",
     "SealedSample",
     "StockKey",
     "VoucherRow",
@@ -207,3 +211,50 @@ class ProductRow:
     subsidy_fen: int
     created_at: datetime
     released_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RiskRulesRow:
+    """One version of the risk rules file (migration 0012): ``draft`` until a checker
+    approves it, then ``active`` until another version is approved (``retired``)."""
+
+    version: int
+    text: str  # the YAML as the maker uploaded it
+    status: str  # draft | active | retired
+    drafted_by: str
+    drafted_at: datetime
+    approved_by: str | None
+    approved_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRow:
+    """One item of the risk review queue: a claim held (``kind`` claim) or, later, a
+    payable held (``redemption``), what it holds (``subject``), the rules that fired with
+    their figures (``reasons``), and an analyst's decision and its outcome."""
+
+    id: str
+    kind: str  # claim | redemption
+    status: str  # pending | approved | rejected
+    created_at: datetime
+    subject: Mapping[str, Any]
+    reasons: Sequence[Mapping[str, Any]]
+    rules_version: int
+    campaign_id: str | None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+    # What the decision led to (a claim issued, or the code it was refused with), once known.
+    outcome: str | None = None
+    outcome_detail: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RiskBlacklistRow:
+    """A device id or a phone's blind index on a risk blacklist, with who put it there."""
+
+    kind: str  # device | phone
+    value: str
+    reason: str
+    created_by: str
+    created_at: datetime

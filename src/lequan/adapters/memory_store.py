@@ -69,6 +69,9 @@ from lequan.rows import (
     QualificationLockRow,
     RedemptionReads,
     RedemptionRow,
+    ReviewRow,
+    RiskBlacklistRow,
+    RiskRulesRow,
     SealedSample,
     StockKey,
     VoucherRow,
@@ -81,7 +84,7 @@ LOCK_TIMEOUT_S_DEFAULT = 30.0
 # What ``schema_revisions`` answers: the tables are this code's own, always current.
 SCHEMA_REVISION = "memory"
 
-OPERATOR_ROLES = frozenset({"maker", "checker", "viewer"})
+OPERATOR_ROLES = frozenset({"maker", "checker", "viewer", "analyst"})
 APP_KINDS = frozenset({"channel", "acquirer"})
 REDEMPTION_STATUSES = frozenset(
     {"locked", "redeemed", "voided", "lock_expired", "reversed", "refunded"}
@@ -314,6 +317,9 @@ class _Tables:
     held_identifiers: _Table[tuple[str, str], str]  # uq_redemption_products_*: unreleased
     audit: _Table[int, AuditLine]  # seq 1, 2, ...
     key_canaries: _Table[str, bytes]
+    risk_rules: _Table[int, RiskRulesRow]  # by version (ux_risk_rules_active: one active)
+    reviews: _Table[str, ReviewRow]
+    risk_blacklist: _Table[tuple[str, str], RiskBlacklistRow]  # (kind, value)
 
     @classmethod
     def empty(cls) -> _Tables:
@@ -346,6 +352,7 @@ class MemoryUnitOfWork:
         self.outbox = MemoryOutbox(self)
         self.qualifications = MemoryQualifications(self)
         self.products = MemoryProducts(self)
+        self.risk = MemoryRisk(self)
 
     def read(self, *, pipelined: bool = False) -> _Tables:
         """The transaction's tables, begun now if need be."""
@@ -1621,6 +1628,175 @@ class MemoryProducts(_Repository):
             if value is not None:
                 t.held_identifiers.delete((f, value))
         return True
+
+
+RULES_STATUSES = frozenset({"draft", "active", "retired"})
+REVIEW_KINDS = frozenset({"claim", "redemption"})
+REVIEW_STATUSES = frozenset({"pending", "approved", "rejected"})
+BLACKLIST_KINDS = frozenset({"device", "phone"})
+
+
+class MemoryRisk(_Repository):
+    """Rules versions, reviews and the risk blacklists."""
+
+    def add_rules(self, *, version: int, text: str, drafted_by: str, now: datetime) -> None:
+        t = self._u.write()
+        if version in t.risk_rules:
+            raise self._u.refused(DuplicateKey("risk_rules.version"))
+        t.risk_rules.put(
+            version, RiskRulesRow(version, text, "draft", drafted_by, _utc(now), None, None)
+        )
+
+    def get_rules(self, version: int) -> RiskRulesRow | None:
+        return self._u.read().risk_rules.get(version)
+
+    def list_rules(self, *, limit: int) -> list[RiskRulesRow]:
+        t = self._u.read()
+        return [row for _, row in sorted(t.risk_rules.items(), reverse=True)[:limit]]
+
+    def active_rules(self) -> RiskRulesRow | None:
+        return next((r for r in self._u.read().risk_rules.values() if r.status == "active"), None)
+
+    def active_version(self) -> int | None:
+        found = self.active_rules()
+        return None if found is None else found.version
+
+    def latest_version(self) -> int | None:
+        return max(self._u.read().risk_rules.keys(), default=None)
+
+    def activate_rules(self, version: int, *, approved_by: str, now: datetime) -> bool:
+        t = self._u.write()
+        found = t.risk_rules.get(version)
+        if found is None or found.status != "draft":
+            return False
+        for row in list(t.risk_rules.values()):
+            if row.status == "active":
+                t.risk_rules.put(row.version, replace(row, status="retired"))
+        t.risk_rules.put(
+            version, replace(found, status="active", approved_by=approved_by, approved_at=_utc(now))
+        )
+        return True
+
+    def add_reviews(self, rows: Sequence[ReviewRow]) -> None:
+        t = self._u.write(pipelined=True)
+        ids = [row.id for row in rows]
+        if len(set(ids)) != len(ids) or any(i in t.reviews for i in ids):
+            raise self._u.refused(DuplicateKey("reviews.id"))
+        for row in rows:
+            if row.kind not in REVIEW_KINDS or row.status != "pending":
+                raise self._u.refused(ConstraintViolated("reviews: kind or status"))
+        for row in rows:
+            # As the SQL store keeps them: JSON, so what comes back is plain data.
+            t.reviews.put(
+                row.id,
+                replace(
+                    row,
+                    created_at=_utc(row.created_at),
+                    subject=json.loads(json.dumps(row.subject)),
+                    reasons=json.loads(json.dumps(row.reasons)),
+                ),
+            )
+
+    def get_review(self, review_id: str) -> ReviewRow | None:
+        return self._u.read().reviews.get(review_id)
+
+    def list_reviews(
+        self, *, status: str | None, kind: str | None, after_id: str | None, limit: int
+    ) -> list[ReviewRow]:
+        t = self._u.read()
+        found = [
+            row
+            for review_id, row in sorted(t.reviews.items())
+            if (status is None or row.status == status)
+            and (kind is None or row.kind == kind)
+            and (after_id is None or review_id > after_id)
+        ]
+        return found[:limit]
+
+    def decide_review(
+        self,
+        review_id: str,
+        *,
+        expected: str,
+        status: str,
+        decided_by: str,
+        reason: str,
+        now: datetime,
+    ) -> bool:
+        t = self._u.write()
+        found = t.reviews.get(review_id)
+        if found is None or found.status != expected:
+            return False
+        if status not in REVIEW_STATUSES or status == "pending":
+            raise self._u.refused(ConstraintViolated("ck_reviews_decision_whole"))
+        t.reviews.put(
+            review_id,
+            replace(
+                found,
+                status=status,
+                decided_by=decided_by,
+                decided_at=_utc(now),
+                decision_reason=reason,
+            ),
+        )
+        return True
+
+    def set_review_outcome(
+        self, review_id: str, *, outcome: str, detail: Mapping[str, Any] | None
+    ) -> bool:
+        t = self._u.write()
+        found = t.reviews.get(review_id)
+        if found is None or found.outcome is not None:
+            return False
+        kept = None if detail is None else json.loads(json.dumps(detail))
+        t.reviews.put(review_id, replace(found, outcome=outcome, outcome_detail=kept))
+        return True
+
+    def blacklisted_devices(self, device_ids: Sequence[str]) -> set[str]:
+        t = self._u.read()
+        return {d for d in device_ids if ("device", d) in t.risk_blacklist}
+
+    def blacklisted_phones(self, channel_id: str, channel_user_ids: Sequence[str]) -> set[str]:
+        t = self._u.read()
+        found: set[str] = set()
+        for user in channel_user_ids:
+            account = t.accounts.get((channel_id, user))
+            if account is not None and ("phone", account.identity["phone_bidx"]) in (
+                t.risk_blacklist
+            ):
+                found.add(user)
+        return found
+
+    def add_blacklisted(
+        self, *, kind: str, value: str, reason: str, created_by: str, now: datetime
+    ) -> bool:
+        t = self._u.write()
+        if kind not in BLACKLIST_KINDS:
+            raise self._u.refused(ConstraintViolated("ck_risk_blacklist_kind"))
+        if (kind, value) in t.risk_blacklist:
+            return False
+        t.risk_blacklist.put(
+            (kind, value), RiskBlacklistRow(kind, value, reason, created_by, _utc(now))
+        )
+        return True
+
+    def remove_blacklisted(self, *, kind: str, value: str) -> bool:
+        t = self._u.write()
+        if (kind, value) not in t.risk_blacklist:
+            return False
+        t.risk_blacklist.delete((kind, value))
+        return True
+
+    def list_blacklisted(
+        self, *, kind: str, after: str | None, limit: int
+    ) -> list[RiskBlacklistRow]:
+        t = self._u.read()
+        found = [
+            row
+            for (k, value), row in sorted(t.risk_blacklist.items())
+            if k == kind and (after is None or value > after)
+        ]
+        return found[:limit]
 
 
 # -- the store ----------------------------------------------------------------------------

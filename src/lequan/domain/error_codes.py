@@ -90,6 +90,7 @@ class ErrorCode(enum.StrEnum):
     ALREADY_CLAIMED = "already_claimed"
     CLAIM_LIMIT_REACHED = "claim_limit_reached"
     INELIGIBLE = "ineligible"
+    RISK_REFUSED = "risk_refused"
     # Vouchers (the state machine's refusals).
     VOUCHER_NOT_FOUND = "voucher_not_found"
     VOUCHER_NOT_YET_VALID = "voucher_not_yet_valid"
@@ -141,6 +142,14 @@ class ErrorCode(enum.StrEnum):
     INVALID_MERCHANT_FILE = "invalid_merchant_file"
     INVALID_REASON = "invalid_reason"
     CSRF_HEADER_REQUIRED = "csrf_header_required"
+    # Risk control (issue 16): the rules file, the review queue, the blacklists.
+    INVALID_RISK_RULES = "invalid_risk_rules"
+    RISK_RULES_VERSION = "risk_rules_version"
+    RISK_RULES_NOT_FOUND = "risk_rules_not_found"
+    RISK_RULES_STATE = "risk_rules_state"
+    REVIEW_NOT_FOUND = "review_not_found"
+    REVIEW_STATE = "review_state"
+    INVALID_DEVICE_ID = "invalid_device_id"
     # Retry later (Unavailable, with Retry-After).
     THROTTLED = "throttled"
     OVERLOADED = "overloaded"
@@ -364,6 +373,12 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     _C.INELIGIBLE: ErrorSpec(
         409, Conflict, "the person may not claim: `details.reasons` says why (region, blacklist…)"
     ),
+    _C.RISK_REFUSED: ErrorSpec(
+        403,
+        AuthError,
+        "a risk rule refused the claim: `details.reasons` lists the codes of the rules that "
+        "fired (docs/risk.md); nothing was reserved",
+    ),
     _C.VOUCHER_NOT_FOUND: ErrorSpec(404, NotFound, "no voucher with this id for this person"),
     _C.VOUCHER_NOT_YET_VALID: ErrorSpec(409, Conflict, "the voucher's validity starts later"),
     _C.VOUCHER_EXPIRED: ErrorSpec(409, Conflict, "the voucher has expired"),
@@ -480,7 +495,10 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         "the campaign's status does not allow this step, or it changed meanwhile; look again",
     ),
     _C.MAKER_CANNOT_APPROVE: ErrorSpec(
-        403, AuthError, "the operator who drafted a campaign cannot approve it, whatever their role"
+        403,
+        AuthError,
+        "the operator who drafted a campaign or a version of the risk rules cannot approve "
+        "it, whatever their role",
     ),
     _C.INVALID_MERCHANT: ErrorSpec(422, InvalidInput, "a merchant's field breaks its rule"),
     _C.INVALID_MERCHANT_FILE: ErrorSpec(
@@ -495,6 +513,29 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
         AuthError,
         "a change made with the screen's session cookie must carry the header "
         "`X-Lequan-CSRF: 1` (a page of another site cannot send it)",
+    ),
+    _C.INVALID_RISK_RULES: ErrorSpec(
+        422,
+        InvalidInput,
+        "the risk rules file breaks a rule (`details.errors`, each with its field path), or "
+        "is not YAML, nests too deep or expands too far; nothing is stored, the rules in "
+        "force stay",
+    ),
+    _C.RISK_RULES_VERSION: ErrorSpec(
+        409, Conflict, "a rules file's `version` must be above every version drafted already"
+    ),
+    _C.RISK_RULES_NOT_FOUND: ErrorSpec(
+        404, NotFound, "no version of the risk rules by this number"
+    ),
+    _C.RISK_RULES_STATE: ErrorSpec(
+        409, Conflict, "only a draft above the active version can be approved"
+    ),
+    _C.REVIEW_NOT_FOUND: ErrorSpec(404, NotFound, "no review item with this id"),
+    _C.REVIEW_STATE: ErrorSpec(
+        409, Conflict, "the review item is decided already (`details.status`); look again"
+    ),
+    _C.INVALID_DEVICE_ID: ErrorSpec(
+        422, InvalidInput, "a device id is 8-64 of `A-Z a-z 0-9 _ . : -`"
     ),
     _C.THROTTLED: ErrorSpec(
         429, Unavailable, "this app sends faster than its allowance; slow down"

@@ -26,12 +26,14 @@ kind only says what sort of refusal it is.
     │   ├── trade-in: product_category_mismatch, energy_grade_not_subsidised,
     │   │            price_above_category_limit, serial_already_subsidised,
     │   │            invoice_already_subsidised
+    │   ├── risk: risk_rules_version, risk_rules_state, review_state
     │   └── lifecycle: campaign_state, account_already_bound,
     │                person_already_bound, registration_conflict, *_exists
     ├── AuthError                 401: invalid_signature, missing_signature, invalid_timestamp,
     │                             stale_timestamp, invalid_nonce, nonce_reused, unknown_app,
     │                             unauthenticated, unknown_operator;
-    │                             403: forbidden, wrong_app_kind, maker_cannot_approve
+    │                             403: forbidden, wrong_app_kind, maker_cannot_approve,
+    │                             risk_refused (a claim a risk rule refused)
     ├── IdempotencyError          409: idempotency_in_flight; 422: idempotency_mismatch
     └── Unavailable               429: throttled, overloaded; 503: store_unavailable,
                                   commit_timeout, gate_unavailable, gate_rebuilding,

@@ -34,7 +34,8 @@ from lequan.http.deps import NonceChecks
 from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
-from lequan.http.routes import acquirer, admin, channel, screen
+from lequan.http.risk_schemas import ReviewDecisionIn, RiskBlacklistIn
+from lequan.http.routes import acquirer, admin, channel, risk, screen
 from lequan.http.schemas import (
     AppIn,
     BatchClaimIn,
@@ -210,6 +211,8 @@ PARSED_BODIES = (
     RedemptionSwitchIn,
     MerchantSwitchIn,
     screen.SessionIn,
+    ReviewDecisionIn,
+    RiskBlacklistIn,
 )
 # The headers that sign a channel's or an acquirer's call (``signing.py``), declared as
 # security schemes all four of which a call presents: what the call says, not its fields.
@@ -389,7 +392,11 @@ def create_app(
     metrics = Metrics(platform.rt.metrics)
     app.state.metrics = metrics
     app.state.screen = Screen(platform.rt)
-    scrape = app.state.exposition = exposition(platform, app.state.screen)
+    scrape = app.state.exposition = exposition(
+        platform,
+        app.state.screen,
+        extra=[risk.RulesCollector(platform.risk)] if platform.risk is not None else [],
+    )
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
     app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
@@ -474,6 +481,7 @@ def create_app(
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)
+    app.include_router(risk.router)
     app.include_router(screen.router)
     app.state.stream_slots = screen.StreamSlots(
         total_max=settings.screen_streams_max,

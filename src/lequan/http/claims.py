@@ -24,10 +24,11 @@ from lequan.domain.errors import InvalidInput
 from lequan.http.admission import InFlightLimit, TokenBuckets
 from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
-from lequan.http.schemas import BatchClaimIn, ClaimIn
+from lequan.http.schemas import BatchClaimIn, ClaimIn, ClaimSignalsIn
 from lequan.services.claim_answers import ClaimResult, issued_voucher_json
 from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
+from lequan.services.risk import HELD_FOR_REVIEW, ClaimSignals
 
 __all__ = ["ClaimDesk", "claim_hash", "claim_headers"]
 
@@ -117,6 +118,8 @@ def claim_hash(body: ClaimIn) -> str:
 
 
 _CLAIM_DIGEST_PREFIX = b"claim\x00"
+# The status of a claim a risk rule held for review (``held_for_review``): nothing issued.
+HELD_STATUS = 202
 
 
 def _claim_request(app_id: str, key: str, claim: ClaimIn) -> ClaimRequest:
@@ -128,6 +131,17 @@ def _claim_request(app_id: str, key: str, claim: ClaimIn) -> ClaimRequest:
         template_id=claim.template_id,
         location_region=claim.location_region,
         key=Idempotency(app_id, key, claim_hash(claim)),
+        signals=None if claim.signals is None else _claim_signals(claim.signals),
+    )
+
+
+def _claim_signals(sent: ClaimSignalsIn) -> ClaimSignals:
+    return ClaimSignals(
+        device_id=sent.device_id,
+        ip=sent.ip,
+        account_age_s=sent.account_age_s,
+        network_region=sent.network_region,
+        channel_risk=sent.channel_risk,
     )
 
 
@@ -143,25 +157,31 @@ def _batch_text(
     counts: dict[str, int] = {}
     for index, (request, result) in enumerate(zip(requests, results, strict=True)):
         answer = result.answer
-        ok = answer.status_code < 400
+        held = answer.status_code == HELD_STATUS  # a risk rule held it for an analyst
+        ok = answer.status_code < 400 and not held
         if ok:
             outcome = "issued"
+        elif held:
+            outcome = HELD_FOR_REVIEW
         elif result.replayed:  # a stored answer: its code is in its body
             outcome = str(answer.body.get("code", result.outcome))
         else:
             outcome = result.outcome
         counts[outcome] = counts.get(outcome, 0) + 1
+        review = ""  # a held claim's item names its review; no other item has the field
         if ok:
             voucher = issued_voucher_json(answer) or _json(answer.body.get("voucher"))
             error = "null"
         else:
             voucher = "null"
-            error = answer.text if answer.text is not None else _json(dict(answer.body))
+            error = "null" if held else answer.text or _json(dict(answer.body))
+            if held:
+                review = f',"review_id":{encode_basestring(str(answer.body["review_id"]))}'
         items.append(
             f'{{"index":{index},"idempotency_key":{encode_basestring(request.key.key)},'
             f'"status_code":{answer.status_code},"outcome":{encode_basestring(outcome)},'
             f'"replayed":{"true" if result.replayed else "false"},"voucher":{voucher},'
-            f'"error":{error}}}'
+            f'"error":{error}{review}}}'
         )
     return '{"results":[' + ",".join(items) + '],"outcomes":' + _json(counts) + "}", counts
 

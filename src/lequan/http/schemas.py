@@ -217,14 +217,27 @@ class ClaimOut(BaseModel):
     voucher: VoucherOut
 
 
+class ClaimHeldOut(BaseModel):
+    """202: a risk rule held the claim for an analyst (docs/risk.md); nothing is issued
+    yet. If the analyst approves, the voucher appears in the person's wallet."""
+
+    status: Literal["held_for_review"]
+    review_id: str
+
+
 class BatchItemOut(BaseModel):
     index: int
     idempotency_key: str
     status_code: int
-    outcome: str = Field(description="issued, or the error code (sold_out, already_claimed, ...)")
+    outcome: str = Field(
+        description="issued, held_for_review, or the error code (sold_out, already_claimed, ...)"
+    )
     replayed: bool
     voucher: VoucherOut | None = None
     error: dict[str, Any] | None = None
+    review_id: str | None = Field(
+        None, description="held_for_review: the review item the claim waits in."
+    )
 
 
 class BatchClaimOut(BaseModel):

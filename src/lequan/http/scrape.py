@@ -7,7 +7,7 @@ goes on without that family, and ``/readyz`` says what is down.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -117,10 +117,13 @@ class ScreenCollector(Collector):
         yield pools
 
 
-def exposition(platform: Platform, screen: Screen) -> Exposition:
+def exposition(
+    platform: Platform, screen: Screen, *, extra: Sequence[Collector] = ()
+) -> Exposition:
     """What the platform's ``/metrics`` answers: the instruments of every worker, the
-    outbox backlog, the stock left and the screen's figures."""
+    outbox backlog, the stock left, the screen's figures, and ``extra`` collectors."""
     rt = platform.rt
     return Exposition(
-        rt.metrics, [OutboxCollector(rt), StockCollector(rt), ScreenCollector(screen)]
+        rt.metrics,
+        [OutboxCollector(rt), StockCollector(rt), ScreenCollector(screen), *extra],
     )

@@ -13,6 +13,7 @@ called, and its repositories all act inside it:
     uow.products      trade-in products subsidised here: serial numbers, IMEIs, invoices
     uow.idempotency   answers stored per (app, Idempotency-Key)
     uow.keys          the key canaries: which key ring the data is written under
+    uow.risk          risk rules versions, the review queue, device and phone blacklists
 
 Every atomic step is the store's: a conditional update (``take_stock``,
 ``ledger.record``, ``move_voucher``) answers False rather than letting a
@@ -46,6 +47,9 @@ from lequan.rows import (
     QualificationLockRow,
     RedemptionReads,
     RedemptionRow,
+    ReviewRow,
+    RiskBlacklistRow,
+    RiskRulesRow,
     SealedSample,
     StockKey,
     VoucherRow,
@@ -60,6 +64,7 @@ __all__ = [
     "PeopleRepository",
     "ProductRepository",
     "QualificationRepository",
+    "RiskRepository",
     "Store",
     "UnitOfWork",
     "VoucherRepository",
@@ -554,6 +559,92 @@ class ProductRepository(Protocol):
         ...
 
 
+class RiskRepository(Protocol):
+    """Risk control (migration 0012): the rules file's versions, the review queue, and
+    the blacklists of devices and of phones (by the phone's blind index)."""
+
+    def add_rules(self, *, version: int, text: str, drafted_by: str, now: datetime) -> None:
+        """A new draft; ``DuplicateKey`` when the version exists."""
+        ...
+
+    def get_rules(self, version: int) -> RiskRulesRow | None: ...
+
+    def list_rules(self, *, limit: int) -> list[RiskRulesRow]:
+        """The newest versions first."""
+        ...
+
+    def active_rules(self) -> RiskRulesRow | None: ...
+
+    def active_version(self) -> int | None:
+        """The active version's number alone: what every process polls."""
+        ...
+
+    def latest_version(self) -> int | None:
+        """The highest version drafted, whatever its status."""
+        ...
+
+    def activate_rules(self, version: int, *, approved_by: str, now: datetime) -> bool:
+        """Make a draft the active version and retire the one before; False, with nothing
+        written, when ``version`` is not a draft. At most one version is active: a
+        second approval racing this one collides (``DuplicateKey``)."""
+        ...
+
+    def add_reviews(self, rows: Sequence[ReviewRow]) -> None:
+        """New review items (pending); ``DuplicateKey`` when an id is taken."""
+        ...
+
+    def get_review(self, review_id: str) -> ReviewRow | None: ...
+
+    def list_reviews(
+        self, *, status: str | None, kind: str | None, after_id: str | None, limit: int
+    ) -> list[ReviewRow]:
+        """Items by id (oldest first), after ``after_id``, of the status and kind given."""
+        ...
+
+    def decide_review(
+        self,
+        review_id: str,
+        *,
+        expected: str,
+        status: str,
+        decided_by: str,
+        reason: str,
+        now: datetime,
+    ) -> bool:
+        """Move an item from ``expected`` to ``status`` with who decided and why; False,
+        with nothing written, when it is not ``expected`` (someone decided first)."""
+        ...
+
+    def set_review_outcome(
+        self, review_id: str, *, outcome: str, detail: Mapping[str, Any] | None
+    ) -> bool:
+        """Record what a decision led to, once; False when it is recorded already."""
+        ...
+
+    def blacklisted_devices(self, device_ids: Sequence[str]) -> set[str]:
+        """The given device ids that are on the device blacklist; one query."""
+        ...
+
+    def blacklisted_phones(self, channel_id: str, channel_user_ids: Sequence[str]) -> set[str]:
+        """The given accounts of the channel whose phone is on the phone blacklist; one query."""
+        ...
+
+    def add_blacklisted(
+        self, *, kind: str, value: str, reason: str, created_by: str, now: datetime
+    ) -> bool:
+        """Put a device id (``kind`` device) or a phone's blind index (``phone``) on its
+        list; False when it is there already (its first reason stays)."""
+        ...
+
+    def remove_blacklisted(self, *, kind: str, value: str) -> bool: ...
+
+    def list_blacklisted(
+        self, *, kind: str, after: str | None, limit: int
+    ) -> list[RiskBlacklistRow]:
+        """One list's entries by value, after ``after``."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every aggregate; rolled back unless committed."""
 
@@ -583,6 +674,9 @@ class UnitOfWork(Protocol):
 
     @property
     def products(self) -> ProductRepository: ...
+
+    @property
+    def risk(self) -> RiskRepository: ...
 
     def commit(self) -> None: ...
 

@@ -44,7 +44,7 @@ UNKNOWN_APP_TTL_S = 2.0
 # Signed requests whose app is being read from the store at once; more wait nowhere.
 APP_LOOKUPS_WAITING_MAX = 256
 OPERATOR_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
-ROLES = ("maker", "checker", "viewer")
+ROLES = ("maker", "checker", "viewer", "analyst")
 MERCHANT_COLUMNS = (
     "merchant_id",
     "name",

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from lequan.config import Settings
 from lequan.domain.campaigns import CampaignConfig, CampaignStatus, lifecycle_transition
+from lequan.domain.error_codes import ErrorCode
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import fund_entry
 from lequan.ports import DuplicateKey, GateUnavailable, UnitOfWork
@@ -38,6 +39,7 @@ __all__ = [
     "ensure_gates",
     "import_campaign",
     "load_closed",
+    "load_yaml",
     "parse_campaign",
     "pool_key",
     "rebuild_gate",
@@ -74,11 +76,9 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return text or "(file)"
 
 
-def _file_error(rule: str) -> InvalidInput:
+def _file_error(rule: str, code: ErrorCode = ErrorCode.INVALID_CAMPAIGN_CONFIG) -> InvalidInput:
     """A refusal of the whole file, shaped like field errors so clients handle one form."""
-    return InvalidInput(
-        "invalid_campaign_config", rule, details={"errors": [{"field": "(file)", "rule": rule}]}
-    )
+    return InvalidInput(code, rule, details={"errors": [{"field": "(file)", "rule": rule}]})
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +108,10 @@ class _BoundedLoader(yaml.SafeLoader):
     aliases cannot expand into millions of nodes for the validation to walk.
     """
 
-    def __init__(self, stream: str | bytes, limits: CampaignFileLimits) -> None:
+    def __init__(self, stream: str | bytes, limits: CampaignFileLimits, code: ErrorCode) -> None:
         super().__init__(stream)
         self._limits = limits
+        self._code = code
         self._depth = 0
         self._nodes = 0
         self._sizes: dict[int, int] = {}  # id of an anchored node -> nodes it holds
@@ -124,7 +125,9 @@ class _BoundedLoader(yaml.SafeLoader):
         anchor = getattr(event, "anchor", None)
         self._depth += 1
         if self._depth > self._limits.depth_max:
-            raise _file_error(f"the file nests deeper than {self._limits.depth_max} levels")
+            raise _file_error(
+                f"the file nests deeper than {self._limits.depth_max} levels", self._code
+            )
         first = self._nodes
         self._count(1)
         try:
@@ -139,7 +142,8 @@ class _BoundedLoader(yaml.SafeLoader):
         self._nodes += nodes
         if self._nodes > self._limits.nodes_max:
             raise _file_error(
-                f"the file holds more than {self._limits.nodes_max} values, aliases expanded"
+                f"the file holds more than {self._limits.nodes_max} values, aliases expanded",
+                self._code,
             )
 
 
@@ -150,20 +154,7 @@ def parse_campaign(
 
     ``limits`` default to the settings' defaults (the CLI reading a file of its own).
     """
-    limits = limits or _DEFAULT_LIMITS
-    size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
-    if size > limits.bytes_max:
-        raise _file_error(f"the campaign file is larger than {limits.bytes_max} bytes")
-    try:
-        loader = _BoundedLoader(text, limits)  # reads a byte string's encoding already
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as error:
-        raise _file_error(f"not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise _file_error("the campaign file must be a mapping")
+    data = load_yaml(text, limits=limits or _DEFAULT_LIMITS, what="campaign file")
     try:
         return CampaignConfig.model_validate(data)
     except ValidationError as error:
@@ -175,6 +166,31 @@ def parse_campaign(
         raise InvalidInput(
             "invalid_campaign_config", summary, details={"errors": problems}
         ) from None
+
+
+def load_yaml(
+    text: str | bytes,
+    *,
+    limits: CampaignFileLimits,
+    what: str,
+    code: ErrorCode = ErrorCode.INVALID_CAMPAIGN_CONFIG,
+) -> dict[str, object]:
+    """An operator's YAML file (``what``) as a mapping, within ``limits``; otherwise
+    InvalidInput with ``code``, naming the rule it broke as a ``(file)`` error."""
+    size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
+    if size > limits.bytes_max:
+        raise _file_error(f"the {what} is larger than {limits.bytes_max} bytes", code)
+    try:
+        loader = _BoundedLoader(text, limits, code)  # reads a byte string's encoding already
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as error:
+        raise _file_error(f"not valid YAML: {error}", code) from None
+    if not isinstance(data, dict):
+        raise _file_error(f"the {what} must be a mapping", code)
+    return data
 
 
 _DEFAULT_LIMITS = CampaignFileLimits.of(Settings.model_construct())

@@ -22,6 +22,7 @@ from lequan.domain.campaigns import (
 )
 from lequan.domain.claims import offered_template
 from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
+from lequan.domain.risk import CompiledClaimRules
 from lequan.domain.templates import TradeIn
 from lequan.domain.vouchers import VoucherState
 from lequan.ports import (
@@ -45,6 +46,7 @@ from lequan.services.gatekeeper import CLAIMED_ALREADY, Refusal, Verdict, check_
 from lequan.services.group_commit import GroupCommitter, PendingClaim, tell_gate
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
 from lequan.services.live import record_claims
+from lequan.services.risk import Candidate, ClaimScreen, ClaimSignals
 from lequan.services.runtime import Runtime
 from lequan.services.views import http_status, new_ids
 
@@ -61,6 +63,10 @@ class ClaimRequest:
     template_id: str
     location_region: str | None
     key: Idempotency
+    # What the channel knows of the claim besides the person (risk rules, docs/risk.md).
+    signals: ClaimSignals | None = None
+    # An analyst approved it after a risk rule held it: the rules are not asked again.
+    reviewed: bool = False
 
 
 class ClaimService:
@@ -73,9 +79,11 @@ class ClaimService:
         *,
         on_gate_lost: Callable[[str], None] = lambda _campaign_id: None,
         on_sold_out: Callable[[str, str], None] = lambda _pool, _template_id: None,
+        screen: ClaimScreen | None = None,
     ) -> None:
         self._rt = rt
         self._cache = cache
+        self._screen = screen
         self._on_gate_lost = on_gate_lost
         self._on_sold_out = on_sold_out
         s = rt.settings
@@ -199,6 +207,9 @@ class ClaimService:
             claimants = uow.people.claimants(
                 channel_id, [requests[i].channel_user_id for i, _ in todo]
             )
+        # The risk rules in force for the whole batch (None: no claim rule is on).
+        rules = None if self._screen is None else self._screen.rules
+        candidates: list[Candidate] = []
         verdicts: dict[tuple[str, str, str | None, bool], ClaimResult | None] = {}
         unknown: ClaimResult | None = None
         reserve: list[tuple[int, ReserveRequest, _Offer, str]] = []
@@ -212,6 +223,9 @@ class ClaimService:
                 results[i] = unknown
                 continue
             person_id, residence, blacklisted = claimant
+            listed = blacklisted
+            if rules is not None and rules.person_blacklist:
+                blacklisted = False  # the risk rule's action decides, not eligibility
             verdict_key = (request.campaign_id, residence, request.location_region, blacklisted)
             if verdict_key not in verdicts:
                 refusal = _ineligible(offer, residence, request.location_region, blacklisted)
@@ -222,7 +236,23 @@ class ClaimService:
             if verdict is not None:
                 results[i] = verdict
                 continue
+            if rules is not None and not request.reviewed:
+                candidates.append(
+                    Candidate(
+                        position=len(reserve),
+                        request=request,
+                        person_id=person_id,
+                        person_blacklisted=listed,
+                        local_only=bool(offer.eligibility.regions),
+                        release_at=offer.release_at,
+                    )
+                )
             reserve.append((i, offer.reserve_request(person_id), offer, person_id))
+        if rules is not None and candidates:
+            assert self._screen is not None
+            reserve = self._screened(
+                channel_id, rules, candidates, reserve, results=results, now=now
+            )
         if not reserve:
             return
         try:
@@ -250,6 +280,26 @@ class ClaimService:
             self.committer.give_back(len(reserve))
             return
         self._commit(pending, results, handed, room=len(reserve))
+
+    def _screened(
+        self,
+        channel_id: str,
+        rules: CompiledClaimRules,
+        candidates: list[Candidate],
+        reserve: list[tuple[int, ReserveRequest, _Offer, str]],
+        *,
+        results: list[ClaimResult | None],
+        now: datetime,
+    ) -> list[tuple[int, ReserveRequest, _Offer, str]]:
+        """The claims about to be reserved the risk rules allow; the others answered
+        (refused, or held for review with nothing reserved)."""
+        assert self._screen is not None
+        answered = self._screen.screen(channel_id, rules, candidates, now)
+        for candidate, answer in zip(candidates, answered, strict=True):
+            if answer is not None:
+                results[reserve[candidate.position][0]] = answer
+        judged = {c.position for c, a in zip(candidates, answered, strict=True) if a is not None}
+        return [r for n, r in enumerate(reserve) if n not in judged]
 
     def _reserve(
         self,
@@ -459,6 +509,7 @@ class ClaimService:
             return refusal
         if isinstance(template, TradeIn):
             return _TRADE_IN_IS_APPLIED_FOR
+        release_at = row.rounds[request.round_id][0]
         valid_from, valid_until = config.validity.window(now)
         stocked = any(
             r.id == request.round_id and template.id in r.stock.get(channel_id, {})
@@ -478,6 +529,7 @@ class ClaimService:
             valid_until=valid_until,
             issued_at=now,
             stocked=stocked,
+            release_at=release_at,
         )
 
 
@@ -498,6 +550,7 @@ class _Offer:
     valid_until: datetime
     issued_at: datetime
     stocked: bool  # the campaign's configuration gives this pool stock of the template
+    release_at: datetime  # the round's, as stored (the risk rules' new_account reads it)
     _text: list[str] = field(default_factory=list, compare=False)
 
     def reserve_request(self, person_id: str) -> ReserveRequest:

@@ -59,7 +59,8 @@ operators = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.CheckConstraint("role IN ('maker', 'checker', 'viewer')", name="role"),
+    # The analyst works the risk review queue and the blacklists (0012).
+    sa.CheckConstraint("role IN ('maker', 'checker', 'viewer', 'analyst')", name="role"),
 )
 
 apps = sa.Table(
@@ -431,4 +432,68 @@ redemption_products = sa.Table(
         sqlite_where=_UNRELEASED,
         postgresql_where=_UNRELEASED,
     ),
+)
+
+# Risk control (0012): each version of the rules file, at most one of them active; the
+# review queue; the blacklists of devices and of phones (by the phone's blind index).
+_ACTIVE = sa.text("status = 'active'")
+risk_rules = sa.Table(
+    "risk_rules",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("drafted_by", Id, nullable=False),
+    sa.Column("drafted_at", UtcDateTime, nullable=False),
+    sa.Column("approved_by", Id),
+    sa.Column("approved_at", UtcDateTime),
+    sa.CheckConstraint("status IN ('draft', 'active', 'retired')", name="status"),
+    sa.CheckConstraint(
+        "(status = 'draft') = (approved_by IS NULL AND approved_at IS NULL)", name="approval"
+    ),
+    sa.Index(
+        "ux_risk_rules_active",
+        "status",
+        unique=True,
+        sqlite_where=_ACTIVE,
+        postgresql_where=_ACTIVE,
+    ),
+)
+
+reviews = sa.Table(
+    "reviews",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("campaign_id", Id),
+    sa.Column("rules_version", sa.Integer, nullable=False),
+    sa.Column("subject_json", sa.Text, nullable=False),
+    sa.Column("reasons_json", sa.Text, nullable=False),
+    sa.Column("decided_by", Id),
+    sa.Column("decided_at", UtcDateTime),
+    sa.Column("decision_reason", sa.String(200)),
+    sa.Column("outcome", sa.String(64)),
+    sa.Column("outcome_json", sa.Text),
+    sa.CheckConstraint("kind IN ('claim', 'redemption')", name="kind"),
+    sa.CheckConstraint("status IN ('pending', 'approved', 'rejected')", name="status"),
+    sa.CheckConstraint(
+        "(status = 'pending') = "
+        "(decided_by IS NULL AND decided_at IS NULL AND decision_reason IS NULL)",
+        name="decision_whole",
+    ),
+    # The queue is read by status and kind, oldest first.
+    sa.Index("ix_reviews_status_kind_id", "status", "kind", "id"),
+)
+
+risk_blacklist = sa.Table(
+    "risk_blacklist",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("value", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("created_by", Id, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("kind IN ('device', 'phone')", name="kind"),
 )

@@ -23,6 +23,7 @@ from lequan.adapters.sql.outbox import SqlOutbox
 from lequan.adapters.sql.people import SqlPeople
 from lequan.adapters.sql.products import SqlProducts
 from lequan.adapters.sql.qualifications import SqlQualifications
+from lequan.adapters.sql.risk import SqlRisk
 from lequan.adapters.sql.vouchers import SqlVouchers
 from lequan.ports import Store
 
@@ -43,6 +44,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutbox(self._session)
         self.qualifications = SqlQualifications(self._session)
         self.products = SqlProducts(self._session)
+        self.risk = SqlRisk(self._session)
 
     @property
     def connection(self) -> sa.Connection:

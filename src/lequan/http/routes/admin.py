@@ -113,7 +113,7 @@ def merchant_view(row: MerchantRow) -> dict[str, Any]:
     }
 
 
-async def _text_body(request: Request, limit: int) -> str:
+async def text_body(request: Request, limit: int) -> str:
     """An uploaded file as text: at most ``limit`` bytes (413 beyond), UTF-8."""
     raw = await request.body()
     if len(raw) > limit:
@@ -136,7 +136,7 @@ async def import_campaign(
     request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
     settings = platform.rt.settings
-    text = await _text_body(request, settings.campaign_file_bytes_max)
+    text = await text_body(request, settings.campaign_file_bytes_max)
     # A pure-Python parse of up to a megabyte: off the event loop.
     config = await run_in_threadpool(
         lambda: campaigns.parse_campaign(text, limits=campaigns.CampaignFileLimits.of(settings))
@@ -371,7 +371,7 @@ async def import_merchants(
     request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
     _require(operator, "maker")
-    text = await _text_body(request, platform.rt.settings.merchant_file_bytes_max)
+    text = await text_body(request, platform.rt.settings.merchant_file_bytes_max)
     result = await run_in_threadpool(
         admin.import_merchants, platform.rt, text, actor=operator.operator_id
     )
@@ -414,12 +414,12 @@ async def add_app(request: Request, operator: Operator, platform: PlatformDep) -
     response_model=BlacklistAddOut,
     responses=OPERATOR_ERRORS,
     openapi_extra=json_body(BlacklistIn),
-    summary="Blacklist a person by ID number (maker or checker)",
+    summary="Blacklist a person by ID number (maker, checker or analyst)",
 )
 async def blacklist_add(
     request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
-    _require(operator, "maker", "checker")
+    _require(operator, "maker", "checker", "analyst")
     body = parse_body(BlacklistIn, await request.body())
     added = await run_in_threadpool(
         lambda: admin.blacklist_add(
@@ -434,12 +434,12 @@ async def blacklist_add(
     response_model=BlacklistRemoveOut,
     responses=OPERATOR_ERRORS,
     openapi_extra=json_body(BlacklistRemoveIn),
-    summary="Take a person off the blacklist (maker or checker)",
+    summary="Take a person off the blacklist (maker, checker or analyst)",
 )
 async def blacklist_remove(
     request: Request, operator: Operator, platform: PlatformDep
 ) -> JSONResponse:
-    _require(operator, "maker", "checker")
+    _require(operator, "maker", "checker", "analyst")
     body = parse_body(BlacklistRemoveIn, await request.body())
     removed = await run_in_threadpool(
         lambda: admin.blacklist_remove(

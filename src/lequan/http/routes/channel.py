@@ -21,6 +21,7 @@ from lequan.http.schemas import (
     SIGNED_ERRORS,
     BatchClaimIn,
     BatchClaimOut,
+    ClaimHeldOut,
     ClaimIn,
     ClaimOut,
     PersonIn,
@@ -102,14 +103,16 @@ async def register_person(
     "/claims",
     response_model=ClaimOut,
     status_code=201,
-    responses=SIGNED_ERRORS,
+    responses={202: {"model": ClaimHeldOut, "description": "Held for review"}, **SIGNED_ERRORS},
     openapi_extra=json_body(ClaimIn),
     summary="Claim one voucher for a registered person",
 )
 async def claim(
     request: Request, caller: ChannelApp, key: IdempotencyKey, claims: ClaimsDep
 ) -> Response:
-    """A retry with the same Idempotency-Key replays the first answer."""
+    """A retry with the same Idempotency-Key replays the first answer. A claim the risk
+    rules refuse is answered 403 ``risk_refused``; one they hold, 202 ``held_for_review``
+    with its ``review_id`` (docs/risk.md)."""
     # The lean route in front of the app (http/fastpath.py) answers this path first,
     # through the same ClaimDesk and envelope: this one answers without it.
     result = await claims.claim(caller.app_id, key, parse_body(ClaimIn, caller.body))
