@@ -8,7 +8,7 @@ The options and the printed output are those of ``lequan bench`` and
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -202,13 +202,78 @@ def simulate(
     gate_buckets: Annotated[
         int, typer.Option(help="Buckets per pool in the Redis gate.", min=1, max=1024)
     ] = 1,
+    # Issue 16's adversaries: each on by default, 0 switches one off.
+    farm_identities: Annotated[
+        int, typer.Option(help="Scalper farm: identities (0: no farm).", min=0, max=100_000)
+    ] = 500,
+    farm_devices: Annotated[
+        int, typer.Option(help="Scalper farm: devices they share.", min=1, max=1000)
+    ] = 5,
+    farm_ips: Annotated[
+        int, typer.Option(help="Scalper farm: addresses, all in one /24.", min=1, max=200)
+    ] = 3,
+    spoofer_share: Annotated[
+        float, typer.Option(help="Share of people spoofing a Shanghai location.", min=0, max=0.2)
+    ] = 0.002,
+    ring_people: Annotated[
+        int, typer.Option(help="Colluding ring: accounts (0: no ring).", min=0, max=100_000)
+    ] = 300,
+    ring_merchants: Annotated[
+        int, typer.Option(help="Colluding ring: merchants of theirs.", min=1, max=100)
+    ] = 3,
+    ring_payers: Annotated[
+        int, typer.Option(help="Colluding ring: payer tokens they pay with.", min=1, max=100)
+    ] = 3,
+    redeem_share: Annotated[
+        float,
+        typer.Option(
+            help="Share of vouchers spent after the sale (the ring spends all).", min=0, max=1
+        ),
+    ] = 0.1,
+    redemptions_max: Annotated[
+        int, typer.Option(help="Orders planned after the sale, at most.", min=0, max=1_000_000)
+    ] = 20_000,
+    device_limit: Annotated[
+        int,
+        typer.Option(
+            help="The risk rules' identities per device: what one farm device may win.",
+            min=1,
+            max=100,
+        ),
+    ] = 1,
+    flag_wait_s: Annotated[
+        float,
+        typer.Option(help="Seconds the review queue is read after the last order.", min=0, max=600),
+    ] = 2.0,
+    require_targets: Annotated[
+        bool, typer.Option("--require-targets", help="Exit 1 when an issue 16 target fails.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """A flash crowd against a real lequan server; then the store is checked (exit 1 if broken)."""
     if workers > 1 and not redis_url:
         raise typer.BadParameter("many processes need a shared gate: give --redis-url too")
+    from benchmarks.adversaries import AdversaryConfig
     from benchmarks.simulate import SimulationConfig
     from benchmarks.simulate import simulate as run_simulation
+
+    adversaries = AdversaryConfig(
+        farm_identities=farm_identities,
+        farm_devices=farm_devices,
+        farm_ips=farm_ips,
+        spoofer_share=spoofer_share,
+        ring_people=ring_people,
+        ring_merchants=ring_merchants,
+        ring_payers=ring_payers,
+        redeem_share=redeem_share,
+        redemptions_max=redemptions_max,
+        device_limit=device_limit,
+        flag_wait_s=flag_wait_s,
+    )
+    if adversaries.adversaries(people, bot_share) > people // 2:
+        raise typer.BadParameter(
+            "bots, farm, spoofers and ring together may be at most half the people"
+        )
 
     summary = run_simulation(
         SimulationConfig(
@@ -220,6 +285,7 @@ def simulate(
             redis_url=redis_url,
             workers=workers,
             gate_buckets=gate_buckets,
+            adversaries=adversaries,
         ),
         lambda message: err.print(f"[dim]{message}[/]"),
     )
@@ -253,5 +319,68 @@ def simulate(
                 outcome, f"{count:,}", str(lat["p50"]), str(lat["p95"]), str(lat["p99"])
             )
         console.print(outcomes)
+        _print_risk(summary)
     if not summary["invariants_ok"]:
         raise typer.Exit(1)
+    if require_targets and not summary["targets_met"]:
+        raise typer.Exit(1)
+
+
+def _print_risk(summary: dict[str, Any]) -> None:
+    """Issue 16's report: each kind of person, then the targets, pass or fail."""
+    risk = summary["risk"]
+    kinds = risk["kinds"]
+    table = Table("", *kinds, title="what the risk controls did, by kind of person")
+
+    def count(value: int) -> str:
+        return f"{value:,}"
+
+    def share(value: float | None) -> str:
+        return "" if value is None else f"{value:.2%}"
+
+    lines: tuple[tuple[str, str, Any], ...] = (
+        ("people", "people", count),
+        ("vouchers won", "vouchers_won", count),
+        ("vouchers redeemed", "vouchers_redeemed", count),
+        ("claims refused", "claims_refused", count),
+        ("claims held", "claims_held", count),
+        ("people refused or held", "people_refused_or_held_share", share),
+        ("orders", "redemption_attempts", count),
+        ("orders through", "redemptions", count),
+        ("orders flagged", "redemptions_flagged", count),
+    )
+    for label, key, render in lines:
+        table.add_row(label, *(render(row[key]) for row in kinds.values()))
+    table.add_row(
+        "orders refused by risk",
+        *(count(sum(row["redemptions_stopped"].values())) for row in kinds.values()),
+    )
+    console.print(table)
+    for kind, row in risk["kinds"].items():
+        if row["claims_refused_by_reason"]:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in row["claims_refused_by_reason"].items())
+            console.print(f"  {kind}: claims refused by {reasons}")
+    ring = risk["kinds"]["ring"]
+    console.print(
+        f"  ring: {ring['fake_order_attempts']:,} fake orders, {ring['fake_redemptions']:,} "
+        f"went through ({ring['fake_redemptions_stored']:,} in the store), "
+        f"{ring['fake_orders_caught']:,} caught, {ring['refunds']:,} refunds"
+    )
+    for name in ("claim_flags", "redemption_flags"):
+        flags = risk[name]
+        console.print(
+            f"  {name}: precision {flags['precision']}, recall {flags['recall']} "
+            f"(tp {flags['tp']}, fp {flags['fp']}, fn {flags['fn']}, tn {flags['tn']}; "
+            f"over {flags['over']})"
+        )
+    console.print(
+        f"  orders: {risk['redemption_phase_s']} s from "
+        f"{risk['redemption_phase_started_at']} (the server's clock stamps them); "
+        f"review queue: {risk['redemption_flags']['review_queue']}"
+    )
+    marks = {"pass": "[green]pass[/]", "fail": "[red]fail[/]", "n/a": "[dim]n/a[/]"}
+    for target in summary["targets"]:
+        console.print(
+            f"  target {target['name']}: {marks[target['status']]} — {target['value']} "
+            f"{target['comparison']} {target['limit']} ({target['note']})"
+        )

@@ -11,6 +11,13 @@ a share are bots that fire at the release instant and retry hard with new
 keys. At the end the store is checked: issued = S, nobody twice, every
 acknowledged voucher exists.
 
+Beside the bots, adversaries of three more kinds claim among honest people,
+every claim with the risk signals a channel sends (``benchmarks/adversaries.py``);
+after the sale the winners spend their vouchers through the acquirer API and
+a colluding ring fakes its orders (``benchmarks/redeeming.py``). The report
+sets what the platform did against who was who, with the issue 16 targets
+(``benchmarks/risk_report.py``).
+
 Everything runs on loopback, bounded in people, time and requests.
 """
 
@@ -26,6 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +41,16 @@ import httpx
 import sqlalchemy as sa
 
 from benchmarks import scenarios
+from benchmarks.adversaries import AdversaryConfig, Kind, Population
+from benchmarks.redeeming import StoredVoucher, read_flags, spend
+from benchmarks.risk_report import risk_report
 from benchmarks.run import fresh_postgres
 from benchmarks.servers import serve_lequan
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth
+from lequan.domain.errors import InvalidInput
+from lequan.services import admin
 
 __all__ = ["SimulationConfig", "simulate"]
 
@@ -49,6 +62,7 @@ RETRY_AFTER_S = 1.0  # the Retry-After lequan gives with 429 and 503
 RESENDS_MAX = 10
 ARRIVALS_PER_YIELD_MAX = 1000  # the channels get the loop at least this often
 HTTP_TIMEOUT_S = 60.0
+SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class SimulationConfig:
     workers: int = 1  # API processes; more than one needs the Redis gate
     gate_buckets: int = 1
     seed: int = 20241130
+    adversaries: AdversaryConfig = field(default_factory=AdversaryConfig)
 
 
 @dataclass
@@ -75,21 +90,27 @@ class _Answer:
     latency_s: float
     at_s: float
     voucher_id: str | None
-    bot: bool
+    bot: bool  # scripted: fires at the release instant, retries with fresh keys
+    reasons: tuple[str, ...] = ()  # the risk rules that refused it
+
+
+# A claim waiting in its channel: person, idempotency key, attempt, when it arrived,
+# scripted (a bot or the farm's script).
+_Item = tuple[int, str, int, float, bool]
 
 
 @dataclass
 class _Channel:
     name: str
     client: httpx.AsyncClient
-    queue: asyncio.Queue[tuple[int, str, float, bool]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     # Items answered "retry later" (429, 503): sent again with the same key after
     # RETRY_AFTER_S, as a channel's client does, at most RESENDS_MAX times each.
     resends: Counter[str] = field(default_factory=Counter)
     resending: int = 0  # waiting out their RETRY_AFTER_S
     retry_after_s: float = RETRY_AFTER_S
 
-    def resend_later(self, item: tuple[int, str, float, bool]) -> bool:
+    def resend_later(self, item: _Item) -> bool:
         """Queue ``item`` again after RETRY_AFTER_S; False once it has had its resends."""
         key = item[1]
         if self.resends[key] >= RESENDS_MAX:
@@ -122,6 +143,7 @@ async def _channel_loop(  # noqa: PLR0917  # one call site
     retry: Callable[[int, str, bool], None],
     started: float,
     done: asyncio.Event,
+    population: Population,
 ) -> None:
     """Gather this channel's claims for up to BATCH_WAIT_S and send them as one batch."""
     in_flight: set[asyncio.Task[None]] = set()
@@ -147,7 +169,7 @@ async def _channel_loop(  # noqa: PLR0917  # one call site
                 batch.append(await asyncio.wait_for(channel.queue.get(), timeout=remaining))
             except TimeoutError:
                 break
-        task = asyncio.create_task(_send(channel, batch, answers, retry, started))
+        task = asyncio.create_task(_send(channel, batch, answers, retry, started, population))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
         while len(in_flight) >= 8:  # a channel keeps at most 8 batches in flight
@@ -156,12 +178,13 @@ async def _channel_loop(  # noqa: PLR0917  # one call site
         await asyncio.gather(*in_flight)
 
 
-async def _send(
+async def _send(  # noqa: PLR0917  # one call site
     channel: _Channel,
-    batch: list[tuple[int, str, float, bool]],
+    batch: list[_Item],
     answers: list[_Answer],
     retry: Callable[[int, str, bool], None],
     started: float,
+    population: Population,
 ) -> None:
     body = {
         "items": [
@@ -171,9 +194,10 @@ async def _send(
                 "campaign_id": scenarios.CAMPAIGN_ID,
                 "round_id": "r1",
                 "template_id": scenarios.TEMPLATE,
-                "location_region": "310104",
+                "location_region": population.declared_region(person),
+                "signals": population.claim_signals(person, attempt),
             }
-            for person, key, _, _ in batch
+            for person, key, attempt, _, _ in batch
         ]
     }
     try:
@@ -187,31 +211,46 @@ async def _send(
         for item in batch:
             if retry_later and channel.resend_later(item):
                 continue
-            person, _key, arrived, bot = item
+            person, _key, _attempt, arrived, bot = item
             answers.append(
                 _Answer(person, "transport_error", now - arrived, now - started, None, bot)
             )
         return
     for item, result in zip(batch, results, strict=True):
-        person, _key, arrived, bot = item
+        person, _key, _attempt, arrived, bot = item
         if result["status_code"] in (429, 503) and channel.resend_later(item):
             continue
-        outcome = (
-            "issued"
-            if result["outcome"] in ("issued", "replayed") and result["voucher"]
-            else result["outcome"]
-        )
+        outcome, reasons = _claim_outcome(result)
         voucher = result["voucher"]["voucher_id"] if result.get("voucher") else None
-        answers.append(_Answer(person, outcome, now - arrived, now - started, voucher, bot))
+        answers.append(
+            _Answer(person, outcome, now - arrived, now - started, voucher, bot, reasons)
+        )
         retry(person, outcome, bot)
 
 
+def _claim_outcome(result: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """A batch item's outcome, and the rules that refused it (``details.reasons``)."""
+    if result["status_code"] == 202 or result["outcome"] == "held_for_review":
+        return "held_for_review", ()
+    if result["outcome"] in ("issued", "replayed") and result["voucher"]:
+        return "issued", ()
+    error = result.get("error") or {}
+    details = error.get("details") if isinstance(error, dict) else None
+    reasons = details.get("reasons") if isinstance(details, dict) else None
+    codes = tuple(str(r) for r in reasons) if isinstance(reasons, list) else ()
+    return str(result["outcome"]), codes
+
+
 async def _crowd(
-    config: SimulationConfig, port: int, secrets_by_channel: dict[str, str]
+    config: SimulationConfig,
+    port: int,
+    secrets_by_channel: dict[str, str],
+    population: Population,
 ) -> tuple[list[_Answer], float, int]:
-    rng = random.Random(config.seed)  # noqa: S311  # a reproducible crowd, not a secret
+    # The crowd's own draws (arrivals, retriers) come from a seed of their own: who is
+    # an adversary is the population's draw.
+    rng = random.Random(config.seed + 1)  # noqa: S311  # a reproducible crowd, not a secret
     people = config.people
-    bots = set(rng.sample(range(people), int(people * config.bot_share)))
     retriers = set(rng.sample(range(people), int(people * config.retry_share)))
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     channels = [
@@ -236,28 +275,29 @@ async def _crowd(
     # The whole crowd's schedule is drawn before the clock starts: drawing and
     # sorting a million arrivals takes the simulator a second or two.
     schedule = [
-        (at_s, channel_of(person).queue, person, f"sim-{person}", person in bots)
+        (at_s, channel_of(person).queue, person, f"sim-{person}", population.scripted(person))
         for at_s, person in sorted(
-            (0.0 if p in bots else _arrival_s(rng, config), p) for p in range(people)
+            (population.arrival_s(p, _arrival_s(rng, config)), p) for p in range(people)
         )
     ]
 
     def retry(person: int, outcome: str, bot: bool) -> None:
-        # Bots hammer with fresh keys; a few people press again with the same key.
+        # Scripts hammer with fresh keys; a few people press again with the same key.
         # (Most people are neither: they are let go before their count is looked up.)
-        if outcome == "issued" or not (bot or person in retriers):
+        if outcome in ("issued", "held_for_review") or not (bot or person in retriers):
             return
-        if tries[person] >= (5 if bot else 2):
+        if tries[person] >= (population.retries_max(person) if bot else 2):
             return
         if bot or outcome not in ("sold_out", "already_claimed"):
             tries[person] += 1
             key = f"sim-{person}-{tries[person]}" if bot else f"sim-{person}"
-            channel_of(person).queue.put_nowait((person, key, time.perf_counter(), bot))
+            attempt = tries[person] if bot else 0
+            channel_of(person).queue.put_nowait((person, key, attempt, time.perf_counter(), bot))
 
     started = time.perf_counter()
     done = asyncio.Event()
     loops = [
-        asyncio.create_task(_channel_loop(c, config, answers, retry, started, done))
+        asyncio.create_task(_channel_loop(c, config, answers, retry, started, done, population))
         for c in channels
     ]
     queued_since_yield = 0
@@ -272,7 +312,7 @@ async def _crowd(
             if now - started > config.duration_s_max:
                 break
         queued_since_yield += 1
-        queue.put_nowait((person, key, now, bot))
+        queue.put_nowait((person, key, 0, now, bot))
     done.set()
     await asyncio.gather(*loops)
     # Retries queued after the loops saw "done" are answered by one more pass.
@@ -280,7 +320,7 @@ async def _crowd(
         done = asyncio.Event()
         done.set()
         await asyncio.gather(
-            *(_channel_loop(c, config, answers, retry, started, done) for c in channels)
+            *(_channel_loop(c, config, answers, retry, started, done, population) for c in channels)
         )
     elapsed_s = time.perf_counter() - started
     for c in channels:
@@ -288,12 +328,43 @@ async def _crowd(
     return answers, elapsed_s, sum(sum(c.resends.values()) for c in channels)
 
 
-def _summary(
+def _stored_vouchers(stack: scenarios.Stack) -> list[StoredVoucher]:
+    with sql_store(stack.rt.store).unit_of_work(readonly=True) as uow:
+        rows = uow.connection.execute(
+            sa.select(t.vouchers.c.id, t.vouchers.c.person_id, t.vouchers.c.channel_id)
+        ).all()
+    return [
+        StoredVoucher(row.id, int(row.person_id.removeprefix("pb")), row.channel_id) for row in rows
+    ]
+
+
+def _fake_redemptions_stored(stack: scenarios.Stack, population: Population) -> int:
+    """The ring's redemptions at its merchants as the store holds them (refunded or not):
+    the simulator's own count is checked against it."""
+    ring_merchants = [m.merchant_id for m in population.merchants if m.ring]
+    if not ring_merchants:
+        return 0
+    with sql_store(stack.rt.store).unit_of_work(readonly=True) as uow:
+        rows = uow.connection.execute(
+            sa.select(t.vouchers.c.person_id)
+            .join(t.redemptions, t.redemptions.c.voucher_id == t.vouchers.c.id)
+            .where(
+                t.redemptions.c.merchant_id.in_(ring_merchants),
+                t.redemptions.c.status.in_(("redeemed", "refunded")),
+            )
+        ).all()
+    return sum(
+        1 for row in rows if population.kind(int(row.person_id.removeprefix("pb"))) == Kind.RING
+    )
+
+
+def _summary(  # noqa: PLR0917  # one call site
     config: SimulationConfig,
     answers: list[_Answer],
     elapsed_s: float,
     resent: int,
-    stack: scenarios.Stack,
+    stored: list[StoredVoucher],
+    population: Population,
 ) -> dict[str, Any]:
     outcomes = Counter(a.outcome for a in answers)
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -301,15 +372,11 @@ def _summary(
         latencies[a.outcome].append(a.latency_s)
     acknowledged = {a.voucher_id for a in answers if a.voucher_id}
     issued_at = sorted(a.at_s for a in answers if a.outcome == "issued")
-    with sql_store(stack.rt.store).unit_of_work(readonly=True) as uow:
-        stored = uow.connection.execute(
-            sa.select(t.vouchers.c.id, t.vouchers.c.person_id, t.vouchers.c.channel_id)
-        ).all()
-    stored_ids = {row.id for row in stored}
-    per_person = Counter((row.person_id, row.channel_id) for row in stored)
-    winners = {row.person_id for row in stored}
-    bots = {a.person for a in answers if a.bot}
-    bot_winners = sum(1 for p in winners if int(p.removeprefix("pb")) in bots)
+    stored_ids = {v.voucher_id for v in stored}
+    per_person = Counter((v.person, v.channel_id) for v in stored)
+    winners = {v.person for v in stored}
+    bots = population.count(Kind.BOT)
+    bot_winners = sum(1 for p in winners if population.kind(p) == Kind.BOT)
     issued = len(stored)
 
     def pct(values: list[float], q: float) -> float:
@@ -347,7 +414,7 @@ def _summary(
             o: {"p50": pct(v, 0.5), "p95": pct(v, 0.95), "p99": pct(v, 0.99)}
             for o, v in latencies.items()
         },
-        "bot_people_share": round(len(bots) / config.people, 4) if config.people else 0.0,
+        "bot_people_share": round(bots / config.people, 4) if config.people else 0.0,
         "bot_voucher_share": round(bot_winners / issued, 4) if issued else 0.0,
         "mean_batch_latency_ms": round(statistics.mean(all_latencies) * 1000, 1)
         if all_latencies
@@ -379,28 +446,86 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
     assert 1 <= config.people <= PEOPLE_MAX
     assert 1 <= config.stock <= config.people * len(CHANNELS)
     assert config.workers == 1 or config.redis_url, "many processes share a Redis gate only"
+    population = Population(
+        config.people, bot_share=config.bot_share, config=config.adversaries, seed=config.seed
+    )
     with (
         tempfile.TemporaryDirectory(prefix="lqsim-") as directory,
         _scratch_store(config.database_url, Path(directory)) as url,
     ):
         store = url.split(":")[0]
         progress(f"preparing {config.people:,} people and {config.stock:,} vouchers on {store}")
-        with (
-            scenarios.prepare_stack(
-                Path(directory),
-                database_url=url,
-                redis_url=config.redis_url,
-                people=config.people,
-                stock_by_channel=scenarios.split_stock(config.stock, CHANNELS),
-                channels=CHANNELS,
-                gate_buckets=config.gate_buckets,
-            ) as stack,
-            serve_lequan(stack.env, workers=config.workers) as port,
-        ):
-            progress("released: the crowd arrives")
-            answers, elapsed_s, resent = asyncio.run(_crowd(config, port, stack.secrets))
-            progress("checking the store")
-            return _summary(config, answers, elapsed_s, resent, stack)
+        with scenarios.prepare_stack(
+            Path(directory),
+            database_url=url,
+            redis_url=config.redis_url,
+            people=config.people,
+            stock_by_channel=scenarios.split_stock(config.stock, CHANNELS),
+            channels=CHANNELS,
+            gate_buckets=config.gate_buckets,
+        ) as stack:
+            admin.import_merchants(
+                stack.rt,
+                population.merchants_csv(
+                    campaign_id=scenarios.CAMPAIGN_ID, acquirer_id=scenarios.ACQUIRER
+                ),
+                actor="bench-maker",
+            )
+            token = _analyst_token(stack)
+            with serve_lequan(stack.env, workers=config.workers) as port:
+                progress("released: the crowd arrives")
+                answers, elapsed_s, resent = asyncio.run(
+                    _crowd(config, port, stack.secrets, population)
+                )
+                progress("checking the store")
+                stored = _stored_vouchers(stack)
+                summary = _summary(config, answers, elapsed_s, resent, stored, population)
+                progress("the winners spend their vouchers; the ring fakes its orders")
+                spending_started = time.perf_counter()
+                # The server stamps every redemption with its own clock: whether the
+                # ring's orders fall "at odd hours" is this hour's, in Shanghai.
+                spending_at = datetime.now(SHANGHAI).isoformat(timespec="seconds")
+                spent = asyncio.run(
+                    spend(
+                        population,
+                        stored,
+                        port=port,
+                        acquirer_id=scenarios.ACQUIRER,
+                        secret=stack.secrets[scenarios.ACQUIRER],
+                        seed=config.seed + 2,
+                        duration_s_max=config.duration_s_max,
+                    )
+                )
+                spending_s = time.perf_counter() - spending_started
+                flags = asyncio.run(
+                    read_flags(port=port, token=token, wait_s=config.adversaries.flag_wait_s)
+                )
+                report = risk_report(
+                    population,
+                    claims=answers,
+                    winners=[v.person for v in stored],
+                    redemptions=spent,
+                    flags=flags,
+                )
+                report["kinds"]["ring"]["fake_redemptions_stored"] = _fake_redemptions_stored(
+                    stack, population
+                )
+            report["redemption_phase_s"] = round(spending_s, 2)
+            report["redemption_phase_started_at"] = spending_at
+            summary["risk"] = report
+            summary["targets"] = report.pop("targets")
+            summary["targets_met"] = report.pop("targets_met")
+            return summary
+
+
+def _analyst_token(stack: scenarios.Stack) -> str:
+    """An operator who reads the review queue: an analyst where the role exists."""
+    for role in ("analyst", "checker"):
+        try:
+            return admin.add_operator(stack.rt, f"sim-{role}", role=role, actor="bench-maker")
+        except InvalidInput:
+            continue
+    raise AssertionError("no operator role can read the review queue")
 
 
 def dumps(summary: dict[str, Any]) -> str:

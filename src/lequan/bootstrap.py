@@ -29,8 +29,10 @@ from lequan.adapters.sold_out import LocalSoldOut, RedisSoldOut
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql.engine import create_engine, durability_settings, unsafe_durability
 from lequan.adapters.sql.unit_of_work import SqlStore
+from lequan.adapters.timed_gate import TimedGate
 from lequan.config import Settings
 from lequan.domain.errors import LequanError
+from lequan.metrics import runtime_instruments
 from lequan.ports import (
     ClaimGate,
     Clock,
@@ -197,10 +199,12 @@ def build_runtime(
         nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
         inflight = InFlight()
         pulse = MemoryPulse()
+    metrics = runtime_instruments()
     return Runtime(
         settings=settings,
         store=store,
-        gate=gate,
+        gate=TimedGate(gate, metrics),
+        metrics=metrics,
         keyring=keyring or load_keyring(settings, create=create_keys),
         clock=clock,
         nonces=nonces,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -217,13 +219,55 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes (Redis gate only).")] = None,
 ) -> None:
     """Run the platform (embedded default: SQLite + in-process gate, migrated on start)."""
+    settings = Settings()
+    workers = workers or settings.workers
+    if workers == 1:  # one process: its own figures are the whole view
+        _serve(settings, host=host, port=port, workers=1)
+        return
+    # Several: each worker writes its figures to files in one directory, so that any
+    # worker's /metrics sums them all. Set before the workers start: prometheus-client
+    # picks at import where a process keeps its figures (uvicorn spawns the workers,
+    # fresh interpreters that inherit this environment).
+    figures, made = _metrics_dir(settings)
+    before = os.environ.get(_MULTIPROC_ENV)
+    os.environ[_MULTIPROC_ENV] = str(figures)
+    try:
+        _serve(settings, host=host, port=port, workers=workers, figures=figures)
+    finally:  # as it was: serve may be called in a process that goes on (tests)
+        if before is None:
+            del os.environ[_MULTIPROC_ENV]
+        else:
+            os.environ[_MULTIPROC_ENV] = before
+        if made:
+            shutil.rmtree(figures, ignore_errors=True)
+
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # lequan.metrics.MULTIPROC_ENV
+
+
+def _metrics_dir(settings: Settings) -> tuple[Path, bool]:
+    """Where the workers write their figures, and whether it was made for this run."""
+    if settings.metrics_dir is not None:
+        return settings.metrics_dir, False
+    return Path(tempfile.mkdtemp(prefix="lequan-metrics-")), True
+
+
+def _serve(
+    settings: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    figures: Path | None = None,
+) -> None:
     import uvicorn
 
     from lequan.bootstrap import SetupError, check_store, load_keyring, require_durable_store
     from lequan.http.server import uvicorn_options
+    from lequan.metrics import prepare_multiprocess_dir
 
-    settings = Settings()
-    workers = workers or settings.workers
+    if figures is not None:
+        prepare_multiprocess_dir(figures)  # a past run's workers must not count
     if workers > 1 and not settings.redis_url:
         raise SetupError(
             "more than one worker needs a shared claim gate: set LEQUAN_REDIS_URL "

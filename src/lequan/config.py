@@ -177,6 +177,17 @@ class Settings(BaseSettings):
     page_size_max: Annotated[int, Field(ge=1, le=1000)] = 200
     idempotency_key_chars_max: Annotated[int, Field(ge=8, le=128)] = 128
 
+    # Where the worker processes of one ``lequan serve --workers N`` (N > 1) write
+    # their Prometheus figures, so that /metrics answers every worker's sum
+    # (prometheus-client's multiprocess mode; docs/operations.md, "Metrics"). Unset:
+    # a fresh directory in the system's temporary directory, removed when serve
+    # stops. Its figures files are deleted when serve starts, so a past run's
+    # workers never count.
+    metrics_dir: Path | None = None
+    # Stock series /metrics reads from the gate per scrape (templates of the pools
+    # of live and paused campaigns); past it the rest are left out, and logged.
+    metrics_stock_series_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
+
     log_json: bool | None = None  # None: JSON off a terminal, pretty on one
     log_level: str = "INFO"
 

@@ -418,8 +418,21 @@ def _counted(api: Api) -> dict[str, float]:
         f"{sample.name}{sorted(sample.labels.items())}": sample.value
         for metric in registry.collect()
         for sample in metric.samples
-        if sample.name in ("lequan_http_requests_total", "lequan_claims_total")
+        if sample.name in _REQUEST_FAMILIES
     }
+
+
+# What a request leaves in the metrics, whichever path answered it.
+_REQUEST_FAMILIES = frozenset(
+    {
+        "lequan_http_requests_total",
+        "lequan_http_errors_total",
+        "lequan_http_request_seconds_count",
+        "lequan_app_requests_total",
+        "lequan_claims_total",
+        "lequan_redemptions_total",
+    }
+)
 
 
 def _claims_then_a_batch(api: Api) -> list[httpx.Response]:
@@ -449,6 +462,41 @@ def test_both_paths_count_and_log_a_request_alike(
     counted = _counted(fast)
     assert counted["lequan_claims_total[('outcome', 'issued')]"] == 4
     assert counted["lequan_claims_total[('outcome', 'not_registered')]"] == 2
+
+
+def test_both_paths_count_redemptions_by_acquirer_and_outcome_alike(
+    both_paths: BothPaths,
+) -> None:
+    fast, framework = both_paths()
+    _same_on_both((fast, framework), _redemptions)
+    assert _counted(framework) == _counted(fast)
+    assert _by_label(fast, "lequan_redemptions_total", "outcome", acquirer=ACQUIRER) == {
+        "redeemed": 2,  # the retry's replayed answer too
+        "locked": 2,
+        "idempotency_mismatch": 1,
+        "already_redeemed": 2,
+        "voucher_not_found": 1,
+    }
+    assert _by_label(fast, "lequan_app_requests_total", "class", app=ACQUIRER, kind="acquirer") == {
+        "2xx": 4,
+        "4xx": 4,
+    }
+    assert _by_label(fast, "lequan_http_errors_total", "code", route=REDEMPTIONS) == {
+        "idempotency_mismatch": 1,
+        "already_redeemed": 2,
+        "voucher_not_found": 1,
+    }
+
+
+def _by_label(api: Api, name: str, label: str, **fixed: str) -> dict[str, float]:
+    """One label's values of a sample, where the others are ``fixed``."""
+    registry = api.client.app.state.metrics.registry  # type: ignore[attr-defined]
+    return {
+        sample.labels[label]: sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == name and fixed.items() <= sample.labels.items()
+    }
 
 
 def test_the_description_of_the_hot_routes_names_their_bodies(both_paths: BothPaths) -> None:

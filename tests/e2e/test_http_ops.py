@@ -9,7 +9,8 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Api, assert_error
+from tests.e2e.conftest import CAMPAIGN, Api, OpenApi, assert_error
+from tests.factories import dining_config
 
 FIXED_PATHS = {
     "/v1/persons": "post",
@@ -155,3 +156,46 @@ def test_every_response_carries_a_request_id(api: Api) -> None:
     assert assert_error(error, 401, "missing_signature")["request_id"] == "trace-456"
     generated = api.client.get("/healthz").headers["X-Request-Id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
+
+
+def _one(metrics: str, name: str, **labels: str) -> float:
+    found = [v for got, v in _samples(metrics, name) if labels.items() <= got.items()]
+    assert found, (name, labels)
+    return sum(found)
+
+
+def test_metrics_show_the_stock_the_commits_and_the_gate(open_api: OpenApi) -> None:
+    api = open_api(dining_config(stock={"wechat": {"d300-90": 7}}), claim_queue_max=300)
+    user = api.register(1)
+    api.claim_voucher(user)
+    assert_error(api.claim(user), 409, "already_claimed")
+    metrics = api.client.get("/metrics").text
+    pool = {"campaign": CAMPAIGN, "round": "r1", "channel": "wechat", "template": "d300-90"}
+    assert _one(metrics, "lequan_stock_initial", **pool) == 7
+    assert _one(metrics, "lequan_stock_remaining", **pool) == 6
+    # The one voucher was committed in one batch; nothing waits now.
+    assert _one(metrics, "lequan_commit_batch_claims_sum") == 1
+    assert _one(metrics, "lequan_commit_seconds_count") == 1
+    assert _one(metrics, "lequan_commit_queue_claims") == 0
+    assert _one(metrics, "lequan_commit_queue_claims_max") == 300
+    assert _one(metrics, "lequan_gate_seconds_count", call="reserve") >= 1
+    assert _one(metrics, "lequan_gate_seconds_count", call="settle") >= 1
+    # Errors by their stable code; the calling channel by status class.
+    assert _one(metrics, "lequan_http_errors_total", route="/v1/claims") == 1
+    assert _one(metrics, "lequan_http_errors_total", code="already_claimed") == 1
+    by_class = {"app": "wechat", "kind": "channel"}
+    assert _one(metrics, "lequan_app_requests_total", **by_class, **{"class": "2xx"}) == 2
+    assert _one(metrics, "lequan_app_requests_total", **by_class, **{"class": "4xx"}) == 1
+    api.client.get("/v1/nothing")
+    after = api.client.get("/metrics").text
+    assert _one(after, "lequan_http_errors_total", route="unmatched", code="not_found") == 1
+    assert _one(after, "lequan_http_request_seconds_count", route="/v1/claims", status="409") == 1
+
+
+def test_paused_campaigns_show_their_stock_ended_ones_do_not(api: Api) -> None:
+    assert api.admin("bob", "POST", f"/v1/admin/campaigns/{CAMPAIGN}/pause").status_code == 200
+    metrics = api.client.get("/metrics").text
+    assert _one(metrics, "lequan_stock_remaining", campaign=CAMPAIGN) > 0
+    assert api.admin("bob", "POST", f"/v1/admin/campaigns/{CAMPAIGN}/end").status_code == 200
+    metrics = api.client.get("/metrics").text
+    assert not _samples(metrics, "lequan_stock_remaining")

@@ -13,6 +13,7 @@ from redis.cluster import RedisCluster
 from lequan.adapters.crypto import generate_keyring
 from lequan.adapters.redis_gate import RedisGate
 from lequan.adapters.sold_out import RedisSoldOut
+from lequan.adapters.timed_gate import TimedGate
 from lequan.bootstrap import Platform, build_runtime, sold_out_board, start_platform
 from lequan.config import Settings
 from lequan.services.campaigns import pool_key
@@ -46,7 +47,9 @@ def platform(cluster_settings: Settings) -> Iterator[Platform]:
 
 
 def test_the_gate_from_settings_is_bucketed_over_the_cluster(platform: Platform) -> None:
-    gate = platform.rt.gate
+    timed = platform.rt.gate
+    assert isinstance(timed, TimedGate)  # the claim path's calls are timed (lequan.metrics)
+    gate = timed.inner
     assert isinstance(gate, RedisGate)
     assert gate.buckets == 4
     pool = pool_key("camp-x", "r1", "wechat")

@@ -30,9 +30,9 @@ def test_a_quiet_minute_fires_nothing() -> None:
 
 def test_the_error_rate_fires_above_its_share_and_its_floor() -> None:
     assert names(replace(QUIET, errors=10)) == []  # 1% of 1000 is 10: not above it
-    assert names(replace(QUIET, answers=1000, errors=11, apps=[])) == ["LequanHighErrorRate"]
-    assert "LequanHighErrorRate" not in names(replace(QUIET, answers=100, errors=9, apps=[]))
-    assert "LequanHighErrorRate" not in names(replace(QUIET, answers=5000, errors=50, apps=[]))
+    assert names(replace(QUIET, answers=1000, errors=11, apps=[])) == ["LequanHttp5xx"]
+    assert "LequanHttp5xx" not in names(replace(QUIET, answers=100, errors=9, apps=[]))
+    assert "LequanHttp5xx" not in names(replace(QUIET, answers=5000, errors=50, apps=[]))
 
 
 def test_one_gate_refusal_pages() -> None:
@@ -47,14 +47,14 @@ def test_an_app_erroring_is_named() -> None:
 
 
 def test_a_pool_gone_too_fast_warns() -> None:
-    readings = replace(QUIET, sold_out_after_s={"c:r1:*/t": 2.9, "c:r2:*/t": 3.0})
+    readings = replace(QUIET, sold_out_after_s={"c:r1:*/t": 29.9, "c:r2:*/t": 30.0})
     fired = evaluate(readings, LIMITS)
     assert [(f.name, f.severity) for f in fired] == [("LequanPoolSoldOutEarly:c:r1:*/t", "warn")]
 
 
 def test_pages_come_before_warnings() -> None:
     readings = replace(QUIET, merchants_spiking=["咖啡店"], gate_unavailable=3)
-    assert names(readings) == ["LequanGateUnavailable", "LequanMerchantSpike"]
+    assert names(readings) == ["LequanGateUnavailable", "LequanMerchantSpiking"]
 
 
 def test_the_outbox_warns_only_when_big_and_growing() -> None:

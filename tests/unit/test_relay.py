@@ -232,3 +232,26 @@ def test_central_back_makes_what_backed_off_due_at_once(world: World) -> None:
     relay.step()
     assert sorted(central.applied) == ids
     assert _backlog(world) == {}
+
+
+def test_rounds_and_their_events_are_counted_by_outcome(world: World) -> None:
+    central = ScriptedCentral()
+    relay = Relay(world.rt, central)  # its rounds run here, not in its thread
+    ids = _write(world, 3)
+    central.down = True
+    relay.step()
+    central.down = False
+    central.reject = {ids[0]}
+    world.clock.advance(timedelta(seconds=1))
+    relay.step()
+    relay.step()  # nothing due
+
+    def counted(name: str, outcome: str) -> float | None:
+        value: float | None = world.rt.metrics.registry.get_sample_value(name, {"outcome": outcome})
+        return value
+
+    rounds = {o: counted("lequan_relay_rounds_total", o) for o in ("central_down", "delivered")}
+    assert rounds == {"central_down": 1, "delivered": 1}
+    assert counted("lequan_relay_rounds_total", "idle") == 1
+    events = {o: counted("lequan_relay_events_total", o) for o in ("retried", "delivered", "dead")}
+    assert events == {"retried": 3, "delivered": 2, "dead": 1}

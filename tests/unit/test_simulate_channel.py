@@ -14,7 +14,7 @@ def test_a_retry_later_answer_is_sent_again_with_its_key_until_the_bound() -> No
     async def scenario() -> tuple[list[bool], list[bool], int]:
         async with httpx.AsyncClient() as client:
             channel = _Channel("wechat", client, retry_after_s=0.01)
-            item = (7, "sim-7", 0.0, False)
+            item = (7, "sim-7", 0, 0.0, False)
             idle_while_waiting = []
             accepted = []
             for _ in range(RESENDS_MAX + 2):

@@ -21,7 +21,7 @@ class AlertLimits:
     errors_min: int = 10  # and at least this many: one error in a quiet minute is noise
     app_error_ratio: float = 0.05  # one channel's or acquirer's
     app_requests_min: int = 20
-    sold_out_early_s: float = 3.0  # a pool gone faster than this after release: bots?
+    sold_out_early_s: float = 30.0  # a pool gone this soon after release (the Prometheus rule's)
     outbox_backlog_max: int = 10_000  # events waiting for central
 
 
@@ -63,7 +63,7 @@ def evaluate(readings: Readings, limits: AlertLimits) -> list[Firing]:
         share = r.errors / max(r.answers, 1)
         firing.append(
             Firing(
-                "LequanHighErrorRate",
+                "LequanHttp5xx",
                 "page",
                 f"5xx 占比 {share:.1%}（{r.errors}/{r.answers}，近 1 分钟）",
                 f"5xx share {share:.1%} ({r.errors}/{r.answers}, last minute)",
@@ -81,7 +81,7 @@ def evaluate(readings: Readings, limits: AlertLimits) -> list[Firing]:
     if r.store_unavailable:
         firing.append(
             Firing(
-                "LequanStoreUnavailable",
+                "LequanUnavailableAnswers",
                 "page",
                 f"数据库不可用：{r.store_unavailable} 次拒绝",
                 f"Store unavailable: {r.store_unavailable} refusals",
@@ -113,7 +113,7 @@ def evaluate(readings: Readings, limits: AlertLimits) -> list[Firing]:
         names = "、".join(r.merchants_spiking[:3])
         firing.append(
             Firing(
-                "LequanMerchantSpike",
+                "LequanMerchantSpiking",
                 "warn",
                 f"商户核销异常激增：{names}",
                 f"Merchant redemptions far above baseline: {', '.join(r.merchants_spiking[:3])}",

@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
@@ -21,10 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -55,10 +52,9 @@ from lequan.http.schemas import (
     RedemptionSwitchIn,
     RefundIn,
 )
-from lequan.ports import StoreError
-from lequan.services import relay
+from lequan.http.scrape import exposition
+from lequan.metrics import forget_this_worker
 from lequan.services.live import record_answer
-from lequan.services.runtime import Runtime
 from lequan.services.screen import Screen
 
 __all__ = ["create_app"]
@@ -358,28 +354,6 @@ def _allowed_methods(request: Request) -> str:
     )
 
 
-class OutboxCollector(Collector):
-    """The outbox's backlog, read from the store at each scrape: what every process's
-    relay has left, the same figure from any process."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
-
-    def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily(
-            "lequan_outbox_events",
-            "Outbox events by status (pending: not yet delivered to central)",
-            labels=["status"],
-        )
-        try:
-            counts = relay.backlog(self._rt)
-        except StoreError:
-            return  # the scrape goes on without it; /readyz says why
-        gauge.add_metric(["pending"], counts.pending)
-        gauge.add_metric(["dead"], counts.dead)
-        yield gauge
-
-
 def create_app(
     platform: Platform, *, close_on_shutdown: bool = True, fast_path: bool = True
 ) -> FastAPI:
@@ -396,6 +370,7 @@ def create_app(
         claims.close()
         if close_on_shutdown:
             platform.close()
+            forget_this_worker()
 
     app = _LequanAPI(
         title="lequan",
@@ -414,11 +389,10 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.platform = platform
-    metrics = Metrics()
-    metrics.registry.register(OutboxCollector(platform.rt))
-    if platform.risk is not None:
-        metrics.registry.register(risk.RulesCollector(platform.risk))
+    metrics = Metrics(platform.rt.metrics)
     app.state.metrics = metrics
+    app.state.screen = Screen(platform.rt)
+    scrape = app.state.exposition = exposition(platform, app.state.screen)
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
     app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
@@ -451,6 +425,8 @@ def create_app(
             elapsed_s=elapsed_s,
             request_id=request_id,
             app_id=getattr(state, "app_id", None),
+            app_kind=getattr(state, "app_kind", None),
+            body=getattr(state, "answered", None),
             operator_id=getattr(state, "operator_id", None),
             outcome=getattr(state, "outcome", None),
             counts=getattr(state, "claim_outcomes", envelope.NO_COUNTS),
@@ -503,7 +479,6 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(risk.router)
     app.include_router(screen.router)
-    app.state.screen = Screen(platform.rt)
     app.state.stream_slots = screen.StreamSlots(
         total_max=settings.screen_streams_max,
         per_operator_max=settings.screen_streams_per_operator_max,
@@ -560,7 +535,8 @@ def create_app(
         response_class=PlainTextResponse,
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    def prometheus() -> Response:
+        # On a worker thread: the scrape reads the store, the gate and every worker's file.
+        return Response(scrape.latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -199,6 +199,7 @@ async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
         body=body,
     )
     request.state.app_id = app_id
+    request.state.app_kind = kind
     return Caller(
         app_id=app_id, kind=kind, body=body, method=request.method, path_with_query=target
     )

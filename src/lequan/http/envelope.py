@@ -10,8 +10,8 @@ did):
 - ``parse_body`` and ``invalid_request``: a JSON body validated in one pass,
   and the 422 ``invalid_request`` body of a validation's errors;
 - ``render``: an answer's bytes, every error body naming its request;
-- ``request_id`` and ``RouteRecord``: the request's id, its metrics and its
-  one log line;
+- ``request_id`` and ``RouteRecord``: the request's id, its metrics (on the
+  runtime's instruments, ``lequan.metrics``) and its one log line;
 - ``idempotency_key``: the Idempotency-Key header, checked.
 """
 
@@ -25,13 +25,15 @@ from typing import Any, TypeVar
 
 import structlog
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from lequan.bootstrap import Platform
 from lequan.domain.error_codes import ERRORS, ErrorCode
 from lequan.domain.errors import InvalidInput, LequanError, Unavailable
+from lequan.domain.redemption_states import RedemptionStatus
+from lequan.metrics import Instruments
 from lequan.ports import StoreUnavailable, UnstorableValue
 from lequan.services.idempotency import RenderedBody, validate_key
 from lequan.services.views import error_body, http_status
@@ -162,30 +164,23 @@ def idempotency_key(platform: Platform, sent: str | None) -> str:
 
 
 class Metrics:
-    """The app's own registry, so two apps in one process never collide."""
+    """The HTTP layer's records, on the runtime's instruments (``lequan.metrics``).
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "lequan_http_requests",
-            "HTTP requests answered",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.seconds = Histogram(
-            "lequan_http_request_seconds",
-            "Time to answer an HTTP request",
-            ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-            registry=self.registry,
-        )
-        self.claims = Counter(
-            "lequan_claims", "Claim answers by outcome", ["outcome"], registry=self.registry
-        )
-        # Prometheus children by label value: ``labels()`` per request costs more than the
-        # increment (a handful of routes, statuses and outcomes).
+    Prometheus children are cached by label value: ``labels()`` per request
+    costs more than the increment. Every cache is bounded: routes by the app's
+    templates (and at most ``_ROUTES_MAX``), statuses and error codes by their
+    closed sets, apps by registration (and at most ``_APPS_MAX`` per route).
+    """
+
+    def __init__(self, instruments: Instruments) -> None:
+        self.instruments = instruments
         self._routes: dict[tuple[str, str], RouteRecord] = {}
         self._outcomes: dict[str, Any] = {}
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This runtime's own figures (not the other workers')."""
+        return self.instruments.registry
 
     def route(self, route: str, method: str, *, logged: bool = True) -> RouteRecord:
         """The record of one route's requests with one method."""
@@ -201,11 +196,34 @@ class Metrics:
         for outcome, count in counts.items():
             claims = self._outcomes.get(outcome)
             if claims is None:
-                claims = self._outcomes[outcome] = self.claims.labels(outcome)
+                claims = self._outcomes[outcome] = self.instruments.claims.labels(outcome)
             claims.inc(count)
 
 
 _ROUTES_MAX = 1000
+_APPS_MAX = 10_000
+# An error answer's code as a label: one of the closed set, or "other" (a body the
+# framework wrote without one).
+_ERROR_CODES = frozenset(code.value for code in ErrorCode)
+_OTHER = "other"
+# The acquirer's calls that change a redemption (not the quote, not a read): counted
+# per acquirer by outcome, the redemption's status after the call or the error code.
+_REDEMPTION_ROUTES = frozenset(
+    {
+        "/v1/redemptions",
+        "/v1/redemptions/{redemption_id}/confirm",
+        "/v1/redemptions/{redemption_id}/void",
+        "/v1/redemptions/{redemption_id}/reverse",
+        "/v1/redemptions/{redemption_id}/refunds",
+    }
+)
+_REDEMPTION_STATUSES = frozenset(status.value for status in RedemptionStatus)
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def _error_code(body: Mapping[str, Any] | None) -> str:
+    code = body.get("code") if body is not None else None
+    return code if code in _ERROR_CODES else _OTHER
 
 
 class RouteRecord:
@@ -213,11 +231,16 @@ class RouteRecord:
 
     def __init__(self, metrics: Metrics, route: str, method: str, *, logged: bool) -> None:
         self._metrics = metrics
+        self._instruments = metrics.instruments
         self._route = route
         self._method = method
         self._logged = logged
-        self._requests: dict[int, Any] = {}
-        self._seconds = metrics.seconds.labels(route)
+        self._by_status: dict[int, tuple[Any, Any]] = {}  # (requests, seconds) children
+        self._errors: dict[str, Any] = {}
+        self._apps: dict[str, dict[int, Any]] = {}
+        self._redemptions: dict[str, dict[str, Any]] | None = (
+            {} if method == "POST" and route in _REDEMPTION_ROUTES else None
+        )
 
     def record(
         self,
@@ -226,18 +249,34 @@ class RouteRecord:
         elapsed_s: float,
         request_id: str,
         app_id: str | None,
+        app_kind: str | None = None,
+        body: Mapping[str, Any] | None = None,
         operator_id: str | None = None,
         outcome: str | None = None,
         counts: Mapping[str, int] = NO_COUNTS,
     ) -> None:
-        """Count the request, time it, count its claims by outcome, and log it."""
-        requests = self._requests.get(status)
-        if requests is None:
-            requests = self._requests[status] = self._metrics.requests.labels(
-                self._route, self._method, str(status)
-            )
+        """Count the request (by status, by error code, by calling app, a redemption by
+        its outcome), time it, count its claims by outcome, and log it. ``body``: the
+        answer's, read only for an error's code and a redemption's status."""
+        children = self._by_status.get(status)
+        if children is None:
+            children = self._by_status[status] = self._status_children(status)
+        requests, seconds = children
         requests.inc()
-        self._seconds.observe(elapsed_s)
+        seconds.observe(elapsed_s)
+        code = None
+        if status >= 400:
+            code = _error_code(body)
+            errors = self._errors.get(code)
+            if errors is None:
+                errors = self._errors[code] = self._instruments.http_errors.labels(
+                    self._route, code
+                )
+            errors.inc()
+        if app_id is not None:
+            self._count_app(app_id, app_kind or _OTHER, status)
+            if self._redemptions is not None:
+                self._count_redemption(app_id, status, code, body)
         if counts:
             self._metrics.count_claims(counts)
         if self._logged:
@@ -252,3 +291,41 @@ class RouteRecord:
                 outcome=outcome,
                 request_id=request_id,
             )
+
+    def _status_children(self, status: int) -> tuple[Any, Any]:
+        label = str(status)
+        return (
+            self._instruments.http_requests.labels(self._route, self._method, label),
+            self._instruments.http_seconds.labels(self._route, label),
+        )
+
+    def _count_app(self, app_id: str, kind: str, status: int) -> None:
+        by_status = self._apps.get(app_id)
+        if by_status is None:
+            if len(self._apps) >= _APPS_MAX:
+                self._apps.clear()
+            by_status = self._apps[app_id] = {}
+        requests = by_status.get(status)
+        if requests is None:
+            status_class = _STATUS_CLASSES.get(status // 100, _OTHER)
+            requests = by_status[status] = self._instruments.app_requests.labels(
+                app_id, kind, status_class
+            )
+        requests.inc()
+
+    def _count_redemption(
+        self, acquirer_id: str, status: int, code: str | None, body: Mapping[str, Any] | None
+    ) -> None:
+        assert self._redemptions is not None
+        if code is None:
+            found = body.get("status") if body is not None else None
+            code = found if found in _REDEMPTION_STATUSES else _OTHER
+        by_outcome = self._redemptions.get(acquirer_id)
+        if by_outcome is None:
+            if len(self._redemptions) >= _APPS_MAX:
+                self._redemptions.clear()
+            by_outcome = self._redemptions[acquirer_id] = {}
+        redemptions = by_outcome.get(code)
+        if redemptions is None:
+            redemptions = by_outcome[code] = self._instruments.redemptions.labels(acquirer_id, code)
+        redemptions.inc()

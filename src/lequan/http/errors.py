@@ -24,6 +24,8 @@ def json_response(
 ) -> Response:
     """An answer as the framework sends it: the envelope's bytes and headers."""
     request_id = str(getattr(request.state, "request_id", "") or "")
+    # For the request's metrics: an error's code, a redemption's status (envelope.py).
+    request.state.answered = body
     if status >= 400:
         request.state.error_code = body.get("code")  # the big screen's errors by app
     response = Response(

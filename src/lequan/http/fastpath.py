@@ -65,6 +65,7 @@ class _LeanRoute:
     """
 
     path = ""
+    kind = ""  # of the app calling it: "channel" or "acquirer"
 
     def __init__(
         self,
@@ -109,6 +110,8 @@ class _LeanRoute:
             elapsed_s=time.perf_counter() - started,
             request_id=rid,
             app_id=app_id,
+            app_kind=self.kind,
+            body=body,
             outcome=outcome,
             counts=counts,
         )
@@ -138,6 +141,8 @@ class _LeanRoute:
 class _ClaimRoute(_LeanRoute):
     """A channel's claim route: its claims go to the app's ``ClaimDesk``, as the
     framework's route's do."""
+
+    kind = "channel"
 
     def __init__(self, app: Any, *, claims: ClaimDesk, **parts: Any) -> None:
         super().__init__(app, **parts)  # the _LeanRoute's parts
@@ -197,6 +202,7 @@ class FastRedemptions(_LeanRoute):
     the same service call as the framework's route."""
 
     path = REDEMPTION_PATH
+    kind = "acquirer"
 
     async def _answer(self, scope: dict[str, Any], raw: bytes, headers: Headers) -> _Answered:
         app_id: str | None = None

@@ -162,6 +162,13 @@ class GroupCommitter:
         self._ready: deque[str] = deque()  # campaigns with parts and no writer
         self._on_budget_exhausted = on_budget_exhausted
         self._on_sold_out = on_sold_out
+        # Taken once: a child per label value costs more than the figure it records.
+        metrics = rt.metrics
+        self._commit_s = metrics.commit_seconds
+        self._batch_claims = metrics.commit_batch_claims
+        self._queue_claims = metrics.commit_queue_claims
+        metrics.commit_queue_claims_max.set(queue_max)  # one committer per runtime
+        self._queue_claims_max = metrics.commit_queue_claims_max
         count = writers if writers is not None else rt.settings.group_commit_writers
         assert count >= 1
         self._threads = [
@@ -206,6 +213,7 @@ class GroupCommitter:
                 self._pending -= count
                 assert self._pending >= 0
                 self._room.notify_all()
+                self._queue_claims.set(self._pending)
 
     def submit(self, claims: list[PendingClaim], *, room: int) -> Future[list[Outcome]]:
         """Queue ``claims`` in the ``room`` places made for them; the rest go back.
@@ -239,6 +247,7 @@ class GroupCommitter:
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self._queue_claims_max.set(0)  # a closed queue holds nothing
 
     def _queue(self, campaign_id: str, part: _Part) -> None:
         """Add a part to its campaign's lane and wake whoever takes it (under the lock)."""
@@ -296,12 +305,17 @@ class GroupCommitter:
         oldest = time.monotonic() - self._rt.settings.claim_reservation_ttl_s
         fresh = [i for i, c in enumerate(claims) if c.reserved_at >= oldest]
         outcomes: list[Outcome] = [self._too_late()] * len(claims)
+        # How full the queue is as a batch starts: what a saturated store looks like.
+        self._queue_claims.set(self._pending)
         if fresh:
+            self._batch_claims.observe(len(fresh))
+            started = time.perf_counter()
             try:
                 committed = self._commit([claims[i] for i in fresh])
             except Exception as error:  # the writer must never die; every waiter gets an answer
                 log.error("group_commit_failed", error_type=type(error).__name__, claims=len(fresh))
                 committed = [_store_refused()] * len(fresh)
+            self._commit_s.observe(time.perf_counter() - started)
             for i, outcome in zip(fresh, committed, strict=True):
                 outcomes[i] = outcome
         settle = [

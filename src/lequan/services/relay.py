@@ -24,6 +24,7 @@ from datetime import timedelta
 
 import structlog
 
+from lequan.metrics import RELAY_ROUND_OUTCOMES
 from lequan.ports.central import (
     CentralPlatform,
     CentralUnavailable,
@@ -170,6 +171,11 @@ class Relay(Loop):
         self._rt = rt
         self._central = central
         self.central_down = False
+        rounds, events = rt.metrics.relay_rounds, rt.metrics.relay_events
+        self._rounds = {outcome: rounds.labels(outcome) for outcome in RELAY_ROUND_OUTCOMES}
+        self._delivered = events.labels("delivered")
+        self._retried = events.labels("retried")
+        self._dead = events.labels("dead")
         super().__init__(
             "lequan-relay",
             self.step,
@@ -178,9 +184,14 @@ class Relay(Loop):
         )
 
     def step(self) -> float:
-        """One round; the pause before the next."""
+        """One round; the pause before the next. Counted by outcome, its events too."""
         rt = self._rt
-        done = relay_round(rt, self._central)
+        try:
+            done = relay_round(rt, self._central)
+        except Exception:
+            self._rounds["failed"].inc()
+            raise  # logged by the loop, which tries again
+        self._count(done)
         if done.central_down:
             self.central_down = True
         elif self.central_down and (done.delivered or self._central.ready()):
@@ -189,6 +200,18 @@ class Relay(Loop):
             return 0.0
         full = done.leased == rt.settings.relay_batch_max and not done.central_down
         return 0.0 if full else rt.settings.relay_idle_s
+
+    def _count(self, done: RelayRound) -> None:
+        if done.central_down:
+            outcome = "central_down"
+        elif done.leased:
+            outcome = "delivered"
+        else:
+            outcome = "idle"
+        self._rounds[outcome].inc()
+        self._delivered.inc(done.delivered)
+        self._retried.inc(done.retried)
+        self._dead.inc(done.dead)
 
 
 # -- what operators see and do --------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lequan.config import Settings
+from lequan.metrics import Instruments, runtime_instruments
 from lequan.ports import ClaimGate, Clock, KeyRing, NonceStore, Store
 from lequan.ports.central import CentralPlatform
 from lequan.ports.pulse import Pulse
@@ -25,6 +26,8 @@ class Runtime:
     # Live figures every process adds to and the big screen reads (``services/live.py``).
     pulse: Pulse
     inflight: InFlight = field(default_factory=InFlight)
+    # What the services and the HTTP layer count and time (lequan.metrics).
+    metrics: Instruments = field(default_factory=runtime_instruments)
     # The central (national) platform, when this province is connected to one.
     central: CentralPlatform | None = None
     # Told the id of every campaign an operator changed (caches drop it).

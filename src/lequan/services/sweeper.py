@@ -93,13 +93,30 @@ def sweep(rt: Runtime) -> SweepReport:
 
 
 class Sweeper(Loop):
-    """Runs ``sweep`` every ``sweep_interval_s`` in a background thread."""
+    """Runs ``sweep`` every ``sweep_interval_s`` in a background thread, counting its
+    runs by outcome and what they did (``lequan_sweeps_total``, ``lequan_swept_total``)."""
 
     def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        sweeps, swept = rt.metrics.sweeps, rt.metrics.swept
+        self._ok, self._failed = sweeps.labels("ok"), sweeps.labels("failed")
+        self._expired = swept.labels("expired")
+        self._timed_out = swept.labels("locks_timed_out")
+        self._retired = swept.labels("gates_retired")
         interval_s = rt.settings.sweep_interval_s
+        super().__init__(
+            "lequan-sweep", self.step, first_pause_s=interval_s, retry_pause_s=interval_s
+        )
 
-        def step() -> float:
-            sweep(rt)
-            return interval_s
-
-        super().__init__("lequan-sweep", step, first_pause_s=interval_s, retry_pause_s=interval_s)
+    def step(self) -> float:
+        """One sweep; the pause before the next."""
+        try:
+            report = sweep(self._rt)
+        except Exception:
+            self._failed.inc()
+            raise  # logged by the loop, which tries again
+        self._ok.inc()
+        self._expired.inc(report.expired)
+        self._timed_out.inc(report.locks_timed_out)
+        self._retired.inc(report.gates_retired)
+        return self._rt.settings.sweep_interval_s
