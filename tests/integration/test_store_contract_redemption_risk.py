@@ -210,9 +210,15 @@ def hold(status: str = "held", amount_fen: int = 9000) -> PayableHoldRow:
 
 
 def test_a_hold_moves_once_and_the_campaign_total_follows(store: Store) -> None:
-    in_own_transaction(store, lambda uow: uow.redemption_risk.add_hold(hold()))
-    with pytest.raises(DuplicateKey), store.unit_of_work() as uow:
-        uow.redemption_risk.add_hold(hold())
+    def add(row: PayableHoldRow) -> None:
+        with store.unit_of_work() as uow:
+            with uow.pipeline():
+                uow.redemption_risk.add_holds([row])
+            uow.commit()
+
+    add(hold())
+    with pytest.raises(DuplicateKey):
+        add(hold())
     with committed(store) as uow:
         assert uow.redemption_risk.get_hold("r0001") == hold()
         assert uow.redemption_risk.get_hold("r0002") is None

@@ -1900,18 +1900,21 @@ class MemoryRedemptionRisk(_Repository):
                 flagged.add(redemption_id)
         return flagged
 
-    def add_hold(self, row: PayableHoldRow) -> None:
-        t = self._u.write()
-        if row.redemption_id in t.payable_holds:
+    def add_holds(self, rows: Sequence[PayableHoldRow]) -> None:
+        t = self._u.write(pipelined=True)
+        ids = [row.redemption_id for row in rows]
+        if len(set(ids)) != len(ids) or any(i in t.payable_holds for i in ids):
             raise self._u.refused(DuplicateKey("payable_holds.redemption_id"))
-        if row.amount_fen <= 0:
-            raise self._u.refused(ConstraintViolated("ck_payable_holds_amount"))
-        if row.status not in HOLD_STATUSES:
-            raise self._u.refused(ConstraintViolated("ck_payable_holds_status"))
-        t.payable_holds.put(
-            row.redemption_id,
-            replace(row, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at)),
-        )
+        for row in rows:
+            if row.amount_fen <= 0:
+                raise self._u.refused(ConstraintViolated("ck_payable_holds_amount"))
+            if row.status not in HOLD_STATUSES:
+                raise self._u.refused(ConstraintViolated("ck_payable_holds_status"))
+        for row in rows:
+            t.payable_holds.put(
+                row.redemption_id,
+                replace(row, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at)),
+            )
 
     def get_hold(self, redemption_id: str) -> PayableHoldRow | None:
         return self._u.read().payable_holds.get(redemption_id)

@@ -688,9 +688,9 @@ class RedemptionRiskRepository(Protocol):
         flagged now (a conditional update each: two processes never flag one twice)."""
         ...
 
-    def add_hold(self, row: PayableHoldRow) -> None:
-        """A payable held, or clawed back unheld; ``DuplicateKey`` when the redemption has
-        one already."""
+    def add_holds(self, rows: Sequence[PayableHoldRow]) -> None:
+        """Payables held, or clawed back unheld (sent in a pipeline); ``DuplicateKey``
+        when a redemption has one already."""
         ...
 
     def get_hold(self, redemption_id: str) -> PayableHoldRow | None: ...

@@ -108,11 +108,10 @@ class SqlRedemptionRisk:
 
     # -- held payables ------------------------------------------------------------------
 
-    def add_hold(self, row: PayableHoldRow) -> None:
-        self._s.exec(
-            sa.insert(t.payable_holds).values(
-                **{c: getattr(row, c) for c in PayableHoldRow.__dataclass_fields__}
-            )
+    def add_holds(self, rows: Sequence[PayableHoldRow]) -> None:
+        columns = PayableHoldRow.__dataclass_fields__
+        self._s.insert_many(
+            t.payable_holds, [{c: getattr(row, c) for c in columns} for row in rows]
         )
 
     def get_hold(self, redemption_id: str) -> PayableHoldRow | None:
