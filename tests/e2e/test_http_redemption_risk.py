@@ -579,3 +579,49 @@ def test_sku_prices_are_imported_listed_and_checked(risky: Api) -> None:
     assert ("ana", "risk_sku_prices.import", "sku_prices") in [
         (a, b, c) for a, b, c, _ in audit(api)
     ]
+
+
+def test_price_above_sku_baseline_holds_a_trade_in_subsidy(open_api: OpenApi) -> None:
+    from tests.e2e.test_http_trade_in import _open, claim, fridge, redeem_body
+
+    api = _open(open_api, risk_rules_poll_s=0.05)
+    api.world.tokens["ana"] = admin.add_operator(api.world.rt, "ana", role="analyst")
+    put_rules(api, 1, price_above_sku_baseline={"margin_pct": 20, "action": "hold"})
+    ok(
+        api.admin(
+            "ana",
+            "POST",
+            "/v1/admin/risk/sku-prices",
+            content="sku,baseline_price_fen\n100012345678,480000\n",
+            content_type="text/csv",
+        )
+    )
+    inflated, unpriced, fair = claim(api, 1), claim(api, 2), claim(api, 3)
+
+    def spend(voucher_id: str, n: int, **product: Any) -> str:
+        body = redeem_body(voucher_id, f"u{n}", fridge(**product))
+        return redeemed(api.post(ACQUIRER, "/v1/redemptions", body))
+
+    # 5,999 yuan against a baseline of 4,800: 25 % above it.
+    held_id = spend(inflated, 1)
+    spend(unpriced, 2, sku="NO-BASELINE", serial_number="SN2000002", invoice_number="INV2000002")
+    spend(fair, 3, price_fen=576_000, serial_number="SN3000003", invoice_number="INV3000003")
+    (item,) = queue(api)
+    assert item["subject"]["redemption_id"] == held_id
+    assert item["reasons"][0]["figures"] == {
+        "price_fen": 599_900,
+        "baseline_price_fen": 480_000,
+        "margin_pct": 20,
+        "sku": "100012345678",
+    }
+    subsidy = item["subject"]["discount_fen"]
+    assert item["subject"]["held_fen"] == subsidy
+    category = f"{ACQUIRER}:refrigerator"
+    check = api.check("sh-trade-in-2024")
+    assert check["ok"], check["problems"]
+    assert check["balances"][f"held:{category}"] == subsidy
+    rejected = decide(api, item["review_id"], "reject", "inflated invoice")
+    assert rejected["outcome_detail"] == {"amount_fen": subsidy, "from": f"held:{category}"}
+    check = api.check("sh-trade-in-2024")
+    assert check["ok"], check["problems"]
+    assert check["balances"].get(f"held:{category}", 0) == 0
