@@ -203,23 +203,40 @@ def test_amount_just_over_threshold(risky: Api) -> None:
 def test_merchant_rate_spike_against_its_own_baseline(risky: Api) -> None:
     api = risky
     put_rules(api, 1, merchant_rate_spike={"baseline_minutes": 5, "factor": 2, "floor": 2})
-    ids = [vouchers_of(api, n)[0] for n in range(1, 5)]
-    # Alone, and a first one: no baseline yet, never flagged.
+    ids = [vouchers_of(api, n)[0] for n in range(1, 7)]
+    # A first one at each: no baseline yet, never flagged.
     redeemed(redeem(api, ids[0], 1))
-    redeemed(redeem(api, ids[1], 2, merchant=NOODLE))
+    for n in (2, 3, 4):
+        redeemed(redeem(api, ids[n - 1], n, merchant=NOODLE))
     api.clock.advance(timedelta(minutes=2))
-    quiet = redeemed(redeem(api, ids[2], 3))  # 1 this minute: below the floor
-    spike = redeemed(redeem(api, ids[3], 4))  # 2 this minute, 1 in the 5 before
+    quiet = redeemed(redeem(api, ids[4], 5))  # 1 this minute: below the floor
+    spike = redeemed(redeem(api, ids[5], 6))  # 2 this minute, 1 in the 5 before
     (item,) = queue(api)
     assert item["subject"]["redemption_id"] == spike
+    # Its share of the platform: all of this minute's, a quarter of the minutes before.
     assert item["reasons"][0]["figures"] == {
         "merchant_id": CAFE,
         "minute_redemptions": 2,
         "baseline_redemptions": 1,
         "baseline_minutes": 5,
         "floor": 2,
+        "platform_minute_redemptions": 2,
+        "platform_baseline_redemptions": 4,
     }
     assert quiet != spike
+
+
+def test_a_release_day_is_no_merchants_spike(risky: Api) -> None:
+    api = risky
+    put_rules(api, 1, merchant_rate_spike={"baseline_minutes": 5, "factor": 2, "floor": 2})
+    ids = [vouchers_of(api, n)[0] for n in range(1, 7)]
+    redeemed(redeem(api, ids[0], 1))
+    redeemed(redeem(api, ids[1], 2, merchant=NOODLE))
+    api.clock.advance(timedelta(minutes=2))
+    # Both merchants twice as busy at once: their shares of the platform stay.
+    for n, merchant in ((3, CAFE), (4, NOODLE), (5, CAFE), (6, NOODLE)):
+        redeemed(redeem(api, ids[n - 1], n, merchant=merchant))
+    assert queue(api) == []
 
 
 def test_outside_business_hours_of_the_campaign(risky: Api) -> None:

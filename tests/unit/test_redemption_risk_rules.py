@@ -67,7 +67,9 @@ def test_a_redemption_with_nothing_known_fires_no_rule() -> None:
 
 
 def test_rate_spike_edges() -> None:
-    rules = only("merchant_rate_spike", baseline_minutes=10, factor=5, floor=20)
+    rules = only(
+        "merchant_rate_spike", baseline_minutes=10, factor=5, floor=20, relative_to_platform=False
+    )
 
     def spike(minute: int | None, baseline: int | None) -> list[str]:
         return codes(
@@ -89,10 +91,41 @@ def test_rate_spike_edges() -> None:
     assert spike(None, 60) == []
 
 
+def test_rate_spike_against_the_platform() -> None:
+    rules = only("merchant_rate_spike", baseline_minutes=10, factor=5, floor=20)
+
+    def spike(everyone: int | None, everyone_before: int | None) -> list[str]:
+        return codes(
+            rules,
+            replace(
+                PLAIN,
+                merchant_minute_redemptions=100,
+                merchant_baseline_redemptions=100,  # 10 a minute: 100 is ten times that
+                platform_minute_redemptions=everyone,
+                platform_baseline_redemptions=everyone_before,
+            ),
+        )
+
+    # A release day: the platform is ten times busier too, the merchant's share the same.
+    assert spike(10_000, 10_000) == []
+    # Its share went from 1 % to 5 %: five times it.
+    assert spike(2000, 10_000) == ["merchant_rate_spike"]
+    assert spike(2001, 10_000) == []
+    # The platform's figures unknown: the rule does not fire.
+    assert spike(None, 10_000) == []
+    assert spike(2000, None) == []
+
+
 def test_rate_spike_figures() -> None:
     rules = only("merchant_rate_spike", baseline_minutes=30, factor=3, floor=5)
     verdict = rules.judge(
-        replace(PLAIN, merchant_minute_redemptions=9, merchant_baseline_redemptions=30)
+        replace(
+            PLAIN,
+            merchant_minute_redemptions=9,
+            merchant_baseline_redemptions=30,
+            platform_minute_redemptions=10,
+            platform_baseline_redemptions=300,
+        )
     )
     assert verdict is not None
     (fired,) = verdict.fired
@@ -103,6 +136,8 @@ def test_rate_spike_figures() -> None:
         "baseline_redemptions": 30,
         "baseline_minutes": 30,
         "floor": 5,
+        "platform_minute_redemptions": 10,
+        "platform_baseline_redemptions": 300,
     }
 
 

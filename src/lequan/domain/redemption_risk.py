@@ -11,9 +11,12 @@ acquirer did not send.
 
     redemption rule              features (RedemptionFeatures)        fires when
     merchant_rate_spike          merchant_minute_redemptions,         minute ≥ floor and
-                                 merchant_baseline_redemptions        minute ≥ factor × the
-                                                                      baseline's mean per minute
-                                                                      (no baseline: never)
+                                 merchant_baseline_redemptions,       minute ≥ factor × the
+                                 platform_minute_redemptions,         baseline's mean per minute
+                                 platform_baseline_redemptions        (no baseline: never), and
+                                                                      the merchant's share of the
+                                                                      platform's minute ≥ factor ×
+                                                                      its share of the baseline
     amount_just_over_threshold   over_threshold_fen,                  this order is 0 < over ≤
                                  merchant_window_redemptions,         margin_fen and the
                                  merchant_window_just_over            merchant's just-over share
@@ -118,11 +121,15 @@ Pct = Annotated[int, Field(ge=1, le=100)]
 
 class RateSpikeRule(_Model):
     """``merchant_rate_spike``: the merchant's redemptions in the last minute, against
-    their mean per minute over the ``baseline_minutes`` before it."""
+    their mean per minute over the ``baseline_minutes`` before it. With
+    ``relative_to_platform`` the merchant's share of the whole platform's redemptions
+    must have grown as much: a release day, when every merchant is busier at once,
+    is no merchant's spike."""
 
     baseline_minutes: Annotated[int, Field(ge=1, le=1439)] = 60
     factor: Annotated[float, Field(ge=1, le=1000)] = 5.0
     floor: Count = 20
+    relative_to_platform: bool = True
     action: RedemptionAction = "flag"
 
 
@@ -299,6 +306,9 @@ class RedemptionFeatures:
     merchant_minute_redemptions: int | None = None
     # The merchant's redemptions over the rule's baseline minutes before the last one.
     merchant_baseline_redemptions: int | None = None
+    # The same two figures for every merchant of the platform together.
+    platform_minute_redemptions: int | None = None
+    platform_baseline_redemptions: int | None = None
     # The order's amount above its template's threshold (None: a template without one).
     over_threshold_fen: int | None = None
     merchant_window_redemptions: int | None = None
@@ -429,17 +439,26 @@ def _rate_spike(rules: RedemptionRules, f: RedemptionFeatures) -> RedemptionFire
         return None  # no baseline yet: a merchant's first minutes are its own
     if minute < rule.floor or minute * rule.baseline_minutes < rule.factor * baseline:
         return None
-    return RedemptionFired(
-        RedemptionReason.MERCHANT_RATE_SPIKE,
-        rule.action,
-        {
-            "merchant_id": f.merchant_id,
-            "minute_redemptions": minute,
-            "baseline_redemptions": baseline,
-            "baseline_minutes": rule.baseline_minutes,
-            "floor": rule.floor,
-        },
-    )
+    figures: dict[str, Figure] = {
+        "merchant_id": f.merchant_id,
+        "minute_redemptions": minute,
+        "baseline_redemptions": baseline,
+        "baseline_minutes": rule.baseline_minutes,
+        "floor": rule.floor,
+    }
+    if rule.relative_to_platform:
+        everyone, everyone_before = f.platform_minute_redemptions, f.platform_baseline_redemptions
+        if everyone is None or everyone_before is None or everyone <= 0 or everyone_before <= 0:
+            return None
+        # The merchant's share now against its share before: minute / everyone ≥
+        # factor × baseline / everyone_before, in integers.
+        if minute * everyone_before < rule.factor * baseline * everyone:
+            return None
+        figures |= {
+            "platform_minute_redemptions": everyone,
+            "platform_baseline_redemptions": everyone_before,
+        }
+    return RedemptionFired(RedemptionReason.MERCHANT_RATE_SPIKE, rule.action, figures)
 
 
 def _just_over(rules: RedemptionRules, f: RedemptionFeatures) -> RedemptionFired | None:

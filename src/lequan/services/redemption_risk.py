@@ -423,7 +423,11 @@ class RedemptionScreen:
                     campaign_id=r.campaign_id,
                     redeemed_at=now,
                     merchant_minute_redemptions=_at(counted.get("minute"), n),
-                    merchant_baseline_redemptions=_baseline(counted, n),
+                    merchant_baseline_redemptions=_baseline(counted, "minute", "minutes", n),
+                    platform_minute_redemptions=_at(counted.get("all_minute"), n),
+                    platform_baseline_redemptions=_baseline(
+                        counted, "all_minute", "all_minutes", n
+                    ),
                     over_threshold_fen=over,
                     merchant_window_redemptions=_at(counted.get("with_threshold"), n),
                     merchant_window_just_over=_at(counted.get("just_over"), n),
@@ -467,8 +471,15 @@ class RedemptionScreen:
 
         merchants = [i.redemption.merchant_id for i in completed]
         if (spike := rules.merchant_rate_spike) is not None:
+            minutes_s = (spike.baseline_minutes + 1) * 60
             tally("minute", 60, "rs:", merchants)
-            tally("minutes", (spike.baseline_minutes + 1) * 60, "rl:", merchants)
+            tally("minutes", minutes_s, "rl:", merchants)
+            if spike.relative_to_platform:
+                # One name for the whole platform: each redemption's figure counts those
+                # before it, as a merchant's does.
+                everyone = ["*"] * size
+                tally("all_minute", 60, "rs:", everyone)
+                tally("all_minutes", minutes_s, "rl:", everyone)
         if (over := rules.amount_just_over_threshold) is not None:
             with_threshold = [
                 m if i.threshold_fen is not None else None
@@ -709,9 +720,11 @@ def _at(column: Sequence[int | None] | None, n: int) -> int | None:
     return None if column is None else column[n]
 
 
-def _baseline(counted: Mapping[str, Sequence[int | None]], n: int) -> int | None:
-    """The merchant's redemptions before the last minute, over the baseline minutes."""
-    minute, minutes = _at(counted.get("minute"), n), _at(counted.get("minutes"), n)
+def _baseline(
+    counted: Mapping[str, Sequence[int | None]], last: str, all_of: str, n: int
+) -> int | None:
+    """The redemptions before the last minute, over the baseline minutes."""
+    minute, minutes = _at(counted.get(last), n), _at(counted.get(all_of), n)
     if minute is None or minutes is None:
         return None
     return max(0, minutes - minute)
