@@ -84,6 +84,26 @@ def test_distinct_members_are_counted_once(pair: tuple[RiskCounters, RiskCounter
     assert two.count([distinct(86_400, ("dev", "p2"), ("dev", "p3"))], now_ms=T0_MS + 1) == [[2, 3]]
 
 
+def test_a_mirrored_group_counts_both_sides_of_each_pair(
+    pair: tuple[RiskCounters, RiskCounters],
+) -> None:
+    one, two = pair
+    devices = ["dp:d1", "dp:d1", "dp:d2", "dp:d1", "dp:d3"]
+    persons = ["p1", "p2", "p1", "p1", "p1"]
+    mirrored = Tallies(86_400, devices, persons, mirror="pd:")
+    persons_per_device = [1, 2, 1, 2, 1]
+    devices_per_person = [1, 1, 2, 2, 3]  # as two groups would count them, after the first
+    assert one.count([mirrored], now_ms=T0_MS) == [persons_per_device + devices_per_person]
+    again = two.count([Tallies(86_400, ["dp:d2"], ["p2"], mirror="pd:")], now_ms=T0_MS + 1)
+    assert again == [[2, 2]]
+    assert two.count([distinct(86_400, ("pd:p1", "dp:d4"))], now_ms=T0_MS + 2) == [[4]]
+    many = Tallies(86_400, [f"dp:x{n}" for n in range(1500)], ["px"] * 1500, mirror="pd:")
+    figures = one.count([many], now_ms=T0_MS + 3)[0]
+    assert figures[:3] == [1, 1, 1]
+    assert figures[1500:1503] == [1, 2, 3]
+    assert figures[-1] == 1500
+
+
 def test_groups_are_counted_apart_in_one_call(pair: tuple[RiskCounters, RiskCounters]) -> None:
     one, _ = pair
     figures = one.count(
@@ -104,7 +124,7 @@ def test_a_counted_window_slides(pair: tuple[RiskCounters, RiskCounters]) -> Non
     one, _ = pair
     span_ms = MINUTE * 1000 // SUB_WINDOWS
     assert one.count([counted(MINUTE, "d")], now_ms=T0_MS) == [[1]]
-    assert one.count([counted(MINUTE, "d")], now_ms=T0_MS + 2 * span_ms) == [[2]]
+    assert one.count([counted(MINUTE, "d")], now_ms=T0_MS + (SUB_WINDOWS - 1) * span_ms) == [[2]]
     # The first event is forgotten once a whole window has passed since its sub-window.
     assert one.count([counted(MINUTE, "d")], now_ms=T0_MS + MINUTE * 1000 - 1) == [[3]]
     assert one.count([counted(MINUTE, "d")], now_ms=T0_MS + MINUTE * 1000) == [[3]]

@@ -50,12 +50,16 @@ class MemoryRiskCounters:
     def count(self, groups: Sequence[Tallies], *, now_ms: int) -> list[list[int | None]]:
         with self._lock:
             self._forget(now_ms)
-            return [
-                self._counted(group, now_ms)
-                if group.members is None
-                else self._distinct(group, group.members, now_ms)
-                for group in groups
-            ]
+            return [self._figures(group, now_ms) for group in groups]
+
+    def _figures(self, group: Tallies, now_ms: int) -> list[int | None]:
+        if group.members is None:
+            return self._counted(group, now_ms)
+        figures = self._distinct(group, group.members, now_ms)
+        if group.mirror is not None:
+            mirrored = Tallies(group.window_s, [group.mirror + m for m in group.members])
+            figures += self._distinct(mirrored, group.names, now_ms)
+        return figures
 
     def close(self) -> None:
         """Nothing to close."""

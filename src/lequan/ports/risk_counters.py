@@ -6,12 +6,14 @@ A claim batch counts all its claims in one call (``count``), its tallies
 grouped by rule (``Tallies``): one round trip per batch on Redis, never one
 per claim. Two kinds of tally:
 
-- **counted** (``member`` None): events under a name in a sliding window of
+- **counted** (no ``members``): events under a name in a sliding window of
   ``window_s``, kept as ``SUB_WINDOWS`` sub-windows of ``window_s /
   SUB_WINDOWS`` each; the figure is the events of the current sub-window and
   the ``SUB_WINDOWS - 1`` before it, so it never counts an event older than
-  ``window_s`` and forgets one at most a sub-window early;
-- **distinct** (``member`` given): distinct members seen under a name in the
+  ``window_s`` and forgets one at most a sub-window early (with two, an event
+  counts for at least half the window and at most all of it: four would cost
+  Redis a third more for each batch, docs/risk.md);
+- **distinct** (``members`` given): distinct members seen under a name in the
   fixed window of ``window_s`` the instant falls in (windows start at
   multiples of ``window_s`` since the Unix epoch); a member seen again is not
   counted again, so a family sharing a phone is never counted twice, and the
@@ -33,7 +35,7 @@ from typing import Protocol
 __all__ = ["SUB_WINDOWS", "RiskCounters", "RiskCountersUnavailable", "Tallies"]
 
 # A counted window is kept as this many sub-windows (the last of them partial).
-SUB_WINDOWS = 4
+SUB_WINDOWS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,11 @@ class Tallies:
     window_s: int
     names: Sequence[str]
     members: Sequence[str] | None = None
+    # Distinct tallies only: each pair counted from its member's side as well, under the
+    # name ``mirror + member`` (its figures follow the names' in the group's list). It
+    # is the same as a second group (``mirror + member``, with the names as members),
+    # for one record of the pairs instead of two.
+    mirror: str | None = None
 
 
 class RiskCountersUnavailable(Exception):

@@ -185,14 +185,16 @@ class ClaimScreen:
         claim without the signal a count needs is left unknown."""
         size = len(candidates)
         groups: list[Tallies] = []
-        places: list[tuple[str, list[int]]] = []
+        places: list[tuple[tuple[str, ...], list[int]]] = []
 
         def tally(
-            feature: str,
+            features: tuple[str, ...],
             window_s: int | None,
             prefix: str,
             keys: Sequence[str | None],
             members: Sequence[str | None] | None = None,
+            *,
+            mirror: str | None = None,
         ) -> None:
             if window_s is None:
                 return
@@ -204,16 +206,22 @@ class ClaimScreen:
                 return
             names = [prefix + str(keys[n]) for n in at]
             given = None if members is None else [str(members[n]) for n in at]
-            groups.append(Tallies(window_s, names, given))
-            places.append((feature, at))
+            groups.append(Tallies(window_s, names, given, mirror))
+            places.append((features, at))
 
         devices = columns["device_id"]
         persons = [c.person_id for c in candidates]
-        tally("device_claims", rules.device_window_s, "vd:", devices)
-        tally("ip_claims", rules.ip_window_s, "vi:", columns.get("ip", ()))
-        tally("subnet_claims", rules.subnet_window_s, "vn:", columns.get("subnet", ()))
-        tally("device_identities", rules.device_identities_window_s, "dp:", devices, persons)
-        tally("identity_devices", rules.identity_devices_window_s, "pd:", persons, devices)
+        tally(("device_claims",), rules.device_window_s, "vd:", devices)
+        tally(("ip_claims",), rules.ip_window_s, "vi:", columns.get("ip", ()))
+        tally(("subnet_claims",), rules.subnet_window_s, "vn:", columns.get("subnet", ()))
+        both = rules.device_identities_window_s
+        if both is not None and both == rules.identity_devices_window_s:
+            # One record of the (device, person) pairs counts both sides.
+            pair = ("device_identities", "identity_devices")
+            tally(pair, both, "dp:", devices, persons, mirror="pd:")
+        else:
+            tally(("device_identities",), both, "dp:", devices, persons)
+            tally(("identity_devices",), rules.identity_devices_window_s, "pd:", persons, devices)
         counted: dict[str, list[int | None]] = {}
         if not groups:
             return counted
@@ -222,11 +230,12 @@ class ClaimScreen:
         except RiskCountersUnavailable as error:
             log.warning("risk_counters_unavailable", error_type=str(error), claims=size)
             return counted
-        for (feature, at), found in zip(places, figures, strict=True):
-            column: list[int | None] = [None] * size
-            for n, figure in zip(at, found, strict=True):
-                column[n] = figure
-            counted[feature] = column
+        for (features, at), found in zip(places, figures, strict=True):
+            for side, feature in enumerate(features):  # a mirrored group's: two sides
+                column: list[int | None] = [None] * size
+                for n, figure in zip(at, found[side * len(at) : (side + 1) * len(at)], strict=True):
+                    column[n] = figure
+                counted[feature] = column
         return counted
 
     def _blacklisted(

@@ -189,12 +189,17 @@ class SqlRisk:
 
     # -- the blacklists -----------------------------------------------------------------
 
+    # Both lookups start from the batch's own values, one index probe each: a list of a
+    # million entries costs them nothing more. (``value = ANY($1)`` as a filter over the
+    # list is what PostgreSQL's generic plan does once psycopg prepares the statement,
+    # after five runs: every entry against every value, 22 ms for 1,000 of each.)
+
     def blacklisted_devices(self, device_ids: Sequence[str]) -> set[str]:
         if not device_ids:
             return set()
         sql = (
-            "SELECT value FROM risk_blacklist WHERE kind = 'device' AND "  # noqa: S608
-            f"{self._s.in_array('value')}"
+            f"SELECT b.value FROM {self._values('d')} "  # noqa: S608  # our names
+            "JOIN risk_blacklist b ON b.kind = 'device' AND b.value = d.value"
         )
         return {row[0] for row in self._s.driver_rows(sql, (self._s.array(device_ids),))}
 
@@ -202,12 +207,18 @@ class SqlRisk:
         if not channel_user_ids:
             return set()
         sql = (
-            "SELECT a.channel_user_id FROM person_accounts a JOIN risk_blacklist b "  # noqa: S608
-            "ON b.kind = 'phone' AND b.value = a.phone_bidx "
-            f"WHERE a.channel_id = ? AND {self._s.in_array('a.channel_user_id')}"
+            f"SELECT a.channel_user_id FROM {self._values('u')} "  # noqa: S608  # our names
+            "JOIN person_accounts a ON a.channel_id = ? AND a.channel_user_id = u.value "
+            "JOIN risk_blacklist b ON b.kind = 'phone' AND b.value = a.phone_bidx"
         )
-        rows = self._s.driver_rows(sql, (channel_id, self._s.array(channel_user_ids)))
+        rows = self._s.driver_rows(sql, (self._s.array(channel_user_ids), channel_id))
         return {row[0] for row in rows}
+
+    def _values(self, alias: str) -> str:
+        """A table of the values of one array parameter, column ``value``."""
+        if self._s.postgres:
+            return f"unnest(?::text[]) AS {alias}(value)"
+        return f"json_each(?) AS {alias}"
 
     def add_blacklisted(
         self, *, kind: str, value: str, reason: str, created_by: str, now: datetime
