@@ -245,13 +245,17 @@ class Platform:
     # The risk rules in force here, and the counters their features are counted in.
     risk: RiskRulebook | None = None
     risk_counters: RiskCounters | None = None
-    # The redemption-time rules' step of every redemption path, and its ring sweeps.
+    # The redemption-time rules' step of every redemption path, and its ring sweeps, and
+    # the counters its features are counted in.
     redemption_screen: RedemptionScreen | None = None
+    redemption_counters: RiskCounters | None = None
 
     def stop_workers(self) -> None:
         """Stop the background threads; the runtime (store, gate) stays open."""
         if self.redemption_screen is not None:
             self.redemption_screen.stop()
+        if self.redemption_counters is not None:
+            self.redemption_counters.close()
         if self.risk is not None:
             self.risk.stop()
         if self.risk_counters is not None:
@@ -416,7 +420,10 @@ def start_platform(
         on_sold_out=sold_out_now,
         screen=ClaimScreen(rt, rulebook, counters),
     )
-    redemption_screen = RedemptionScreen(rt, rulebook, counters)
+    # Counters of their own: a flood of claims filling the in-memory bound must not
+    # leave the redemptions' features unknown for the rest of the day.
+    redemption_counters = risk_counters(rt.settings)
+    redemption_screen = RedemptionScreen(rt, rulebook, redemption_counters)
     redemption_screen.start()
     flusher = PulseFlusher(rt.pulse, interval_s=rt.settings.pulse_flush_s)
     if rt.pulse.shared:
@@ -429,6 +436,7 @@ def start_platform(
         risk=rulebook,
         risk_counters=counters,
         redemption_screen=redemption_screen,
+        redemption_counters=redemption_counters,
         relay=relayer,
         pulse_flusher=flusher if rt.pulse.shared else None,
         rt=rt,

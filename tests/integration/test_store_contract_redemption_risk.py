@@ -120,6 +120,12 @@ def test_refunds_are_counted_by_how_soon(store: Store) -> None:
         assert figures("m-1", since=T0 + timedelta(seconds=10), within_s=600) == (2, 1)
         assert figures("m-2", since=T0, within_s=600) == (1, 1)
         assert figures("m-3", since=T0, within_s=600) == (0, 0)
+        payer = uow.redemption_risk.payer_refunds
+        # Every fact here is paid by pay-00000001 but r0005, which was never completed.
+        assert payer("pay-00000001", since=T0, within_s=90) == 2
+        assert payer("pay-00000001", since=T0, within_s=100) == 3
+        assert payer("pay-00000001", since=T0 + timedelta(seconds=10), within_s=600) == 2
+        assert payer("pay-00000002", since=T0, within_s=600) == 0
         assert uow.redemption_risk.get_fact("r0001") == replace(
             fact(1), refunded_at=T0 + timedelta(seconds=100), refund_after_s=100
         )

@@ -339,6 +339,27 @@ def test_refund_soon_after_at_a_merchant_that_refunds_often() -> None:
     assert refund(None, 30) == []
 
 
+def test_refund_soon_after_by_a_payer_who_refunds_often() -> None:
+    rules = only("refund_soon_after", within_s=600, payer_refunds_min=2)
+
+    def refund(payer: str | None, quick: int | None) -> list[str]:
+        verdict = rules.judge_refund(
+            RefundFeatures("m-1", since_redemption_s=5, payer_id=payer, payer_quick_refunds=quick)
+        )
+        return [] if verdict is None else verdict.codes
+
+    # A customer who sent a dish back, once.
+    assert refund("pay-00000001", 1) == []
+    assert refund("pay-00000001", 2) == ["refund_soon_after"]
+    # No payer token sent: unknown.
+    assert refund(None, None) == []
+    verdict = rules.judge_refund(
+        RefundFeatures("m-1", since_redemption_s=5, payer_id="pay-1", payer_quick_refunds=3)
+    )
+    assert verdict is not None
+    assert verdict.fired[0].figures["payer_quick_refunds"] == 3
+
+
 # -- the verdict ------------------------------------------------------------------------
 
 

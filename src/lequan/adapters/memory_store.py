@@ -1871,6 +1871,19 @@ class MemoryRedemptionRisk(_Repository):
         )
         return len(recent), quick
 
+    def payer_refunds(self, payer_id: str, *, since: datetime, within_s: int) -> int:
+        t = self._u.read()
+        since = _utc(since)
+        return sum(
+            1
+            for row in t.risk_redemptions.values()
+            if row.payer_id == payer_id
+            and row.redeemed_at is not None
+            and row.redeemed_at >= since
+            and row.refund_after_s is not None
+            and row.refund_after_s <= within_s
+        )
+
     def recent(self, *, since: datetime, limit: int) -> list[RecentRedemption]:
         t = self._u.read()
         since = _utc(since)

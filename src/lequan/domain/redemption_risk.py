@@ -33,9 +33,10 @@ acquirer did not send.
 
     refund rule                  features (RefundFeatures)            fires when
     refund_soon_after            since_redemption_s,                  refunded ≤ within_s after
-                                 merchant_quick_refunds,              its redemption, and the
-                                 merchant_redemptions                 merchant's quick refunds
-                                                                      reach their count and share
+                                 merchant_quick_refunds,              its redemption, the
+                                 merchant_redemptions,                merchant's quick refunds
+                                 payer_quick_refunds                  reach their count and share,
+                                                                      and the payer's its count
 
 Actions, from the mildest: ``flag`` (a review item; the redemption goes
 through), ``hold`` (also the merchant's payable for it is held until an
@@ -151,12 +152,15 @@ class RefundSoonRule(_Model):
     """``refund_soon_after``: a refund ``within_s`` of its redemption (cash-out), when
     the merchant has had at least ``merchant_refunds_min`` such refunds over the last
     ``window_s`` and they are at least ``merchant_share_min_pct`` of its redemptions
-    then (1 and 0: every quick refund fires)."""
+    then, and the payer token has had at least ``payer_refunds_min`` (1, 0 and 1:
+    every quick refund fires). A cash-out refunds to the ring's own few cards again
+    and again; a customer who sent a dish back did it once."""
 
     within_s: Annotated[int, Field(ge=1, le=WINDOW_S_MAX)] = 600
     window_s: WindowS = 86_400
     merchant_refunds_min: Count = 1
     merchant_share_min_pct: Annotated[int, Field(ge=0, le=100)] = 0
+    payer_refunds_min: Count = 1
     action: RedemptionAction = "flag"
 
 
@@ -330,6 +334,9 @@ class RefundFeatures:
     since_redemption_s: int
     merchant_quick_refunds: int | None = None
     merchant_redemptions: int | None = None
+    payer_id: str | None = None
+    # The payer token's refunds within the rule's ``within_s``, this one included.
+    payer_quick_refunds: int | None = None
 
 
 Figure = int | str
@@ -428,6 +435,11 @@ class CompiledRedemptionRules:
                 "merchant_share_pct": refunds * 100 // redemptions,
                 "window_s": rule.window_s,
             }
+        if rule.payer_refunds_min > 1:
+            quick = f.payer_quick_refunds
+            if quick is None or f.payer_id is None or quick < rule.payer_refunds_min:
+                return None
+            figures |= {"payer_id": f.payer_id, "payer_quick_refunds": quick}
         figures["merchant_id"] = f.merchant_id
         return _verdict([RedemptionFired(RedemptionReason.REFUND_SOON_AFTER, rule.action, figures)])
 

@@ -679,6 +679,11 @@ class RedemptionRiskRepository(Protocol):
         within ``within_s``); one query on the merchant's index."""
         ...
 
+    def payer_refunds(self, payer_id: str, *, since: datetime, within_s: int) -> int:
+        """The payer token's redemptions completed since ``since`` and refunded within
+        ``within_s``; one query on the payer's index."""
+        ...
+
     def recent(self, *, since: datetime, limit: int) -> list[RecentRedemption]:
         """The redemptions completed since ``since``, newest first, ``limit`` at most."""
         ...

@@ -354,18 +354,27 @@ class RedemptionScreen:
             return NOTHING
         quick: int | None = None
         total: int | None = None
+        payer: str | None = None
+        payer_quick: int | None = None
         if remembered:
+            since = now - timedelta(seconds=rule.window_s)
             total, quick = uow.redemption_risk.merchant_refunds(
-                redemption.merchant_id,
-                since=now - timedelta(seconds=rule.window_s),
-                within_s=rule.within_s,
+                redemption.merchant_id, since=since, within_s=rule.within_s
             )
+            fact = uow.redemption_risk.get_fact(redemption.id)
+            payer = None if fact is None else fact.payer_id
+            if payer is not None and rule.payer_refunds_min > 1:
+                payer_quick = uow.redemption_risk.payer_refunds(
+                    payer, since=since, within_s=rule.within_s
+                )
         verdict = compiled.judge_refund(
             RefundFeatures(
                 merchant_id=redemption.merchant_id,
                 since_redemption_s=after_s,
                 merchant_quick_refunds=quick,
                 merchant_redemptions=total,
+                payer_id=payer,
+                payer_quick_refunds=payer_quick,
             )
         )
         if verdict is None:

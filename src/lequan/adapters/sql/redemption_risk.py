@@ -79,6 +79,15 @@ class SqlRedemptionRisk:
         ).one()
         return int(row[0]), int(row[1])
 
+    def payer_refunds(self, payer_id: str, *, since: datetime, within_s: int) -> int:
+        r = t.risk_redemptions.c
+        found = self._s.exec(
+            sa.select(sa.func.count()).where(
+                r.payer_id == payer_id, r.redeemed_at >= since, r.refund_after_s <= within_s
+            )
+        ).scalar_one()
+        return int(found)
+
     def recent(self, *, since: datetime, limit: int) -> list[RecentRedemption]:
         # The driver's rows: the ring reads tens of thousands at each refresh.
         sql = (

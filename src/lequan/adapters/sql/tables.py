@@ -521,8 +521,10 @@ risk_redemptions = sa.Table(
     # The review item that flagged it first: the ring's sweep flags a redemption once.
     sa.Column("review_id", Id),
     sa.CheckConstraint("(refunded_at IS NULL) = (refund_after_s IS NULL)", name="refund_whole"),
-    # The rules read a merchant's recent redemptions, and every recent one (the ring).
+    # The rules read a merchant's and a payer's recent redemptions, and every recent one
+    # (the ring).
     sa.Index("ix_risk_redemptions_merchant_id_redeemed_at", "merchant_id", "redeemed_at"),
+    sa.Index("ix_risk_redemptions_payer_id_redeemed_at", "payer_id", "redeemed_at"),
     sa.Index("ix_risk_redemptions_redeemed_at", "redeemed_at"),
 )
 

@@ -8,7 +8,8 @@ The redemption-time rules (docs/risk.md) judge a completed redemption on
 features counted by the shared counters and read from ``risk_redemptions``:
 one row per redemption while a redemption rule is on, with the person, the
 payer token and, once refunded, how soon after. The ring's graph and the
-merchants' quick refunds are read from it by merchant and by time. A payable
+merchants' and the payers' quick refunds are read from it by merchant, by
+payer and by time. A payable
 a rule held waits in ``payable_holds`` (and in the ledger's ``held:``
 accounts) until an analyst releases it or claws it back. ``sku_prices`` keeps
 the baseline prices operators import for trade-in products.
@@ -54,6 +55,9 @@ def upgrade() -> None:
         "risk_redemptions",
         ["merchant_id", "redeemed_at"],
     )
+    op.create_index(
+        "ix_risk_redemptions_payer_id_redeemed_at", "risk_redemptions", ["payer_id", "redeemed_at"]
+    )
     op.create_index("ix_risk_redemptions_redeemed_at", "risk_redemptions", ["redeemed_at"])
     op.create_table(
         "payable_holds",
@@ -98,5 +102,6 @@ def downgrade() -> None:
     op.drop_index("ix_payable_holds_campaign_id_status", table_name="payable_holds")
     op.drop_table("payable_holds")
     op.drop_index("ix_risk_redemptions_redeemed_at", table_name="risk_redemptions")
+    op.drop_index("ix_risk_redemptions_payer_id_redeemed_at", table_name="risk_redemptions")
     op.drop_index("ix_risk_redemptions_merchant_id_redeemed_at", table_name="risk_redemptions")
     op.drop_table("risk_redemptions")
