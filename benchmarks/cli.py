@@ -8,6 +8,7 @@ The options and the printed output are those of ``lequan bench`` and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -245,6 +246,12 @@ def simulate(
         float,
         typer.Option(help="Seconds the review queue is read after the last order.", min=0, max=600),
     ] = 2.0,
+    rules: Annotated[
+        str,
+        typer.Option(
+            help="The risk rules file put in force before the release (empty: every rule off)."
+        ),
+    ] = "examples/risk-rules.yaml",
     require_targets: Annotated[
         bool, typer.Option("--require-targets", help="Exit 1 when an issue 16 target fails.")
     ] = False,
@@ -286,6 +293,7 @@ def simulate(
             workers=workers,
             gate_buckets=gate_buckets,
             adversaries=adversaries,
+            rules_file=Path(rules) if rules else None,
         ),
         lambda message: err.print(f"[dim]{message}[/]"),
     )

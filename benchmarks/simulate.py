@@ -50,7 +50,7 @@ from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth
 from lequan.domain.errors import InvalidInput
-from lequan.services import admin
+from lequan.services import admin, risk_rules
 
 __all__ = ["SimulationConfig", "simulate"]
 
@@ -63,6 +63,7 @@ RESENDS_MAX = 10
 ARRIVALS_PER_YIELD_MAX = 1000  # the channels get the loop at least this often
 HTTP_TIMEOUT_S = 60.0
 SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
+EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "examples" / "risk-rules.yaml"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class SimulationConfig:
     gate_buckets: int = 1
     seed: int = 20241130
     adversaries: AdversaryConfig = field(default_factory=AdversaryConfig)
+    # The risk rules put in force before the release (None: none, every rule off).
+    rules_file: Path | None = EXAMPLE_RULES
 
 
 @dataclass
@@ -472,6 +475,8 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                 actor="bench-maker",
             )
             token = _analyst_token(stack)
+            if config.rules_file is not None:
+                _put_rules(stack, config.rules_file)
             with serve_lequan(stack.env, workers=config.workers) as port:
                 progress("released: the crowd arrives")
                 answers, elapsed_s, resent = asyncio.run(
@@ -516,6 +521,13 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
             summary["targets"] = report.pop("targets")
             summary["targets_met"] = report.pop("targets_met")
             return summary
+
+
+def _put_rules(stack: scenarios.Stack, path: Path) -> None:
+    """The rules file in force from the server's start: drafted by the bench's maker,
+    approved by its checker, as operators would."""
+    row = risk_rules.draft_rules(stack.rt, path.read_text(encoding="utf-8"), actor="bench-maker")
+    risk_rules.approve_rules(stack.rt, row.version, actor="bench-checker")
 
 
 def _analyst_token(stack: scenarios.Stack) -> str:

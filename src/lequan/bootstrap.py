@@ -53,6 +53,7 @@ from lequan.services.idempotency import InFlight
 from lequan.services.keys import check_keys
 from lequan.services.live import PulseFlusher, record_sold_out
 from lequan.services.redemption_batches import RedemptionWriter
+from lequan.services.redemption_risk import RedemptionScreen
 from lequan.services.relay import Relay
 from lequan.services.risk import ClaimScreen
 from lequan.services.risk_rules import RiskRulebook
@@ -244,9 +245,17 @@ class Platform:
     # The risk rules in force here, and the counters their features are counted in.
     risk: RiskRulebook | None = None
     risk_counters: RiskCounters | None = None
+    # The redemption-time rules' step of every redemption path, and its ring sweeps, and
+    # the counters its features are counted in.
+    redemption_screen: RedemptionScreen | None = None
+    redemption_counters: RiskCounters | None = None
 
     def stop_workers(self) -> None:
         """Stop the background threads; the runtime (store, gate) stays open."""
+        if self.redemption_screen is not None:
+            self.redemption_screen.stop()
+        if self.redemption_counters is not None:
+            self.redemption_counters.close()
         if self.risk is not None:
             self.risk.stop()
         if self.risk_counters is not None:
@@ -411,6 +420,11 @@ def start_platform(
         on_sold_out=sold_out_now,
         screen=ClaimScreen(rt, rulebook, counters),
     )
+    # Counters of their own: a flood of claims filling the in-memory bound must not
+    # leave the redemptions' features unknown for the rest of the day.
+    redemption_counters = risk_counters(rt.settings)
+    redemption_screen = RedemptionScreen(rt, rulebook, redemption_counters)
+    redemption_screen.start()
     flusher = PulseFlusher(rt.pulse, interval_s=rt.settings.pulse_flush_s)
     if rt.pulse.shared:
         flusher.start()
@@ -421,6 +435,8 @@ def start_platform(
     return Platform(
         risk=rulebook,
         risk_counters=counters,
+        redemption_screen=redemption_screen,
+        redemption_counters=redemption_counters,
         relay=relayer,
         pulse_flusher=flusher if rt.pulse.shared else None,
         rt=rt,
@@ -439,6 +455,7 @@ def start_platform(
             batch_size_max=rt.settings.redeem_batch_size_max,
             wait_ms=rt.settings.redeem_batch_wait_ms,
             queue_max=rt.settings.redeem_queue_max,
+            screen=redemption_screen,
         ),
     )
 

@@ -891,12 +891,18 @@ risk_blacklist_app = typer.Typer(
     no_args_is_help=True,
 )
 review_app = typer.Typer(
-    help="The review queue: claims a risk rule held, for an analyst to decide.",
+    help="The review queue: claims a risk rule held, redemptions it flagged or whose "
+    "payable it held, for an analyst to decide.",
+    no_args_is_help=True,
+)
+sku_prices_app = typer.Typer(
+    help="SKU baseline prices, for the rule price_above_sku_baseline (trade-in).",
     no_args_is_help=True,
 )
 app.add_typer(risk_app, name="risk")
 risk_app.add_typer(rules_app, name="rules")
 risk_app.add_typer(risk_blacklist_app, name="blacklist")
+risk_app.add_typer(sku_prices_app, name="sku-prices")
 app.add_typer(review_app, name="review")
 
 
@@ -950,7 +956,9 @@ def risk_rules_list(as_json: JsonFlag = False) -> None:
     if as_json:
         typer.echo(json.dumps({"versions": rows}, ensure_ascii=False, indent=2))
         return
-    table = Table("version", "status", "drafted by", "approved by", "claim rules")
+    table = Table(
+        "version", "status", "drafted by", "approved by", "claim rules", "redemption rules"
+    )
     for r in rows:
         table.add_row(
             str(r["version"]),
@@ -958,7 +966,57 @@ def risk_rules_list(as_json: JsonFlag = False) -> None:
             r["drafted_by"],
             r["approved_by"] or "",
             ", ".join(r["claim_rules"]) or "(none)",
+            ", ".join(r["redemption_rules"]) or "(none)",
         )
+    console.print(table)
+
+
+@sku_prices_app.command("import")
+def risk_sku_prices_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import SKU baseline prices from CSV `sku,baseline_price_fen` (a maker, checker or
+    analyst; audited); refused whole, naming the line, when a row is wrong."""
+    from lequan.services import sku_prices
+
+    text = file.read_text(encoding="utf-8")
+    rt, actor = _runtime_as(token, token_file)
+    result = sku_prices.import_sku_prices(rt, text, actor=actor)
+    _emit({"imported": result.imported}, as_json, f"imported {result.imported} SKU prices")
+
+
+@sku_prices_app.command("list")
+def risk_sku_prices_list(
+    after: Annotated[str | None, typer.Option(help="List after this SKU.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    token: Token = None,
+    token_file: TokenFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The SKU baseline prices, by SKU."""
+    from lequan.services import sku_prices
+
+    rt, actor = _runtime_as(token, token_file)
+    limit = min(limit, rt.settings.page_size_max)
+    rows = sku_prices.list_sku_prices(rt, actor=actor, after=after, limit=limit)
+    if as_json:
+        items = [
+            {
+                "sku": r.sku,
+                "baseline_price_fen": r.baseline_price_fen,
+                "updated_by": r.updated_by,
+                "updated_at": r.updated_at.isoformat(),
+            }
+            for r in rows
+        ]
+        typer.echo(json.dumps({"items": items}, ensure_ascii=False, indent=2))
+        return
+    table = Table("sku", "baseline (fen)", "by", "at")
+    for r in rows:
+        table.add_row(r.sku, str(r.baseline_price_fen), r.updated_by, r.updated_at.isoformat())
     console.print(table)
 
 
@@ -1057,6 +1115,17 @@ def _print_review(data: dict[str, Any]) -> None:
             f"{subject['round_id']} · {subject['template_id']}",
         )
         table.add_row("signals", json.dumps(subject.get("signals", {}), ensure_ascii=False))
+    else:
+        table.add_row(
+            "redemption",
+            f"{subject['redemption_id']} ({subject['moment']}) · {subject['merchant_id']} · "
+            f"{subject['order_amount_fen']} fen, {subject['discount_fen']} off",
+        )
+        held = f"{subject['held_fen']} fen held" if subject["held_fen"] else "not held"
+        if subject["merchant_suspended"]:
+            held += "; merchant suspended"
+        table.add_row("payable", held)
+        table.add_row("signals", json.dumps(subject.get("signals", {}), ensure_ascii=False))
     for fired in data["reasons"]:
         figures = ", ".join(f"{k}={v}" for k, v in sorted(fired["figures"].items()))
         table.add_row(f"{fired['code']} ({fired['action']})", figures)
@@ -1144,6 +1213,9 @@ def _review_decision(approve: bool) -> Any:
         rt, actor = _runtime_as(token, token_file)
         if not approve:
             row = reviews.reject_review(rt, review_id, actor=actor, reason=reason)
+        elif reviews.get_review(rt, review_id, actor=actor).kind == "redemption":
+            # Releasing a held payable moves money in the store alone: no claim path.
+            row = reviews.approve_review(rt, _NO_CLAIMS, review_id, actor=actor, reason=reason)
         else:
             # The held claim goes through the claim path: this process's own, its gate
             # rebuilt from the store (with Redis, the gate every server shares).
@@ -1162,11 +1234,23 @@ def _review_decision(approve: bool) -> Any:
 
     command.__doc__ = (
         "Approve a held claim: it is issued through the claim path, or refused as it would "
-        "be now (sold out, claimed meanwhile); the outcome is recorded (an analyst)."
+        "be now (sold out, claimed meanwhile); a redemption's held payable is released. The "
+        "outcome is recorded (an analyst)."
         if approve
-        else "Reject a held claim: it is refused for good (an analyst)."
+        else "Reject a held claim: it is refused for good; a redemption's payable, held or "
+        "still owed, is clawed back to the budget (an analyst)."
     )
     return command
+
+
+class _NoClaims:
+    """The claim path a redemption's approval never takes."""
+
+    def claim(self, channel_id: str, requests: list[Any]) -> list[Any]:
+        raise AssertionError("a redemption's review issues no claim")
+
+
+_NO_CLAIMS = _NoClaims()
 
 
 review_app.command("approve")(_review_decision(True))

@@ -23,15 +23,19 @@ __all__ = [
     "MerchantRow",
     "MerchantSuspension",
     "OutboxRow",
+    "PayableHoldRow",
     "PersonRow",
     "ProductRow",
     "QualificationLockRow",
+    "RecentRedemption",
+    "RedemptionFactRow",
     "RedemptionReads",
     "RedemptionRow",
     "ReviewRow",
     "RiskBlacklistRow",
     "RiskRulesRow",
     "SealedSample",
+    "SkuPriceRow",
     "StockKey",
     "VoucherRow",
 ]
@@ -258,3 +262,60 @@ class RiskBlacklistRow:
     reason: str
     created_by: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionFactRow:
+    """A redemption as the redemption-time rules remember it (migration 0014): who, where,
+    the payer's token, when it completed (None while locked) and when it was refunded."""
+
+    redemption_id: str
+    campaign_id: str
+    merchant_id: str
+    person_id: str
+    voucher_id: str
+    payer_id: str | None
+    terminal_id: str | None
+    order_amount_fen: int
+    created_at: datetime
+    redeemed_at: datetime | None
+    refunded_at: datetime | None = None
+    refund_after_s: int | None = None
+    # The review item that flagged it first, if one did.
+    review_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecentRedemption:
+    """A recent completed redemption as the ring's graph reads it."""
+
+    redemption_id: str
+    person_id: str
+    merchant_id: str
+    flagged: bool  # a review item flagged it already
+
+
+@dataclass(frozen=True, slots=True)
+class PayableHoldRow:
+    """A redemption's payable a risk rule held, or an analyst clawed back (migration
+    0014): ``held`` (in the ledger's ``held:`` account) until ``released`` (owed again)
+    or ``clawed_back`` (back in the campaign's budget, never paid)."""
+
+    redemption_id: str
+    campaign_id: str
+    payable: str  # the account it was taken from: payable:<acquirer>[:<category>]
+    amount_fen: int
+    status: str  # held | released | clawed_back
+    review_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SkuPriceRow:
+    """A trade-in product's baseline price by SKU, as operators imported it."""
+
+    sku: str
+    baseline_price_fen: int
+    updated_by: str
+    updated_at: datetime

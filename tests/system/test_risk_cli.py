@@ -15,12 +15,15 @@ from typer.testing import CliRunner
 from lequan.bootstrap import build_runtime, start_platform
 from lequan.cli import app
 from lequan.config import Settings
-from lequan.services import persons
+from lequan.examples import example_merchants
+from lequan.services import admin, persons, redemption, reviews
 from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Idempotency
+from lequan.services.redemption import RedeemOrder
+from lequan.services.redemption_risk import RedemptionSignals
 from lequan.services.risk import ClaimSignals
 from tests.e2e.conftest import campaign_yaml
-from tests.factories import EXAMPLES, dining_config, id_number
+from tests.factories import ACQUIRER, EXAMPLES, dining_config, id_number
 
 runner = CliRunner()
 
@@ -169,3 +172,103 @@ def test_a_broken_rules_file_names_the_field(data_dir: Path) -> None:
     assert "invalid_risk_rules" in stderr
     assert "claim.velocity_ip.limit" in stderr
     assert run("risk", "rules", "list")["versions"] == []
+
+
+def held_redemption() -> str:
+    """Two people spend a voucher each at one cafe with one payer token, in a server of
+    its own whose rules hold a payer's second voucher. The held redemption's review id."""
+    rt = build_runtime(Settings())
+    platform = start_platform(rt, sweep=False, relay=False)
+    try:
+        admin.add_app(rt, app_id=ACQUIRER, kind="acquirer", name="acquirer", actor="alice")
+        admin.import_merchants(rt, example_merchants(dining_only=True), actor="alice")
+        assert platform.risk is not None
+        platform.risk.refresh()
+        for n in (1, 2):
+            user = f"u{n}"
+            persons.register(
+                rt,
+                channel_id="wechat",
+                channel_user_id=user,
+                id_number=id_number(n),
+                name="张三",
+                phone=f"1390000000{n}",
+                region_code="310104",
+                location_region="310104",
+                consent=True,
+                consent_version="2024-01",
+            )
+            [claimed] = platform.claims.claim(
+                "wechat",
+                [
+                    ClaimRequest(
+                        user,
+                        "sh-dining-2024",
+                        "r1",
+                        "d300-90",
+                        "310104",
+                        Idempotency("wechat", f"k-{n}", "h"),
+                    )
+                ],
+            )
+            assert claimed.outcome == "issued", claimed
+            row, _ = redemption.redeem(
+                rt,
+                voucher_id=claimed.answer.body["voucher"]["voucher_id"],
+                order=RedeemOrder(
+                    ACQUIRER, "m-cafe-001", "wechat", user, f"o{n}", 30_000, "in_store"
+                ),
+                lock=False,
+                signals=RedemptionSignals(payer_id="pay-0000000000000001"),
+                screen=platform.redemption_screen,
+            )
+    finally:
+        platform.close()
+    items = reviews.list_reviews(
+        rt, actor="ana", status="pending", kind="redemption", after_id=None, limit=10
+    )
+    (item,) = items
+    assert item.subject["redemption_id"] == row.id
+    return item.id
+
+
+def test_an_analyst_releases_a_held_redemption_and_prices_skus(data_dir: Path) -> None:
+    alice = run("operator", "add", "alice", "--role", "maker")["token"]
+    bob = run("operator", "add", "bob", "--role", "checker", "--token", alice)["token"]
+    ana = run("operator", "add", "ana", "--role", "analyst", "--token", alice)["token"]
+    campaign = data_dir / "campaign.yaml"
+    opened = datetime.now(UTC) - timedelta(minutes=5)
+    campaign.write_text(campaign_yaml(dining_config(release_at=opened)), encoding="utf-8")
+    run("campaign", "import", str(campaign), "--token", alice)
+    run("campaign", "approve", "sh-dining-2024", "--token", bob)
+    run("campaign", "activate", "sh-dining-2024", "--token", bob)
+    run("channel", "add", "wechat", "--token", alice)
+    rules = data_dir / "rules.yaml"
+    rules.write_text(
+        "version: 1\nredemption:\n  payer_many_vouchers: {limit: 1, action: hold}\n", "utf-8"
+    )
+    run("risk", "rules", "draft", str(rules), "--token", ana)
+    approved_rules = run("risk", "rules", "approve", "1", "--token", bob)
+    assert approved_rules["redemption_rules"] == ["payer_many_vouchers"]
+
+    review_id = held_redemption()
+    queue = run("review", "list", "--kind", "redemption", "--token", ana)["items"]
+    assert [(i["review_id"], i["kind"]) for i in queue] == [(review_id, "redemption")]
+    human = runner.invoke(app, ["review", "show", review_id, "--token", ana])
+    assert human.exit_code == 0, human.output
+    assert "payer_many_vouchers" in human.stdout
+    assert "9000 fen held" in human.stdout
+    released = run("review", "approve", review_id, "--reason", "a family card", "--token", ana)
+    assert (released["status"], released["outcome"]) == ("approved", "released")
+
+    prices = data_dir / "skus.csv"
+    prices.write_text("sku,baseline_price_fen\nKFR-35GW,329900\n", "utf-8")
+    assert run("risk", "sku-prices", "import", str(prices), "--token", ana) == {"imported": 1}
+    listed = run("risk", "sku-prices", "list", "--token", alice)["items"]
+    assert [(i["sku"], i["baseline_price_fen"], i["updated_by"]) for i in listed] == [
+        ("KFR-35GW", 329_900, "ana")
+    ]
+    prices.write_text("sku,baseline_price_fen\nKFR-35GW,free\n", "utf-8")
+    assert "invalid_sku_prices" in refused(
+        "risk", "sku-prices", "import", str(prices), "--token", ana
+    )

@@ -254,7 +254,7 @@ def test_an_invalid_file_is_refused_whole_with_each_field_path() -> None:
         "  velocity_device: {limit: 0, window_s: 60}\n"
         "  velocity_ip: {limit: 5, window_s: 60, action: block}\n"
         "  no_such_rule: {action: refuse}\n"
-        "redemption: {merchant_rate_spike: {}}\n"
+        "redemption: {merchant_rate_spike: {floor: 0}, no_such_rule: {}}\n"
     )
     with pytest.raises(InvalidInput) as refused:
         parse_rules(text, limits=LIMITS)
@@ -264,7 +264,8 @@ def test_an_invalid_file_is_refused_whole_with_each_field_path() -> None:
         "claim.velocity_device.limit",
         "claim.velocity_ip.action",
         "claim.no_such_rule",
-        "redemption.merchant_rate_spike",
+        "redemption.merchant_rate_spike.floor",
+        "redemption.no_such_rule",
     }
 
 

@@ -64,15 +64,19 @@ from lequan.rows import (
     MerchantRow,
     MerchantSuspension,
     OutboxRow,
+    PayableHoldRow,
     PersonRow,
     ProductRow,
     QualificationLockRow,
+    RecentRedemption,
+    RedemptionFactRow,
     RedemptionReads,
     RedemptionRow,
     ReviewRow,
     RiskBlacklistRow,
     RiskRulesRow,
     SealedSample,
+    SkuPriceRow,
     StockKey,
     VoucherRow,
 )
@@ -320,6 +324,9 @@ class _Tables:
     risk_rules: _Table[int, RiskRulesRow]  # by version (ux_risk_rules_active: one active)
     reviews: _Table[str, ReviewRow]
     risk_blacklist: _Table[tuple[str, str], RiskBlacklistRow]  # (kind, value)
+    risk_redemptions: _Table[str, RedemptionFactRow]
+    payable_holds: _Table[str, PayableHoldRow]
+    sku_prices: _Table[str, SkuPriceRow]
 
     @classmethod
     def empty(cls) -> _Tables:
@@ -353,6 +360,7 @@ class MemoryUnitOfWork:
         self.qualifications = MemoryQualifications(self)
         self.products = MemoryProducts(self)
         self.risk = MemoryRisk(self)
+        self.redemption_risk = MemoryRedemptionRisk(self)
 
     def read(self, *, pipelined: bool = False) -> _Tables:
         """The transaction's tables, begun now if need be."""
@@ -1796,6 +1804,186 @@ class MemoryRisk(_Repository):
             for (k, value), row in sorted(t.risk_blacklist.items())
             if k == kind and (after is None or value > after)
         ]
+        return found[:limit]
+
+
+HOLD_STATUSES = frozenset({"held", "released", "clawed_back"})
+
+
+class MemoryRedemptionRisk(_Repository):
+    """Remembered redemptions, held payables, SKU prices."""
+
+    def add_facts(self, rows: Sequence[RedemptionFactRow]) -> None:
+        t = self._u.write(pipelined=True)
+        ids = [row.redemption_id for row in rows]
+        if len(set(ids)) != len(ids) or any(i in t.risk_redemptions for i in ids):
+            raise self._u.refused(DuplicateKey("risk_redemptions.redemption_id"))
+        for row in rows:
+            if (row.refunded_at is None) != (row.refund_after_s is None):
+                raise self._u.refused(ConstraintViolated("ck_risk_redemptions_refund_whole"))
+        for row in rows:
+            t.risk_redemptions.put(
+                row.redemption_id,
+                replace(
+                    row,
+                    created_at=_utc(row.created_at),
+                    redeemed_at=None if row.redeemed_at is None else _utc(row.redeemed_at),
+                    refunded_at=None if row.refunded_at is None else _utc(row.refunded_at),
+                ),
+            )
+
+    def get_fact(self, redemption_id: str) -> RedemptionFactRow | None:
+        return self._u.read().risk_redemptions.get(redemption_id)
+
+    def complete_fact(self, redemption_id: str, *, now: datetime) -> RedemptionFactRow | None:
+        t = self._u.write()
+        found = t.risk_redemptions.get(redemption_id)
+        if found is None or found.redeemed_at is not None:
+            return None
+        done = replace(found, redeemed_at=_utc(now))
+        t.risk_redemptions.put(redemption_id, done)
+        return done
+
+    def refund_fact(self, redemption_id: str, *, now: datetime, refund_after_s: int) -> bool:
+        t = self._u.write()
+        found = t.risk_redemptions.get(redemption_id)
+        if found is None or found.redeemed_at is None or found.refunded_at is not None:
+            return False
+        t.risk_redemptions.put(
+            redemption_id, replace(found, refunded_at=_utc(now), refund_after_s=refund_after_s)
+        )
+        return True
+
+    def merchant_refunds(
+        self, merchant_id: str, *, since: datetime, within_s: int
+    ) -> tuple[int, int]:
+        t = self._u.read()
+        since = _utc(since)
+        recent = [
+            row
+            for row in t.risk_redemptions.values()
+            if row.merchant_id == merchant_id
+            and row.redeemed_at is not None
+            and row.redeemed_at >= since
+        ]
+        quick = sum(
+            1 for row in recent if row.refund_after_s is not None and row.refund_after_s <= within_s
+        )
+        return len(recent), quick
+
+    def payer_refunds(self, payer_id: str, *, since: datetime, within_s: int) -> int:
+        t = self._u.read()
+        since = _utc(since)
+        return sum(
+            1
+            for row in t.risk_redemptions.values()
+            if row.payer_id == payer_id
+            and row.redeemed_at is not None
+            and row.redeemed_at >= since
+            and row.refund_after_s is not None
+            and row.refund_after_s <= within_s
+        )
+
+    def recent(self, *, since: datetime, limit: int) -> list[RecentRedemption]:
+        t = self._u.read()
+        since = _utc(since)
+        found = sorted(
+            (
+                row
+                for row in t.risk_redemptions.values()
+                if row.redeemed_at is not None and row.redeemed_at >= since
+            ),
+            key=lambda row: row.redeemed_at or since,
+            reverse=True,
+        )
+        return [
+            RecentRedemption(
+                row.redemption_id, row.person_id, row.merchant_id, row.review_id is not None
+            )
+            for row in found[:limit]
+        ]
+
+    def flag_facts(self, flags: Sequence[tuple[str, str]]) -> set[str]:
+        t = self._u.write()
+        flagged: set[str] = set()
+        for redemption_id, review_id in sorted(flags):
+            found = t.risk_redemptions.get(redemption_id)
+            if found is not None and found.review_id is None:
+                t.risk_redemptions.put(redemption_id, replace(found, review_id=review_id))
+                flagged.add(redemption_id)
+        return flagged
+
+    def add_holds(self, rows: Sequence[PayableHoldRow]) -> None:
+        t = self._u.write(pipelined=True)
+        ids = [row.redemption_id for row in rows]
+        if len(set(ids)) != len(ids) or any(i in t.payable_holds for i in ids):
+            raise self._u.refused(DuplicateKey("payable_holds.redemption_id"))
+        for row in rows:
+            if row.amount_fen <= 0:
+                raise self._u.refused(ConstraintViolated("ck_payable_holds_amount"))
+            if row.status not in HOLD_STATUSES:
+                raise self._u.refused(ConstraintViolated("ck_payable_holds_status"))
+        for row in rows:
+            t.payable_holds.put(
+                row.redemption_id,
+                replace(row, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at)),
+            )
+
+    def get_hold(self, redemption_id: str) -> PayableHoldRow | None:
+        return self._u.read().payable_holds.get(redemption_id)
+
+    def move_hold(
+        self,
+        redemption_id: str,
+        *,
+        expected: str,
+        status: str,
+        now: datetime,
+        review_id: str | None = None,
+    ) -> bool:
+        t = self._u.write()
+        found = t.payable_holds.get(redemption_id)
+        if found is None or found.status != expected:
+            return False
+        if status not in HOLD_STATUSES:
+            raise self._u.refused(ConstraintViolated("ck_payable_holds_status"))
+        t.payable_holds.put(
+            redemption_id,
+            replace(
+                found,
+                status=status,
+                updated_at=_utc(now),
+                review_id=found.review_id if review_id is None else review_id,
+            ),
+        )
+        return True
+
+    def held_fen(self, campaign_id: str) -> int:
+        return sum(
+            row.amount_fen
+            for row in self._u.read().payable_holds.values()
+            if row.campaign_id == campaign_id and row.status == "held"
+        )
+
+    def upsert_sku_prices(self, rows: Sequence[SkuPriceRow]) -> None:
+        t = self._u.write()
+        for row in rows:
+            if row.baseline_price_fen <= 0:
+                raise self._u.refused(ConstraintViolated("ck_sku_prices_price"))
+        for row in rows:
+            t.sku_prices.put(row.sku, replace(row, updated_at=_utc(row.updated_at)))
+
+    def sku_prices(self, skus: Sequence[str]) -> dict[str, int]:
+        t = self._u.read()
+        return {
+            sku: found.baseline_price_fen
+            for sku in skus
+            if (found := t.sku_prices.get(sku)) is not None
+        }
+
+    def list_sku_prices(self, *, after: str | None, limit: int) -> list[SkuPriceRow]:
+        t = self._u.read()
+        found = [row for sku, row in sorted(t.sku_prices.items()) if after is None or sku > after]
         return found[:limit]
 
 

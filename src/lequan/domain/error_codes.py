@@ -118,6 +118,7 @@ class ErrorCode(enum.StrEnum):
     LOCK_EXPIRED = "lock_expired"
     REVERSAL_WINDOW_PASSED = "reversal_window_passed"
     PARTIAL_REFUND_UNSUPPORTED = "partial_refund_unsupported"
+    REDEMPTION_CLAWED_BACK = "redemption_clawed_back"
     # Trade-in redemptions: the product (domain/trade_in.py).
     PRODUCT_REQUIRED = "product_required"
     PRODUCT_CATEGORY_MISMATCH = "product_category_mismatch"
@@ -150,6 +151,7 @@ class ErrorCode(enum.StrEnum):
     REVIEW_NOT_FOUND = "review_not_found"
     REVIEW_STATE = "review_state"
     INVALID_DEVICE_ID = "invalid_device_id"
+    INVALID_SKU_PRICES = "invalid_sku_prices"
     # Retry later (Unavailable, with Retry-After).
     THROTTLED = "throttled"
     OVERLOADED = "overloaded"
@@ -438,6 +440,12 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     _C.PARTIAL_REFUND_UNSUPPORTED: ErrorSpec(
         422, InvalidInput, "a refund of anything but the whole order amount"
     ),
+    _C.REDEMPTION_CLAWED_BACK: ErrorSpec(
+        409,
+        Conflict,
+        "a risk analyst clawed back the merchant's payable for this redemption: it is not "
+        "refunded or reversed through the platform (docs/risk.md)",
+    ),
     _C.PRODUCT_REQUIRED: ErrorSpec(
         422, InvalidInput, "a trade-in voucher is redeemed (or quoted) with its `product`"
     ),
@@ -536,6 +544,12 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.INVALID_DEVICE_ID: ErrorSpec(
         422, InvalidInput, "a device id is 8-64 of `A-Z a-z 0-9 _ . : -`"
+    ),
+    _C.INVALID_SKU_PRICES: ErrorSpec(
+        422,
+        InvalidInput,
+        "the SKU price file breaks a rule (`details.line`): a header `sku,baseline_price_fen`, "
+        "a SKU of 1-64 printable characters once, a price of 1 fen or more; nothing is stored",
     ),
     _C.THROTTLED: ErrorSpec(
         429, Unavailable, "this app sends faster than its allowance; slow down"

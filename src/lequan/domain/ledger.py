@@ -7,10 +7,13 @@ Accounts of one campaign:
 - ``outstanding``    the face value of vouchers issued and not yet used, expired or revoked;
 - ``payable:<acq>``  the discounts redeemed through an acquirer, owed until settlement;
 - ``payable:<acq>:<category>``  a trade-in subsidy, owed to the acquirer as above and
-  kept apart by product category (the figure reconciled with central, per category).
+  kept apart by product category (the figure reconciled with central, per category);
+- ``held:<acq>[:<category>]``  a payable a risk rule held (``domain/redemption_risk.py``):
+  owed to nobody until an analyst releases it (back to its payable) or claws it
+  back (to the budget), before settlement.
 
 Every entry sums to zero. With these postings, at every commit and per
-campaign: budget + outstanding + Σ payable = the funded amount, and
+campaign: budget + outstanding + Σ payable + Σ held = the funded amount, and
 outstanding = Σ face of vouchers issued or locked.
 """
 
@@ -26,13 +29,17 @@ __all__ = [
     "EntryKind",
     "Posting",
     "balances",
+    "clawback_entry",
     "committed_change_fen",
     "expire_entry",
     "fund_entry",
+    "held_account",
+    "hold_entry",
     "issue_entry",
     "payable_account",
     "redeem_entry",
     "refund_void_entry",
+    "release_entry",
     "reverse_entry",
     "revoke_entry",
 ]
@@ -51,6 +58,13 @@ def payable_account(acquirer_id: str, category: str | None = None) -> str:
     return f"payable:{acquirer_id}" if category is None else f"payable:{acquirer_id}:{category}"
 
 
+def held_account(payable: str) -> str:
+    """Where a payable a risk rule holds waits: ``payable:<acq>[:<cat>]`` becomes
+    ``held:<acq>[:<cat>]``."""
+    assert payable.startswith("payable:"), payable
+    return "held:" + payable.removeprefix("payable:")
+
+
 class EntryKind(enum.StrEnum):
     FUND = "fund"
     ISSUE = "issue"
@@ -60,6 +74,9 @@ class EntryKind(enum.StrEnum):
     REFUND_VOID = "refund_void"
     EXPIRE = "expire"
     REVOKE = "revoke"
+    HOLD = "hold"
+    RELEASE = "release"
+    CLAWBACK = "clawback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +152,28 @@ def refund_void_entry(*, discount_fen: int, acquirer_id: str, category: str | No
         (payable_account(acquirer_id, category), -discount_fen),
         (Account.BUDGET, discount_fen),
     )
+
+
+def hold_entry(*, amount_fen: int, payable: str) -> Entry:
+    """A redemption's payable held by a risk rule: out of what is owed, into ``held``."""
+    assert amount_fen > 0
+    return _entry(EntryKind.HOLD, (payable, -amount_fen), (held_account(payable), amount_fen))
+
+
+def release_entry(*, amount_fen: int, payable: str) -> Entry:
+    """A held payable released (an analyst approved, or a refund takes it back): owed
+    again, exactly as before the hold."""
+    assert amount_fen > 0
+    return _entry(EntryKind.RELEASE, (held_account(payable), -amount_fen), (payable, amount_fen))
+
+
+def clawback_entry(*, amount_fen: int, payable: str, held: bool) -> Entry:
+    """A redemption's payable clawed back before settlement (an analyst rejected it):
+    from the held account (or the payable itself, when it was not held) to the budget,
+    as a refund that voids the voucher gives a discount back."""
+    assert amount_fen > 0
+    source = held_account(payable) if held else payable
+    return _entry(EntryKind.CLAWBACK, (source, -amount_fen), (Account.BUDGET, amount_fen))
 
 
 def expire_entry(face_fen: int) -> Entry:

@@ -28,8 +28,8 @@ claim path nothing.
 
 The verdict is the strictest action among the rules that fired: one
 ``refuse`` refuses, else one ``review`` holds, else the claim is allowed.
-The ``redemption`` section of the file is reserved for the redemption-time
-rules (its reason codes are ``RedemptionReason``); today it must be empty.
+The ``redemption`` section of the file holds the redemption-time rules
+(``domain/redemption_risk.py``, reason codes ``RedemptionReason``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lequan.domain.redemption_risk import RedemptionReason, RedemptionRules
 
 __all__ = [
     "ACTIONS",
@@ -79,18 +81,6 @@ class ClaimReason(enum.StrEnum):
     BLACKLISTED_PHONE = "blacklisted_phone"
     NEW_ACCOUNT = "new_account"
     CHANNEL_RISK_HIGH = "channel_risk_high"
-
-
-class RedemptionReason(enum.StrEnum):
-    """The redemption-time rules' codes, reserved for the ``redemption`` section."""
-
-    MERCHANT_RATE_SPIKE = "merchant_rate_spike"
-    AMOUNT_JUST_OVER_THRESHOLD = "amount_just_over_threshold"
-    REFUND_SOON_AFTER = "refund_soon_after"
-    PAYER_MANY_VOUCHERS = "payer_many_vouchers"
-    RING = "ring"
-    OUTSIDE_BUSINESS_HOURS = "outside_business_hours"
-    PRICE_ABOVE_SKU_BASELINE = "price_above_sku_baseline"
 
 
 # What a rule that fires does: hold the claim for an analyst, or refuse it outright.
@@ -169,10 +159,6 @@ class ClaimRules(_Model):
     @property
     def empty(self) -> bool:
         return all(getattr(self, name) is None for name in type(self).model_fields)
-
-
-class RedemptionRules(_Model):
-    """Reserved for the redemption-time rules (``RedemptionReason``); empty for now."""
 
 
 class RulesFile(_Model):

@@ -18,6 +18,9 @@ __all__ = [
     "RiskBlacklistListOut",
     "RiskRulesListOut",
     "RiskRulesOut",
+    "SkuImportOut",
+    "SkuPriceListOut",
+    "SkuPriceOut",
 ]
 
 Reason = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_CONTROL)]
@@ -31,6 +34,9 @@ class RiskRulesOut(BaseModel):
     approved_by: str | None
     approved_at: str | None
     claim_rules: list[str] = Field(description="The claim rules this version turns on.")
+    redemption_rules: list[str] = Field(
+        default_factory=list, description="The redemption rules this version turns on."
+    )
     text: str | None = Field(
         None, description="The file as uploaded (`GET /v1/admin/risk/rules/{version}`)."
     )
@@ -43,9 +49,12 @@ class RiskRulesListOut(BaseModel):
 
 class FiredOut(BaseModel):
     code: str = Field(description="The rule's reason code (docs/risk.md).")
-    action: Literal["review", "refuse"]
+    action: Literal["review", "refuse", "flag", "hold", "suspend"] = Field(
+        description="A claim rule's `review` or `refuse`; a redemption rule's `flag`, `hold` "
+        "or `suspend`."
+    )
     figures: dict[str, int | str] = Field(
-        description="What the rule saw: counts, limits, windows, regions."
+        description="What the rule saw: counts, limits, windows, regions, merchants."
     )
 
 
@@ -57,15 +66,22 @@ class ReviewOut(BaseModel):
     campaign_id: str | None
     rules_version: int
     subject: dict[str, Any] = Field(
-        description="What is held: for a claim, the channel's request and its signals."
+        description="What is held: for a claim, the channel's request and its signals; for "
+        "a redemption, `redemption_id`, `moment` (redemption, refund or ring), the order, "
+        "`held_fen` (the payable held, 0 when flagged only), `merchant_suspended`, "
+        "`person_id` and the acquirer's `signals`."
     )
     reasons: list[FiredOut]
     decided_by: str | None
     decided_at: str | None
     decision_reason: str | None
     outcome: str | None = Field(
-        description="What the approval led to: `issued` (`outcome_detail.voucher_id`) or the "
-        "code the claim was refused with (sold_out, already_claimed...); null until known."
+        description="What the decision led to. A claim's approval: `issued` "
+        "(`outcome_detail.voucher_id`) or the code it was refused with (sold_out, "
+        "already_claimed...). A redemption's: `released`, `not_held` (approved), "
+        "`clawed_back` (rejected; `outcome_detail.amount_fen`), `nothing_to_claw_back` "
+        "(refunded or reversed before), `released_already`, `clawed_back_already`. Null "
+        "until known."
     )
     outcome_detail: dict[str, Any] | None
 
@@ -104,3 +120,19 @@ class RiskBlacklistEntryOut(BaseModel):
 class RiskBlacklistListOut(BaseModel):
     items: list[RiskBlacklistEntryOut]
     next_cursor: str | None
+
+
+class SkuPriceOut(BaseModel):
+    sku: str
+    baseline_price_fen: int
+    updated_by: str
+    updated_at: str
+
+
+class SkuPriceListOut(BaseModel):
+    items: list[SkuPriceOut]
+    next_cursor: str | None
+
+
+class SkuImportOut(BaseModel):
+    imported: int = Field(description="The SKUs whose baseline price the file set.")

@@ -14,6 +14,8 @@ called, and its repositories all act inside it:
     uow.idempotency   answers stored per (app, Idempotency-Key)
     uow.keys          the key canaries: which key ring the data is written under
     uow.risk          risk rules versions, the review queue, device and phone blacklists
+    uow.redemption_risk  redemptions as the redemption-time rules remember them, held
+                      payables, SKU baseline prices
 
 Every atomic step is the store's: a conditional update (``take_stock``,
 ``ledger.record``, ``move_voucher``) answers False rather than letting a
@@ -42,15 +44,19 @@ from lequan.rows import (
     CampaignRow,
     MerchantRow,
     OutboxRow,
+    PayableHoldRow,
     PersonRow,
     ProductRow,
     QualificationLockRow,
+    RecentRedemption,
+    RedemptionFactRow,
     RedemptionReads,
     RedemptionRow,
     ReviewRow,
     RiskBlacklistRow,
     RiskRulesRow,
     SealedSample,
+    SkuPriceRow,
     StockKey,
     VoucherRow,
 )
@@ -64,6 +70,7 @@ __all__ = [
     "PeopleRepository",
     "ProductRepository",
     "QualificationRepository",
+    "RedemptionRiskRepository",
     "RiskRepository",
     "Store",
     "UnitOfWork",
@@ -645,6 +652,84 @@ class RiskRepository(Protocol):
         ...
 
 
+class RedemptionRiskRepository(Protocol):
+    """Redemption-time risk (migration 0014): the redemptions the rules remember, the
+    payables a rule held, and the SKU baseline prices."""
+
+    def add_facts(self, rows: Sequence[RedemptionFactRow]) -> None:
+        """Remember redemptions (sent in a pipeline); ``DuplicateKey`` when one is known."""
+        ...
+
+    def get_fact(self, redemption_id: str) -> RedemptionFactRow | None: ...
+
+    def complete_fact(self, redemption_id: str, *, now: datetime) -> RedemptionFactRow | None:
+        """A locked redemption confirmed: completed ``now``; the row as it is then, or None
+        when none is remembered or it was completed already."""
+        ...
+
+    def refund_fact(self, redemption_id: str, *, now: datetime, refund_after_s: int) -> bool:
+        """A completed redemption refunded ``refund_after_s`` after it; False when none is
+        remembered or it was refunded already."""
+        ...
+
+    def merchant_refunds(
+        self, merchant_id: str, *, since: datetime, within_s: int
+    ) -> tuple[int, int]:
+        """(the merchant's redemptions completed since ``since``, those of them refunded
+        within ``within_s``); one query on the merchant's index."""
+        ...
+
+    def payer_refunds(self, payer_id: str, *, since: datetime, within_s: int) -> int:
+        """The payer token's redemptions completed since ``since`` and refunded within
+        ``within_s``; one query on the payer's index."""
+        ...
+
+    def recent(self, *, since: datetime, limit: int) -> list[RecentRedemption]:
+        """The redemptions completed since ``since``, newest first, ``limit`` at most."""
+        ...
+
+    def flag_facts(self, flags: Sequence[tuple[str, str]]) -> set[str]:
+        """Record (redemption, review) for those no review flagged yet; the redemptions
+        flagged now (a conditional update each: two processes never flag one twice)."""
+        ...
+
+    def add_holds(self, rows: Sequence[PayableHoldRow]) -> None:
+        """Payables held, or clawed back unheld (sent in a pipeline); ``DuplicateKey``
+        when a redemption has one already."""
+        ...
+
+    def get_hold(self, redemption_id: str) -> PayableHoldRow | None: ...
+
+    def move_hold(
+        self,
+        redemption_id: str,
+        *,
+        expected: str,
+        status: str,
+        now: datetime,
+        review_id: str | None = None,
+    ) -> bool:
+        """Move a hold from ``expected`` to ``status`` (and to ``review_id``, if given);
+        False, with nothing written, when it is not ``expected``."""
+        ...
+
+    def held_fen(self, campaign_id: str) -> int:
+        """What the campaign's holds hold now (status ``held``)."""
+        ...
+
+    def upsert_sku_prices(self, rows: Sequence[SkuPriceRow]) -> None:
+        """Set the baseline price of each SKU, new or known."""
+        ...
+
+    def sku_prices(self, skus: Sequence[str]) -> dict[str, int]:
+        """The baseline price of each given SKU that has one; one query."""
+        ...
+
+    def list_sku_prices(self, *, after: str | None, limit: int) -> list[SkuPriceRow]:
+        """The SKU prices by SKU, after ``after``."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every aggregate; rolled back unless committed."""
 
@@ -677,6 +762,9 @@ class UnitOfWork(Protocol):
 
     @property
     def risk(self) -> RiskRepository: ...
+
+    @property
+    def redemption_risk(self) -> RedemptionRiskRepository: ...
 
     def commit(self) -> None: ...
 

@@ -43,6 +43,7 @@ def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
         initial = uow.campaigns.stock_initial(campaign_id)
         issued_by_pool = uow.vouchers.issued_counts(campaign_id)
         counted_by_pool = uow.campaigns.stock_issued(campaign_id)
+        held_fen = uow.redemption_risk.held_fen(campaign_id)
     problems: list[str] = []
     issued = sum(n for n, _ in states.values())
     stock_initial = sum(n for *_, n in initial)
@@ -76,6 +77,12 @@ def check_campaign(rt: Runtime, campaign_id: str) -> CampaignCheck:
         )
     if row.committed_fen > row.budget_fen:
         problems.append("committed beyond budget")
+    # What the risk rules hold (payable_holds) is what the ledger's held: accounts hold.
+    held_balance = sum(n for account, n in balances.items() if account.startswith("held:"))
+    if held_balance != held_fen:
+        problems.append(f"held accounts {held_balance} != payables held {held_fen}")
+    if any(n < 0 for account, n in balances.items() if account.startswith("held:")):
+        problems.append("a held account is overdrawn")
     return CampaignCheck(
         campaign_id=campaign_id,
         vouchers_by_state={state: n for state, (n, _) in states.items()},

@@ -58,6 +58,15 @@ from lequan.rows import CampaignRow, MerchantRow, RedemptionRow, VoucherRow
 from lequan.services.idempotency import RecordAnswer
 from lequan.services.live import Redeemed, record_redemptions
 from lequan.services.qualification import release_lock_of
+from lequan.services.redemption_risk import (
+    NO_SIGNALS,
+    Completed,
+    Judgement,
+    RedemptionScreen,
+    RedemptionSignals,
+    release_for_refund,
+    threshold_of,
+)
 from lequan.services.relay import sync_event
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_id, redemption_body
@@ -453,12 +462,17 @@ def redeem(
     lock: bool,
     product: Product | None = None,
     record: RecordAnswer | None = None,
+    signals: RedemptionSignals | None = None,
+    screen: RedemptionScreen | None = None,
 ) -> tuple[RedemptionRow, VoucherState]:
     """Redeem in one step, or lock at authorization (confirm or void later); a
-    trade-in voucher's product is registered at once, whether locked or redeemed."""
+    trade-in voucher's product is registered at once, whether locked or redeemed.
+    A completed redemption is judged by the redemption-time rules (``screen``); an
+    authorization is remembered with its ``signals`` for its confirmation's."""
     check_amount(order.order_amount_fen)
     now = rt.clock.now()
     action = Action.LOCK if lock else Action.REDEEM
+    judgement = Judgement()
     with rt.store.unit_of_work() as uow:
         merchant = _merchant(uow, order, action)
         voucher = uow.vouchers.lock_voucher(voucher_id)
@@ -519,7 +533,19 @@ def redeem(
             )
             if refusal is not None:
                 raise refusal
+        if screen is not None and lock:
+            screen.remember_lock(uow, redemption, voucher, signals)
+        elif screen is not None:
+            completed = Completed(
+                redemption,
+                voucher,
+                signals or NO_SIGNALS,
+                threshold_of(campaign, voucher),
+                registered,
+            )
+            judgement = screen.judge(uow, [completed], now)
         uow.commit()
+    judgement.after_commit(rt)
     if not lock:
         record_redemptions(rt.pulse, now, [Redeemed(redemption, voucher.channel_id, merchant)])
     return redemption, state
@@ -642,12 +668,19 @@ def _move_both(
 
 
 def confirm(
-    rt: Runtime, redemption_id: str, *, acquirer_id: str, record: RecordAnswer | None = None
+    rt: Runtime,
+    redemption_id: str,
+    *,
+    acquirer_id: str,
+    record: RecordAnswer | None = None,
+    screen: RedemptionScreen | None = None,
 ) -> tuple[RedemptionRow, VoucherState]:
     """Complete a locked redemption (capture); refused once the lock has timed out, or
     while operators have its merchant suspended. A campaign's paused redemptions do not
-    refuse it: the voucher was accepted before (``domain/redemption.py``)."""
+    refuse it: the voucher was accepted before (``domain/redemption.py``). Judged by
+    the redemption-time rules as it completes (``screen``)."""
     now = rt.clock.now()
+    judgement = Judgement()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
         status = next_status(redemption.status, RedemptionAction.CONFIRM)
@@ -673,8 +706,17 @@ def confirm(
             )
             if refusal is not None:
                 raise refusal
+        if screen is not None:
+            judgement = screen.confirmed(
+                uow,
+                moved,
+                voucher,
+                product=registered.product if registered else None,
+                now=now,
+            )
         counted = _counted(uow, moved, voucher, 1)
         uow.commit()
+    judgement.after_commit(rt)
     record_redemptions(rt.pulse, now, [counted])
     return moved, state
 
@@ -699,7 +741,9 @@ def void(
 def reverse(
     rt: Runtime, redemption_id: str, *, acquirer_id: str, record: RecordAnswer | None = None
 ) -> tuple[RedemptionRow, VoucherState]:
-    """Undo a completed redemption within the reversal window (冲正): as if it never happened."""
+    """Undo a completed redemption within the reversal window (冲正): as if it never
+    happened. A payable a risk rule held is released first; one an analyst clawed back
+    refuses it (``redemption_clawed_back``)."""
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
@@ -708,6 +752,7 @@ def reverse(
             raise Conflict(
                 "reversal_window_passed", "too late to reverse this redemption; refund it instead"
             )
+        release_for_refund(uow, redemption, now)
         state = next_state(voucher.state, Action.REVERSE)
         moved = _move_both(uow, redemption, voucher, status=status, state=state, now=now)
         if not _undo_redeem(uow, moved, voucher, now, EntryKind.REVERSE):
@@ -781,14 +826,18 @@ def refund(
     acquirer_id: str,
     refund_amount_fen: int,
     record: RecordAnswer | None = None,
+    screen: RedemptionScreen | None = None,
 ) -> tuple[RedemptionRow, VoucherState]:
     """The goods came back: the voucher returns while still valid (campaign policy), else void.
 
     Only a refund of the whole order is taken: a voucher is used whole, so a
     partial refund would leave the subsidy on an order that may no longer
-    qualify.
+    qualify. A payable a risk rule held is released first (the refund takes it
+    back); one an analyst clawed back refuses it (``redemption_clawed_back``). The
+    refund is judged by the redemption-time rules (``screen``): how soon it came.
     """
     now = rt.clock.now()
+    judgement = Judgement()
     with rt.store.unit_of_work() as uow:
         redemption, voucher = _load(uow, redemption_id, acquirer_id)
         status = next_status(redemption.status, RedemptionAction.REFUND)
@@ -797,6 +846,9 @@ def refund(
                 "partial_refund_unsupported",
                 f"only a refund of the whole order is accepted ({redemption.order_amount_fen} fen)",
             )
+        release_for_refund(uow, redemption, now)
+        # Completed then: created in one step, or confirmed (and not moved since).
+        completed_at = redemption.updated_at
         campaign = uow.campaigns.get_campaign(voucher.campaign_id)
         assert campaign is not None
         refunded = next_state(voucher.state, Action.REFUND)
@@ -838,8 +890,11 @@ def refund(
         )
         if record is not None:
             record(uow, (moved, state))
+        if screen is not None:
+            judgement = screen.refunded(uow, moved, completed_at=completed_at, now=now)
         counted = _counted(uow, moved, voucher, -1)
         uow.commit()
+    judgement.after_commit(rt)
     record_redemptions(rt.pulse, now, [counted])
     return moved, state
 

@@ -56,6 +56,14 @@ from lequan.services.redemption import (
     redemption_values,
     trade_in_product,
 )
+from lequan.services.redemption_risk import (
+    NO_SIGNALS,
+    Completed,
+    Judgement,
+    RedemptionScreen,
+    RedemptionSignals,
+    threshold_of,
+)
 from lequan.services.runtime import Runtime
 from lequan.services.views import new_ids, redemption_body
 
@@ -72,6 +80,7 @@ class OneStep:
     order: RedeemOrder
     product: Product | None
     key: Idempotency
+    signals: RedemptionSignals | None = None
     future: Future[tuple[Answer, bool]] = field(default_factory=Future)
 
 
@@ -83,6 +92,7 @@ class _Accepted:
     row: RedemptionRow
     answer: Answer
     product: Product | None  # a trade-in voucher's, registered with the redemption
+    threshold_fen: int | None  # its template's, as the redemption-time rules read it
 
 
 class MerchantCache:
@@ -128,9 +138,19 @@ class RedemptionWriter(BatchWriter[OneStep]):
     took, whatever happens, and lets go of its key after.
     """
 
-    def __init__(self, rt: Runtime, *, batch_size_max: int, wait_ms: float, queue_max: int) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        batch_size_max: int,
+        wait_ms: float,
+        queue_max: int,
+        screen: RedemptionScreen | None = None,
+    ) -> None:
         super().__init__(name="lequan-redeem", size_max=batch_size_max, wait_s=wait_ms / 1000)
         self._rt = rt
+        # The redemption-time rules: a batch's redemptions are judged together.
+        self._screen = screen
         self._queue_max = queue_max
         self._waiting = 0
         ttl_s = rt.settings.campaign_cache_ttl_s
@@ -204,6 +224,8 @@ class RedemptionWriter(BatchWriter[OneStep]):
                 lock=False,
                 product=item.product,
                 record=record,
+                signals=item.signals,
+                screen=self._screen,
             )
             return produced[-1], False
         except Exception as error:  # its own answer: a refusal, or what the route maps
@@ -222,14 +244,37 @@ class RedemptionWriter(BatchWriter[OneStep]):
             todo = self._replays(batch, reads.answers, outcomes)
             accepted = self._decide(uow, batch, todo, outcomes, reads=reads, now=now)
             self._write(uow, batch, accepted, now)
+            judgement = self._judge(uow, batch, accepted, now)
             counted = [
                 Redeemed(a.row, a.voucher.channel_id, self._merchants.get(uow, a.row.merchant_id))
                 for a in accepted
             ]
             uow.commit()
+        judgement.after_commit(rt)
         record_redemptions(rt.pulse, now, counted)
         assert all(outcome is not None for outcome in outcomes)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def _judge(
+        self, uow: UnitOfWork, batch: list[OneStep], accepted: list[_Accepted], now: datetime
+    ) -> Judgement:
+        """The batch's redemptions judged together by the redemption-time rules."""
+        if self._screen is None or not accepted:
+            return Judgement()
+        return self._screen.judge(
+            uow,
+            [
+                Completed(
+                    a.row,
+                    a.voucher,
+                    batch[a.index].signals or NO_SIGNALS,
+                    a.threshold_fen,
+                    a.product,
+                )
+                for a in accepted
+            ],
+            now,
+        )
 
     @staticmethod
     def _replays(
@@ -307,7 +352,11 @@ class RedemptionWriter(BatchWriter[OneStep]):
             )
             row = redemption_row(values)
             answer = Answer(201, redemption_body(row, voucher_state=state.value))
-            accepted.append(_Accepted(i, voucher, values, row, answer, registered))
+            accepted.append(
+                _Accepted(
+                    i, voucher, values, row, answer, registered, threshold_of(campaign, voucher)
+                )
+            )
             # A later request for the same voucher in this batch sees it redeemed.
             vouchers[voucher.id] = VoucherRow(
                 **{

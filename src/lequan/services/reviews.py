@@ -17,24 +17,28 @@ meanwhile), and that outcome is recorded on the item. An approval whose
 claim could not be decided yet (the gate or the store down) leaves the item
 approved without an outcome; approving it again finishes it. A review
 ``kind`` names what approving and rejecting mean: ``claim`` (issue it or
-refuse it for good) now, ``redemption`` (release the held payable or claw it
-back) with the redemption-time rules.
+refuse it for good), ``redemption`` (release the held payable or claw it
+back, ``services/redemption_risk.py``): a redemption's decision and the money
+it moves are one transaction, its outcome recorded on the item at once.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from lequan.domain.error_codes import ErrorCode
 from lequan.domain.errors import Conflict, IdempotencyError, InvalidInput, NotFound, Unavailable
 from lequan.domain.identity import normalize_phone
+from lequan.ports import UnitOfWork
 from lequan.rows import ReviewRow, RiskBlacklistRow
 from lequan.services.campaigns import require_operator_role
 from lequan.services.claim_answers import ClaimResult
 from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Idempotency
+from lequan.services.redemption_risk import claw_back, release
 from lequan.services.risk import ClaimSignals
 from lequan.services.runtime import Runtime
 
@@ -102,7 +106,9 @@ def get_review(rt: Runtime, review_id: str, *, actor: str) -> ReviewRow:
 
 
 def reject_review(rt: Runtime, review_id: str, *, actor: str, reason: str) -> ReviewRow:
-    """Refuse what the item holds, for good (a held claim is never issued)."""
+    """Refuse what the item holds, for good: a held claim is never issued; a redemption's
+    payable (held, or still owed) is clawed back to the budget, in the same transaction
+    as the decision, and what was clawed back recorded on the item."""
     _reason(reason)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
@@ -117,11 +123,18 @@ def reject_review(rt: Runtime, review_id: str, *, actor: str, reason: str) -> Re
             now=now,
         ):
             raise _decided(review_id, "decided meanwhile")
+        details: dict[str, Any] = {"kind": row.kind, "reason": reason}
+        if row.kind == "redemption":
+            outcome, detail = claw_back(
+                uow, str(row.subject["redemption_id"]), review_id=review_id, now=now
+            )
+            uow.risk.set_review_outcome(review_id, outcome=outcome, detail=detail)
+            details |= {"outcome": outcome, **detail}
         uow.ledger.append_audit(
             actor=actor,
             action="review.reject",
             target=review_id,
-            details={"kind": row.kind, "reason": reason},
+            details=details,
             now=now,
         )
         decided = uow.risk.get_review(review_id)
@@ -134,7 +147,8 @@ def approve_review(
     rt: Runtime, claims: Claims, review_id: str, *, actor: str, reason: str
 ) -> ReviewRow:
     """Let what the item holds go on: a held claim is issued through the claim path,
-    and what came of it recorded on the item."""
+    and what came of it recorded on the item; a redemption's held payable is released
+    (owed again) in the same transaction as the decision."""
     _reason(reason)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
@@ -142,6 +156,8 @@ def approve_review(
         row = uow.risk.get_review(review_id)
         if row is None:
             raise NotFound(ErrorCode.REVIEW_NOT_FOUND, f"no review {review_id}")
+        if row.kind == "redemption":
+            return _release_redemption(uow, row, actor=actor, reason=reason, now=now)
         again = row.status == "approved" and row.outcome is None
         if not again:
             _pending(row, review_id)
@@ -167,6 +183,30 @@ def approve_review(
         uow.risk.set_review_outcome(review_id, outcome=outcome, detail=detail)
         decided = uow.risk.get_review(review_id)
         uow.commit()
+    assert decided is not None
+    return decided
+
+
+def _release_redemption(
+    uow: UnitOfWork, row: ReviewRow, *, actor: str, reason: str, now: datetime
+) -> ReviewRow:
+    """Approve a redemption's item: its held payable released, all in ``uow``."""
+    _pending(row, row.id)
+    if not uow.risk.decide_review(
+        row.id, expected="pending", status="approved", decided_by=actor, reason=reason, now=now
+    ):
+        raise _decided(row.id, "decided meanwhile")
+    outcome, detail = release(uow, str(row.subject["redemption_id"]), review_id=row.id, now=now)
+    uow.risk.set_review_outcome(row.id, outcome=outcome, detail=detail)
+    uow.ledger.append_audit(
+        actor=actor,
+        action="review.approve",
+        target=row.id,
+        details={"kind": row.kind, "reason": reason, "outcome": outcome, **detail},
+        now=now,
+    )
+    decided = uow.risk.get_review(row.id)
+    uow.commit()
     assert decided is not None
     return decided
 

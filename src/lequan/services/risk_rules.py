@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from lequan.config import Settings
 from lequan.domain.error_codes import ErrorCode
 from lequan.domain.errors import AuthError, Conflict, InvalidInput, LequanError, NotFound
+from lequan.domain.redemption_risk import CompiledRedemptionRules, compile_redemption_rules
 from lequan.domain.risk import CompiledClaimRules, RulesFile, compile_claim_rules
 from lequan.ports import DuplicateKey, StoreError
 from lequan.rows import RiskRulesRow
@@ -40,6 +41,7 @@ __all__ = [
     "get_rules",
     "list_rules",
     "parse_rules",
+    "redemption_rules_on",
     "rules_on",
 ]
 
@@ -96,7 +98,10 @@ def draft_rules(rt: Runtime, text: str, *, actor: str) -> RiskRulesRow:
             actor=actor,
             action="risk_rules.draft",
             target=str(rules.version),
-            details={"claim_rules": rules_on(rules)},
+            details={
+                "claim_rules": rules_on(rules),
+                "redemption_rules": redemption_rules_on(rules),
+            },
             now=now,
         )
         row = uow.risk.get_rules(rules.version)
@@ -116,6 +121,11 @@ def _version_taken(version: int, latest: int) -> Conflict:
 def rules_on(rules: RulesFile) -> list[str]:
     """The names of the claim rules a file turns on."""
     return [name for name in type(rules.claim).model_fields if getattr(rules.claim, name)]
+
+
+def redemption_rules_on(rules: RulesFile) -> list[str]:
+    """The names of the redemption rules a file turns on."""
+    return rules.redemption.on
 
 
 def approve_rules(rt: Runtime, version: int, *, actor: str) -> RiskRulesRow:
@@ -158,7 +168,11 @@ def approve_rules(rt: Runtime, version: int, *, actor: str) -> RiskRulesRow:
             actor=actor,
             action="risk_rules.approve",
             target=str(version),
-            details={"retired": active, "claim_rules": rules_on(rules)},
+            details={
+                "retired": active,
+                "claim_rules": rules_on(rules),
+                "redemption_rules": redemption_rules_on(rules),
+            },
             now=now,
         )
         approved = uow.risk.get_rules(version)
@@ -184,10 +198,12 @@ def list_rules(rt: Runtime) -> list[RiskRulesRow]:
 @dataclass(frozen=True, slots=True)
 class ActiveRules:
     """The rules in force in this process: their version (None: none approved yet) and
-    the compiled claim rules (None: no claim rule is on, and claims skip risk)."""
+    the compiled claim rules (None: no claim rule is on, and claims skip risk), and the
+    redemption rules (None: none is on, and redemptions skip risk)."""
 
     version: int | None
     claim: CompiledClaimRules | None
+    redemption: CompiledRedemptionRules | None = None
 
 
 NO_RULES = ActiveRules(None, None)
@@ -237,7 +253,11 @@ class RiskRulebook:
             except LequanError as error:
                 log.error("risk_rules_unreadable", version=row.version, code=error.code)
                 return self._active
-            self._active = ActiveRules(row.version, compile_claim_rules(rules.claim))
+            self._active = ActiveRules(
+                row.version,
+                compile_claim_rules(rules.claim),
+                compile_redemption_rules(rules.redemption),
+            )
             log.info("risk_rules_active", version=row.version)
             return self._active
 

@@ -497,3 +497,60 @@ risk_blacklist = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.CheckConstraint("kind IN ('device', 'phone')", name="kind"),
 )
+
+# Redemption-time risk (0014): each completed redemption as the rules remember it (the
+# ring's graph and the merchants' quick refunds are read from here), the payables a rule
+# held, and the SKU baseline prices operators import.
+risk_redemptions = sa.Table(
+    "risk_redemptions",
+    metadata,
+    sa.Column("redemption_id", Id, primary_key=True),
+    sa.Column("campaign_id", Id, nullable=False),
+    sa.Column("merchant_id", Id, nullable=False),
+    sa.Column("person_id", Id, nullable=False),
+    sa.Column("voucher_id", Id, nullable=False),
+    sa.Column("payer_id", sa.String(64)),
+    sa.Column("terminal_id", sa.String(64)),
+    sa.Column("order_amount_fen", Money, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    # Null while the redemption is locked (authorized, not yet confirmed).
+    sa.Column("redeemed_at", UtcDateTime),
+    sa.Column("refunded_at", UtcDateTime),
+    # Seconds from the redemption to its refund (the quick refunds are counted by it).
+    sa.Column("refund_after_s", sa.Integer),
+    # The review item that flagged it first: the ring's sweep flags a redemption once.
+    sa.Column("review_id", Id),
+    sa.CheckConstraint("(refunded_at IS NULL) = (refund_after_s IS NULL)", name="refund_whole"),
+    # The rules read a merchant's and a payer's recent redemptions, and every recent one
+    # (the ring).
+    sa.Index("ix_risk_redemptions_merchant_id_redeemed_at", "merchant_id", "redeemed_at"),
+    sa.Index("ix_risk_redemptions_payer_id_redeemed_at", "payer_id", "redeemed_at"),
+    sa.Index("ix_risk_redemptions_redeemed_at", "redeemed_at"),
+)
+
+payable_holds = sa.Table(
+    "payable_holds",
+    metadata,
+    sa.Column("redemption_id", Id, primary_key=True),
+    sa.Column("campaign_id", Id, nullable=False),
+    sa.Column("payable", sa.String(80), nullable=False),
+    sa.Column("amount_fen", Money, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("review_id", Id),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("amount_fen > 0", name="amount"),
+    sa.CheckConstraint("status IN ('held', 'released', 'clawed_back')", name="status"),
+    # What a campaign holds is summed by the invariants' check.
+    sa.Index("ix_payable_holds_campaign_id_status", "campaign_id", "status"),
+)
+
+sku_prices = sa.Table(
+    "sku_prices",
+    metadata,
+    sa.Column("sku", sa.String(64), primary_key=True),
+    sa.Column("baseline_price_fen", Money, nullable=False),
+    sa.Column("updated_by", Id, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("baseline_price_fen > 0", name="price"),
+)

@@ -23,6 +23,7 @@ from lequan.adapters.sql.outbox import SqlOutbox
 from lequan.adapters.sql.people import SqlPeople
 from lequan.adapters.sql.products import SqlProducts
 from lequan.adapters.sql.qualifications import SqlQualifications
+from lequan.adapters.sql.redemption_risk import SqlRedemptionRisk
 from lequan.adapters.sql.risk import SqlRisk
 from lequan.adapters.sql.vouchers import SqlVouchers
 from lequan.ports import Store
@@ -45,6 +46,7 @@ class SqlUnitOfWork:
         self.qualifications = SqlQualifications(self._session)
         self.products = SqlProducts(self._session)
         self.risk = SqlRisk(self._session)
+        self.redemption_risk = SqlRedemptionRisk(self._session)
 
     @property
     def connection(self) -> sa.Connection:

@@ -31,6 +31,7 @@ from lequan.rows import RedemptionRow
 from lequan.services import redemption
 from lequan.services.idempotency import Answer, Idempotency, request_hash
 from lequan.services.redemption_batches import OneStep
+from lequan.services.redemption_risk import RedemptionSignals
 from lequan.services.views import redemption_body, voucher_body
 
 router = APIRouter(prefix="/v1/redemptions", tags=["acquirer"])
@@ -114,9 +115,15 @@ async def redeem_answer(
     """(answer, replayed) of one redemption request, however it arrived."""
     order = _order(app_id, body)
     product = body.product.product() if body.product else None
+    sent = body.signals
+    signals = (
+        None
+        if sent is None
+        else RedemptionSignals(payer_id=sent.payer_id, terminal_id=sent.terminal_id)
+    )
     if body.capture == "one_step":
         # Batched with other acquirers' one-step redemptions (services/redemption_batches.py).
-        item = OneStep(body.voucher_id, order, product, idem)
+        item = OneStep(body.voucher_id, order, product, idem, signals)
         return await asyncio.wrap_future(platform.redemptions.submit(item))
 
     def act(record: Callable[[UnitOfWork, Any], None]) -> None:
@@ -127,6 +134,8 @@ async def redeem_answer(
             lock=True,
             product=product,
             record=record,
+            signals=signals,
+            screen=platform.redemption_screen,
         )
 
     return await run_in_threadpool(run_idempotent, platform, idem, act, _render(201))
@@ -143,8 +152,14 @@ _NO_FIELDS_BODY = {
 
 
 def _follow_up(
-    action: Callable[..., tuple[RedemptionRow, VoucherState]], status_code: int = 200
+    action: Callable[..., tuple[RedemptionRow, VoucherState]],
+    status_code: int = 200,
+    *,
+    screened: bool = False,
 ) -> Callable[..., Any]:
+    """A route that acts on one redemption; ``screened``: the redemption-time rules see
+    what it does."""
+
     async def handler(
         *,
         request: Request,
@@ -159,7 +174,10 @@ def _follow_up(
         )
 
         def act(record: Callable[[UnitOfWork, Any], None]) -> None:
-            action(platform.rt, redemption_id[:64], acquirer_id=caller.app_id, record=record)
+            extra = {"screen": platform.redemption_screen} if screened else {}
+            action(
+                platform.rt, redemption_id[:64], acquirer_id=caller.app_id, record=record, **extra
+            )
 
         answer, replayed = await run_in_threadpool(
             run_idempotent, platform, idem, act, _render(status_code)
@@ -171,7 +189,7 @@ def _follow_up(
 
 router.add_api_route(
     "/{redemption_id}/confirm",
-    _follow_up(redemption.confirm),
+    _follow_up(redemption.confirm, screened=True),
     methods=["POST"],
     response_model=RedemptionOut,
     responses=SIGNED_ERRORS,
@@ -226,6 +244,7 @@ async def refund(
             acquirer_id=caller.app_id,
             refund_amount_fen=body.refund_amount_fen,
             record=record,
+            screen=platform.redemption_screen,
         )
 
     answer, replayed = await run_in_threadpool(

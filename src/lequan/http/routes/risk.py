@@ -24,11 +24,13 @@ from lequan.http.risk_schemas import (
     RiskBlacklistListOut,
     RiskRulesListOut,
     RiskRulesOut,
+    SkuImportOut,
+    SkuPriceListOut,
 )
 from lequan.http.routes.admin import text_body
 from lequan.http.schemas import OPERATOR_ERRORS, BlacklistAddOut, BlacklistRemoveOut
 from lequan.rows import ReviewRow, RiskRulesRow
-from lequan.services import reviews, risk_rules
+from lequan.services import reviews, risk_rules, sku_prices
 from lequan.services.campaigns import CampaignFileLimits
 from lequan.services.risk_rules import RiskRulebook
 
@@ -39,6 +41,14 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 ReviewIdPath = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 VersionPath = Annotated[int, Path(ge=1, le=2_000_000_000)]
 Cursor = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+SKU_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+        "description": "sku,baseline_price_fen: at most `merchant_file_bytes_max` bytes and "
+        "`merchant_file_rows_max` rows; refused whole (`invalid_sku_prices`, `details.line`).",
+    }
+}
 RULES_BODY = {
     "requestBody": {
         "required": True,
@@ -68,9 +78,11 @@ def rules_view(
     row: RiskRulesRow, limits: CampaignFileLimits, *, text: bool = False
 ) -> dict[str, Any]:
     try:
-        claim_rules = risk_rules.rules_on(risk_rules.parse_rules(row.text, limits=limits))
+        parsed = risk_rules.parse_rules(row.text, limits=limits)
+        claim_rules = risk_rules.rules_on(parsed)
+        redemption_rules = risk_rules.redemption_rules_on(parsed)
     except LequanError:  # checked when drafted; a later version of lequan may disagree
-        claim_rules = []
+        claim_rules, redemption_rules = [], []
     return {
         "version": row.version,
         "status": row.status,
@@ -79,6 +91,7 @@ def rules_view(
         "approved_by": row.approved_by,
         "approved_at": None if row.approved_at is None else row.approved_at.isoformat(),
         "claim_rules": claim_rules,
+        "redemption_rules": redemption_rules,
         "text": row.text if text else None,
     }
 
@@ -223,7 +236,8 @@ async def get_review(
     responses=OPERATOR_ERRORS,
     openapi_extra=json_body(ReviewDecisionIn),
     summary="Approve: a held claim is issued through the claim path, or refused as it would "
-    "be now (sold out, claimed meanwhile); the outcome is on the item (analyst; audited)",
+    "be now (sold out, claimed meanwhile); a redemption's held payable is released; the "
+    "outcome is on the item (analyst; audited)",
 )
 async def approve_review(
     review_id: ReviewIdPath, request: Request, operator: Operator, platform: PlatformDep
@@ -246,7 +260,8 @@ async def approve_review(
     response_model=ReviewOut,
     responses=OPERATOR_ERRORS,
     openapi_extra=json_body(ReviewDecisionIn),
-    summary="Reject: a held claim is refused for good (analyst; audited)",
+    summary="Reject: a held claim is refused for good; a redemption's payable, held or still "
+    "owed, is clawed back (analyst; audited)",
 )
 async def reject_review(
     review_id: ReviewIdPath, request: Request, operator: Operator, platform: PlatformDep
@@ -341,3 +356,55 @@ async def blacklist_remove(
         )
     )
     return JSONResponse({"removed": removed})
+
+
+# -- SKU baseline prices (price_above_sku_baseline) ----------------------------------------
+
+
+@router.post(
+    "/risk/sku-prices",
+    response_model=SkuImportOut,
+    responses=OPERATOR_ERRORS,
+    openapi_extra=SKU_BODY,
+    summary="Import SKU baseline prices from CSV `sku,baseline_price_fen` (maker, checker or "
+    "analyst; audited); a SKU imported again takes its new price",
+)
+async def import_sku_prices(
+    request: Request, operator: Operator, platform: PlatformDep
+) -> JSONResponse:
+    text = await text_body(request, platform.rt.settings.merchant_file_bytes_max)
+    result = await run_in_threadpool(
+        lambda: sku_prices.import_sku_prices(platform.rt, text, actor=operator.operator_id)
+    )
+    return JSONResponse({"imported": result.imported})
+
+
+@router.get(
+    "/risk/sku-prices",
+    response_model=SkuPriceListOut,
+    responses=OPERATOR_ERRORS,
+    summary="The SKU baseline prices by SKU (maker, checker or analyst; cursor pagination)",
+)
+async def list_sku_prices(
+    operator: Operator,
+    platform: PlatformDep,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSONResponse:
+    limit = min(limit, platform.rt.settings.page_size_max)
+    rows = await run_in_threadpool(
+        lambda: sku_prices.list_sku_prices(
+            platform.rt, actor=operator.operator_id, after=cursor, limit=limit
+        )
+    )
+    items = [
+        {
+            "sku": r.sku,
+            "baseline_price_fen": r.baseline_price_fen,
+            "updated_by": r.updated_by,
+            "updated_at": r.updated_at.isoformat(),
+        }
+        for r in rows
+    ]
+    next_cursor = rows[-1].sku if len(rows) == limit else None
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
