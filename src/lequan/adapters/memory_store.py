@@ -61,6 +61,8 @@ from lequan.ports.errors import ConstraintViolated, DuplicateKey, StoreError, St
 from lequan.rows import (
     AppRow,
     CampaignRow,
+    DrawEntryRow,
+    DrawRow,
     MerchantRow,
     MerchantSuspension,
     OutboxRow,
@@ -314,6 +316,8 @@ class _Tables:
     held_identifiers: _Table[tuple[str, str], str]  # uq_redemption_products_*: unreleased
     audit: _Table[int, AuditLine]  # seq 1, 2, ...
     key_canaries: _Table[str, bytes]
+    draws: _Table[tuple[str, str], DrawRow]  # round_draws, by (campaign, round)
+    draw_entries: _Table[tuple[str, str], tuple[DrawEntryRow, ...]]  # in rank order
 
     @classmethod
     def empty(cls) -> _Tables:
@@ -346,6 +350,7 @@ class MemoryUnitOfWork:
         self.outbox = MemoryOutbox(self)
         self.qualifications = MemoryQualifications(self)
         self.products = MemoryProducts(self)
+        self.draws = MemoryDraws(self)
 
     def read(self, *, pipelined: bool = False) -> _Tables:
         """The transaction's tables, begun now if need be."""
@@ -1621,6 +1626,68 @@ class MemoryProducts(_Repository):
             if value is not None:
                 t.held_identifiers.delete((f, value))
         return True
+
+
+class MemoryDraws(_Repository):
+    """The rounds' fair starts; a draw is published once."""
+
+    def add_draws(self, rows: Sequence[DrawRow]) -> None:
+        t = self._u.write()
+        keys = [(r.campaign_id, r.round_id) for r in rows]
+        if len(set(keys)) != len(keys) or any(k in t.draws for k in keys):
+            raise self._u.refused(DuplicateKey("pk_round_draws"))
+        for key, row in zip(keys, rows, strict=True):
+            if row.window_s <= 0:
+                raise self._u.refused(ConstraintViolated("ck_round_draws_window_positive"))
+            t.draws.put(key, replace(row, committed_at=_utc(row.committed_at)))
+
+    def get_draw(self, campaign_id: str, round_id: str) -> DrawRow | None:
+        return self._u.read().draws.get((campaign_id, round_id))
+
+    def draws_of(self, campaign_id: str) -> list[DrawRow]:
+        t = self._u.read()
+        return sorted(
+            (row for (c, _r), row in t.draws.items() if c == campaign_id),
+            key=lambda row: row.round_id,
+        )
+
+    def unpublished(self, limit: int) -> list[DrawRow]:
+        t = self._u.read()
+        waiting = [row for row in t.draws.values() if row.published_at is None]
+        waiting.sort(key=lambda row: (row.committed_at, row.campaign_id, row.round_id))
+        return waiting[:limit]
+
+    def publish(
+        self,
+        campaign_id: str,
+        round_id: str,
+        *,
+        seed_hex: str,
+        entries: Sequence[DrawEntryRow],
+        won: int,
+        now: datetime,
+    ) -> bool:
+        t = self._u.write()
+        found = t.draws.get((campaign_id, round_id))
+        if found is None or found.published_at is not None:
+            return False
+        ranks = [e.rank for e in entries]
+        if len(set(ranks)) != len(ranks):
+            raise self._u.refused(DuplicateKey("pk_draw_entries"))
+        t.draws.put(
+            (campaign_id, round_id),
+            replace(
+                found, seed_hex=seed_hex, published_at=_utc(now), entries=len(entries), won=won
+            ),
+        )
+        t.draw_entries.put((campaign_id, round_id), tuple(sorted(entries, key=lambda e: e.rank)))
+        return True
+
+    def entries(
+        self, campaign_id: str, round_id: str, *, after_rank: int, limit: int
+    ) -> list[DrawEntryRow]:
+        listed = self._u.read().draw_entries.get((campaign_id, round_id)) or ()
+        return [e for e in listed if e.rank > after_rank][:limit]
 
 
 # -- the store ----------------------------------------------------------------------------

@@ -7,13 +7,19 @@ that arrive within ``claim_coalesce_ms`` of each other are handed on as one
 batch per channel, so a thousand people pressing "claim" through one channel
 cost one lookup, one gate call and one share of a group commit, as a
 channel's own batch would. Both count their items against the process's
-in-flight bound (``claim_inflight_max``).
+in-flight bound (``claim_inflight_max``) while the claim service decides them;
+a claim entered in a round's fair start then waits for its draw on the event
+loop, as a future, holding no thread and no in-flight place (the draws bound
+those: ``draw_held_max``), so a window's crowd is taken in whole rather than
+its first arrivals only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from concurrent.futures import Future
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -26,7 +32,7 @@ from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
 from lequan.http.schemas import BatchClaimIn, ClaimIn
 from lequan.services.claim_answers import ClaimResult, issued_voucher_json
-from lequan.services.claiming import ClaimRequest
+from lequan.services.claiming import ClaimRequest, wait_held
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
 
 __all__ = ["ClaimDesk", "claim_hash", "claim_headers"]
@@ -44,12 +50,14 @@ class ClaimDesk:
         self._throttle = throttle
         settings = platform.rt.settings
         # Single claims of one channel arriving together: one call of the claim service.
-        self._coalescer: Coalescer[str, ClaimRequest, ClaimResult] = Coalescer(
-            platform.claims.claim,
-            wait_s=settings.claim_coalesce_ms / 1000,
-            batch_max=settings.claim_batch_items_max,
-            workers=settings.claim_coalesce_workers,
-            name="lequan-claims",
+        self._coalescer: Coalescer[str, ClaimRequest, ClaimResult | Future[ClaimResult]] = (
+            Coalescer(
+                platform.claims.claim_or_hold,
+                wait_s=settings.claim_coalesce_ms / 1000,
+                batch_max=settings.claim_batch_items_max,
+                workers=settings.claim_coalesce_workers,
+                name="lequan-claims",
+            )
         )
         # Threads of its own: a batch waiting for room in the commit queue (up to
         # claim_queue_wait_ms) must not hold the threads the framework's routes share.
@@ -59,7 +67,11 @@ class ClaimDesk:
         """One claim, answered with the others of its channel arriving meanwhile."""
         request = _claim_request(app_id, key, claim)
         with self._admission.admit(1):
-            return await self._coalescer.submit(app_id, request)
+            got = await self._coalescer.submit(app_id, request)
+        if isinstance(got, ClaimResult):
+            return got
+        [answered] = await self._wait_held([got])
+        return answered
 
     async def claim_batch(
         self, app_id: str, batch: BatchClaimIn
@@ -79,11 +91,24 @@ class ClaimDesk:
             for item in batch.items
         ]
         with self._admission.admit(len(requests)):
-            results = await to_thread.run_sync(
-                self._platform.claims.claim, app_id, requests, limiter=self._threads
+            decided = await to_thread.run_sync(
+                self._platform.claims.claim_or_hold, app_id, requests, limiter=self._threads
             )
+        held = [got for got in decided if not isinstance(got, ClaimResult)]
+        answers = iter(await self._wait_held(held) if held else [])
+        results = [got if isinstance(got, ClaimResult) else next(answers) for got in decided]
         text, counts = _batch_text(requests, results)
         return RenderedBody(text), counts
+
+    async def _wait_held(self, held: list[Future[ClaimResult]]) -> list[ClaimResult]:
+        """The answers of claims waiting for a round's draw, each within the longest a
+        held claim may wait; one that is still waiting then hears ``commit_timeout``
+        (its claim goes on, and a retry with its key finds it)."""
+        # ``asyncio.wait`` cancels nothing when it times out: the claims go on.
+        await asyncio.wait(
+            [asyncio.wrap_future(f) for f in held], timeout=self._platform.claims.held_wait_s
+        )
+        return [wait_held(f, timeout_s=0) for f in held]
 
     def close(self) -> None:
         self._coalescer.close()

@@ -13,6 +13,7 @@ called, and its repositories all act inside it:
     uow.products      trade-in products subsidised here: serial numbers, IMEIs, invoices
     uow.idempotency   answers stored per (app, Idempotency-Key)
     uow.keys          the key canaries: which key ring the data is written under
+    uow.draws         the rounds' fair starts: sealed seeds, commitments, published draws
 
 Every atomic step is the store's: a conditional update (``take_stock``,
 ``ledger.record``, ``move_voucher``) answers False rather than letting a
@@ -39,6 +40,8 @@ from lequan.domain.vouchers import VoucherState
 from lequan.rows import (
     AppRow,
     CampaignRow,
+    DrawEntryRow,
+    DrawRow,
     MerchantRow,
     OutboxRow,
     PersonRow,
@@ -53,6 +56,7 @@ from lequan.rows import (
 
 __all__ = [
     "CampaignRepository",
+    "DrawRepository",
     "IdempotencyRepository",
     "KeyCheckRepository",
     "LedgerRepository",
@@ -554,6 +558,45 @@ class ProductRepository(Protocol):
         ...
 
 
+class DrawRepository(Protocol):
+    """The fair start of each round with a start window: its seed, sealed until the draw
+    is published, its commitment, and the published entries (docs/risk.md)."""
+
+    def add_draws(self, rows: Sequence[DrawRow]) -> None:
+        """Insert; a round that has its draw already is ``DuplicateKey``."""
+        ...
+
+    def get_draw(self, campaign_id: str, round_id: str) -> DrawRow | None: ...
+
+    def draws_of(self, campaign_id: str) -> list[DrawRow]:
+        """The campaign's draws, by round id."""
+        ...
+
+    def unpublished(self, limit: int) -> list[DrawRow]:
+        """Up to ``limit`` draws not yet published, oldest commitment first."""
+        ...
+
+    def publish(
+        self,
+        campaign_id: str,
+        round_id: str,
+        *,
+        seed_hex: str,
+        entries: Sequence[DrawEntryRow],
+        won: int,
+        now: datetime,
+    ) -> bool:
+        """Reveal the seed and write the entries, if nobody published the draw before
+        (False then, with nothing written); entries ranked 1, 2, ... are unique."""
+        ...
+
+    def entries(
+        self, campaign_id: str, round_id: str, *, after_rank: int, limit: int
+    ) -> list[DrawEntryRow]:
+        """Up to ``limit`` published entries ranked after ``after_rank``, in rank order."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every aggregate; rolled back unless committed."""
 
@@ -583,6 +626,9 @@ class UnitOfWork(Protocol):
 
     @property
     def products(self) -> ProductRepository: ...
+
+    @property
+    def draws(self) -> DrawRepository: ...
 
     def commit(self) -> None: ...
 

@@ -4,14 +4,23 @@ the gate, then the group commit (``group_commit``) before anyone hears "issued".
 A batch's claims are decided together: one offer per template (the
 domain's ``offered_template``), one read of the claimants, one gate call,
 and each claim handed to the writer with its reservation, its key held.
+
+A round with a start window (``fair_start``) takes the claims of its first
+seconds differently: each is entered in the round's draw and waits (a future,
+not a thread); the draw reserves for them in the order its seed gives, and
+each is then committed like any other. A claim arriving after the window
+waits until the draw has served every entry, then goes first come, first
+served.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
@@ -22,9 +31,13 @@ from lequan.domain.campaigns import (
 )
 from lequan.domain.claims import offered_template
 from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
+from lequan.domain.fair_start import START_WINDOW_S_MAX, score
 from lequan.domain.templates import TradeIn
 from lequan.domain.vouchers import VoucherState
 from lequan.ports import (
+    DrawEntry,
+    DrawResult,
+    EntryOutcome,
     GateUnavailable,
     ReserveOutcome,
     ReserveRequest,
@@ -41,16 +54,20 @@ from lequan.services.claim_answers import (
     issued_text,
     refusal_answer,
 )
+from lequan.services.fair_start import StartDraws, draw_id, ticket_of, window_close
 from lequan.services.gatekeeper import CLAIMED_ALREADY, Refusal, Verdict, check_refusals
-from lequan.services.group_commit import GroupCommitter, PendingClaim, tell_gate
+from lequan.services.group_commit import GroupCommitter, Outcome, PendingClaim, tell_gate
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
 from lequan.services.live import record_claims
 from lequan.services.runtime import Runtime
-from lequan.services.views import http_status, new_ids
+from lequan.services.views import error_body, http_status, new_ids
 
 __all__ = ["ClaimRequest", "ClaimService"]
 
 log = structlog.get_logger(__name__)
+
+# One claim's answer slot while a batch is decided: answered, waiting for a draw, or not yet.
+_Slot = ClaimResult | Future[ClaimResult] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +104,41 @@ class ClaimService:
             on_budget_exhausted=cache.budget_room.__setitem__,
             on_sold_out=self._mark_sold_out,
         )
+        self.draws: StartDraws[_Held] = StartDraws(
+            rt, on_drawn=self._drawn, on_given_up=self._given_up
+        )
 
     def close(self) -> None:
+        self.draws.close()
         self.committer.close()
 
+    @property
+    def held_wait_s(self) -> float:
+        """The longest a claim held for a draw may wait for its answer: the window, the
+        draw, the commit."""
+        s = self._rt.settings
+        return START_WINDOW_S_MAX + s.draw_wait_s + s.claim_commit_timeout_s
+
     def claim(self, channel_id: str, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
-        """Answer every request, in order; refusals are answers too, never exceptions."""
+        """Answer every request, in order; refusals are answers too, never exceptions.
+
+        A claim held for a round's draw is waited for here, on the caller's thread
+        (the HTTP layer waits with ``claim_or_hold`` instead, on its event loop).
+        """
+        return [
+            got if isinstance(got, ClaimResult) else wait_held(got, timeout_s=self.held_wait_s)
+            for got in self.claim_or_hold(channel_id, requests)
+        ]
+
+    def claim_or_hold(
+        self, channel_id: str, requests: Sequence[ClaimRequest]
+    ) -> list[ClaimResult | Future[ClaimResult]]:
+        """Answer every request, in order, or, for a claim entered in a round's draw, a
+        future of its answer (resolved once the draw reached it and it is committed)."""
         assert len(requests) <= self._rt.settings.claim_batch_items_max
         rt = self._rt
         now = rt.clock.now()
-        results: list[ClaimResult | None] = [None] * len(requests)
+        results: list[_Slot] = [None] * len(requests)
         held: list[int] = []
         handed: set[int] = set()  # their keys now belong to the group committer
         try:
@@ -121,7 +163,7 @@ class ClaimService:
             (
                 (request.campaign_id, result.outcome)
                 for request, result in zip(requests, answered, strict=True)
-                if not result.replayed
+                if isinstance(result, ClaimResult) and not result.replayed
             ),
         )
         return answered
@@ -130,7 +172,7 @@ class ClaimService:
         self,
         channel_id: str,
         requests: Sequence[ClaimRequest],
-        results: list[ClaimResult | None],
+        results: list[_Slot],
         held: list[int],
     ) -> None:
         """Hold each key in flight first, then look for stored answers.
@@ -167,7 +209,7 @@ class ClaimService:
         self,
         channel_id: str,
         requests: Sequence[ClaimRequest],
-        results: list[ClaimResult | None],
+        results: list[_Slot],
         now: datetime,
         handed: set[int],
     ) -> None:
@@ -223,6 +265,8 @@ class ClaimService:
                 results[i] = verdict
                 continue
             reserve.append((i, offer.reserve_request(person_id), offer, person_id))
+        if any(offer.window_close is not None for _, _, offer, _ in reserve):
+            reserve = self._fair_start(requests, results, reserve, now, handed)
         if not reserve:
             return
         try:
@@ -254,7 +298,7 @@ class ClaimService:
     def _reserve(
         self,
         requests: Sequence[ClaimRequest],
-        results: list[ClaimResult | None],
+        results: list[_Slot],
         reserve: list[tuple[int, ReserveRequest, _Offer, str]],
     ) -> list[tuple[int, PendingClaim]]:
         rt = self._rt
@@ -304,6 +348,190 @@ class ClaimService:
                 )
             )
         return pending
+
+    def _fair_start(
+        self,
+        requests: Sequence[ClaimRequest],
+        results: list[_Slot],
+        reserve: list[tuple[int, ReserveRequest, _Offer, str]],
+        now: datetime,
+        handed: set[int],
+    ) -> list[tuple[int, ReserveRequest, _Offer, str]]:
+        """Enter the claims that came inside a round's start window in its draw (their
+        slots become futures); wait for the draw of those that came after it. The
+        claims to serve first come, first served now, in order."""
+        first_come: list[tuple[int, ReserveRequest, _Offer, str]] = []
+        entering: dict[tuple[str, str, datetime], list[tuple[int, ReserveRequest, _Offer, str]]]
+        entering = defaultdict(list)
+        after: dict[tuple[str, str, datetime], list[tuple[int, ReserveRequest, _Offer, str]]]
+        after = defaultdict(list)
+        for item in reserve:
+            offer = item[2]
+            close = offer.window_close
+            if close is None or self.draws.is_drawn(draw_id(offer.campaign_id, offer.round_id)):
+                first_come.append(item)
+            else:
+                group = (offer.campaign_id, offer.round_id, close)
+                (entering if now < close else after)[group].append(item)
+        for group, items in entering.items():
+            closed = self._enter(requests, results, items, group, handed)
+            if closed:
+                after[group].extend(closed)
+        wait_s = self._rt.settings.draw_wait_s
+        for (campaign_id, round_id, close), items in after.items():
+            if self.draws.wait_drawn(
+                campaign_id=campaign_id, round_id=round_id, close_at=close, timeout_s=wait_s
+            ):
+                first_come.extend(items)
+                continue
+            late = refusal_answer(_DRAW_PENDING, http_status(_DRAW_PENDING))
+            for i, _, _, _ in items:
+                results[i] = late
+        first_come.sort(key=lambda item: item[0])
+        return first_come
+
+    def _enter(
+        self,
+        requests: Sequence[ClaimRequest],
+        results: list[_Slot],
+        items: list[tuple[int, ReserveRequest, _Offer, str]],
+        group: tuple[str, str, datetime],
+        handed: set[int],
+    ) -> list[tuple[int, ReserveRequest, _Offer, str]]:
+        """Enter claims in one round's draw; those the draw has closed to, to be served
+        after it (in the window by this process's clock, past it by the gate's turn)."""
+        rt = self._rt
+        campaign_id, round_id, close = group
+        seed = self.draws.seed(campaign_id, round_id)
+        if seed is None:  # approved without a draw (it cannot be, as approval draws): as before
+            return items
+        room = self.draws.room(len(items))
+        if room < len(items):
+            full = refusal_answer(_HELD_FULL, http_status(_HELD_FULL))
+            for i, _, _, _ in items[room:]:
+                results[i] = full
+            items = items[:room]
+        entries = []
+        for i, reserved, _offer, _person in items:
+            ticket = ticket_of(rt, campaign_id=campaign_id, round_id=round_id, key=requests[i].key)
+            entries.append(DrawEntry(ticket, score(seed, ticket), reserved, self.draws.owner))
+        try:
+            outcomes = rt.gate.enter(
+                draw_id(campaign_id, round_id), entries, entries_max=rt.settings.draw_entries_max
+            )
+        except GateUnavailable as error:
+            log.warning("gate_unavailable", error_type=str(error), claims=len(entries))
+            down = _gate_unavailable()
+            refused = refusal_answer(down, http_status(down))
+            for i, _, _, _ in items:
+                results[i] = refused
+            return []
+        held: list[_Held] = []
+        closed: list[tuple[int, ReserveRequest, _Offer, str]] = []
+        for item, entry, outcome in zip(items, entries, outcomes, strict=True):
+            i, reserved, offer, person_id = item
+            if outcome in (EntryOutcome.ENTERED, EntryOutcome.REJOINED):
+                waiting = _Held(
+                    entry.ticket, entry.score, reserved, offer, person_id, requests[i].key
+                )
+                held.append(waiting)
+                results[i] = waiting.future
+                handed.add(i)  # its key is the draw's until it is answered
+            elif outcome is EntryOutcome.CLOSED:
+                closed.append(item)
+            else:
+                refusal = _ENTRY_REFUSALS[outcome]
+                results[i] = _ticketed(refusal_answer(refusal, http_status(refusal)), entry.ticket)
+        if held:
+            self.draws.hold(campaign_id=campaign_id, round_id=round_id, close_at=close, items=held)
+        return closed
+
+    def _drawn(self, drawn: list[tuple[_Held, DrawResult]]) -> None:
+        """What the draw gave claims this process holds: reservations go to the group
+        commit, refusals are answered (on the drawer's thread; nothing here waits for
+        the commit)."""
+        now_s = time.monotonic()
+        reserve = [(n, h.request, h.offer, h.person_id) for n, (h, _got) in enumerate(drawn)]
+        gate_results: list[ReserveResult | LequanError] = [
+            _DRAW_PENDING if got.outcome is None else ReserveResult(got.outcome, got.claim_seq, 0)
+            for _h, got in drawn
+        ]
+        doubted = [
+            n
+            for n, got in enumerate(gate_results)
+            if isinstance(got, ReserveResult) and got.outcome in CLAIMED_ALREADY
+        ]
+        if doubted:
+            self._check_claimed_already(reserve, gate_results, doubted)
+        answered: list[tuple[_Held, ClaimResult]] = []
+        pending: list[tuple[_Held, PendingClaim]] = []
+        voucher_ids = iter(new_ids("v", len(drawn)))
+        for (h, got), decided in zip(drawn, gate_results, strict=True):
+            if isinstance(decided, LequanError):
+                answered.append(
+                    (h, _ticketed(refusal_answer(decided, http_status(decided)), h.ticket))
+                )
+            elif decided.outcome is not ReserveOutcome.OK:
+                refused = self._gate_refusal(h.request, h.offer, decided.outcome)
+                answered.append((h, _ticketed(refused, h.ticket)))
+            else:
+                voucher = replace(
+                    h.offer.voucher(next(voucher_ids), h.person_id, decided.claim_seq),
+                    draw_ticket=h.ticket,
+                )
+                claim = PendingClaim(
+                    request=h.request,
+                    claim_seq=decided.claim_seq,
+                    voucher=voucher,
+                    key=h.key,
+                    answer=Answer.rendered(201, issued_text(voucher)),
+                    reserved_at=now_s - got.age_s,  # granted when the drawer served it
+                )
+                pending.append((h, claim))
+        if answered:
+            self._rt.inflight.release_many((h.key.app_id, h.key.key) for h, _ in answered)
+            _resolve(self._rt, answered)
+        if pending:
+            self._commit_drawn(pending)
+
+    def _commit_drawn(self, pending: list[tuple[_Held, PendingClaim]]) -> None:
+        rt = self._rt
+        claims = [c for _, c in pending]
+        try:
+            self.committer.make_room(len(claims), wait_s=rt.settings.claim_queue_wait_ms / 1000)
+            future = self.committer.submit(claims, room=len(claims))
+        except Unavailable as refused:
+            # Never reached the writer: the stock goes back, to the next in the order.
+            tell_gate(rt.gate.release, "release", [(c.request, c.claim_seq) for c in claims])
+            rt.inflight.release_many((c.key.app_id, c.key.key) for c in claims)
+            answer = refusal_answer(refused, http_status(refused))
+            _resolve(rt, [(h, _ticketed(answer, h.ticket)) for h, _ in pending])
+            return
+
+        def committed(done: Future[list[Outcome]]) -> None:
+            outcomes = done.result()
+            answered: list[tuple[_Held, ClaimResult]] = []
+            for (h, claim), outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, Answer):
+                    replayed = outcome is not claim.answer
+                    answered.append(
+                        (h, ClaimResult("replayed" if replayed else "issued", outcome, replayed))
+                    )
+                else:
+                    assert outcome is not None
+                    answer = refusal_answer(outcome, http_status(outcome))
+                    answered.append((h, _ticketed(answer, h.ticket)))
+            _resolve(rt, answered)
+
+        future.add_done_callback(committed)
+
+    def _given_up(self, held: list[_Held]) -> None:
+        """Claims whose draw did not reach them in time (or the process is stopping):
+        answered ``draw_pending``; their entries stay, and a retry with the same key
+        finds its entry again while the window is open."""
+        self._rt.inflight.release_many((h.key.app_id, h.key.key) for h in held)
+        late = refusal_answer(_DRAW_PENDING, http_status(_DRAW_PENDING))
+        _resolve(self._rt, [(h, _ticketed(late, h.ticket)) for h in held])
 
     def _check_claimed_already(
         self,
@@ -390,7 +618,7 @@ class ClaimService:
     def _commit(
         self,
         pending: list[tuple[int, PendingClaim]],
-        results: list[ClaimResult | None],
+        results: list[_Slot],
         handed: set[int],
         room: int,
     ) -> None:
@@ -464,6 +692,7 @@ class ClaimService:
             r.id == request.round_id and template.id in r.stock.get(channel_id, {})
             for r in config.rounds
         )
+        release_at, _ends_at = row.rounds[request.round_id]
         return _Offer(
             campaign_id=request.campaign_id,
             round_id=request.round_id,
@@ -478,6 +707,7 @@ class ClaimService:
             valid_until=valid_until,
             issued_at=now,
             stocked=stocked,
+            window_close=window_close(config, release_at),
         )
 
 
@@ -498,6 +728,8 @@ class _Offer:
     valid_until: datetime
     issued_at: datetime
     stocked: bool  # the campaign's configuration gives this pool stock of the template
+    # When the round's start window closes (the fair start); None: the round has none.
+    window_close: datetime | None = None
     _text: list[str] = field(default_factory=list, compare=False)
 
     def reserve_request(self, person_id: str) -> ReserveRequest:
@@ -539,11 +771,82 @@ class _Offer:
         return Answer.rendered(201, self._text[0].replace(ID_SLOT, voucher_id, 1))
 
 
-def _answer_the_rest(results: list[ClaimResult | None], refusal: LequanError) -> None:
+def _answer_the_rest(results: list[_Slot], refusal: LequanError) -> None:
     answer = refusal_answer(refusal, http_status(refusal))
     for i, result in enumerate(results):
         if result is None:
             results[i] = answer
+
+
+@dataclass(slots=True)
+class _Held:
+    """A claim entered in a round's draw, waiting for what the draw gives it."""
+
+    ticket: str
+    score: int
+    request: ReserveRequest
+    offer: _Offer
+    person_id: str
+    key: Idempotency
+    future: Future[ClaimResult] = field(default_factory=Future)
+
+
+def wait_held(waiting: Future[ClaimResult], *, timeout_s: float) -> ClaimResult:
+    """A held claim's answer; ``commit_timeout`` if it does not come in ``timeout_s``
+    (the claim goes on: a retry with the same key hears it)."""
+    try:
+        return waiting.result(timeout=timeout_s)
+    except FutureTimeout:
+        return refusal_answer(_STILL_WAITING, http_status(_STILL_WAITING))
+
+
+def _resolve(rt: Runtime, answered: list[tuple[_Held, ClaimResult]]) -> None:
+    """Answer held claims, and count them on the live figures per channel."""
+    now = rt.clock.now()
+    by_channel: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for h, result in answered:
+        if not result.replayed:
+            by_channel[h.offer.channel_id].append((h.offer.campaign_id, result.outcome))
+    for channel_id, outcomes in by_channel.items():
+        record_claims(rt.pulse, now, channel_id, outcomes)
+    for h, result in answered:
+        if not h.future.done():
+            h.future.set_result(result)
+
+
+def _ticketed(result: ClaimResult, ticket: str) -> ClaimResult:
+    """A refusal of a claim entered in a draw, with its ticket in ``details``: the
+    person can find it in the published draw."""
+    if result.error is None or result.replayed:
+        return result
+    body = error_body(result.error)
+    body["details"] = {**body.get("details", {}), "draw_ticket": ticket}
+    return replace(result, answer=Answer.of(result.answer.status_code, body))
+
+
+_DRAW_PENDING = Unavailable(
+    "draw_pending",
+    "the claim is entered in the round's fair start, whose draw has not reached it yet; "
+    "retry with the same Idempotency-Key",
+)
+_HELD_FULL = Unavailable(
+    "overloaded", "too many claims are waiting for a draw; retry with the same Idempotency-Key"
+)
+_STILL_WAITING = Unavailable(
+    "commit_timeout",
+    "the claim is still waiting for its draw or its commit; retry with the same Idempotency-Key",
+)
+_ENTRY_REFUSALS: dict[EntryOutcome, LequanError] = {
+    EntryOutcome.HELD_ELSEWHERE: in_flight(),
+    EntryOutcome.FULL: Unavailable(
+        "claim_pending",
+        "this person's claims in this round's draw are entered already; each is answered "
+        "when the draw reaches it",
+    ),
+    EntryOutcome.OVER: Unavailable(
+        "overloaded", "the round's draw holds as many entries as it may; retry"
+    ),
+}
 
 
 _TRADE_IN_IS_APPLIED_FOR = Conflict(
