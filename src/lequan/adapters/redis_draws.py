@@ -333,7 +333,7 @@ class RedisDraws:
         got = self._reserve([request for _t, _s, request in chunk])
         last_ticket, last_score = chunk[-1][0], chunk[-1][1]
         args: list[str | int] = [token, stamp_ms, last_score, last_ticket]
-        for (ticket, _score, _request), result in zip(chunk, got, strict=True):
+        for (ticket, _score, _asked), result in zip(chunk, got, strict=True):
             args += [ticket, _RESERVE_CODES[result.outcome], result.claim_seq]
         [recorded] = self._run(
             [ScriptCall(self._record, (k["state"], k["results"], k["lock"]), tuple(args))]

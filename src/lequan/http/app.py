@@ -37,7 +37,7 @@ from lequan.http.deps import NonceChecks
 from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
-from lequan.http.routes import acquirer, admin, channel, screen
+from lequan.http.routes import acquirer, admin, channel, fairness, screen
 from lequan.http.schemas import (
     AppIn,
     BatchClaimIn,
@@ -496,6 +496,7 @@ def create_app(
     app.include_router(channel.router)
     app.include_router(acquirer.router)
     app.include_router(admin.router)
+    app.include_router(fairness.router)
     app.include_router(screen.router)
     app.state.screen = Screen(platform.rt)
     app.state.stream_slots = screen.StreamSlots(

@@ -265,6 +265,11 @@ class StartDraws(Generic[T]):
     def is_drawn(self, draw: str) -> bool:
         return draw in self._done
 
+    @property
+    def holding(self) -> int:
+        """Claims this process holds for draws now."""
+        return self._held
+
     def room(self, wanted: int) -> int:
         """How many of ``wanted`` claims this process may hold now (``draw_held_max``)."""
         with self._lock:
