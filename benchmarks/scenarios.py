@@ -37,7 +37,7 @@ from lequan.services import admin, campaigns
 from lequan.services.runtime import Runtime
 from lequan.signing import signature_headers
 
-__all__ = ["Figure", "Stack", "gate_rate", "prepare_stack"]
+__all__ = ["Figure", "Stack", "gate_rate", "prepare_stack", "release_soon"]
 
 CAMPAIGN_ID = "sh-dining-2024"
 CHANNEL = "wechat"
@@ -97,10 +97,29 @@ def channel_for(person: int, channels: tuple[str, ...] = (CHANNEL,)) -> str:
     return channels[person % len(channels)]
 
 
-def _campaign(now: datetime, stock_by_channel: dict[str, int]) -> CampaignConfig:
-    # Opened five minutes ago, so the bench never waits for a release.
+def _campaign(
+    now: datetime, stock_by_channel: dict[str, int], *, start_window_s: int = 0
+) -> CampaignConfig:
+    # Opened five minutes ago, so the bench never waits for a release. With a start
+    # window, a day ahead instead: ``release_soon`` releases it when the load is ready
+    # (a window long past would have been drawn, empty, by then).
     stock = {channel: {TEMPLATE: count} for channel, count in stock_by_channel.items()}
-    return example_campaign(release_at=now - timedelta(minutes=5), stock=stock)
+    release_at = now + timedelta(days=1) if start_window_s else now - timedelta(minutes=5)
+    return example_campaign(release_at=release_at, stock=stock, start_window_s=start_window_s)
+
+
+def release_soon(stack: Stack, *, lead_s: float) -> float:
+    """Move round r1's release to ``lead_s`` from now (servers see it within their
+    campaign cache's ttl); the unix time of the release. For a start window."""
+    now = stack.rt.clock.now()
+    release_at = now + timedelta(seconds=lead_s)
+    with stack.rt.store.unit_of_work() as uow:
+        row = uow.campaigns.get_campaign(CAMPAIGN_ID)
+        assert row is not None
+        _release, ends_at = row.rounds["r1"]
+        uow.campaigns.set_round_times(CAMPAIGN_ID, "r1", release_at=release_at, ends_at=ends_at)
+        uow.commit()
+    return release_at.timestamp()
 
 
 @contextmanager
@@ -113,8 +132,12 @@ def prepare_stack(
     stock_by_channel: dict[str, int] | None = None,
     channels: tuple[str, ...] = (CHANNEL,),
     gate_buckets: int = 1,
+    start_window_s: int = 0,
 ) -> Iterator[Stack]:
-    """A migrated store with one live campaign, apps, merchants and ``people`` registered."""
+    """A migrated store with one live campaign, apps, merchants and ``people`` registered.
+
+    With ``start_window_s`` the campaign's rounds open with that window, round r1 a
+    day ahead until ``release_soon``."""
     key_file = directory / "keys.json"
     generate_key_file(key_file)
     prefix = f"lqbench:{uuid.uuid4().hex[:8]}:"
@@ -155,7 +178,9 @@ def prepare_stack(
         rt, app_id=ACQUIRER, kind="acquirer", name=ACQUIRER, actor="bench-maker"
     ).secret
     campaigns.import_campaign(
-        rt, _campaign(now, stock_by_channel or {CHANNEL: people}), actor="bench-maker"
+        rt,
+        _campaign(now, stock_by_channel or {CHANNEL: people}, start_window_s=start_window_s),
+        actor="bench-maker",
     )
     admin.import_merchants(
         rt,
