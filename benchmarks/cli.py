@@ -100,6 +100,12 @@ def bench(
             return None
         return ratio(row_name, row_name.removesuffix("_screen"))
 
+    def window_ratio(row_name: str) -> float | None:
+        """A path with a start window on, against the same path with it off."""
+        if not row_name.endswith("_window"):
+            return None
+        return ratio(row_name, row_name.removesuffix("_window"))
+
     if as_json:
         typer.echo(
             json.dumps(
@@ -113,6 +119,7 @@ def bench(
                             "vs_bare_fastapi": ratio(row.name, "baseline_bare_fastapi"),
                             "vs_bare_asgi": ratio(row.name, "baseline_bare_asgi"),
                             "vs_without_screen": screen_ratio(row.name),
+                            "vs_without_window": window_ratio(row.name),
                         }
                         for row in rows
                     ],
@@ -161,6 +168,13 @@ def bench(
         if kept is not None:
             console.print(
                 f"  with the screen open, {row.name.removesuffix('_screen')} keeps "
+                f"{kept:.1%} of its rate (same run)"
+            )
+    for row in rows:
+        kept = window_ratio(row.name)
+        if kept is not None:
+            console.print(
+                f"  with a start window, {row.name.removesuffix('_window')} keeps "
                 f"{kept:.1%} of its rate (same run)"
             )
     console.print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
