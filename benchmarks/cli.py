@@ -202,6 +202,10 @@ def simulate(
     gate_buckets: Annotated[
         int, typer.Option(help="Buckets per pool in the Redis gate.", min=1, max=1024)
     ] = 1,
+    start_window_s: Annotated[
+        int,
+        typer.Option(help="The round's fair-start window (docs/risk.md); 0: off.", min=0, max=30),
+    ] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """A flash crowd against a real lequan server; then the store is checked (exit 1 if broken)."""
@@ -220,6 +224,7 @@ def simulate(
             redis_url=redis_url,
             workers=workers,
             gate_buckets=gate_buckets,
+            start_window_s=start_window_s,
         ),
         lambda message: err.print(f"[dim]{message}[/]"),
     )

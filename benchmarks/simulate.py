@@ -66,6 +66,13 @@ class SimulationConfig:
     workers: int = 1  # API processes; more than one needs the Redis gate
     gate_buckets: int = 1
     seed: int = 20241130
+    start_window_s: int = 0  # the round's fair start (docs/risk.md); 0: off
+
+    @property
+    def batches_in_flight_max(self) -> int:
+        """A channel's calls at once: a few, or with a start window as many as its users
+        waiting (held calls wait for the draw; a channel does not stop taking taps)."""
+        return 500 if self.start_window_s else 8
 
 
 @dataclass
@@ -150,7 +157,7 @@ async def _channel_loop(  # noqa: PLR0917  # one call site
         task = asyncio.create_task(_send(channel, batch, answers, retry, started))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
-        while len(in_flight) >= 8:  # a channel keeps at most 8 batches in flight
+        while len(in_flight) >= config.batches_in_flight_max:
             await asyncio.sleep(0.001)
     if in_flight:
         await asyncio.gather(*in_flight)
@@ -213,7 +220,8 @@ async def _crowd(
     people = config.people
     bots = set(rng.sample(range(people), int(people * config.bot_share)))
     retriers = set(rng.sample(range(people), int(people * config.retry_share)))
-    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    connections = max(16, config.batches_in_flight_max)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     channels = [
         _Channel(
             name,
@@ -327,6 +335,7 @@ def _summary(
         "store": "sqlite" if not config.database_url else "postgresql",
         "gate": f"redis, {config.gate_buckets} bucket(s)" if config.redis_url else "memory",
         "workers": config.workers,
+        "start_window_s": config.start_window_s,
         "issued": issued,
         "oversold": max(0, issued - config.stock),
         "duplicates": sum(n - 1 for n in per_person.values() if n > 1),
@@ -394,9 +403,13 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                 stock_by_channel=scenarios.split_stock(config.stock, CHANNELS),
                 channels=CHANNELS,
                 gate_buckets=config.gate_buckets,
+                start_window_s=config.start_window_s,
             ) as stack,
             serve_lequan(stack.env, workers=config.workers) as port,
         ):
+            if config.start_window_s:  # the crowd (its bots first) comes at the release
+                release = scenarios.release_soon(stack, lead_s=scenarios.RELEASE_LEAD_S)
+                time.sleep(max(0.0, release - time.time()))
             progress("released: the crowd arrives")
             answers, elapsed_s, resent = asyncio.run(_crowd(config, port, stack.secrets))
             progress("checking the store")
