@@ -209,8 +209,8 @@ def build_runtime(
 
 def _keys_in_flight_max(settings: Settings) -> int:
     """Keys one process may hold at once: the claims it answers (their items, and as
-    many again of redemptions and operators' calls) and the claims held for draws."""
-    return 2 * settings.claim_inflight_max + settings.draw_held_max
+    many again of redemptions and operators' calls) and the claims waiting for draws."""
+    return 2 * settings.claim_inflight_max + settings.draw_waiting_max
 
 
 def central_platform(settings: Settings) -> CentralPlatform:

@@ -36,12 +36,12 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) 
         time.sleep(0.01)
 
 
-def holding(api: Api) -> int:
-    return int(api.world.platform.claims.draws.holding)
+def entered(api: Api) -> int:
+    return int(api.world.platform.claims.draws.waiting_claims)
 
 
 def holds(api: Api, count: int) -> Callable[[], bool]:
-    return lambda: holding(api) == count
+    return lambda: entered(api) == count
 
 
 def batch(api: Api, users: list[str], keys: list[str]) -> httpx.Response:
@@ -124,7 +124,7 @@ def test_after_the_window_it_is_first_come_first_served_and_retries_replay(
     early, late = users[:10], users[10:]
     with ThreadPoolExecutor(2) as pool:
         held = pool.submit(batch, api, early, [f"k-{u}" for u in early])
-        wait_for(lambda: holding(api) == 10, "the early claims entered")
+        wait_for(lambda: entered(api) == 10, "the early claims entered")
         # The same request again while the first waits: in flight, nothing new.
         again = batch(api, early[:1], [f"k-{early[0]}"])
         assert again.json()["results"][0]["outcome"] == "idempotency_in_flight"
@@ -142,7 +142,7 @@ def test_after_the_window_it_is_first_come_first_served_and_retries_replay(
     assert all("draw_ticket" not in a.json()["voucher"] for a in answers[:20])
     assert_error(answers[-1], 409, "sold_out")
 
-    # A retry after the window replays the held claim's answer, its ticket included.
+    # A retry after the window replays the entered claim's answer, its ticket included.
     replay = batch(api, early[:1], [f"k-{early[0]}"])
     replayed = replay.json()["results"][0]
     assert replayed["replayed"] is True
@@ -159,7 +159,7 @@ def test_a_single_claim_waits_for_its_draw_too(open_api: OpenApi) -> None:
     users = [api.register(n) for n in range(3)]
     with ThreadPoolExecutor(3) as pool:
         sent = [pool.submit(api.claim, user, key=f"s-{user}") for user in users]
-        wait_for(lambda: holding(api) == 3, "the single claims entered")
+        wait_for(lambda: entered(api) == 3, "the single claims entered")
         close_the_window(api)
         answers = [f.result(timeout=60) for f in sent]
     assert sorted(a.status_code for a in answers) == [201, 409, 409]
@@ -264,7 +264,7 @@ def test_a_claim_whose_draw_never_comes_hears_draw_pending(
     user = api.register(1)
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(api.claim, user, key="k-1")
-        wait_for(lambda: holding(api) == 1, "the claim entered")
+        wait_for(lambda: entered(api) == 1, "the claim entered")
         close_the_window(api)
         answer = held.result(timeout=60)
     body = assert_error(answer, 503, "draw_pending")

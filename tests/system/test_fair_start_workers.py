@@ -2,7 +2,7 @@
 HTTP: claims spread over both workers inside the start window are served in exactly
 the order the published seed gives, nothing is sold twice, each person once, and
 ``lequan fairness verify`` passes; a worker SIGKILLed inside the window answers its
-held claims nothing, and what its winners had reserved comes back to the stock."""
+waiting claims nothing, and what its winners had reserved comes back to the stock."""
 
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ def test_a_worker_killed_in_the_window_answers_nothing_and_leaks_no_stock(
             finally:
                 client.close()
             victim = workers_of(process)[0]
-            os.kill(victim, signal.SIGKILL)  # inside the window, its claims held
+            os.kill(victim, signal.SIGKILL)  # inside the window, its claims waiting
             answers = wave.result(timeout=180)
 
         lost = sorted(i for i, a in answers.items() if a is None)

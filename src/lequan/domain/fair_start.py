@@ -56,8 +56,8 @@ __all__ = [
 
 ALGORITHM = "lequan-fair-start-v1"
 # How long a start window may be: long enough to take in a release's crowd on a
-# modest deployment (docs/risk.md sizes it), short enough that a held claim's
-# answer comes within a channel's patience and its key hold's lifetime.
+# modest deployment (docs/risk.md sizes it), short enough that an entered claim's
+# answer comes within a channel's patience.
 START_WINDOW_S_MAX = 30
 SEED_BYTES = 32
 TICKET_CHARS = 32

@@ -10,7 +10,7 @@ channel's own batch would. Both count their items against the process's
 in-flight bound (``claim_inflight_max``) while the claim service decides them;
 a claim entered in a round's fair start then waits for its draw on the event
 loop, as a future, holding no thread and no in-flight place (the draws bound
-those: ``draw_held_max``), so a window's crowd is taken in whole rather than
+those: ``draw_waiting_max``), so a window's crowd is taken in whole rather than
 its first arrivals only.
 """
 
@@ -32,7 +32,7 @@ from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
 from lequan.http.schemas import BatchClaimIn, ClaimIn
 from lequan.services.claim_answers import ClaimResult, issued_voucher_json
-from lequan.services.claiming import ClaimRequest, wait_held
+from lequan.services.claiming import ClaimRequest, wait_entered
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
 
 __all__ = ["ClaimDesk", "claim_hash", "claim_headers"]
@@ -70,7 +70,7 @@ class ClaimDesk:
             got = await self._coalescer.submit(app_id, request)
         if isinstance(got, ClaimResult):
             return got
-        [answered] = await self._wait_held([got])
+        [answered] = await self._wait_entered([got])
         return answered
 
     async def claim_batch(
@@ -94,21 +94,22 @@ class ClaimDesk:
             decided = await to_thread.run_sync(
                 self._platform.claims.claim_or_hold, app_id, requests, limiter=self._threads
             )
-        held = [got for got in decided if not isinstance(got, ClaimResult)]
-        answers = iter(await self._wait_held(held) if held else [])
+        entered = [got for got in decided if not isinstance(got, ClaimResult)]
+        answers = iter(await self._wait_entered(entered) if entered else [])
         results = [got if isinstance(got, ClaimResult) else next(answers) for got in decided]
         text, counts = _batch_text(requests, results)
         return RenderedBody(text), counts
 
-    async def _wait_held(self, held: list[Future[ClaimResult]]) -> list[ClaimResult]:
+    async def _wait_entered(self, entered: list[Future[ClaimResult]]) -> list[ClaimResult]:
         """The answers of claims waiting for a round's draw, each within the longest a
-        held claim may wait; one that is still waiting then hears ``commit_timeout``
+        entered claim may wait; one that is still waiting then hears ``commit_timeout``
         (its claim goes on, and a retry with its key finds it)."""
         # ``asyncio.wait`` cancels nothing when it times out: the claims go on.
         await asyncio.wait(
-            [asyncio.wrap_future(f) for f in held], timeout=self._platform.claims.held_wait_s
+            [asyncio.wrap_future(f) for f in entered],
+            timeout=self._platform.claims.entered_wait_s,
         )
-        return [wait_held(f, timeout_s=0) for f in held]
+        return [wait_entered(f, timeout_s=0) for f in entered]
 
     def close(self) -> None:
         self._coalescer.close()

@@ -104,7 +104,7 @@ class ClaimService:
             on_budget_exhausted=cache.budget_room.__setitem__,
             on_sold_out=self._mark_sold_out,
         )
-        self.draws: StartDraws[_Held] = StartDraws(
+        self.draws: StartDraws[_Entered] = StartDraws(
             rt, on_drawn=self._drawn, on_given_up=self._given_up
         )
 
@@ -113,8 +113,8 @@ class ClaimService:
         self.committer.close()
 
     @property
-    def held_wait_s(self) -> float:
-        """The longest a claim held for a draw may wait for its answer: the window, the
+    def entered_wait_s(self) -> float:
+        """The longest a claim entered in a draw may wait for its answer: the window, the
         draw, the commit."""
         s = self._rt.settings
         return START_WINDOW_S_MAX + s.draw_wait_s + s.claim_commit_timeout_s
@@ -122,11 +122,13 @@ class ClaimService:
     def claim(self, channel_id: str, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
         """Answer every request, in order; refusals are answers too, never exceptions.
 
-        A claim held for a round's draw is waited for here, on the caller's thread
+        A claim entered in a round's draw is waited for here, on the caller's thread
         (the HTTP layer waits with ``claim_or_hold`` instead, on its event loop).
         """
         return [
-            got if isinstance(got, ClaimResult) else wait_held(got, timeout_s=self.held_wait_s)
+            got
+            if isinstance(got, ClaimResult)
+            else wait_entered(got, timeout_s=self.entered_wait_s)
             for got in self.claim_or_hold(channel_id, requests)
         ]
 
@@ -407,7 +409,7 @@ class ClaimService:
             return items
         room = self.draws.room(len(items))
         if room < len(items):
-            full = refusal_answer(_HELD_FULL, http_status(_HELD_FULL))
+            full = refusal_answer(_WAITING_FULL, http_status(_WAITING_FULL))
             for i, _, _, _ in items[room:]:
                 results[i] = full
             items = items[:room]
@@ -426,15 +428,15 @@ class ClaimService:
             for i, _, _, _ in items:
                 results[i] = refused
             return []
-        held: list[_Held] = []
+        entered: list[_Entered] = []
         closed: list[tuple[int, ReserveRequest, _Offer, str]] = []
         for item, entry, outcome in zip(items, entries, outcomes, strict=True):
             i, reserved, offer, person_id = item
             if outcome in (EntryOutcome.ENTERED, EntryOutcome.REJOINED):
-                waiting = _Held(
+                waiting = _Entered(
                     entry.ticket, entry.score, reserved, offer, person_id, requests[i].key
                 )
-                held.append(waiting)
+                entered.append(waiting)
                 results[i] = waiting.future
                 handed.add(i)  # its key is the draw's until it is answered
             elif outcome is EntryOutcome.CLOSED:
@@ -442,11 +444,13 @@ class ClaimService:
             else:
                 refusal = _ENTRY_REFUSALS[outcome]
                 results[i] = _ticketed(refusal_answer(refusal, http_status(refusal)), entry.ticket)
-        if held:
-            self.draws.hold(campaign_id=campaign_id, round_id=round_id, close_at=close, items=held)
+        if entered:
+            self.draws.add(
+                campaign_id=campaign_id, round_id=round_id, close_at=close, items=entered
+            )
         return closed
 
-    def _drawn(self, drawn: list[tuple[_Held, DrawResult]]) -> None:
+    def _drawn(self, drawn: list[tuple[_Entered, DrawResult]]) -> None:
         """What the draw gave claims this process holds: reservations go to the group
         commit, refusals are answered (on the drawer's thread; nothing here waits for
         the commit)."""
@@ -463,8 +467,8 @@ class ClaimService:
         ]
         if doubted:
             self._check_claimed_already(reserve, gate_results, doubted)
-        answered: list[tuple[_Held, ClaimResult]] = []
-        pending: list[tuple[_Held, PendingClaim]] = []
+        answered: list[tuple[_Entered, ClaimResult]] = []
+        pending: list[tuple[_Entered, PendingClaim]] = []
         voucher_ids = iter(new_ids("v", len(drawn)))
         for (h, got), decided in zip(drawn, gate_results, strict=True):
             if isinstance(decided, LequanError):
@@ -494,7 +498,7 @@ class ClaimService:
         if pending:
             self._commit_drawn(pending)
 
-    def _commit_drawn(self, pending: list[tuple[_Held, PendingClaim]]) -> None:
+    def _commit_drawn(self, pending: list[tuple[_Entered, PendingClaim]]) -> None:
         rt = self._rt
         claims = [c for _, c in pending]
         try:
@@ -510,7 +514,7 @@ class ClaimService:
 
         def committed(done: Future[list[Outcome]]) -> None:
             outcomes = done.result()
-            answered: list[tuple[_Held, ClaimResult]] = []
+            answered: list[tuple[_Entered, ClaimResult]] = []
             for (h, claim), outcome in zip(pending, outcomes, strict=True):
                 if isinstance(outcome, Answer):
                     replayed = outcome is not claim.answer
@@ -525,13 +529,13 @@ class ClaimService:
 
         future.add_done_callback(committed)
 
-    def _given_up(self, held: list[_Held]) -> None:
+    def _given_up(self, entered: list[_Entered]) -> None:
         """Claims whose draw did not reach them in time (or the process is stopping):
         answered ``draw_pending``; their entries stay, and a retry with the same key
         finds its entry again while the window is open."""
-        self._rt.inflight.release_many((h.key.app_id, h.key.key) for h in held)
+        self._rt.inflight.release_many((h.key.app_id, h.key.key) for h in entered)
         late = refusal_answer(_DRAW_PENDING, http_status(_DRAW_PENDING))
-        _resolve(self._rt, [(h, _ticketed(late, h.ticket)) for h in held])
+        _resolve(self._rt, [(h, _ticketed(late, h.ticket)) for h in entered])
 
     def _check_claimed_already(
         self,
@@ -779,7 +783,7 @@ def _answer_the_rest(results: list[_Slot], refusal: LequanError) -> None:
 
 
 @dataclass(slots=True)
-class _Held:
+class _Entered:
     """A claim entered in a round's draw, waiting for what the draw gives it."""
 
     ticket: str
@@ -791,8 +795,8 @@ class _Held:
     future: Future[ClaimResult] = field(default_factory=Future)
 
 
-def wait_held(waiting: Future[ClaimResult], *, timeout_s: float) -> ClaimResult:
-    """A held claim's answer; ``commit_timeout`` if it does not come in ``timeout_s``
+def wait_entered(waiting: Future[ClaimResult], *, timeout_s: float) -> ClaimResult:
+    """An entered claim's answer; ``commit_timeout`` if it does not come in ``timeout_s``
     (the claim goes on: a retry with the same key hears it)."""
     try:
         return waiting.result(timeout=timeout_s)
@@ -800,8 +804,8 @@ def wait_held(waiting: Future[ClaimResult], *, timeout_s: float) -> ClaimResult:
         return refusal_answer(_STILL_WAITING, http_status(_STILL_WAITING))
 
 
-def _resolve(rt: Runtime, answered: list[tuple[_Held, ClaimResult]]) -> None:
-    """Answer held claims, and count them on the live figures per channel."""
+def _resolve(rt: Runtime, answered: list[tuple[_Entered, ClaimResult]]) -> None:
+    """Answer entered claims, and count them on the live figures per channel."""
     now = rt.clock.now()
     by_channel: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for h, result in answered:
@@ -829,7 +833,7 @@ _DRAW_PENDING = Unavailable(
     "the claim is entered in the round's fair start, whose draw has not reached it yet; "
     "retry with the same Idempotency-Key",
 )
-_HELD_FULL = Unavailable(
+_WAITING_FULL = Unavailable(
     "overloaded", "too many claims are waiting for a draw; retry with the same Idempotency-Key"
 )
 _STILL_WAITING = Unavailable(

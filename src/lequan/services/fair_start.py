@@ -30,9 +30,9 @@ Why this shape (docs/risk.md, "Fair start", says it for operators):
   Idempotency-Key and body: the same request sent again is the same entry, and
   a person has at most their limit of entries in a pool, whatever keys they use.
 - **Bounded.** A draw takes at most ``draw_entries_max`` entries, a process holds
-  at most ``draw_held_max`` claims for draws; beyond, ``429 overloaded``. A held
+  at most ``draw_waiting_max`` claims for draws; beyond, ``429 overloaded``. A waiting
   claim waits at most ``draw_wait_s`` past its window, then hears ``503
-  draw_pending``; a process that dies with held claims answers them nothing
+  draw_pending``; a process that dies with waiting claims answers them nothing
   (the person retries) and their reservations are reaped after the fence.
 """
 
@@ -209,14 +209,14 @@ class _Active(Generic[T]):
     campaign_id: str
     round_id: str
     close_at: datetime
-    held: dict[str, T] = field(default_factory=dict)
-    heap: list[tuple[int, str]] = field(default_factory=list)  # (score, ticket) held
+    waiting: dict[str, T] = field(default_factory=dict)
+    heap: list[tuple[int, str]] = field(default_factory=list)  # (score, ticket) waiting
     done: bool = False
 
 
 class StartDraws(Generic[T]):
     """This process's side of the rounds' draws: the claims it holds, and a thread that
-    drives the draws once their windows close, hands each held claim its result
+    drives the draws once their windows close, hands each waiting claim its result
     (``on_drawn``), publishes a draw it finished, and publishes what nobody did.
 
     ``on_drawn`` and ``on_given_up`` run on the drawer's thread; they must not block
@@ -238,7 +238,7 @@ class StartDraws(Generic[T]):
         self._changed = threading.Condition(self._lock)
         self._active: dict[str, _Active[T]] = {}
         self._done: set[str] = set()
-        self._held = 0
+        self._waiting = 0
         self._seeds: dict[tuple[str, str], bytes | None] = {}
         self._forget_at: dict[str, float] = {}  # draw -> monotonic s
         self._next_publish_check = 0.0
@@ -266,16 +266,16 @@ class StartDraws(Generic[T]):
         return draw in self._done
 
     @property
-    def holding(self) -> int:
+    def waiting_claims(self) -> int:
         """Claims this process holds for draws now."""
-        return self._held
+        return self._waiting
 
     def room(self, wanted: int) -> int:
-        """How many of ``wanted`` claims this process may hold now (``draw_held_max``)."""
+        """How many of ``wanted`` claims this process may hold now (``draw_waiting_max``)."""
         with self._lock:
-            return max(0, min(wanted, self._rt.settings.draw_held_max - self._held))
+            return max(0, min(wanted, self._rt.settings.draw_waiting_max - self._waiting))
 
-    def hold(
+    def add(
         self, *, campaign_id: str, round_id: str, close_at: datetime, items: Sequence[T]
     ) -> None:
         """Wait for the draw with these claims, entered in the gate; each is handed to
@@ -284,13 +284,13 @@ class StartDraws(Generic[T]):
         with self._changed:
             active = self._activate(draw, campaign_id, round_id, close_at)
             for item in items:
-                if item.ticket in active.held:
+                if item.ticket in active.waiting:
                     # The same request again in this process while the first waits: the
                     # key is in flight, so this cannot be; keep the first.
                     continue
-                active.held[item.ticket] = item
+                active.waiting[item.ticket] = item
                 heapq.heappush(active.heap, (item.score, item.ticket))
-                self._held += 1
+                self._waiting += 1
             self._changed.notify_all()
 
     def wait_drawn(
@@ -320,15 +320,15 @@ class StartDraws(Generic[T]):
         return active
 
     def close(self) -> None:
-        """Stop the thread; the claims still held hear ``on_given_up``."""
+        """Stop the thread; the claims still waiting hear ``on_given_up``."""
         self._stop.set()
         with self._changed:
             self._changed.notify_all()
         self._thread.join(10)
         with self._lock:
-            left = [item for a in self._active.values() for item in a.held.values()]
+            left = [item for a in self._active.values() for item in a.waiting.values()]
             self._active.clear()
-            self._held = 0
+            self._waiting = 0
         if left:
             self._on_given_up(left)
 
@@ -399,10 +399,10 @@ class StartDraws(Generic[T]):
             decided: list[T] = []
             while a.heap and (everything or (last is not None and a.heap[0] <= last)):
                 _score, ticket = heapq.heappop(a.heap)
-                item = a.held.pop(ticket, None)
+                item = a.waiting.pop(ticket, None)
                 if item is not None:
                     decided.append(item)
-            self._held -= len(decided)
+            self._waiting -= len(decided)
         batch = self._rt.settings.draw_chunk_size
         for start in range(0, len(decided), batch):
             part = decided[start : start + batch]
@@ -425,16 +425,16 @@ class StartDraws(Generic[T]):
             if len(self._done) >= _DONE_MAX:
                 self._done.clear()
             self._done.add(a.draw)
-            if not a.held:
+            if not a.waiting:
                 self._active.pop(a.draw, None)
             self._changed.notify_all()
 
     def _give_up(self, a: _Active[T]) -> None:
         with self._lock:
-            left = list(a.held.values())
-            a.held.clear()
+            left = list(a.waiting.values())
+            a.waiting.clear()
             a.heap.clear()
-            self._held -= len(left)
+            self._waiting -= len(left)
             self._active.pop(a.draw, None)
         if left:
             log.warning("draw_waited_too_long", draw=a.draw, claims=len(left))
