@@ -214,7 +214,10 @@ async def _send(
 
 
 async def _crowd(
-    config: SimulationConfig, port: int, secrets_by_channel: dict[str, str]
+    config: SimulationConfig,
+    port: int,
+    secrets_by_channel: dict[str, str],
+    release: Callable[[], None] = lambda: None,
 ) -> tuple[list[_Answer], float, int]:
     rng = random.Random(config.seed)  # noqa: S311  # a reproducible crowd, not a secret
     people = config.people
@@ -262,6 +265,7 @@ async def _crowd(
             key = f"sim-{person}-{tries[person]}" if bot else f"sim-{person}"
             channel_of(person).queue.put_nowait((person, key, time.perf_counter(), bot))
 
+    release()  # the round opens now (a start window's), as the crowd arrives
     started = time.perf_counter()
     done = asyncio.Event()
     loops = [
@@ -407,11 +411,14 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
             ) as stack,
             serve_lequan(stack.env, workers=config.workers) as port,
         ):
-            if config.start_window_s:  # the crowd (its bots first) comes at the release
-                release = scenarios.release_soon(stack, lead_s=scenarios.RELEASE_LEAD_S)
-                time.sleep(max(0.0, release - time.time()))
+
+            def release() -> None:  # a start window opens as the crowd, its bots first, comes
+                if config.start_window_s:
+                    at = scenarios.release_soon(stack, lead_s=scenarios.RELEASE_LEAD_S)
+                    time.sleep(max(0.0, at - time.time()))
+
             progress("released: the crowd arrives")
-            answers, elapsed_s, resent = asyncio.run(_crowd(config, port, stack.secrets))
+            answers, elapsed_s, resent = asyncio.run(_crowd(config, port, stack.secrets, release))
             progress("checking the store")
             return _summary(config, answers, elapsed_s, resent, stack)
 

@@ -1657,30 +1657,39 @@ class MemoryDraws(_Repository):
         waiting.sort(key=lambda row: (row.committed_at, row.campaign_id, row.round_id))
         return waiting[:limit]
 
-    def publish(
-        self,
-        campaign_id: str,
-        round_id: str,
-        *,
-        seed_hex: str,
-        entries: Sequence[DrawEntryRow],
-        won: int,
-        now: datetime,
+    def add_entries(self, campaign_id: str, round_id: str, rows: Sequence[DrawEntryRow]) -> None:
+        t = self._u.write()
+        if (campaign_id, round_id) not in t.draws:
+            raise self._u.refused(ConstraintViolated("fk_draw_entries_campaign_id_round_draws"))
+        listed = t.draw_entries.get((campaign_id, round_id)) or ()
+        ranks = [e.rank for e in rows]
+        if len(set(ranks)) != len(ranks) or set(ranks) & {e.rank for e in listed}:
+            raise self._u.refused(DuplicateKey("pk_draw_entries"))
+        merged = sorted((*listed, *rows), key=lambda e: e.rank)
+        t.draw_entries.put((campaign_id, round_id), tuple(merged))
+
+    def last_rank(self, campaign_id: str, round_id: str) -> int:
+        listed = self._u.read().draw_entries.get((campaign_id, round_id)) or ()
+        return listed[-1].rank if listed else 0
+
+    def reveal(
+        self, campaign_id: str, round_id: str, *, seed_hex: str, entries: int, now: datetime
     ) -> bool:
         t = self._u.write()
         found = t.draws.get((campaign_id, round_id))
         if found is None or found.published_at is not None:
             return False
-        ranks = [e.rank for e in entries]
-        if len(set(ranks)) != len(ranks):
-            raise self._u.refused(DuplicateKey("pk_draw_entries"))
+        listed = t.draw_entries.get((campaign_id, round_id)) or ()
         t.draws.put(
             (campaign_id, round_id),
             replace(
-                found, seed_hex=seed_hex, published_at=_utc(now), entries=len(entries), won=won
+                found,
+                seed_hex=seed_hex,
+                published_at=_utc(now),
+                entries=entries,
+                won=sum(1 for e in listed if e.outcome == "won"),
             ),
         )
-        t.draw_entries.put((campaign_id, round_id), tuple(sorted(entries, key=lambda e: e.rank)))
         return True
 
     def entries(

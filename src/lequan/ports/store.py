@@ -576,18 +576,19 @@ class DrawRepository(Protocol):
         """Up to ``limit`` draws not yet published, oldest commitment first."""
         ...
 
-    def publish(
-        self,
-        campaign_id: str,
-        round_id: str,
-        *,
-        seed_hex: str,
-        entries: Sequence[DrawEntryRow],
-        won: int,
-        now: datetime,
+    def add_entries(self, campaign_id: str, round_id: str, rows: Sequence[DrawEntryRow]) -> None:
+        """Insert entries of a served draw; a rank written already is ``DuplicateKey``."""
+        ...
+
+    def last_rank(self, campaign_id: str, round_id: str) -> int:
+        """The highest rank written of the draw's entries; 0 for none."""
+        ...
+
+    def reveal(
+        self, campaign_id: str, round_id: str, *, seed_hex: str, entries: int, now: datetime
     ) -> bool:
-        """Reveal the seed and write the entries, if nobody published the draw before
-        (False then, with nothing written); entries ranked 1, 2, ... are unique."""
+        """Publish the draw: its seed, its count of entries and of those won (counted
+        from the entries written); False, with nothing written, if it was published."""
         ...
 
     def entries(

@@ -52,7 +52,14 @@ import structlog
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.errors import NotFound
 from lequan.domain.fair_start import ALGORITHM, SEED_BYTES, commitment
-from lequan.ports import DrawResult, GateUnavailable, ReserveOutcome, StoreError, UnitOfWork
+from lequan.ports import (
+    DrawResult,
+    DuplicateKey,
+    GateUnavailable,
+    ReserveOutcome,
+    StoreError,
+    UnitOfWork,
+)
 from lequan.rows import CampaignRow, DrawEntryRow, DrawRow
 from lequan.services.idempotency import Idempotency
 from lequan.services.runtime import Runtime
@@ -91,6 +98,8 @@ _TURN_S = 0.05
 _DONE_MAX = 10_000
 _SEEDS_MAX = 1000
 _PUBLISH_LIMIT = 100  # draws looked at per pass of the publisher
+# Entries written per transaction when a draw is published.
+PUBLISH_ROWS = 10_000
 
 
 def draw_id(campaign_id: str, round_id: str) -> str:
@@ -151,40 +160,54 @@ def _open_seed(rt: Runtime, row: DrawRow) -> str:
 
 
 def publish(rt: Runtime, campaign_id: str, round_id: str) -> bool:
-    """Reveal a served draw's seed and write its entries in the store; False when it
-    was published already (by another process) or has no such draw."""
+    """Write a served draw's entries in the store, then reveal its seed; False when it
+    was published already (by another process) or has no such draw.
+
+    The entries go a chunk per transaction (``PUBLISH_ROWS`` rows), from the last
+    rank written on: no transaction holds the store's write lock (SQLite's one)
+    for a whole draw, and one that another publisher wrote first is refused
+    (``DuplicateKey``) and left to it. The seed is revealed last, with the counts.
+    """
     with rt.store.unit_of_work(readonly=True) as uow:
         row = uow.draws.get_draw(campaign_id, round_id)
+        written = uow.draws.last_rank(campaign_id, round_id) if row is not None else 0
     if row is None or row.published_at is not None:
         return False
     draw = draw_id(campaign_id, round_id)
-    chunk = rt.settings.draw_chunk_size
-    entries: list[DrawEntryRow] = []
-    won = 0
     while True:
-        got = rt.gate.drawn(draw, start=len(entries), limit=chunk)
-        for e in got:
-            won += e.result.outcome is ReserveOutcome.OK
-            entries.append(
-                DrawEntryRow(
-                    rank=e.rank,
-                    ticket=e.ticket,
-                    channel_id=e.request.pool.rsplit(":", 1)[1],
-                    template_id=e.request.template_id,
-                    outcome=OUTCOME_NAMES[e.result.outcome],
-                )
-            )
-        if len(got) < chunk:
+        got = rt.gate.drawn(draw, start=written, limit=PUBLISH_ROWS)
+        if not got:
             break
+        try:
+            with rt.store.unit_of_work() as uow:
+                uow.draws.add_entries(
+                    campaign_id,
+                    round_id,
+                    [
+                        DrawEntryRow(
+                            rank=e.rank,
+                            ticket=e.ticket,
+                            channel_id=e.request.pool.rsplit(":", 1)[1],
+                            template_id=e.request.template_id,
+                            outcome=OUTCOME_NAMES[e.result.outcome],
+                        )
+                        for e in got
+                    ],
+                )
+                uow.commit()
+        except DuplicateKey:
+            log.info("draw_published_elsewhere", draw=draw)
+            return False
+        written += len(got)
     seed_hex = _open_seed(rt, row)
     with rt.store.unit_of_work() as uow:
-        done = uow.draws.publish(
-            campaign_id, round_id, seed_hex=seed_hex, entries=entries, won=won, now=rt.clock.now()
+        done = uow.draws.reveal(
+            campaign_id, round_id, seed_hex=seed_hex, entries=written, now=rt.clock.now()
         )
         if done:
             uow.commit()
     if done:
-        log.info("draw_published", draw=draw, entries=len(entries), won=won)
+        log.info("draw_published", draw=draw, entries=written)
     return done
 
 
@@ -574,6 +597,8 @@ def fairness_entries(
                 "no_start_window",
                 f"round {round_id} of campaign {campaign_id} has no start window committed",
             )
+        if row.published_at is None:  # entries being written show with their seed
+            return [], None
         found = uow.draws.entries(campaign_id, round_id, after_rank=after_rank, limit=limit + 1)
     more = len(found) > limit
     page = found[:limit]

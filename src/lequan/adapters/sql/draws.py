@@ -58,28 +58,7 @@ class SqlDraws:
         )
         return [_draw(row) for row in rows]
 
-    def publish(
-        self,
-        campaign_id: str,
-        round_id: str,
-        *,
-        seed_hex: str,
-        entries: Sequence[DrawEntryRow],
-        won: int,
-        now: datetime,
-    ) -> bool:
-        d = t.round_draws.c
-        revealed = self._s.exec(
-            sa.update(t.round_draws)
-            .where(
-                d.campaign_id == campaign_id,
-                d.round_id == round_id,
-                d.published_at.is_(None),
-            )
-            .values(seed_hex=seed_hex, published_at=now, entries=len(entries), won=won)
-        )
-        if revealed.rowcount != 1:
-            return False
+    def add_entries(self, campaign_id: str, round_id: str, rows: Sequence[DrawEntryRow]) -> None:
         self._s.insert_many(
             t.draw_entries,
             [
@@ -92,10 +71,39 @@ class SqlDraws:
                     "template_id": e.template_id,
                     "outcome": e.outcome,
                 }
-                for e in entries
+                for e in rows
             ],
         )
-        return True
+
+    def last_rank(self, campaign_id: str, round_id: str) -> int:
+        e = t.draw_entries.c
+        found = self._s.exec(
+            sa.select(sa.func.max(e.rank)).where(
+                e.campaign_id == campaign_id, e.round_id == round_id
+            )
+        ).scalar()
+        return int(found or 0)
+
+    def reveal(
+        self, campaign_id: str, round_id: str, *, seed_hex: str, entries: int, now: datetime
+    ) -> bool:
+        d = t.round_draws.c
+        e = t.draw_entries.c
+        won = (
+            sa.select(sa.func.count())
+            .where(e.campaign_id == campaign_id, e.round_id == round_id, e.outcome == "won")
+            .scalar_subquery()
+        )
+        revealed = self._s.exec(
+            sa.update(t.round_draws)
+            .where(
+                d.campaign_id == campaign_id,
+                d.round_id == round_id,
+                d.published_at.is_(None),
+            )
+            .values(seed_hex=seed_hex, published_at=now, entries=entries, won=won)
+        )
+        return bool(revealed.rowcount == 1)
 
     def entries(
         self, campaign_id: str, round_id: str, *, after_rank: int, limit: int
