@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 
-from lequan.ports import DuplicateKey, Store
+from lequan.ports import ConstraintViolated, DuplicateKey, Store
 from lequan.rows import DrawEntryRow, DrawRow
 from tests.integration.test_store_contract import (
     CAMPAIGN,
@@ -65,6 +65,8 @@ def test_a_draw_round_trips_and_is_stored_once(drawn: Store) -> None:
         assert uow.draws.draws_of("another") == []
     with pytest.raises(DuplicateKey):
         in_own_transaction(drawn, lambda uow: uow.draws.add_draws([draw("r1")]))
+    with pytest.raises(ConstraintViolated):  # a round the campaign does not have
+        in_own_transaction(drawn, lambda uow: uow.draws.add_draws([draw("r9")]))
 
 
 def test_entries_are_written_in_chunks_each_rank_once(drawn: Store) -> None:

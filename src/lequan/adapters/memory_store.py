@@ -1639,6 +1639,9 @@ class MemoryDraws(_Repository):
         for key, row in zip(keys, rows, strict=True):
             if row.window_s <= 0:
                 raise self._u.refused(ConstraintViolated("ck_round_draws_window_positive"))
+            campaign = t.campaigns.get(row.campaign_id)
+            if campaign is None or row.round_id not in campaign.row.rounds:
+                raise self._u.refused(ConstraintViolated("fk_round_draws_campaign_id_rounds"))
             t.draws.put(key, replace(row, committed_at=_utc(row.committed_at)))
 
     def get_draw(self, campaign_id: str, round_id: str) -> DrawRow | None:
@@ -1653,8 +1656,14 @@ class MemoryDraws(_Repository):
 
     def unpublished(self, limit: int) -> list[DrawRow]:
         t = self._u.read()
+
+        def release_at(row: DrawRow) -> datetime:
+            campaign = t.campaigns.get(row.campaign_id)
+            assert campaign is not None, "a draw's round is a campaign's (its foreign key)"
+            return campaign.row.rounds[row.round_id][0]
+
         waiting = [row for row in t.draws.values() if row.published_at is None]
-        waiting.sort(key=lambda row: (row.committed_at, row.campaign_id, row.round_id))
+        waiting.sort(key=lambda row: (release_at(row), row.campaign_id, row.round_id))
         return waiting[:limit]
 
     def add_entries(self, campaign_id: str, round_id: str, rows: Sequence[DrawEntryRow]) -> None:

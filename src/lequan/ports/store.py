@@ -573,7 +573,7 @@ class DrawRepository(Protocol):
         ...
 
     def unpublished(self, limit: int) -> list[DrawRow]:
-        """Up to ``limit`` draws not yet published, oldest commitment first."""
+        """Up to ``limit`` draws not yet published, their rounds' earliest release first."""
         ...
 
     def add_entries(self, campaign_id: str, round_id: str, rows: Sequence[DrawEntryRow]) -> None:

@@ -50,10 +50,12 @@ class SqlDraws:
 
     def unpublished(self, limit: int) -> list[DrawRow]:
         d = t.round_draws.c
+        r = t.rounds.c
         rows = self._s.exec(
             sa.select(t.round_draws)
+            .join(t.rounds, sa.and_(r.campaign_id == d.campaign_id, r.round_id == d.round_id))
             .where(d.published_at.is_(None))
-            .order_by(d.committed_at, d.campaign_id, d.round_id)
+            .order_by(r.release_at, d.campaign_id, d.round_id)
             .limit(limit)
         )
         return [_draw(row) for row in rows]
