@@ -5,6 +5,7 @@ throughout; and anyone can check the published draw."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -272,3 +273,45 @@ def test_a_claim_whose_draw_never_comes_hears_draw_pending(
     assert len(body["details"]["draw_ticket"]) == 32
     # Later claims wait for the draw as long, then hear the same.
     assert_error(api.claim(api.register(2)), 503, "draw_pending")
+
+
+class DrawWhenLetGo(GateInFront):
+    """A gate whose draws begin only once the test lets them go."""
+
+    def __init__(self, inner: ClaimGate) -> None:
+        super().__init__(inner)
+        self.go = threading.Event()
+
+    def draw(
+        self, draw: str, *, chunk_size: int, pending_max: int, lock_ttl_s: float
+    ) -> DrawProgress:
+        self.go.wait(60)
+        return self.inner.draw(
+            draw, chunk_size=chunk_size, pending_max=pending_max, lock_ttl_s=lock_ttl_s
+        )
+
+
+def test_claims_after_the_window_wait_for_the_draw_then_come_first_served(
+    open_api: OpenApi,
+) -> None:
+    from lequan.adapters.memory_gate import MemoryGate
+
+    gate = DrawWhenLetGo(MemoryGate())
+    api = fair_api(open_api, stock=11, gate=gate)
+    users = [api.register(n) for n in range(12)]
+    early, late = users[:10], users[10:]
+    with ThreadPoolExecutor(3) as pool:
+        window = pool.submit(batch, api, early, [f"k-{u}" for u in early])
+        wait_for(holds(api, 10), "the window's claims entered")
+        close_the_window(api)
+        after = [pool.submit(api.claim, user, key=f"late-{user}") for user in late]
+        wait_for(holds(api, 12), "the claims after the window waiting")
+        assert not any(f.done() for f in [window, *after])  # nobody before the draw
+        gate.go.set()
+        first = window.result(timeout=60).json()["results"]
+        answers = [f.result(timeout=60) for f in after]
+    assert [r["outcome"] for r in first] == ["issued"] * 10  # the window's entries first
+    assert sorted(a.status_code for a in answers) == [201, 409]  # then one left, first come
+    won = next(a for a in answers if a.status_code == 201).json()["voucher"]
+    assert "draw_ticket" not in won
+    assert api.check()["ok"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -107,9 +107,15 @@ class ClaimService:
         self.draws: StartDraws[_Entered] = StartDraws(
             rt, on_drawn=self._drawn, on_given_up=self._given_up
         )
+        # Claims that waited for a round's draw, served once it is: threads as many as
+        # the batch claims' (each waits for its commit), in the order they came.
+        self._later_pool = ThreadPoolExecutor(
+            s.claim_batch_threads_max, thread_name_prefix="lequan-after-draw"
+        )
 
     def close(self) -> None:
         self.draws.close()
+        self._later_pool.shutdown(wait=True)
         self.committer.close()
 
     @property
@@ -269,6 +275,17 @@ class ClaimService:
             reserve.append((i, offer.reserve_request(person_id), offer, person_id))
         if any(offer.window_close is not None for _, _, offer, _ in reserve):
             reserve = self._fair_start(requests, results, reserve, now, handed)
+        self._first_come(requests, results, reserve, handed)
+
+    def _first_come(
+        self,
+        requests: Sequence[ClaimRequest],
+        results: list[_Slot],
+        reserve: list[tuple[int, ReserveRequest, _Offer, str]],
+        handed: set[int],
+    ) -> None:
+        """Reserve in the gate and commit, in order: room in the commit queue first."""
+        rt = self._rt
         if not reserve:
             return
         try:
@@ -379,18 +396,94 @@ class ClaimService:
             closed = self._enter(requests, results, items, group, handed)
             if closed:
                 after[group].extend(closed)
-        wait_s = self._rt.settings.draw_wait_s
-        for (campaign_id, round_id, close), items in after.items():
-            if self.draws.wait_drawn(
-                campaign_id=campaign_id, round_id=round_id, close_at=close, timeout_s=wait_s
-            ):
-                first_come.extend(items)
-                continue
-            late = refusal_answer(_DRAW_PENDING, http_status(_DRAW_PENDING))
-            for i, _, _, _ in items:
-                results[i] = late
+        for group, items in after.items():
+            self._after_the_draw(requests, results, items, group, handed)
         first_come.sort(key=lambda item: item[0])
         return first_come
+
+    def _after_the_draw(
+        self,
+        requests: Sequence[ClaimRequest],
+        results: list[_Slot],
+        items: list[tuple[int, ReserveRequest, _Offer, str]],
+        group: tuple[str, str, datetime],
+        handed: set[int],
+    ) -> None:
+        """Claims that came after a round's window while its draw is still serving: each
+        waits (a future, no thread) and is served first come, first served once the
+        draw has served every entry, in the order they came; ``draw_pending`` if the
+        draw is not done within ``draw_wait_s`` past the window."""
+        campaign_id, round_id, close = group
+        room = self.draws.room(len(items))
+        if room < len(items):
+            full = refusal_answer(_WAITING_FULL, http_status(_WAITING_FULL))
+            for i, _, _, _ in items[room:]:
+                results[i] = full
+            items = items[:room]
+        if not items:
+            return
+        later = _Later(requests, items, [Future() for _ in items])
+        for (i, _, _, _), waiting in zip(items, later.futures, strict=True):
+            results[i] = waiting
+            handed.add(i)  # its key is the later service's until it is answered
+        self.draws.when_drawn(
+            campaign_id=campaign_id,
+            round_id=round_id,
+            close_at=close,
+            count=len(items),
+            then=lambda drawn: self._resume(later, drawn=drawn),
+        )
+
+    def _resume(self, later: _Later, *, drawn: bool) -> None:
+        """The draw is served (or will not be in time): claims that waited for it are
+        served first come, first served on the pool of their own, in order."""
+        if not drawn:
+            self._answer_later(later, _DRAW_PENDING)
+            return
+        try:
+            self._later_pool.submit(self._serve_later, later)
+        except RuntimeError:  # the pool is shut down: the platform is stopping
+            self._answer_later(later, _store_unavailable())
+
+    def _serve_later(self, later: _Later) -> None:
+        results: list[_Slot] = [None] * len(later.requests)
+        handed: set[int] = set()
+        try:
+            self._first_come(later.requests, results, later.items, handed)
+        except StoreError as error:
+            log.warning("claim_store_unreadable", error_type=type(error).__name__)
+            _answer_the_rest(results, _store_unavailable())
+        except GateUnavailable as error:
+            log.warning("gate_unavailable", error_type=str(error), claims=len(later.items))
+            _answer_the_rest(results, _gate_unavailable())
+        except Exception as error:  # every waiting claim gets an answer, whatever happened
+            log.error("claims_after_the_draw_failed", error_type=type(error).__name__)
+            _answer_the_rest(results, _store_unavailable())
+        finally:
+            self._rt.inflight.release_many(
+                (later.requests[i].key.app_id, later.requests[i].key.key)
+                for i, _, _, _ in later.items
+                if i not in handed
+            )
+        answered = []
+        for (i, _, offer, _), waiting in zip(later.items, later.futures, strict=True):
+            got = results[i]
+            assert isinstance(got, ClaimResult), "a claim after the draw is answered"
+            answered.append((offer, waiting, got))
+        _answer_waiting(self._rt, answered)
+
+    def _answer_later(self, later: _Later, refusal: LequanError) -> None:
+        self._rt.inflight.release_many(
+            (later.requests[i].key.app_id, later.requests[i].key.key) for i, _, _, _ in later.items
+        )
+        answer = refusal_answer(refusal, http_status(refusal))
+        _answer_waiting(
+            self._rt,
+            [
+                (offer, waiting, answer)
+                for (_, _, offer, _), waiting in zip(later.items, later.futures, strict=True)
+            ],
+        )
 
     def _enter(
         self,
@@ -795,6 +888,15 @@ class _Entered:
     future: Future[ClaimResult] = field(default_factory=Future)
 
 
+@dataclass(slots=True)
+class _Later:
+    """Claims that came after a round's window, waiting for its draw to be served."""
+
+    requests: Sequence[ClaimRequest]
+    items: list[tuple[int, ReserveRequest, _Offer, str]]
+    futures: list[Future[ClaimResult]]
+
+
 def wait_entered(waiting: Future[ClaimResult], *, timeout_s: float) -> ClaimResult:
     """An entered claim's answer; ``commit_timeout`` if it does not come in ``timeout_s``
     (the claim goes on: a retry with the same key hears it)."""
@@ -806,16 +908,23 @@ def wait_entered(waiting: Future[ClaimResult], *, timeout_s: float) -> ClaimResu
 
 def _resolve(rt: Runtime, answered: list[tuple[_Entered, ClaimResult]]) -> None:
     """Answer entered claims, and count them on the live figures per channel."""
+    _answer_waiting(rt, [(h.offer, h.future, result) for h, result in answered])
+
+
+def _answer_waiting(
+    rt: Runtime, answered: Sequence[tuple[_Offer, Future[ClaimResult], ClaimResult]]
+) -> None:
+    """Answer claims that waited, and count them on the live figures per channel."""
     now = rt.clock.now()
     by_channel: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for h, result in answered:
+    for offer, _waiting, result in answered:
         if not result.replayed:
-            by_channel[h.offer.channel_id].append((h.offer.campaign_id, result.outcome))
+            by_channel[offer.channel_id].append((offer.campaign_id, result.outcome))
     for channel_id, outcomes in by_channel.items():
         record_claims(rt.pulse, now, channel_id, outcomes)
-    for h, result in answered:
-        if not h.future.done():
-            h.future.set_result(result)
+    for _offer, waiting, result in answered:
+        if not waiting.done():
+            waiting.set_result(result)
 
 
 def _ticketed(result: ClaimResult, ticket: str) -> ClaimResult:

@@ -234,6 +234,8 @@ class _Active(Generic[T]):
     close_at: datetime
     waiting: dict[str, T] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)  # (score, ticket) waiting
+    # Claims that came after the window: (how many, what to call once it is served).
+    after: list[tuple[int, Callable[[bool], None]]] = field(default_factory=list)
     done: bool = False
 
 
@@ -316,23 +318,27 @@ class StartDraws(Generic[T]):
                 self._waiting += 1
             self._changed.notify_all()
 
-    def wait_drawn(
-        self, *, campaign_id: str, round_id: str, close_at: datetime, timeout_s: float
-    ) -> bool:
-        """Wait until the round's draw has served every entry; False after ``timeout_s``."""
+    def when_drawn(
+        self,
+        *,
+        campaign_id: str,
+        round_id: str,
+        close_at: datetime,
+        count: int,
+        then: Callable[[bool], None],
+    ) -> None:
+        """Call ``then(True)`` once the round's draw has served every entry (at once if it
+        has), ``then(False)`` if it has not ``draw_wait_s`` past the window. ``count``
+        claims wait on it, counted against ``draw_waiting_max`` meanwhile."""
         draw = draw_id(campaign_id, round_id)
-        if draw in self._done:
-            return True
-        deadline = time.monotonic() + timeout_s
         with self._changed:
-            self._activate(draw, campaign_id, round_id, close_at)
-            self._changed.notify_all()
-            while draw not in self._done:
-                left_s = deadline - time.monotonic()
-                if left_s <= 0 or self._stop.is_set():
-                    return False
-                self._changed.wait(left_s)
-        return True
+            if draw not in self._done:
+                active = self._activate(draw, campaign_id, round_id, close_at)
+                active.after.append((count, then))
+                self._waiting += count
+                self._changed.notify_all()
+                return
+        then(True)
 
     def _activate(
         self, draw: str, campaign_id: str, round_id: str, close_at: datetime
@@ -350,10 +356,13 @@ class StartDraws(Generic[T]):
         self._thread.join(10)
         with self._lock:
             left = [item for a in self._active.values() for item in a.waiting.values()]
+            after = [then for a in self._active.values() for _count, then in a.after]
             self._active.clear()
             self._waiting = 0
         if left:
             self._on_given_up(left)
+        for then in after:
+            then(False)
 
     # -- the drawer's thread ---------------------------------------------------------------
 
@@ -448,20 +457,28 @@ class StartDraws(Generic[T]):
             if len(self._done) >= _DONE_MAX:
                 self._done.clear()
             self._done.add(a.draw)
+            after, a.after = a.after, []
+            self._waiting -= sum(count for count, _then in after)
             if not a.waiting:
                 self._active.pop(a.draw, None)
             self._changed.notify_all()
+        for _count, then in after:
+            then(True)
 
     def _give_up(self, a: _Active[T]) -> None:
         with self._lock:
             left = list(a.waiting.values())
             a.waiting.clear()
             a.heap.clear()
-            self._waiting -= len(left)
+            after, a.after = a.after, []
+            self._waiting -= len(left) + sum(count for count, _then in after)
             self._active.pop(a.draw, None)
+        if left or after:
+            log.warning("draw_waited_too_long", draw=a.draw, claims=len(left), after=len(after))
         if left:
-            log.warning("draw_waited_too_long", draw=a.draw, claims=len(left))
             self._on_given_up(left)
+        for _count, then in after:
+            then(False)
 
     # -- publishing -------------------------------------------------------------------------
 
