@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from concurrent.futures import Future
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -32,7 +31,7 @@ from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
 from lequan.http.schemas import BatchClaimIn, ClaimIn
 from lequan.services.claim_answers import ClaimResult, issued_voucher_json
-from lequan.services.claiming import ClaimRequest, wait_entered
+from lequan.services.claiming import ClaimRequest, Pending, Waiting, wait_entered
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
 
 __all__ = ["ClaimDesk", "claim_hash", "claim_headers"]
@@ -50,14 +49,12 @@ class ClaimDesk:
         self._throttle = throttle
         settings = platform.rt.settings
         # Single claims of one channel arriving together: one call of the claim service.
-        self._coalescer: Coalescer[str, ClaimRequest, ClaimResult | Future[ClaimResult]] = (
-            Coalescer(
-                platform.claims.claim_or_hold,
-                wait_s=settings.claim_coalesce_ms / 1000,
-                batch_max=settings.claim_batch_items_max,
-                workers=settings.claim_coalesce_workers,
-                name="lequan-claims",
-            )
+        self._coalescer: Coalescer[str, ClaimRequest, ClaimResult | Pending] = Coalescer(
+            platform.claims.claim_or_hold,
+            wait_s=settings.claim_coalesce_ms / 1000,
+            batch_max=settings.claim_batch_items_max,
+            workers=settings.claim_coalesce_workers,
+            name="lequan-claims",
         )
         # Threads of its own: a batch waiting for room in the commit queue (up to
         # claim_queue_wait_ms) must not hold the threads the framework's routes share.
@@ -94,22 +91,23 @@ class ClaimDesk:
             decided = await to_thread.run_sync(
                 self._platform.claims.claim_or_hold, app_id, requests, limiter=self._threads
             )
-        entered = [got for got in decided if not isinstance(got, ClaimResult)]
+        entered = [got for got in decided if isinstance(got, Pending)]
         answers = iter(await self._wait_entered(entered) if entered else [])
         results = [got if isinstance(got, ClaimResult) else next(answers) for got in decided]
         text, counts = _batch_text(requests, results)
         return RenderedBody(text), counts
 
-    async def _wait_entered(self, entered: list[Future[ClaimResult]]) -> list[ClaimResult]:
-        """The answers of claims waiting for a round's draw, each within the longest a
-        entered claim may wait; one that is still waiting then hears ``commit_timeout``
-        (its claim goes on, and a retry with its key finds it)."""
+    async def _wait_entered(self, entered: list[Pending]) -> list[ClaimResult]:
+        """The answers of claims waiting for a round's draw, within the longest an entered
+        claim may wait; one still waiting then hears ``commit_timeout`` (its claim goes
+        on, and a retry with its key finds it). One wait per call's ``Waiting``."""
+        waitings: dict[int, Waiting] = {id(p.waiting): p.waiting for p in entered}
         # ``asyncio.wait`` cancels nothing when it times out: the claims go on.
         await asyncio.wait(
-            [asyncio.wrap_future(f) for f in entered],
+            [asyncio.wrap_future(w.done) for w in waitings.values()],
             timeout=self._platform.claims.entered_wait_s,
         )
-        return [wait_entered(f, timeout_s=0) for f in entered]
+        return [wait_entered(p, timeout_s=0) for p in entered]
 
     def close(self) -> None:
         self._coalescer.close()

@@ -6,7 +6,7 @@ domain's ``offered_template``), one read of the claimants, one gate call,
 and each claim handed to the writer with its reservation, its key held.
 
 A round with a start window (``fair_start``) takes the claims of its first
-seconds differently: each is entered in the round's draw and waits (a future,
+seconds differently: each is entered in the round's draw and waits (``Pending``,
 not a thread); the draw reserves for them in the order its seed gives, and
 each is then committed like any other. A claim arriving after the window
 waits until the draw has served every entry, then goes first come, first
@@ -15,6 +15,8 @@ served.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -22,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TypeAlias
 
 import structlog
 
@@ -62,12 +65,12 @@ from lequan.services.live import record_claims
 from lequan.services.runtime import Runtime
 from lequan.services.views import error_body, http_status, new_ids
 
-__all__ = ["ClaimRequest", "ClaimService"]
+__all__ = ["ClaimRequest", "ClaimService", "Pending", "Waiting", "wait_entered"]
 
 log = structlog.get_logger(__name__)
 
 # One claim's answer slot while a batch is decided: answered, waiting for a draw, or not yet.
-_Slot = ClaimResult | Future[ClaimResult] | None
+_Slot: TypeAlias = "ClaimResult | Pending | None"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,27 +134,28 @@ class ClaimService:
         A claim entered in a round's draw is waited for here, on the caller's thread
         (the HTTP layer waits with ``claim_or_hold`` instead, on its event loop).
         """
-        return [
-            got
-            if isinstance(got, ClaimResult)
-            else wait_entered(got, timeout_s=self.entered_wait_s)
-            for got in self.claim_or_hold(channel_id, requests)
-        ]
+        got = self.claim_or_hold(channel_id, requests)
+        waiting = next((g for g in got if isinstance(g, Pending)), None)
+        if waiting is not None:  # one per call: wait for it once, then read each answer
+            wait_entered(waiting, timeout_s=self.entered_wait_s)
+        return [g if isinstance(g, ClaimResult) else wait_entered(g, timeout_s=0) for g in got]
 
     def claim_or_hold(
         self, channel_id: str, requests: Sequence[ClaimRequest]
-    ) -> list[ClaimResult | Future[ClaimResult]]:
-        """Answer every request, in order, or, for a claim entered in a round's draw, a
-        future of its answer (resolved once the draw reached it and it is committed)."""
+    ) -> list[ClaimResult | Pending]:
+        """Answer every request, in order; for a claim entered in a round's draw (or
+        waiting for it to be served), a ``Pending``: its ``Waiting`` is done once the
+        claims of this call that wait are all answered."""
         assert len(requests) <= self._rt.settings.claim_batch_items_max
         rt = self._rt
         now = rt.clock.now()
         results: list[_Slot] = [None] * len(requests)
         held: list[int] = []
         handed: set[int] = set()  # their keys now belong to the group committer
+        waiting = Waiting()
         try:
             self._hold_or_replay(channel_id, requests, results, held)
-            self._claim_held(channel_id, requests, results, now, handed)
+            self._claim_held(channel_id, requests, results, now, handed=handed, waiting=waiting)
         except StoreError as error:
             log.warning("claim_store_unreadable", error_type=type(error).__name__)
             _answer_the_rest(results, _store_unavailable())
@@ -162,6 +166,7 @@ class ClaimService:
             rt.inflight.release_many(
                 (requests[i].key.app_id, requests[i].key.key) for i in held if i not in handed
             )
+            waiting.seal()
         answered = [r for r in results if r is not None]
         assert len(answered) == len(requests)
         record_claims(
@@ -219,7 +224,9 @@ class ClaimService:
         requests: Sequence[ClaimRequest],
         results: list[_Slot],
         now: datetime,
+        *,
         handed: set[int],
+        waiting: Waiting,
     ) -> None:
         rt = self._rt
         # What is on offer first: after a sell-out (or before a release) the
@@ -274,7 +281,9 @@ class ClaimService:
                 continue
             reserve.append((i, offer.reserve_request(person_id), offer, person_id))
         if any(offer.window_close is not None for _, _, offer, _ in reserve):
-            reserve = self._fair_start(requests, results, reserve, now, handed)
+            reserve = self._fair_start(
+                requests, results, reserve, now, handed=handed, waiting=waiting
+            )
         self._first_come(requests, results, reserve, handed)
 
     def _first_come(
@@ -374,10 +383,12 @@ class ClaimService:
         results: list[_Slot],
         reserve: list[tuple[int, ReserveRequest, _Offer, str]],
         now: datetime,
+        *,
         handed: set[int],
+        waiting: Waiting,
     ) -> list[tuple[int, ReserveRequest, _Offer, str]]:
         """Enter the claims that came inside a round's start window in its draw (their
-        slots become futures); wait for the draw of those that came after it. The
+        slots become ``Pending``); those that came after it wait for its draw. The
         claims to serve first come, first served now, in order."""
         first_come: list[tuple[int, ReserveRequest, _Offer, str]] = []
         entering: dict[tuple[str, str, datetime], list[tuple[int, ReserveRequest, _Offer, str]]]
@@ -393,11 +404,11 @@ class ClaimService:
                 group = (offer.campaign_id, offer.round_id, close)
                 (entering if now < close else after)[group].append(item)
         for group, items in entering.items():
-            closed = self._enter(requests, results, items, group, handed)
+            closed = self._enter(requests, results, items, group, handed=handed, waiting=waiting)
             if closed:
                 after[group].extend(closed)
         for group, items in after.items():
-            self._after_the_draw(requests, results, items, group, handed)
+            self._after_the_draw(requests, results, items, group, handed=handed, waiting=waiting)
         first_come.sort(key=lambda item: item[0])
         return first_come
 
@@ -407,10 +418,12 @@ class ClaimService:
         results: list[_Slot],
         items: list[tuple[int, ReserveRequest, _Offer, str]],
         group: tuple[str, str, datetime],
+        *,
         handed: set[int],
+        waiting: Waiting,
     ) -> None:
         """Claims that came after a round's window while its draw is still serving: each
-        waits (a future, no thread) and is served first come, first served once the
+        waits (``Pending``, no thread) and is served first come, first served once the
         draw has served every entry, in the order they came; ``draw_pending`` if the
         draw is not done within ``draw_wait_s`` past the window."""
         campaign_id, round_id, close = group
@@ -422,9 +435,10 @@ class ClaimService:
             items = items[:room]
         if not items:
             return
-        later = _Later(requests, items, [Future() for _ in items])
-        for (i, _, _, _), waiting in zip(items, later.futures, strict=True):
-            results[i] = waiting
+        later = _Later(requests, items, waiting)
+        waiting.expect(len(items))
+        for i, _, _, _ in items:
+            results[i] = Pending(waiting, i)
             handed.add(i)  # its key is the later service's until it is answered
         self.draws.when_drawn(
             campaign_id=campaign_id,
@@ -466,10 +480,10 @@ class ClaimService:
                 if i not in handed
             )
         answered = []
-        for (i, _, offer, _), waiting in zip(later.items, later.futures, strict=True):
+        for i, _, offer, _ in later.items:
             got = results[i]
             assert isinstance(got, ClaimResult), "a claim after the draw is answered"
-            answered.append((offer, waiting, got))
+            answered.append((offer, later.waiting, i, got))
         _answer_waiting(self._rt, answered)
 
     def _answer_later(self, later: _Later, refusal: LequanError) -> None:
@@ -478,11 +492,7 @@ class ClaimService:
         )
         answer = refusal_answer(refusal, http_status(refusal))
         _answer_waiting(
-            self._rt,
-            [
-                (offer, waiting, answer)
-                for (_, _, offer, _), waiting in zip(later.items, later.futures, strict=True)
-            ],
+            self._rt, [(offer, later.waiting, i, answer) for i, _, offer, _ in later.items]
         )
 
     def _enter(
@@ -491,7 +501,9 @@ class ClaimService:
         results: list[_Slot],
         items: list[tuple[int, ReserveRequest, _Offer, str]],
         group: tuple[str, str, datetime],
+        *,
         handed: set[int],
+        waiting: Waiting,
     ) -> list[tuple[int, ReserveRequest, _Offer, str]]:
         """Enter claims in one round's draw; those the draw has closed to, to be served
         after it (in the window by this process's clock, past it by the gate's turn)."""
@@ -526,11 +538,19 @@ class ClaimService:
         for item, entry, outcome in zip(items, entries, outcomes, strict=True):
             i, reserved, offer, person_id = item
             if outcome in (EntryOutcome.ENTERED, EntryOutcome.REJOINED):
-                waiting = _Entered(
-                    entry.ticket, entry.score, reserved, offer, person_id, requests[i].key
+                entered.append(
+                    _Entered(
+                        entry.ticket,
+                        entry.score,
+                        reserved,
+                        offer,
+                        person_id,
+                        requests[i].key,
+                        waiting,
+                        i,
+                    )
                 )
-                entered.append(waiting)
-                results[i] = waiting.future
+                results[i] = Pending(waiting, i)
                 handed.add(i)  # its key is the draw's until it is answered
             elif outcome is EntryOutcome.CLOSED:
                 closed.append(item)
@@ -538,6 +558,7 @@ class ClaimService:
                 refusal = _ENTRY_REFUSALS[outcome]
                 results[i] = _ticketed(refusal_answer(refusal, http_status(refusal)), entry.ticket)
         if entered:
+            waiting.expect(len(entered))
             self.draws.add(
                 campaign_id=campaign_id, round_id=round_id, close_at=close, items=entered
             )
@@ -563,13 +584,21 @@ class ClaimService:
         answered: list[tuple[_Entered, ClaimResult]] = []
         pending: list[tuple[_Entered, PendingClaim]] = []
         voucher_ids = iter(new_ids("v", len(drawn)))
+        # One refusal per kind and pool, shared by the claims it refuses (as ``_reserve``).
+        refusals: dict[tuple[ReserveOutcome, str, str] | int, ClaimResult] = {}
         for (h, got), decided in zip(drawn, gate_results, strict=True):
             if isinstance(decided, LequanError):
-                answered.append(
-                    (h, _ticketed(refusal_answer(decided, http_status(decided)), h.ticket))
-                )
+                refused = refusals.get(id(decided))
+                if refused is None:
+                    refused = refusals[id(decided)] = refusal_answer(decided, http_status(decided))
+                answered.append((h, _ticketed(refused, h.ticket)))
             elif decided.outcome is not ReserveOutcome.OK:
-                refused = self._gate_refusal(h.request, h.offer, decided.outcome)
+                alike = (decided.outcome, h.request.pool, h.request.template_id)
+                refused = refusals.get(alike)
+                if refused is None:
+                    refused = refusals[alike] = self._gate_refusal(
+                        h.request, h.offer, decided.outcome
+                    )
                 answered.append((h, _ticketed(refused, h.ticket)))
             else:
                 voucher = replace(
@@ -581,7 +610,7 @@ class ClaimService:
                     claim_seq=decided.claim_seq,
                     voucher=voucher,
                     key=h.key,
-                    answer=Answer.rendered(201, issued_text(voucher)),
+                    answer=h.offer.drawn_answer(voucher.id, h.ticket),
                     reserved_at=now_s - got.age_s,  # granted when the drawer served it
                 )
                 pending.append((h, claim))
@@ -867,12 +896,68 @@ class _Offer:
             self._text.append(issued_text(self.voucher(ID_SLOT, "", 0)))
         return Answer.rendered(201, self._text[0].replace(ID_SLOT, voucher_id, 1))
 
+    def drawn_answer(self, voucher_id: str, ticket: str) -> Answer:
+        """The "issued" answer of a claim a draw reserved for: ``answer`` with its ticket
+        (the voucher's ``draw_ticket``) put in too."""
+        if len(self._text) < 2:
+            self._text[:] = [*self._text[:1]] or [issued_text(self.voucher(ID_SLOT, "", 0))]
+            ticketed = replace(self.voucher(ID_SLOT, "", 0), draw_ticket=_TICKET_SLOT)
+            self._text.append(issued_text(ticketed))
+        text = self._text[1].replace(ID_SLOT, voucher_id, 1).replace(_TICKET_SLOT, ticket, 1)
+        return Answer.rendered(201, text)
+
 
 def _answer_the_rest(results: list[_Slot], refusal: LequanError) -> None:
     answer = refusal_answer(refusal, http_status(refusal))
     for i, result in enumerate(results):
         if result is None:
             results[i] = answer
+
+
+class Waiting:
+    """The claims of one call that wait for a round's draw, answered one by one as the
+    draw reaches them; ``done`` once every one is. One per call, not one per claim:
+    a window holds a crowd of claims, and a future apiece (with its lock) was most of
+    a claim's cost of entering and of the collector's time while it waited."""
+
+    __slots__ = ("_left", "_lock", "done", "results")
+
+    def __init__(self) -> None:
+        self.results: dict[int, ClaimResult] = {}
+        self._left = 1  # the call itself, until ``seal``: never done while being built
+        self._lock = threading.Lock()
+        self.done: Future[None] = Future()
+
+    def expect(self, count: int) -> None:
+        """``count`` more claims of the call wait (before any of them can be answered)."""
+        with self._lock:
+            self._left += count
+
+    def seal(self) -> None:
+        """The call has said which of its claims wait."""
+        self._settle(1)
+
+    def answer(self, index: int, result: ClaimResult) -> None:
+        with self._lock:
+            if index in self.results:
+                return
+            self.results[index] = result
+        self._settle(1)
+
+    def _settle(self, count: int) -> None:
+        with self._lock:
+            self._left -= count
+            finished = self._left == 0
+        if finished:
+            self.done.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A claim's answer to come, in its call's ``Waiting``."""
+
+    waiting: Waiting
+    index: int
 
 
 @dataclass(slots=True)
@@ -885,7 +970,8 @@ class _Entered:
     offer: _Offer
     person_id: str
     key: Idempotency
-    future: Future[ClaimResult] = field(default_factory=Future)
+    waiting: Waiting
+    index: int
 
 
 @dataclass(slots=True)
@@ -894,47 +980,68 @@ class _Later:
 
     requests: Sequence[ClaimRequest]
     items: list[tuple[int, ReserveRequest, _Offer, str]]
-    futures: list[Future[ClaimResult]]
+    waiting: Waiting
 
 
-def wait_entered(waiting: Future[ClaimResult], *, timeout_s: float) -> ClaimResult:
-    """An entered claim's answer; ``commit_timeout`` if it does not come in ``timeout_s``
+def wait_entered(pending: Pending, *, timeout_s: float) -> ClaimResult:
+    """A waiting claim's answer; ``commit_timeout`` if it has none within ``timeout_s``
     (the claim goes on: a retry with the same key hears it)."""
-    try:
-        return waiting.result(timeout=timeout_s)
-    except FutureTimeout:
-        return refusal_answer(_STILL_WAITING, http_status(_STILL_WAITING))
+    waiting = pending.waiting
+    if not waiting.done.done():
+        with contextlib.suppress(FutureTimeout):
+            waiting.done.result(timeout=timeout_s)
+    found = waiting.results.get(pending.index)
+    return (
+        found if found is not None else refusal_answer(_STILL_WAITING, http_status(_STILL_WAITING))
+    )
 
 
 def _resolve(rt: Runtime, answered: list[tuple[_Entered, ClaimResult]]) -> None:
     """Answer entered claims, and count them on the live figures per channel."""
-    _answer_waiting(rt, [(h.offer, h.future, result) for h, result in answered])
+    _answer_waiting(rt, [(h.offer, h.waiting, h.index, result) for h, result in answered])
 
 
 def _answer_waiting(
-    rt: Runtime, answered: Sequence[tuple[_Offer, Future[ClaimResult], ClaimResult]]
+    rt: Runtime, answered: Sequence[tuple[_Offer, Waiting, int, ClaimResult]]
 ) -> None:
     """Answer claims that waited, and count them on the live figures per channel."""
     now = rt.clock.now()
     by_channel: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for offer, _waiting, result in answered:
+    for offer, _waiting, _index, result in answered:
         if not result.replayed:
             by_channel[offer.channel_id].append((offer.campaign_id, result.outcome))
     for channel_id, outcomes in by_channel.items():
         record_claims(rt.pulse, now, channel_id, outcomes)
-    for _offer, waiting, result in answered:
-        if not waiting.done():
-            waiting.set_result(result)
+    for _offer, waiting, index, result in answered:
+        waiting.answer(index, result)
 
 
 def _ticketed(result: ClaimResult, ticket: str) -> ClaimResult:
     """A refusal of a claim entered in a draw, with its ticket in ``details``: the
-    person can find it in the published draw."""
+    person can find it in the published draw.
+
+    Rendered from the refusal's text with the ticket put in: a window's losers are
+    most of a crowd, and a ``json.dumps`` apiece was a good part of answering them.
+    """
     if result.error is None or result.replayed:
         return result
-    body = error_body(result.error)
-    body["details"] = {**body.get("details", {}), "draw_ticket": ticket}
-    return replace(result, answer=Answer.of(result.answer.status_code, body))
+    template = _TICKETED.get(id(result.answer))
+    if template is None or template[0] is not result.answer:
+        body = error_body(result.error)
+        body["details"] = {**body.get("details", {}), "draw_ticket": _TICKET_SLOT}
+        text = Answer.of(result.answer.status_code, body).json()
+        if len(_TICKETED) >= _TICKETED_MAX:
+            _TICKETED.clear()
+        template = _TICKETED[id(result.answer)] = (result.answer, text)
+    text = template[1].replace(_TICKET_SLOT, ticket, 1)
+    return replace(result, answer=Answer.rendered(result.answer.status_code, text))
+
+
+# Refusals' rendered texts with a slot for the ticket, by the refusal's answer (kept
+# with it, so an id reused by another answer is never taken for it).
+_TICKET_SLOT = "@draw-ticket@"
+_TICKETED: dict[int, tuple[Answer, str]] = {}
+_TICKETED_MAX = 1000
 
 
 _DRAW_PENDING = Unavailable(
