@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeAlias
 
@@ -601,9 +601,8 @@ class ClaimService:
                     )
                 answered.append((h, _ticketed(refused, h.ticket)))
             else:
-                voucher = replace(
-                    h.offer.voucher(next(voucher_ids), h.person_id, decided.claim_seq),
-                    draw_ticket=h.ticket,
+                voucher = h.offer.voucher(
+                    next(voucher_ids), h.person_id, decided.claim_seq, draw_ticket=h.ticket
                 )
                 claim = PendingClaim(
                     request=h.request,
@@ -868,7 +867,9 @@ class _Offer:
             campaign_limit=self.campaign_limit,
         )
 
-    def voucher(self, voucher_id: str, person_id: str, claim_seq: int) -> VoucherRow:
+    def voucher(
+        self, voucher_id: str, person_id: str, claim_seq: int, *, draw_ticket: str | None = None
+    ) -> VoucherRow:
         return VoucherRow(
             id=voucher_id,
             campaign_id=self.campaign_id,
@@ -884,6 +885,7 @@ class _Offer:
             issued_at=self.issued_at,
             version=1,
             redemption_id=None,
+            draw_ticket=draw_ticket,
         )
 
     def answer(self, voucher_id: str) -> Answer:
@@ -901,7 +903,7 @@ class _Offer:
         (the voucher's ``draw_ticket``) put in too."""
         if len(self._text) < 2:
             self._text[:] = [*self._text[:1]] or [issued_text(self.voucher(ID_SLOT, "", 0))]
-            ticketed = replace(self.voucher(ID_SLOT, "", 0), draw_ticket=_TICKET_SLOT)
+            ticketed = self.voucher(ID_SLOT, "", 0, draw_ticket=_TICKET_SLOT)
             self._text.append(issued_text(ticketed))
         text = self._text[1].replace(ID_SLOT, voucher_id, 1).replace(_TICKET_SLOT, ticket, 1)
         return Answer.rendered(201, text)
@@ -1034,7 +1036,8 @@ def _ticketed(result: ClaimResult, ticket: str) -> ClaimResult:
             _TICKETED.clear()
         template = _TICKETED[id(result.answer)] = (result.answer, text)
     text = template[1].replace(_TICKET_SLOT, ticket, 1)
-    return replace(result, answer=Answer.rendered(result.answer.status_code, text))
+    answer = Answer.rendered(result.answer.status_code, text)
+    return ClaimResult(result.outcome, answer, result.replayed, result.error)
 
 
 # Refusals' rendered texts with a slot for the ticket, by the refusal's answer (kept

@@ -413,10 +413,10 @@ class StartDraws(Generic[T]):
                 log.warning("draw_unreachable", draw=a.draw, error_type=str(error))
                 break
             self._hand_out(a, progress.last, everything=progress.done)
-            if progress.finished_now:
-                self._publish_soon(a)
             if progress.done:
-                self._finish(a)
+                self._finish(a)  # the claims after the window go first: publishing waits
+                if progress.finished_now:
+                    self._publish_soon(a)
                 return
             # Nothing served this time (another process's turn, or the winners are
             # being committed), or this draw had its share of the pass.
