@@ -21,6 +21,17 @@ Why this shape (docs/risk.md, "Fair start", says it for operators):
   arriving once the window has closed waits until the draw has served every
   entry (``draw_wait_s`` at most), so no one arriving a moment after the window
   takes stock before an entry drawn late in it.
+- **Waiting holds no thread.** An entered claim, and one waiting for the draw
+  after the window, is a slot in its call's ``claiming.Waiting`` (one future per
+  call, not per claim): the HTTP request awaits it on the event loop, and it
+  counts against ``draw_waiting_max``, not ``claim_inflight_max``, so a window's
+  crowd is taken in whole rather than its first arrivals only. The draw's
+  results are handed out on this drawer's thread, the winners to the group
+  commit (which answers them), the claims after the window to a pool of their own.
+- **Published a chunk at a time.** The entries go to the store in transactions
+  of ``PUBLISH_ROWS``, from the last rank written, the seed revealed last: no
+  transaction holds SQLite's one write lock for a whole draw while the crowd
+  after the window is being served.
 - **A seed nobody can choose after the fact.** It is drawn at the campaign's
   approval, sealed with the key ring, and only its commitment (SHA-256 with what
   it is for, ``domain/fair_start.py``) is public until the draw is served; then
