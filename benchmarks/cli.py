@@ -107,6 +107,12 @@ def bench(
             return None
         return ratio(row_name, row_name.removesuffix("_screen"))
 
+    def window_ratio(row_name: str) -> float | None:
+        """A path with a start window on, against the same path with it off."""
+        if not row_name.endswith("_window"):
+            return None
+        return ratio(row_name, row_name.removesuffix("_window"))
+
     if as_json:
         typer.echo(
             json.dumps(
@@ -121,6 +127,7 @@ def bench(
                             "vs_bare_asgi": ratio(row.name, "baseline_bare_asgi"),
                             "vs_without_screen": screen_ratio(row.name),
                             "vs_without_risk_rules": risk_ratio(row.name),
+                            "vs_without_window": window_ratio(row.name),
                         }
                         for row in rows
                     ],
@@ -177,6 +184,12 @@ def bench(
             console.print(
                 f"  with every risk rule on, {row.name.removesuffix('_risk')} keeps "
                 f"{kept:.1%} of its rate with none (same run, same signals)"
+            )
+        kept = window_ratio(row.name)
+        if kept is not None:
+            console.print(
+                f"  with a start window, {row.name.removesuffix('_window')} keeps "
+                f"{kept:.1%} of its rate (same run)"
             )
     console.print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
 
@@ -255,6 +268,10 @@ def simulate(
     require_targets: Annotated[
         bool, typer.Option("--require-targets", help="Exit 1 when an issue 16 target fails.")
     ] = False,
+    start_window_s: Annotated[
+        int,
+        typer.Option(help="The round's fair-start window (docs/risk.md); 0: off.", min=0, max=30),
+    ] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """A flash crowd against a real lequan server; then the store is checked (exit 1 if broken)."""
@@ -294,6 +311,7 @@ def simulate(
             gate_buckets=gate_buckets,
             adversaries=adversaries,
             rules_file=Path(rules) if rules else None,
+            start_window_s=start_window_s,
         ),
         lambda message: err.print(f"[dim]{message}[/]"),
     )

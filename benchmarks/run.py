@@ -27,6 +27,8 @@ __all__ = ["BenchConfig", "Row", "machine", "run_bench"]
 
 # Buckets per pool in the bucketed gate rows.
 GATE_BUCKETS = 8
+# The start window of the fair-start rows: longer than taking their claims in lasts.
+WINDOW_S = 10
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class BenchConfig:
     service_claims: int = 30_000  # per run
     single_claims: int = 20_000  # per run
     redemptions: int = 5_000  # per run
+    window_single_claims: int = 1_000  # per run: one connection each (the loadgen's bound)
     relay_events: int = 100_000  # the backlog drained per run
     only: frozenset[str] = frozenset()
 
@@ -427,6 +430,65 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]
                                     ),
                                     "as above, 2 worker processes sharing the Redis gate",
                                 )
+                finally:
+                    drop()
+
+        for stack_name, database in (("embedded", "sqlite"), ("pg_redis", "postgres")):
+            # The same two HTTP paths with a start window on: every claim held, drawn
+            # and committed (``scenarios.window_claims``), against the rows above.
+            batch_row = f"http_batch_claims_{stack_name}_window"
+            single_row = f"http_single_claims_{stack_name}_window"
+            if not (want(batch_row) or want(single_row)):
+                continue
+            progress(f"run {run}/{config.runs}: lequan on {stack_name}, start window")
+            with tempfile.TemporaryDirectory(prefix="lqbench-") as directory:
+                drop = lambda: None  # noqa: E731
+                if database == "sqlite":
+                    url, redis_url = f"sqlite:///{directory}/lequan.db", ""
+                else:
+                    url, drop = fresh_postgres(config.postgres_url)
+                    redis_url = config.redis_url
+                try:
+                    with (
+                        scenarios.prepare_stack(
+                            Path(directory),
+                            database_url=url,
+                            redis_url=redis_url,
+                            people=config.batch_claims + config.window_single_claims,
+                            start_window_s=WINDOW_S,
+                        ) as stack,
+                        serve_lequan(stack.env) as port,
+                    ):
+                        if want(batch_row):
+                            add(
+                                batch_row,
+                                "claims/s",
+                                scenarios.window_claims(
+                                    stack,
+                                    port,
+                                    round_id="r1",
+                                    claims=config.batch_claims,
+                                    batch=1000,
+                                    window_s=WINDOW_S,
+                                ),
+                                f"all in a {WINDOW_S} s start window: entered, drawn, committed; "
+                                "1,000 per call, all calls at once; per second of busy time",
+                            )
+                        if want(single_row):
+                            add(
+                                single_row,
+                                "claims/s",
+                                scenarios.window_claims(
+                                    stack,
+                                    port,
+                                    round_id="r2",
+                                    claims=config.window_single_claims,
+                                    batch=None,
+                                    window_s=WINDOW_S,
+                                ),
+                                f"all in a {WINDOW_S} s start window, one connection per "
+                                "claim; per second of busy time",
+                            )
                 finally:
                     drop()
     return list(rows.values())

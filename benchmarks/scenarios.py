@@ -37,7 +37,7 @@ from lequan.services import admin, campaigns
 from lequan.services.runtime import Runtime
 from lequan.signing import signature_headers
 
-__all__ = ["Figure", "Stack", "gate_rate", "prepare_stack"]
+__all__ = ["Figure", "Stack", "gate_rate", "prepare_stack", "release_soon"]
 
 CAMPAIGN_ID = "sh-dining-2024"
 CHANNEL = "wechat"
@@ -97,10 +97,29 @@ def channel_for(person: int, channels: tuple[str, ...] = (CHANNEL,)) -> str:
     return channels[person % len(channels)]
 
 
-def _campaign(now: datetime, stock_by_channel: dict[str, int]) -> CampaignConfig:
-    # Opened five minutes ago, so the bench never waits for a release.
+def _campaign(
+    now: datetime, stock_by_channel: dict[str, int], *, start_window_s: int = 0
+) -> CampaignConfig:
+    # Opened five minutes ago, so the bench never waits for a release. With a start
+    # window, a day ahead instead: ``release_soon`` releases it when the load is ready
+    # (a window long past would have been drawn, empty, by then).
     stock = {channel: {TEMPLATE: count} for channel, count in stock_by_channel.items()}
-    return example_campaign(release_at=now - timedelta(minutes=5), stock=stock)
+    release_at = now + timedelta(days=1) if start_window_s else now - timedelta(minutes=5)
+    return example_campaign(release_at=release_at, stock=stock, start_window_s=start_window_s)
+
+
+def release_soon(stack: Stack, *, lead_s: float, round_id: str = "r1") -> float:
+    """Move a round's release to ``lead_s`` from now (servers see it within their
+    campaign cache's ttl); the unix time of the release. For a start window."""
+    now = stack.rt.clock.now()
+    release_at = now + timedelta(seconds=lead_s)
+    with stack.rt.store.unit_of_work() as uow:
+        row = uow.campaigns.get_campaign(CAMPAIGN_ID)
+        assert row is not None
+        _release, ends_at = row.rounds[round_id]
+        uow.campaigns.set_round_times(CAMPAIGN_ID, round_id, release_at=release_at, ends_at=ends_at)
+        uow.commit()
+    return release_at.timestamp()
 
 
 @contextmanager
@@ -113,8 +132,12 @@ def prepare_stack(
     stock_by_channel: dict[str, int] | None = None,
     channels: tuple[str, ...] = (CHANNEL,),
     gate_buckets: int = 1,
+    start_window_s: int = 0,
 ) -> Iterator[Stack]:
-    """A migrated store with one live campaign, apps, merchants and ``people`` registered."""
+    """A migrated store with one live campaign, apps, merchants and ``people`` registered.
+
+    With ``start_window_s`` the campaign's rounds open with that window, round r1 a
+    day ahead until ``release_soon``."""
     key_file = directory / "keys.json"
     generate_key_file(key_file)
     prefix = f"lqbench:{uuid.uuid4().hex[:8]}:"
@@ -158,7 +181,9 @@ def prepare_stack(
         rt, app_id=ACQUIRER, kind="acquirer", name=ACQUIRER, actor="bench-maker"
     ).secret
     campaigns.import_campaign(
-        rt, _campaign(now, stock_by_channel or {CHANNEL: people}), actor="bench-maker"
+        rt,
+        _campaign(now, stock_by_channel or {CHANNEL: people}, start_window_s=start_window_s),
+        actor="bench-maker",
     )
     admin.import_merchants(
         rt,
@@ -264,11 +289,11 @@ def _signed(  # noqa: PLR0917  # reads like the request line it builds
     )
 
 
-def _claim_item(i: int) -> dict[str, Any]:
+def _claim_item(i: int, round_id: str = "r1") -> dict[str, Any]:
     return {
         "channel_user_id": f"b{i}",
         "campaign_id": CAMPAIGN_ID,
-        "round_id": "r1",
+        "round_id": round_id,
         "template_id": TEMPLATE,
         "location_region": "310104",
     }
@@ -417,6 +442,95 @@ def single_claims(
     result = run_load("127.0.0.1", port, requests, connections=connections, duration_s=duration_s)
     issued = result.statuses.get(201, 0)
     return _rate(result, issued, {"issued": issued, "statuses": result.statuses})
+
+
+# Seconds between moving a round's release and the release: the servers' campaign
+# caches (campaign_cache_ttl_s, 1 s) read the new time meanwhile.
+RELEASE_LEAD_S = 2.0
+
+
+def window_claims(
+    stack: Stack,
+    port: int,
+    *,
+    round_id: str,
+    claims: int,
+    batch: int | None,
+    window_s: int,
+) -> Figure:
+    """Durable claims per second through a round's start window: every claim sent at
+    the release (one request per connection), held, drawn and committed.
+
+    The rate is of the server's busy time, read from the store: from the first
+    claim's arrival to the last's (each voucher's ``issued_at``), plus from the
+    draw's start (the window's close and ``draw_grace_ms``) to the last commit
+    (``updated_at``). The window's idle rest is not the claim path's cost.
+    ``batch`` None: single claims.
+    """
+    people = stack.take_people(claims)
+    requests = []
+    if batch is None:
+        for i in people:
+            body = json.dumps(_claim_item(i, round_id), separators=(",", ":")).encode()
+            requests.append(
+                _signed(
+                    CHANNEL,
+                    stack.secrets[CHANNEL],
+                    "POST",
+                    "/v1/claims",
+                    body,
+                    port,
+                    **{"Idempotency-Key": f"ws-{i}"},
+                )
+            )
+    else:
+        for start in range(people.start, people.stop, batch):
+            items = [
+                {**_claim_item(i, round_id), "idempotency_key": f"wb-{i}"}
+                for i in range(start, min(people.stop, start + batch))
+            ]
+            body = json.dumps({"items": items}, separators=(",", ":")).encode()
+            requests.append(
+                _signed(CHANNEL, stack.secrets[CHANNEL], "POST", "/v1/claims/batch", body, port)
+            )
+    release = release_soon(stack, lead_s=RELEASE_LEAD_S, round_id=round_id)
+    time.sleep(max(0.0, release - time.time()) + 0.05)
+    result = run_load(
+        "127.0.0.1",
+        port,
+        requests,
+        connections=len(requests),
+        duration_s=min(120.0, window_s + 60.0),
+    )
+    v = t.vouchers.c
+    with sql_store(stack.rt.store).unit_of_work(readonly=True) as uow:
+        first, last, committed, issued = uow.connection.execute(
+            sa.select(
+                sa.func.min(v.issued_at),
+                sa.func.max(v.issued_at),
+                sa.func.max(v.updated_at),
+                sa.func.count(),
+            ).where(v.round_id == round_id, v.draw_ticket.is_not(None))
+        ).one()
+    drawn_from = datetime.fromtimestamp(release, UTC) + timedelta(
+        seconds=window_s, milliseconds=stack.rt.settings.draw_grace_ms
+    )
+    busy_s = (_aware(last) - _aware(first)).total_seconds() + max(
+        0.0, (_aware(committed) - drawn_from).total_seconds()
+    )
+    return Figure(
+        issued / busy_s if busy_s > 0 else 0.0,
+        checks={
+            "issued": issued,
+            "statuses": result.statuses,
+            "entering_s": round((_aware(last) - _aware(first)).total_seconds(), 3),
+            "drawing_s": round((_aware(committed) - drawn_from).total_seconds(), 3),
+        },
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _rate(result: LoadResult, count: int, checks: dict[str, Any]) -> Figure:

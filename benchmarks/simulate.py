@@ -84,6 +84,13 @@ class SimulationConfig:
     adversaries: AdversaryConfig = field(default_factory=AdversaryConfig)
     # The risk rules put in force before the release (None: none, every rule off).
     rules_file: Path | None = EXAMPLE_RULES
+    start_window_s: int = 0  # the round's fair start (docs/risk.md); 0: off
+
+    @property
+    def batches_in_flight_max(self) -> int:
+        """A channel's calls at once: a few, or with a start window as many as its users
+        waiting (held calls wait for the draw; a channel does not stop taking taps)."""
+        return 500 if self.start_window_s else 8
 
 
 @dataclass
@@ -175,7 +182,7 @@ async def _channel_loop(  # noqa: PLR0917  # one call site
         task = asyncio.create_task(_send(channel, batch, answers, retry, started, population))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
-        while len(in_flight) >= 8:  # a channel keeps at most 8 batches in flight
+        while len(in_flight) >= config.batches_in_flight_max:
             await asyncio.sleep(0.001)
     if in_flight:
         await asyncio.gather(*in_flight)
@@ -249,13 +256,15 @@ async def _crowd(
     port: int,
     secrets_by_channel: dict[str, str],
     population: Population,
+    release: Callable[[], None] = lambda: None,
 ) -> tuple[list[_Answer], float, int]:
     # The crowd's own draws (arrivals, retriers) come from a seed of their own: who is
     # an adversary is the population's draw.
     rng = random.Random(config.seed + 1)  # noqa: S311  # a reproducible crowd, not a secret
     people = config.people
     retriers = set(rng.sample(range(people), int(people * config.retry_share)))
-    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    connections = max(16, config.batches_in_flight_max)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     channels = [
         _Channel(
             name,
@@ -297,6 +306,7 @@ async def _crowd(
             attempt = tries[person] if bot else 0
             channel_of(person).queue.put_nowait((person, key, attempt, time.perf_counter(), bot))
 
+    release()  # the round opens now (a start window's), as the crowd arrives
     started = time.perf_counter()
     done = asyncio.Event()
     loops = [
@@ -397,6 +407,7 @@ def _summary(  # noqa: PLR0917  # one call site
         "store": "sqlite" if not config.database_url else "postgresql",
         "gate": f"redis, {config.gate_buckets} bucket(s)" if config.redis_url else "memory",
         "workers": config.workers,
+        "start_window_s": config.start_window_s,
         "issued": issued,
         "oversold": max(0, issued - config.stock),
         "duplicates": sum(n - 1 for n in per_person.values() if n > 1),
@@ -466,6 +477,7 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
             stock_by_channel=scenarios.split_stock(config.stock, CHANNELS),
             channels=CHANNELS,
             gate_buckets=config.gate_buckets,
+            start_window_s=config.start_window_s,
         ) as stack:
             admin.import_merchants(
                 stack.rt,
@@ -478,9 +490,15 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
             if config.rules_file is not None:
                 _put_rules(stack, config.rules_file)
             with serve_lequan(stack.env, workers=config.workers) as port:
+
+                def release() -> None:  # a start window opens as the crowd, bots first, comes
+                    if config.start_window_s:
+                        at = scenarios.release_soon(stack, lead_s=scenarios.RELEASE_LEAD_S)
+                        time.sleep(max(0.0, at - time.time()))
+
                 progress("released: the crowd arrives")
                 answers, elapsed_s, resent = asyncio.run(
-                    _crowd(config, port, stack.secrets, population)
+                    _crowd(config, port, stack.secrets, population, release)
                 )
                 progress("checking the store")
                 stored = _stored_vouchers(stack)

@@ -190,6 +190,7 @@ def build_runtime(
         # its wait for room in the commit queue and the fence later. A process that
         # dies holding keys lets go of them as long again as a caller waits after.
         inflight = InFlight(
+            _keys_in_flight_max(settings),
             shared=RedisKeyHolds(nonce_client, key_prefix=settings.redis_key_prefix),
             hold_ttl_s=settings.claim_queue_wait_ms / 1000
             + settings.gate_fence_s
@@ -198,7 +199,7 @@ def build_runtime(
     else:
         gate = gate or MemoryGate()
         nonces = MemoryNonceStore(settings.nonce_cache_entries_max, clock=clock)
-        inflight = InFlight()
+        inflight = InFlight(_keys_in_flight_max(settings))
         pulse = MemoryPulse()
     metrics = runtime_instruments()
     return Runtime(
@@ -213,6 +214,12 @@ def build_runtime(
         inflight=inflight,
         central=central,
     )
+
+
+def _keys_in_flight_max(settings: Settings) -> int:
+    """Keys one process may hold at once: the claims it answers (their items, and as
+    many again of redemptions and operators' calls) and the claims waiting for draws."""
+    return 2 * settings.claim_inflight_max + settings.draw_waiting_max
 
 
 def central_platform(settings: Settings) -> CentralPlatform:

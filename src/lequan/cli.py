@@ -76,8 +76,13 @@ app.add_typer(channel_app, name="channel")
 app.add_typer(acquirer_app, name="acquirer")
 app.add_typer(operator_app, name="operator")
 app.add_typer(keys_app, name="keys")
+fairness_app = typer.Typer(
+    help="Rounds' fair starts: check a published draw against its commitment.",
+    no_args_is_help=True,
+)
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(central_app, name="central")
+app.add_typer(fairness_app, name="fairness")
 
 
 @app.callback()
@@ -516,6 +521,103 @@ def campaign_check(campaign_id: str, as_json: JsonFlag = False) -> None:
     verdict = "[green]ok[/]" if result.ok else "[red]" + "; ".join(result.problems) + "[/]"
     _emit(data, as_json, f"{campaign_id}: {verdict}")
     if not result.ok:
+        raise typer.Exit(1)
+
+
+# -- the fair start ---------------------------------------------------------------------
+
+# Entries asked of the public API per page, and at most in all (a draw's entries_max).
+_ENTRIES_PAGE = 10_000
+_ENTRIES_MAX = 50_000_000
+
+
+@fairness_app.command("verify")
+def fairness_verify(
+    campaign_id: Annotated[str, typer.Option("--campaign", help="The campaign's id.")],
+    round_id: Annotated[str, typer.Option("--round", help="The round's id.")],
+    url: Annotated[
+        str | None,
+        typer.Option(help="The platform's public API; default http://LEQUAN_HOST:LEQUAN_PORT."),
+    ] = None,
+    ticket: Annotated[
+        str | None, typer.Option(help="A claim's draw_ticket: show its rank and outcome.")
+    ] = None,
+    timeout_s: Annotated[float, typer.Option(help="Per request, in seconds.")] = 30.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Verify a round's published draw as anyone can: the seed opens the commitment and
+    the ranks are the order the seed gives the tickets (exit 1 if not; docs/risk.md).
+
+    Reads only the public API (no login), so a third party runs it as the platform does.
+    """
+    import httpx
+
+    from lequan.domain.fair_start import PublishedEntry, verify
+
+    settings = Settings()
+    base = url or f"http://{settings.host}:{settings.port}"
+    path = f"/v1/public/campaigns/{campaign_id}/rounds/{round_id}/fairness"
+    with httpx.Client(base_url=base, timeout=timeout_s) as client:
+        head = client.get(path)
+        if head.status_code != 200:
+            err.print(f"[red]{head.status_code}[/]: {head.text}")
+            raise typer.Exit(1)
+        fairness = head.json()
+        if fairness["seed"] is None:
+            err.print(
+                f"the draw of {campaign_id}/{round_id} is not published yet; its commitment "
+                f"is {fairness['commitment']} (window closes {fairness['window_closes_at']})"
+            )
+            raise typer.Exit(1)
+        entries: list[PublishedEntry] = []
+        after: int | None = 0
+        while after is not None and len(entries) < _ENTRIES_MAX:
+            page = client.get(
+                f"{path}/entries", params={"after_rank": after, "limit": _ENTRIES_PAGE}
+            )
+            page.raise_for_status()
+            body = page.json()
+            entries.extend(
+                PublishedEntry(e["rank"], e["ticket"], e["outcome"]) for e in body["items"]
+            )
+            after = body["next_after_rank"]
+    problems = verify(
+        campaign_id=campaign_id,
+        round_id=round_id,
+        window_s=fairness["start_window_s"],
+        seed_hex=fairness["seed"],
+        published_commitment=fairness["commitment"],
+        entries=entries,
+    )
+    if fairness["entries"] != len(entries):
+        problems.append(f"{fairness['entries']} entries announced, {len(entries)} listed")
+    found = next((e for e in entries if e.ticket == ticket), None) if ticket else None
+    data: dict[str, Any] = {
+        "campaign_id": campaign_id,
+        "round_id": round_id,
+        "ok": not problems,
+        "problems": problems,
+        "entries": len(entries),
+        "won": sum(1 for e in entries if e.outcome == "won"),
+        "commitment": fairness["commitment"],
+        "seed": fairness["seed"],
+    }
+    if ticket:
+        data["ticket"] = None if found is None else {"rank": found.rank, "outcome": found.outcome}
+    human = (
+        f"{campaign_id}/{round_id}: [green]verified[/]: the seed opens the commitment and "
+        f"the {len(entries):,} entries are in the order it gives ({data['won']:,} won)"
+        if not problems
+        else f"{campaign_id}/{round_id}: [red]" + "; ".join(problems) + "[/]"
+    )
+    if ticket:
+        human += (
+            f"\nticket {ticket}: not in the draw"
+            if found is None
+            else f"\nticket {ticket}: rank {found.rank:,}, {found.outcome}"
+        )
+    _emit(data, as_json, human)
+    if problems:
         raise typer.Exit(1)
 
 

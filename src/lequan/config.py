@@ -107,6 +107,19 @@ class Settings(BaseSettings):
     # Batch claims one process carries to the claim service at once, each on a
     # thread of its own; more wait for a thread.
     claim_batch_threads_max: Annotated[int, Field(ge=1, le=1000)] = 40
+    # The fair start (docs/risk.md): a window's claims wait, entered in the round's draw.
+    # The draw begins draw_grace_ms after the window closes (entries on their way land
+    # first) and serves draw_chunk_size entries at a time, no faster than its winners are
+    # committed (at most draw_pending_max reservations of the round pending). An entered
+    # claim, and a claim after the window, waits at most draw_wait_s past the window for
+    # the draw; beyond, 503 draw_pending. A draw takes at most draw_entries_max entries
+    # and a process keeps at most draw_waiting_max claims waiting; beyond, 429 overloaded.
+    draw_grace_ms: Annotated[float, Field(ge=0, le=5000)] = 200.0
+    draw_chunk_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    draw_pending_max: Annotated[int, Field(ge=1, le=1_000_000)] = 4000
+    draw_wait_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    draw_entries_max: Annotated[int, Field(ge=1, le=50_000_000)] = 5_000_000
+    draw_waiting_max: Annotated[int, Field(ge=1, le=10_000_000)] = 1_000_000
     # One-step redemptions: at most this many per transaction, waiting at most
     # this long for more; beyond redeem_queue_max waiting, 429 overloaded.
     redeem_batch_size_max: Annotated[int, Field(ge=1, le=5000)] = 500

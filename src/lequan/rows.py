@@ -20,6 +20,8 @@ from lequan.domain.vouchers import VoucherState
 __all__ = [
     "AppRow",
     "CampaignRow",
+    "DrawEntryRow",
+    "DrawRow",
     "MerchantRow",
     "MerchantSuspension",
     "OutboxRow",
@@ -134,6 +136,8 @@ class VoucherRow:
     issued_at: datetime
     version: int
     redemption_id: str | None
+    # The ticket of the claim a round's fair start drew it for (its answer carries it).
+    draw_ticket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,3 +323,32 @@ class SkuPriceRow:
     baseline_price_fen: int
     updated_by: str
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DrawRow:
+    """A round's fair start: its sealed seed and commitment, and once served, the seed
+    revealed with the counts of its entries (docs/risk.md, "Fair start")."""
+
+    campaign_id: str
+    round_id: str
+    window_s: int
+    commitment: str
+    seed_key_id: str
+    seed_sealed: bytes
+    committed_at: datetime
+    seed_hex: str | None  # revealed when published
+    published_at: datetime | None
+    entries: int
+    won: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrawEntryRow:
+    """One published entry of a draw: names no person."""
+
+    rank: int
+    ticket: str
+    channel_id: str
+    template_id: str
+    outcome: str

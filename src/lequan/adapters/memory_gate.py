@@ -29,6 +29,12 @@ A campaign count is taken (and the time of it kept, for ``recount``) only for
 requests that carry a campaign limit: a
 campaign without one would otherwise hold one counter per person that
 nothing ever reads (and the Redis gate would pay a round trip to keep it).
+
+A round's fair start (``enter``, ``draw``): entries are taken until the first
+``draw`` call closes the draw and sorts them by (score, ticket); each later
+call serves the next chunk in that order with the rules above, under the
+same lock, and keeps what each entry was answered. One process: no other
+drawer to take over from.
 """
 
 from __future__ import annotations
@@ -36,12 +42,48 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from lequan.ports import PendingReservation, ReserveOutcome, ReserveRequest, ReserveResult
+from lequan.ports import (
+    DrawEntry,
+    DrawnEntry,
+    DrawProgress,
+    DrawResult,
+    EntryOutcome,
+    PendingReservation,
+    ReserveOutcome,
+    ReserveRequest,
+    ReserveResult,
+)
 
 __all__ = ["MemoryGate", "checked_reset"]
 
 BATCH_SIZE_MAX_DEFAULT = 10_000
+
+
+@dataclass(slots=True)
+class _Draw:
+    """One round's fair start: its entries, then (closed) their order and results."""
+
+    entries: dict[str, DrawEntry] = field(default_factory=dict)  # by ticket
+    people: dict[tuple[str, str], int] = field(default_factory=dict)  # (pool, person) -> n
+    order: list[str] | None = None  # the tickets by (score, ticket), once closed
+    pools: frozenset[str] = frozenset()
+    served: int = 0
+    results: dict[str, tuple[ReserveOutcome, int, float]] = field(default_factory=dict)
+
+    def progress(self, *, finished_now: bool = False) -> DrawProgress:
+        last = None
+        if self.order and self.served:
+            ticket = self.order[self.served - 1]
+            last = (self.entries[ticket].score, ticket)
+        return DrawProgress(
+            closed=self.order is not None,
+            entries=len(self.entries),
+            served=self.served,
+            last=last,
+            finished_now=finished_now,
+        )
 
 
 class MemoryGate:
@@ -62,6 +104,7 @@ class MemoryGate:
         self._campaign_taken_at: dict[str, dict[str, float]] = {}
         # pool → (template_id, person_id, claim_seq) → when reserved (monotonic s)
         self._pending: dict[str, dict[tuple[str, str, int], float]] = {}
+        self._draws: dict[str, _Draw] = {}
 
     @property
     def shared(self) -> bool:
@@ -227,6 +270,99 @@ class MemoryGate:
         new_claimed = checked_reset(claimed, what="claimed", keep_zero=False)
         with self._lock:
             self._campaign_claimed[campaign_id] = new_claimed
+
+    def enter(
+        self, draw: str, entries: Sequence[DrawEntry], *, entries_max: int
+    ) -> list[EntryOutcome]:
+        self._check_batch_size(len(entries))
+        with self._lock:
+            held = self._draws.setdefault(draw, _Draw())
+            return [self._enter_one(held, entry, entries_max) for entry in entries]
+
+    @staticmethod
+    def _enter_one(held: _Draw, entry: DrawEntry, entries_max: int) -> EntryOutcome:
+        if held.order is not None:
+            return EntryOutcome.CLOSED
+        before = held.entries.get(entry.ticket)
+        if before is not None:
+            return (
+                EntryOutcome.REJOINED
+                if before.owner == entry.owner
+                else EntryOutcome.HELD_ELSEWHERE
+            )
+        if len(held.entries) >= entries_max:
+            return EntryOutcome.OVER
+        who = (entry.request.pool, entry.request.person_id)
+        count = held.people.get(who, 0)
+        if count >= entry.request.limit:
+            return EntryOutcome.FULL
+        held.entries[entry.ticket] = entry
+        held.people[who] = count + 1
+        return EntryOutcome.ENTERED
+
+    def draw(
+        self, draw: str, *, chunk_size: int, pending_max: int, lock_ttl_s: float
+    ) -> DrawProgress:
+        """Serve the next chunk under the gate's lock; ``lock_ttl_s`` has nothing to
+        guard here (one process, one lock)."""
+        assert chunk_size >= 1
+        assert pending_max >= 1
+        now = time.monotonic()
+        with self._lock:
+            held = self._draws.setdefault(draw, _Draw())
+            if held.order is None:
+                held.order = sorted(held.entries, key=lambda t: (held.entries[t].score, t))
+                held.pools = frozenset(e.request.pool for e in held.entries.values())
+                if not held.order:
+                    return held.progress(finished_now=True)
+            if held.served == len(held.order):
+                return held.progress()
+            pending = sum(len(self._pending.get(pool, {})) for pool in held.pools)
+            if pending >= pending_max:
+                return held.progress()
+            chunk = held.order[held.served : held.served + chunk_size]
+            for ticket in chunk:
+                got = self._reserve_one(held.entries[ticket].request, now)
+                held.results[ticket] = (got.outcome, got.claim_seq, now)
+            held.served += len(chunk)
+            return held.progress(finished_now=held.served == len(held.order))
+
+    def draw_results(self, draw: str, tickets: Sequence[str]) -> list[DrawResult | None]:
+        now = time.monotonic()
+        with self._lock:
+            held = self._draws.get(draw)
+            found = {} if held is None else held.results
+            return [
+                None
+                if (got := found.get(ticket)) is None
+                else DrawResult(got[0], claim_seq=got[1], age_s=now - got[2])
+                for ticket in tickets
+            ]
+
+    def drawn(self, draw: str, *, start: int, limit: int) -> list[DrawnEntry]:
+        now = time.monotonic()
+        with self._lock:
+            held = self._draws.get(draw)
+            if held is None or held.order is None:
+                return []
+            tickets = held.order[start : min(start + limit, held.served)]
+            return [
+                DrawnEntry(
+                    rank=start + n + 1,
+                    ticket=ticket,
+                    request=held.entries[ticket].request,
+                    result=DrawResult(
+                        held.results[ticket][0],
+                        claim_seq=held.results[ticket][1],
+                        age_s=now - held.results[ticket][2],
+                    ),
+                )
+                for n, ticket in enumerate(tickets)
+            ]
+
+    def forget_draw(self, draw: str) -> None:
+        with self._lock:
+            self._draws.pop(draw, None)
 
     def close(self) -> None:
         """Nothing to close; here so the embedded mode shuts down like the others."""

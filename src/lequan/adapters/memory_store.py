@@ -61,6 +61,8 @@ from lequan.ports.errors import ConstraintViolated, DuplicateKey, StoreError, St
 from lequan.rows import (
     AppRow,
     CampaignRow,
+    DrawEntryRow,
+    DrawRow,
     MerchantRow,
     MerchantSuspension,
     OutboxRow,
@@ -327,6 +329,8 @@ class _Tables:
     risk_redemptions: _Table[str, RedemptionFactRow]
     payable_holds: _Table[str, PayableHoldRow]
     sku_prices: _Table[str, SkuPriceRow]
+    draws: _Table[tuple[str, str], DrawRow]  # round_draws, by (campaign, round)
+    draw_entries: _Table[tuple[str, str], tuple[DrawEntryRow, ...]]  # in rank order
 
     @classmethod
     def empty(cls) -> _Tables:
@@ -361,6 +365,7 @@ class MemoryUnitOfWork:
         self.products = MemoryProducts(self)
         self.risk = MemoryRisk(self)
         self.redemption_risk = MemoryRedemptionRisk(self)
+        self.draws = MemoryDraws(self)
 
     def read(self, *, pipelined: bool = False) -> _Tables:
         """The transaction's tables, begun now if need be."""
@@ -1985,6 +1990,86 @@ class MemoryRedemptionRisk(_Repository):
         t = self._u.read()
         found = [row for sku, row in sorted(t.sku_prices.items()) if after is None or sku > after]
         return found[:limit]
+
+
+class MemoryDraws(_Repository):
+    """The rounds' fair starts; a draw is published once."""
+
+    def add_draws(self, rows: Sequence[DrawRow]) -> None:
+        t = self._u.write()
+        keys = [(r.campaign_id, r.round_id) for r in rows]
+        if len(set(keys)) != len(keys) or any(k in t.draws for k in keys):
+            raise self._u.refused(DuplicateKey("pk_round_draws"))
+        for key, row in zip(keys, rows, strict=True):
+            if row.window_s <= 0:
+                raise self._u.refused(ConstraintViolated("ck_round_draws_window_positive"))
+            campaign = t.campaigns.get(row.campaign_id)
+            if campaign is None or row.round_id not in campaign.row.rounds:
+                raise self._u.refused(ConstraintViolated("fk_round_draws_campaign_id_rounds"))
+            t.draws.put(key, replace(row, committed_at=_utc(row.committed_at)))
+
+    def get_draw(self, campaign_id: str, round_id: str) -> DrawRow | None:
+        return self._u.read().draws.get((campaign_id, round_id))
+
+    def draws_of(self, campaign_id: str) -> list[DrawRow]:
+        t = self._u.read()
+        return sorted(
+            (row for (c, _r), row in t.draws.items() if c == campaign_id),
+            key=lambda row: row.round_id,
+        )
+
+    def unpublished(self, limit: int) -> list[DrawRow]:
+        t = self._u.read()
+
+        def release_at(row: DrawRow) -> datetime:
+            campaign = t.campaigns.get(row.campaign_id)
+            assert campaign is not None, "a draw's round is a campaign's (its foreign key)"
+            return campaign.row.rounds[row.round_id][0]
+
+        waiting = [row for row in t.draws.values() if row.published_at is None]
+        waiting.sort(key=lambda row: (release_at(row), row.campaign_id, row.round_id))
+        return waiting[:limit]
+
+    def add_entries(self, campaign_id: str, round_id: str, rows: Sequence[DrawEntryRow]) -> None:
+        t = self._u.write()
+        if (campaign_id, round_id) not in t.draws:
+            raise self._u.refused(ConstraintViolated("fk_draw_entries_campaign_id_round_draws"))
+        listed = t.draw_entries.get((campaign_id, round_id)) or ()
+        ranks = [e.rank for e in rows]
+        if len(set(ranks)) != len(ranks) or set(ranks) & {e.rank for e in listed}:
+            raise self._u.refused(DuplicateKey("pk_draw_entries"))
+        merged = sorted((*listed, *rows), key=lambda e: e.rank)
+        t.draw_entries.put((campaign_id, round_id), tuple(merged))
+
+    def last_rank(self, campaign_id: str, round_id: str) -> int:
+        listed = self._u.read().draw_entries.get((campaign_id, round_id)) or ()
+        return listed[-1].rank if listed else 0
+
+    def reveal(
+        self, campaign_id: str, round_id: str, *, seed_hex: str, entries: int, now: datetime
+    ) -> bool:
+        t = self._u.write()
+        found = t.draws.get((campaign_id, round_id))
+        if found is None or found.published_at is not None:
+            return False
+        listed = t.draw_entries.get((campaign_id, round_id)) or ()
+        t.draws.put(
+            (campaign_id, round_id),
+            replace(
+                found,
+                seed_hex=seed_hex,
+                published_at=_utc(now),
+                entries=entries,
+                won=sum(1 for e in listed if e.outcome == "won"),
+            ),
+        )
+        return True
+
+    def entries(
+        self, campaign_id: str, round_id: str, *, after_rank: int, limit: int
+    ) -> list[DrawEntryRow]:
+        listed = self._u.read().draw_entries.get((campaign_id, round_id)) or ()
+        return [e for e in listed if e.rank > after_rank][:limit]
 
 
 # -- the store ----------------------------------------------------------------------------

@@ -80,10 +80,16 @@ import redis
 from redis.cluster import RedisCluster
 
 from lequan.adapters.memory_gate import checked_reset
+from lequan.adapters.redis_draws import RedisDraws
 from lequan.adapters.redis_scripts import DELETE_IF_LUA, each_key, run_scripts
 from lequan.adapters.redis_scripts import ScriptCall as _Call
 from lequan.adapters.redis_scripts import reaching as _reaching
 from lequan.ports import (
+    DrawEntry,
+    DrawnEntry,
+    DrawProgress,
+    DrawResult,
+    EntryOutcome,
     PendingReservation,
     ReserveOutcome,
     ReserveRequest,
@@ -394,6 +400,12 @@ class RedisGate:
         self._pool_stale = client.register_script(_POOL_STALE_LUA)
         self._swap_in = client.register_script(_SWAP_IN_LUA)
         self._delete_if = client.register_script(DELETE_IF_LUA)
+        self._draws = RedisDraws(
+            client,
+            key_prefix=key_prefix,
+            reserve=self.reserve,
+            pending_keys=lambda pool: [self._bucket_keys(pool, b)[2] for b in range(buckets)],
+        )
 
     @classmethod
     def from_url(
@@ -845,6 +857,37 @@ class RedisGate:
         staged = f"{self._prefix}{{c:{campaign_id}}}:reset:{uuid.uuid4().hex}:claimed"
         self._swap([[(live, staged, new_claimed)]])
         self._client.set(self._campaign_loaded_key(campaign_id), 1)
+
+    @_reaching
+    def enter(
+        self, draw: str, entries: Sequence[DrawEntry], *, entries_max: int
+    ) -> list[EntryOutcome]:
+        """One script on the draw's slot (``adapters/redis_draws.py``)."""
+        self._check_batch_size(len(entries))
+        return self._draws.enter(draw, entries, entries_max=entries_max)
+
+    @_reaching
+    def draw(
+        self, draw: str, *, chunk_size: int, pending_max: int, lock_ttl_s: float
+    ) -> DrawProgress:
+        self._check_batch_size(chunk_size)
+        return self._draws.draw(
+            draw, chunk_size=chunk_size, pending_max=pending_max, lock_ttl_s=lock_ttl_s
+        )
+
+    @_reaching
+    def draw_results(self, draw: str, tickets: Sequence[str]) -> list[DrawResult | None]:
+        self._check_batch_size(len(tickets))
+        return self._draws.draw_results(draw, tickets)
+
+    @_reaching
+    def drawn(self, draw: str, *, start: int, limit: int) -> list[DrawnEntry]:
+        self._check_batch_size(limit)
+        return self._draws.drawn(draw, start=start, limit=limit)
+
+    @_reaching
+    def forget_draw(self, draw: str) -> None:
+        self._draws.forget_draw(draw)
 
     def close(self) -> None:
         """Close the connections if this gate opened them (``from_url``)."""

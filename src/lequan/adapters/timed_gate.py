@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 
 from lequan.metrics import Instruments
 from lequan.ports import ClaimGate, GateUnavailable, PendingReservation, ReserveRequest
-from lequan.ports.gate import ReserveResult
+from lequan.ports.gate import (
+    DrawEntry,
+    DrawnEntry,
+    DrawProgress,
+    DrawResult,
+    EntryOutcome,
+    ReserveResult,
+)
 
 __all__ = ["TimedGate"]
 
@@ -102,6 +109,27 @@ class TimedGate:
 
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
         self.inner.reset_campaign(campaign_id, claimed=claimed)
+
+    def enter(
+        self, draw: str, entries: Sequence[DrawEntry], *, entries_max: int
+    ) -> list[EntryOutcome]:
+        return self.inner.enter(draw, entries, entries_max=entries_max)
+
+    def draw(
+        self, draw: str, *, chunk_size: int, pending_max: int, lock_ttl_s: float
+    ) -> DrawProgress:
+        return self.inner.draw(
+            draw, chunk_size=chunk_size, pending_max=pending_max, lock_ttl_s=lock_ttl_s
+        )
+
+    def draw_results(self, draw: str, tickets: Sequence[str]) -> list[DrawResult | None]:
+        return self.inner.draw_results(draw, tickets)
+
+    def drawn(self, draw: str, *, start: int, limit: int) -> list[DrawnEntry]:
+        return self.inner.drawn(draw, start=start, limit=limit)
+
+    def forget_draw(self, draw: str) -> None:
+        self.inner.forget_draw(draw)
 
     def close(self) -> None:
         self.inner.close()

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from lequan.domain.errors import AuthError, Conflict
+from lequan.domain.fair_start import START_WINDOW_S_MAX
 from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId, TradeIn
 from lequan.domain.trade_in import Category
 
@@ -163,6 +164,9 @@ class CampaignConfig(_Model):
     limits: Limits = Limits()
     eligibility: Eligibility = Eligibility()
     rounds: Annotated[tuple[RoundConfig, ...], Field(min_length=1, max_length=ROUNDS_MAX)]
+    # The fair start (docs/risk.md): the first seconds after each round's release,
+    # whose claims are served in an order drawn from a committed seed. 0: off.
+    start_window_s: Annotated[int, Field(ge=0, le=START_WINDOW_S_MAX, strict=True)] = 0
     refund_policy: Literal["restore_if_valid", "always_void"] = "restore_if_valid"
     # A trade-in campaign's money per category (optional): each category's stock at its
     # cap must fit in its budget, and the budgets in the campaign's.
@@ -221,6 +225,19 @@ class CampaignConfig(_Model):
             if later.release_at < earlier.ends_at:
                 raise ValueError(f"round {later.id} must not start before round {earlier.id} ends")
         return rounds
+
+    @field_validator("start_window_s")
+    @classmethod
+    def _window_fits(cls, window_s: int, info: ValidationInfo) -> int:
+        if not window_s:
+            return window_s
+        templates = info.data.get("templates")
+        if templates is not None and all(isinstance(t, TradeIn) for t in templates):
+            raise ValueError("a trade-in voucher is applied for, never claimed: no start window")
+        for r in info.data.get("rounds") or ():
+            if r.release_at + timedelta(seconds=window_s) >= r.ends_at:
+                raise ValueError(f"round {r.id} must last longer than the start window")
+        return window_s
 
     @field_validator("category_budgets_fen")
     @classmethod

@@ -195,6 +195,10 @@ class ErrorCode(enum.StrEnum):
     CENTRAL_UNAVAILABLE = "central_unavailable"
     CENTRAL_NOT_CONFIGURED = "central_not_configured"
     RECONCILIATION_TOO_LARGE = "reconciliation_too_large"
+    # The fair start (issue 16): docs/risk.md.
+    FAIR_START_UNAVAILABLE = "fair_start_unavailable"
+    DRAW_PENDING = "draw_pending"
+    NO_START_WINDOW = "no_start_window"
     # Shown by the CLI alone: the platform refuses to start.
     SETUP_ERROR = "setup_error"
 
@@ -708,6 +712,25 @@ ERRORS: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ),
     _C.RECONCILIATION_TOO_LARGE: ErrorSpec(
         503, Unavailable, "more vouchers in one day than one reconciliation compares"
+    ),
+    _C.FAIR_START_UNAVAILABLE: ErrorSpec(
+        409,
+        Conflict,
+        "a start window needs each pool's stock in one gate bucket, and this deployment "
+        "splits it (`LEQUAN_GATE_BUCKETS` > 1): set the campaign's `start_window_s` to 0, "
+        "or serve it with one bucket",
+    ),
+    _C.DRAW_PENDING: ErrorSpec(
+        503,
+        Unavailable,
+        "the claim is entered in the round's fair start, whose draw has not reached it in "
+        "time (or was interrupted); retry with the same Idempotency-Key",
+    ),
+    _C.NO_START_WINDOW: ErrorSpec(
+        404,
+        NotFound,
+        "the round has no start window committed: none is configured, or the campaign is "
+        "not approved yet",
     ),
     _C.SETUP_ERROR: ErrorSpec(
         None,

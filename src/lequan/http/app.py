@@ -35,7 +35,7 @@ from lequan.http.envelope import Metrics, error_answer
 from lequan.http.errors import install_error_handlers, json_response
 from lequan.http.fastpath import FastBatchClaims, FastClaims, FastRedemptions
 from lequan.http.risk_schemas import ReviewDecisionIn, RiskBlacklistIn
-from lequan.http.routes import acquirer, admin, channel, risk, screen
+from lequan.http.routes import acquirer, admin, channel, fairness, risk, screen
 from lequan.http.schemas import (
     AppIn,
     BatchClaimIn,
@@ -482,6 +482,7 @@ def create_app(
     app.include_router(acquirer.router)
     app.include_router(admin.router)
     app.include_router(risk.router)
+    app.include_router(fairness.router)
     app.include_router(screen.router)
     app.state.stream_slots = screen.StreamSlots(
         total_max=settings.screen_streams_max,

@@ -7,11 +7,16 @@ that arrive within ``claim_coalesce_ms`` of each other are handed on as one
 batch per channel, so a thousand people pressing "claim" through one channel
 cost one lookup, one gate call and one share of a group commit, as a
 channel's own batch would. Both count their items against the process's
-in-flight bound (``claim_inflight_max``).
+in-flight bound (``claim_inflight_max``) while the claim service decides them;
+a claim entered in a round's fair start then waits for its draw on the event
+loop, as a future, holding no thread and no in-flight place (the draws bound
+those: ``draw_waiting_max``), so a window's crowd is taken in whole rather than
+its first arrivals only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from json.encoder import encode_basestring
@@ -26,7 +31,7 @@ from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
 from lequan.http.schemas import BatchClaimIn, ClaimIn, ClaimSignalsIn
 from lequan.services.claim_answers import ClaimResult, issued_voucher_json
-from lequan.services.claiming import ClaimRequest
+from lequan.services.claiming import ClaimRequest, Pending, Waiting, wait_entered
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
 from lequan.services.risk import HELD_FOR_REVIEW, ClaimSignals
 
@@ -45,8 +50,8 @@ class ClaimDesk:
         self._throttle = throttle
         settings = platform.rt.settings
         # Single claims of one channel arriving together: one call of the claim service.
-        self._coalescer: Coalescer[str, ClaimRequest, ClaimResult] = Coalescer(
-            platform.claims.claim,
+        self._coalescer: Coalescer[str, ClaimRequest, ClaimResult | Pending] = Coalescer(
+            platform.claims.claim_or_hold,
             wait_s=settings.claim_coalesce_ms / 1000,
             batch_max=settings.claim_batch_items_max,
             workers=settings.claim_coalesce_workers,
@@ -60,7 +65,11 @@ class ClaimDesk:
         """One claim, answered with the others of its channel arriving meanwhile."""
         request = _claim_request(app_id, key, claim)
         with self._admission.admit(1):
-            return await self._coalescer.submit(app_id, request)
+            got = await self._coalescer.submit(app_id, request)
+        if isinstance(got, ClaimResult):
+            return got
+        [answered] = await self._wait_entered([got])
+        return answered
 
     async def claim_batch(
         self, app_id: str, batch: BatchClaimIn
@@ -80,11 +89,26 @@ class ClaimDesk:
             for item in batch.items
         ]
         with self._admission.admit(len(requests)):
-            results = await to_thread.run_sync(
-                self._platform.claims.claim, app_id, requests, limiter=self._threads
+            decided = await to_thread.run_sync(
+                self._platform.claims.claim_or_hold, app_id, requests, limiter=self._threads
             )
+        entered = [got for got in decided if isinstance(got, Pending)]
+        answers = iter(await self._wait_entered(entered) if entered else [])
+        results = [got if isinstance(got, ClaimResult) else next(answers) for got in decided]
         text, counts = _batch_text(requests, results)
         return RenderedBody(text), counts
+
+    async def _wait_entered(self, entered: list[Pending]) -> list[ClaimResult]:
+        """The answers of claims waiting for a round's draw, within the longest an entered
+        claim may wait; one still waiting then hears ``commit_timeout`` (its claim goes
+        on, and a retry with its key finds it). One wait per call's ``Waiting``."""
+        waitings: dict[int, Waiting] = {id(p.waiting): p.waiting for p in entered}
+        # ``asyncio.wait`` cancels nothing when it times out: the claims go on.
+        await asyncio.wait(
+            [asyncio.wrap_future(w.done) for w in waitings.values()],
+            timeout=self._platform.claims.entered_wait_s,
+        )
+        return [wait_entered(p, timeout_s=0) for p in entered]
 
     def close(self) -> None:
         self._coalescer.close()

@@ -210,6 +210,11 @@ class VoucherOut(BaseModel):
     valid_from: str
     valid_until: str
     issued_at: str
+    draw_ticket: str | None = Field(
+        None,
+        description="Issued by a round's fair start: the claim's ticket in the round's "
+        "published draw (docs/risk.md); absent otherwise.",
+    )
 
 
 class ClaimOut(BaseModel):
@@ -418,6 +423,46 @@ class CampaignOut(BaseModel):
         description="Operators stopped the spending of its vouchers: a switch of its own, "
         "apart from `status` (`paused` stops claims)."
     )
+    start_window_s: int = Field(
+        0, description="Each round's fair-start window in seconds (0: first come, first served)."
+    )
+
+
+class FairnessOut(BaseModel):
+    """A round's fair start: the commitment from approval on, the seed once served."""
+
+    campaign_id: str
+    round_id: str
+    algorithm: str = Field(description="The draw's specification: `lequan-fair-start-v1`.")
+    start_window_s: int
+    release_at: str
+    window_closes_at: str
+    commitment: str = Field(description="SHA-256 (hex) of the commitment text with the seed.")
+    committed_at: str
+    seed: str | None = Field(description="The seed (64 hex), once the draw is published.")
+    published_at: str | None
+    entries: int | None = Field(description="Entries drawn, once published.")
+    won: int | None = Field(description="Entries that won a voucher, once published.")
+
+
+class FairnessListOut(BaseModel):
+    items: list[FairnessOut]
+
+
+class DrawEntryOut(BaseModel):
+    rank: int = Field(description="The entry's place in the order (1 is served first).")
+    ticket: str = Field(description="The ticket its claim's answer carried (32 hex).")
+    channel_id: str
+    template_id: str
+    outcome: str = Field(
+        description="won, sold_out, already_claimed, claim_limit_reached, unavailable or "
+        "interrupted (docs/risk.md)"
+    )
+
+
+class DrawEntriesOut(BaseModel):
+    items: list[DrawEntryOut]
+    next_after_rank: int | None = Field(description="Pass as `after_rank` for the next page.")
 
 
 class CampaignListOut(BaseModel):

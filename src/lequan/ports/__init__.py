@@ -17,6 +17,11 @@ from lequan.ports.errors import (
 from lequan.ports.gate import (
     ClaimGate,
     Clock,
+    DrawEntry,
+    DrawnEntry,
+    DrawProgress,
+    DrawResult,
+    EntryOutcome,
     GateUnavailable,
     KeyHolds,
     KeyMismatch,
@@ -29,6 +34,7 @@ from lequan.ports.gate import (
 )
 from lequan.ports.store import (
     CampaignRepository,
+    DrawRepository,
     IdempotencyRepository,
     KeyCheckRepository,
     LedgerRepository,
@@ -48,7 +54,13 @@ __all__ = [
     "ClaimGate",
     "Clock",
     "ConstraintViolated",
+    "DrawEntry",
+    "DrawProgress",
+    "DrawRepository",
+    "DrawResult",
+    "DrawnEntry",
     "DuplicateKey",
+    "EntryOutcome",
     "GateUnavailable",
     "IdempotencyRepository",
     "KeyCheckRepository",

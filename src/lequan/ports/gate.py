@@ -18,6 +18,11 @@ from lequan.domain.errors import Unavailable
 __all__ = [
     "ClaimGate",
     "Clock",
+    "DrawEntry",
+    "DrawProgress",
+    "DrawResult",
+    "DrawnEntry",
+    "EntryOutcome",
     "GateUnavailable",
     "KeyHolds",
     "KeyMismatch",
@@ -178,6 +183,72 @@ class PendingReservation:
     age_s: float  # how long it has been pending, by the gate's own clock
 
 
+@dataclass(frozen=True, slots=True)
+class DrawEntry:
+    """A claim entered in a round's fair start (``domain/fair_start.py``).
+
+    Served, when its turn comes, as the gate's own reservation of ``request``.
+    ``owner`` is the process holding the claim's request, which alone may take
+    its answer.
+    """
+
+    ticket: str  # 32 hex digits, unique in the draw
+    score: int  # 0 <= score < 2**52: the draw's order is (score, ticket)
+    request: ReserveRequest
+    owner: str
+
+
+class EntryOutcome(enum.Enum):
+    """What the gate answered for one entry."""
+
+    ENTERED = "entered"
+    REJOINED = "rejoined"  # the ticket was entered before, by this owner: the same entry
+    HELD_ELSEWHERE = "held_elsewhere"  # the ticket was entered by another owner
+    FULL = "full"  # the person has ``request.limit`` entries in the pool already
+    CLOSED = "closed"  # the draw has begun: no more entries
+    OVER = "over"  # the draw holds ``entries_max`` entries
+
+
+@dataclass(frozen=True, slots=True)
+class DrawResult:
+    """What the draw gave one entry: a reservation, or the gate's refusal.
+
+    ``outcome`` None: the process serving the entry's chunk died before it
+    recorded what the gate answered; a reservation it may have made is reaped
+    as any orphan is (``stale``).
+    """
+
+    outcome: ReserveOutcome | None
+    claim_seq: int
+    age_s: float  # since the chunk holding it was served, by the gate's clock (at least)
+
+
+@dataclass(frozen=True, slots=True)
+class DrawProgress:
+    """Where a draw stands, as one ``draw`` call left it."""
+
+    closed: bool  # no more entries are taken
+    entries: int  # entries taken (final once closed)
+    served: int  # entries served so far, in order
+    # The (score, ticket) of the last entry served: every entry at or before it is decided.
+    last: tuple[int, str] | None
+    finished_now: bool = False  # this call served the draw's last entry
+
+    @property
+    def done(self) -> bool:
+        return self.closed and self.served == self.entries
+
+
+@dataclass(frozen=True, slots=True)
+class DrawnEntry:
+    """One entry of a served draw, with its rank (1 first) and what it was given."""
+
+    rank: int
+    ticket: str
+    request: ReserveRequest
+    result: DrawResult
+
+
 class GateUnavailable(Exception):
     """The gate could not be asked: its server is down, restarting or failing over.
 
@@ -280,6 +351,49 @@ class ClaimGate(Protocol):
 
     def reset_campaign(self, campaign_id: str, *, claimed: Mapping[str, int]) -> None:
         """Replace the per-person claim counts of a campaign-wide limit; marks it loaded."""
+        ...
+
+    # -- the fair start: a round's first claims served in a drawn order -------------------
+
+    def enter(
+        self, draw: str, entries: Sequence[DrawEntry], *, entries_max: int
+    ) -> list[EntryOutcome]:
+        """Enter each claim in the draw, in order, each atomic on its own.
+
+        Refused once the draw has begun (``CLOSED``), beyond ``entries_max``
+        entries (``OVER``), and for a person who has as many entries in the
+        pool as its limit (``FULL``). A ticket entered already is the same
+        entry again (``REJOINED``) for its owner, ``HELD_ELSEWHERE`` for
+        another.
+        """
+        ...
+
+    def draw(
+        self, draw: str, *, chunk_size: int, pending_max: int, lock_ttl_s: float
+    ) -> DrawProgress:
+        """Close the draw to entries, then serve its next ``chunk_size`` entries in order.
+
+        Each entry is reserved as ``reserve`` would (its request, in the draw's
+        order) and what the gate answered is recorded for ``draw_results``. One
+        caller serves at a time, whatever the process (a lock of ``lock_ttl_s``:
+        one that died is taken over, and the chunk it was serving answered
+        ``DrawResult(None, ...)``); another caller gets the progress. No chunk is
+        served while ``pending_max`` or more reservations are pending in the
+        draw's pools: the draw goes no faster than its winners are committed, so
+        none outlives its ttl waiting.
+        """
+        ...
+
+    def draw_results(self, draw: str, tickets: Sequence[str]) -> list[DrawResult | None]:
+        """What the draw gave each ticket; None for one not served (or unknown)."""
+        ...
+
+    def drawn(self, draw: str, *, start: int, limit: int) -> list[DrawnEntry]:
+        """Up to ``limit`` served entries from rank ``start + 1``, in rank order."""
+        ...
+
+    def forget_draw(self, draw: str) -> None:
+        """Drop everything the gate holds of a draw (it is published in the store)."""
         ...
 
     def close(self) -> None: ...

@@ -16,6 +16,7 @@ called, and its repositories all act inside it:
     uow.risk          risk rules versions, the review queue, device and phone blacklists
     uow.redemption_risk  redemptions as the redemption-time rules remember them, held
                       payables, SKU baseline prices
+    uow.draws         the rounds' fair starts: sealed seeds, commitments, published draws
 
 Every atomic step is the store's: a conditional update (``take_stock``,
 ``ledger.record``, ``move_voucher``) answers False rather than letting a
@@ -42,6 +43,8 @@ from lequan.domain.vouchers import VoucherState
 from lequan.rows import (
     AppRow,
     CampaignRow,
+    DrawEntryRow,
+    DrawRow,
     MerchantRow,
     OutboxRow,
     PayableHoldRow,
@@ -63,6 +66,7 @@ from lequan.rows import (
 
 __all__ = [
     "CampaignRepository",
+    "DrawRepository",
     "IdempotencyRepository",
     "KeyCheckRepository",
     "LedgerRepository",
@@ -727,6 +731,45 @@ class RedemptionRiskRepository(Protocol):
 
     def list_sku_prices(self, *, after: str | None, limit: int) -> list[SkuPriceRow]:
         """The SKU prices by SKU, after ``after``."""
+
+
+class DrawRepository(Protocol):
+    """The fair start of each round with a start window: its seed, sealed until the draw
+    is published, its commitment, and the published entries (docs/risk.md)."""
+
+    def add_draws(self, rows: Sequence[DrawRow]) -> None:
+        """Insert; a round that has its draw already is ``DuplicateKey``."""
+        ...
+
+    def get_draw(self, campaign_id: str, round_id: str) -> DrawRow | None: ...
+
+    def draws_of(self, campaign_id: str) -> list[DrawRow]:
+        """The campaign's draws, by round id."""
+        ...
+
+    def unpublished(self, limit: int) -> list[DrawRow]:
+        """Up to ``limit`` draws not yet published, their rounds' earliest release first."""
+        ...
+
+    def add_entries(self, campaign_id: str, round_id: str, rows: Sequence[DrawEntryRow]) -> None:
+        """Insert entries of a served draw; a rank written already is ``DuplicateKey``."""
+        ...
+
+    def last_rank(self, campaign_id: str, round_id: str) -> int:
+        """The highest rank written of the draw's entries; 0 for none."""
+        ...
+
+    def reveal(
+        self, campaign_id: str, round_id: str, *, seed_hex: str, entries: int, now: datetime
+    ) -> bool:
+        """Publish the draw: its seed, its count of entries and of those won (counted
+        from the entries written); False, with nothing written, if it was published."""
+        ...
+
+    def entries(
+        self, campaign_id: str, round_id: str, *, after_rank: int, limit: int
+    ) -> list[DrawEntryRow]:
+        """Up to ``limit`` published entries ranked after ``after_rank``, in rank order."""
         ...
 
 
@@ -765,6 +808,9 @@ class UnitOfWork(Protocol):
 
     @property
     def redemption_risk(self) -> RedemptionRiskRepository: ...
+
+    @property
+    def draws(self) -> DrawRepository: ...
 
     def commit(self) -> None: ...
 

@@ -26,6 +26,7 @@ from lequan.domain.errors import AuthError, Conflict, InvalidInput, NotFound
 from lequan.domain.ledger import fund_entry
 from lequan.ports import DuplicateKey, GateUnavailable, UnitOfWork
 from lequan.rows import CampaignRow
+from lequan.services.fair_start import commit_draws, draw_id
 from lequan.services.runtime import Runtime
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "parse_campaign",
     "pool_key",
     "rebuild_gate",
+    "require_fair_start_served",
     "require_operator_role",
     "retire_gates",
     "start_round",
@@ -208,8 +210,23 @@ def require_operator_role(uow: UnitOfWork, actor: str, roles: frozenset[str]) ->
     return role
 
 
+def require_fair_start_served(rt: Runtime, config: CampaignConfig) -> None:
+    """Refuse a start window this deployment cannot keep to its order: a draw reserves
+    in rank order only when each pool's stock is in one gate bucket
+    (``adapters/redis_draws.py``)."""
+    if config.start_window_s and rt.settings.gate_buckets > 1:
+        raise Conflict(
+            "fair_start_unavailable",
+            f"a start window needs each pool's stock in one gate bucket; this deployment "
+            f"splits it in {rt.settings.gate_buckets} (LEQUAN_GATE_BUCKETS): set "
+            "start_window_s to 0, or serve the campaign with one bucket",
+            details={"field": "start_window_s", "gate_buckets": rt.settings.gate_buckets},
+        )
+
+
 def import_campaign(rt: Runtime, config: CampaignConfig, *, actor: str) -> CampaignRow:
     """Store a new campaign as a draft drafted by ``actor`` (a maker)."""
+    require_fair_start_served(rt, config)
     now = rt.clock.now()
     with rt.store.unit_of_work() as uow:
         require_operator_role(uow, actor, ROLES_THAT_DRAFT)
@@ -256,15 +273,22 @@ def change_status(rt: Runtime, campaign_id: str, action: str, *, actor: str) -> 
         )
         if not moved:
             raise Conflict("campaign_state", "the campaign changed meanwhile; look again")
+        details: dict[str, object] = {"from": row.status.value, "to": status.value}
         if action == "approve":
+            require_fair_start_served(rt, row.config)
             uow.ledger.record(
                 fund_entry(row.budget_fen), campaign_id=campaign_id, now=now, voucher_count=0
             )
+            # Each round's seed is drawn now, before any claim can come: only its
+            # commitment is public until the round's draw is served (docs/risk.md).
+            commitments = commit_draws(rt, uow, row.config, now=now)
+            if commitments:
+                details["fair_start_commitments"] = commitments
         uow.ledger.append_audit(
             actor=actor,
             action=f"campaign.{action}",
             target=campaign_id,
-            details={"from": row.status.value, "to": status.value},
+            details=details,
             now=now,
         )
         uow.commit()
@@ -640,6 +664,9 @@ def retire_gates(rt: Runtime) -> list[str]:
         pools = _pools(campaign_id, initial)
         try:
             gate.forget(campaign_id, pools)
+            # A draw nobody forgot after publishing it (its publisher died) goes too.
+            for round_id in sorted({r for r, _c, _t, _n in initial}):
+                gate.forget_draw(draw_id(campaign_id, round_id))
         finally:
             gate.end_rebuild(campaign_id, token)
         log.info("gate_retired", campaign_id=campaign_id, pools=len(pools))

@@ -46,7 +46,7 @@ def new_ids(prefix: str, count: int) -> list[str]:
 
 
 def voucher_body(v: VoucherRow) -> dict[str, Any]:
-    return {
+    body = {
         "voucher_id": v.id,
         "campaign_id": v.campaign_id,
         "round_id": v.round_id,
@@ -60,6 +60,10 @@ def voucher_body(v: VoucherRow) -> dict[str, Any]:
         "valid_until": v.valid_until.astimezone(UTC).isoformat(),
         "issued_at": v.issued_at.astimezone(UTC).isoformat(),
     }
+    if v.draw_ticket is not None:
+        # Issued by a round's fair start: the ticket to find in its published draw.
+        body["draw_ticket"] = v.draw_ticket
+    return body
 
 
 def redemption_body(r: RedemptionRow, *, voucher_state: str | None = None) -> dict[str, Any]:

@@ -220,6 +220,8 @@ vouchers = sa.Table(
     sa.Column("claim_app_id", Id),
     sa.Column("claim_key", sa.String(128)),
     sa.Column("claim_hash", sa.String(64)),
+    # The ticket of the claim the fair start drew it for, which its answer carries (0013).
+    sa.Column("draw_ticket", sa.String(32)),
     sa.UniqueConstraint(
         "campaign_id",
         "round_id",
@@ -553,4 +555,43 @@ sku_prices = sa.Table(
     sa.Column("updated_by", Id, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.CheckConstraint("baseline_price_fen > 0", name="price"),
+)
+# The fair start of each round with a start window (0013): the seed, drawn at the
+# campaign's approval, sealed with the key ring until the draw is published, and its
+# commitment (domain/fair_start.py), public from the approval on. Once the draw is
+# served, the seed is revealed (``seed_hex``) with every entry and its rank.
+round_draws = sa.Table(
+    "round_draws",
+    metadata,
+    sa.Column("campaign_id", Id, primary_key=True),
+    sa.Column("round_id", sa.String(20), primary_key=True),
+    sa.Column("window_s", sa.Integer, nullable=False),
+    sa.Column("commitment", sa.String(64), nullable=False),
+    sa.Column("seed_key_id", sa.String(32), nullable=False),
+    sa.Column("seed_sealed", sa.LargeBinary, nullable=False),
+    sa.Column("committed_at", UtcDateTime, nullable=False),
+    sa.Column("seed_hex", sa.String(64)),
+    sa.Column("published_at", UtcDateTime),
+    sa.Column("entries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("won", sa.Integer, nullable=False, server_default="0"),
+    sa.ForeignKeyConstraint(["campaign_id", "round_id"], ["rounds.campaign_id", "rounds.round_id"]),
+    sa.CheckConstraint("window_s > 0", name="window_positive"),
+    sa.CheckConstraint("(seed_hex IS NULL) = (published_at IS NULL)", name="revealed_whole"),
+)
+
+# A published draw's entries: a ticket names no person; its rank is its place in the
+# order the seed gives (1 first) and its outcome what the draw answered it.
+draw_entries = sa.Table(
+    "draw_entries",
+    metadata,
+    sa.Column("campaign_id", Id, primary_key=True),
+    sa.Column("round_id", sa.String(20), primary_key=True),
+    sa.Column("rank", sa.Integer, primary_key=True),
+    sa.Column("ticket", sa.String(32), nullable=False),
+    sa.Column("channel_id", sa.String(32), nullable=False),
+    sa.Column("template_id", sa.String(40), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["campaign_id", "round_id"], ["round_draws.campaign_id", "round_draws.round_id"]
+    ),
 )

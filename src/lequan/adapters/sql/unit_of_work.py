@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from lequan.adapters.sql import migrate
 from lequan.adapters.sql.campaigns import SqlCampaigns
 from lequan.adapters.sql.core import SqlSession
+from lequan.adapters.sql.draws import SqlDraws
 from lequan.adapters.sql.errors import translated
 from lequan.adapters.sql.idempotency import SqlIdempotency
 from lequan.adapters.sql.keys import SqlKeyChecks
@@ -47,6 +48,7 @@ class SqlUnitOfWork:
         self.products = SqlProducts(self._session)
         self.risk = SqlRisk(self._session)
         self.redemption_risk = SqlRedemptionRisk(self._session)
+        self.draws = SqlDraws(self._session)
 
     @property
     def connection(self) -> sa.Connection:

@@ -43,6 +43,7 @@ _VOUCHER_COLUMNS = (
     "issued_at",
     "version",
     "redemption_id",
+    "draw_ticket",
 )
 
 
@@ -62,6 +63,7 @@ def _voucher_of(m: Mapping[Any, Any]) -> VoucherRow:
         issued_at=m["issued_at"],
         version=m["version"],
         redemption_id=m["redemption_id"],
+        draw_ticket=m["draw_ticket"],
     )
 
 
@@ -113,7 +115,7 @@ class SqlVouchers:
         columns = (
             "id, campaign_id, round_id, channel_id, template_id, person_id, claim_seq, "
             "face_fen, state, valid_from, valid_until, issued_at, updated_at, version, "
-            "claim_app_id, claim_key, claim_hash"
+            "claim_app_id, claim_key, claim_hash, draw_ticket"
         )
         rows = [
             (
@@ -132,6 +134,7 @@ class SqlVouchers:
                 stamp,
                 v.version,
                 *key,
+                v.draw_ticket,
             )
             for v, key in zip(vouchers, keys, strict=True)
         ]
@@ -140,7 +143,7 @@ class SqlVouchers:
             return
         self._s.driver_sql(
             f"INSERT INTO vouchers ({columns}) "  # noqa: S608  # our column names
-            f"VALUES ({', '.join('?' * 17)})",
+            f"VALUES ({', '.join('?' * 18)})",
             rows,
         )
 

@@ -89,6 +89,7 @@ def campaign_view(row: CampaignRow) -> dict[str, Any]:
             for round_id, (release_at, ends_at) in sorted(row.rounds.items())
         ],
         "redemptions_paused": row.redemptions_paused,
+        "start_window_s": row.config.start_window_s,
     }
 
 

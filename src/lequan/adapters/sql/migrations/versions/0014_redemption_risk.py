@@ -1,7 +1,7 @@
 """redemption-time risk: the redemptions the rules remember, held payables, SKU prices
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-09 12:00:00
 
 The redemption-time rules (docs/risk.md) judge a completed redemption on
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
