@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from lequan.domain.error_codes import ErrorCode
 from lequan.domain.errors import Conflict, IdempotencyError, InvalidInput, NotFound, Unavailable
 from lequan.domain.identity import normalize_phone
+from lequan.ports import UnitOfWork
 from lequan.rows import ReviewRow, RiskBlacklistRow
 from lequan.services.campaigns import require_operator_role
 from lequan.services.claim_answers import ClaimResult
@@ -117,6 +118,7 @@ def reject_review(rt: Runtime, review_id: str, *, actor: str, reason: str) -> Re
             now=now,
         ):
             raise _decided(review_id, "decided meanwhile")
+        _REJECTIONS[row.kind](uow, row)  # in the decision's transaction
         uow.ledger.append_audit(
             actor=actor,
             action="review.reject",
@@ -218,8 +220,19 @@ def _issue_claim(claims: Claims, row: ReviewRow) -> tuple[str, Mapping[str, Any]
     return code, {"message": str(answer.body.get("message", ""))}
 
 
+def _refuse_claim(uow: UnitOfWork, row: ReviewRow) -> None:
+    """Nothing to undo: a held claim reserved nothing, and its key keeps the held answer."""
+
+
+# What approving and rejecting an item of each kind do. Approving runs after the decision
+# commits (a claim goes through the claim path, which has transactions of its own) and
+# returns the outcome to record; rejecting runs in the decision's transaction. The kind
+# ``redemption`` (release a held payable, or claw it back) registers here.
 _APPROVALS: dict[str, Callable[[Claims, ReviewRow], tuple[str, Mapping[str, Any] | None]]] = {
     "claim": _issue_claim,
+}
+_REJECTIONS: dict[str, Callable[[UnitOfWork, ReviewRow], None]] = {
+    "claim": _refuse_claim,
 }
 
 
