@@ -88,9 +88,10 @@ class SimulationConfig:
 
     @property
     def batches_in_flight_max(self) -> int:
-        """A channel's calls at once: a few, or with a start window as many as its users
-        waiting (held calls wait for the draw; a channel does not stop taking taps)."""
-        return 500 if self.start_window_s else 8
+        """A channel's calls at once: a few, or with a start window more (its calls wait
+        for the draw, and a channel does not stop taking taps), though not so many
+        that most are refused 429 at once and sent again every second."""
+        return 64 if self.start_window_s else 8
 
 
 @dataclass

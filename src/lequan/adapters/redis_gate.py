@@ -17,6 +17,8 @@ bucket, ``p:<pool>#<n>`` with several)::
                                        who is rebuilding it (expires)
     <prefix>{...}:reset:<hex>:...      a reset being written; renamed over the
                                        live keys when complete, expires if not
+    <prefix>{d:<campaign>:<round>}:... a round's draw, the fair start (its own
+                                       slot: ``adapters/redis_draws.py``)
 
 A person belongs to one *home* bucket (crc32 of the person id): their pool
 count and their pending reservations live there, so the de-duplication is

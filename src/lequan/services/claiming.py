@@ -512,8 +512,17 @@ class ClaimService:
     def _serve_later(self, later: _Later) -> None:
         results: list[_Slot] = [None] * len(later.requests)
         handed: set[int] = set()
+        # What the draw sold out is refused from memory, as a claim arriving now would be.
+        gone = self._cache.sold_out
+        to_serve = []
+        for item in later.items:
+            i, reserved, _offer, _person = item
+            if (reserved.pool, reserved.template_id) in gone:
+                results[i] = _SOLD_OUT_NOW
+            else:
+                to_serve.append(item)
         try:
-            self._first_come(later.requests, results, later.items, handed)
+            self._first_come(later.requests, results, to_serve, handed)
         except StoreError as error:
             log.warning("claim_store_unreadable", error_type=type(error).__name__)
             _answer_the_rest(results, _store_unavailable())
@@ -1100,6 +1109,9 @@ _TICKETED: dict[int, tuple[Answer, str]] = {}
 _TICKETED_MAX = 1000
 
 
+_SOLD_OUT_NOW = refusal_answer(
+    gate_refusal(ReserveOutcome.SOLD_OUT), http_status(gate_refusal(ReserveOutcome.SOLD_OUT))
+)
 _DRAW_PENDING = Unavailable(
     "draw_pending",
     "the claim is entered in the round's fair start, whose draw has not reached it yet; "
