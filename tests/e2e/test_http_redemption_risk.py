@@ -145,8 +145,8 @@ def test_payer_many_vouchers_flags_and_the_redemption_completes(risky: Api) -> N
     # No payer token sent: unknown, never judged on it.
     redeemed(redeem(api, third, 3))
     assert api.voucher_state(second) == "redeemed"
-    (item,) = queue(api)
-    assert item["subject"]["redemption_id"] == two
+    item = item_of(api, two)
+    (earlier,) = [i for i in queue(api) if i is not item and i["review_id"] != item["review_id"]]
     assert item["kind"] == "redemption"
     assert item["status"] == "pending"
     assert item["campaign_id"] == CAMPAIGN
@@ -158,6 +158,10 @@ def test_payer_many_vouchers_flags_and_the_redemption_completes(risky: Api) -> N
             "figures": {"vouchers": 2, "limit": 1, "window_s": 86400, "payer_id": PAYER},
         }
     ]
+    # The first voucher it paid for, looked back on when the second went over.
+    assert earlier["subject"]["redemption_id"] == one
+    assert earlier["subject"]["moment"] == "lookback"
+    assert earlier["reasons"] == item["reasons"]
     subject = item["subject"]
     assert subject["moment"] == "redemption"
     assert (subject["held_fen"], subject["merchant_suspended"]) == (0, False)
@@ -365,23 +369,27 @@ def test_ring_of_few_people_and_few_merchants(risky: Api) -> None:
 # -- hold, release, claw back, suspend ------------------------------------------------------
 
 
+# At 10:00 in Shanghai, outside these hours: every redemption is judged by this rule.
+def at_ten(action: str) -> dict[str, Any]:
+    return {"opens_at": "11:00", "closes_at": "22:00", "action": action}
+
+
 def test_a_hold_keeps_the_books_and_approval_releases_it(risky: Api) -> None:
     api = risky
-    put_rules(api, 1, payer_many_vouchers={"limit": 1, "action": "hold"})
-    (first,) = vouchers_of(api, 1)
-    (second,) = vouchers_of(api, 2)
-    redeemed(redeem(api, first, 1, payer=PAYER))
-    held_id = redeemed(redeem(api, second, 2, payer=PAYER))
+    put_rules(api, 1, outside_business_hours=at_ten("hold"))
+    (voucher,) = vouchers_of(api, 1)
+    held_id = redeemed(redeem(api, voucher, 1))
+    assert api.voucher_state(voucher) == "redeemed"
     item = item_of(api, held_id)
     assert item["reasons"][0]["action"] == "hold"
     assert item["subject"]["held_fen"] == 9000
     books = balances(api)  # the check passes: the held account is what the holds hold
-    assert (books[PAYABLE], books[HELD]) == (9000, 9000)
+    assert (books.get(PAYABLE, 0), books[HELD]) == (0, 9000)
     approved = decide(api, item["review_id"], "approve")
     assert (approved["status"], approved["outcome"]) == ("approved", "released")
     assert approved["outcome_detail"] == {"amount_fen": 9000, "payable": PAYABLE}
     books = balances(api)
-    assert (books[PAYABLE], books.get(HELD, 0)) == (18_000, 0)
+    assert (books[PAYABLE], books.get(HELD, 0)) == (9000, 0)
     assert_error(
         api.admin(
             "ana", "POST", f"/v1/admin/reviews/{item['review_id']}/reject", json={"reason": "x"}
@@ -408,12 +416,10 @@ def test_a_hold_keeps_the_books_and_approval_releases_it(risky: Api) -> None:
 
 def test_rejection_claws_back_and_the_refund_is_refused(risky: Api) -> None:
     api = risky
-    put_rules(api, 1, payer_many_vouchers={"limit": 1, "action": "hold"})
-    (first,) = vouchers_of(api, 1)
-    (second,) = vouchers_of(api, 2)
-    redeemed(redeem(api, first, 1, payer=PAYER))
-    held_id = redeemed(redeem(api, second, 2, payer=PAYER))
+    put_rules(api, 1, outside_business_hours=at_ten("hold"))
+    (voucher,) = vouchers_of(api, 1)
     committed_before = api.check()["committed_fen"]
+    held_id = redeemed(redeem(api, voucher, 1))
     review_id = item_of(api, held_id)["review_id"]
     rejected = decide(api, review_id, "reject", "fake order")
     assert (rejected["status"], rejected["outcome"], rejected["decision_reason"]) == (
@@ -423,8 +429,8 @@ def test_rejection_claws_back_and_the_refund_is_refused(risky: Api) -> None:
     )
     assert rejected["outcome_detail"] == {"amount_fen": 9000, "from": HELD}
     books = balances(api)
-    assert (books[PAYABLE], books.get(HELD, 0)) == (9000, 0)
-    # The discount is back in the budget: committed again for nobody.
+    assert (books.get(PAYABLE, 0), books.get(HELD, 0)) == (0, 0)
+    # The discount is back in the budget: the voucher's face is committed for nobody.
     assert api.check()["committed_fen"] == committed_before - 9000
     assert_error(
         api.follow_up(held_id, "refunds", {"refund_amount_fen": 30_000}),
@@ -437,11 +443,10 @@ def test_rejection_claws_back_and_the_refund_is_refused(risky: Api) -> None:
 
 def test_rejecting_a_flag_claws_back_what_is_still_owed(risky: Api) -> None:
     api = risky
-    put_rules(api, 1, payer_many_vouchers={"limit": 1, "action": "flag"})
+    put_rules(api, 1, outside_business_hours=at_ten("flag"))
     ids = [vouchers_of(api, n)[0] for n in (1, 2, 3)]
-    redeemed(redeem(api, ids[0], 1, payer=PAYER))
-    owed = redeemed(redeem(api, ids[1], 2, payer=PAYER))
-    refunded = redeemed(redeem(api, ids[2], 3, payer=PAYER))
+    owed = redeemed(redeem(api, ids[0], 1))
+    refunded = redeemed(redeem(api, ids[1], 2))
     ok(api.follow_up(refunded, "refunds", {"refund_amount_fen": 30_000}), 201)
     rejected = decide(api, item_of(api, owed)["review_id"], "reject")
     assert (rejected["outcome"], rejected["outcome_detail"]) == (
@@ -454,24 +459,23 @@ def test_rejecting_a_flag_claws_back_what_is_still_owed(risky: Api) -> None:
         "nothing_to_claw_back",
         {"redemption_status": "refunded"},
     )
-    assert balances(api)[PAYABLE] == 9000
+    assert balances(api).get(PAYABLE, 0) == 0
     # Approving a flag releases nothing.
-    (fourth,) = vouchers_of(api, 4)
-    flag = redeemed(redeem(api, fourth, 4, payer=PAYER))
+    flag = redeemed(redeem(api, ids[2], 3))
     assert decide(api, item_of(api, flag)["review_id"], "approve")["outcome"] == "not_held"
+    assert balances(api)[PAYABLE] == 9000
 
 
 def test_a_refund_releases_a_held_payable_first(risky: Api) -> None:
     api = risky
-    put_rules(api, 1, payer_many_vouchers={"limit": 1, "action": "hold"})
-    (first,) = vouchers_of(api, 1)
-    (second,) = vouchers_of(api, 2)
-    redeemed(redeem(api, first, 1, payer=PAYER))
-    held_id = redeemed(redeem(api, second, 2, payer=PAYER))
+    put_rules(api, 1, outside_business_hours=at_ten("hold"))
+    (voucher,) = vouchers_of(api, 1)
+    held_id = redeemed(redeem(api, voucher, 1))
+    assert balances(api)[HELD] == 9000
     refunded = ok(api.follow_up(held_id, "refunds", {"refund_amount_fen": 30_000}), 201)
     assert refunded["status"] == "refunded"
     books = balances(api)
-    assert (books[PAYABLE], books.get(HELD, 0)) == (9000, 0)
+    assert (books.get(PAYABLE, 0), books.get(HELD, 0)) == (0, 0)
     # The analyst finds nothing left to decide about money.
     approved = decide(api, item_of(api, held_id)["review_id"], "approve")
     assert approved["outcome"] == "released_already"
@@ -479,26 +483,55 @@ def test_a_refund_releases_a_held_payable_first(risky: Api) -> None:
 
 def test_suspend_refuses_the_merchants_next_redemption(risky: Api) -> None:
     api = risky
-    put_rules(api, 1, payer_many_vouchers={"limit": 1, "action": "suspend"})
-    ids = [vouchers_of(api, n)[0] for n in (1, 2, 3)]
-    redeemed(redeem(api, ids[0], 1, payer=PAYER))
-    suspending = redeemed(redeem(api, ids[1], 2, payer=PAYER))
+    put_rules(
+        api,
+        1,
+        outside_business_hours={**at_ten("suspend"), "merchants": {NOODLE: {"opens_at": "00:00"}}},
+    )
+    ids = [vouchers_of(api, n)[0] for n in (1, 2)]
+    suspending = redeemed(redeem(api, ids[0], 1))
     item = item_of(api, suspending)
     assert (item["subject"]["merchant_suspended"], item["subject"]["held_fen"]) == (True, 9000)
-    assert_error(redeem(api, ids[2], 3), 409, "merchant_suspended")
+    assert_error(redeem(api, ids[1], 2), 409, "merchant_suspended")
     merchant = ok(api.admin("vera", "GET", f"/v1/admin/merchants/{CAFE}"))
     assert merchant["suspension"]["suspended_by"] == "risk-rules"
     suspensions = [a for a in audit(api) if a[1] == "merchant.suspend"]
     assert [(a[0], a[2], a[3]["changed"]) for a in suspensions] == [("risk-rules", CAFE, True)]
     assert item["review_id"] in suspensions[0][3]["reason"]
-    # Another merchant still takes vouchers; an operator reinstates the cafe.
-    redeemed(redeem(api, ids[2], 3, merchant=NOODLE))
+    # Another merchant (open round the clock) still takes vouchers; an operator
+    # reinstates the cafe.
+    redeemed(redeem(api, ids[1], 2, merchant=NOODLE))
     ok(
         api.admin(
             "alice", "POST", f"/v1/admin/merchants/{CAFE}/reinstate", json={"reason": "cleared"}
         )
     )
     balances(api)
+
+
+def test_a_payer_over_its_limit_is_looked_back_on(risky: Api) -> None:
+    api = risky
+    put_rules(api, 1, payer_many_vouchers={"limit": 2, "action": "hold"})
+    ids = [vouchers_of(api, n)[0] for n in range(1, 6)]
+    first = [redeemed(redeem(api, ids[n - 1], n, payer=PAYER)) for n in (1, 2)]
+    other = redeemed(redeem(api, ids[2], 3, payer="pay-0000000000000002"))
+    assert queue(api) == []
+    over = redeemed(redeem(api, ids[3], 4, payer=PAYER))
+    # The third voucher it paid for: it, and the two before it, are held.
+    flagged = {i["subject"]["redemption_id"]: i for i in queue(api)}
+    assert set(flagged) == {*first, over}
+    assert other not in flagged
+    assert flagged[over]["subject"]["moment"] == "redemption"
+    for redemption_id in first:
+        item = flagged[redemption_id]
+        assert item["subject"]["moment"] == "lookback"
+        assert item["subject"]["held_fen"] == 9000
+        assert item["reasons"] == flagged[over]["reasons"]
+    assert balances(api)[HELD] == 3 * 9000
+    # Past the limit, each is flagged as it comes, the look back done once.
+    fifth = redeemed(redeem(api, ids[4], 5, payer=PAYER))
+    assert len(queue(api)) == 4
+    assert item_of(api, fifth)["subject"]["moment"] == "redemption"
 
 
 def test_an_authorization_is_judged_when_confirmed_with_its_signals(risky: Api) -> None:
@@ -514,7 +547,8 @@ def test_an_authorization_is_judged_when_confirmed_with_its_signals(risky: Api) 
     item = item_of(api, locked["redemption_id"])
     assert item["reasons"][0]["figures"]["vouchers"] == 2
     assert item["subject"]["signals"]["payer_id"] == PAYER
-    assert balances(api)[HELD] == 9000
+    # The first redemption is looked back on: both held.
+    assert balances(api)[HELD] == 2 * 9000
 
 
 def test_no_rule_on_changes_nothing(risky: Api) -> None:
@@ -535,13 +569,18 @@ def test_the_simulator_reads_the_queue_right(risky: Api) -> None:
     put_rules(api, 1, payer_many_vouchers={"limit": 1, "action": "hold"})
     (first,) = vouchers_of(api, 1)
     (second,) = vouchers_of(api, 2)
-    redeemed(redeem(api, first, 1, payer=PAYER))
-    held_id = redeemed(redeem(api, second, 2, payer=PAYER))
-    page = ok(api.admin("ana", "GET", "/v1/admin/reviews?kind=redemption"))
-    assert page["next_cursor"] is None
-    (item,) = page["items"]
-    assert redeeming._redemption_id(item) == held_id
-    assert redeeming._reasons(item) == ("payer_many_vouchers",)
+    ids = {
+        redeemed(redeem(api, first, 1, payer=PAYER)),
+        redeemed(redeem(api, second, 2, payer=PAYER)),
+    }
+    page = ok(api.admin("ana", "GET", "/v1/admin/reviews?kind=redemption&limit=1"))
+    seen = {redeeming._redemption_id(item): redeeming._reasons(item) for item in page["items"]}
+    assert page["next_cursor"]
+    rest = ok(
+        api.admin("ana", "GET", f"/v1/admin/reviews?kind=redemption&cursor={page['next_cursor']}")
+    )
+    seen |= {redeeming._redemption_id(item): redeeming._reasons(item) for item in rest["items"]}
+    assert seen == {i: ("payer_many_vouchers",) for i in ids}
 
 
 # -- SKU baseline prices --------------------------------------------------------------------

@@ -154,6 +154,32 @@ def test_recent_redemptions_newest_first_within_the_limit(store: Store) -> None:
         assert [r.redemption_id for r in later] == ["r0002", "r0003"]
 
 
+def test_a_payers_redemptions_newest_first_within_the_limit(store: Store) -> None:
+    other = "pay-00000002"
+    remember(
+        store,
+        fact(1, at_s=0),
+        fact(2, at_s=20, payer=other),
+        fact(3, at_s=10, merchant="m-2"),
+        fact(4, at_s=None),
+        fact(5, at_s=30, payer=None),
+        fact(6, at_s=5),
+    )
+    in_own_transaction(store, lambda uow: uow.redemption_risk.flag_facts([("r0006", "rv1")]))
+    with committed(store) as uow:
+        mine = uow.redemption_risk.payer_redemptions
+        assert mine("pay-00000001", since=T0, limit=10) == [
+            RecentRedemption("r0003", "p3", "m-2", False),
+            RecentRedemption("r0006", "p6", "m-1", True),
+            RecentRedemption("r0001", "p1", "m-1", False),
+        ]
+        assert [r.redemption_id for r in mine("pay-00000001", since=T0, limit=1)] == ["r0003"]
+        late = mine("pay-00000001", since=T0 + timedelta(seconds=6), limit=10)
+        assert [r.redemption_id for r in late] == ["r0003"]
+        assert [r.redemption_id for r in mine(other, since=T0, limit=10)] == ["r0002"]
+        assert mine("pay-unknown", since=T0, limit=10) == []
+
+
 def test_a_redemption_is_flagged_by_one_review(store: Store) -> None:
     remember(store, fact(1), fact(2))
     first = in_own_transaction(

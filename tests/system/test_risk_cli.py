@@ -227,8 +227,9 @@ def held_redemption() -> str:
     items = reviews.list_reviews(
         rt, actor="ana", status="pending", kind="redemption", after_id=None, limit=10
     )
-    (item,) = items
-    assert item.subject["redemption_id"] == row.id
+    # The second voucher the payer paid for, and the first, looked back on.
+    assert len(items) == 2
+    (item,) = [i for i in items if i.subject["redemption_id"] == row.id]
     return item.id
 
 
@@ -253,7 +254,8 @@ def test_an_analyst_releases_a_held_redemption_and_prices_skus(data_dir: Path) -
 
     review_id = held_redemption()
     queue = run("review", "list", "--kind", "redemption", "--token", ana)["items"]
-    assert [(i["review_id"], i["kind"]) for i in queue] == [(review_id, "redemption")]
+    assert review_id in [i["review_id"] for i in queue]
+    assert {i["kind"] for i in queue} == {"redemption"}
     human = runner.invoke(app, ["review", "show", review_id, "--token", ana])
     assert human.exit_code == 0, human.output
     assert "payer_many_vouchers" in human.stdout

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -1890,13 +1890,18 @@ class MemoryRedemptionRisk(_Repository):
         )
 
     def recent(self, *, since: datetime, limit: int) -> list[RecentRedemption]:
+        return self._recent(since, limit, lambda row: True)
+
+    def _recent(
+        self, since: datetime, limit: int, chosen: Callable[[RedemptionFactRow], bool]
+    ) -> list[RecentRedemption]:
         t = self._u.read()
         since = _utc(since)
         found = sorted(
             (
                 row
                 for row in t.risk_redemptions.values()
-                if row.redeemed_at is not None and row.redeemed_at >= since
+                if row.redeemed_at is not None and row.redeemed_at >= since and chosen(row)
             ),
             key=lambda row: row.redeemed_at or since,
             reverse=True,
@@ -1907,6 +1912,11 @@ class MemoryRedemptionRisk(_Repository):
             )
             for row in found[:limit]
         ]
+
+    def payer_redemptions(
+        self, payer_id: str, *, since: datetime, limit: int
+    ) -> list[RecentRedemption]:
+        return self._recent(since, limit, lambda row: row.payer_id == payer_id)
 
     def flag_facts(self, flags: Sequence[tuple[str, str]]) -> set[str]:
         t = self._u.write()

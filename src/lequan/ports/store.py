@@ -692,6 +692,13 @@ class RedemptionRiskRepository(Protocol):
         """The redemptions completed since ``since``, newest first, ``limit`` at most."""
         ...
 
+    def payer_redemptions(
+        self, payer_id: str, *, since: datetime, limit: int
+    ) -> list[RecentRedemption]:
+        """The payer token's redemptions completed since ``since``, newest first,
+        ``limit`` at most; one query on the payer's index."""
+        ...
+
     def flag_facts(self, flags: Sequence[tuple[str, str]]) -> set[str]:
         """Record (redemption, review) for those no review flagged yet; the redemptions
         flagged now (a conditional update each: two processes never flag one twice)."""

@@ -107,6 +107,8 @@ RISK_ACTOR = "risk-rules"
 RING_IDLE_S = 5.0
 # Earlier redemptions of a ring one sweep flags at most (the next sweep flags more).
 RING_FLAGS_MAX = 1000
+# Earlier redemptions of a payer that went over its limit flagged at most.
+LOOK_BACK_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,13 @@ class Judgement:
     def after_commit(self, rt: Runtime) -> None:
         if self.suspended:
             rt.merchants_changed()
+
+    def plus(self, other: Judgement) -> Judgement:
+        return Judgement(
+            self.flagged + other.flagged,
+            self.held + other.held,
+            [*self.suspended, *other.suspended],
+        )
 
 
 # What a path without a rule on did (never written to: ``after_commit`` reads it).
@@ -302,11 +311,17 @@ class RedemptionScreen:
                 writes.facts.append(
                     _fact(item.redemption, item.voucher, item.signals, redeemed_at=now)
                 )
+        lookbacks: list[tuple[str, RedemptionFired]] = []
         if compiled.judges_redemptions:
             features = self._features(uow, compiled.rules, completed, now)
             verdicts = compiled.judge_batch(features)
             self._verdicts(writes, completed, verdicts, now)
-        return writes.apply(uow, now)
+            lookbacks = _crossed(compiled.rules, features, verdicts)
+        judgement = writes.apply(uow, now)
+        if lookbacks:
+            # After this batch's own redemptions are remembered: they are looked back on too.
+            judgement = judgement.plus(self._look_back(uow, lookbacks, now))
+        return judgement
 
     def confirmed(
         self,
@@ -670,59 +685,121 @@ class RedemptionScreen:
     ) -> Judgement:
         rule = compiled.rules.ring
         assert rule is not None
-        writes = _Writes()
-        review_ids = new_ids("rv", len(unflagged))
-        with self._rt.store.unit_of_work() as uow:
-            flagged = uow.redemption_risk.flag_facts(
-                [
-                    (rid, review_id)
-                    for (rid, _), review_id in zip(unflagged, review_ids, strict=True)
-                ]
-            )
-            for (rid, ring), review_id in zip(unflagged, review_ids, strict=True):
-                if rid not in flagged:
-                    continue  # another process flagged it first
-                r = uow.vouchers.get_redemption(rid)
-                fact = uow.redemption_risk.get_fact(rid)
-                assert r is not None, "a remembered redemption exists"
-                assert fact is not None, "it is flagged above"
-                verdict = RedemptionVerdict(
+        earlier = [
+            (
+                rid,
+                RedemptionVerdict(
                     rule.action,
                     (
                         RedemptionFired(
                             RedemptionReason.RING, rule.action, ring_figures(ring, rule)
                         ),
                     ),
-                )
-                held_fen = 0
-                # A payable still owed (not refunded, not held or clawed back already).
-                if (
-                    rule.action in ("hold", "suspend")
-                    and r.status is RedemptionStatus.REDEEMED
-                    and uow.redemption_risk.get_hold(rid) is None
-                ):
-                    registered = uow.products.get_product(rid)
-                    product = registered.product if registered is not None else None
-                    held_fen = writes.hold(r, _payable(r, product), review_id, now)
-                suspend = rule.action == "suspend"
-                if suspend:
-                    writes.suspend.setdefault(r.merchant_id, []).append(review_id)
-                writes.reviews.append(
-                    self._review(
-                        review_id,
-                        r,
-                        verdict,
-                        now,
-                        moment="ring",
-                        person_id=fact.person_id,
-                        signals=RedemptionSignals(fact.payer_id, fact.terminal_id),
-                        held_fen=held_fen,
-                        suspend=suspend,
-                    )
-                )
+                ),
+            )
+            for rid, ring in unflagged
+        ]
+        with self._rt.store.unit_of_work() as uow:
+            writes = _Writes()
+            self._flag_earlier(uow, writes, earlier, moment="ring", now=now)
             judgement = writes.apply(uow, now)
             uow.commit()
         return judgement
+
+    def _flag_earlier(
+        self,
+        uow: UnitOfWork,
+        writes: _Writes,
+        earlier: Sequence[tuple[str, RedemptionVerdict]],
+        *,
+        moment: str,
+        now: datetime,
+    ) -> None:
+        """Flag redemptions completed before, each with its verdict, unless a review
+        flagged it already (a conditional update each: of many processes one flags
+        it); a payable still owed is held if the verdict holds."""
+        if not earlier:
+            return
+        review_ids = new_ids("rv", len(earlier))
+        flagged = uow.redemption_risk.flag_facts(
+            [(rid, review_id) for (rid, _), review_id in zip(earlier, review_ids, strict=True)]
+        )
+        for (rid, verdict), review_id in zip(earlier, review_ids, strict=True):
+            if rid not in flagged:
+                continue  # flagged before, here or by another process
+            r = uow.vouchers.get_redemption(rid)
+            fact = uow.redemption_risk.get_fact(rid)
+            assert r is not None, "a remembered redemption exists"
+            assert fact is not None, "it is flagged above"
+            held_fen = 0
+            # A payable still owed (not refunded, not held or clawed back already).
+            if (
+                verdict.action in ("hold", "suspend")
+                and r.status is RedemptionStatus.REDEEMED
+                and uow.redemption_risk.get_hold(rid) is None
+            ):
+                registered = uow.products.get_product(rid)
+                product = registered.product if registered is not None else None
+                held_fen = writes.hold(r, _payable(r, product), review_id, now)
+            suspend = verdict.action == "suspend"
+            if suspend:
+                writes.suspend.setdefault(r.merchant_id, []).append(review_id)
+            writes.reviews.append(
+                self._review(
+                    review_id,
+                    r,
+                    verdict,
+                    now,
+                    moment=moment,
+                    person_id=fact.person_id,
+                    signals=RedemptionSignals(fact.payer_id, fact.terminal_id),
+                    held_fen=held_fen,
+                    suspend=suspend,
+                )
+            )
+
+    def _look_back(
+        self, uow: UnitOfWork, lookbacks: Sequence[tuple[str, RedemptionFired]], now: datetime
+    ) -> Judgement:
+        """A payer that went over its limit just now: its earlier redemptions of the
+        window are flagged too (what it paid for before the limit is no less its)."""
+        compiled = self.rules
+        rule = None if compiled is None else compiled.rules.payer_many_vouchers
+        if rule is None or not lookbacks:
+            return NOTHING
+        since = now - timedelta(seconds=rule.window_s)
+        earlier: list[tuple[str, RedemptionVerdict]] = []
+        for payer_id, fired in lookbacks:
+            for r in uow.redemption_risk.payer_redemptions(
+                payer_id, since=since, limit=LOOK_BACK_MAX
+            ):
+                if not r.flagged:
+                    earlier.append((r.redemption_id, RedemptionVerdict(fired.action, (fired,))))
+        writes = _Writes()
+        self._flag_earlier(uow, writes, earlier, moment="lookback", now=now)
+        return writes.apply(uow, now)
+
+
+def _crossed(
+    rules: RedemptionRules,
+    features: Sequence[RedemptionFeatures],
+    verdicts: Sequence[RedemptionVerdict | None],
+) -> list[tuple[str, RedemptionFired]]:
+    """The payers that went over ``payer_many_vouchers``'s limit with this batch (their
+    count just reached limit + 1, once per window), with what the rule saw."""
+    rule = rules.payer_many_vouchers
+    if rule is None:
+        return []
+    crossed: list[tuple[str, RedemptionFired]] = []
+    for f, verdict in zip(features, verdicts, strict=True):
+        if f.payer_id is None or f.payer_vouchers != rule.limit + 1 or verdict is None:
+            continue
+        crossed.extend(
+            (f.payer_id, fired)
+            for fired in verdict.fired
+            if fired.code is RedemptionReason.PAYER_MANY_VOUCHERS
+        )
+    return crossed
 
 
 def _at(column: Sequence[int | None] | None, n: int) -> int | None:

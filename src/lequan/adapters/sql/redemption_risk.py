@@ -101,6 +101,18 @@ class SqlRedemptionRisk:
             for row in self._s.driver_rows(sql, (stamp, limit))
         ]
 
+    def payer_redemptions(
+        self, payer_id: str, *, since: datetime, limit: int
+    ) -> list[RecentRedemption]:
+        r = t.risk_redemptions.c
+        rows = self._s.exec(
+            sa.select(r.redemption_id, r.person_id, r.merchant_id, r.review_id.is_not(None))
+            .where(r.payer_id == payer_id, r.redeemed_at >= since)
+            .order_by(r.redeemed_at.desc())
+            .limit(limit)
+        )
+        return [RecentRedemption(row[0], row[1], row[2], bool(row[3])) for row in rows]
+
     def flag_facts(self, flags: Sequence[tuple[str, str]]) -> set[str]:
         r = t.risk_redemptions.c
         flagged: set[str] = set()
