@@ -91,7 +91,7 @@ def test_a_small_crowd_sells_out_exactly_and_the_summary_says_so(stack: dict[str
     result = CliRunner().invoke(
         app,
         [
-            "simulate", "--people", "3000", "--stock", "600", *_args(stack),
+            "simulate", "--people", "1500", "--stock", "300", *_args(stack),
             "--farm-identities", "100", "--ring-people", "60", "--flag-wait-s", "0",
             "--require-targets", "--json",
         ],
