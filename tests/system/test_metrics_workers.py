@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks import scenarios
 from benchmarks.servers import free_port
 from lequan.client import LequanAuth
+from tests.system.worker_figures import per_worker
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -93,21 +94,6 @@ def _scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def _per_worker(figures: Path, name: str, **labels: str) -> dict[int, float]:
-    """A counter's value in each worker's own file: which workers did the counting."""
-    found: dict[int, float] = {}
-    for file in figures.glob("counter_*.db"):
-        pid = int(file.stem.removeprefix("counter_"))
-        merged = MultiProcessCollector.merge([str(file)])  # type: ignore[no-untyped-call]  # untyped upstream
-        found[pid] = sum(
-            sample.value
-            for metric in merged
-            for sample in metric.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
-    return found
-
-
 def _the(
     scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
@@ -168,7 +154,7 @@ def test_every_scrape_counts_both_workers_requests_exactly_once(
             assert sorted(set(statuses)) == [201, 409]
             assert statuses.count(201) == PEOPLE
 
-            by_worker = _per_worker(figures, "lequan_http_requests_total", route=CLAIMS)
+            by_worker = per_worker(figures, "lequan_http_requests_total", route=CLAIMS)
             assert len(by_worker) == 2, by_worker
             assert all(count > 0 for count in by_worker.values()), by_worker  # both served
 
@@ -192,7 +178,7 @@ def test_every_scrape_counts_both_workers_requests_exactly_once(
                     scrapes += list(pool.map(lambda _n: _scrape(base), range(4)))
                 answered_by = {
                     pid
-                    for pid, count in _per_worker(
+                    for pid, count in per_worker(
                         figures, "lequan_http_requests_total", route="/metrics"
                     ).items()
                     if count

@@ -30,6 +30,7 @@ from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth
 from lequan.services import risk_rules
 from lequan.services.invariants import check_campaign
+from tests.system.worker_figures import per_worker
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
@@ -38,7 +39,6 @@ PEOPLE = 96
 FARM = 64  # claims the farm may send before both workers have answered some
 LIMIT = 3
 DEVICE = "dev-farm-000001"
-CLAIMS_COUNTED = re.compile(r'^lequan_claims_total\{outcome="([a-z_]+)"\} ([0-9.]+)$', re.M)
 RULES_VERSION = re.compile(r"^lequan_risk_rules_version ([0-9.]+)$", re.M)
 
 
@@ -65,10 +65,17 @@ def put_rules(stack: scenarios.Stack, version: int, claim: dict[str, Any]) -> No
 
 
 @contextmanager
-def lequan_serve(stack: scenarios.Stack) -> Iterator[str]:
-    """``lequan serve --workers 2`` with the stack's settings; its base URL."""
+def lequan_serve(stack: scenarios.Stack, figures: Path) -> Iterator[str]:
+    """``lequan serve --workers 2`` with the stack's settings, each worker writing its
+    figures under ``figures``; its base URL."""
     port = free_port()
-    env = {**os.environ, **stack.env, "LEQUAN_RISK_RULES_POLL_S": "0.2"}
+    env = {
+        **os.environ,
+        **stack.env,
+        "LEQUAN_RISK_RULES_POLL_S": "0.2",
+        "LEQUAN_METRICS_DIR": str(figures),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve sets it
     args = [
         sys.executable,
         "-c",
@@ -99,38 +106,24 @@ def claim_from_the_farm(base: str, auth: LequanAuth, person: int, **signals: Any
 
 
 def scrape(base: str) -> str:
-    """One worker's /metrics, on a connection of its own (either worker may answer)."""
+    """``/metrics``, on a connection of its own (either worker may answer)."""
     with httpx.Client(base_url=base, timeout=30) as client:
         return client.get("/metrics").text
 
 
-def workers_answers(base: str, totals: Counter[str]) -> list[Counter[str]]:
-    """Each worker's claim answers, from its own /metrics, asked on new connections until
-    the workers seen add up to ``totals``."""
-    seen: dict[tuple[tuple[str, int], ...], Counter[str]] = {}
-
-    def every_worker_seen() -> bool:
-        text = scrape(base)
-        counts = Counter({o: int(float(n)) for o, n in CLAIMS_COUNTED.findall(text)})
-        seen[tuple(sorted(counts.items()))] = counts
-        return sum(seen.values(), Counter()) == totals
-
-    wait_until(every_worker_seen, what="both workers' claim counts were read")
-    return list(seen.values())
+def answered(figures: Path, route: str) -> list[float]:
+    """How many requests on ``route`` each worker answered, by its own figures' file."""
+    return sorted(per_worker(figures, "lequan_http_requests_total", route=route).values())
 
 
-def both_workers_up(base: str) -> None:
-    """Wait until two processes have answered /metrics: each counts its own scrapes, so
-    one count seen twice was shown by two of them (the kernel gives new connections to
-    whichever worker accepts first, and the second may still be starting)."""
-    shown: list[str] = []
-    scraped = re.compile(
-        r'^lequan_http_requests_total\{[^}]*route="/metrics"[^}]*\} ([0-9.]+)$', re.M
-    )
+def both_workers_up(base: str, figures: Path) -> None:
+    """Wait until both processes have answered /metrics (the kernel gives new
+    connections to whichever worker accepts first, and the second may still be
+    starting)."""
 
     def two_answered() -> bool:
-        shown.append(",".join(scraped.findall(scrape(base))))
-        return len(set(shown)) < len(shown)
+        scrape(base)
+        return len([n for n in answered(figures, "/metrics") if n > 0]) == 2
 
     wait_until(two_answered, what="both workers answered")
 
@@ -148,22 +141,22 @@ def both_workers_at(base: str, version: int) -> None:
     wait_until(in_force, what=f"every worker put version {version} in force")
 
 
-def test_a_devices_limit_holds_across_both_workers(stack: scenarios.Stack) -> None:
+def test_a_devices_limit_holds_across_both_workers(stack: scenarios.Stack, tmp_path: Path) -> None:
     put_rules(stack, 1, {"velocity_device": {"limit": LIMIT, "window_s": 600, "action": "refuse"}})
     auth = LequanAuth(scenarios.CHANNEL, stack.secrets[scenarios.CHANNEL])
-    with lequan_serve(stack) as base:
-        both_workers_up(base)
+    with lequan_serve(stack, tmp_path) as base:
+        both_workers_up(base, tmp_path)
         # The farm claims, eight connections at once, until each worker answered some.
         first: Counter[str] = Counter()
         with ThreadPoolExecutor(8) as pool:
             for start in range(0, FARM, 8):
                 people = range(start, start + 8)
                 first += Counter(pool.map(lambda n: claim_from_the_farm(base, auth, n), people))
-                per_worker = workers_answers(base, first)
-                if len(per_worker) == 2:
+                claims_by_worker = answered(tmp_path, "/v1/claims")
+                if len([n for n in claims_by_worker if n > 0]) == 2:
                     break
-        assert len(per_worker) == 2, "one worker answered every claim of the farm"
-        assert all(sum(counts.values()) > 0 for counts in per_worker)
+        assert len(claims_by_worker) == 2, "one worker answered every claim of the farm"
+        assert all(n > 0 for n in claims_by_worker), claims_by_worker
         # Together no more than the limit was issued (a worker counting alone would allow
         # the limit itself); exactly the limit unless a claim had to be retried later.
         sent = sum(first.values())
