@@ -88,8 +88,10 @@ class Settings(BaseSettings):
     claim_queue_max: Annotated[int, Field(ge=1)] = 20_000
     # How long a claim waits for room in that queue before 429 (nothing reserved yet).
     claim_queue_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 1000.0
-    # Claim items (single or in batches) one process answers at once; beyond, 429.
+    # Claim items (single or in batches) one process answers at once; a call finding no
+    # room waits for it up to claim_inflight_wait_ms, then hears 429 overloaded.
     claim_inflight_max: Annotated[int, Field(ge=1)] = 50_000
+    claim_inflight_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 1000.0
     claim_commit_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     # Writer threads of the group commit (PostgreSQL; SQLite has one, its writers
     # queue on one file lock). Each takes one campaign's claims at a time, so a

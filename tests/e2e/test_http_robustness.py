@@ -358,7 +358,7 @@ def test_concurrent_redemptions_of_one_voucher_spend_it_once(
 def test_a_single_claim_beyond_the_in_flight_bound_is_429_and_changes_nothing(
     open_api: OpenApi,
 ) -> None:
-    api = open_api(claim_inflight_max=1)
+    api = open_api(claim_inflight_max=1, claim_inflight_wait_ms=0)
     first_user, second_user = api.register(1), api.register(2)
     admission = api.client.app.state.claim_admission  # type: ignore[attr-defined]
     with (
@@ -378,8 +378,28 @@ def test_a_single_claim_beyond_the_in_flight_bound_is_429_and_changes_nothing(
     assert again.status_code == 201, again.text
 
 
+def test_a_claim_finding_no_room_waits_for_it_and_is_answered(open_api: OpenApi) -> None:
+    """Within ``claim_inflight_wait_ms`` a claim past the bound waits for a place rather
+    than being told to send itself again: both people get their voucher."""
+    api = open_api(claim_inflight_max=1, claim_inflight_wait_ms=10_000)
+    first_user, second_user = api.register(1), api.register(2)
+    admission = api.client.app.state.claim_admission  # type: ignore[attr-defined]
+    with (
+        writers_held(api.world.rt.settings.effective_database_url, for_s=2.0),
+        ThreadPoolExecutor(2) as pool,
+    ):
+        first = pool.submit(api.claim, first_user)
+        wait_until(lambda: admission.in_flight >= 1, what="the first claim admitted")
+        second = pool.submit(api.claim, second_user, key="k-second")
+        wait_until(lambda: admission.waiting >= 1, what="the second claim waits for room")
+        answers = [first.result(30), second.result(30)]
+    assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+    assert admission.in_flight == 0
+    assert api.check()["ok"]
+
+
 def test_claims_beyond_the_in_flight_bound_are_429_and_change_nothing(open_api: OpenApi) -> None:
-    api = open_api(claim_inflight_max=2)
+    api = open_api(claim_inflight_max=2, claim_inflight_wait_ms=0)
     users = [api.register(n) for n in (1, 2, 3)]
     items = [
         {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from lequan.domain.errors import Unavailable
@@ -57,16 +59,72 @@ def test_a_batch_larger_than_the_burst_is_told_to_wait_no_longer_than_a_full_buc
 
 
 def test_in_flight_claims_are_bounded_and_the_places_come_back() -> None:
-    limit = InFlightLimit(3)
-    with limit.admit(2):
-        with pytest.raises(Unavailable) as refused, limit.admit(2):
-            pass
-        assert refused.value.code == "overloaded"
-        assert refused.value.retry_after_s == 1
-        with limit.admit(1):
-            assert limit.in_flight == 3
-    assert limit.in_flight == 0
-    # A failure inside gives its places back too.
-    with pytest.raises(RuntimeError), limit.admit(3):
-        raise RuntimeError("the claim service failed")
-    assert limit.in_flight == 0
+    async def scenario() -> None:
+        limit = InFlightLimit(3)
+        async with limit.admit(2):
+            with pytest.raises(Unavailable) as refused:
+                async with limit.admit(2):
+                    pass
+            assert refused.value.code == "overloaded"
+            assert refused.value.retry_after_s == 1
+            async with limit.admit(1):
+                assert limit.in_flight == 3
+        assert limit.in_flight == 0
+        # A failure inside gives its places back too.
+        with pytest.raises(RuntimeError):
+            async with limit.admit(3):
+                raise RuntimeError("the claim service failed")
+        assert limit.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_call_without_room_waits_for_places_given_back() -> None:
+    """A batch that finds the bound full is admitted when another call ends, within
+    its wait, rather than told to send itself again."""
+
+    async def scenario() -> None:
+        limit = InFlightLimit(3, wait_s=30)
+        first_done = asyncio.Event()
+        order: list[str] = []
+
+        async def first() -> None:
+            async with limit.admit(3):
+                await first_done.wait()
+                order.append("first ends")
+
+        async def second() -> None:
+            async with limit.admit(2):
+                order.append("second admitted")
+                assert limit.in_flight == 2
+
+        running = asyncio.create_task(first())
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(second())
+        while limit.waiting == 0:
+            await asyncio.sleep(0)
+        assert limit.in_flight == 3
+        first_done.set()
+        await asyncio.gather(running, waiting)
+        assert order == ["first ends", "second admitted"]
+        assert (limit.in_flight, limit.waiting) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_call_that_waited_its_time_is_refused_and_holds_nothing() -> None:
+    async def scenario() -> None:
+        limit = InFlightLimit(3, wait_s=0.01)
+        async with limit.admit(2):
+            with pytest.raises(Unavailable) as refused:
+                async with limit.admit(2):
+                    pass
+            assert refused.value.code == "overloaded"
+            assert (limit.in_flight, limit.waiting) == (2, 0)
+            # A call larger than the bound can never fit: refused without waiting.
+            with pytest.raises(Unavailable):
+                async with limit.admit(4):
+                    pass
+        assert limit.in_flight == 0
+
+    asyncio.run(scenario())

@@ -399,7 +399,9 @@ def create_app(
     )
     settings = platform.rt.settings
     app.state.throttle = TokenBuckets(rate_per_s=settings.app_rate_per_s, burst=settings.app_burst)
-    app.state.claim_admission = InFlightLimit(settings.claim_inflight_max)
+    app.state.claim_admission = InFlightLimit(
+        settings.claim_inflight_max, wait_s=settings.claim_inflight_wait_ms / 1000
+    )
     claims = app.state.claims = ClaimDesk(
         platform, admission=app.state.claim_admission, throttle=app.state.throttle
     )

@@ -64,7 +64,7 @@ class ClaimDesk:
     async def claim(self, app_id: str, key: str, claim: ClaimIn) -> ClaimResult:
         """One claim, answered with the others of its channel arriving meanwhile."""
         request = _claim_request(app_id, key, claim)
-        with self._admission.admit(1):
+        async with self._admission.admit(1):
             got = await self._coalescer.submit(app_id, request)
         if isinstance(got, ClaimResult):
             return got
@@ -88,7 +88,7 @@ class ClaimDesk:
             _claim_request(app_id, validate_key(item.idempotency_key, chars_max=chars_max), item)
             for item in batch.items
         ]
-        with self._admission.admit(len(requests)):
+        async with self._admission.admit(len(requests)):
             decided = await to_thread.run_sync(
                 self._platform.claims.claim_or_hold, app_id, requests, limiter=self._threads
             )
