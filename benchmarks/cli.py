@@ -250,11 +250,12 @@ def simulate(
     device_limit: Annotated[
         int,
         typer.Option(
-            help="The risk rules' identities per device: what one farm device may win.",
-            min=1,
+            help="What one farm device may win: the risk rules' identities per device "
+            "(0: the limit of --rules' identities_per_device, 1 without that rule).",
+            min=0,
             max=100,
         ),
-    ] = 1,
+    ] = 0,
     flag_wait_s: Annotated[
         float,
         typer.Option(help="Seconds the review queue is read after the last order.", min=0, max=600),
@@ -291,7 +292,7 @@ def simulate(
         ring_payers=ring_payers,
         redeem_share=redeem_share,
         redemptions_max=redemptions_max,
-        device_limit=device_limit,
+        device_limit=device_limit or _identities_per_device(Path(rules) if rules else None),
         flag_wait_s=flag_wait_s,
     )
     if adversaries.adversaries(people, bot_share) > people // 2:
@@ -410,3 +411,16 @@ def _print_risk(summary: dict[str, Any]) -> None:
             f"  target {target['name']}: {marks[target['status']]} — {target['value']} "
             f"{target['comparison']} {target['limit']} ({target['note']})"
         )
+
+
+def _identities_per_device(rules: Path | None) -> int:
+    """The identities one device may claim for under the rules file: what a scalper
+    farm's device may win (1 with no such rule: one voucher per device)."""
+    if rules is None:
+        return 1
+    from lequan.services.campaigns import CampaignFileLimits
+    from lequan.services.risk_rules import parse_rules
+
+    parsed = parse_rules(rules.read_bytes(), limits=CampaignFileLimits.of(Settings()))
+    rule = parsed.claim.identities_per_device
+    return 1 if rule is None else rule.limit
