@@ -333,9 +333,11 @@ def simulate(
             "p99_ms",
             "bot_people_share",
             "bot_voucher_share",
+            "start_window_entries",
             "invariants_ok",
         ):
-            table.add_row(key, str(summary[key]))
+            if key in summary:
+                table.add_row(key, str(summary[key]))
         console.print(table)
         outcomes = Table(
             "outcome", "answers", "p50 ms", "p95 ms", "p99 ms", title="answers by outcome"

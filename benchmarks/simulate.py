@@ -59,6 +59,7 @@ PEOPLE_MAX = 2_000_000
 BATCH_WAIT_S = 0.01
 ARRIVAL_TICK_S = 0.001
 RETRY_AFTER_S = 1.0  # the Retry-After lequan gives with 429 and 503
+PUBLISH_WAIT_S = 60.0  # how long a served draw may take to be published
 RESENDS_MAX = 10
 ARRIVALS_PER_YIELD_MAX = 1000  # the channels get the loop at least this often
 HTTP_TIMEOUT_S = 60.0
@@ -504,6 +505,8 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                 progress("checking the store")
                 stored = _stored_vouchers(stack)
                 summary = _summary(config, answers, elapsed_s, resent, stored, population)
+                if config.start_window_s:
+                    summary["start_window_entries"] = _window_entries(port)
                 progress("the winners spend their vouchers; the ring fakes its orders")
                 spending_started = time.perf_counter()
                 # The server stamps every redemption with its own clock: whether the
@@ -540,6 +543,22 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
             summary["targets"] = report.pop("targets")
             summary["targets_met"] = report.pop("targets_met")
             return summary
+
+
+def _window_entries(port: int) -> int | None:
+    """How many claims the round's start window took in: its draw's entries, as the
+    public fairness API gives them once the draw is published (None if not within
+    ``PUBLISH_WAIT_S``)."""
+    path = f"/v1/public/campaigns/{scenarios.CAMPAIGN_ID}/rounds/r1/fairness"
+    deadline = time.monotonic() + PUBLISH_WAIT_S
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        while time.monotonic() < deadline:
+            answer = client.get(path)
+            entries = answer.json().get("entries") if answer.status_code == 200 else None
+            if isinstance(entries, int):
+                return entries
+            time.sleep(0.5)
+    return None
 
 
 def _put_rules(stack: scenarios.Stack, path: Path) -> None:
