@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import os
@@ -169,7 +168,8 @@ class AesGcmKeyRing:
         assert field, "a field name is required"
         assert "\x00" not in field, "the field name is separated from the value by NUL"
         message = (field + "\x00" + value).encode("utf-8")
-        return hmac.new(self._blind_index_key, message, hashlib.sha256).hexdigest()
+        # hmac.digest is the one-shot HMAC: the same bytes as hmac.new, without its object.
+        return hmac.digest(self._blind_index_key, message, "sha256").hex()
 
     def _key_material(self) -> tuple[bytes, ...]:
         return (*self._keys.values(), self._blind_index_key)
