@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from lequan.domain.campaigns import CampaignConfig
 from lequan.domain.fair_start import (
+    START_WINDOW_INTAKE_S_MAX,
     START_WINDOW_S_MAX,
     PublishedEntry,
     commitment,
@@ -202,6 +203,36 @@ def test_a_round_must_outlast_its_window() -> None:
     short["ends_at"] = (T0 + timedelta(seconds=2)).isoformat()
     message = refused({**base, "rounds": [short], "start_window_s": 2})
     assert "must last longer than the start window" in message
+
+
+def refused_intake(data: dict[str, object]) -> str:
+    with pytest.raises(ValueError, match="start_window_intake_s") as caught:
+        CampaignConfig.model_validate(data)
+    return str(caught.value)
+
+
+def test_an_intake_is_off_by_default_bounded_and_follows_a_window() -> None:
+    assert campaign().start_window_intake_s == 0
+    most = campaign(start_window_s=2, start_window_intake_s=START_WINDOW_INTAKE_S_MAX)
+    assert most.draw_close(T0) == T0 + timedelta(seconds=2 + START_WINDOW_INTAKE_S_MAX)
+    assert campaign(start_window_s=2).draw_close(T0) == T0 + timedelta(seconds=2)
+    assert campaign().draw_close(T0) is None
+    base = {**campaign().model_dump(mode="json"), "start_window_s": 2}
+    for bad in (-1, START_WINDOW_INTAKE_S_MAX + 1, 2.5, "10", True):
+        refused_intake({**base, "start_window_intake_s": bad})
+    message = refused_intake({**base, "start_window_s": 0, "start_window_intake_s": 10})
+    assert "set start_window_s first" in message
+
+
+def test_a_round_must_outlast_its_window_and_intake() -> None:
+    base = campaign().model_dump(mode="json")
+    short = dict(base["rounds"][0])
+    short["ends_at"] = (T0 + timedelta(seconds=60)).isoformat()
+    data = {**base, "rounds": [short], "start_window_s": 2, "start_window_intake_s": 57}
+    assert CampaignConfig.model_validate(data).start_window_intake_s == 57
+    data = {**data, "start_window_intake_s": 58}
+    message = refused_intake(data)
+    assert "must last longer than the start window and its intake" in message
 
 
 def test_a_trade_in_campaign_has_no_start_window() -> None:

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from lequan.domain.errors import AuthError, Conflict
-from lequan.domain.fair_start import START_WINDOW_S_MAX
+from lequan.domain.fair_start import START_WINDOW_INTAKE_S_MAX, START_WINDOW_S_MAX
 from lequan.domain.templates import AMOUNT_FEN_MAX, Template, TemplateId, TradeIn
 from lequan.domain.trade_in import Category
 
@@ -167,6 +167,12 @@ class CampaignConfig(_Model):
     # The fair start (docs/risk.md): the first seconds after each round's release,
     # whose claims are served in an order drawn from a committed seed. 0: off.
     start_window_s: Annotated[int, Field(ge=0, le=START_WINDOW_S_MAX, strict=True)] = 0
+    # How long after the window its draw still takes in claims the channels say were
+    # pressed inside it (``pressed_at``), before it is served. 0: only those that
+    # reach the platform inside the window.
+    start_window_intake_s: Annotated[
+        int, Field(ge=0, le=START_WINDOW_INTAKE_S_MAX, strict=True)
+    ] = 0
     refund_policy: Literal["restore_if_valid", "always_void"] = "restore_if_valid"
     # A trade-in campaign's money per category (optional): each category's stock at its
     # cap must fit in its budget, and the budgets in the campaign's.
@@ -238,6 +244,30 @@ class CampaignConfig(_Model):
             if r.release_at + timedelta(seconds=window_s) >= r.ends_at:
                 raise ValueError(f"round {r.id} must last longer than the start window")
         return window_s
+
+    @field_validator("start_window_intake_s")
+    @classmethod
+    def _intake_fits(cls, intake_s: int, info: ValidationInfo) -> int:
+        if not intake_s:
+            return intake_s
+        window_s = info.data.get("start_window_s")
+        if window_s is None:
+            return intake_s  # the window was refused: its error says so
+        if not window_s:
+            raise ValueError("an intake follows a start window: set start_window_s first")
+        for r in info.data.get("rounds") or ():
+            if r.release_at + timedelta(seconds=window_s + intake_s) >= r.ends_at:
+                raise ValueError(
+                    f"round {r.id} must last longer than the start window and its intake"
+                )
+        return intake_s
+
+    def draw_close(self, release_at: datetime) -> datetime | None:
+        """When a round released at ``release_at`` stops taking entries in its draw (the
+        window and its intake); None: the campaign has no start window."""
+        if not self.start_window_s:
+            return None
+        return release_at + timedelta(seconds=self.start_window_s + self.start_window_intake_s)
 
     @field_validator("category_budgets_fen")
     @classmethod

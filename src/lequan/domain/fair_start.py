@@ -43,6 +43,7 @@ __all__ = [
     "ALGORITHM",
     "SCORE_BITS",
     "SEED_BYTES",
+    "START_WINDOW_INTAKE_S_MAX",
     "START_WINDOW_S_MAX",
     "TICKET_CHARS",
     "PublishedEntry",
@@ -59,6 +60,10 @@ ALGORITHM = "lequan-fair-start-v1"
 # modest deployment (docs/risk.md sizes it), short enough that an entered claim's
 # answer comes within a channel's patience.
 START_WINDOW_S_MAX = 30
+# How long after its window a round's draw may still take in claims the channels
+# say were pressed inside it (``pressed_at``): long enough for a release's whole
+# crowd to reach a modest deployment through the channels' queues.
+START_WINDOW_INTAKE_S_MAX = 300
 SEED_BYTES = 32
 TICKET_CHARS = 32
 SCORE_BITS = 52

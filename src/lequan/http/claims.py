@@ -31,11 +31,17 @@ from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
 from lequan.http.schemas import BatchClaimIn, ClaimIn, ClaimSignalsIn
 from lequan.services.claim_answers import ClaimResult, issued_voucher_json
-from lequan.services.claiming import ClaimRequest, Pending, Waiting, wait_entered
+from lequan.services.claiming import (
+    ACCEPTED_OUTCOMES,
+    ClaimRequest,
+    Pending,
+    Waiting,
+    wait_entered,
+)
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
 from lequan.services.risk import HELD_FOR_REVIEW, ClaimSignals
 
-__all__ = ["ClaimDesk", "claim_hash", "claim_headers"]
+__all__ = ["ASYNC_APPLIED", "ClaimDesk", "claim_hash", "claim_headers", "respond_async"]
 
 
 class ClaimDesk:
@@ -61,21 +67,28 @@ class ClaimDesk:
         # claim_queue_wait_ms) must not hold the threads the framework's routes share.
         self._threads = CapacityLimiter(settings.claim_batch_threads_max)
 
-    async def claim(self, app_id: str, key: str, claim: ClaimIn) -> ClaimResult:
-        """One claim, answered with the others of its channel arriving meanwhile."""
+    async def claim(
+        self, app_id: str, key: str, claim: ClaimIn, *, respond_async: bool = False
+    ) -> ClaimResult:
+        """One claim, answered with the others of its channel arriving meanwhile; with
+        ``respond_async``, one waiting for a round's draw is answered at once (202)."""
         request = _claim_request(app_id, key, claim)
         async with self._admission.admit(1):
             got = await self._coalescer.submit(app_id, request)
         if isinstance(got, ClaimResult):
             return got
+        if respond_async:
+            return self._platform.claims.accepted(got)
         [answered] = await self._wait_entered([got])
         return answered
 
     async def claim_batch(
-        self, app_id: str, batch: BatchClaimIn
+        self, app_id: str, batch: BatchClaimIn, *, respond_async: bool = False
     ) -> tuple[RenderedBody, dict[str, int]]:
         """A channel's batch: its ``BatchClaimOut`` as JSON text, and its answers counted
-        by outcome. Each item costs the app a token (the call itself paid one)."""
+        by outcome. Each item costs the app a token (the call itself paid one). With
+        ``respond_async``, the claims waiting for a round's draw are answered at once
+        (202 ``entered`` or ``queued``) instead of when the draw reaches them."""
         settings = self._platform.rt.settings
         if len(batch.items) > settings.claim_batch_items_max:
             raise InvalidInput(
@@ -93,7 +106,10 @@ class ClaimDesk:
                 self._platform.claims.claim_or_hold, app_id, requests, limiter=self._threads
             )
         entered = [got for got in decided if isinstance(got, Pending)]
-        answers = iter(await self._wait_entered(entered) if entered else [])
+        if respond_async:
+            answers = iter([self._platform.claims.accepted(p) for p in entered])
+        else:
+            answers = iter(await self._wait_entered(entered) if entered else [])
         results = [got if isinstance(got, ClaimResult) else next(answers) for got in decided]
         text, counts = _batch_text(requests, results)
         return RenderedBody(text), counts
@@ -114,11 +130,28 @@ class ClaimDesk:
         self._coalescer.close()
 
 
+def respond_async(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` header (RFC 7240) asks for ``respond-async``."""
+    if not prefer:
+        return False
+    return any(
+        part.split(";", 1)[0].strip().lower() == "respond-async" for part in prefer.split(",")
+    )
+
+
+# Said with an answer given at once because the call asked for it (RFC 7240).
+ASYNC_APPLIED: RawHeaders = ((b"preference-applied", b"respond-async"),)
+
+
 def claim_headers(result: ClaimResult) -> RawHeaders:
     """A claim's headers: a retry's answer says it is replayed; a refusal for now says
-    when to come back, as its error says."""
+    when to come back, as its error says; an answer at once for a claim waiting for a
+    draw, when to send it again."""
     if result.replayed:
         return replayed_headers(True)
+    if result.outcome in ACCEPTED_OUTCOMES:
+        retry_after_s = str(result.answer.body["retry_after_s"]).encode()
+        return (*ASYNC_APPLIED, (b"retry-after", retry_after_s))
     if result.error is not None:
         return error_headers(result.error)
     return NO_HEADERS
@@ -156,6 +189,7 @@ def _claim_request(app_id: str, key: str, claim: ClaimIn) -> ClaimRequest:
         location_region=claim.location_region,
         key=Idempotency(app_id, key, claim_hash(claim)),
         signals=None if claim.signals is None else _claim_signals(claim.signals),
+        pressed_at=claim.pressed_at,
     )
 
 
@@ -181,9 +215,13 @@ def _batch_text(
     counts: dict[str, int] = {}
     for index, (request, result) in enumerate(zip(requests, results, strict=True)):
         answer = result.answer
-        held = answer.status_code == HELD_STATUS  # a risk rule held it for an analyst
-        ok = answer.status_code < 400 and not held
-        if ok:
+        # Answered at once, waiting for a round's draw: sent again later for the answer.
+        accepted = result.outcome in ACCEPTED_OUTCOMES and not result.replayed
+        held = answer.status_code == HELD_STATUS and not accepted  # held for an analyst
+        ok = answer.status_code < 400 and not held and not accepted
+        if accepted:
+            outcome = result.outcome
+        elif ok:
             outcome = "issued"
         elif held:
             outcome = HELD_FOR_REVIEW
@@ -192,8 +230,16 @@ def _batch_text(
         else:
             outcome = result.outcome
         counts[outcome] = counts.get(outcome, 0) + 1
-        review = ""  # a held claim's item names its review; no other item has the field
-        if ok:
+        # A held claim's item names its review, an accepted one when to come back and
+        # its ticket; no other item has the fields.
+        review = ""
+        if accepted:
+            voucher, error = "null", "null"
+            ticket = answer.body.get("draw_ticket")
+            review = f',"retry_after_s":{int(answer.body["retry_after_s"])}'
+            if ticket is not None:
+                review += f',"draw_ticket":{encode_basestring(str(ticket))}'
+        elif ok:
             voucher = issued_voucher_json(answer) or _json(answer.body.get("voucher"))
             error = "null"
         else:

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 
 from lequan.bootstrap import Platform
 from lequan.http.admission import TokenBuckets
-from lequan.http.claims import ClaimDesk, claim_headers
+from lequan.http.claims import ASYNC_APPLIED, ClaimDesk, claim_headers, respond_async
 from lequan.http.deps import NonceChecks, authenticate, raw_target
 from lequan.http.envelope import (
     NO_COUNTS,
@@ -160,7 +160,12 @@ class FastClaims(_ClaimRoute):
         try:
             app_id = await self._authenticate(scope, raw, headers, kind="channel")
             key = idempotency_key(self.platform, headers.get("idempotency-key"))
-            result = await self.claims.claim(app_id, key, parse_body(ClaimIn, raw))
+            result = await self.claims.claim(
+                app_id,
+                key,
+                parse_body(ClaimIn, raw),
+                respond_async=respond_async(headers.get("prefer")),
+            )
         except Exception as error:
             return (*error_answer(error), app_id, None, NO_COUNTS)
         answer = result.answer
@@ -191,10 +196,12 @@ class FastBatchClaims(_ClaimRoute):
         try:
             app_id = await self._authenticate(scope, raw, headers, kind="channel")
             batch = parse_body(BatchClaimIn, raw)
-            body, counts = await self.claims.claim_batch(app_id, batch)
+            prefer_async = respond_async(headers.get("prefer"))
+            body, counts = await self.claims.claim_batch(app_id, batch, respond_async=prefer_async)
         except Exception as error:
             return (*error_answer(error), app_id, None, NO_COUNTS)
-        return 200, body, NO_HEADERS, app_id, f"batch:{len(batch.items)}", counts
+        applied = ASYNC_APPLIED if prefer_async else NO_HEADERS
+        return 200, body, applied, app_id, f"batch:{len(batch.items)}", counts
 
 
 class FastRedemptions(_LeanRoute):

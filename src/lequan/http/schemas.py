@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from lequan.domain.templates import AMOUNT_FEN_MAX
 from lequan.domain.trade_in import (
@@ -182,6 +182,13 @@ class ClaimIn(_In):
     signals: ClaimSignalsIn | None = Field(
         None, description="Risk signals (docs/risk.md); not part of the claim's identity."
     )
+    pressed_at: AwareDatetime | None = Field(
+        None,
+        description="When the person pressed claim, by the channel's clock (with its "
+        "offset). A round's fair start takes a claim pressed inside its window that "
+        "reaches the platform during the intake after it (docs/risk.md); a time later "
+        "than the platform's counts as now. Not part of the claim's identity.",
+    )
 
 
 class BatchClaimItemIn(ClaimIn):
@@ -230,6 +237,19 @@ class ClaimHeldOut(BaseModel):
     review_id: str
 
 
+class ClaimAcceptedOut(BaseModel):
+    """202 with ``Prefer: respond-async``: the claim waits for its round's draw (docs/risk.md,
+    "Fair start"); nothing is issued yet. Send it again with the same Idempotency-Key
+    after ``retry_after_s`` for its answer."""
+
+    status: Literal["entered", "queued"] = Field(
+        description="entered: in the draw; queued: after the window, served first come, "
+        "first served once the draw is."
+    )
+    draw_ticket: str | None = Field(None, description="entered: the claim's ticket.")
+    retry_after_s: int
+
+
 class BatchItemOut(BaseModel):
     index: int
     idempotency_key: str
@@ -242,6 +262,14 @@ class BatchItemOut(BaseModel):
     error: dict[str, Any] | None = None
     review_id: str | None = Field(
         None, description="held_for_review: the review item the claim waits in."
+    )
+    draw_ticket: str | None = Field(
+        None, description="entered (`Prefer: respond-async`): the claim's ticket in the draw."
+    )
+    retry_after_s: int | None = Field(
+        None,
+        description="entered or queued (`Prefer: respond-async`): send the item again, with "
+        "its key, after this many seconds for its answer.",
     )
 
 
@@ -426,6 +454,11 @@ class CampaignOut(BaseModel):
     start_window_s: int = Field(
         0, description="Each round's fair-start window in seconds (0: first come, first served)."
     )
+    start_window_intake_s: int = Field(
+        0,
+        description="How long after each window its draw still takes in claims pressed "
+        "inside it (docs/risk.md).",
+    )
 
 
 class FairnessOut(BaseModel):
@@ -437,6 +470,13 @@ class FairnessOut(BaseModel):
     start_window_s: int
     release_at: str
     window_closes_at: str
+    start_window_intake_s: int = Field(
+        description="How long after the window the draw still took in claims the channels "
+        "said were pressed inside it (`pressed_at`)."
+    )
+    intake_closes_at: str = Field(
+        description="When the draw stopped taking entries and began to be served."
+    )
     commitment: str = Field(description="SHA-256 (hex) of the commitment text with the seed.")
     committed_at: str
     seed: str | None = Field(description="The seed (64 hex), once the draw is published.")

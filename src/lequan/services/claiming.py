@@ -16,6 +16,7 @@ served.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections import defaultdict
@@ -34,7 +35,7 @@ from lequan.domain.campaigns import (
 )
 from lequan.domain.claims import offered_template
 from lequan.domain.errors import Conflict, LequanError, NotFound, Unavailable
-from lequan.domain.fair_start import START_WINDOW_S_MAX, score
+from lequan.domain.fair_start import START_WINDOW_INTAKE_S_MAX, START_WINDOW_S_MAX, score
 from lequan.domain.risk import CompiledClaimRules
 from lequan.domain.templates import TradeIn
 from lequan.domain.vouchers import VoucherState
@@ -71,6 +72,13 @@ __all__ = ["ClaimRequest", "ClaimService", "Pending", "Waiting", "wait_entered"]
 
 log = structlog.get_logger(__name__)
 
+# The answers at once for a claim that waits for a round's draw (``accepted``): the
+# channel sends it again, with its key, for the answer.
+ACCEPTED_STATUS = 202
+ENTERED = "entered"  # entered in the draw, with its ticket
+QUEUED = "queued"  # came after the window: served first come, first served after the draw
+ACCEPTED_OUTCOMES = frozenset({ENTERED, QUEUED})
+
 # One claim's answer slot while a batch is decided: answered, waiting for a draw, or not yet.
 _Slot: TypeAlias = "ClaimResult | Pending | None"
 
@@ -87,6 +95,8 @@ class ClaimRequest:
     signals: ClaimSignals | None = None
     # An analyst approved it after a risk rule held it: the rules are not asked again.
     reviewed: bool = False
+    # When the person pressed claim, by the channel's clock (a round's fair start).
+    pressed_at: datetime | None = None
 
 
 class ClaimService:
@@ -131,10 +141,15 @@ class ClaimService:
 
     @property
     def entered_wait_s(self) -> float:
-        """The longest a claim entered in a draw may wait for its answer: the window, the
-        draw, the commit."""
+        """The longest a claim entered in a draw may wait for its answer: the window, its
+        intake, the draw, the commit."""
         s = self._rt.settings
-        return START_WINDOW_S_MAX + s.draw_wait_s + s.claim_commit_timeout_s
+        return (
+            START_WINDOW_S_MAX
+            + START_WINDOW_INTAKE_S_MAX
+            + s.draw_wait_s
+            + s.claim_commit_timeout_s
+        )
 
     def claim(self, channel_id: str, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
         """Answer every request, in order; refusals are answers too, never exceptions.
@@ -147,6 +162,20 @@ class ClaimService:
         if waiting is not None:  # one per call: wait for it once, then read each answer
             wait_entered(waiting, timeout_s=self.entered_wait_s)
         return [g if isinstance(g, ClaimResult) else wait_entered(g, timeout_s=0) for g in got]
+
+    def accepted(self, pending: Pending) -> ClaimResult:
+        """The answer at once (``Prefer: respond-async``) for a claim waiting for a
+        round's draw: 202 ``entered`` with its ticket, or ``queued`` after the window,
+        and when to send it again (its key) for the answer. The claim goes on."""
+        assert pending.ready_at is not None, "a claim waits for a draw that has a close"
+        s = self._rt.settings
+        left_s = (pending.ready_at - self._rt.clock.now()).total_seconds()
+        retry_after_s = max(1, math.ceil(left_s + s.draw_grace_ms / 1000))
+        if pending.ticket is None:
+            body: dict[str, object] = {"status": QUEUED, "retry_after_s": retry_after_s}
+            return ClaimResult(QUEUED, Answer.of(ACCEPTED_STATUS, body))
+        body = {"status": ENTERED, "draw_ticket": pending.ticket, "retry_after_s": retry_after_s}
+        return ClaimResult(ENTERED, Answer.of(ACCEPTED_STATUS, body))
 
     def claim_or_hold(
         self, channel_id: str, requests: Sequence[ClaimRequest]
@@ -447,12 +476,20 @@ class ClaimService:
         after = defaultdict(list)
         for item in reserve:
             offer = item[2]
-            close = offer.window_close
-            if close is None or self.draws.is_drawn(draw_id(offer.campaign_id, offer.round_id)):
+            close, draw_close = offer.window_close, offer.draw_close
+            if (
+                close is None
+                or draw_close is None
+                or self.draws.is_drawn(draw_id(offer.campaign_id, offer.round_id))
+            ):
                 first_come.append(item)
-            else:
-                group = (offer.campaign_id, offer.round_id, close)
-                (entering if now < close else after)[group].append(item)
+                continue
+            # Pressed inside the window by the channel's word, and here before the
+            # draw stops taking entries; a time later than ours counts as now.
+            pressed = requests[item[0]].pressed_at
+            at = now if pressed is None else min(pressed, now)
+            group = (offer.campaign_id, offer.round_id, draw_close)
+            (entering if at < close and now < draw_close else after)[group].append(item)
         for group, items in entering.items():
             closed = self._enter(requests, results, items, group, handed=handed, waiting=waiting)
             if closed:
@@ -488,7 +525,7 @@ class ClaimService:
         later = _Later(requests, items, waiting)
         waiting.expect(len(items))
         for i, _, _, _ in items:
-            results[i] = Pending(waiting, i)
+            results[i] = Pending(waiting, i, ready_at=close)
             handed.add(i)  # its key is the later service's until it is answered
         self.draws.when_drawn(
             campaign_id=campaign_id,
@@ -609,7 +646,7 @@ class ClaimService:
                         i,
                     )
                 )
-                results[i] = Pending(waiting, i)
+                results[i] = Pending(waiting, i, ticket=entry.ticket, ready_at=close)
                 handed.add(i)  # its key is the draw's until it is answered
             elif outcome is EntryOutcome.CLOSED:
                 closed.append(item)
@@ -894,6 +931,7 @@ class ClaimService:
             stocked=stocked,
             release_at=release_at,
             window_close=window_close(config, release_at),
+            draw_close=config.draw_close(release_at),
         )
 
 
@@ -917,6 +955,8 @@ class _Offer:
     release_at: datetime  # the round's, as stored (the risk rules' new_account reads it)
     # When the round's start window closes (the fair start); None: the round has none.
     window_close: datetime | None = None
+    # When its draw stops taking entries pressed in the window (the intake's end).
+    draw_close: datetime | None = None
     _text: list[str] = field(default_factory=list, compare=False)
 
     def reserve_request(self, person_id: str) -> ReserveRequest:
@@ -1022,6 +1062,11 @@ class Pending:
 
     waiting: Waiting
     index: int
+    # Entered in a round's draw: its ticket (None: it came after the window and waits
+    # for the draw to be served).
+    ticket: str | None = None
+    # When the draw it waits for stops taking entries and begins to be served.
+    ready_at: datetime | None = None
 
 
 @dataclass(slots=True)

@@ -564,10 +564,11 @@ class StartDraws(Generic[T]):
 
 
 def _close_of(campaign: CampaignRow | None, row: DrawRow) -> datetime | None:
+    """When the round's draw stopped taking entries (its window and intake)."""
     if campaign is None or row.round_id not in campaign.rounds:
         return None
     release_at, _ends_at = campaign.rounds[row.round_id]
-    return release_at + timedelta(seconds=row.window_s)
+    return campaign.config.draw_close(release_at)
 
 
 def fairness(rt: Runtime, campaign_id: str, round_id: str) -> dict[str, Any]:
@@ -594,6 +595,10 @@ def fairness_body(row: DrawRow, campaign: CampaignRow) -> dict[str, Any]:
         "start_window_s": row.window_s,
         "release_at": release_at.isoformat(),
         "window_closes_at": (release_at + timedelta(seconds=row.window_s)).isoformat(),
+        "start_window_intake_s": campaign.config.start_window_intake_s,
+        "intake_closes_at": (
+            release_at + timedelta(seconds=row.window_s + campaign.config.start_window_intake_s)
+        ).isoformat(),
         "commitment": row.commitment,
         "committed_at": row.committed_at.isoformat(),
         "seed": row.seed_hex,

@@ -90,6 +90,7 @@ def campaign_view(row: CampaignRow) -> dict[str, Any]:
         ],
         "redemptions_paused": row.redemptions_paused,
         "start_window_s": row.config.start_window_s,
+        "start_window_intake_s": row.config.start_window_intake_s,
     }
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from lequan.http.claims import claim_headers
+from lequan.http.claims import ASYNC_APPLIED, claim_headers, respond_async
 from lequan.http.deps import ChannelApp, ClaimsDep, IdempotencyKey, PlatformDep, json_body
 from lequan.http.envelope import NO_HEADERS, parse_body
 from lequan.http.errors import json_response
@@ -21,6 +21,7 @@ from lequan.http.schemas import (
     SIGNED_ERRORS,
     BatchClaimIn,
     BatchClaimOut,
+    ClaimAcceptedOut,
     ClaimHeldOut,
     ClaimIn,
     ClaimOut,
@@ -103,7 +104,14 @@ async def register_person(
     "/claims",
     response_model=ClaimOut,
     status_code=201,
-    responses={202: {"model": ClaimHeldOut, "description": "Held for review"}, **SIGNED_ERRORS},
+    responses={
+        202: {
+            "model": ClaimHeldOut | ClaimAcceptedOut,
+            "description": "Held for review; or, with `Prefer: respond-async`, waiting for "
+            "the round's draw",
+        },
+        **SIGNED_ERRORS,
+    },
     openapi_extra=json_body(ClaimIn),
     summary="Claim one voucher for a registered person",
 )
@@ -115,7 +123,12 @@ async def claim(
     with its ``review_id`` (docs/risk.md)."""
     # The lean route in front of the app (http/fastpath.py) answers this path first,
     # through the same ClaimDesk and envelope: this one answers without it.
-    result = await claims.claim(caller.app_id, key, parse_body(ClaimIn, caller.body))
+    result = await claims.claim(
+        caller.app_id,
+        key,
+        parse_body(ClaimIn, caller.body),
+        respond_async=respond_async(request.headers.get("prefer")),
+    )
     request.state.outcome = result.outcome
     request.state.claim_outcomes = {result.outcome: 1}
     answer = result.answer
@@ -133,10 +146,11 @@ async def claim_batch(request: Request, caller: ChannelApp, claims: ClaimsDep) -
     """Each item carries its own Idempotency-Key; a retried item replays its first answer."""
     # Answered first by the lean route in front of the app, as the single claim is.
     batch = parse_body(BatchClaimIn, caller.body)
-    body, counts = await claims.claim_batch(caller.app_id, batch)
+    prefer_async = respond_async(request.headers.get("prefer"))
+    body, counts = await claims.claim_batch(caller.app_id, batch, respond_async=prefer_async)
     request.state.outcome = f"batch:{len(batch.items)}"
     request.state.claim_outcomes = counts
-    return json_response(request, 200, body, NO_HEADERS)
+    return json_response(request, 200, body, ASYNC_APPLIED if prefer_async else NO_HEADERS)
 
 
 @router.post(
