@@ -273,6 +273,15 @@ def simulate(
         int,
         typer.Option(help="The round's fair-start window (docs/risk.md); 0: off.", min=0, max=30),
     ] = 0,
+    start_window_intake_s: Annotated[
+        int,
+        typer.Option(
+            help="How long after the window its draw takes in claims pressed inside it; "
+            "the channels then stamp pressed_at and ask for answers at once. 0: off.",
+            min=0,
+            max=300,
+        ),
+    ] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """A flash crowd against a real lequan server; then the store is checked (exit 1 if broken)."""
@@ -313,6 +322,7 @@ def simulate(
             adversaries=adversaries,
             rules_file=Path(rules) if rules else None,
             start_window_s=start_window_s,
+            start_window_intake_s=start_window_intake_s,
         ),
         lambda message: err.print(f"[dim]{message}[/]"),
     )

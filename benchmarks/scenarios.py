@@ -98,14 +98,23 @@ def channel_for(person: int, channels: tuple[str, ...] = (CHANNEL,)) -> str:
 
 
 def _campaign(
-    now: datetime, stock_by_channel: dict[str, int], *, start_window_s: int = 0
+    now: datetime,
+    stock_by_channel: dict[str, int],
+    *,
+    start_window_s: int = 0,
+    start_window_intake_s: int = 0,
 ) -> CampaignConfig:
     # Opened five minutes ago, so the bench never waits for a release. With a start
     # window, a day ahead instead: ``release_soon`` releases it when the load is ready
     # (a window long past would have been drawn, empty, by then).
     stock = {channel: {TEMPLATE: count} for channel, count in stock_by_channel.items()}
     release_at = now + timedelta(days=1) if start_window_s else now - timedelta(minutes=5)
-    return example_campaign(release_at=release_at, stock=stock, start_window_s=start_window_s)
+    return example_campaign(
+        release_at=release_at,
+        stock=stock,
+        start_window_s=start_window_s,
+        start_window_intake_s=start_window_intake_s,
+    )
 
 
 def release_soon(stack: Stack, *, lead_s: float, round_id: str = "r1") -> float:
@@ -133,11 +142,12 @@ def prepare_stack(
     channels: tuple[str, ...] = (CHANNEL,),
     gate_buckets: int = 1,
     start_window_s: int = 0,
+    start_window_intake_s: int = 0,
 ) -> Iterator[Stack]:
     """A migrated store with one live campaign, apps, merchants and ``people`` registered.
 
-    With ``start_window_s`` the campaign's rounds open with that window, round r1 a
-    day ahead until ``release_soon``."""
+    With ``start_window_s`` the campaign's rounds open with that window (and its
+    intake), round r1 a day ahead until ``release_soon``."""
     key_file = directory / "keys.json"
     generate_key_file(key_file)
     prefix = f"lqbench:{uuid.uuid4().hex[:8]}:"
@@ -182,7 +192,12 @@ def prepare_stack(
     ).secret
     campaigns.import_campaign(
         rt,
-        _campaign(now, stock_by_channel or {CHANNEL: people}, start_window_s=start_window_s),
+        _campaign(
+            now,
+            stock_by_channel or {CHANNEL: people},
+            start_window_s=start_window_s,
+            start_window_intake_s=start_window_intake_s,
+        ),
         actor="bench-maker",
     )
     admin.import_merchants(

@@ -24,6 +24,7 @@ Everything runs on loopback, bounded in people, time and requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import statistics
@@ -33,7 +34,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ ARRIVAL_TICK_S = 0.001
 RETRY_AFTER_S = 1.0  # the Retry-After lequan gives with 429 and 503
 PUBLISH_WAIT_S = 60.0  # how long a served draw may take to be published
 RESENDS_MAX = 10
+# A claim answered at once while it waits for a draw is asked for again at most this
+# often (each time after its Retry-After, once the draw is published).
+POLLS_MAX = 30
+ASYNC_HEADERS = {"Prefer": "respond-async"}
+ACCEPTED = ("entered", "queued")  # answered at once, waiting for the round's draw
 ARRIVALS_PER_YIELD_MAX = 1000  # the channels get the loop at least this often
 HTTP_TIMEOUT_S = 60.0
 SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
@@ -86,13 +92,17 @@ class SimulationConfig:
     # The risk rules put in force before the release (None: none, every rule off).
     rules_file: Path | None = EXAMPLE_RULES
     start_window_s: int = 0  # the round's fair start (docs/risk.md); 0: off
+    # How long after the window its draw takes in claims pressed inside it (the channels
+    # then stamp each claim's pressed_at and ask for answers at once).
+    start_window_intake_s: int = 0
 
     @property
     def batches_in_flight_max(self) -> int:
         """A channel's calls at once: a few, or with a start window more (its calls wait
         for the draw, and a channel does not stop taking taps), though not so many
-        that most are refused 429 at once and sent again every second."""
-        return 64 if self.start_window_s else 8
+        that most are refused 429 at once and sent again every second. With an intake
+        the calls are answered at once: a few again."""
+        return 64 if self.start_window_s and not self.start_window_intake_s else 8
 
 
 @dataclass
@@ -116,18 +126,33 @@ class _Channel:
     name: str
     client: httpx.AsyncClient
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    # With a start window's intake: each claim says when it was pressed (this wall
+    # clock at perf_counter ``started_perf``), and a claim waiting for the draw is
+    # answered at once (``Prefer: respond-async``), parked, and sent again once the
+    # draw is published.
+    respond_async: bool = False
+    started_wall: float = 0.0
+    started_perf: float = 0.0
+    parked: list[tuple[_Item, float]] = field(default_factory=list)  # (item, retry after s)
+    polls: Counter[str] = field(default_factory=Counter)
+    published: bool = False  # the round's draw is: parked claims go again at once
+    # When each person pressed, by the crowd's schedule (s after the release): the
+    # simulator may let an arrival in late when it is busy; the person pressed then.
+    pressed_s: dict[str, float] = field(default_factory=dict)
     # Items answered "retry later" (429, 503): sent again with the same key after
     # RETRY_AFTER_S, as a channel's client does, at most RESENDS_MAX times each.
     resends: Counter[str] = field(default_factory=Counter)
+    resent_for: Counter[str] = field(default_factory=Counter)  # by the answer's code
     resending: int = 0  # waiting out their RETRY_AFTER_S
     retry_after_s: float = RETRY_AFTER_S
 
-    def resend_later(self, item: _Item) -> bool:
+    def resend_later(self, item: _Item, why: str) -> bool:
         """Queue ``item`` again after RETRY_AFTER_S; False once it has had its resends."""
         key = item[1]
         if self.resends[key] >= RESENDS_MAX:
             return False
         self.resends[key] += 1
+        self.resent_for[why] += 1
         self.resending += 1
 
         def requeue() -> None:
@@ -138,7 +163,42 @@ class _Channel:
         return True
 
     def idle(self) -> bool:
-        return self.queue.empty() and self.resending == 0
+        return self.queue.empty() and self.resending == 0 and not self.parked
+
+    def pressed_at(self, key: str, arrived: float) -> str:
+        """When the claim with ``key`` was pressed: as scheduled, or (a retry) when it
+        reached the channel, at perf_counter ``arrived``."""
+        at_s = self.pressed_s.get(key)
+        offset_s = arrived - self.started_perf if at_s is None else at_s
+        return _iso_millis(round((self.started_wall + offset_s) * 1000))
+
+    def park(self, item: _Item, after_s: float) -> None:
+        """A claim waiting for the draw: sent again once it is published, after
+        ``after_s`` (a claim still in flight then, after its Retry-After)."""
+        if not self.published:
+            self.parked.append((item, after_s))
+            return
+        self.resending += 1
+
+        def requeue() -> None:
+            self.resending -= 1
+            self.queue.put_nowait(item)
+
+        asyncio.get_running_loop().call_later(after_s if self.polls[item[1]] > 1 else 0, requeue)
+
+    def unpark(self) -> None:
+        """The draw is published: the parked claims go again."""
+        self.published = True
+        parked, self.parked = self.parked, []
+        for item, after_s in parked:
+            self.park(item, after_s)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _iso_millis(millis: int) -> str:
+    """A unix time in milliseconds as RFC 3339 text (arrivals come a millisecond at a
+    time: each text is made once)."""
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _arrival_s(rng: random.Random, config: SimulationConfig) -> float:
@@ -198,30 +258,35 @@ async def _send(  # noqa: PLR0917  # one call site
     started: float,
     population: Population,
 ) -> None:
-    body = {
-        "items": [
-            {
-                "idempotency_key": key,
-                "channel_user_id": f"b{person}",
-                "campaign_id": scenarios.CAMPAIGN_ID,
-                "round_id": "r1",
-                "template_id": scenarios.TEMPLATE,
-                "location_region": population.declared_region(person),
-                "signals": population.claim_signals(person, attempt),
-            }
-            for person, key, attempt, _, _ in batch
-        ]
-    }
+    items: list[dict[str, Any]] = [
+        {
+            "idempotency_key": key,
+            "channel_user_id": f"b{person}",
+            "campaign_id": scenarios.CAMPAIGN_ID,
+            "round_id": "r1",
+            "template_id": scenarios.TEMPLATE,
+            "location_region": population.declared_region(person),
+            "signals": population.claim_signals(person, attempt),
+        }
+        for person, key, attempt, _, _ in batch
+    ]
+    headers = ASYNC_HEADERS if channel.respond_async else None
+    if channel.respond_async:
+        for sent, (_person, key, _attempt, arrived, _bot) in zip(items, batch, strict=True):
+            sent["pressed_at"] = channel.pressed_at(key, arrived)
     try:
-        response = await channel.client.post("/v1/claims/batch", json=body)
-        results = response.json().get("results") if response.status_code == 200 else None
-        retry_later = response.status_code in (429, 503)  # the whole call: send it again
+        response = await channel.client.post(
+            "/v1/claims/batch", json={"items": items}, headers=headers
+        )
+        call_status = response.status_code
+        results = response.json().get("results") if call_status == 200 else None
+        retry_later = call_status in (429, 503)  # the whole call: send it again
     except httpx.HTTPError:
-        results, retry_later = None, False
+        results, retry_later, call_status = None, False, 0
     now = time.perf_counter()
     if results is None:
         for item in batch:
-            if retry_later and channel.resend_later(item):
+            if retry_later and channel.resend_later(item, f"call_{call_status}"):
                 continue
             person, _key, _attempt, arrived, bot = item
             answers.append(
@@ -229,8 +294,17 @@ async def _send(  # noqa: PLR0917  # one call site
             )
         return
     for item, result in zip(batch, results, strict=True):
-        person, _key, _attempt, arrived, bot = item
-        if result["status_code"] in (429, 503) and channel.resend_later(item):
+        person, key, _attempt, arrived, bot = item
+        if result["status_code"] in (429, 503) and channel.resend_later(item, result["outcome"]):
+            continue
+        waits = result["outcome"] in ACCEPTED or (
+            result["outcome"] == "idempotency_in_flight" and channel.polls[key] > 0
+        )
+        if waits and channel.polls[key] < POLLS_MAX:
+            # Waiting for the draw (or, sent again, its commit): asked again later,
+            # with the same key and the time it was pressed.
+            channel.polls[key] += 1
+            channel.park(item, float(result.get("retry_after_s") or RETRY_AFTER_S))
             continue
         outcome, reasons = _claim_outcome(result)
         voucher = result["voucher"]["voucher_id"] if result.get("voucher") else None
@@ -240,8 +314,29 @@ async def _send(  # noqa: PLR0917  # one call site
         retry(person, outcome, bot)
 
 
+async def _until_published(
+    port: int, channels: list[_Channel], config: SimulationConfig, started: float
+) -> None:
+    """Watch the round's public fairness, as a channel would, and send the claims parked
+    for its draw again once it is published (or the simulation's time is up)."""
+    path = f"/v1/public/campaigns/{scenarios.CAMPAIGN_ID}/rounds/r1/fairness"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        while time.perf_counter() - started < config.duration_s_max:
+            await asyncio.sleep(1.0)
+            try:
+                answer = await client.get(path)
+            except httpx.HTTPError:
+                continue
+            if answer.status_code == 200 and answer.json().get("published_at"):
+                break
+    for c in channels:
+        c.unpark()
+
+
 def _claim_outcome(result: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     """A batch item's outcome, and the rules that refused it (``details.reasons``)."""
+    if result["outcome"] in ACCEPTED:
+        return str(result["outcome"]), ()
     if result["status_code"] == 202 or result["outcome"] == "held_for_review":
         return "held_for_review", ()
     if result["outcome"] in ("issued", "replayed") and result["voucher"]:
@@ -259,7 +354,7 @@ async def _crowd(
     secrets_by_channel: dict[str, str],
     population: Population,
     release: Callable[[], None] = lambda: None,
-) -> tuple[list[_Answer], float, int]:
+) -> tuple[list[_Answer], float, Counter[str]]:
     # The crowd's own draws (arrivals, retriers) come from a seed of their own: who is
     # an adversary is the population's draw.
     rng = random.Random(config.seed + 1)  # noqa: S311  # a reproducible crowd, not a secret
@@ -310,11 +405,18 @@ async def _crowd(
 
     release()  # the round opens now (a start window's), as the crowd arrives
     started = time.perf_counter()
+    started_wall = time.time()
+    intake = bool(config.start_window_s and config.start_window_intake_s)
+    for c in channels:
+        c.respond_async, c.started_wall, c.started_perf = intake, started_wall, started
     done = asyncio.Event()
     loops = [
         asyncio.create_task(_channel_loop(c, config, answers, retry, started, done, population))
         for c in channels
     ]
+    watcher = (
+        asyncio.create_task(_until_published(port, channels, config, started)) if intake else None
+    )
     queued_since_yield = 0
     for at_s, queue, person, key, bot in schedule:
         now = time.perf_counter()
@@ -328,6 +430,8 @@ async def _crowd(
                 break
         queued_since_yield += 1
         queue.put_nowait((person, key, 0, now, bot))
+        if intake:  # pressed when scheduled, however late the simulator lets it in
+            channel_of(person).pressed_s[key] = at_s
     done.set()
     await asyncio.gather(*loops)
     # Retries queued after the loops saw "done" are answered by one more pass.
@@ -337,10 +441,12 @@ async def _crowd(
         await asyncio.gather(
             *(_channel_loop(c, config, answers, retry, started, done, population) for c in channels)
         )
+    if watcher is not None:
+        await watcher
     elapsed_s = time.perf_counter() - started
     for c in channels:
         await c.client.aclose()
-    return answers, elapsed_s, sum(sum(c.resends.values()) for c in channels)
+    return answers, elapsed_s, sum((c.resent_for for c in channels), Counter())
 
 
 def _stored_vouchers(stack: scenarios.Stack) -> list[StoredVoucher]:
@@ -480,6 +586,7 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
             channels=CHANNELS,
             gate_buckets=config.gate_buckets,
             start_window_s=config.start_window_s,
+            start_window_intake_s=config.start_window_intake_s,
         ) as stack:
             admin.import_merchants(
                 stack.rt,
@@ -499,12 +606,14 @@ def simulate(config: SimulationConfig, progress: Callable[[str], None]) -> dict[
                         time.sleep(max(0.0, at - time.time()))
 
                 progress("released: the crowd arrives")
-                answers, elapsed_s, resent = asyncio.run(
+                answers, elapsed_s, resent_for = asyncio.run(
                     _crowd(config, port, stack.secrets, population, release)
                 )
                 progress("checking the store")
                 stored = _stored_vouchers(stack)
+                resent = sum(resent_for.values())
                 summary = _summary(config, answers, elapsed_s, resent, stored, population)
+                summary["resent_by_code"] = dict(resent_for.most_common())
                 if config.start_window_s:
                     summary["start_window_entries"] = _window_entries(port)
                 progress("the winners spend their vouchers; the ring fakes its orders")

@@ -195,3 +195,28 @@ def test_a_crowd_in_a_start_window_is_drawn_and_the_report_counts_its_entries() 
     assert summary["issued"] == 300
     # At most one entry a person, whatever keys their retries carry.
     assert 300 <= summary["start_window_entries"] <= 1000
+
+
+@pytest.mark.slow
+def test_a_crowd_answered_at_once_in_an_intake_gets_its_answers_after_the_draw() -> None:
+    """Channels that stamp pressed_at and ask for answers at once: every claim waiting
+    for the draw is answered 202 then, asked again once the draw is published, and
+    ends with its real answer; the stock is sold exactly, to the window's entries."""
+    config = SimulationConfig(
+        people=1000,
+        stock=300,
+        spike_s=0.3,
+        tail_s=0.5,
+        start_window_s=2,
+        start_window_intake_s=3,
+        adversaries=AdversaryConfig(farm_identities=40, ring_people=20, flag_wait_s=0),
+    )
+
+    summary = simulate(config, lambda _message: None)
+
+    assert summary["invariants_ok"] is True
+    assert summary["issued"] == 300
+    assert 300 <= summary["start_window_entries"] <= 1000
+    # Nobody is left with "come back later": every claim was asked again and answered.
+    assert not {"entered", "queued", "idempotency_in_flight"} & set(summary["outcomes"])
+    assert summary["outcomes"]["issued"] == 300
