@@ -113,9 +113,10 @@ class Settings(BaseSettings):
     # The draw begins draw_grace_ms after the window closes (entries on their way land
     # first) and serves draw_chunk_size entries at a time, no faster than its winners are
     # committed (at most draw_pending_max reservations of the round pending). An entered
-    # claim, and a claim after the window, waits at most draw_wait_s past the window for
-    # the draw; beyond, 503 draw_pending. A draw takes at most draw_entries_max entries
-    # and a process keeps at most draw_waiting_max claims waiting; beyond, 429 overloaded.
+    # claim, and a claim after the window, waits for the draw until it is draw_wait_s past
+    # the window (and intake) and has not moved for as long; then 503 draw_pending. A
+    # draw takes at most draw_entries_max entries and a process keeps at most
+    # draw_waiting_max claims waiting; beyond, 429 overloaded.
     draw_grace_ms: Annotated[float, Field(ge=0, le=5000)] = 200.0
     draw_chunk_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
     draw_pending_max: Annotated[int, Field(ge=1, le=1_000_000)] = 4000

@@ -315,3 +315,37 @@ def test_claims_after_the_window_wait_for_the_draw_then_come_first_served(
     won = next(a for a in answers if a.status_code == 201).json()["voucher"]
     assert "draw_ticket" not in won
     assert api.check()["ok"]
+
+
+class DrawSlowly(GateInFront):
+    """A gate whose draw serves a chunk only every 50 ms."""
+
+    def draw(
+        self, draw: str, *, chunk_size: int, pending_max: int, lock_ttl_s: float
+    ) -> DrawProgress:
+        time.sleep(0.05)
+        return self.inner.draw(
+            draw, chunk_size=chunk_size, pending_max=pending_max, lock_ttl_s=lock_ttl_s
+        )
+
+
+def test_a_draw_longer_than_draw_wait_s_that_keeps_moving_answers_every_entry(
+    open_api: OpenApi,
+) -> None:
+    """20 entries served one at a time, 50 ms apart, with draw_wait_s 0.3: the draw
+    takes a second, yet no entered claim is given up while it moves."""
+    from lequan.adapters.memory_gate import MemoryGate
+
+    api = fair_api(
+        open_api, stock=5, gate=DrawSlowly(MemoryGate()), draw_wait_s=0.3, draw_chunk_size=1
+    )
+    users = [api.register(n) for n in range(20)]
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(batch, api, users, [f"k-{u}" for u in users])
+        wait_for(holds(api, 20), "the claims entered")
+        close_the_window(api)
+        started = time.monotonic()
+        results = held.result(timeout=60).json()["results"]
+    assert time.monotonic() - started > 0.3 * 2  # longer than draw_wait_s, and moving
+    assert sorted(r["outcome"] for r in results) == ["issued"] * 5 + ["sold_out"] * 15
+    assert api.check()["ok"]

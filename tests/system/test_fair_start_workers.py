@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def database_url(migrated_postgres_url: str) -> str:
 
 
 @contextmanager
-def window_stack(database_url: str, redis_url: str) -> Iterator[scenarios.Stack]:
+def window_stack(
+    database_url: str, redis_url: str, *, intake_s: int = 0
+) -> Iterator[scenarios.Stack]:
     with (
         tempfile.TemporaryDirectory() as directory,
         scenarios.prepare_stack(
@@ -60,6 +63,7 @@ def window_stack(database_url: str, redis_url: str) -> Iterator[scenarios.Stack]
             people=PEOPLE,
             stock_by_channel={scenarios.CHANNEL: STOCK},
             start_window_s=WINDOW_S,
+            start_window_intake_s=intake_s,
         ) as stack,
     ):
         yield stack
@@ -138,6 +142,36 @@ def claim_wave(
         return dict(zip(range(start, start + len(items)), response.json()["results"], strict=True))
 
     answered: dict[int, dict[str, Any] | None] = {}
+    with ThreadPoolExecutor(len(people) // BATCH + 1) as pool:
+        for part in pool.map(send, range(people.start, people.stop, BATCH)):
+            answered.update(part)
+    return answered
+
+
+def async_wave(
+    stack: scenarios.Stack, base: str, people: range, *, pressed_at: str | None
+) -> dict[int, dict[str, Any]]:
+    """Everyone in ``people`` claims at once with ``Prefer: respond-async`` (and, given,
+    when they pressed), ``BATCH`` to a call, each call on a connection of its own."""
+
+    def send(start: int) -> dict[int, dict[str, Any]]:
+        items = [
+            {
+                **scenarios._claim_item(i),
+                "idempotency_key": f"fair-{i}",
+                **({} if pressed_at is None else {"pressed_at": pressed_at}),
+            }
+            for i in range(start, min(start + BATCH, people.stop))
+        ]
+        auth = LequanAuth(scenarios.CHANNEL, stack.secrets[scenarios.CHANNEL])
+        with httpx.Client(base_url=base, auth=auth, timeout=30) as client:
+            response = client.post(
+                "/v1/claims/batch", json={"items": items}, headers={"Prefer": "respond-async"}
+            )
+        assert response.status_code == 200, response.text
+        return dict(zip(range(start, start + len(items)), response.json()["results"], strict=True))
+
+    answered: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(len(people) // BATCH + 1) as pool:
         for part in pool.map(send, range(people.start, people.stop, BATCH)):
             answered.update(part)
@@ -284,5 +318,70 @@ def test_a_worker_killed_in_the_window_answers_nothing_and_leaks_no_stock(
         vouchers = stored_vouchers(stack)
         assert len(vouchers) == STOCK  # every voucher given out, none twice
         assert len({person for person, _ticket in vouchers}) == STOCK
+        check = check_campaign(stack.rt, CAMPAIGN)
+        assert check.ok, check.problems
+
+
+def test_two_workers_take_in_claims_pressed_in_the_window_during_its_intake(
+    database_url: str, redis_url: str
+) -> None:
+    """The window has closed when the channel's queue delivers its claims: those it says
+    were pressed inside are entered by either worker and answered at once, those
+    pressed after are queued; sent again after the draw, the winners are exactly the
+    published order's first, and the queued claims find the stock gone."""
+    in_window, after_it = range(0, 200), range(200, PEOPLE)
+    with (
+        window_stack(database_url, redis_url, intake_s=6) as stack,
+        lequan_serve(stack.env) as (_p, base),
+    ):
+        release = scenarios.release_soon(stack, lead_s=2.0)
+        time.sleep(max(0.0, release - time.time()) + WINDOW_S + 0.5)  # the window is shut
+
+        def at(offset_s: float) -> str:
+            return datetime.fromtimestamp(release + offset_s, UTC).isoformat()
+
+        first = async_wave(stack, base, in_window, pressed_at=at(1.0))
+        late = async_wave(stack, base, after_it, pressed_at=at(WINDOW_S + 0.2))
+        assert {a["outcome"] for a in first.values()} == {"entered"}
+        assert {a["status_code"] for a in first.values()} == {202}
+        assert {a["outcome"] for a in late.values()} == {"queued"}
+
+        client = redis.Redis.from_url(redis_url)
+        try:  # both workers entered claims in the one draw
+            payloads = client.hvals(draw_keys(stack)["entry"])
+        finally:
+            client.close()
+        owners = Counter(
+            (p if isinstance(p, bytes) else p.encode()).split(b"\x1f")[0] for p in payloads
+        )
+        assert len(owners) == 2, owners
+        assert sum(owners.values()) == len(in_window)
+
+        entries = published(base)
+        won = {e["ticket"] for e in entries[:STOCK]}
+        assert {e["ticket"] for e in entries} == {a["draw_ticket"] for a in first.values()}
+
+        def answers() -> dict[int, dict[str, Any]]:
+            return {
+                **async_wave(stack, base, in_window, pressed_at=None),
+                **async_wave(stack, base, after_it, pressed_at=None),
+            }
+
+        final: dict[int, dict[str, Any]] = {}
+
+        def settled() -> bool:
+            final.update(answers())
+            waiting = {"idempotency_in_flight", "entered", "queued"}
+            return not any(a["outcome"] in waiting for a in final.values())
+
+        wait_until(settled, "every claim answered", 60)
+        issued = [a for a in final.values() if a["outcome"] == "issued"]
+        assert {a["voucher"]["draw_ticket"] for a in issued} == won
+        assert {final[i]["outcome"] for i in after_it} == {"sold_out"}
+        vouchers = stored_vouchers(stack)
+        assert len(vouchers) == STOCK
+        assert len({person for person, _ticket in vouchers}) == STOCK  # each person once
+        verified = verify_cli(base)
+        assert (verified["ok"], verified["entries"], verified["won"]) == (True, 200, STOCK)
         check = check_campaign(stack.rt, CAMPAIGN)
         assert check.ok, check.problems

@@ -42,9 +42,10 @@ Why this shape (docs/risk.md, "Fair start", says it for operators):
   a person has at most their limit of entries in a pool, whatever keys they use.
 - **Bounded.** A draw takes at most ``draw_entries_max`` entries, a process holds
   at most ``draw_waiting_max`` claims for draws; beyond, ``429 overloaded``. A waiting
-  claim waits at most ``draw_wait_s`` past its window, then hears ``503
-  draw_pending``; a process that dies with waiting claims answers them nothing
-  (the person retries) and their reservations are reaped after the fence.
+  claim hears ``503 draw_pending`` once its draw is ``draw_wait_s`` past its start
+  (the window and its intake) and has not moved for as long; a process that dies
+  with waiting claims answers them nothing (the person retries) and their
+  reservations are reaped after the fence.
 """
 
 from __future__ import annotations
@@ -248,6 +249,10 @@ class _Active(Generic[T]):
     # Claims that came after the window: (how many, what to call once it is served).
     after: list[tuple[int, Callable[[bool], None]]] = field(default_factory=list)
     done: bool = False
+    # The draw's entries served as last seen, and when (monotonic s) that last grew: a
+    # draw that stops moving for ``draw_wait_s`` is given up, one that moves is not.
+    served: int = -1
+    moved_at: float = field(default_factory=time.monotonic)
 
 
 class StartDraws(Generic[T]):
@@ -423,6 +428,8 @@ class StartDraws(Generic[T]):
             except GateUnavailable as error:
                 log.warning("draw_unreachable", draw=a.draw, error_type=str(error))
                 break
+            if progress.served != a.served:
+                a.served, a.moved_at = progress.served, time.monotonic()
             self._hand_out(a, progress.last, everything=progress.done)
             if progress.done:
                 self._finish(a)  # the claims after the window go first: publishing waits
@@ -434,7 +441,10 @@ class StartDraws(Generic[T]):
             if progress.served == served or time.monotonic() - started >= _TURN_S:
                 break
             served = progress.served
-        if now > a.close_at + grace + timedelta(seconds=s.draw_wait_s):
+        # Given up draw_wait_s past its start if it has not moved for as long (a gate out
+        # of reach, a drawer gone): a long draw that keeps moving is waited for.
+        late = now > a.close_at + grace + timedelta(seconds=s.draw_wait_s)
+        if late and time.monotonic() - a.moved_at > s.draw_wait_s:
             self._give_up(a)
 
     def _hand_out(self, a: _Active[T], last: tuple[int, str] | None, *, everything: bool) -> None:
