@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     # a restart), and the names and members the in-process counters keep at most (the
     # embedded default; with Redis the counters' keys expire instead).
     risk_rules_poll_s: Annotated[float, Field(ge=0.05, le=300)] = 2.0
-    risk_counter_entries_max: Annotated[int, Field(ge=1000, le=100_000_000)] = 1_000_000
+    risk_counter_entries_max: Annotated[int, Field(ge=1000, le=100_000_000)] = 8_000_000
 
     page_size_max: Annotated[int, Field(ge=1, le=1000)] = 200
     idempotency_key_chars_max: Annotated[int, Field(ge=8, le=128)] = 128

@@ -487,3 +487,23 @@ def test_other_campaigns_rules_apply_too(open_api: OpenApi) -> None:
     api = open_api(config, risk_rules_poll_s=0.05)
     put_rules(api, 1, region_mismatch=REFUSE)
     assert ok(claim(api, api.register(1), network_region="440305"), 201)
+
+
+def test_a_sold_out_pool_is_refused_before_the_rules_count_its_flood(
+    open_api: OpenApi,
+) -> None:
+    """After a sell-out, each fresh look at the campaign forgives the process's sold-out
+    flag; the gate is asked again before the rules judge the next claims, so a family
+    phone's later presses hear sold_out, not a velocity refusal their losing presses
+    would have earned."""
+    api = open_api(
+        dining_config(stock={"wechat": {"d300-90": 1}}),
+        risk_rules_poll_s=0.05,
+        campaign_cache_ttl_s=0,  # the campaign looked at afresh for every call
+    )
+    put_rules(api, 1, velocity_device={"limit": 2, "window_s": 600, **REFUSE})
+    users = [api.register(n) for n in range(1, 6)]
+    assert ok(claim(api, users[0], device_id=DEVICE), 201)
+    for user in users[1:]:
+        assert_error(claim(api, user, device_id=DEVICE), 409, "sold_out")
+    assert vouchers(api) == 1

@@ -694,6 +694,10 @@ class CampaignCache:
         self._lock = threading.Lock()
         self._rows: dict[str, _Cached] = {}
         self.sold_out: set[tuple[str, str]] = set()  # (pool, template_id)
+        # Flags a fresh look forgave: the gate is asked once whether the stock came back
+        # before such a pool's next claims are judged (a sold-out pool's flood would
+        # otherwise reach the risk rules, and be counted, once per refresh).
+        self.recheck: set[tuple[str, str]] = set()
         # campaign -> budget left when a claim did not fit: claims for vouchers
         # worth more are refused from memory; cheaper ones still go through.
         self.budget_room: dict[str, int] = {}
@@ -728,8 +732,7 @@ class CampaignCache:
             self._rows[campaign_id] = _Cached(row, now)
             # A fresh look at the store also forgives the local flags: stock may
             # have been released and budget returned by expiries since.
-            self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
-            self.budget_room.pop(campaign_id, None)
+            self._forgive(campaign_id)
         return row
 
     def invalidate(self, campaign_id: str) -> None:
@@ -737,5 +740,12 @@ class CampaignCache:
         with self._lock:
             self._generation += 1
             self._rows.pop(campaign_id, None)
-            self.sold_out = {k for k in self.sold_out if not k[0].startswith(campaign_id + ":")}
-            self.budget_room.pop(campaign_id, None)
+            self._forgive(campaign_id)
+
+    def _forgive(self, campaign_id: str) -> None:
+        """Drop a campaign's local flags (under the lock); its sold-out pools to recheck."""
+        forgiven = {k for k in self.sold_out if k[0].startswith(campaign_id + ":")}
+        if forgiven:
+            self.sold_out = self.sold_out - forgiven
+            self.recheck = self.recheck | forgiven
+        self.budget_room.pop(campaign_id, None)

@@ -829,6 +829,18 @@ class ClaimService:
         refused = gate_refusal(outcome)
         return refusal_answer(refused, http_status(refused))
 
+    def _recheck_sold_out(self, pool: str, template_id: str) -> None:
+        """A pool known sold out before the campaign's last refresh: sold out still if
+        the gate has none of the template left (one read), so its flood is refused
+        from memory again before the risk rules judge and count it."""
+        try:
+            left = self._rt.gate.remaining(pool, template_id)
+        except GateUnavailable:
+            return  # the reservation will say
+        self._cache.recheck.discard((pool, template_id))
+        if left == 0:
+            self._cache.sold_out.add((pool, template_id))
+
     def _mark_sold_out(self, pool: str, template_id: str) -> None:
         """Refuse the template of the pool from memory from now on, and tell the others once."""
         flag = (pool, template_id)
@@ -892,6 +904,8 @@ class ClaimService:
             return NotFound("campaign_not_found", f"no campaign {request.campaign_id}")
         config = row.config
         pool = pool_key(request.campaign_id, request.round_id, channel_id)
+        if (pool, request.template_id) in self._cache.recheck:
+            self._recheck_sold_out(pool, request.template_id)
         try:
             template = offered_template(
                 status=row.status,
