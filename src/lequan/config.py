@@ -172,11 +172,14 @@ class Settings(BaseSettings):
     relay_idle_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     # The big screen (services/screen.py): how often each process hands its live counts
     # to the shared pulse, how often a snapshot is sent, how many event streams a process
-    # serves at once (in all and to one operator), and how long a screen session lasts.
+    # serves at once (in all and to one operator), how long a stream's client may take to
+    # take a snapshot before the stream is closed (a stuck client holds one slot and the
+    # transport's buffer, never more), and how long a screen session lasts.
     pulse_flush_s: Annotated[float, Field(ge=0.05, le=10)] = 0.25
     screen_interval_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0
     screen_streams_max: Annotated[int, Field(ge=1, le=10_000)] = 64
     screen_streams_per_operator_max: Annotated[int, Field(ge=1, le=100)] = 4
+    screen_send_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
     screen_session_s: Annotated[int, Field(ge=60, le=7 * 86_400)] = 12 * 3600
     # A merchant is spiking when its redemptions in the last whole minute are at least
     # this many times its mean over the half hour before, and at least the floor.

@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from lequan.bootstrap import Platform
 from lequan.domain.errors import AuthError
 from lequan.http import envelope, session
-from lequan.http.admission import TokenBuckets
 from lequan.http.claims import ClaimDesk
 from lequan.http.coalescing import Coalescer
 from lequan.ports import NonceStore
@@ -133,7 +132,6 @@ class NonceChecks:
 
 async def authenticate(
     platform: Platform,
-    throttle: TokenBuckets,
     nonces: NonceChecks,
     *,
     kind: str,
@@ -142,7 +140,9 @@ async def authenticate(
     headers: Mapping[str, str],
     body: bytes,
 ) -> str:
-    """The app id of a signed call: signature, clock, nonce, kind and allowance, in that order.
+    """The app id of a signed call: signature, clock, nonce and kind, in that order. The
+    caller takes the app's allowance next (``TokenBuckets.take``), once it has noted
+    whose call it is: a throttled app's 429s are its own on the screen and in metrics.
 
     A call signed before the nonce store's epoch is refused ``stale_timestamp``:
     the store may have forgotten its nonce (a restart), so it could be a
@@ -181,7 +181,6 @@ async def authenticate(
         )
     if app_kind != kind:
         raise AuthError("wrong_app_kind", f"this API is for {kind}s; the app is a {app_kind}")
-    throttle.take(verified.app_id)
     return verified.app_id
 
 
@@ -190,7 +189,6 @@ async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
     target = raw_target(request.scope)
     app_id = await authenticate(
         platform,
-        request.app.state.throttle,
         request.app.state.nonce_checks,
         kind=kind,
         method=request.method,
@@ -200,6 +198,7 @@ async def _signed(request: Request, platform: Platform, kind: str) -> Caller:
     )
     request.state.app_id = app_id
     request.state.app_kind = kind
+    request.app.state.throttle.take(app_id)
     return Caller(
         app_id=app_id, kind=kind, body=body, method=request.method, path_with_query=target
     )

@@ -129,7 +129,6 @@ class _LeanRoute:
     ) -> str:
         return await authenticate(
             self.platform,
-            self.throttle,
             self.nonces,
             kind=kind,
             method="POST",
@@ -159,6 +158,7 @@ class FastClaims(_ClaimRoute):
         app_id: str | None = None
         try:
             app_id = await self._authenticate(scope, raw, headers, kind="channel")
+            self.throttle.take(app_id)  # after: a throttled call is still its app's
             key = idempotency_key(self.platform, headers.get("idempotency-key"))
             result = await self.claims.claim(
                 app_id,
@@ -195,6 +195,7 @@ class FastBatchClaims(_ClaimRoute):
         app_id: str | None = None
         try:
             app_id = await self._authenticate(scope, raw, headers, kind="channel")
+            self.throttle.take(app_id)  # after: a throttled call is still its app's
             batch = parse_body(BatchClaimIn, raw)
             prefer_async = respond_async(headers.get("prefer"))
             body, counts = await self.claims.claim_batch(app_id, batch, respond_async=prefer_async)
@@ -218,6 +219,7 @@ class FastRedemptions(_LeanRoute):
         try:
             target = raw_target(scope)
             app_id = await self._authenticate(scope, raw, headers, kind="acquirer")
+            self.throttle.take(app_id)
             key = idempotency_key(platform, headers.get("idempotency-key"))
             body = parse_body(RedeemIn, raw)
             idem = Idempotency(app_id, key, request_hash("POST", target, raw))

@@ -33,10 +33,6 @@ __all__ = ["StreamSlots", "router"]
 
 router = APIRouter()
 
-# A stream whose client has not taken a snapshot for this long is closed: a stuck
-# client holds one slot and the transport's buffer, never more.
-SEND_TIMEOUT_S = 30.0
-
 
 class SessionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -209,8 +205,15 @@ async def stream(
 ) -> Response:
     found = await run_in_threadpool(_session, request, platform)
     slots: StreamSlots = request.app.state.stream_slots
-    every_s = max(every_s, platform.rt.settings.screen_interval_s)
-    return _SnapshotStream(_screen(request), slots, found.operator_id, every_s)
+    settings = platform.rt.settings
+    every_s = max(every_s, settings.screen_interval_s)
+    return _SnapshotStream(
+        _screen(request),
+        slots,
+        found.operator_id,
+        every_s=every_s,
+        send_timeout_s=settings.screen_send_timeout_s,
+    )
 
 
 class _SnapshotStream(Response):
@@ -219,7 +222,15 @@ class _SnapshotStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, screen: Screen, slots: StreamSlots, operator_id: str, every_s: float):
+    def __init__(
+        self,
+        screen: Screen,
+        slots: StreamSlots,
+        operator_id: str,
+        *,
+        every_s: float,
+        send_timeout_s: float,
+    ):
         super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         # A stream has no length: the framework counted the empty body.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -227,6 +238,7 @@ class _SnapshotStream(Response):
         self._slots = slots
         self._operator_id = operator_id
         self._every_s = every_s
+        self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with self._slots.take(self._operator_id):
@@ -248,7 +260,7 @@ class _SnapshotStream(Response):
                 while not gone.is_set():
                     payload = await run_in_threadpool(self._screen.latest_json)
                     event = b"event: snapshot\ndata: " + payload + b"\n\n"
-                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                    async with asyncio.timeout(self._send_timeout_s):
                         await send({"type": "http.response.body", "body": event, "more_body": True})
                     try:
                         async with asyncio.timeout(self._every_s):
