@@ -11,9 +11,8 @@ from typing import Any
 
 import httpx
 
-from lequan.domain.fair_start import PublishedEntry, verify
-from tests.e2e.conftest import CAMPAIGN, Api, OpenApi, assert_error
-from tests.e2e.test_http_fair_start import TEMPLATE, published_draw, wait_for
+from tests.e2e.conftest import Api, OpenApi, assert_error
+from tests.e2e.test_http_fair_start import TEMPLATE, problems_of, published_draw, wait_for
 from tests.factories import T0, dining_config
 
 WINDOW_S = 2
@@ -88,15 +87,7 @@ def test_claims_pressed_in_the_window_that_arrive_in_the_intake_are_entered(
     assert (head["entries"], head["won"]) == (20, 10)
     assert head["start_window_intake_s"] == INTAKE_S
     assert head["intake_closes_at"] == (T0 + timedelta(seconds=12)).isoformat()
-    problems = verify(
-        campaign_id=CAMPAIGN,
-        round_id="r1",
-        window_s=WINDOW_S,
-        seed_hex=head["seed"],
-        published_commitment=head["commitment"],
-        entries=[PublishedEntry(e["rank"], e["ticket"], e["outcome"]) for e in entries],
-    )
-    assert problems == []
+    assert problems_of(head, entries) == []
     tickets = {r["draw_ticket"] for r in first.json()["results"]}
     assert {e["ticket"] for e in entries} == tickets  # exactly the window's claims
 

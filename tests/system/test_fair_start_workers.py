@@ -190,6 +190,16 @@ def draw_keys(stack: scenarios.Stack) -> dict[str, str]:
     return {"entries": f"{base}:entries", "entry": f"{base}:entry"}
 
 
+def entry_owners(stack: scenarios.Stack, redis_url: str) -> Counter[bytes]:
+    """The draw's entries in the gate, counted by the process that entered them."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        payloads = client.hvals(draw_keys(stack)["entry"])
+    finally:
+        client.close()
+    return Counter((p if isinstance(p, bytes) else p.encode()).split(b"\x1f")[0] for p in payloads)
+
+
 def verify_cli(base: str) -> dict[str, Any]:
     lequan = Path(sys.executable).with_name("lequan")
     # Our own interpreter's script and arguments; nothing here comes from outside.
@@ -231,14 +241,7 @@ def test_two_workers_serve_the_window_in_exactly_the_published_order(
         answers = claim_wave(stack, base, range(PEOPLE))
         assert time.time() - started > WINDOW_S - 1.0  # held until the window closed
 
-        client = redis.Redis.from_url(redis_url)
-        try:  # both workers entered claims in the one draw
-            payloads = client.hvals(draw_keys(stack)["entry"])
-        finally:
-            client.close()
-        owners = Counter(
-            (p if isinstance(p, bytes) else p.encode()).split(b"\x1f")[0] for p in payloads
-        )
+        owners = entry_owners(stack, redis_url)  # both workers entered claims in the one draw
         assert len(owners) == 2, owners
         assert sum(owners.values()) == PEOPLE
 
@@ -346,14 +349,7 @@ def test_two_workers_take_in_claims_pressed_in_the_window_during_its_intake(
         assert {a["status_code"] for a in first.values()} == {202}
         assert {a["outcome"] for a in late.values()} == {"queued"}
 
-        client = redis.Redis.from_url(redis_url)
-        try:  # both workers entered claims in the one draw
-            payloads = client.hvals(draw_keys(stack)["entry"])
-        finally:
-            client.close()
-        owners = Counter(
-            (p if isinstance(p, bytes) else p.encode()).split(b"\x1f")[0] for p in payloads
-        )
+        owners = entry_owners(stack, redis_url)  # both workers entered claims in the one draw
         assert len(owners) == 2, owners
         assert sum(owners.values()) == len(in_window)
 

@@ -175,21 +175,26 @@ def test_adversaries_beyond_half_the_crowd_are_refused() -> None:
     assert "half" in result.output
 
 
-@pytest.mark.slow
-def test_a_crowd_in_a_start_window_is_drawn_and_the_report_counts_its_entries() -> None:
-    """Everyone arrives within a 2 s window: the draw takes every claim that reached
-    it (a person's retries add no entry), sells the stock exactly, and the summary
-    says how many claims the window took in, as the public fairness API publishes."""
+def _crowd_in_a_window(*, start_window_intake_s: int) -> dict[str, Any]:
+    """1,000 people for 300 vouchers, all arriving within a 2 s start window."""
     config = SimulationConfig(
         people=1000,
         stock=300,
         spike_s=0.3,
         tail_s=0.5,
         start_window_s=2,
+        start_window_intake_s=start_window_intake_s,
         adversaries=AdversaryConfig(farm_identities=40, ring_people=20, flag_wait_s=0),
     )
+    return simulate(config, lambda _message: None)
 
-    summary = simulate(config, lambda _message: None)
+
+@pytest.mark.slow
+def test_a_crowd_in_a_start_window_is_drawn_and_the_report_counts_its_entries() -> None:
+    """Everyone arrives within a 2 s window: the draw takes every claim that reached
+    it (a person's retries add no entry), sells the stock exactly, and the summary
+    says how many claims the window took in, as the public fairness API publishes."""
+    summary = _crowd_in_a_window(start_window_intake_s=0)
 
     assert summary["invariants_ok"] is True
     assert summary["issued"] == 300
@@ -202,17 +207,7 @@ def test_a_crowd_answered_at_once_in_an_intake_gets_its_answers_after_the_draw()
     """Channels that stamp pressed_at and ask for answers at once: every claim waiting
     for the draw is answered 202 then, asked again once the draw is published, and
     ends with its real answer; the stock is sold exactly, to the window's entries."""
-    config = SimulationConfig(
-        people=1000,
-        stock=300,
-        spike_s=0.3,
-        tail_s=0.5,
-        start_window_s=2,
-        start_window_intake_s=3,
-        adversaries=AdversaryConfig(farm_identities=40, ring_people=20, flag_wait_s=0),
-    )
-
-    summary = simulate(config, lambda _message: None)
+    summary = _crowd_in_a_window(start_window_intake_s=3)
 
     assert summary["invariants_ok"] is True
     assert summary["issued"] == 300
