@@ -93,6 +93,20 @@ def test_the_screen_names_the_channel_whose_calls_fail(open_api: OpenApi) -> Non
     assert _eventually(api, lambda body: not body["apps_erroring"])["apps_erroring"] == []
 
 
+def test_an_app_s_failures_not_its_mistakes_give_its_top_code(open_api: OpenApi) -> None:
+    """One claim the gate failed among three the channel sent for nobody: the panel's
+    code is the failure's, however many more the caller's own mistakes."""
+    api = open_api(gate=_GateDown(), screen_interval_s=0.2)
+    user = api.register(1)
+    assert_error(api.claim(user), 503, "gate_unavailable")
+    for _ in range(3):
+        assert_error(api.claim("nobody"), 404, "not_registered")
+    sign_in(api, "vera")
+    [wechat] = snapshot(api)["apps_erroring"]
+    assert (wechat["app_id"], wechat["errors"]) == ("wechat", 1)
+    assert wechat["top_code"] == "gate_unavailable"
+
+
 def test_the_screen_names_the_acquirer_the_platform_throttles(open_api: OpenApi) -> None:
     """A throttled call is still its app's: the acquirer sending too fast is named, its
     429s counted, though the refusal came before its call was served."""

@@ -111,7 +111,9 @@ class AppHealthOut(_Out):
     requests: int
     errors: int = Field(description="5xx answers, and 503/429 refusals.")
     error_ratio: float
-    top_code: str | None = Field(description="Its most frequent error code.")
+    top_code: str | None = Field(
+        description="Its most frequent code among those failures (429 and 5xx)."
+    )
 
 
 class AlertOut(_Out):

@@ -134,7 +134,8 @@ def record_redemptions(pulse: Pulse, now: datetime, redeemed: Sequence[Redeemed]
 def record_answer(
     pulse: Pulse, now_s: int, app_id: str | None, status: int, code: str | None
 ) -> None:
-    """One request of a signed app answered: its class, and an error's code."""
+    """One request of a signed app answered: its class, and the code of a failing one
+    (throttled or 5xx: the caller's own mistakes are not the app's trouble)."""
     if app_id is None:
         return
     if status < 400:
@@ -146,7 +147,7 @@ def record_answer(
     else:
         kind = "refused"
     fields = {f"a|{app_id}|{kind}": 1}
-    if code is not None and status >= 400:
+    if code is not None and kind in ("throttled", "error"):
         fields[f"e|{app_id}|{code}"] = 1
     pulse.add(now_s, fields)
 
