@@ -254,7 +254,7 @@ def relay_drain(
 ) -> DrainResult:
     """Write ``events`` outbox events during an outage of ``outage_s``; the time from
     central back to the backlog drained by ``relays`` relays."""
-    from benchmarks.run import fresh_postgres
+    from benchmarks.servers import fresh_postgres
 
     assert 1 <= relays <= 8, relays
     assert 0.0 <= trade_in_share <= 1.0, trade_in_share

@@ -7,7 +7,6 @@ import os
 import platform
 import statistics
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 
 from benchmarks import baselines, central, relay, risk, scenarios, screen
 from benchmarks.cluster import ClusterUnavailable, local_cluster
-from benchmarks.servers import serve_bare, serve_lequan
+from benchmarks.servers import fresh_postgres, serve_bare, serve_lequan
 from lequan.adapters.memory_gate import MemoryGate
 from lequan.adapters.redis_gate import RedisGate
 
@@ -108,22 +107,6 @@ def machine(config: BenchConfig) -> dict[str, str]:
     except redis.RedisError:
         info["redis"] = "unreachable"
     return info
-
-
-def fresh_postgres(base_url: str) -> tuple[str, Callable[[], None]]:
-    """A new database on the server of ``base_url``, and how to drop it."""
-    name = f"lq_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.engine.make_url(base_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-    return url, drop
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None]) -> list[Row]:

@@ -10,15 +10,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 from benchmarks.baselines import BARE_APPS
 
-__all__ = ["free_port", "kill_hard", "serve_bare", "serve_lequan", "start_lequan"]
+__all__ = ["free_port", "fresh_postgres", "kill_hard", "serve_bare", "serve_lequan", "start_lequan"]
 
 START_TIMEOUT_S = 60.0
 
@@ -144,3 +146,19 @@ def serve_bare(kind: str, *, workers: int = 1) -> Iterator[int]:
         ]
         with _process(args, dict(os.environ), port, "/") as bound:
             yield bound
+
+
+def fresh_postgres(base_url: str) -> tuple[str, Callable[[], None]]:
+    """A new database on the server of ``base_url``, and how to drop it."""
+    name = f"lq_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return url, drop

@@ -45,8 +45,7 @@ from benchmarks import scenarios
 from benchmarks.adversaries import AdversaryConfig, Kind, Population
 from benchmarks.redeeming import StoredVoucher, read_flags, spend
 from benchmarks.risk_report import risk_report
-from benchmarks.run import fresh_postgres
-from benchmarks.servers import serve_lequan
+from benchmarks.servers import fresh_postgres, serve_lequan
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import fresh_postgres
+from benchmarks.servers import fresh_postgres
 from lequan.adapters.clock import ManualClock
 from lequan.adapters.crypto import generate_keyring
 from lequan.adapters.memory_gate import MemoryGate

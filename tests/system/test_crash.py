@@ -16,8 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from benchmarks import scenarios
-from benchmarks.run import fresh_postgres
-from benchmarks.servers import free_port, kill_hard, start_lequan
+from benchmarks.servers import free_port, fresh_postgres, kill_hard, start_lequan
 from lequan.adapters.sql import tables as t
 from lequan.adapters.sql.unit_of_work import sql_store
 from lequan.client import LequanAuth

@@ -31,6 +31,7 @@ from lequan.http.coalescing import Coalescer
 from lequan.http.envelope import NO_HEADERS, RawHeaders, error_headers, replayed_headers
 from lequan.http.schemas import BatchClaimIn, ClaimIn, ClaimSignalsIn
 from lequan.services.claim_answers import ClaimResult, issued_voucher_json
+from lequan.services.claim_requests import ClaimSignals
 from lequan.services.claiming import (
     ACCEPTED_OUTCOMES,
     ClaimRequest,
@@ -39,7 +40,7 @@ from lequan.services.claiming import (
     wait_entered,
 )
 from lequan.services.idempotency import Idempotency, RenderedBody, validate_key
-from lequan.services.risk import HELD_FOR_REVIEW, ClaimSignals
+from lequan.services.risk import HELD_FOR_REVIEW
 
 __all__ = ["ASYNC_APPLIED", "ClaimDesk", "claim_hash", "claim_headers", "respond_async"]
 

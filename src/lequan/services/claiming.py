@@ -59,12 +59,13 @@ from lequan.services.claim_answers import (
     issued_text,
     refusal_answer,
 )
+from lequan.services.claim_requests import ClaimRequest
 from lequan.services.fair_start import StartDraws, draw_id, ticket_of, window_close
 from lequan.services.gatekeeper import CLAIMED_ALREADY, Refusal, Verdict, check_refusals
 from lequan.services.group_commit import GroupCommitter, Outcome, PendingClaim, tell_gate
 from lequan.services.idempotency import Answer, Idempotency, in_flight, replay_or_refuse
 from lequan.services.live import record_claims
-from lequan.services.risk import Candidate, ClaimScreen, ClaimSignals
+from lequan.services.risk import Candidate, ClaimScreen
 from lequan.services.runtime import Runtime
 from lequan.services.views import error_body, http_status, new_ids
 
@@ -81,22 +82,6 @@ ACCEPTED_OUTCOMES = frozenset({ENTERED, QUEUED})
 
 # One claim's answer slot while a batch is decided: answered, waiting for a draw, or not yet.
 _Slot: TypeAlias = "ClaimResult | Pending | None"
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    channel_user_id: str
-    campaign_id: str
-    round_id: str
-    template_id: str
-    location_region: str | None
-    key: Idempotency
-    # What the channel knows of the claim besides the person (risk rules, docs/risk.md).
-    signals: ClaimSignals | None = None
-    # An analyst approved it after a risk rule held it: the rules are not asked again.
-    reviewed: bool = False
-    # When the person pressed claim, by the channel's clock (a round's fair start).
-    pressed_at: datetime | None = None
 
 
 class ClaimService:

@@ -36,10 +36,10 @@ from lequan.ports import UnitOfWork
 from lequan.rows import ReviewRow, RiskBlacklistRow
 from lequan.services.campaigns import require_operator_role
 from lequan.services.claim_answers import ClaimResult
+from lequan.services.claim_requests import ClaimSignals
 from lequan.services.claiming import ClaimRequest
 from lequan.services.idempotency import Idempotency
 from lequan.services.redemption_risk import claw_back, release
-from lequan.services.risk import ClaimSignals
 from lequan.services.runtime import Runtime
 
 __all__ = [

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -38,37 +38,17 @@ from lequan.ports import StoreError
 from lequan.ports.risk_counters import RiskCounters, RiskCountersUnavailable, Tallies
 from lequan.rows import ReviewRow
 from lequan.services.claim_answers import ClaimResult, refusal_answer
+from lequan.services.claim_requests import ClaimRequest, ClaimSignals
 from lequan.services.idempotency import Answer
 from lequan.services.risk_rules import RiskRulebook
 from lequan.services.runtime import Runtime
 from lequan.services.views import http_status, new_ids
-
-if TYPE_CHECKING:
-    from lequan.services.claiming import ClaimRequest
 
 __all__ = ["HELD_FOR_REVIEW", "Candidate", "ClaimScreen", "ClaimSignals", "held_answer"]
 
 log = structlog.get_logger(__name__)
 
 HELD_FOR_REVIEW = "held_for_review"
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimSignals:
-    """What the channel sent of the claim besides the person; None is unknown."""
-
-    device_id: str | None = None
-    ip: str | None = None
-    account_age_s: int | None = None
-    network_region: str | None = None
-    channel_risk: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            name: value
-            for name in ("device_id", "ip", "account_age_s", "network_region", "channel_risk")
-            if (value := getattr(self, name)) is not None
-        }
 
 
 _NO_SIGNALS = ClaimSignals()
