@@ -497,7 +497,8 @@ class ClaimService:
         """Claims that came after a round's window while its draw is still serving: each
         waits (``Pending``, no thread) and is served first come, first served once the
         draw has served every entry, in the order they came; ``draw_pending`` if the
-        draw is not done within ``draw_wait_s`` past the window."""
+        draw stops moving ``draw_wait_s`` past its start (the window and its intake).
+        ``group``'s time is that start: when the draw stops taking entries."""
         campaign_id, round_id, close = group
         room = self.draws.room(len(items))
         if room < len(items):
@@ -587,7 +588,8 @@ class ClaimService:
         waiting: Waiting,
     ) -> list[tuple[int, ReserveRequest, _Offer, str]]:
         """Enter claims in one round's draw; those the draw has closed to, to be served
-        after it (in the window by this process's clock, past it by the gate's turn)."""
+        after it (pressed in the window and here during its intake by this process's
+        clock, but past it by the gate's turn)."""
         rt = self._rt
         campaign_id, round_id, close = group
         seed = self.draws.seed(campaign_id, round_id)
