@@ -183,8 +183,9 @@ def campaign(**updates: object) -> CampaignConfig:
     return example_campaign(release_at=T0, **updates)  # type: ignore[arg-type]
 
 
-def refused(data: dict[str, object]) -> str:
-    with pytest.raises(ValueError, match="start_window_s") as caught:
+def refused(data: dict[str, object], field: str = "start_window_s") -> str:
+    """The campaign file is refused, naming ``field``; the message."""
+    with pytest.raises(ValueError, match=field) as caught:
         CampaignConfig.model_validate(data)
     return str(caught.value)
 
@@ -206,9 +207,7 @@ def test_a_round_must_outlast_its_window() -> None:
 
 
 def refused_intake(data: dict[str, object]) -> str:
-    with pytest.raises(ValueError, match="start_window_intake_s") as caught:
-        CampaignConfig.model_validate(data)
-    return str(caught.value)
+    return refused(data, "start_window_intake_s")
 
 
 def test_an_intake_is_off_by_default_bounded_and_follows_a_window() -> None:

@@ -232,14 +232,14 @@ def _batch_text(
             outcome = result.outcome
         counts[outcome] = counts.get(outcome, 0) + 1
         # A held claim's item names its review, an accepted one when to come back and
-        # its ticket; no other item has the fields.
-        review = ""
+        # its ticket; no other item has these fields.
+        extra = ""
         if accepted:
             voucher, error = "null", "null"
             ticket = answer.body.get("draw_ticket")
-            review = f',"retry_after_s":{int(answer.body["retry_after_s"])}'
+            extra = f',"retry_after_s":{int(answer.body["retry_after_s"])}'
             if ticket is not None:
-                review += f',"draw_ticket":{encode_basestring(str(ticket))}'
+                extra += f',"draw_ticket":{encode_basestring(str(ticket))}'
         elif ok:
             voucher = issued_voucher_json(answer) or _json(answer.body.get("voucher"))
             error = "null"
@@ -247,12 +247,12 @@ def _batch_text(
             voucher = "null"
             error = "null" if held else answer.text or _json(dict(answer.body))
             if held:
-                review = f',"review_id":{encode_basestring(str(answer.body["review_id"]))}'
+                extra = f',"review_id":{encode_basestring(str(answer.body["review_id"]))}'
         items.append(
             f'{{"index":{index},"idempotency_key":{encode_basestring(request.key.key)},'
             f'"status_code":{answer.status_code},"outcome":{encode_basestring(outcome)},'
             f'"replayed":{"true" if result.replayed else "false"},"voucher":{voucher},'
-            f'"error":{error}{review}}}'
+            f'"error":{error}{extra}}}'
         )
     return '{"results":[' + ",".join(items) + '],"outcomes":' + _json(counts) + "}", counts
 
